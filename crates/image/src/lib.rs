@@ -1,1 +1,60 @@
-//! image
+//! SHG service packages as OCI images: pack a service directory, open and verify a layout tar, unpack its layers safely.
+//!
+//! A package is an OCI image (image-spec v1.1) stored as an OCI image layout in a tar file.
+//! The service manifest (`shg-service.toml`) travels as the image config label
+//! [`MANIFEST_LABEL`]; this crate treats it as opaque text.
+//!
+//! Security model: [`open`] trusts nothing in the tar. It extracts only `oci-layout`,
+//! `index.json` and `blobs/sha256/<hex>`, hashes every blob against its name and checks the
+//! size every descriptor declares. [`unpack`] never follows a symlink inside the destination,
+//! refuses `..`, device nodes and hard links leaving the root, and checks each layer's
+//! `diff_id`. On error the destination is partial: unpack into a temporary directory and
+//! rename it into place on success.
+
+mod error;
+mod oci;
+mod open;
+mod pack;
+mod unpack;
+
+use std::path::PathBuf;
+
+pub use error::{EntryProblem, ImageError};
+pub use open::open;
+pub use pack::{pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use unpack::{unpack, unpack_layer};
+
+/// Config label that carries the text of `shg-service.toml`.
+pub const MANIFEST_LABEL: &str = "org.shg.manifest";
+
+/// Largest `index.json`, image manifest or image config we read (4 MiB).
+pub const MAX_JSON: u64 = 4 << 20;
+
+/// A package opened and verified by [`open`], its blobs staged in `dir`.
+#[derive(Debug, Clone)]
+pub struct Package {
+    /// Digest of the image manifest (`sha256:…`): the identity of the package.
+    pub digest: String,
+    /// Text of the `org.shg.manifest` label, unparsed.
+    pub manifest_toml: String,
+    /// The whole image config.
+    pub config: serde_json::Value,
+    /// Layers in application order, each verified by digest and size.
+    pub layers: Vec<Layer>,
+    /// The staging directory given to [`open`].
+    pub dir: PathBuf,
+}
+
+/// One verified layer blob of a [`Package`].
+#[derive(Debug, Clone)]
+pub struct Layer {
+    /// Digest of the (compressed) blob, `sha256:…`.
+    pub digest: String,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    pub media_type: String,
+    /// Digest of the uncompressed tar, from the config's `rootfs.diff_ids`; checked by [`unpack`].
+    pub diff_id: String,
+    /// The blob file inside the staging directory.
+    pub path: PathBuf,
+}

@@ -1,0 +1,157 @@
+//! Container operations on youki's libcontainer.
+//!
+//! `create` and `exec` fork, so the agent runs them in a short-lived single-threaded helper
+//! process (`shg runtime …`), never inside its own multi-threaded process: a fork there could
+//! inherit a lock held by another thread. Operations that do not fork (state, kill, delete)
+//! run in the agent directly.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::init::{LOG_FDS, STATUS_FD};
+use crate::logfile::segment_paths;
+use crate::RuntimeError;
+
+/// Paths the runtime keeps for one service.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    /// libcontainer's state root (shared by all services).
+    pub state_root: PathBuf,
+    /// The service's OCI bundle directory (holds config.json).
+    pub bundle: PathBuf,
+    /// Directory holding the service's two log segments.
+    pub log_dir: PathBuf,
+    /// File the init writes the exit status into.
+    pub status_file: PathBuf,
+}
+
+fn devnull() -> Result<OwnedFd, RuntimeError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| RuntimeError::io(Path::new("/dev/null"), e))?;
+    Ok(f.into())
+}
+
+fn to_err(name: &str, e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Container { name: name.to_string(), reason: e.to_string() }
+}
+
+/// Places `file` at descriptor `fd` (without close-on-exec), for the container's init.
+fn place_fd(file: &File, fd: i32) -> Result<(), RuntimeError> {
+    // SAFETY: dup2 onto a descriptor number this single-threaded helper reserves for the
+    // init; the source stays owned by `file`.
+    let rc = unsafe { libc::dup2(file.as_raw_fd(), fd) };
+    if rc < 0 {
+        return Err(RuntimeError::io(Path::new("dup2"), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Creates and starts the container of service `name`; returns the PID of its init.
+///
+/// Must run in a single-threaded process (the runtime helper).
+pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, RuntimeError> {
+    std::fs::create_dir_all(&paths.log_dir).map_err(|e| RuntimeError::io(&paths.log_dir, e))?;
+    let logs: Vec<File> = segment_paths(&paths.log_dir)
+        .iter()
+        .map(|p| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|e| RuntimeError::io(p, e))
+        })
+        .collect::<Result<_, _>>()?;
+    let status = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&paths.status_file)
+        .map_err(|e| RuntimeError::io(&paths.status_file, e))?;
+    place_fd(&logs[0], LOG_FDS[0])?;
+    place_fd(&logs[1], LOG_FDS[1])?;
+    place_fd(&status, STATUS_FD)?;
+
+    // A container left over from an earlier run of the same service would block the id.
+    remove_stale(name, &paths.state_root)?;
+
+    let mut container = ContainerBuilder::new(name.to_string(), SyscallType::default())
+        .with_root_path(&paths.state_root)
+        .map_err(|e| to_err(name, e))?
+        .with_preserved_fds(3)
+        .with_stdin(devnull()?)
+        .with_stdout(devnull()?)
+        .with_stderr(devnull()?)
+        .as_init(&paths.bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| to_err(name, e))?;
+    container.start().map_err(|e| to_err(name, e))?;
+    container.pid().map(|p| p.as_raw()).ok_or_else(|| to_err(name, "container has no pid"))
+}
+
+/// Runs `args` inside the running service `name` as `uid:gid`, with this process's stdio;
+/// returns the command's exit code (128 + signal when a signal ended it).
+pub fn exec(
+    name: &str,
+    state_root: &Path,
+    args: Vec<String>,
+    uid: u32,
+    gid: u32,
+) -> Result<i32, RuntimeError> {
+    let pid = ContainerBuilder::new(name.to_string(), SyscallType::default())
+        .with_root_path(state_root)
+        .map_err(|e| to_err(name, e))?
+        .as_tenant()
+        .with_container_args(args)
+        .with_user(Some(uid))
+        .with_group(Some(gid))
+        .with_detach(false)
+        .build()
+        .map_err(|e| to_err(name, e))?;
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(to_err(name, e)),
+        }
+    }
+}
+
+/// The libcontainer state of a service's container, if one exists.
+pub fn load(name: &str, state_root: &Path) -> Option<Container> {
+    let dir = state_root.join(name);
+    if !dir.join("state.json").exists() {
+        return None;
+    }
+    Container::load(dir).ok()
+}
+
+/// Whether the service's container exists and its init still runs.
+pub fn is_running(name: &str, state_root: &Path) -> bool {
+    load(name, state_root).is_some_and(|c| c.status() == ContainerStatus::Running)
+}
+
+/// Deletes the container of `name` (killing what is left) and its cgroup. Never forks.
+pub fn remove_stale(name: &str, state_root: &Path) -> Result<(), RuntimeError> {
+    let dir = state_root.join(name);
+    if !dir.exists() {
+        return Ok(());
+    }
+    match Container::load(dir.clone()) {
+        Ok(mut c) => c.delete(true).map_err(|e| to_err(name, e))?,
+        // State libcontainer cannot read is useless; drop it so the id can be reused.
+        Err(_) => std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?,
+    }
+    Ok(())
+}

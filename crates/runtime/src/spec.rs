@@ -1,0 +1,257 @@
+//! Generation of the OCI runtime bundle (`config.json`) for one service.
+//!
+//! The bundle is the contract between SHG and the container runtime: the same file runs under
+//! youki's libcontainer (the default) and unchanged under `runc run`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::{seccomp, RuntimeError};
+
+/// Where the init binary is mounted inside every container.
+pub const INIT_PATH: &str = "/.shg/init";
+/// Where the service's private writable volume is mounted.
+pub const DATA_PATH: &str = "/data";
+/// Capabilities a service keeps; everything else is dropped from every set.
+pub const CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_NET_BIND_SERVICE",
+];
+/// Paths under /proc and /sys hidden from services, as runc hides them.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+/// Paths under /proc a service may read but not write.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Everything the runtime needs to know about one service to build its bundle.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Service name: container id, hostname and cgroup leaf.
+    pub name: String,
+    /// The service's own command (run as the child of the init).
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub uid: u32,
+    pub gid: u32,
+    pub workdir: String,
+    /// The unpacked root filesystem (mounted read-only).
+    pub rootfs: PathBuf,
+    /// Host directory mounted read-write at [`DATA_PATH`].
+    pub data_dir: PathBuf,
+    /// Host path of the static `shg` binary, mounted read-only at [`INIT_PATH`].
+    pub init_binary: PathBuf,
+    /// Size of the private /tmp in bytes.
+    pub tmp_size: u64,
+    pub pids_limit: u32,
+    pub memory_limit: Option<u64>,
+    /// CPU ceiling in cores.
+    pub cpu_limit: Option<f64>,
+    /// Bytes of log kept per segment (two segments are kept).
+    pub log_segment: u64,
+}
+
+/// The cgroup path of a service, relative to each hierarchy's root.
+pub fn cgroup_path(name: &str) -> String {
+    format!("/shg/{name}")
+}
+
+/// Builds the `config.json` value for a service.
+pub fn config(spec: &ServiceSpec) -> Value {
+    let mut env: Vec<String> = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        format!("HOSTNAME={}", spec.name),
+        "HOME=/data".into(),
+    ];
+    env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+
+    let mut args = vec![
+        INIT_PATH.to_string(),
+        "init".into(),
+        "--log-segment".into(),
+        spec.log_segment.to_string(),
+        "--uid".into(),
+        spec.uid.to_string(),
+        "--gid".into(),
+        spec.gid.to_string(),
+        "--".into(),
+    ];
+    args.extend(spec.command.iter().cloned());
+
+    let mut resources = json!({
+        "devices": device_rules(),
+        "pids": { "limit": spec.pids_limit },
+    });
+    if let Some(limit) = spec.memory_limit {
+        // Swap equal to the limit means "no swap beyond the limit".
+        resources["memory"] = json!({ "limit": limit, "swap": limit });
+    }
+    if let Some(cores) = spec.cpu_limit {
+        let period: u64 = 100_000;
+        resources["cpu"] = json!({ "quota": (cores * period as f64).round() as i64, "period": period });
+    }
+
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            // The init starts as root to set itself up, then runs the command as `uid:gid`.
+            "user": { "uid": 0, "gid": 0 },
+            "args": args,
+            "env": env,
+            "cwd": spec.workdir,
+            "capabilities": {
+                "bounding": CAPABILITIES,
+                "effective": CAPABILITIES,
+                "permitted": CAPABILITIES,
+            },
+            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024 }],
+            "noNewPrivileges": true,
+        },
+        "root": { "path": spec.rootfs, "readonly": true },
+        "hostname": spec.name,
+        "mounts": mounts(spec),
+        "linux": {
+            "cgroupsPath": cgroup_path(&spec.name),
+            "resources": resources,
+            "namespaces": [
+                { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
+                { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
+            ],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp::profile(),
+        },
+    })
+}
+
+fn mounts(spec: &ServiceSpec) -> Value {
+    json!([
+        { "destination": "/proc", "type": "proc", "source": "proc",
+          "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
+        { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
+        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=16m"] },
+        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+          "options": ["nosuid", "noexec", "nodev"] },
+        { "destination": "/sys", "type": "sysfs", "source": "sysfs",
+          "options": ["nosuid", "noexec", "nodev", "ro"] },
+        { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] },
+        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+          "options": ["nosuid", "nodev", "mode=1777", format!("size={}", spec.tmp_size)] },
+        { "destination": DATA_PATH, "type": "bind", "source": spec.data_dir,
+          "options": ["rbind", "rw", "nosuid", "nodev"] },
+        { "destination": INIT_PATH, "type": "bind", "source": spec.init_binary,
+          "options": ["bind", "ro", "nosuid", "nodev"] },
+    ])
+}
+
+/// Deny every device, then grant the few character devices every program expects.
+fn device_rules() -> Value {
+    let allow = |major: i64, minor: Option<i64>| {
+        json!({ "allow": true, "type": "c", "major": major, "minor": minor.unwrap_or(-1), "access": "rwm" })
+    };
+    json!([
+        { "allow": false, "access": "rwm" },
+        allow(1, Some(3)),  // null
+        allow(1, Some(5)),  // zero
+        allow(1, Some(7)),  // full
+        allow(1, Some(8)),  // random
+        allow(1, Some(9)),  // urandom
+        allow(5, Some(0)),  // tty
+        allow(5, Some(2)),  // ptmx
+        allow(136, None),   // pts/*
+    ])
+}
+
+/// Writes `config.json` into `bundle` (created if missing), validating it against the OCI
+/// runtime schema as the runtime will read it.
+pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeError> {
+    std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io(bundle, e))?;
+    let value = config(spec);
+    // Parse it back as the runtime will, so a malformed bundle fails here and not at start.
+    serde_json::from_value::<oci_spec::runtime::Spec>(value.clone())
+        .map_err(|e| RuntimeError::Bundle { name: spec.name.clone(), reason: e.to_string() })?;
+    let path = bundle.join("config.json");
+    let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
+    let tmp = bundle.join("config.json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| RuntimeError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::io(&path, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ServiceSpec {
+        ServiceSpec {
+            name: "camera".into(),
+            command: vec!["/bin/httpd".into(), "-f".into()],
+            env: BTreeMap::from([("MODE".into(), "prod".into())]),
+            uid: 1000,
+            gid: 1000,
+            workdir: "/".into(),
+            rootfs: "/var/lib/shg/services/camera/rootfs".into(),
+            data_dir: "/var/lib/shg/services/camera/data".into(),
+            init_binary: "/usr/local/bin/shg".into(),
+            tmp_size: 16 << 20,
+            pids_limit: 64,
+            memory_limit: Some(64 << 20),
+            cpu_limit: Some(0.5),
+            log_segment: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn config_parses_as_an_oci_spec() {
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(config(&sample())).unwrap();
+        assert_eq!(spec.hostname().as_deref(), Some("camera"));
+        assert!(spec.root().as_ref().unwrap().readonly().unwrap());
+        let process = spec.process().as_ref().unwrap();
+        assert_eq!(process.no_new_privileges(), Some(true));
+        assert_eq!(process.args().as_ref().unwrap()[0], INIT_PATH);
+        assert!(process.env().as_ref().unwrap().contains(&"MODE=prod".to_string()));
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
+        let resources = linux.resources().as_ref().unwrap();
+        assert_eq!(resources.pids().as_ref().unwrap().limit(), 64);
+        assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(50_000));
+        assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
+    }
+
+    #[test]
+    fn devices_start_with_deny_all() {
+        let rules = device_rules();
+        assert_eq!(rules[0]["allow"], false);
+        assert_eq!(rules[0]["access"], "rwm");
+    }
+}
