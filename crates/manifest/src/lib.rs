@@ -247,7 +247,10 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 /// Parses and checks manifest text; `origin` (usually [`FILE_NAME`]) starts every message.
 pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
     let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        let offset = e.span().map_or(0, |span| span.start).min(text.len());
+        let mut offset = e.span().map_or(0, |span| span.start).min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &text[..offset];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
@@ -392,7 +395,11 @@ fn run(t: &Table) -> R<Run> {
             let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
                 && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                bail!(field, "{key:?} is not a valid variable name; use letters, digits and '_', not starting with a digit");
+                bail!(
+                    field,
+                    "{key:?} is not a valid variable name; \
+                     use letters, digits and '_', not starting with a digit"
+                );
             }
             let Value::String(value) = value else {
                 bail!(
@@ -444,7 +451,8 @@ fn parse_user(text: &str) -> Result<User, String> {
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !numeric(uid) || !numeric(gid) {
         return Err(format!(
-            "{text:?} is not numeric; user and group names are not looked up, use numeric ids like \"1000\" or \"1000:1000\""
+            "{text:?} is not numeric; user and group names are not looked up, \
+             use numeric ids like \"1000\" or \"1000:1000\""
         ));
     }
     Ok(User {
@@ -484,7 +492,12 @@ fn resources(t: Option<&Table>) -> R<Resources> {
     let memory = reserve_limit(t, "memory", get_size, format_bytes)?;
     if let Some(limit) = memory.1 {
         if limit < 4 * 1024 * 1024 {
-            bail!("resources.memory.limit", "limit {} is below the 4 MiB a process needs to start; raise it to at least \"4MiB\"", format_bytes(limit));
+            let limit = format_bytes(limit);
+            bail!(
+                "resources.memory.limit",
+                "limit {limit} is below the 4 MiB a process needs to start; \
+                 raise it to at least \"4MiB\""
+            );
         }
     }
     let storage = reserve_limit(t, "storage", get_size, format_bytes)?;
@@ -676,7 +689,11 @@ fn exports(t: &Table, ports: &[Port]) -> R<Vec<Export>> {
             "add `port = <number>`",
         )?;
         if !ports.iter().any(|p| p.port == port) {
-            bail!(format!("{path}.port"), "port {port} is not listed in [[ports]]; add a [[ports]] entry with `port = {port}`");
+            bail!(
+                format!("{path}.port"),
+                "port {port} is not listed in [[ports]]; \
+                 add a [[ports]] entry with `port = {port}`"
+            );
         }
         if let Some(j) = exports.iter().position(|x| x.port == port) {
             bail!(
@@ -780,7 +797,11 @@ fn health(t: &Table) -> R<Health> {
         .collect();
     let check = match given.as_slice() {
         [] => {
-            bail!("health", "no check given; add exactly one of `exec = [\"/bin/check\"]`, `tcp = <port>` or `http = \"http://127.0.0.1:<port>/\"`")
+            bail!(
+                "health",
+                "no check given; add exactly one of `exec = [\"/bin/check\"]`, \
+                 `tcp = <port>` or `http = \"http://127.0.0.1:<port>/\"`"
+            )
         }
         ["exec"] => {
             let command = get_str_array(t, "health", "exec")?.unwrap_or_default();
@@ -916,7 +937,11 @@ fn check_name(name: &str, field: &str) -> R<()> {
     } else {
         return Ok(());
     };
-    Err(bad(field, format!("{name:?} {problem}; {NAME_RULE} (it becomes a hostname, a directory name and a cgroup name)")))
+    bail!(
+        field,
+        "{name:?} {problem}; {NAME_RULE} \
+         (it becomes a hostname, a directory name and a cgroup name)"
+    )
 }
 
 fn check_version(version: &str) -> R<()> {
@@ -1216,15 +1241,15 @@ policy = "on-failure"                          # always | on-failure | never
     /// The smallest valid manifest, then `tail`; lines of `tail` before any table header land
     /// in [run].
     fn minimal(tail: &str) -> String {
-        format!("name = \"svc\"\nversion = \"1\"\nprovider = \"p\"\n[run]\ncommand = [\"/bin/x\"]\n{tail}")
+        let head = "name = \"svc\"\nversion = \"1\"\nprovider = \"p\"\n";
+        format!("{head}[run]\ncommand = [\"/bin/x\"]\n{tail}")
     }
 
     /// Parses `text`, expecting a refusal of `field` whose reason contains `reason`.
-    #[track_caller]
     fn refused(text: &str, field: &str, reason: &str) {
         let err = parse(text, FILE_NAME).expect_err(text);
         let message = err.to_string();
-        assert_eq!(err.field(), Some(field), "{message}");
+        assert_eq!(err.field(), Some(field), "{message}\nfrom:\n{text}");
         assert!(
             message.starts_with(&format!("{FILE_NAME}: {field}: ")),
             "{message}"
@@ -1307,10 +1332,16 @@ policy = "on-failure"                          # always | on-failure | never
 
     #[test]
     fn run_extras_and_imports_are_read() {
-        let text = EXAMPLE.replace("name = \"camera\"", "name = \"viewer\"").replace(
-            "env = { MODE = \"prod\" }",
-            "env = { MODE = \"prod\" }\nuser = \"1000:1000\"\nworkdir = \"/srv\"\nstop_timeout = \"5s\"",
-        ) + "\n[[imports]]\nservice = \"camera\"\nprovider = \"acme\"\n";
+        let text = EXAMPLE
+            .replace("name = \"camera\"", "name = \"viewer\"")
+            .replace(
+                "env = { MODE = \"prod\" }",
+                r#"env = { MODE = "prod" }
+user = "1000:1000"
+workdir = "/srv"
+stop_timeout = "5s""#,
+            )
+            + "\n[[imports]]\nservice = \"camera\"\nprovider = \"acme\"\n";
         let m = parse(&text, FILE_NAME).unwrap();
         assert_eq!(
             m.run.user,
@@ -1341,7 +1372,16 @@ policy = "on-failure"                          # always | on-failure | never
             (m.health, m.restart.policy),
             (None, RestartPolicy::OnFailure)
         );
-        let m = parse(&minimal("user = 1000\n[[ports]]\nport = 53\nprotocol = \"udp\"\n[health]\ntcp = 53\ninterval = \"1s\""), FILE_NAME).unwrap();
+        let text = minimal(
+            r#"user = 1000
+[[ports]]
+port = 53
+protocol = "udp"
+[health]
+tcp = 53
+interval = "1s""#,
+        );
+        let m = parse(&text, FILE_NAME).unwrap();
         assert_eq!(
             m.run.user,
             Some(User {
@@ -1366,7 +1406,14 @@ policy = "on-failure"                          # always | on-failure | never
     #[test]
     fn units_are_accepted_in_every_form() {
         let m = parse(
-            &minimal("[resources]\nmemory = { reserve = 1048576, limit = \"1G\" }\nstorage = { reserve = \"2GB\", limit = \"3 GiB\" }\nbandwidth_down = { reserve = 1000, limit = \"500kbit\" }\nbandwidth_up = { reserve = \"1Mbps\", limit = \"1Gbit\" }\ncpu = { limit = 2 }"),
+            &minimal(
+                r#"[resources]
+memory = { reserve = 1048576, limit = "1G" }
+storage = { reserve = "2GB", limit = "3 GiB" }
+bandwidth_down = { reserve = 1000, limit = "500kbit" }
+bandwidth_up = { reserve = "1Mbps", limit = "1Gbit" }
+cpu = { limit = 2 }"#,
+            ),
             FILE_NAME,
         )
         .unwrap();
@@ -1421,487 +1468,248 @@ policy = "on-failure"                          # always | on-failure | never
         assert_eq!(json["ports"][0]["protocol"], "tcp");
     }
 
+    /// Each case: manifest text, the field the error must name, a piece of its reason.
+    type Case = (String, &'static str, &'static str);
+
+    fn refuse_all(cases: Vec<Case>) {
+        for (text, field, reason) in cases {
+            refused(&text, field, reason);
+        }
+    }
+
+    // The tables below stay one case per line: rustfmt would spread each over five.
+    #[rustfmt::skip]
     #[test]
     fn top_level_rules() {
         let top = |name: &str, version: &str, provider: &str| {
-            format!("name = {name:?}\nversion = {version:?}\nprovider = {provider:?}\n[run]\ncommand = [\"/x\"]")
+            let run = "[run]\ncommand = [\"/x\"]";
+            format!("name = {name:?}\nversion = {version:?}\nprovider = {provider:?}\n{run}")
         };
-        refused(&top("Camera", "1", "p"), "name", "contains 'C'");
-        refused(
-            &top("1cam", "1", "p"),
-            "name",
-            "does not start with a letter",
-        );
-        refused(&top("cam-", "1", "p"), "name", "ends with '-'");
-        refused(&top("", "1", "p"), "name", "is empty");
-        refused(&top(&"a".repeat(64), "1", "p"), "name", "64 characters");
-        refused(&top("cam_1", "1", "p"), "name", "it becomes a hostname");
-        refused(&top("cam", "", "p"), "version", "is empty");
-        refused(&top("cam", "1.0 beta", "p"), "version", "contains ' '");
-        refused(
-            &top("cam", &"1".repeat(65), "p"),
-            "version",
-            "65 characters",
-        );
-        refused(&top("cam", "1", "Acme"), "provider", "contains 'A'");
+        let long_description = format!("description = {:?}\n{}", "x".repeat(513), minimal(""));
+        refuse_all(vec![
+            (top("Camera", "1", "p"), "name", "contains 'C'"),
+            (top("1cam", "1", "p"), "name", "does not start with a letter"),
+            (top("cam-", "1", "p"), "name", "ends with '-'"),
+            (top("", "1", "p"), "name", "is empty"),
+            (top(&"a".repeat(64), "1", "p"), "name", "64 characters"),
+            (top("cam_1", "1", "p"), "name", "it becomes a hostname"),
+            (top("cam", "", "p"), "version", "is empty"),
+            (top("cam", "1.0 beta", "p"), "version", "contains ' '"),
+            (top("cam", &"1".repeat(65), "p"), "version", "65 characters"),
+            (top("cam", "1", "Acme"), "provider", "contains 'A'"),
+            (long_description, "description", "513 characters"),
+            ("version = \"1\"\nprovider = \"p\"\n[run]\ncommand = [\"/x\"]".into(), "name",
+             "missing; add `name"),
+            ("name = \"a\"\nversion = \"1\"\nprovider = \"p\"".into(), "run",
+             "missing; add a [run] table"),
+            ("name = 5\nversion = \"1\"\nprovider = \"p\"".into(), "name",
+             "expected a string, found integer 5"),
+        ]);
         assert!(parse(&top(&"a".repeat(63), &"1".repeat(64), "a-1"), FILE_NAME).is_ok());
-        let long = format!("description = {:?}\n{}", "x".repeat(513), minimal(""));
-        refused(&long, "description", "513 characters");
-        refused(
-            "version = \"1\"\nprovider = \"p\"\n[run]\ncommand = [\"/x\"]",
-            "name",
-            "missing; add `name",
-        );
-        refused(
-            "name = \"a\"\nversion = \"1\"\nprovider = \"p\"",
-            "run",
-            "missing",
-        );
-        refused(
-            "name = 5\nversion = \"1\"\nprovider = \"p\"",
-            "name",
-            "expected a string, found integer 5",
-        );
     }
 
+    #[rustfmt::skip]
     #[test]
     fn run_rules() {
-        refused(
-            &minimal("").replace("[\"/bin/x\"]", "[]"),
-            "run.command",
-            "the command is empty",
-        );
-        refused(
-            &minimal("").replace("/bin/x", "httpd"),
-            "run.command[0]",
-            "not an absolute path",
-        );
-        refused(
-            &minimal("").replace("\"/bin/x\"", "\"/bin/x\", \"a\\u0000b\""),
-            "run.command[1]",
-            "NUL",
-        );
-        refused(
-            &minimal("").replace("\"/bin/x\"", "\"/bin/x\", 5"),
-            "run.command[1]",
-            "expected a string",
-        );
-        refused(
-            &minimal("").replace("command = [\"/bin/x\"]", ""),
-            "run.command",
-            "missing",
-        );
-        refused(
-            &minimal("env = { 1BAD = \"x\" }"),
-            "run.env.1BAD",
-            "not a valid variable name",
-        );
-        refused(
-            &minimal("env = { \"A B\" = \"x\" }"),
-            "run.env.\"A B\"",
-            "not a valid variable name",
-        );
-        refused(
-            &minimal("env = { PORT = 8080 }"),
-            "run.env.PORT",
-            "quote the value",
-        );
-        refused(&minimal("env = { A = \"x\\u0000\" }"), "run.env.A", "NUL");
-        refused(
-            &minimal("user = \"www-data\""),
-            "run.user",
-            "use numeric ids",
-        );
-        refused(
-            &minimal("user = \"1000:staff\""),
-            "run.user",
-            "use numeric ids",
-        );
-        refused(&minimal("user = \"1000:\""), "run.user", "use numeric ids");
-        refused(
-            &minimal("user = \"4294967296\""),
-            "run.user",
-            "out of range",
-        );
-        refused(
-            &minimal("user = \"0:4294967295\""),
-            "run.user",
-            "gid 4294967295 is out of range",
-        );
-        refused(&minimal("user = -1"), "run.user", "out of range");
-        refused(
-            &minimal("workdir = \"srv\""),
-            "run.workdir",
-            "not an absolute path",
-        );
-        refused(
-            &minimal("stop_timeout = 5"),
-            "run.stop_timeout",
-            "like \"5s\"",
-        );
-        refused(
-            &minimal("stop_timeout = \"5\""),
-            "run.stop_timeout",
-            "no unit",
-        );
+        let command = |args: &str| minimal("").replace("[\"/bin/x\"]", args);
+        refuse_all(vec![
+            (command("[]"), "run.command", "the command is empty"),
+            (command("[\"httpd\"]"), "run.command[0]", "not an absolute path"),
+            (command("[\"/bin/x\", \"a\\u0000b\"]"), "run.command[1]", "NUL"),
+            (command("[\"/bin/x\", 5]"), "run.command[1]", "expected a string"),
+            (command("\"/bin/x\""), "run.command", "expected an array of strings"),
+            (minimal("").replace("command = [\"/bin/x\"]", ""), "run.command", "missing"),
+            (minimal("env = { 1BAD = \"x\" }"), "run.env.1BAD", "not a valid variable name"),
+            (minimal("env = { \"A B\" = \"x\" }"), "run.env.\"A B\"", "not a valid variable name"),
+            (minimal("env = { PORT = 8080 }"), "run.env.PORT", "quote the value"),
+            (minimal("env = { A = \"x\\u0000\" }"), "run.env.A", "NUL"),
+            (minimal("user = \"www-data\""), "run.user", "use numeric ids"),
+            (minimal("user = \"1000:staff\""), "run.user", "use numeric ids"),
+            (minimal("user = \"1000:\""), "run.user", "use numeric ids"),
+            (minimal("user = \"4294967296\""), "run.user", "out of range"),
+            (minimal("user = \"0:4294967295\""), "run.user", "gid 4294967295 is out of range"),
+            (minimal("user = -1"), "run.user", "out of range"),
+            (minimal("workdir = \"srv\""), "run.workdir", "not an absolute path"),
+            (minimal("stop_timeout = 5"), "run.stop_timeout", "like \"5s\""),
+            (minimal("stop_timeout = \"5\""), "run.stop_timeout", "no unit"),
+        ]);
         let m = parse(&minimal("user = \"0:100\""), FILE_NAME).unwrap();
         assert_eq!(m.run.user, Some(User { uid: 0, gid: 100 }));
     }
 
+    #[rustfmt::skip]
     #[test]
     fn resource_rules() {
         let res = |line: &str| minimal(&format!("[resources]\n{line}"));
-        refused(
-            &res("memory = { reserve = \"32MiB\", limit = \"16MiB\" }"),
-            "resources.memory.limit",
-            "limit 16 MiB is below the reservation 32 MiB; raise the limit or lower the reservation",
-        );
-        refused(
-            &res("memory = { limit = \"1MiB\" }"),
-            "resources.memory.limit",
-            "below the 4 MiB",
-        );
-        refused(
-            &res("memory = { reserve = -1 }"),
-            "resources.memory.reserve",
-            "negative",
-        );
-        refused(
-            &res("memory = { reserve = \"\" }"),
-            "resources.memory.reserve",
-            "empty",
-        );
-        refused(
-            &res("memory = { reserve = \"32Mb\" }"),
-            "resources.memory.reserve",
-            "unknown size unit",
-        );
-        refused(
-            &res("memory = { reserve = 1.5 }"),
-            "resources.memory.reserve",
-            "found float 1.5",
-        );
-        refused(
-            &res("storage = { reserve = \"2GiB\", limit = \"1GiB\" }"),
-            "resources.storage.limit",
-            "below the reservation",
-        );
-        refused(
-            &res("storage = { limit = 0 }"),
-            "resources.storage.limit",
-            "omit `limit`",
-        );
-        refused(
-            &res("bandwidth_up = { reserve = \"5Mbit\", limit = \"1Mbit\" }"),
-            "resources.bandwidth_up.limit",
-            "limit 1 Mbit/s is below the reservation 5 Mbit/s",
-        );
-        refused(
-            &res("bandwidth_down = { reserve = \"5MB\" }"),
-            "resources.bandwidth_down.reserve",
-            "unknown bandwidth unit",
-        );
-        refused(
-            &res("cpu = { reserve = 2, limit = 1 }"),
-            "resources.cpu.limit",
-            "below the reservation",
-        );
-        refused(
-            &res("cpu = { limit = 0 }"),
-            "resources.cpu.limit",
-            "never let the service run",
-        );
-        refused(
-            &res("cpu = { reserve = -0.5 }"),
-            "resources.cpu.reserve",
-            "out of range",
-        );
-        refused(
-            &res("cpu = { limit = nan }"),
-            "resources.cpu.limit",
-            "out of range",
-        );
-        refused(
-            &res("cpu = { limit = inf }"),
-            "resources.cpu.limit",
-            "out of range",
-        );
-        refused(
-            &res("cpu = { limit = \"1\" }"),
-            "resources.cpu.limit",
-            "expected a number of cores",
-        );
-        refused(
-            &res("pids = { limit = 0 }"),
-            "resources.pids.limit",
-            "use 1 to 65536",
-        );
-        refused(
-            &res("pids = { limit = 65537 }"),
-            "resources.pids.limit",
-            "use 1 to 65536",
-        );
-        refused(
-            &res("memory = \"64MiB\""),
-            "resources.memory",
-            "expected a table",
-        );
-        assert_eq!(
-            parse(&res("pids = { limit = 65536 }"), FILE_NAME)
-                .unwrap()
-                .resources
-                .pids
-                .limit,
-            65536
-        );
+        refuse_all(vec![
+            (res("memory = { reserve = \"32MiB\", limit = \"16MiB\" }"), "resources.memory.limit",
+             "limit 16 MiB is below the reservation 32 MiB; raise the limit or lower the reservation"),
+            (res("memory = { limit = \"1MiB\" }"), "resources.memory.limit", "below the 4 MiB"),
+            (res("memory = { reserve = -1 }"), "resources.memory.reserve", "negative"),
+            (res("memory = { reserve = \"\" }"), "resources.memory.reserve", "empty"),
+            (res("memory = { reserve = \"32Mb\" }"), "resources.memory.reserve",
+             "unknown size unit"),
+            (res("memory = { reserve = 1.5 }"), "resources.memory.reserve", "found float 1.5"),
+            (res("memory = \"64MiB\""), "resources.memory", "expected a table"),
+            (res("storage = { reserve = \"2GiB\", limit = \"1GiB\" }"), "resources.storage.limit",
+             "below the reservation"),
+            (res("storage = { limit = 0 }"), "resources.storage.limit", "omit `limit`"),
+            (res("bandwidth_up = { reserve = \"5Mbit\", limit = \"1Mbit\" }"), "resources.bandwidth_up.limit",
+             "limit 1 Mbit/s is below the reservation 5 Mbit/s"),
+            (res("bandwidth_down = { reserve = \"5MB\" }"), "resources.bandwidth_down.reserve",
+             "unknown bandwidth unit"),
+            (res("bandwidth_down = { limit = \"99999999999Gbit\" }"), "resources.bandwidth_down.limit",
+             "too large"),
+            (res("cpu = { reserve = 2, limit = 1 }"), "resources.cpu.limit",
+             "below the reservation"),
+            (res("cpu = { limit = 0 }"), "resources.cpu.limit", "never let the service run"),
+            (res("cpu = { reserve = -0.5 }"), "resources.cpu.reserve", "out of range"),
+            (res("cpu = { limit = nan }"), "resources.cpu.limit", "out of range"),
+            (res("cpu = { limit = inf }"), "resources.cpu.limit", "out of range"),
+            (res("cpu = { limit = \"1\" }"), "resources.cpu.limit", "expected a number of cores"),
+            (res("pids = { limit = 0 }"), "resources.pids.limit", "use 1 to 65536"),
+            (res("pids = { limit = 65537 }"), "resources.pids.limit", "use 1 to 65536"),
+        ]);
+        let pids = parse(&res("pids = { limit = 65536 }"), FILE_NAME).unwrap().resources.pids;
+        assert_eq!(pids.limit, 65536);
     }
 
+    #[rustfmt::skip]
     #[test]
     fn port_export_and_import_rules() {
         let port = |n: &str| minimal(&format!("[[ports]]\nport = {n}"));
-        refused(&port("0"), "ports[0].port", "use 1 to 65535");
-        refused(&port("65536"), "ports[0].port", "use 1 to 65535");
-        refused(&port("\"80\""), "ports[0].port", "expected an integer");
-        refused(
-            &minimal("[[ports]]\npublish = \"lan\""),
-            "ports[0].port",
-            "missing",
-        );
-        refused(
-            &minimal("[[ports]]\nport = 80\n[[ports]]\nport = 80"),
-            "ports[1].port",
-            "80/tcp is already listed at ports[0]",
-        );
-        assert!(parse(
-            &minimal("[[ports]]\nport = 53\n[[ports]]\nport = 53\nprotocol = \"udp\""),
-            FILE_NAME
-        )
-        .is_ok());
-        refused(
-            &minimal("[[ports]]\nport = 80\nprotocol = \"sctp\""),
-            "ports[0].protocol",
-            "use one of \"tcp\", \"udp\"",
-        );
-        refused(
-            &minimal("[[ports]]\nport = 80\npublish = \"internet\""),
-            "ports[0].publish",
-            "\"lan\", \"wan\", \"none\"",
-        );
-        refused(&minimal("[ports]\nport = 80"), "ports", "[[ports]]");
-        let export = |to: &str| {
-            minimal(&format!(
-                "[[ports]]\nport = 80\n[[exports]]\nport = 80\nto = {to}"
-            ))
-        };
-        refused(
-            &minimal("[[ports]]\nport = 80\n[[exports]]\nport = 81\nto = [\"*\"]"),
-            "exports[0].port",
-            "port 81 is not listed in [[ports]]",
-        );
-        refused(&export("[]"), "exports[0].to", "the list is empty");
-        refused(
-            &export("[\"*\", \"acme\"]"),
-            "exports[0].to",
-            "already means every provider",
-        );
-        refused(&export("[\"Acme\"]"), "exports[0].to[0]", "contains 'A'");
-        refused(
-            &export("[\"acme\", \"acme\"]"),
-            "exports[0].to[1]",
-            "listed twice",
-        );
-        refused(
-            &minimal("[[ports]]\nport = 80\n[[exports]]\nport = 80"),
-            "exports[0].to",
-            "missing",
-        );
-        assert_eq!(
-            parse(&export("[\"acme\", \"globex\"]"), FILE_NAME)
-                .unwrap()
-                .exports[0]
-                .to,
-            ["acme", "globex"]
-        );
+        let export = |to: &str| minimal(&format!("[[ports]]\nport = 80\n[[exports]]\nport = 80\nto = {to}"));
         let import = |service: &str, provider: &str| {
-            minimal(&format!(
-                "[[imports]]\nservice = {service:?}\nprovider = {provider:?}"
-            ))
+            minimal(&format!("[[imports]]\nservice = {service:?}\nprovider = {provider:?}"))
         };
-        refused(&import("svc", "p"), "imports[0]", "cannot import itself");
-        refused(&import("Cam", "acme"), "imports[0].service", "contains 'C'");
-        refused(
-            &import("cam", "acme-"),
-            "imports[0].provider",
-            "ends with '-'",
-        );
+        refuse_all(vec![
+            (port("0"), "ports[0].port", "use 1 to 65535"),
+            (port("65536"), "ports[0].port", "use 1 to 65535"),
+            (port("\"80\""), "ports[0].port", "expected an integer"),
+            (minimal("[[ports]]\npublish = \"lan\""), "ports[0].port", "missing"),
+            (minimal("[[ports]]\nport = 80\n[[ports]]\nport = 80"), "ports[1].port",
+             "80/tcp is already listed at ports[0]"),
+            (minimal("[[ports]]\nport = 80\nprotocol = \"sctp\""), "ports[0].protocol",
+             "use one of \"tcp\", \"udp\""),
+            (minimal("[[ports]]\nport = 80\npublish = \"internet\""), "ports[0].publish",
+             "\"lan\", \"wan\", \"none\""),
+            (minimal("[ports]\nport = 80"), "ports", "[[ports]]"),
+            (format!("ports = [80]\n{}", minimal("")), "ports[0]",
+             "expected a table, found integer 80"),
+            (minimal("[[ports]]\nport = 80\n[[exports]]\nport = 81\nto = [\"*\"]"), "exports[0].port",
+             "port 81 is not listed in [[ports]]"),
+            (export("[\"*\"]\n[[exports]]\nport = 80\nto = [\"a\"]"), "exports[1].port",
+             "already exported at exports[0]"),
+            (export("[]"), "exports[0].to", "the list is empty"),
+            (export("[\"*\", \"acme\"]"), "exports[0].to", "already means every provider"),
+            (export("[\"Acme\"]"), "exports[0].to[0]", "contains 'A'"),
+            (export("[\"acme\", \"acme\"]"), "exports[0].to[1]", "listed twice"),
+            (minimal("[[ports]]\nport = 80\n[[exports]]\nport = 80"), "exports[0].to", "missing"),
+            (import("svc", "p"), "imports[0]", "cannot import itself"),
+            (import("Cam", "acme"), "imports[0].service", "contains 'C'"),
+            (import("cam", "acme-"), "imports[0].provider", "ends with '-'"),
+            (import("cam", "acme") + "\n[[imports]]\nservice = \"cam\"\nprovider = \"acme\"", "imports[1]",
+             "already imported"),
+        ]);
+        let udp_too = minimal("[[ports]]\nport = 53\n[[ports]]\nport = 53\nprotocol = \"udp\"");
+        assert!(parse(&udp_too, FILE_NAME).is_ok());
+        let exports = parse(&export("[\"acme\", \"globex\"]"), FILE_NAME).unwrap().exports;
+        assert_eq!(exports[0].to, ["acme", "globex"]);
         assert!(parse(&import("svc", "other"), FILE_NAME).is_ok());
-        refused(
-            &(import("cam", "acme") + "\n[[imports]]\nservice = \"cam\"\nprovider = \"acme\""),
-            "imports[1]",
-            "already imported",
-        );
     }
 
+    #[rustfmt::skip]
     #[test]
     fn health_rules() {
         let health = |body: &str| minimal(&format!("[health]\n{body}"));
-        refused(&health("interval = \"5s\""), "health", "no check given");
-        refused(
-            &health("tcp = 80\nhttp = \"http://127.0.0.1/\""),
-            "health",
-            "keep exactly one check",
-        );
-        refused(&health("exec = []"), "health.exec", "the command is empty");
-        refused(
-            &health("exec = [\"check\"]"),
-            "health.exec[0]",
-            "not an absolute path",
-        );
-        refused(&health("tcp = 0"), "health.tcp", "out of range");
-        for url in [
-            "https://127.0.0.1/",
-            "http://example.com/",
-            "http://127.0.0.1.evil.com/",
-            "http://localhost:0/",
-            "http://127.0.0.1:x/",
-            "http://localhost@evil/",
-            "http://127.0.0.1/ x",
-        ] {
-            refused(
-                &health(&format!("http = {url:?}")),
-                "health.http",
-                "like \"http://127.0.0.1:8080/health\"",
-            );
+        let url = |url: &str| health(&format!("http = {url:?}"));
+        let way_out = "like \"http://127.0.0.1:8080/health\"";
+        refuse_all(vec![
+            (health("interval = \"5s\""), "health", "no check given"),
+            (health("tcp = 80\nhttp = \"http://127.0.0.1/\""), "health", "keep exactly one check"),
+            (health("exec = []"), "health.exec", "the command is empty"),
+            (health("exec = [\"check\"]"), "health.exec[0]", "not an absolute path"),
+            (health("tcp = 0"), "health.tcp", "out of range"),
+            (url("https://127.0.0.1/"), "health.http", way_out),
+            (url("http://example.com/"), "health.http", way_out),
+            (url("http://127.0.0.1.evil.com/"), "health.http", way_out),
+            (url("http://localhost@evil/"), "health.http", way_out),
+            (url("http://localhost:0/"), "health.http", way_out),
+            (url("http://127.0.0.1:x/"), "health.http", way_out),
+            (url("http://127.0.0.1/ x"), "health.http", way_out),
+            (health("tcp = 80\ninterval = \"500ms\""), "health.interval", "at most once a second"),
+            (health("tcp = 80\ninterval = \"5s\"\ntimeout = \"10s\""), "health.timeout",
+             "timeout 10s is longer than the interval 5s"),
+            (health("tcp = 80\ntimeout = \"0s\""), "health.timeout", "would fail every check"),
+            (health("tcp = 80\nretries = 0"), "health.retries", "at least 1"),
+            (health("tcp = 80\nstart_period = \"1x\""), "health.start_period",
+             "unknown duration unit"),
+        ]);
+        for ok in ["http://127.0.0.1", "http://localhost:8080/healthz?full=1", "http://127.0.0.1:80/"] {
+            assert!(parse(&url(ok), FILE_NAME).is_ok(), "{ok}");
         }
-        for url in [
-            "http://127.0.0.1",
-            "http://localhost:8080/healthz?full=1",
-            "http://127.0.0.1:80/",
-        ] {
-            assert!(
-                parse(&health(&format!("http = {url:?}")), FILE_NAME).is_ok(),
-                "{url}"
-            );
-        }
-        refused(
-            &health("tcp = 80\ninterval = \"500ms\""),
-            "health.interval",
-            "at most once a second",
+    }
+
+    #[test]
+    fn exec_checks_and_health_settings_are_read() {
+        let text = minimal(
+            r#"[health]
+exec = ["/bin/check", "-q"]
+retries = 5
+start_period = "2m"
+timeout = "500ms""#,
         );
-        refused(
-            &health("tcp = 80\ninterval = \"5s\"\ntimeout = \"10s\""),
-            "health.timeout",
-            "timeout 10s is longer than the interval 5s",
-        );
-        refused(
-            &health("tcp = 80\ntimeout = \"0s\""),
-            "health.timeout",
-            "would fail every check",
-        );
-        refused(
-            &health("tcp = 80\nretries = 0"),
-            "health.retries",
-            "at least 1",
-        );
-        refused(
-            &health("tcp = 80\nstart_period = \"1x\""),
-            "health.start_period",
-            "unknown duration unit",
-        );
-        let m = parse(&health("exec = [\"/bin/check\", \"-q\"]\nretries = 5\nstart_period = \"2m\"\ntimeout = \"500ms\""), FILE_NAME).unwrap();
-        let h = m.health.unwrap();
+        let h = parse(&text, FILE_NAME).unwrap().health.unwrap();
         assert_eq!(
             h.check,
             HealthCheck::Exec(vec!["/bin/check".into(), "-q".into()])
         );
-        assert_eq!(
-            (h.retries, h.start_period, h.timeout),
-            (5, Duration::from_secs(120), Duration::from_millis(500))
-        );
+        assert_eq!(h.retries, 5);
+        assert_eq!(h.start_period, Duration::from_secs(120));
+        assert_eq!(h.timeout, Duration::from_millis(500));
     }
 
+    #[rustfmt::skip]
     #[test]
     fn restart_rules() {
-        for (text, policy) in [
-            ("always", RestartPolicy::Always),
-            ("never", RestartPolicy::Never),
-        ] {
-            let m = parse(
-                &minimal(&format!("[restart]\npolicy = {text:?}")),
-                FILE_NAME,
-            )
-            .unwrap();
+        for (text, policy) in [("always", RestartPolicy::Always), ("never", RestartPolicy::Never)] {
+            let m = parse(&minimal(&format!("[restart]\npolicy = {text:?}")), FILE_NAME).unwrap();
             assert_eq!(m.restart.policy, policy);
         }
-        refused(
-            &minimal("[restart]\npolicy = \"sometimes\""),
-            "restart.policy",
-            "\"always\", \"on-failure\", \"never\"",
-        );
-        refused(
-            &minimal("[restart]\npolicy = \"on_failure\""),
-            "restart.policy",
-            "unknown value",
-        );
+        refuse_all(vec![
+            (minimal("[restart]\npolicy = \"sometimes\""), "restart.policy",
+             "\"always\", \"on-failure\", \"never\""),
+            (minimal("[restart]\npolicy = \"on_failure\""), "restart.policy", "unknown value"),
+            (format!("restart = \"always\"\n{}", minimal("")), "restart",
+             "expected a table, found string"),
+        ]);
     }
 
+    #[rustfmt::skip]
     #[test]
     fn unknown_fields_are_refused_at_every_level() {
-        refused(
-            &format!("colour = \"red\"\n{}", minimal("")),
-            "colour",
-            "unknown field `colour`; the top level allows name, version",
-        );
-        refused(
-            &minimal("comand = [\"/x\"]"),
-            "run.comand",
-            "[run] allows command, env, user, workdir, stop_timeout (did you mean `command`?)",
-        );
-        refused(
-            &minimal("[resources]\nmemroy = {}"),
-            "resources.memroy",
-            "did you mean `memory`?",
-        );
-        refused(
-            &minimal("[resources]\nmemory = { reserve = 1, max = 2 }"),
-            "resources.memory.max",
-            "resources.memory allows reserve, limit",
-        );
-        refused(
-            &minimal("[resources]\ncpu = { shares = 2 }"),
-            "resources.cpu.shares",
-            "allows reserve, limit",
-        );
-        refused(
-            &minimal("[resources]\npids = { max = 2 }"),
-            "resources.pids.max",
-            "allows limit",
-        );
-        refused(
-            &minimal("[[ports]]\nport = 80\nproto = \"udp\""),
-            "ports[0].proto",
-            "did you mean `protocol`?",
-        );
-        refused(
-            &minimal("[[ports]]\nport = 80\n[[exports]]\nport = 80\nto = [\"*\"]\nfrom = 1"),
-            "exports[0].from",
-            "each [[exports]] entry allows port, to",
-        );
-        refused(
-            &minimal("[[imports]]\nservice = \"a\"\nprovider = \"b\"\nversion = \"1\""),
-            "imports[0].version",
-            "each [[imports]] entry allows service, provider",
-        );
-        refused(
-            &minimal("[health]\ntcp = 80\nport = 80"),
-            "health.port",
-            "[health] allows exec",
-        );
-        refused(
-            &minimal("[restart]\npolicy = \"never\"\ndelay = \"1s\""),
-            "restart.delay",
-            "[restart] allows policy",
-        );
+        refuse_all(vec![
+            (format!("colour = \"red\"\n{}", minimal("")), "colour",
+             "unknown field `colour`; the top level allows name, version, provider"),
+            (minimal("comand = [\"/x\"]"), "run.comand",
+             "[run] allows command, env, user, workdir, stop_timeout (did you mean `command`?)"),
+            (minimal("[resources]\nmemroy = {}"), "resources.memroy", "did you mean `memory`?"),
+            (minimal("[resources]\nmemory = { reserve = 1, max = 2 }"), "resources.memory.max",
+             "resources.memory allows reserve, limit"),
+            (minimal("[resources]\ncpu = { shares = 2 }"), "resources.cpu.shares",
+             "allows reserve, limit"),
+            (minimal("[resources]\npids = { max = 2 }"), "resources.pids.max", "allows limit"),
+            (minimal("[[ports]]\nport = 80\nproto = \"udp\""), "ports[0].proto",
+             "did you mean `protocol`?"),
+            (minimal("[[ports]]\nport = 80\n[[exports]]\nport = 80\nto = [\"*\"]\nfrom = 1"), "exports[0].from",
+             "each [[exports]] entry allows port, to"),
+            (minimal("[[imports]]\nservice = \"a\"\nprovider = \"b\"\nversion = \"1\""), "imports[0].version",
+             "each [[imports]] entry allows service, provider"),
+            (minimal("[health]\ntcp = 80\nport = 80"), "health.port",
+             "[health] allows exec, tcp, http"),
+            (minimal("[restart]\npolicy = \"never\"\ndelay = \"1s\""), "restart.delay",
+             "[restart] allows policy"),
+        ]);
     }
 
     #[test]

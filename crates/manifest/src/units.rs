@@ -1,5 +1,8 @@
 //! Units a manifest writes as strings: sizes ("32MiB"), bandwidths ("5Mbit") and durations ("5s").
 
+// `is_multiple_of` needs Rust 1.87 and the workspace supports 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
 use std::time::Duration;
 
 const KIB: u64 = 1 << 10;
@@ -23,8 +26,8 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         "TB" => 1_000_000_000_000,
         _ => {
             return Err(format!(
-                "unknown size unit `{unit}` in {text:?}; use B, KiB, MiB, GiB, TiB (K, M, G, T mean the same) \
-                 or KB, MB, GB, TB (powers of 1000)"
+                "unknown size unit `{unit}` in {text:?}; use B, KiB, MiB, GiB, TiB \
+                 (K, M, G, T mean the same) or KB, MB, GB, TB (powers of 1000)"
             ))
         }
     };
@@ -224,7 +227,8 @@ mod tests {
 
     #[test]
     fn malformed_values_are_refused_with_the_reason() {
-        let refused: [(fn(&str) -> Result<u64, String>, &str, &str); 12] = [
+        type Parser = fn(&str) -> Result<u64, String>;
+        let refused: [(Parser, &str, &str); 12] = [
             (parse_size, "", "empty"),
             (parse_size, "  ", "empty"),
             (parse_size, "-5MiB", "negative"),

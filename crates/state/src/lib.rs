@@ -1,1 +1,473 @@
-//! state
+//! The agent's durable state: one SQLite database (WAL) holding every service record and the
+//! journal of events.
+//!
+//! Every change to a service is written together with the event that explains it, in one
+//! transaction: the record and the journal never disagree, and a crash at any instant leaves
+//! either the state before the change or the state after it.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The database could not be opened or used.
+    #[error("state database {path}: {source}")]
+    Db { path: PathBuf, source: rusqlite::Error },
+    /// No record by that name.
+    #[error("no service named `{0}` is installed; `shg ps` lists the installed services")]
+    NotFound(String),
+    /// A record by that name already exists.
+    #[error("a service named `{0}` is already installed; remove it first with `shg remove {0}`")]
+    Exists(String),
+}
+
+/// Where a service is in its install / remove life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Being unpacked; rolled back if the agent dies now.
+    Installing,
+    Installed,
+    /// Being removed; finished if the agent dies now.
+    Removing,
+}
+
+/// What should be true of the service's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    Running,
+    Stopped,
+}
+
+/// What is true of the service's container, as last observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Exited,
+    Backoff,
+    CrashLoop,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Health {
+    None,
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+macro_rules! text_enum {
+    ($t:ty) => {
+        impl $t {
+            pub fn as_str(&self) -> String {
+                serde_json::to_value(self)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .expect("unit variants serialize to strings")
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+            }
+        }
+    };
+}
+text_enum!(Phase);
+text_enum!(Desired);
+text_enum!(RunState);
+text_enum!(Health);
+
+/// One installed service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRecord {
+    pub name: String,
+    pub provider: String,
+    pub version: String,
+    pub image_digest: String,
+    /// The manifest text as the package carried it.
+    pub manifest: String,
+    pub phase: Phase,
+    pub desired: Desired,
+    pub state: RunState,
+    pub health: Health,
+    /// Host PID of the container's init while it runs.
+    pub pid: Option<i32>,
+    /// Its start time in clock ticks, telling it from a later process with the same PID.
+    pub pid_start: Option<u64>,
+    pub exit_code: Option<i32>,
+    /// Restarts done by the restart policy since install.
+    pub restarts: u32,
+    /// Failures in a row without a stable run in between; drives the back-off.
+    pub failures: u32,
+    pub reason: Option<String>,
+    pub installed_at_ms: u64,
+    pub started_at_ms: Option<u64>,
+}
+
+impl ServiceRecord {
+    /// A record for a service about to be installed.
+    pub fn new(name: &str, provider: &str, version: &str, digest: &str, manifest: &str) -> Self {
+        ServiceRecord {
+            name: name.into(),
+            provider: provider.into(),
+            version: version.into(),
+            image_digest: digest.into(),
+            manifest: manifest.into(),
+            phase: Phase::Installing,
+            desired: Desired::Stopped,
+            state: RunState::Created,
+            health: Health::None,
+            pid: None,
+            pid_start: None,
+            exit_code: None,
+            restarts: 0,
+            failures: 0,
+            reason: None,
+            installed_at_ms: now_ms(),
+            started_at_ms: None,
+        }
+    }
+}
+
+/// An entry of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub time_ms: u64,
+    pub service: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// What an event says: a machine-readable kind and a sentence.
+#[derive(Debug, Clone)]
+pub struct Note {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl Note {
+    pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
+        Note { kind, message: message.into() }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS services (
+    name TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    version TEXT NOT NULL,
+    image_digest TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    desired TEXT NOT NULL,
+    state TEXT NOT NULL,
+    health TEXT NOT NULL,
+    pid INTEGER,
+    pid_start INTEGER,
+    exit_code INTEGER,
+    restarts INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    reason TEXT,
+    installed_at_ms INTEGER NOT NULL,
+    started_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_ms INTEGER NOT NULL,
+    service TEXT,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_service ON events(service, id);
+";
+
+/// Events kept in the journal; older ones are dropped so the database stays small.
+const EVENTS_KEPT: i64 = 10_000;
+
+/// The state database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    pub fn open(path: &Path) -> Result<Store, StateError> {
+        let db = |source| StateError::Db { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.execute_batch(SCHEMA).map_err(db)?;
+        Ok(Store { conn, path: path.to_path_buf() })
+    }
+
+    fn db(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+        |source| StateError::Db { path: self.path.clone(), source }
+    }
+
+    pub fn list(&self) -> Result<Vec<ServiceRecord>, StateError> {
+        let mut stmt = self.conn.prepare("SELECT * FROM services ORDER BY name").map_err(self.db())?;
+        let rows = stmt.query_map([], from_row).map_err(self.db())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
+    }
+
+    pub fn get(&self, name: &str) -> Result<ServiceRecord, StateError> {
+        self.find(name)?.ok_or_else(|| StateError::NotFound(name.to_string()))
+    }
+
+    pub fn find(&self, name: &str) -> Result<Option<ServiceRecord>, StateError> {
+        self.conn
+            .query_row("SELECT * FROM services WHERE name = ?1", [name], from_row)
+            .optional()
+            .map_err(self.db())
+    }
+
+    /// Adds a new record and its event; refuses a name already taken.
+    pub fn insert(&mut self, rec: &ServiceRecord, note: Note) -> Result<(), StateError> {
+        let tx = self.conn.transaction().map_err(|source| StateError::Db {
+            path: self.path.clone(),
+            source,
+        })?;
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM services WHERE name = ?1", [&rec.name], |_| Ok(true))
+            .optional()
+            .map_err(|source| StateError::Db { path: self.path.clone(), source })?
+            .unwrap_or(false);
+        if exists {
+            return Err(StateError::Exists(rec.name.clone()));
+        }
+        write(&tx, rec, true).and_then(|_| journal(&tx, Some(&rec.name), &note)).and_then(|_| tx.commit())
+            .map_err(|source| StateError::Db { path: self.path.clone(), source })
+    }
+
+    /// Changes a record and journals why, atomically; returns the record as written.
+    pub fn update(
+        &mut self,
+        name: &str,
+        note: Option<Note>,
+        change: impl FnOnce(&mut ServiceRecord),
+    ) -> Result<ServiceRecord, StateError> {
+        let path = self.path.clone();
+        let db = move |source| StateError::Db { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(&db)?;
+        let mut rec = tx
+            .query_row("SELECT * FROM services WHERE name = ?1", [name], from_row)
+            .optional()
+            .map_err(&db)?
+            .ok_or_else(|| StateError::NotFound(name.to_string()))?;
+        change(&mut rec);
+        write(&tx, &rec, false).map_err(&db)?;
+        if let Some(note) = note {
+            journal(&tx, Some(name), &note).map_err(&db)?;
+        }
+        tx.commit().map_err(&db)?;
+        Ok(rec)
+    }
+
+    /// Deletes a record, journaling why.
+    pub fn delete(&mut self, name: &str, note: Note) -> Result<(), StateError> {
+        let path = self.path.clone();
+        let db = move |source| StateError::Db { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(&db)?;
+        tx.execute("DELETE FROM services WHERE name = ?1", [name]).map_err(&db)?;
+        journal(&tx, Some(name), &note).map_err(&db)?;
+        tx.commit().map_err(&db)
+    }
+
+    /// Journals an event that changes no record.
+    pub fn record(&mut self, service: Option<&str>, note: Note) -> Result<(), StateError> {
+        journal(&self.conn, service, &note).map_err(self.db())
+    }
+
+    /// Events after `since`, oldest first, at most `limit`, optionally of one service.
+    pub fn events(
+        &self,
+        since: i64,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, time_ms, service, kind, message FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id DESC LIMIT ?3",
+            )
+            .map_err(self.db())?;
+        let rows = stmt
+            .query_map(params![since, service, limit as i64], |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    time_ms: r.get::<_, i64>(1)? as u64,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            })
+            .map_err(self.db())?;
+        let mut events = rows.collect::<Result<Vec<_>, _>>().map_err(self.db())?;
+        events.reverse();
+        Ok(events)
+    }
+
+    /// Checks the database file is sound (used at start and by tests).
+    pub fn integrity_ok(&self) -> Result<bool, StateError> {
+        let verdict: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(self.db())?;
+        Ok(verdict == "ok")
+    }
+}
+
+fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Result<()> {
+    let verb = if insert { "INSERT" } else { "REPLACE" };
+    conn.execute(
+        &format!(
+            "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
+             state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
+             started_at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
+        ),
+        params![
+            rec.name,
+            rec.provider,
+            rec.version,
+            rec.image_digest,
+            rec.manifest,
+            rec.phase.as_str(),
+            rec.desired.as_str(),
+            rec.state.as_str(),
+            rec.health.as_str(),
+            rec.pid,
+            rec.pid_start.map(|v| v as i64),
+            rec.exit_code,
+            rec.restarts,
+            rec.failures,
+            rec.reason,
+            rec.installed_at_ms as i64,
+            rec.started_at_ms.map(|v| v as i64),
+        ],
+    )?;
+    Ok(())
+}
+
+fn journal(conn: &Connection, service: Option<&str>, note: &Note) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO events (time_ms, service, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        params![now_ms() as i64, service, note.kind, note.message],
+    )?;
+    let id = conn.last_insert_rowid();
+    if id % 1000 == 0 {
+        conn.execute("DELETE FROM events WHERE id <= ?1", [id - EVENTS_KEPT])?;
+    }
+    Ok(())
+}
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
+    let text_enum = |idx: usize| -> rusqlite::Result<String> { r.get(idx) };
+    let bad = |idx: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            idx,
+            rusqlite::types::Type::Text,
+            format!("unknown {what}").into(),
+        )
+    };
+    Ok(ServiceRecord {
+        name: r.get("name")?,
+        provider: r.get("provider")?,
+        version: r.get("version")?,
+        image_digest: r.get("image_digest")?,
+        manifest: r.get("manifest")?,
+        phase: Phase::parse(&text_enum(5)?).ok_or_else(|| bad(5, "phase"))?,
+        desired: Desired::parse(&text_enum(6)?).ok_or_else(|| bad(6, "desired state"))?,
+        state: RunState::parse(&text_enum(7)?).ok_or_else(|| bad(7, "state"))?,
+        health: Health::parse(&text_enum(8)?).ok_or_else(|| bad(8, "health"))?,
+        pid: r.get("pid")?,
+        pid_start: r.get::<_, Option<i64>>("pid_start")?.map(|v| v as u64),
+        exit_code: r.get("exit_code")?,
+        restarts: r.get("restarts")?,
+        failures: r.get("failures")?,
+        reason: r.get("reason")?,
+        installed_at_ms: r.get::<_, i64>("installed_at_ms")? as u64,
+        started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn insert_update_delete_journal_each_step() {
+        let (_dir, mut s) = store();
+        let rec = ServiceRecord::new("camera", "acme", "1.2.0", "sha256:00", "name = 'camera'");
+        s.insert(&rec, Note::new("installing", "installing camera")).unwrap();
+        let got = s
+            .update("camera", Some(Note::new("started", "camera started")), |r| {
+                r.state = RunState::Running;
+                r.pid = Some(42);
+            })
+            .unwrap();
+        assert_eq!(got.state, RunState::Running);
+        assert_eq!(s.get("camera").unwrap().pid, Some(42));
+        s.delete("camera", Note::new("removed", "camera removed")).unwrap();
+        assert!(s.find("camera").unwrap().is_none());
+        let kinds: Vec<String> = s.events(0, Some("camera"), 10).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["installing", "started", "removed"]);
+    }
+
+    #[test]
+    fn duplicate_name_is_refused_and_changes_nothing() {
+        let (_dir, mut s) = store();
+        let rec = ServiceRecord::new("camera", "acme", "1.2.0", "sha256:00", "");
+        s.insert(&rec, Note::new("installing", "x")).unwrap();
+        let other = ServiceRecord::new("camera", "other", "9", "sha256:11", "");
+        let err = s.insert(&other, Note::new("installing", "y")).unwrap_err();
+        assert!(err.to_string().contains("already installed"), "{err}");
+        assert_eq!(s.get("camera").unwrap().provider, "acme");
+        assert_eq!(s.events(0, None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn update_of_missing_service_is_not_found() {
+        let (_dir, mut s) = store();
+        let err = s.update("ghost", None, |_| {}).unwrap_err();
+        assert!(matches!(err, StateError::NotFound(_)));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            let rec = ServiceRecord::new("meter", "energy", "1", "sha256:22", "");
+            s.insert(&rec, Note::new("installing", "x")).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.integrity_ok().unwrap());
+        assert_eq!(s.get("meter").unwrap().phase, Phase::Installing);
+    }
+}
