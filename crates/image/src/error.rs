@@ -28,7 +28,9 @@ pub enum ImageError {
     UnsupportedFile { path: PathBuf, kind: &'static str },
 
     /// `SOURCE_DATE_EPOCH` is set but is not a Unix time.
-    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds; unset it or set it to a Unix time")]
+    #[error(
+        "SOURCE_DATE_EPOCH={value:?} is not a number of seconds; unset it or set it to a Unix time"
+    )]
     SourceDateEpoch { value: String },
 
     /// The outer OCI layout tar holds an entry outside the small set we accept.
@@ -40,11 +42,15 @@ pub enum ImageError {
     },
 
     /// A JSON document or blob is bigger than we are willing to read.
-    #[error("{what} is {size} bytes, more than the limit of {limit} bytes; the package is malformed")]
+    #[error(
+        "{what} is {size} bytes, more than the limit of {limit} bytes; the package is malformed"
+    )]
     TooLarge { what: String, size: u64, limit: u64 },
 
     /// A descriptor points at a blob the layout does not contain.
-    #[error("blob {digest} (the {referrer}) is missing from the package; rebuild or download it again")]
+    #[error(
+        "blob {digest} (the {referrer}) is missing from the package; rebuild or download it again"
+    )]
     MissingBlob { digest: String, referrer: String },
 
     /// A blob's content does not hash to the digest it is stored or referenced under.
@@ -85,7 +91,9 @@ pub enum ImageError {
     },
 
     /// The layer stream itself (compression or tar framing) is broken.
-    #[error("layer {layer}: cannot read the layer stream: {source}; the blob is truncated or corrupt")]
+    #[error(
+        "layer {layer}: cannot read the layer stream: {source}; the blob is truncated or corrupt"
+    )]
     LayerRead {
         layer: String,
         #[source]

@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(digest_of(b""), format!("sha256:{EMPTY}"));
         assert_eq!(sha256_hex(&format!("sha256:{EMPTY}")), Some(EMPTY));
         assert_eq!(sha256_hex(&format!("sha512:{EMPTY}")), None);
-        assert_eq!(sha256_hex(&format!("sha256:{}", EMPTY.to_uppercase())), None);
+        assert_eq!(
+            sha256_hex(&format!("sha256:{}", EMPTY.to_uppercase())),
+            None
+        );
         assert_eq!(sha256_hex("sha256:abc"), None);
     }
 

@@ -47,9 +47,10 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
     let file = File::open(tar_path).map_err(|e| ImageError::io("open", tar_path, e))?;
     fs::create_dir_all(staging).map_err(|e| ImageError::io("create", staging, e))?;
     let blob_dir = staging.join("blobs/sha256");
-    fs::create_dir(staging.join("blobs"))
-        .and_then(|()| fs::create_dir(&blob_dir))
-        .map_err(|e| ImageError::io("create (the staging directory must be fresh)", &blob_dir, e))?;
+    for dir in [staging.join("blobs"), blob_dir.clone()] {
+        fs::create_dir(&dir)
+            .map_err(|e| ImageError::io("create (the staging directory must be fresh)", dir, e))?;
+    }
 
     let refuse = |entry: &[u8], reason| ImageError::LayoutEntry {
         tar: tar_path.to_path_buf(),
@@ -80,13 +81,21 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
         match name {
             OuterName::Dir => unreachable!("handled above"),
             OuterName::OciLayout | OuterName::Index => {
-                let slot = if name == OuterName::OciLayout { &mut layout_json } else { &mut index_json };
+                let slot = if name == OuterName::OciLayout {
+                    &mut layout_json
+                } else {
+                    &mut index_json
+                };
                 if slot.is_some() {
                     return Err(refuse(&raw, "duplicate entry"));
                 }
                 if size > MAX_JSON {
                     return Err(ImageError::TooLarge {
-                        what: format!("{} in {}", String::from_utf8_lossy(&raw), tar_path.display()),
+                        what: format!(
+                            "{} in {}",
+                            String::from_utf8_lossy(&raw),
+                            tar_path.display()
+                        ),
                         size,
                         limit: MAX_JSON,
                     });
@@ -104,7 +113,12 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
         }
     }
 
-    let layout_json = layout_json.ok_or_else(|| ImageError::layout(format!("{} has no oci-layout file; it is not an OCI image layout", tar_path.display())))?;
+    let layout_json = layout_json.ok_or_else(|| {
+        ImageError::layout(format!(
+            "{} has no oci-layout file; it is not an OCI image layout",
+            tar_path.display()
+        ))
+    })?;
     let layout: OciLayout = parse_json(&layout_json, "oci-layout")?;
     if layout.image_layout_version != oci::LAYOUT_VERSION {
         return Err(ImageError::layout(format!(
@@ -113,10 +127,14 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
             oci::LAYOUT_VERSION
         )));
     }
-    let index_json = index_json.ok_or_else(|| ImageError::layout(format!("{} has no index.json", tar_path.display())))?;
+    let index_json = index_json
+        .ok_or_else(|| ImageError::layout(format!("{} has no index.json", tar_path.display())))?;
     let index: Index = parse_json(&index_json, "index.json")?;
     if index.schema_version != 2 {
-        return Err(ImageError::layout(format!("index.json has schemaVersion {}; expected 2", index.schema_version)));
+        return Err(ImageError::layout(format!(
+            "index.json has schemaVersion {}; expected 2",
+            index.schema_version
+        )));
     }
     let [manifest_desc] = &index.manifests[..] else {
         return Err(ImageError::layout(format!(
@@ -128,12 +146,25 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
 
     let blob = |desc: &Descriptor, referrer: &str| check_blob(&blob_dir, &blobs, desc, referrer);
     let manifest_path = blob(manifest_desc, "image manifest")?;
-    let manifest: Manifest = parse_json(&read_json(&manifest_path, manifest_desc)?, "the image manifest")?;
+    let manifest: Manifest = parse_json(
+        &read_json(&manifest_path, manifest_desc)?,
+        "the image manifest",
+    )?;
     if manifest.schema_version != 2 {
-        return Err(ImageError::layout(format!("the image manifest has schemaVersion {}; expected 2", manifest.schema_version)));
+        return Err(ImageError::layout(format!(
+            "the image manifest has schemaVersion {}; expected 2",
+            manifest.schema_version
+        )));
     }
-    if let Some(mt) = manifest.media_type.as_deref().filter(|mt| *mt != oci::MEDIA_MANIFEST) {
-        return Err(ImageError::layout(format!("the image manifest has mediaType {mt:?}; expected {:?}", oci::MEDIA_MANIFEST)));
+    if let Some(mt) = manifest
+        .media_type
+        .as_deref()
+        .filter(|mt| *mt != oci::MEDIA_MANIFEST)
+    {
+        return Err(ImageError::layout(format!(
+            "the image manifest has mediaType {mt:?}; expected {:?}",
+            oci::MEDIA_MANIFEST
+        )));
     }
     expect_media(&manifest.config, oci::MEDIA_CONFIG, "image config")?;
     let config_path = blob(&manifest.config, "image config")?;
@@ -141,10 +172,16 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
     let config: ImageConfig = parse_json(&config_bytes, "the image config")?;
     let config_value: serde_json::Value = parse_json(&config_bytes, "the image config")?;
     if config.os != "linux" {
-        return Err(ImageError::layout(format!("the image is for os {:?}; SHG runs linux images", config.os)));
+        return Err(ImageError::layout(format!(
+            "the image is for os {:?}; SHG runs linux images",
+            config.os
+        )));
     }
     if config.rootfs.kind != "layers" {
-        return Err(ImageError::layout(format!("the image config has rootfs.type {:?}; expected \"layers\"", config.rootfs.kind)));
+        return Err(ImageError::layout(format!(
+            "the image config has rootfs.type {:?}; expected \"layers\"",
+            config.rootfs.kind
+        )));
     }
     if config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(ImageError::layout(format!(
@@ -162,12 +199,22 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
         .ok_or_else(|| ImageError::layout(format!("the image config has no {MANIFEST_LABEL} label; it is not an SHG service package, build it with `shg pack`")))?;
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
-    for (i, (desc, diff_id)) in manifest.layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+    for (i, (desc, diff_id)) in manifest
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .enumerate()
+    {
         if oci::layer_compression(&desc.media_type).is_none() {
-            return Err(ImageError::UnsupportedMediaType { layer: desc.digest.clone(), media_type: desc.media_type.clone() });
+            return Err(ImageError::UnsupportedMediaType {
+                layer: desc.digest.clone(),
+                media_type: desc.media_type.clone(),
+            });
         }
         if oci::sha256_hex(diff_id).is_none() {
-            return Err(ImageError::layout(format!("diff_id {diff_id:?} of layer {i} is not a sha256 digest")));
+            return Err(ImageError::layout(format!(
+                "diff_id {diff_id:?} of layer {i} is not a sha256 digest"
+            )));
         }
         let path = blob(desc, &format!("layer {i}"))?;
         layers.push(Layer {
@@ -209,15 +256,28 @@ fn extract_blob(entry: &mut impl Read, path: &Path, hex: &str) -> Result<(), Ima
 
 /// The staged path of the blob `desc` names, after checking it exists and has the declared size.
 /// Its content was hashed against its name when it was extracted.
-fn check_blob(blob_dir: &Path, blobs: &BTreeSet<String>, desc: &Descriptor, referrer: &str) -> Result<PathBuf, ImageError> {
+fn check_blob(
+    blob_dir: &Path,
+    blobs: &BTreeSet<String>,
+    desc: &Descriptor,
+    referrer: &str,
+) -> Result<PathBuf, ImageError> {
     let hex = oci::sha256_hex(&desc.digest).ok_or_else(|| {
-        ImageError::layout(format!("the {referrer} has digest {:?}; only sha256:<64 lowercase hex> is supported", desc.digest))
+        ImageError::layout(format!(
+            "the {referrer} has digest {:?}; only sha256:<64 lowercase hex> is supported",
+            desc.digest
+        ))
     })?;
     if !blobs.contains(hex) {
-        return Err(ImageError::MissingBlob { digest: desc.digest.clone(), referrer: referrer.to_string() });
+        return Err(ImageError::MissingBlob {
+            digest: desc.digest.clone(),
+            referrer: referrer.to_string(),
+        });
     }
     let path = blob_dir.join(hex);
-    let actual = fs::symlink_metadata(&path).map_err(|e| ImageError::io("stat", &path, e))?.len();
+    let actual = fs::symlink_metadata(&path)
+        .map_err(|e| ImageError::io("stat", &path, e))?
+        .len();
     if actual != desc.size {
         return Err(ImageError::SizeMismatch {
             digest: desc.digest.clone(),
@@ -231,7 +291,11 @@ fn check_blob(blob_dir: &Path, blobs: &BTreeSet<String>, desc: &Descriptor, refe
 
 fn read_json(path: &Path, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
     if desc.size > MAX_JSON {
-        return Err(ImageError::TooLarge { what: format!("blob {}", desc.digest), size: desc.size, limit: MAX_JSON });
+        return Err(ImageError::TooLarge {
+            what: format!("blob {}", desc.digest),
+            size: desc.size,
+            limit: MAX_JSON,
+        });
     }
     let mut buf = Vec::new();
     File::open(path)
@@ -241,14 +305,21 @@ fn read_json(path: &Path, desc: &Descriptor) -> Result<Vec<u8>, ImageError> {
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ImageError> {
-    serde_json::from_slice(bytes).map_err(|source| ImageError::BadJson { what: what.to_string(), source })
+    serde_json::from_slice(bytes).map_err(|source| ImageError::BadJson {
+        what: what.to_string(),
+        source,
+    })
 }
 
 fn expect_media(desc: &Descriptor, expected: &str, what: &str) -> Result<(), ImageError> {
     if desc.media_type == expected {
         return Ok(());
     }
-    let hint = if desc.media_type == oci::MEDIA_INDEX { " (nested image indexes are not supported)" } else { "" };
+    let hint = if desc.media_type == oci::MEDIA_INDEX {
+        " (nested image indexes are not supported)"
+    } else {
+        ""
+    };
     Err(ImageError::layout(format!(
         "the {what} {} has media type {:?}; expected {expected:?}{hint}",
         desc.digest, desc.media_type
@@ -267,7 +338,10 @@ mod tests {
         assert_eq!(outer_name(b"./index.json"), Some(OuterName::Index));
         assert_eq!(outer_name(b"./"), Some(OuterName::Dir));
         assert_eq!(outer_name(b"blobs/sha256/"), Some(OuterName::Dir));
-        assert_eq!(outer_name(format!("blobs/sha256/{HEX}").as_bytes()), Some(OuterName::Blob(HEX.into())));
+        assert_eq!(
+            outer_name(format!("blobs/sha256/{HEX}").as_bytes()),
+            Some(OuterName::Blob(HEX.into()))
+        );
         for bad in [
             "../oci-layout".to_string(),
             "/index.json".into(),

@@ -44,10 +44,13 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
     let manifest_path = dir.join(MANIFEST_FILE);
     let rootfs = dir.join(ROOTFS_DIR);
     let manifest_text = match fs::read(&manifest_path) {
-        Ok(bytes) => String::from_utf8(bytes)
-            .map_err(|_| ImageError::ManifestNotUtf8 { path: manifest_path.clone() })?,
+        Ok(bytes) => String::from_utf8(bytes).map_err(|_| ImageError::ManifestNotUtf8 {
+            path: manifest_path.clone(),
+        })?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ImageError::MissingSource { path: manifest_path })
+            return Err(ImageError::MissingSource {
+                path: manifest_path,
+            })
         }
         Err(e) => return Err(ImageError::io("read", manifest_path, e)),
     };
@@ -55,7 +58,8 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
         return Err(ImageError::MissingSource { path: rootfs });
     }
 
-    let scratch = tempfile::tempdir().map_err(|e| ImageError::io("create", std::env::temp_dir(), e))?;
+    let scratch =
+        tempfile::tempdir().map_err(|e| ImageError::io("create", std::env::temp_dir(), e))?;
     let layer_path = scratch.path().join("layer");
     let (layer_digest, layer_size, diff_id) = write_layer(&rootfs, &layer_path, mtime)?;
 
@@ -113,7 +117,8 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = tempfile::NamedTempFile::new_in(parent).map_err(|e| ImageError::io("create a file in", parent, e))?;
+    let tmp = tempfile::NamedTempFile::new_in(parent)
+        .map_err(|e| ImageError::io("create a file in", parent, e))?;
     let werr = |e| ImageError::io("write", out, e);
     let mut builder = tar::Builder::new(BufWriter::new(tmp.as_file()));
     for (digest, blob) in &blobs {
@@ -122,7 +127,10 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
             Blob::Bytes(b) => append_plain(&mut builder, &name, b, mtime).map_err(werr)?,
             Blob::File(p) => {
                 let mut f = File::open(p).map_err(|e| ImageError::io("open", *p, e))?;
-                let len = f.metadata().map_err(|e| ImageError::io("stat", *p, e))?.len();
+                let len = f
+                    .metadata()
+                    .map_err(|e| ImageError::io("stat", *p, e))?
+                    .len();
                 let mut h = plain_header(len, mtime);
                 builder.append_data(&mut h, &name, &mut f).map_err(werr)?;
             }
@@ -133,7 +141,8 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
     let mut w = builder.into_inner().map_err(werr)?;
     w.flush().map_err(werr)?;
     drop(w);
-    tmp.persist(out).map_err(|e| ImageError::io("rename into", out, e.error))?;
+    tmp.persist(out)
+        .map_err(|e| ImageError::io("rename into", out, e.error))?;
     Ok(manifest_desc.digest)
 }
 
@@ -166,7 +175,12 @@ fn plain_header(size: u64, mtime: u64) -> Header {
     h
 }
 
-fn append_plain<W: Write>(b: &mut tar::Builder<W>, name: &str, data: &[u8], mtime: u64) -> io::Result<()> {
+fn append_plain<W: Write>(
+    b: &mut tar::Builder<W>,
+    name: &str,
+    data: &[u8],
+    mtime: u64,
+) -> io::Result<()> {
     let mut h = plain_header(data.len() as u64, mtime);
     b.append_data(&mut h, name, data)
 }
@@ -184,7 +198,8 @@ fn collect(root: &Path) -> Result<Vec<SourceEntry>, ImageError> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let abs_dir = root.join(&rel);
-        let rd = fs::read_dir(&abs_dir).map_err(|e| ImageError::io("read directory", &abs_dir, e))?;
+        let rd =
+            fs::read_dir(&abs_dir).map_err(|e| ImageError::io("read directory", &abs_dir, e))?;
         for item in rd {
             let item = item.map_err(|e| ImageError::io("read directory", &abs_dir, e))?;
             let abs = item.path();
@@ -193,23 +208,37 @@ fn collect(root: &Path) -> Result<Vec<SourceEntry>, ImageError> {
             if meta.is_dir() {
                 stack.push(child.clone());
             }
-            out.push(SourceEntry { rel: child, abs, meta });
+            out.push(SourceEntry {
+                rel: child,
+                abs,
+                meta,
+            });
         }
     }
-    out.sort_by(|a, b| a.rel.as_os_str().as_bytes().cmp(b.rel.as_os_str().as_bytes()));
+    out.sort_by(|a, b| {
+        a.rel
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.rel.as_os_str().as_bytes())
+    });
     Ok(out)
 }
 
 /// Write rootfs/ as a gzip tar layer; returns (blob digest, blob size, diff_id).
-fn write_layer(rootfs: &Path, path: &Path, mtime: u64) -> Result<(String, u64, String), ImageError> {
+fn write_layer(
+    rootfs: &Path,
+    path: &Path,
+    mtime: u64,
+) -> Result<(String, u64, String), ImageError> {
     let entries = collect(rootfs)?;
     let file = File::create(path).map_err(|e| ImageError::io("create", path, e))?;
     let werr = |e| ImageError::io("write layer", path, e);
     // Fixed gzip settings: no file name, mtime 0, OS "unknown", level 6.
-    let gz: GzEncoder<HashWriter<BufWriter<File>>> = GzBuilder::new()
-        .mtime(0)
-        .operating_system(255)
-        .write(HashWriter::new(BufWriter::new(file)), flate2::Compression::new(6));
+    let gz: GzEncoder<HashWriter<BufWriter<File>>> =
+        GzBuilder::new().mtime(0).operating_system(255).write(
+            HashWriter::new(BufWriter::new(file)),
+            flate2::Compression::new(6),
+        );
     let mut builder = tar::Builder::new(HashWriter::new(gz));
     let mut seen_inodes: HashMap<(u64, u64), PathBuf> = HashMap::new();
 
@@ -223,9 +252,12 @@ fn write_layer(rootfs: &Path, path: &Path, mtime: u64) -> Result<(String, u64, S
         h.set_size(0);
         if ft.is_dir() {
             h.set_entry_type(EntryType::Directory);
-            builder.append_data(&mut h, &e.rel, io::empty()).map_err(werr)?;
+            builder
+                .append_data(&mut h, &e.rel, io::empty())
+                .map_err(werr)?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(&e.abs).map_err(|err| ImageError::io("read link", &e.abs, err))?;
+            let target =
+                fs::read_link(&e.abs).map_err(|err| ImageError::io("read link", &e.abs, err))?;
             h.set_entry_type(EntryType::Symlink);
             builder.append_link(&mut h, &e.rel, &target).map_err(werr)?;
         } else if ft.is_file() {
@@ -244,7 +276,9 @@ fn write_layer(rootfs: &Path, path: &Path, mtime: u64) -> Result<(String, u64, S
             builder.append_data(&mut h, &e.rel, &mut f).map_err(werr)?;
         } else if ft.is_fifo() {
             h.set_entry_type(EntryType::Fifo);
-            builder.append_data(&mut h, &e.rel, io::empty()).map_err(werr)?;
+            builder
+                .append_data(&mut h, &e.rel, io::empty())
+                .map_err(werr)?;
         } else {
             let kind = if ft.is_char_device() {
                 "character device"
@@ -255,7 +289,10 @@ fn write_layer(rootfs: &Path, path: &Path, mtime: u64) -> Result<(String, u64, S
             } else {
                 "special"
             };
-            return Err(ImageError::UnsupportedFile { path: e.abs.clone(), kind });
+            return Err(ImageError::UnsupportedFile {
+                path: e.abs.clone(),
+                kind,
+            });
         }
     }
 
@@ -273,8 +310,13 @@ mod tests {
     fn source_date_epoch_parses_or_names_the_value() {
         assert_eq!(source_date_epoch(None).unwrap(), 0);
         assert_eq!(source_date_epoch(Some("")).unwrap(), 0);
-        assert_eq!(source_date_epoch(Some("1700000000")).unwrap(), 1_700_000_000);
-        let err = source_date_epoch(Some("yesterday")).unwrap_err().to_string();
+        assert_eq!(
+            source_date_epoch(Some("1700000000")).unwrap(),
+            1_700_000_000
+        );
+        let err = source_date_epoch(Some("yesterday"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"yesterday\""), "{err}");
     }
 
@@ -283,7 +325,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let out = t.path().join("p.tar");
         let err = pack_at(t.path(), &out, 0).unwrap_err();
-        assert!(matches!(&err, ImageError::MissingSource { path } if path.ends_with(MANIFEST_FILE)));
+        assert!(
+            matches!(&err, ImageError::MissingSource { path } if path.ends_with(MANIFEST_FILE))
+        );
         fs::write(t.path().join(MANIFEST_FILE), "name = \"x\"\n").unwrap();
         let err = pack_at(t.path(), &out, 0).unwrap_err();
         assert!(matches!(&err, ImageError::MissingSource { path } if path.ends_with(ROOTFS_DIR)));
@@ -298,7 +342,10 @@ mod tests {
         let sock = t.path().join(ROOTFS_DIR).join("s.sock");
         let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
         let err = pack_at(t.path(), &t.path().join("p.tar"), 0).unwrap_err();
-        assert!(matches!(&err, ImageError::UnsupportedFile { kind: "socket", .. }), "{err}");
+        assert!(
+            matches!(&err, ImageError::UnsupportedFile { kind: "socket", .. }),
+            "{err}"
+        );
     }
 
     #[test]
@@ -308,7 +355,11 @@ mod tests {
             fs::create_dir_all(t.path().join(d)).unwrap();
         }
         fs::write(t.path().join("a/b/f"), "x").unwrap();
-        let names: Vec<_> = collect(t.path()).unwrap().into_iter().map(|e| e.rel).collect();
+        let names: Vec<_> = collect(t.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.rel)
+            .collect();
         let names: Vec<_> = names.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(names, ["a", "a.b", "a/b", "a/b/f", "c"]);
     }
