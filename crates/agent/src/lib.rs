@@ -1,1 +1,126 @@
-//! agent
+//! The gateway agent: installs packages, runs each service in its own container, keeps them to
+//! their restart policy and health checks, records every transition, and serves the API.
+//!
+//! The HTTP layer (`api`) only translates requests into calls on [`Agent`]; the agent's
+//! operations never see HTTP types.
+
+mod api;
+mod error;
+mod health;
+mod install;
+mod layout;
+mod lifecycle;
+mod pidfd;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub use error::AgentError;
+pub use layout::Layout;
+
+use state::Store;
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// The static `shg` binary: run as the runtime helper and mounted as every container's init.
+    pub shg_binary: PathBuf,
+    /// Where /proc is (tests may point elsewhere).
+    pub proc_root: PathBuf,
+    /// Bytes per log segment; a service keeps two.
+    pub log_segment: u64,
+    /// Size of each service's private /tmp.
+    pub tmp_size: u64,
+    /// A run shorter than this counts as a failure in a row for the back-off.
+    pub stable_after_ms: u64,
+    /// Largest package accepted over the API.
+    pub max_package: u64,
+}
+
+impl Config {
+    /// Defaults for a gateway keeping its state in `state_dir`.
+    pub fn new(state_dir: PathBuf) -> Result<Config, AgentError> {
+        let shg_binary = std::env::current_exe()
+            .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
+        Ok(Config {
+            state_dir,
+            shg_binary,
+            proc_root: PathBuf::from("/proc"),
+            log_segment: 1 << 20,
+            tmp_size: 16 << 20,
+            stable_after_ms: 10_000,
+            max_package: 2 << 30,
+        })
+    }
+}
+
+/// The agent: shared by the API handlers and the supervising tasks.
+pub struct Agent {
+    pub(crate) cfg: Config,
+    pub(crate) layout: Layout,
+    pub(crate) store: Mutex<Store>,
+    /// One lock per service: operations on a service run one at a time.
+    pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Agent {
+    /// Opens the state directory and database (creating them if needed).
+    pub fn open(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let layout = Layout::new(&cfg.state_dir);
+        for dir in [layout.root.clone(), layout.containers(), layout.tmp(), layout.services()] {
+            std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        }
+        let store = Store::open(&layout.database())?;
+        Ok(Arc::new(Agent {
+            cfg,
+            layout,
+            store: Mutex::new(store),
+            locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub(crate) fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        // A panic while holding the lock leaves the store usable: SQLite rolled back the
+        // transaction that was under way.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.layout.root
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT: recovers what a previous run left, serves the API
+/// on `STATE_DIR/api.sock`. Services keep running after the agent exits.
+pub fn run(cfg: Config) -> Result<(), AgentError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Internal(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let agent = Agent::open(cfg)?;
+        let _lock = lifecycle::take_lock(&agent.layout)?;
+        lifecycle::become_subreaper();
+        agent.clone().recover().await?;
+        let listener = api::bind(&agent.layout.socket())?;
+        tracing::info!(socket = %agent.layout.socket().display(), "gateway agent ready");
+        eprintln!("shg gateway: serving the API on {}", agent.layout.socket().display());
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+        };
+        api::serve(agent, listener, shutdown).await
+    })
+}

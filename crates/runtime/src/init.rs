@@ -105,7 +105,7 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
         mask.add(*sig);
     }
     mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
-    let mut sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
 
     let (out_r, out_w) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;

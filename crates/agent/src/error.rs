@@ -1,0 +1,71 @@
+//! The agent's errors, each one a sentence for the person who caused or can fix it.
+
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No such service.
+    #[error("no service named `{0}` is installed; `shg ps` lists the installed services")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a service named `{0}` is already installed; remove it first with `shg remove {0}`")]
+    Exists(String),
+    /// The package is unreadable, tampered with or unsafe.
+    #[error("package refused: {0}")]
+    BadPackage(String),
+    /// The manifest breaks a rule.
+    #[error("manifest refused: {0}")]
+    BadManifest(String),
+    /// The request itself is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is valid but not in the service's current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// Another agent holds the state directory.
+    #[error("{0}")]
+    Busy(String),
+    /// The container runtime could not start the service.
+    #[error("{0}")]
+    StartFailed(String),
+    /// Anything else: a bug or a host failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    pub fn io(path: &Path, e: std::io::Error) -> Self {
+        AgentError::Internal(format!("{}: {e}", path.display()))
+    }
+
+    /// The stable code the API reports.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AgentError::NotFound(_) => "not-found",
+            AgentError::Exists(_) => "conflict",
+            AgentError::BadPackage(_) => "bad-package",
+            AgentError::BadManifest(_) => "bad-manifest",
+            AgentError::BadRequest(_) => "bad-request",
+            AgentError::Conflict(_) => "conflict",
+            AgentError::Busy(_) => "unavailable",
+            AgentError::StartFailed(_) => "start-failed",
+            AgentError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<state::StateError> for AgentError {
+    fn from(e: state::StateError) -> Self {
+        match e {
+            state::StateError::NotFound(name) => AgentError::NotFound(name),
+            state::StateError::Exists(name) => AgentError::Exists(name),
+            state::StateError::Db { .. } => AgentError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<runtime::RuntimeError> for AgentError {
+    fn from(e: runtime::RuntimeError) -> Self {
+        AgentError::Internal(e.to_string())
+    }
+}

@@ -1,0 +1,147 @@
+//! Health checks: `exec` runs a command inside the service; `tcp` and `http` connect to the
+//! service's own loopback from inside its network namespace.
+//!
+//! The tcp/http probes enter the namespace from a fresh thread made for that one probe, so no
+//! thread of the agent's pool ever changes namespace.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use manifest::HealthCheck;
+use state::{Health, Note};
+
+use crate::Agent;
+
+/// Starts the health loop of the service whose init is `pid`; it ends when that PID is no
+/// longer the service's.
+pub fn spawn(agent: Arc<Agent>, name: String, pid: i32) {
+    tokio::spawn(async move {
+        let Ok(rec) = agent.store().get(&name) else { return };
+        let Ok(manifest) = crate::lifecycle::manifest_of(&rec) else { return };
+        let Some(health) = manifest.health else { return };
+        let uid_gid = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
+        let started = tokio::time::Instant::now();
+        let mut failures = 0u32;
+        loop {
+            tokio::time::sleep(health.interval).await;
+            let still_ours = agent.store().find(&name).ok().flatten().is_some_and(|r| r.pid == Some(pid));
+            if !still_ours {
+                return;
+            }
+            let ok = probe(&agent, &name, pid, &health.check, health.timeout, uid_gid).await;
+            let in_grace = started.elapsed() < health.start_period;
+            failures = if ok { 0 } else if in_grace { failures } else { failures + 1 };
+            let current = agent.store().get(&name).map(|r| r.health).unwrap_or(Health::None);
+            let next = if ok {
+                Health::Healthy
+            } else if failures >= health.retries {
+                Health::Unhealthy
+            } else {
+                current
+            };
+            if next != current {
+                let message = match next {
+                    Health::Healthy => format!("`{name}` is healthy"),
+                    _ => format!("`{name}` is unhealthy: {} checks failed in a row", failures),
+                };
+                let _ = agent.store().update(&name, Some(Note::new("health", message)), |r| {
+                    if r.pid == Some(pid) {
+                        r.health = next;
+                    }
+                });
+            }
+        }
+    });
+}
+
+async fn probe(
+    agent: &Arc<Agent>,
+    name: &str,
+    pid: i32,
+    check: &HealthCheck,
+    timeout: Duration,
+    (uid, gid): (u32, u32),
+) -> bool {
+    match check {
+        HealthCheck::Exec(command) => {
+            let child = tokio::process::Command::new(&agent.cfg.shg_binary)
+                .arg("runtime")
+                .arg("exec")
+                .arg(name)
+                .arg("--state-root")
+                .arg(agent.layout.containers())
+                .arg("--uid")
+                .arg(uid.to_string())
+                .arg("--gid")
+                .arg(gid.to_string())
+                .arg("--")
+                .args(command)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .status();
+            matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success())
+        }
+        HealthCheck::Tcp(port) => {
+            let port = *port;
+            in_netns(pid, move || connect(port, timeout).is_ok()).await
+        }
+        HealthCheck::Http(url) => {
+            let url = url.clone();
+            in_netns(pid, move || http_ok(&url, timeout)).await
+        }
+    }
+}
+
+/// Runs `f` on a new thread inside the network namespace of `pid`.
+async fn in_netns(pid: i32, f: impl FnOnce() -> bool + Send + 'static) -> bool {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let ok = (|| {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            Some(f())
+        })()
+        .unwrap_or(false);
+        let _ = tx.send(ok);
+    });
+    rx.await.unwrap_or(false)
+}
+
+fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    Ok(stream)
+}
+
+/// GET the URL (host 127.0.0.1 or localhost, validated by the manifest); 2xx/3xx is healthy.
+fn http_ok(url: &str, timeout: Duration) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
+    let Ok(mut stream) = connect(port, timeout) else { return false };
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shg-health\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        match stream.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..got]);
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+    matches!(status, Some(200..=399))
+}

@@ -1,0 +1,269 @@
+//! Installing and removing services, as recorded transitions.
+//!
+//! An install is registered (`installing`) before anything is unpacked, unpacks into
+//! `tmp/NAME.partial`, and is renamed into `services/NAME` before it is marked `installed`.
+//! A removal is marked `removing` before anything is deleted. So after a crash at any point
+//! the next start knows what to do: roll the install back, finish the removal.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use api::{ServiceDetail, ServicePaths};
+use manifest::Manifest;
+use runtime::spec::{self, ServiceSpec};
+use state::{Desired, Note, Phase, ServiceRecord};
+
+use crate::lifecycle::{manifest_of, summary};
+use crate::{Agent, AgentError};
+
+impl Agent {
+    /// Installs the package at `upload` (an OCI layout tar), then starts it if `start`.
+    pub async fn install(self: &Arc<Self>, upload: &Path, start: bool) -> Result<ServiceDetail, AgentError> {
+        let staging = self.layout.tmp().join(format!("open-{}", unique()));
+        let result = self.install_from(upload, &staging, start).await;
+        let _ = std::fs::remove_dir_all(&staging);
+        result
+    }
+
+    async fn install_from(self: &Arc<Self>, upload: &Path, staging: &Path, start: bool) -> Result<ServiceDetail, AgentError> {
+        let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
+        let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?
+            .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
+            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+        let name = manifest.name.clone();
+
+        let lock = self.lock_of(&name);
+        let _guard = lock.lock().await;
+        let rec = ServiceRecord::new(&name, &manifest.provider, &manifest.version, &package.digest, &package.manifest_toml);
+        self.store().insert(
+            &rec,
+            Note::new("installing", format!("installing `{name}` {} from provider `{}` ({})", manifest.version, manifest.provider, package.digest)),
+        )?;
+
+        let agent = self.clone();
+        let prepared = tokio::task::spawn_blocking(move || agent.prepare(&manifest, &package))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))
+            .and_then(|r| r);
+        if let Err(e) = prepared {
+            self.rollback_install(&name, &e.to_string())?;
+            return Err(e);
+        }
+        let desired = if start { Desired::Running } else { Desired::Stopped };
+        self.store().update(&name, Some(Note::new("installed", format!("`{name}` installed"))), |r| {
+            r.phase = Phase::Installed;
+            r.desired = desired;
+            r.state = state::RunState::Created;
+        })?;
+        if start {
+            // A start failure leaves the service installed and says why in its state.
+            if let Err(e) = self.launch(&name).await {
+                tracing::warn!(service = %name, "installed but not started: {e}");
+            }
+        }
+        drop(_guard);
+        self.detail(&name)
+    }
+
+    /// Unpacks and lays out a service in `tmp/NAME.partial`, then renames it into place.
+    fn prepare(&self, manifest: &Manifest, package: &image::Package) -> Result<(), AgentError> {
+        let name = &manifest.name;
+        let partial = self.layout.partial(name);
+        let _ = std::fs::remove_dir_all(&partial);
+        let rootfs = partial.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
+        image::unpack(package, &rootfs).map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        check_command(&rootfs, &manifest.run.command[0])?;
+
+        let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
+        for dir in ["data", "logs", "bundle"] {
+            let path = partial.join(dir);
+            std::fs::create_dir_all(&path).map_err(|e| AgentError::io(&path, e))?;
+        }
+        let data = partial.join("data");
+        nix::unistd::chown(&data, Some(uid.into()), Some(gid.into())).map_err(|e| AgentError::io(&data, e.into()))?;
+        // The bundle names the final paths: it is renamed into place below.
+        let service = self.layout.service(name);
+        let spec = self.service_spec(manifest, &service.dir);
+        spec::write_bundle(&partial.join("bundle"), &spec)?;
+
+        if service.dir.exists() {
+            // Left by a removal that did not finish before its record was gone.
+            std::fs::remove_dir_all(&service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
+        }
+        std::fs::rename(&partial, &service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
+        Ok(())
+    }
+
+    pub(crate) fn service_spec(&self, m: &Manifest, dir: &Path) -> ServiceSpec {
+        let (uid, gid) = m.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
+        ServiceSpec {
+            name: m.name.clone(),
+            command: m.run.command.clone(),
+            env: m.run.env.clone(),
+            uid,
+            gid,
+            workdir: m.run.workdir.clone().unwrap_or_else(|| "/".into()),
+            rootfs: dir.join("rootfs"),
+            data_dir: dir.join("data"),
+            init_binary: self.cfg.shg_binary.clone(),
+            tmp_size: self.cfg.tmp_size,
+            pids_limit: m.resources.pids.limit,
+            memory_limit: m.resources.memory.limit,
+            cpu_limit: m.resources.cpu.limit,
+            log_segment: self.cfg.log_segment,
+        }
+    }
+
+    /// Undoes a half-done install: files, container and record.
+    pub(crate) fn rollback_install(&self, name: &str, why: &str) -> Result<(), AgentError> {
+        let _ = runtime::container::remove_stale(name, &self.layout.containers());
+        for dir in [self.layout.partial(name), self.layout.service(name).dir] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+            }
+        }
+        self.store().delete(name, Note::new("install-failed", format!("install of `{name}` rolled back: {why}")))?;
+        Ok(())
+    }
+
+    /// `shg remove`: stops the service, then deletes its container, files and record.
+    pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), AgentError> {
+        let rec = self.store().get(name)?;
+        if rec.phase == Phase::Installed && (rec.pid.is_some() || rec.desired == Desired::Running) {
+            self.stop(name).await?;
+        }
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        self.store().update(name, Some(Note::new("removing", format!("removing `{name}`"))), |r| {
+            r.phase = Phase::Removing;
+        })?;
+        self.finish_remove(name)
+    }
+
+    pub(crate) fn finish_remove(&self, name: &str) -> Result<(), AgentError> {
+        runtime::container::remove_stale(name, &self.layout.containers())?;
+        for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+            }
+        }
+        self.store().delete(name, Note::new("removed", format!("`{name}` removed with its data")))?;
+        Ok(())
+    }
+
+    pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {
+        let rec = self.store().get(name)?;
+        let manifest = manifest_of(&rec)?;
+        let events = self.store().events(0, Some(name), 20)?;
+        let sl = self.layout.service(name);
+        let show = |p: PathBuf| p.display().to_string();
+        Ok(ServiceDetail {
+            summary: summary(&rec),
+            description: manifest.description.clone(),
+            image_digest: rec.image_digest.clone(),
+            installed_at_ms: rec.installed_at_ms,
+            manifest: serde_json::to_value(&manifest).unwrap_or_default(),
+            paths: ServicePaths { rootfs: show(sl.rootfs()), data: show(sl.data()), bundle: show(sl.bundle()), logs: show(sl.logs()) },
+            events: events.into_iter().map(crate::api::event_view).collect(),
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<api::ServiceSummary>, AgentError> {
+        Ok(self.store().list()?.iter().map(summary).collect())
+    }
+}
+
+/// A name for temporary files that no other request uses at the same time.
+pub(crate) fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Refuses a command that does not exist, or is not executable, inside the image.
+/// Symlinks resolve inside `rootfs`, as they will in the container.
+fn check_command(rootfs: &Path, command: &str) -> Result<(), AgentError> {
+    let missing = |why: &str| {
+        AgentError::BadManifest(format!(
+            "shg-service.toml: run.command: `{command}` {why} in the image; add it to rootfs/ or fix the path"
+        ))
+    };
+    let resolved = resolve_in_root(rootfs, Path::new(command)).ok_or_else(|| missing("does not exist"))?;
+    let meta = std::fs::metadata(&resolved).map_err(|_| missing("does not exist"))?;
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        return Err(missing("is not an executable file"));
+    }
+    Ok(())
+}
+
+/// Resolves `path` as the container would see it, never leaving `root`.
+fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<std::ffi::OsString> = Vec::new();
+    let mut pending: Vec<std::ffi::OsString> =
+        path.components().rev().filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        }).collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            parts.pop();
+            continue;
+        }
+        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > 40 {
+                    return None;
+                }
+                let target = std::fs::read_link(&candidate).ok()?;
+                if target.is_absolute() {
+                    parts.clear();
+                }
+                for c in target.components().rev() {
+                    match c {
+                        Component::Normal(n) => pending.push(n.to_os_string()),
+                        Component::ParentDir => pending.push("..".into()),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => parts.push(part),
+            Err(_) => return None,
+        }
+    }
+    Some(root.join(parts.iter().collect::<PathBuf>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::write(root.join("bin/busybox"), b"x").unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("bin/escape")).unwrap();
+        assert_eq!(resolve_in_root(root, Path::new("/bin/sh")), Some(root.join("bin/busybox")));
+        // `..` past the root stays at the root, as in the container.
+        assert_eq!(resolve_in_root(root, Path::new("/bin/escape")), None);
+        assert_eq!(resolve_in_root(root, Path::new("/nope")), None);
+    }
+
+    #[test]
+    fn a_missing_command_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_command(dir.path(), "/bin/httpd").unwrap_err();
+        assert!(err.to_string().contains("`/bin/httpd` does not exist in the image"), "{err}");
+    }
+}

@@ -1,0 +1,89 @@
+//! Where the agent keeps things inside its state directory.
+//!
+//! ```text
+//! STATE/
+//!   api.sock            the API (HTTP/1.1 over a Unix socket, mode 0600)
+//!   agent.lock          held while an agent runs on this directory
+//!   state.db            SQLite (WAL): services and the event journal
+//!   containers/         libcontainer's state, one directory per container
+//!   tmp/                uploads and half-done installs
+//!   services/NAME/
+//!     rootfs/           the unpacked image (read-only in the container)
+//!     bundle/config.json
+//!     data/             the service's private writable volume (/data)
+//!     logs/log.0 log.1  the size-capped log the init writes
+//!     status            the exit status the init writes
+//! ```
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: &Path) -> Self {
+        Layout { root: root.to_path_buf() }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.root.join(api::SOCKET_NAME)
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("agent.lock")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.root.join("state.db")
+    }
+
+    pub fn containers(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn services(&self) -> PathBuf {
+        self.root.join("services")
+    }
+
+    pub fn service(&self, name: &str) -> ServiceLayout {
+        ServiceLayout { dir: self.services().join(name) }
+    }
+
+    /// Where an install unpacks before it is renamed into place.
+    pub fn partial(&self, name: &str) -> PathBuf {
+        self.tmp().join(format!("{name}.partial"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceLayout {
+    pub dir: PathBuf,
+}
+
+impl ServiceLayout {
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    pub fn status(&self) -> PathBuf {
+        self.dir.join("status")
+    }
+}

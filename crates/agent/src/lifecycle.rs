@@ -1,0 +1,386 @@
+//! Starting, stopping, watching and restarting services, and picking up after a crash.
+//!
+//! A running service is a container whose init PID the agent records together with its start
+//! time. The agent watches that PID through a pidfd, so it can watch processes that are not
+//! its children: the ones it re-adopts after a restart of its own. The exit status comes from
+//! the file the init writes, not from `wait`, for the same reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api::ServiceSummary;
+use manifest::RestartPolicy;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use runtime::process;
+use state::{now_ms, Desired, Health, Note, Phase, RunState, ServiceRecord};
+
+use crate::pidfd::{self, PidFd};
+use crate::{Agent, AgentError, Layout};
+
+/// Failures in a row after which a restarting service shows as `crash-loop`.
+const CRASH_LOOP_AFTER: u32 = 5;
+/// The longest wait between two restarts.
+const MAX_BACKOFF_MS: u64 = 60_000;
+/// How long a SIGKILLed service may take to disappear before the agent gives up waiting.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+/// Holds the state directory for this agent; dropped when the agent exits.
+pub struct StateLock(#[allow(dead_code)] std::fs::File);
+
+pub fn take_lock(layout: &Layout) -> Result<StateLock, AgentError> {
+    let path = layout.lock();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| AgentError::io(&path, e))?;
+    // SAFETY: flock on a descriptor owned by `file`.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(AgentError::Busy(format!(
+            "another agent already runs on {}; stop it first or pick another --state-dir",
+            layout.root.display()
+        )));
+    }
+    Ok(StateLock(file))
+}
+
+/// Orphaned container inits are re-parented to the agent, which reaps them.
+pub fn become_subreaper() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+}
+
+pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
+    let state = match rec.phase {
+        Phase::Installing => "installing".to_string(),
+        Phase::Removing => "removing".to_string(),
+        Phase::Installed => rec.state.as_str(),
+    };
+    ServiceSummary {
+        name: rec.name.clone(),
+        provider: rec.provider.clone(),
+        version: rec.version.clone(),
+        state,
+        health: rec.health.as_str(),
+        pid: rec.pid,
+        desired: rec.desired.as_str(),
+        restarts: rec.restarts,
+        exit_code: rec.exit_code,
+        started_at_ms: rec.started_at_ms,
+        reason: rec.reason.clone(),
+    }
+}
+
+pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, AgentError> {
+    manifest::parse(&rec.manifest, "shg-service.toml")
+        .map_err(|e| AgentError::Internal(format!("stored manifest of `{}`: {e}", rec.name)))
+}
+
+fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
+    match status {
+        Some(s) if s.error.is_some() => {
+            format!("could not start: {}", s.error.as_deref().unwrap_or_default())
+        }
+        Some(s) => match s.signal {
+            Some(9) => "was killed (SIGKILL)".to_string(),
+            Some(sig) => format!("was ended by signal {sig}"),
+            None => format!("exited with code {}", s.code),
+        },
+        None => "ended without recording an exit status".to_string(),
+    }
+}
+
+impl Agent {
+    /// `shg start`: wants the service running and starts it now.
+    pub async fn start(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        let rec = self.store().get(name)?;
+        if rec.phase != Phase::Installed {
+            return Err(AgentError::Conflict(format!(
+                "`{name}` is being {}; wait for it to finish",
+                if rec.phase == Phase::Installing { "installed" } else { "removed" }
+            )));
+        }
+        if let Some(pid) = rec.pid {
+            if process::is_alive(&self.cfg.proc_root, pid) {
+                return Ok(summary(&rec));
+            }
+        }
+        self.store().update(name, None, |r| {
+            r.desired = Desired::Running;
+            r.failures = 0;
+        })?;
+        let rec = self.launch(name).await?;
+        Ok(summary(&rec))
+    }
+
+    /// Creates and starts the container; the caller holds the service's lock.
+    pub(crate) async fn launch(self: &Arc<Self>, name: &str) -> Result<ServiceRecord, AgentError> {
+        let sl = self.layout.service(name);
+        let output = tokio::process::Command::new(&self.cfg.shg_binary)
+            .arg("runtime")
+            .arg("create")
+            .arg(name)
+            .arg("--state-root")
+            .arg(self.layout.containers())
+            .arg("--bundle")
+            .arg(sl.bundle())
+            .arg("--log-dir")
+            .arg(sl.logs())
+            .arg("--status-file")
+            .arg(sl.status())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|e| AgentError::Internal(format!("cannot run the runtime helper: {e}")))?;
+        let pid = String::from_utf8_lossy(&output.stdout).trim().parse::<i32>().ok();
+        let Some(pid) = pid.filter(|_| output.status.success()) else {
+            let why = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            let reason = format!("cannot start `{name}`: {why}");
+            self.store().update(name, Some(Note::new("start-failed", reason.clone())), |r| {
+                r.state = RunState::Failed;
+                r.pid = None;
+                r.reason = Some(reason.clone());
+            })?;
+            return Err(AgentError::StartFailed(reason));
+        };
+        let pid_start = process::start_time(&self.cfg.proc_root, pid);
+        let has_health = manifest_of(&self.store().get(name)?)?.health.is_some();
+        let rec = self.store().update(
+            name,
+            Some(Note::new("started", format!("`{name}` started (pid {pid})"))),
+            |r| {
+                r.state = RunState::Running;
+                r.pid = Some(pid);
+                r.pid_start = pid_start;
+                r.started_at_ms = Some(now_ms());
+                r.exit_code = None;
+                r.reason = None;
+                r.health = if has_health { Health::Starting } else { Health::None };
+            },
+        )?;
+        self.watch(name, pid);
+        Ok(rec)
+    }
+
+    /// Watches `pid` (the service's init) until it exits, and runs its health checks meanwhile.
+    pub(crate) fn watch(self: &Arc<Self>, name: &str, pid: i32) {
+        let agent = self.clone();
+        let owned = name.to_string();
+        tokio::spawn(async move {
+            if let Ok(fd) = PidFd::open(pid) {
+                fd.exited().await;
+            }
+            if let Err(e) = agent.on_exit(&owned, pid).await {
+                tracing::error!(service = %owned, "handling the exit failed: {e}");
+            }
+        });
+        crate::health::spawn(self.clone(), name.to_string(), pid);
+    }
+
+    /// Records the end of `pid` and applies the restart policy. Idempotent: a second call for
+    /// the same PID does nothing.
+    pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        let Some(rec) = self.store().find(name)? else { return Ok(()) };
+        if rec.pid != Some(pid) {
+            return Ok(());
+        }
+        pidfd::reap(pid);
+        let sl = self.layout.service(name);
+        let status = runtime::init::read_status(&sl.status());
+        // Deleting the container also removes its cgroup; it never forks.
+        if let Err(e) = runtime::container::remove_stale(name, &self.layout.containers()) {
+            tracing::warn!(service = %name, "cannot delete the container: {e}");
+        }
+        let code = status.as_ref().map(|s| s.code);
+        let what = describe_exit(&status);
+        let ran_ms = now_ms().saturating_sub(rec.started_at_ms.unwrap_or(0));
+
+        if rec.desired == Desired::Stopped {
+            self.store().update(name, Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))), |r| {
+                r.state = RunState::Stopped;
+                r.pid = None;
+                r.pid_start = None;
+                r.exit_code = code;
+                r.health = Health::None;
+                r.reason = None;
+            })?;
+            return Ok(());
+        }
+        let policy = manifest_of(&rec)?.restart.policy;
+        let restart = match policy {
+            RestartPolicy::Always => true,
+            RestartPolicy::OnFailure => code != Some(0),
+            RestartPolicy::Never => false,
+        };
+        if !restart {
+            let policy_name = serde_json::to_value(policy).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let reason = format!("it {what}; restart policy `{policy_name}` leaves it stopped");
+            self.store().update(name, Some(Note::new("exited", format!("`{name}` {what}"))), |r| {
+                r.state = RunState::Exited;
+                r.pid = None;
+                r.pid_start = None;
+                r.exit_code = code;
+                r.health = Health::None;
+                r.reason = Some(reason.clone());
+            })?;
+            return Ok(());
+        }
+        let failures = if ran_ms >= self.cfg.stable_after_ms { 1 } else { rec.failures + 1 };
+        let delay_ms = (500u64 << (failures - 1).min(16)).min(MAX_BACKOFF_MS);
+        let looping = failures >= CRASH_LOOP_AFTER;
+        let reason = format!(
+            "it {what} after {:.1}s; restarting in {:.1}s (failure {failures} in a row)",
+            ran_ms as f64 / 1000.0,
+            delay_ms as f64 / 1000.0
+        );
+        let was_looping = rec.state == RunState::CrashLoop;
+        self.store().update(name, Some(Note::new("exited", format!("`{name}` {what}"))), |r| {
+            r.state = if looping { RunState::CrashLoop } else { RunState::Backoff };
+            r.pid = None;
+            r.pid_start = None;
+            r.exit_code = code;
+            r.failures = failures;
+            r.health = Health::None;
+            r.reason = Some(reason.clone());
+        })?;
+        if looping && !was_looping {
+            self.store().record(
+                Some(name),
+                Note::new(
+                    "crash-loop",
+                    format!("`{name}` failed {failures} times in a row; it keeps being restarted with a growing delay (up to {}s)", MAX_BACKOFF_MS / 1000),
+                ),
+            )?;
+        }
+        let agent = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            if let Err(e) = agent.restart_after_backoff(&name, failures).await {
+                tracing::warn!(service = %name, "restart failed: {e}");
+            }
+        });
+        Ok(())
+    }
+
+    async fn restart_after_backoff(self: &Arc<Self>, name: &str, failures: u32) -> Result<(), AgentError> {
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        let Some(rec) = self.store().find(name)? else { return Ok(()) };
+        let waiting = matches!(rec.state, RunState::Backoff | RunState::CrashLoop);
+        if rec.phase != Phase::Installed || rec.desired != Desired::Running || rec.pid.is_some() || !waiting || rec.failures != failures {
+            return Ok(());
+        }
+        self.store().update(name, Some(Note::new("restarting", format!("restarting `{name}` (restart {})", rec.restarts + 1))), |r| {
+            r.restarts += 1;
+        })?;
+        self.launch(name).await.map(|_| ())
+    }
+
+    /// `shg stop`: SIGTERM, then SIGKILL after the manifest's stop timeout.
+    pub async fn stop(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
+        let pid = {
+            let lock = self.lock_of(name);
+            let _guard = lock.lock().await;
+            let rec = self.store().get(name)?;
+            if rec.phase != Phase::Installed {
+                return Err(AgentError::Conflict(format!("`{name}` is not fully installed; wait for the install or removal to finish")));
+            }
+            let Some(pid) = rec.pid else {
+                let rec = self.store().update(name, Some(Note::new("stopped", format!("`{name}` will stay stopped"))), |r| {
+                    r.desired = Desired::Stopped;
+                    if matches!(r.state, RunState::Backoff | RunState::CrashLoop | RunState::Starting) {
+                        r.state = RunState::Stopped;
+                    }
+                    r.reason = None;
+                })?;
+                return Ok(summary(&rec));
+            };
+            self.store().update(name, Some(Note::new("stopping", format!("stopping `{name}` (SIGTERM)"))), |r| {
+                r.desired = Desired::Stopped;
+                r.state = RunState::Stopping;
+            })?;
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            pid
+        };
+        let timeout = manifest_of(&self.store().get(name)?)?.run.stop_timeout;
+        if !self.wait_gone(pid, timeout).await {
+            self.store().record(
+                Some(name),
+                Note::new("killed", format!("`{name}` did not stop within {}s of SIGTERM; sending SIGKILL", timeout.as_secs_f64())),
+            )?;
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            self.wait_gone(pid, KILL_GRACE).await;
+        }
+        self.on_exit(name, pid).await?;
+        Ok(summary(&self.store().get(name)?))
+    }
+
+    /// Waits until `pid` is gone (or a zombie); false if it still runs after `timeout`.
+    async fn wait_gone(&self, pid: i32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if !process::is_alive(&self.cfg.proc_root, pid) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `shg restart`.
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
+        self.stop(name).await?;
+        self.start(name).await
+    }
+
+    /// Picks up after the previous agent: finishes or rolls back half-done installs and
+    /// removals, re-adopts services that kept running, and handles those that ended meanwhile.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
+        // Uploads and unpacked-but-unregistered installs of a dead agent are garbage.
+        if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            }
+        }
+        let records = self.store().list()?;
+        for rec in records {
+            let name = rec.name.as_str();
+            match rec.phase {
+                Phase::Installing => self.rollback_install(name, "the agent stopped during the install")?,
+                Phase::Removing => self.finish_remove(name)?,
+                Phase::Installed => match rec.pid {
+                    Some(pid)
+                        if process::is_alive(&self.cfg.proc_root, pid)
+                            && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
+                    {
+                        self.store().record(Some(name), Note::new("adopted", format!("`{name}` kept running while the agent was down; re-adopted (pid {pid})")))?;
+                        self.watch(name, pid);
+                    }
+                    Some(pid) => self.on_exit(name, pid).await?,
+                    None if rec.desired == Desired::Running
+                        && matches!(rec.state, RunState::Backoff | RunState::CrashLoop | RunState::Created | RunState::Starting) =>
+                    {
+                        let lock = self.lock_of(name);
+                        let _guard = lock.lock().await;
+                        if let Err(e) = self.launch(name).await {
+                            tracing::warn!(service = %name, "cannot start after recovery: {e}");
+                        }
+                    }
+                    None => {}
+                },
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,98 @@
+//! The JSON bodies of the gateway API, shared by the agent (server) and the CLI (client).
+
+use serde::{Deserialize, Serialize};
+
+/// One service as `GET /v1/services` lists it and `shg ps --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub provider: String,
+    pub version: String,
+    /// `installing`, `created`, `starting`, `running`, `stopping`, `stopped`, `exited`,
+    /// `backoff` (waiting to restart), `crash-loop` (restarting too often), `failed`, `removing`.
+    pub state: String,
+    /// `none` (no check), `starting`, `healthy`, `unhealthy`.
+    pub health: String,
+    /// Host PID of the container's init while it runs.
+    pub pid: Option<i32>,
+    /// What should run: `running` or `stopped`.
+    pub desired: String,
+    pub restarts: u32,
+    pub exit_code: Option<i32>,
+    /// Unix milliseconds.
+    pub started_at_ms: Option<u64>,
+    /// A sentence on why the service is in its state, when it is not simply running.
+    pub reason: Option<String>,
+}
+
+/// `GET /v1/services/{name}`: the summary plus what it was installed from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDetail {
+    #[serde(flatten)]
+    pub summary: ServiceSummary,
+    pub description: String,
+    /// Digest of the OCI image manifest the service was installed from.
+    pub image_digest: String,
+    pub installed_at_ms: u64,
+    /// The validated service manifest.
+    pub manifest: serde_json::Value,
+    /// Host paths, for operators.
+    pub paths: ServicePaths,
+    /// The most recent events of this service, oldest first.
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServicePaths {
+    pub rootfs: String,
+    pub data: String,
+    pub bundle: String,
+    pub logs: String,
+}
+
+/// Something that happened to a service or the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: i64,
+    pub time_ms: u64,
+    /// The service concerned, if any.
+    pub service: Option<String>,
+    /// Machine-readable kind: `installed`, `started`, `exited`, `restarting`, `crash-loop`,
+    /// `stopped`, `removed`, `health`, `adopted`, `install-failed`, `start-failed`, …
+    pub kind: String,
+    /// A sentence a person understands.
+    pub message: String,
+}
+
+/// Body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: `not-found`, `conflict`, `bad-package`, `bad-manifest`,
+    /// `bad-request`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+/// Body of `POST /v1/services/{name}/exec`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+}
+
+/// A line of `GET /v1/services/{name}/logs` (newline-delimited JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub time_ms: u64,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub text: String,
+}
+
+/// `GET /v1/gateway`: the agent itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub version: String,
+    pub state_dir: String,
+    pub services: usize,
+    pub pid: u32,
+}

@@ -1,0 +1,133 @@
+//! Entry points that are not API clients: the agent, the container init, the runtime helper
+//! and the demo.
+//!
+//! `shg init` (PID 1 of every container) and `shg runtime …` (the single-threaded helper the
+//! agent forks containers from) are dispatched before clap and before any runtime starts, so
+//! they stay small and never carry threads into a fork.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use runtime::container::{self, ContainerPaths};
+use runtime::init::{self, InitOptions};
+
+/// Handles `shg init …` and `shg runtime …`; returns the exit code, or `None` for any other
+/// command.
+pub fn early(args: &[OsString]) -> Option<i32> {
+    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    match args.get(1).map(String::as_str) {
+        Some("init") => Some(init_main(&args[2..])),
+        Some("runtime") => Some(runtime_main(&args[2..])),
+        _ => None,
+    }
+}
+
+/// Internal arguments: `--flag value` pairs, positionals, and the command after `--`.
+struct Args {
+    flags: std::collections::HashMap<String, String>,
+    positional: Vec<String>,
+    command: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Args {
+    let mut parsed = Args { flags: Default::default(), positional: vec![], command: vec![] };
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--" {
+            parsed.command = args[i + 1..].to_vec();
+            break;
+        }
+        if let Some(name) = args[i].strip_prefix("--") {
+            parsed.flags.insert(name.to_string(), args.get(i + 1).cloned().unwrap_or_default());
+            i += 2;
+        } else {
+            parsed.positional.push(args[i].clone());
+            i += 1;
+        }
+    }
+    parsed
+}
+
+impl Args {
+    fn num(&self, key: &str, default: u64) -> u64 {
+        self.flags.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(self.flags.get(key).cloned().unwrap_or_default())
+    }
+}
+
+fn init_main(args: &[String]) -> i32 {
+    let args = parse_args(args);
+    if args.command.is_empty() {
+        eprintln!("shg init: no command given after `--`");
+        return 127;
+    }
+    init::run(InitOptions {
+        uid: args.num("uid", 0) as u32,
+        gid: args.num("gid", 0) as u32,
+        log_segment: args.num("log-segment", 1 << 20),
+        command: args.command,
+    })
+}
+
+/// `shg runtime create NAME --state-root R --bundle B --log-dir L --status-file S`
+/// `shg runtime exec NAME --state-root R --uid U --gid G -- CMD…`
+fn runtime_main(args: &[String]) -> i32 {
+    let Some(verb) = args.first() else {
+        eprintln!("shg runtime: missing verb");
+        return 2;
+    };
+    let args = parse_args(&args[1..]);
+    let Some(name) = args.positional.first().cloned() else {
+        eprintln!("shg runtime {verb}: missing container name");
+        return 2;
+    };
+    let path = |k: &str| args.path(k);
+    match verb.as_str() {
+        "create" => {
+            let paths = ContainerPaths {
+                state_root: path("state-root"),
+                bundle: path("bundle"),
+                log_dir: path("log-dir"),
+                status_file: path("status-file"),
+            };
+            match container::create_and_start(&name, &paths) {
+                Ok(pid) => {
+                    println!("{pid}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }
+        "exec" => {
+            let (uid, gid) = (args.num("uid", 0) as u32, args.num("gid", 0) as u32);
+            match container::exec(&name, &path("state-root"), args.command.clone(), uid, gid) {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("shg: {e}");
+                    126
+                }
+            }
+        }
+        other => {
+            eprintln!("shg runtime: unknown verb `{other}`");
+            2
+        }
+    }
+}
+
+/// `shg gateway run`: the agent, until SIGTERM or SIGINT.
+pub fn gateway_run(state_dir: PathBuf) -> anyhow::Result<()> {
+    agent::run(agent::Config::new(state_dir)?)?;
+    Ok(())
+}
+
+/// `shg demo`: a gateway on embedded defaults hosting the sample services.
+pub fn demo(state_dir: PathBuf) -> anyhow::Result<()> {
+    crate::demo::run(state_dir)
+}
