@@ -121,6 +121,10 @@ impl Agent {
     /// Creates and starts the container; the caller holds the service's lock.
     pub(crate) async fn launch(self: &Arc<Self>, name: &str) -> Result<ServiceRecord, AgentError> {
         let sl = self.layout.service(name);
+        // The bundle is written at every start, so a newer agent's hardening applies to
+        // services installed before it.
+        let manifest = manifest_of(&self.store().get(name)?)?;
+        runtime::spec::write_bundle(&sl.bundle(), &self.service_spec(&manifest, &sl.dir))?;
         let output = tokio::process::Command::new(&self.cfg.shg_binary)
             .arg("runtime")
             .arg("create")
@@ -149,7 +153,7 @@ impl Agent {
             return Err(AgentError::StartFailed(reason));
         };
         let pid_start = process::start_time(&self.cfg.proc_root, pid);
-        let has_health = manifest_of(&self.store().get(name)?)?.health.is_some();
+        let has_health = manifest.health.is_some();
         let rec = self.store().update(
             name,
             Some(Note::new("started", format!("`{name}` started (pid {pid})"))),

@@ -44,13 +44,27 @@ fn to_err(name: &str, e: impl std::fmt::Display) -> RuntimeError {
     RuntimeError::Container { name: name.to_string(), reason: e.to_string() }
 }
 
-/// Places `file` at descriptor `fd` (without close-on-exec), for the container's init.
-fn place_fd(file: &File, fd: i32) -> Result<(), RuntimeError> {
-    // SAFETY: dup2 onto a descriptor number this single-threaded helper reserves for the
-    // init; the source stays owned by `file`.
-    let rc = unsafe { libc::dup2(file.as_raw_fd(), fd) };
-    if rc < 0 {
-        return Err(RuntimeError::io(Path::new("dup2"), std::io::Error::last_os_error()));
+/// Places each file at its descriptor number (without close-on-exec), for the container's
+/// init. The files are first copied above every target so no placement clobbers another.
+fn place_fds(files: &[(&File, i32)]) -> Result<(), RuntimeError> {
+    let err = || RuntimeError::io(Path::new("dup2"), std::io::Error::last_os_error());
+    let mut high = Vec::new();
+    for (file, _) in files {
+        // SAFETY: duplicates a descriptor we own into a fresh close-on-exec one above 100.
+        let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        if fd < 0 {
+            return Err(err());
+        }
+        high.push(fd);
+    }
+    for (&fd, (_, target)) in high.iter().zip(files) {
+        // SAFETY: this single-threaded helper reserves the target numbers for the init; dup2
+        // onto another number clears close-on-exec, so the init inherits the copy.
+        if unsafe { libc::dup2(fd, *target) } < 0 {
+            return Err(err());
+        }
+        // SAFETY: closes the temporary copy made above, owned by nobody else.
+        unsafe { libc::close(fd) };
     }
     Ok(())
 }
@@ -76,9 +90,7 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .truncate(true)
         .open(&paths.status_file)
         .map_err(|e| RuntimeError::io(&paths.status_file, e))?;
-    place_fd(&logs[0], LOG_FDS[0])?;
-    place_fd(&logs[1], LOG_FDS[1])?;
-    place_fd(&status, STATUS_FD)?;
+    place_fds(&[(&logs[0], LOG_FDS[0]), (&logs[1], LOG_FDS[1]), (&status, STATUS_FD)])?;
 
     // A container left over from an earlier run of the same service would block the id.
     remove_stale(name, &paths.state_root)?;
@@ -95,6 +107,10 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .with_detach(true)
         .build()
         .map_err(|e| to_err(name, e))?;
+    let pid = container.pid().ok_or_else(|| to_err(name, "container has no pid"))?;
+    // A fresh network namespace has its loopback down; services expect 127.0.0.1 to work.
+    // This helper is about to exit, so it may move itself into the container's namespace.
+    crate::net::loopback_up(pid.as_raw()).map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
     container.start().map_err(|e| to_err(name, e))?;
     container.pid().map(|p| p.as_raw()).ok_or_else(|| to_err(name, "container has no pid"))
 }
@@ -112,7 +128,11 @@ pub fn exec(
         .with_root_path(state_root)
         .map_err(|e| to_err(name, e))?
         .as_tenant()
-        .with_container_args(args)
+        // libcontainer does not apply the seccomp profile to processes joining a container,
+        // so the command runs through the init binary, which loads it and then execs.
+        .with_container_args(
+            [crate::spec::INIT_PATH.to_string(), "enter".into(), "--".into()].into_iter().chain(args).collect(),
+        )
         .with_user(Some(uid))
         .with_group(Some(gid))
         .with_detach(false)

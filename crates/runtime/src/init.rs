@@ -63,8 +63,15 @@ const FORWARDED: [Signal; 7] = [
 pub fn run(opts: InitOptions) -> i32 {
     // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    // SAFETY: these descriptors were handed to us open by the runtime helper and nothing else
-    // in this process owns them.
+    for fd in LOG_FDS.iter().chain([&STATUS_FD]) {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
+            eprintln!("shg init: descriptor {fd} is not open; the runtime must pass the log and status files as fds 3, 4 and 5 (runc: --preserve-fds 3)");
+            return 125;
+        }
+    }
+    // SAFETY: these descriptors were handed to us open by the runtime helper (checked above)
+    // and nothing else in this process owns them.
     let (logs, mut status) = unsafe {
         (
             [File::from_raw_fd(LOG_FDS[0]), File::from_raw_fd(LOG_FDS[1])],
@@ -226,4 +233,23 @@ fn reap(child: Pid, exit: &mut Option<ExitStatus>) {
 pub fn read_status(path: &std::path::Path) -> Option<ExitStatus> {
     let text = std::fs::read(path).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// `shg enter -- CMD…`: the first step of a process joining a running container (exec and
+/// exec health checks). Loads the service's seccomp profile, which libcontainer does not apply
+/// to joining processes, then becomes `CMD`. Returns only on failure.
+pub fn enter(command: &[String]) -> i32 {
+    if command.is_empty() {
+        eprintln!("shg enter: no command given after `--`");
+        return 127;
+    }
+    let profile: oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(crate::seccomp::profile()).expect("the built-in profile is valid");
+    if let Err(e) = libcontainer::seccomp::initialize_seccomp(&profile) {
+        eprintln!("shg enter: cannot load the seccomp profile: {e}");
+        return 126;
+    }
+    let err = Command::new(&command[0]).args(&command[1..]).exec();
+    eprintln!("shg: cannot run {:?}: {err}", command[0]);
+    if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
 }

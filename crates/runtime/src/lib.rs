@@ -4,6 +4,7 @@
 pub mod container;
 pub mod init;
 pub mod logfile;
+pub mod net;
 pub mod process;
 pub mod seccomp;
 pub mod spec;

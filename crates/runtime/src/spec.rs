@@ -176,8 +176,13 @@ fn mounts(spec: &ServiceSpec) -> Value {
 
 /// Deny every device, then grant the few character devices every program expects.
 fn device_rules() -> Value {
+    // A missing minor number means every minor of that major.
     let allow = |major: i64, minor: Option<i64>| {
-        json!({ "allow": true, "type": "c", "major": major, "minor": minor.unwrap_or(-1), "access": "rwm" })
+        let mut rule = json!({ "allow": true, "type": "c", "major": major, "access": "rwm" });
+        if let Some(minor) = minor {
+            rule["minor"] = json!(minor);
+        }
+        rule
     };
     json!([
         { "allow": false, "access": "rwm" },

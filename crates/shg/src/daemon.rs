@@ -11,12 +11,13 @@ use std::path::PathBuf;
 use runtime::container::{self, ContainerPaths};
 use runtime::init::{self, InitOptions};
 
-/// Handles `shg init …` and `shg runtime …`; returns the exit code, or `None` for any other
+/// Handles `shg init …`, `shg enter …` and `shg runtime …`; returns the exit code, or `None` for any other
 /// command.
 pub fn early(args: &[OsString]) -> Option<i32> {
     let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
     match args.get(1).map(String::as_str) {
         Some("init") => Some(init_main(&args[2..])),
+        Some("enter") => Some(init::enter(&parse_args(&args[2..]).command)),
         Some("runtime") => Some(runtime_main(&args[2..])),
         _ => None,
     }

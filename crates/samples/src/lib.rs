@@ -1,0 +1,174 @@
+//! The sample services SHG ships (camera, meter, thermostat) and the small busybox root
+//! filesystems they, the demo and the tests run on.
+//!
+//! Each sample is a manifest plus a few files, embedded in the binary; its root filesystem is
+//! the host's static busybox with its applets linked in, so no download is ever needed.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// No static busybox on the host.
+    #[error("no static busybox found at {0}; install it with `apt-get install busybox-static`")]
+    NoBusybox(String),
+    /// A file operation failed.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// Packing failed.
+    #[error("cannot pack sample `{name}`: {reason}")]
+    Pack { name: String, reason: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SampleError + '_ {
+    move |source| SampleError::Io { path: path.to_path_buf(), source }
+}
+
+/// One sample service: its manifest and the files it adds to the busybox root.
+pub struct Sample {
+    pub name: &'static str,
+    pub manifest: &'static str,
+    /// (path inside the root, contents, mode)
+    pub files: &'static [(&'static str, &'static str, u32)],
+}
+
+pub const SAMPLES: &[Sample] = &[
+    Sample {
+        name: "camera",
+        manifest: include_str!("../../../samples/camera/shg-service.toml"),
+        files: &[("www/index.html", include_str!("../../../samples/camera/files/www/index.html"), 0o644)],
+    },
+    Sample {
+        name: "meter",
+        manifest: include_str!("../../../samples/meter/shg-service.toml"),
+        files: &[("bin/meter.sh", include_str!("../../../samples/meter/files/bin/meter.sh"), 0o755)],
+    },
+    Sample {
+        name: "thermostat",
+        manifest: include_str!("../../../samples/thermostat/shg-service.toml"),
+        files: &[("www/index.html", include_str!("../../../samples/thermostat/files/www/index.html"), 0o644)],
+    },
+];
+
+/// Where a static busybox is found on Debian (`busybox-static`).
+pub fn find_busybox() -> Result<PathBuf, SampleError> {
+    let candidates = ["/usr/bin/busybox", "/bin/busybox"];
+    for c in candidates {
+        let path = Path::new(c);
+        if path.exists() && is_static_elf(path) {
+            return Ok(path.to_path_buf());
+        }
+    }
+    Err(SampleError::NoBusybox(candidates.join(" or ")))
+}
+
+/// True for an ELF executable without a program interpreter (statically linked).
+fn is_static_elf(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else { return false };
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
+        return false;
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8])) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
+    (0..phnum).all(|i| {
+        let at = phoff + i * phentsize;
+        // PT_INTERP = 3
+        at + 4 <= bytes.len() && u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) != 3
+    })
+}
+
+/// Lays out a minimal root filesystem in `rootfs`: busybox with every applet linked under
+/// /bin, /etc/passwd and /etc/group, and the mount points a container needs.
+pub fn busybox_rootfs(rootfs: &Path, busybox: &Path) -> Result<(), SampleError> {
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).map_err(io(&bin))?;
+    for dir in ["etc", "data", "tmp", "proc", "sys", "dev", "www"] {
+        let path = rootfs.join(dir);
+        std::fs::create_dir_all(&path).map_err(io(&path))?;
+    }
+    let target = bin.join("busybox");
+    std::fs::copy(busybox, &target).map_err(io(&target))?;
+    let list = std::process::Command::new(busybox).arg("--list").output().map_err(io(busybox))?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = bin.join(applet);
+        if applet.is_empty() || applet.contains('/') || link.exists() {
+            continue;
+        }
+        std::os::unix::fs::symlink("busybox", &link).map_err(io(&link))?;
+    }
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/data:/bin/sh\nservice:x:1000:1000:service:/data:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+        ("etc/group", "root:x:0:\nservice:x:1000:\nnogroup:x:65534:\n"),
+    ];
+    for (path, text) in files {
+        let path = rootfs.join(path);
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// Writes the sample's package source directory (`shg-service.toml` + `rootfs/`) under `work`.
+pub fn build_dir(sample: &Sample, work: &Path, busybox: &Path) -> Result<PathBuf, SampleError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = work.join(sample.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let rootfs = dir.join("rootfs");
+    busybox_rootfs(&rootfs, busybox)?;
+    for (path, text, mode) in sample.files {
+        let path = rootfs.join(path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        std::fs::write(&path, text).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+    }
+    let manifest_path = dir.join(manifest::FILE_NAME);
+    std::fs::write(&manifest_path, sample.manifest).map_err(io(&manifest_path))?;
+    Ok(dir)
+}
+
+/// Builds every sample package into `out` (as `NAME.tar`); returns their paths.
+pub fn build_all(out: &Path) -> Result<Vec<PathBuf>, SampleError> {
+    let busybox = find_busybox()?;
+    let work = out.join("src");
+    std::fs::create_dir_all(&work).map_err(io(&work))?;
+    let mut packages = Vec::new();
+    for sample in SAMPLES {
+        let dir = build_dir(sample, &work, &busybox)?;
+        let tar = out.join(format!("{}.tar", sample.name));
+        image::pack(&dir, &tar)
+            .map_err(|e| SampleError::Pack { name: sample.name.into(), reason: e.to_string() })?;
+        packages.push(tar);
+    }
+    Ok(packages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sample_manifest_is_valid() {
+        for sample in SAMPLES {
+            let m = manifest::parse(sample.manifest, sample.name).unwrap();
+            assert_eq!(m.name, sample.name);
+        }
+    }
+
+    #[test]
+    fn the_camera_sample_is_the_documented_manifest() {
+        let m = manifest::parse(SAMPLES[0].manifest, "camera").unwrap();
+        assert_eq!(m.run.command[0], "/bin/httpd");
+        assert_eq!(m.resources.memory.limit, Some(64 << 20));
+    }
+
+    #[test]
+    fn host_shell_is_not_static_but_busybox_static_is() {
+        assert!(!is_static_elf(Path::new("/bin/ls")));
+        if let Ok(bb) = find_busybox() {
+            assert!(is_static_elf(&bb));
+        }
+    }
+}
