@@ -102,6 +102,7 @@ impl Agent {
         let (uid, gid) = m.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         ServiceSpec {
             name: m.name.clone(),
+            cgroup_parent: self.cfg.cgroup_parent.clone(),
             command: m.run.command.clone(),
             env: m.run.env.clone(),
             uid,

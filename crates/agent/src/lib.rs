@@ -37,11 +37,23 @@ pub struct Config {
     pub stable_after_ms: u64,
     /// Largest package accepted over the API.
     pub max_package: u64,
+    /// Parent cgroup of every service: `shg` for the default state directory, `shg-<hash>`
+    /// for any other, so several agents (tests, the lab) never share cgroups.
+    pub cgroup_parent: String,
 }
 
 impl Config {
     /// Defaults for a gateway keeping its state in `state_dir`.
     pub fn new(state_dir: PathBuf) -> Result<Config, AgentError> {
+        let cgroup_parent = if state_dir == Path::new(::api::DEFAULT_STATE_DIR) {
+            "shg".to_string()
+        } else {
+            // FNV-1a of the path: stable across runs, short, no dependency.
+            let hash = state_dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            format!("shg-{:08x}", hash as u32)
+        };
         let shg_binary = std::env::current_exe()
             .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
         Ok(Config {
@@ -52,6 +64,7 @@ impl Config {
             tmp_size: 16 << 20,
             stable_after_ms: 10_000,
             max_package: 2 << 30,
+            cgroup_parent,
         })
     }
 }

@@ -53,6 +53,8 @@ pub const READONLY_PATHS: &[&str] = &[
 pub struct ServiceSpec {
     /// Service name: container id, hostname and cgroup leaf.
     pub name: String,
+    /// The cgroup under which every service of this agent lives (`shg` by default).
+    pub cgroup_parent: String,
     /// The service's own command (run as the child of the init).
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -76,8 +78,8 @@ pub struct ServiceSpec {
 }
 
 /// The cgroup path of a service, relative to each hierarchy's root.
-pub fn cgroup_path(name: &str) -> String {
-    format!("/shg/{name}")
+pub fn cgroup_path(parent: &str, name: &str) -> String {
+    format!("/{parent}/{name}")
 }
 
 /// Builds the `config.json` value for a service.
@@ -136,7 +138,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
         "hostname": spec.name,
         "mounts": mounts(spec),
         "linux": {
-            "cgroupsPath": cgroup_path(&spec.name),
+            "cgroupsPath": cgroup_path(&spec.cgroup_parent, &spec.name),
             "resources": resources,
             "namespaces": [
                 { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
@@ -220,6 +222,7 @@ mod tests {
     fn sample() -> ServiceSpec {
         ServiceSpec {
             name: "camera".into(),
+            cgroup_parent: "shg".into(),
             command: vec!["/bin/httpd".into(), "-f".into()],
             env: BTreeMap::from([("MODE".into(), "prod".into())]),
             uid: 1000,
