@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing SHG needs on Debian 12, when it is missing.
+# Run as root. Safe to run again: it installs only what is absent.
+set -euo pipefail
+
+packages=(
+  pkg-config        # finds libseccomp for the build
+  libseccomp-dev    # the seccomp filters libcontainer loads (linked statically)
+  busybox-static    # root filesystem of the sample services and of the tests
+  runc              # the bundle must run unchanged under runc (a test proves it)
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is missing; install Rust (rustup)" >&2; exit 1; }

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then runs every test of the workspace.
+# The end-to-end tests start real containers, so this runs as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -ne 0 ]; then
+  echo "test: the tests start real containers and need root; run: sudo $0" >&2
+  exit 1
+fi
+scripts/setup.sh
+cargo build --workspace --all-targets
+cargo test --workspace -- --test-threads=4 "$@"
