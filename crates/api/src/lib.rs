@@ -1,1 +1,14 @@
-//! api
+//! The gateway API as both sides see it: JSON types, exec framing, and a client that speaks
+//! HTTP/1.1 to the agent over its Unix socket.
+
+pub mod client;
+pub mod exec_frames;
+pub mod types;
+
+pub use client::{Client, ClientError};
+pub use types::*;
+
+/// Where the agent keeps its state, and its socket, unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/shg";
+/// The socket's file name inside the state directory.
+pub const SOCKET_NAME: &str = "api.sock";

@@ -1,0 +1,954 @@
+//! A client of the gateway API: HTTP/1.1 to the agent over its Unix socket, one connection per call.
+//!
+//! Every call opens a fresh connection, so a long `logs --follow` or `exec` never holds up
+//! another call, and a client that hangs up simply closes its socket. Bodies that can be large
+//! or endless (package uploads, logs, exec output) are streamed, never collected.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::net::UnixStream;
+
+use crate::exec_frames::{self, Decoder};
+use crate::types::{
+    ErrorBody, Event, ExecRequest, GatewayInfo, LogEntry, ServiceDetail, ServiceSummary,
+};
+
+/// How many bytes of a package file are read and sent at a time.
+const UPLOAD_CHUNK: usize = 64 * 1024;
+
+/// Everything that can go wrong talking to the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The target is a URL; only the agent's local Unix socket is supported for now.
+    #[error(
+        "cannot use the gateway at {target}: remote gateways are not supported yet; \
+         run shg on the gateway and give the path of its API socket (default {})",
+        default_socket()
+    )]
+    Remote { target: String },
+
+    /// The target is empty.
+    #[error(
+        "no gateway given: set --gateway or SHG_GATEWAY to the path of the agent's API socket"
+    )]
+    NoTarget,
+
+    /// Nothing listens on the socket (or it cannot be opened).
+    #[error(
+        "cannot reach the gateway at {}: {error}; is `shg gateway run` running? \
+         set --gateway or SHG_GATEWAY",
+        path.display()
+    )]
+    Connect { path: PathBuf, error: io::Error },
+
+    /// The agent answered with an error status; `message` is meant for the user.
+    #[error("{message} (HTTP {status}, {code})")]
+    Api {
+        status: u16,
+        /// Stable machine-readable code such as `not-found` or `conflict`.
+        code: String,
+        message: String,
+    },
+
+    /// The agent answered something this client does not understand.
+    #[error("bad response from the gateway to {request}: {reason}")]
+    BadResponse { request: String, reason: String },
+
+    /// The connection failed or broke in the middle of a call.
+    #[error("connection to the gateway broke during {request}: {reason}")]
+    Http { request: String, reason: String },
+
+    /// The request could not be built (an argument no URL can carry).
+    #[error("cannot send {request}: {reason}")]
+    BadRequest { request: String, reason: String },
+
+    /// The package file to install cannot be read.
+    #[error("cannot read package {}: {error}", path.display())]
+    Package { path: PathBuf, error: io::Error },
+
+    /// A streaming callback failed to write what it received (for example a closed pipe);
+    /// the stream was stopped.
+    #[error("cannot write the output: {error}")]
+    Output { error: io::Error },
+}
+
+impl ClientError {
+    /// The HTTP status of an error answer from the agent.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+fn default_socket() -> String {
+    format!("{}/{}", crate::DEFAULT_STATE_DIR, crate::SOCKET_NAME)
+}
+
+/// What a streaming callback returns: `()` to keep reading, or an `io::Result` whose error
+/// stops the stream (a closed pipe, say) and comes back as [`ClientError::Output`].
+pub trait Flow {
+    fn into_result(self) -> io::Result<()>;
+}
+
+impl Flow for () {
+    fn into_result(self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Flow for io::Result<()> {
+    fn into_result(self) -> io::Result<()> {
+        self
+    }
+}
+
+/// A handle on one gateway agent. Cheap to clone; it holds no connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client of the agent listening on the Unix socket `target`. Nothing is connected yet:
+    /// an absent agent shows up as [`ClientError::Connect`] on the first call.
+    pub fn new(target: &str) -> Result<Client, ClientError> {
+        let lower = target.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return Err(ClientError::Remote {
+                target: target.to_string(),
+            });
+        }
+        if target.is_empty() {
+            return Err(ClientError::NoTarget);
+        }
+        Ok(Client {
+            socket: PathBuf::from(target),
+        })
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /v1/services`: every installed service.
+    pub async fn list(&self) -> Result<Vec<ServiceSummary>, ClientError> {
+        self.json(Method::GET, "/v1/services".into(), ReqBody::empty(), None)
+            .await
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn get(&self, name: &str) -> Result<ServiceDetail, ClientError> {
+        let uri = format!("/v1/services/{}", segment(name));
+        self.json(Method::GET, uri, ReqBody::empty(), None).await
+    }
+
+    /// `POST /v1/services`: uploads the package file at `path`, streamed from disk.
+    pub async fn install(&self, path: &Path, start: bool) -> Result<ServiceDetail, ClientError> {
+        let package_error = |error| ClientError::Package {
+            path: path.to_path_buf(),
+            error,
+        };
+        let file = tokio::fs::File::open(path).await.map_err(package_error)?;
+        let meta = file.metadata().await.map_err(package_error)?;
+        if !meta.is_file() {
+            return Err(package_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file; give the .tar file that `shg pack` wrote",
+            )));
+        }
+        let uri = if start {
+            "/v1/services".to_string()
+        } else {
+            "/v1/services?start=false".to_string()
+        };
+        let body = ReqBody::File {
+            file,
+            remaining: meta.len(),
+            buf: vec![0; UPLOAD_CHUNK].into_boxed_slice(),
+        };
+        self.json(Method::POST, uri, body, Some("application/x-tar"))
+            .await
+    }
+
+    /// `POST /v1/services/{name}/start`.
+    pub async fn start(&self, name: &str) -> Result<ServiceSummary, ClientError> {
+        self.verb(name, "start").await
+    }
+
+    /// `POST /v1/services/{name}/stop`.
+    pub async fn stop(&self, name: &str) -> Result<ServiceSummary, ClientError> {
+        self.verb(name, "stop").await
+    }
+
+    /// `POST /v1/services/{name}/restart`.
+    pub async fn restart(&self, name: &str) -> Result<ServiceSummary, ClientError> {
+        self.verb(name, "restart").await
+    }
+
+    async fn verb(&self, name: &str, verb: &str) -> Result<ServiceSummary, ClientError> {
+        let uri = format!("/v1/services/{}/{verb}", segment(name));
+        self.json(Method::POST, uri, ReqBody::empty(), None).await
+    }
+
+    /// `DELETE /v1/services/{name}`.
+    pub async fn remove(&self, name: &str) -> Result<(), ClientError> {
+        let uri = format!("/v1/services/{}", segment(name));
+        let request = describe(&Method::DELETE, &uri);
+        let response = self
+            .call(Method::DELETE, uri, ReqBody::empty(), None)
+            .await?;
+        // Drain whatever body came with the 204 so the answer is complete.
+        collect(&request, response.into_body()).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/services/{name}/logs`: calls `on_line` for each entry as it arrives. With
+    /// `follow` this returns only when the agent ends the stream (the service was removed) or
+    /// `on_line` returns an error.
+    pub async fn logs<F: Flow>(
+        &self,
+        name: &str,
+        tail: Option<usize>,
+        follow: bool,
+        mut on_line: impl FnMut(LogEntry) -> F,
+    ) -> Result<(), ClientError> {
+        let mut query = Query::default();
+        if let Some(n) = tail {
+            query.push("tail", &n.to_string());
+        }
+        if follow {
+            query.push("follow", "true");
+        }
+        let uri = format!("/v1/services/{}/logs{}", segment(name), query.0);
+        let request = describe(&Method::GET, &uri);
+        let response = self.call(Method::GET, uri, ReqBody::empty(), None).await?;
+        let mut body = response.into_body();
+        let mut lines = LineSplitter::default();
+        let mut deliver = |line: &[u8]| -> Result<(), ClientError> {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                return Ok(());
+            }
+            let entry: LogEntry = serde_json::from_slice(line).map_err(|e| {
+                bad_response(&request, format!("a log line is not a log entry: {e}"))
+            })?;
+            on_line(entry)
+                .into_result()
+                .map_err(|error| ClientError::Output { error })
+        };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| http_error(&request, &e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            lines.feed(&data);
+            while let Some(line) = lines.next_line() {
+                deliver(&line)?;
+            }
+        }
+        deliver(&lines.rest())
+    }
+
+    /// `POST /v1/services/{name}/exec`: runs `command` in the service, passes its output to
+    /// the callbacks as it comes, and returns its exit code.
+    pub async fn exec<A: Flow, B: Flow>(
+        &self,
+        name: &str,
+        command: &[String],
+        mut on_stdout: impl FnMut(&[u8]) -> A,
+        mut on_stderr: impl FnMut(&[u8]) -> B,
+    ) -> Result<i32, ClientError> {
+        let uri = format!("/v1/services/{}/exec", segment(name));
+        let request = describe(&Method::POST, &uri);
+        let json = serde_json::to_vec(&ExecRequest {
+            command: command.to_vec(),
+        })
+        .map_err(|e| ClientError::BadRequest {
+            request: request.clone(),
+            reason: e.to_string(),
+        })?;
+        let response = self
+            .call(
+                Method::POST,
+                uri,
+                ReqBody::Bytes(Some(json.into())),
+                Some("application/json"),
+            )
+            .await?;
+        let mut body = response.into_body();
+        let mut decoder = Decoder::default();
+        let output = |error| ClientError::Output { error };
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| http_error(&request, &e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            decoder.feed(&data);
+            while let Some((tag, data)) = decoder.next_frame() {
+                match tag {
+                    exec_frames::STDOUT => on_stdout(&data).into_result().map_err(output)?,
+                    exec_frames::STDERR => on_stderr(&data).into_result().map_err(output)?,
+                    exec_frames::EXIT => {
+                        let code: [u8; 4] = data.as_slice().try_into().map_err(|_| {
+                            bad_response(
+                                &request,
+                                format!("exit frame of {} bytes, expected 4", data.len()),
+                            )
+                        })?;
+                        return Ok(i32::from_be_bytes(code));
+                    }
+                    other => {
+                        return Err(bad_response(
+                            &request,
+                            format!("unknown exec frame tag {other}"),
+                        ))
+                    }
+                }
+            }
+        }
+        Err(bad_response(
+            &request,
+            "the output ended without an exit code; the service or the agent stopped during the exec"
+                .into(),
+        ))
+    }
+
+    /// `GET /v1/events`: events after `since` (an event id), of one service if given.
+    pub async fn events(
+        &self,
+        since: Option<i64>,
+        service: Option<&str>,
+    ) -> Result<Vec<Event>, ClientError> {
+        let mut query = Query::default();
+        if let Some(id) = since {
+            query.push("since", &id.to_string());
+        }
+        if let Some(name) = service {
+            query.push("service", name);
+        }
+        let uri = format!("/v1/events{}", query.0);
+        self.json(Method::GET, uri, ReqBody::empty(), None).await
+    }
+
+    /// `GET /v1/gateway`: the agent itself.
+    pub async fn gateway(&self) -> Result<GatewayInfo, ClientError> {
+        self.json(Method::GET, "/v1/gateway".into(), ReqBody::empty(), None)
+            .await
+    }
+
+    /// A call whose 2xx answer is a JSON `T`.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        uri: String,
+        body: ReqBody,
+        content_type: Option<&'static str>,
+    ) -> Result<T, ClientError> {
+        let request = describe(&method, &uri);
+        let response = self.call(method, uri, body, content_type).await?;
+        let bytes = collect(&request, response.into_body()).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| bad_response(&request, format!("{e}; the body was: {}", snippet(&bytes))))
+    }
+
+    /// Sends one request on a new connection; a non-2xx answer becomes [`ClientError::Api`].
+    async fn call(
+        &self,
+        method: Method,
+        uri: String,
+        body: ReqBody,
+        content_type: Option<&'static str>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let request = describe(&method, &uri);
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|error| ClientError::Connect {
+                    path: self.socket.clone(),
+                    error,
+                })?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| http_error(&request, &e))?;
+        // The connection task ends with the exchange; its errors also fail the response or
+        // body futures, which is where they are reported.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri.as_str())
+            .header(HOST, "localhost");
+        if let Some(content_type) = content_type {
+            builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        if let ReqBody::File { remaining, .. } = &body {
+            builder = builder.header(CONTENT_LENGTH, HeaderValue::from(*remaining));
+        }
+        let req = builder.body(body).map_err(|e| ClientError::BadRequest {
+            request: request.clone(),
+            reason: e.to_string(),
+        })?;
+        let response = sender
+            .send_request(req)
+            .await
+            .map_err(|e| http_error(&request, &e))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let bytes = collect(&request, response.into_body()).await?;
+        match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(ErrorBody { code, message }) => Err(ClientError::Api {
+                status: status.as_u16(),
+                code,
+                message,
+            }),
+            Err(_) => Err(bad_response(
+                &request,
+                format!(
+                    "status {status} without an error object: {}",
+                    snippet(&bytes)
+                ),
+            )),
+        }
+    }
+}
+
+/// Reads a whole (finite) body.
+async fn collect(request: &str, body: Incoming) -> Result<Bytes, ClientError> {
+    body.collect()
+        .await
+        .map(|collected| collected.to_bytes())
+        .map_err(|e| http_error(request, &e))
+}
+
+fn describe(method: &Method, uri: &str) -> String {
+    format!("{method} {uri}")
+}
+
+fn bad_response(request: &str, reason: String) -> ClientError {
+    ClientError::BadResponse {
+        request: request.to_string(),
+        reason,
+    }
+}
+
+/// hyper's own message is terse ("error from user's Body stream"); the cause says what broke.
+fn http_error(request: &str, error: &hyper::Error) -> ClientError {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Http {
+        request: request.to_string(),
+        reason,
+    }
+}
+
+/// The start of a body, for error messages.
+fn snippet(bytes: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
+    let text = text.trim();
+    if text.is_empty() {
+        "(empty)".to_string()
+    } else if bytes.len() > MAX {
+        format!("{text}…")
+    } else {
+        text.to_string()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so any name is one path
+/// segment or one query value.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A query string under construction: empty, or `?k=v&k=v`.
+#[derive(Default)]
+struct Query(String);
+
+impl Query {
+    fn push(&mut self, key: &str, value: &str) {
+        self.0.push(if self.0.is_empty() { '?' } else { '&' });
+        self.0.push_str(key);
+        self.0.push('=');
+        self.0.push_str(&segment(value));
+    }
+}
+
+/// Splits a byte stream into newline-terminated lines.
+#[derive(Default)]
+struct LineSplitter {
+    buf: Vec<u8>,
+    /// Bytes of `buf` already known to hold no newline.
+    scanned: usize,
+}
+
+impl LineSplitter {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    fn next_line(&mut self) -> Option<Vec<u8>> {
+        match self.buf[self.scanned..].iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let end = self.scanned + i;
+                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
+                line.pop();
+                self.scanned = 0;
+                Some(line)
+            }
+            None => {
+                self.scanned = self.buf.len();
+                None
+            }
+        }
+    }
+
+    /// What is left after the last newline.
+    fn rest(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+/// A request body: a buffer (or nothing), or a file streamed in chunks so that a package of
+/// tens of megabytes is never held in memory.
+enum ReqBody {
+    Bytes(Option<Bytes>),
+    File {
+        file: tokio::fs::File,
+        remaining: u64,
+        buf: Box<[u8]>,
+    },
+}
+
+impl ReqBody {
+    fn empty() -> ReqBody {
+        ReqBody::Bytes(None)
+    }
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            ReqBody::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ReqBody::File {
+                file,
+                remaining,
+                buf,
+            } => {
+                if *remaining == 0 {
+                    return Poll::Ready(None);
+                }
+                let want = (*remaining).min(buf.len() as u64) as usize;
+                let mut read = ReadBuf::new(&mut buf[..want]);
+                match Pin::new(file).poll_read(cx, &mut read) {
+                    Poll::Pending => Poll::Pending,
+                    Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                        Poll::Ready(Some(Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the package file got shorter while it was being sent",
+                        ))))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let chunk = Bytes::copy_from_slice(read.filled());
+                        *remaining -= chunk.len() as u64;
+                        Poll::Ready(Some(Ok(Frame::data(chunk))))
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Bytes(bytes) => bytes.is_none(),
+            ReqBody::File { remaining, .. } => *remaining == 0,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Bytes(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            ReqBody::Bytes(None) => SizeHint::with_exact(0),
+            ReqBody::File { remaining, .. } => SizeHint::with_exact(*remaining),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    /// A one-shot HTTP server on a Unix socket in a temp dir: reads one request, answers with
+    /// `response` verbatim, and hands the raw request (head and body) back.
+    struct Canned {
+        _dir: tempfile::TempDir,
+        socket: PathBuf,
+        request: tokio::task::JoinHandle<Vec<u8>>,
+    }
+
+    fn serve(response: Vec<u8>) -> Canned {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let request = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 8192];
+            let head_end = loop {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed before sending a request");
+                got.extend_from_slice(&chunk[..n]);
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while got.len() < head_end + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "client closed in the middle of the body");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            stream.write_all(&response).await.unwrap();
+            stream.shutdown().await.unwrap();
+            got
+        });
+        Canned {
+            _dir: dir,
+            socket,
+            request,
+        }
+    }
+
+    fn client(c: &Canned) -> Client {
+        Client::new(c.socket.to_str().unwrap()).unwrap()
+    }
+
+    fn fixed(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// A chunked response whose chunk boundaries fall wherever `pieces` says.
+    fn chunked(content_type: &str, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        for piece in pieces {
+            out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            out.extend_from_slice(piece);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    }
+
+    fn summary(name: &str) -> ServiceSummary {
+        ServiceSummary {
+            name: name.into(),
+            provider: "acme".into(),
+            version: "1.0.0".into(),
+            state: "running".into(),
+            health: "none".into(),
+            pid: Some(42),
+            desired: "running".into(),
+            restarts: 0,
+            exit_code: None,
+            started_at_ms: Some(1_700_000_000_000),
+            reason: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn list_decodes_the_summaries() {
+        let body = serde_json::to_vec(&vec![summary("web"), summary("cam")]).unwrap();
+        let server = serve(fixed("200 OK", "application/json", &body));
+        let got = client(&server).list().await.unwrap();
+        assert_eq!(got, vec![summary("web"), summary("cam")]);
+        let request = server.request.await.unwrap();
+        assert!(request.starts_with(b"GET /v1/services HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn error_status_carries_the_agent_message() {
+        let body =
+            br#"{"code":"not-found","message":"no service named `nope`; list them with `shg ps`"}"#;
+        let server = serve(fixed("404 Not Found", "application/json", body));
+        let err = client(&server).stop("nope").await.unwrap_err();
+        match &err {
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } => {
+                assert_eq!(*status, 404);
+                assert_eq!(code, "not-found");
+                assert_eq!(message, "no service named `nope`; list them with `shg ps`");
+            }
+            other => panic!("expected an API error, got {other:?}"),
+        }
+        assert!(err.to_string().starts_with("no service named `nope`"));
+        let request = server.request.await.unwrap();
+        assert!(request.starts_with(b"POST /v1/services/nope/stop HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn error_status_without_json_is_a_bad_response() {
+        let server = serve(fixed(
+            "502 Bad Gateway",
+            "text/plain",
+            b"upstream fell over",
+        ));
+        let err = client(&server).gateway().await.unwrap_err();
+        assert!(matches!(err, ClientError::BadResponse { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("502") && text.contains("upstream fell over"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn undecodable_success_body_is_a_bad_response() {
+        let server = serve(fixed("200 OK", "application/json", b"{\"not\":\"a list\"}"));
+        let err = client(&server).list().await.unwrap_err();
+        assert!(matches!(err, ClientError::BadResponse { .. }), "{err:?}");
+        assert!(err.to_string().contains("GET /v1/services"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn absent_agent_says_how_to_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let err = Client::new(socket.to_str().unwrap())
+            .unwrap()
+            .list()
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "cannot reach the gateway at {}: ",
+                socket.display()
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("shg gateway run") && text.contains("SHG_GATEWAY"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn urls_are_refused_for_now() {
+        let err = Client::new("https://gw.example:8443").unwrap_err();
+        assert!(matches!(err, ClientError::Remote { .. }));
+        assert!(err
+            .to_string()
+            .contains("remote gateways are not supported yet"));
+        assert!(matches!(Client::new(""), Err(ClientError::NoTarget)));
+    }
+
+    #[tokio::test]
+    async fn install_streams_the_file_with_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("pkg.tar");
+        // Bigger than one upload chunk, with a pattern so reordering would show.
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&package, &content).unwrap();
+        let detail = ServiceDetail {
+            summary: summary("web"),
+            description: String::new(),
+            image_digest: "sha256:00".into(),
+            installed_at_ms: 1,
+            manifest: serde_json::json!({}),
+            paths: crate::types::ServicePaths {
+                rootfs: "/r".into(),
+                data: "/d".into(),
+                bundle: "/b".into(),
+                logs: "/l".into(),
+            },
+            events: vec![],
+        };
+        let body = serde_json::to_vec(&detail).unwrap();
+        let server = serve(fixed("201 Created", "application/json", &body));
+        let got = client(&server).install(&package, false).await.unwrap();
+        assert_eq!(got, detail);
+        let request = server.request.await.unwrap();
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+        assert!(
+            head.starts_with("post /v1/services?start=false http/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("content-type: application/x-tar\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("content-length: 200000\r\n"), "{head}");
+        assert_eq!(&request[head_end..], &content[..]);
+    }
+
+    #[tokio::test]
+    async fn install_of_a_missing_file_names_it() {
+        let err = Client::new("/nonexistent.sock")
+            .unwrap()
+            .install(Path::new("/nonexistent/pkg.tar"), true)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Package { .. }));
+        assert!(err
+            .to_string()
+            .starts_with("cannot read package /nonexistent/pkg.tar: "));
+    }
+
+    #[tokio::test]
+    async fn logs_are_split_into_entries_across_chunks() {
+        let entry = |stream: &str, text: &str, t: u64| LogEntry {
+            time_ms: t,
+            stream: stream.into(),
+            text: text.into(),
+        };
+        let mut wire = Vec::new();
+        for e in [entry("stdout", "hello", 1), entry("stderr", "oops", 2)] {
+            wire.extend(serde_json::to_vec(&e).unwrap());
+            wire.push(b'\n');
+        }
+        // The last line lacks its newline: it still counts.
+        wire.extend(serde_json::to_vec(&entry("stdout", "bye", 3)).unwrap());
+        let (a, rest) = wire.split_at(7);
+        let (b, c) = rest.split_at(40);
+        let server = serve(chunked("application/x-ndjson", &[a, b, c]));
+        let mut got = Vec::new();
+        client(&server)
+            .logs("web", Some(10), true, |e| got.push(e))
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![
+                entry("stdout", "hello", 1),
+                entry("stderr", "oops", 2),
+                entry("stdout", "bye", 3)
+            ]
+        );
+        let request = server.request.await.unwrap();
+        assert!(request.starts_with(b"GET /v1/services/web/logs?tail=10&follow=true HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_failing_callback_stops_the_logs() {
+        let line = b"{\"time_ms\":1,\"stream\":\"stdout\",\"text\":\"x\"}\n";
+        let server = serve(chunked("application/x-ndjson", &[line, line, line]));
+        let mut calls = 0;
+        let err = client(&server)
+            .logs("web", None, false, |_| {
+                calls += 1;
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(
+            matches!(err, ClientError::Output { ref error } if error.kind() == io::ErrorKind::BrokenPipe)
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_passes_output_through_and_returns_the_code() {
+        let mut wire = exec_frames::encode(exec_frames::STDOUT, b"out1 ");
+        wire.extend(exec_frames::encode(exec_frames::STDERR, b"err"));
+        wire.extend(exec_frames::encode(exec_frames::STDOUT, b"out2"));
+        wire.extend(exec_frames::encode_exit(7));
+        let (a, b) = wire.split_at(3);
+        let server = serve(chunked("application/octet-stream", &[a, b]));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = client(&server)
+            .exec(
+                "web",
+                &["/bin/sh".into(), "-c".into(), "exit 7".into()],
+                |d| out.extend_from_slice(d),
+                |d| err.extend_from_slice(d),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 7);
+        assert_eq!(out, b"out1 out2");
+        assert_eq!(err, b"err");
+        let request = server.request.await.unwrap();
+        let body_at = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let sent: ExecRequest = serde_json::from_slice(&request[body_at..]).unwrap();
+        assert_eq!(sent.command, ["/bin/sh", "-c", "exit 7"]);
+    }
+
+    #[tokio::test]
+    async fn exec_without_exit_frame_is_a_bad_response() {
+        let wire = exec_frames::encode(exec_frames::STDOUT, b"partial");
+        let server = serve(chunked("application/octet-stream", &[&wire]));
+        let err = client(&server)
+            .exec("web", &["true".into()], |_| (), |_| ())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("without an exit code"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn names_and_query_values_are_encoded() {
+        let server = serve(fixed("200 OK", "application/json", b"[]"));
+        let got = client(&server)
+            .events(Some(5), Some("a b/c"))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        let request = server.request.await.unwrap();
+        assert!(request.starts_with(b"GET /v1/events?since=5&service=a%20b%2Fc HTTP/1.1\r\n"));
+    }
+}

@@ -1,0 +1,199 @@
+//! `cargo bench -p shg --bench gateway`: the gateway core's figures, measured on this machine
+//! against runc in the same run.
+//!
+//! 1. install-to-running and run-to-exit of a `/bin/true` service, against `runc run` of the
+//!    very same bundle;
+//! 2. the agent's memory (PSS) idle and with 50 sleeping services.
+//!
+//! Needs root, busybox-static and runc (scripts/setup.sh installs them).
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const RUNS: usize = 20;
+const SLEEPERS: usize = 50;
+
+fn main() {
+    if !nix_is_root() {
+        eprintln!("gateway bench: needs root (it starts containers); skipped");
+        return;
+    }
+    let shg = PathBuf::from(env!("CARGO_BIN_EXE_shg"));
+    let state = tempfile::Builder::new().prefix("shg-bench-").tempdir_in("/tmp").expect("temp dir");
+    let mut agent = Command::new(&shg)
+        .args(["gateway", "run", "--state-dir"])
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the agent");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let socket = state.path().join("api.sock");
+    let client = api::Client::new(&socket.display().to_string()).unwrap();
+    rt.block_on(async {
+        for _ in 0..200 {
+            if client.gateway().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+
+    let busybox = samples::find_busybox().expect("busybox-static");
+    let work = state.path().join("work");
+    let true_pkg = package(&shg, &work, &busybox, "truth", r#"command = ["/bin/true"]"#, "never");
+    let sleep_pkg = package(&shg, &work, &busybox, "sleeper", r#"command = ["/bin/sleep", "100000"]"#, "never");
+
+    // --- install-to-running and run-to-exit --------------------------------------------
+    let mut install_ms = Vec::new();
+    let mut run_ms = Vec::new();
+    rt.block_on(async {
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            client.install(&true_pkg, true).await.expect("install");
+            install_ms.push(ms(t.elapsed()));
+            wait_state(&client, "truth", &["exited"]).await;
+            let t = Instant::now();
+            client.start("truth").await.expect("start");
+            wait_state(&client, "truth", &["exited"]).await;
+            run_ms.push(ms(t.elapsed()));
+            client.remove("truth").await.expect("remove");
+        }
+    });
+
+    // runc run of the same bundle: install once more, keep it stopped, reuse its config.json.
+    rt.block_on(async { client.install(&true_pkg, false).await.expect("install") });
+    let bundle = state.path().join("services/truth/bundle");
+    let runc_root = state.path().join("runc");
+    let logs = state.path().join("runc-logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut runc_ms = Vec::new();
+    for i in 0..RUNS {
+        let t = Instant::now();
+        let status = runc_run(&runc_root, &bundle, &logs, &format!("bench-{i}"));
+        runc_ms.push(ms(t.elapsed()));
+        assert!(status, "runc run of the shg bundle failed");
+    }
+    rt.block_on(async { client.remove("truth").await.expect("remove") });
+
+    // --- memory -----------------------------------------------------------------------
+    let pid = agent.id() as i32;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_kib = pss_kib(pid);
+    rt.block_on(async {
+        for i in 0..SLEEPERS {
+            let dir = work.join(format!("sleeper-{i}"));
+            let pkg = package(&shg, &dir, &busybox, &format!("sleeper-{i}"), r#"command = ["/bin/sleep", "100000"]"#, "never");
+            client.install(&pkg, true).await.expect("install sleeper");
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let busy_kib = pss_kib(pid);
+    let per_service = (busy_kib as f64 - idle_kib as f64) / SLEEPERS as f64;
+    let _ = sleep_pkg;
+
+    println!("gateway core figures ({RUNS} runs each, medians; this machine)");
+    println!("  shg install-to-running (/bin/true)   {:>8.1} ms", median(&mut install_ms));
+    println!("  shg start-to-exit      (/bin/true)   {:>8.1} ms", median(&mut run_ms));
+    println!("  runc run to exit       (same bundle) {:>8.1} ms", median(&mut runc_ms));
+    println!(
+        "  ratio shg start-to-exit / runc run   {:>8.2}",
+        median(&mut run_ms) / median(&mut runc_ms)
+    );
+    println!("  agent PSS idle                       {:>8.1} MiB", idle_kib as f64 / 1024.0);
+    println!("  agent PSS with {SLEEPERS} sleeping services  {:>8.1} MiB", busy_kib as f64 / 1024.0);
+    println!("  agent PSS per service                {:>8.1} KiB", per_service);
+
+    rt.block_on(async {
+        for i in 0..SLEEPERS {
+            let _ = client.remove(&format!("sleeper-{i}")).await;
+        }
+    });
+    stop(&mut agent);
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn wait_state(client: &api::Client, name: &str, states: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = client.list().await.expect("list");
+        if list.iter().any(|s| s.name == name && states.contains(&s.state.as_str())) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never reached {states:?}: {list:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Writes a busybox service and packs it; returns the package path.
+fn package(shg: &Path, work: &Path, busybox: &Path, name: &str, command: &str, policy: &str) -> PathBuf {
+    let dir = work.join(name);
+    samples::busybox_rootfs(&dir.join("rootfs"), busybox).expect("rootfs");
+    let manifest = format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"bench\"\n\n[run]\n{command}\n\n\
+         [resources]\nmemory = {{ reserve = \"4MiB\", limit = \"16MiB\" }}\npids = {{ limit = 8 }}\n\n\
+         [restart]\npolicy = \"{policy}\"\n"
+    );
+    std::fs::write(dir.join("shg-service.toml"), manifest).unwrap();
+    let out = work.join(format!("{name}.tar"));
+    let status = Command::new(shg).arg("pack").arg(&dir).arg("-o").arg(&out).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success(), "shg pack failed");
+    out
+}
+
+/// `runc run` of the bundle, handing the init its log and status files as fds 3, 4 and 5.
+fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
+    use std::os::fd::AsRawFd;
+    let open = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(logs.join(n)).unwrap();
+    let files = [open("log.0"), open("log.1"), open("status")];
+    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    let mut cmd = Command::new("runc");
+    cmd.arg("--root").arg(root).args(["run", "--preserve-fds", "3", "--bundle"]).arg(bundle).arg(id);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: only dup2 between fork and exec, on descriptors this process owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high: Vec<i32> = fds.iter().map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100)).collect();
+            for (i, fd) in high.iter().enumerate() {
+                if libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    let _ = Command::new("runc").arg("--root").arg(root).args(["delete", "-f", id]).status();
+    drop(files);
+    ok
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn stop(agent: &mut Child) {
+    // SAFETY: kill on the PID of the agent this bench started.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let _ = agent.wait();
+}

@@ -1,0 +1,180 @@
+//! The command line as clap sees it: every command, argument and flag, with its help text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// `/var/lib/shg/api.sock`: where `shg gateway run` listens unless given another state dir.
+const DEFAULT_GATEWAY: &str = "/var/lib/shg/api.sock";
+
+/// Host containerized services from several providers on a home gateway.
+#[derive(Debug, Parser)]
+#[command(name = "shg", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    /// Path of the gateway agent's API socket
+    #[arg(
+        long,
+        global = true,
+        env = "SHG_GATEWAY",
+        value_name = "PATH",
+        default_value = DEFAULT_GATEWAY
+    )]
+    pub gateway: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a service package (an OCI image layout tar) from a directory
+    ///
+    /// DIR holds shg-service.toml and rootfs/. The manifest is checked first; the package is
+    /// deterministic, so the same DIR always gives the same digest.
+    Pack {
+        /// Directory holding shg-service.toml and rootfs/
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+        /// Package file to write
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: PathBuf,
+    },
+
+    /// Run the gateway agent
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+
+    #[command(flatten)]
+    Remote(RemoteCommand),
+
+    /// Run a gateway agent with a demo service, to try SHG out
+    Demo {
+        /// Directory for the demo agent's state
+        #[arg(long, value_name = "DIR", default_value = api::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+/// The commands answered by a running agent through its API.
+#[derive(Debug, Subcommand)]
+pub enum RemoteCommand {
+    /// Install a service package on the gateway and start it
+    Install {
+        /// Package file written by `shg pack`
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Install only; start it later with `shg start NAME`
+        #[arg(long)]
+        no_start: bool,
+    },
+
+    /// List the installed services and their state
+    Ps {
+        /// Print the services as a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Show a service's output: stdout lines on stdout, stderr lines on stderr
+    Logs {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Keep printing new lines as the service writes them
+        #[arg(short, long)]
+        follow: bool,
+        /// Start with only the last N lines
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Prefix each line with its time (UTC)
+        #[arg(long)]
+        timestamps: bool,
+    },
+
+    /// Show everything about one service, with its recent events
+    Inspect {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Print the service as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Run a command inside a running service and exit with its exit code
+    Exec {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Program and arguments, after `--`
+        #[arg(value_name = "CMD", required = true, last = true)]
+        command: Vec<String>,
+    },
+
+    /// Stop a service (it stays stopped until started)
+    Stop {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Start a stopped service
+    Start {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Stop a service and start it again
+    Restart {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Stop a service and delete it with its data
+    Remove {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// List what happened on the gateway, oldest first
+    Events {
+        /// Only events of this service
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// Print the events as a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GatewayCommand {
+    /// Run the gateway agent in the foreground (needs root)
+    Run {
+        /// Directory for the agent's state, packages, logs and API socket
+        #[arg(long, value_name = "DIR", default_value = api::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_gateway_is_the_default_state_dir_socket() {
+        let expected = std::path::Path::new(api::DEFAULT_STATE_DIR).join(api::SOCKET_NAME);
+        assert_eq!(std::path::Path::new(DEFAULT_GATEWAY), expected);
+    }
+}

@@ -1,0 +1,173 @@
+//! What each command does: `pack` runs locally, `gateway run` and `demo` hand over to the
+//! agent, and the rest are calls to a running agent through [`api::Client`].
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use api::{Client, LogEntry};
+
+use crate::cli::{Cli, Command, GatewayCommand, RemoteCommand};
+use crate::{daemon, output};
+
+/// Runs the parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Pack { dir, output } => pack(&dir, &output),
+        Command::Gateway {
+            command: GatewayCommand::Run { state_dir },
+        } => daemon::gateway_run(state_dir).map(|()| 0),
+        Command::Demo { state_dir } => daemon::demo(state_dir).map(|()| 0),
+        Command::Remote(command) => {
+            let client = Client::new(&cli.gateway)?;
+            // Only the client commands get this small runtime; the agent builds its own.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(remote(&client, command))
+        }
+    }
+}
+
+/// `shg pack DIR -o FILE`: check the manifest, then build the package.
+fn pack(dir: &Path, out: &Path) -> anyhow::Result<i32> {
+    let manifest_path = dir.join(manifest::FILE_NAME);
+    if !manifest_path.is_file() {
+        bail!(
+            "cannot pack {}: {} not found; a package directory holds {} and a rootfs/ directory",
+            dir.display(),
+            manifest_path.display(),
+            manifest::FILE_NAME
+        );
+    }
+    let context = || format!("cannot pack {}", dir.display());
+    let manifest = manifest::load(&manifest_path).with_context(context)?;
+    let digest = image::pack(dir, out).with_context(context)?;
+    println!(
+        "packed {} {} → {} ({digest})",
+        manifest.name,
+        manifest.version,
+        out.display()
+    );
+    Ok(0)
+}
+
+/// The commands answered by the agent.
+async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> {
+    let mut out = io::stdout().lock();
+    match command {
+        RemoteCommand::Install { file, no_start } => {
+            let d = client.install(&file, !no_start).await?;
+            let s = &d.summary;
+            writeln!(
+                out,
+                "installed {} {} from {}: {}",
+                s.name,
+                s.version,
+                s.provider,
+                output::status(s)
+            )?;
+            if no_start {
+                writeln!(out, "start it with `shg start {}`", s.name)?;
+            }
+        }
+        RemoteCommand::Ps { json } => {
+            let services = client.list().await?;
+            if json {
+                print_json(&mut out, &services)?;
+            } else {
+                output::services(&mut out, &services)?;
+            }
+        }
+        RemoteCommand::Logs {
+            name,
+            follow,
+            tail,
+            timestamps,
+        } => {
+            let mut err = io::stderr().lock();
+            client
+                .logs(&name, tail, follow, |entry| {
+                    if entry.stream == "stderr" {
+                        log_line(&mut err, &entry, timestamps)
+                    } else {
+                        log_line(&mut out, &entry, timestamps)
+                    }
+                })
+                .await?;
+        }
+        RemoteCommand::Inspect { name, json } => {
+            let detail = client.get(&name).await?;
+            if json {
+                print_json(&mut out, &detail)?;
+            } else {
+                output::detail(&mut out, &detail, now_ms())?;
+            }
+        }
+        RemoteCommand::Exec { name, command } => {
+            let mut err = io::stderr().lock();
+            let code = client
+                .exec(
+                    &name,
+                    &command,
+                    |bytes| pass(&mut out, bytes),
+                    |bytes| pass(&mut err, bytes),
+                )
+                .await?;
+            return Ok(code);
+        }
+        RemoteCommand::Start { name } => {
+            let s = client.start(&name).await?;
+            writeln!(out, "started {}: {}", s.name, output::status(&s))?;
+        }
+        RemoteCommand::Stop { name } => {
+            let s = client.stop(&name).await?;
+            writeln!(out, "stopped {}: {}", s.name, output::status(&s))?;
+        }
+        RemoteCommand::Restart { name } => {
+            let s = client.restart(&name).await?;
+            writeln!(out, "restarted {}: {}", s.name, output::status(&s))?;
+        }
+        RemoteCommand::Remove { name } => {
+            client.remove(&name).await?;
+            writeln!(out, "removed {name}")?;
+        }
+        RemoteCommand::Events { service, json } => {
+            let events = client.events(None, service.as_deref()).await?;
+            if json {
+                print_json(&mut out, &events)?;
+            } else {
+                output::events(&mut out, &events)?;
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
+}
+
+fn log_line(out: &mut impl Write, entry: &LogEntry, timestamps: bool) -> io::Result<()> {
+    let text = entry.text.strip_suffix('\n').unwrap_or(&entry.text);
+    if timestamps {
+        writeln!(out, "{} {text}", output::time_ms(entry.time_ms))
+    } else {
+        writeln!(out, "{text}")
+    }
+}
+
+/// Exec output is passed on as it comes, prompts without a newline included.
+fn pass(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(bytes)?;
+    out.flush()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,197 @@
+//! The `shg` binary as a user runs it, for everything that needs no running agent.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn shg(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shg"))
+        .args(args)
+        .env_remove("SHG_GATEWAY")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("run shg")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A package source directory: the given manifest and a rootfs with one program.
+fn service_dir(manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shg-service.toml"), manifest).unwrap();
+    let bin = dir.path().join("rootfs/bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("hello"), "#!/bin/sh\necho hello\n").unwrap();
+    dir
+}
+
+const MANIFEST: &str = r#"
+name = "hello"
+version = "1.0.0"
+provider = "acme"
+description = "says hello"
+
+[run]
+command = ["/bin/hello"]
+"#;
+
+#[test]
+fn help_lists_every_command() {
+    let out = shg(&["--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    for command in [
+        "pack", "gateway", "install", "ps", "logs", "inspect", "exec", "stop", "start", "restart",
+        "remove", "events", "demo",
+    ] {
+        assert!(
+            help.lines()
+                .any(|l| l.trim_start().starts_with(&format!("{command} "))),
+            "`{command}` missing from shg --help:\n{help}"
+        );
+    }
+    assert!(help.contains("--gateway <PATH>"), "{help}");
+    assert!(help.contains("SHG_GATEWAY"), "{help}");
+}
+
+#[test]
+fn gateway_help_lists_run() {
+    let out = shg(&["gateway", "--help"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let help = stdout(&out);
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("run ")),
+        "{help}"
+    );
+}
+
+/// The digest at the end of `packed NAME VERSION → FILE (sha256:…)`.
+fn packed_digest(out: &Output, file: &Path) -> String {
+    assert!(out.status.success(), "shg pack failed: {}", stderr(out));
+    let line = stdout(out);
+    let prefix = format!("packed hello 1.0.0 → {} (", file.display());
+    let digest = line
+        .trim_end()
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("unexpected pack output: {line:?}"));
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{digest}"
+    );
+    digest.to_string()
+}
+
+#[test]
+fn pack_twice_gives_the_same_digest() {
+    let src = service_dir(MANIFEST);
+    let out_dir = tempfile::tempdir().unwrap();
+    let first = out_dir.path().join("a.tar");
+    let second = out_dir.path().join("b.tar");
+    let src_arg = src.path().to_str().unwrap();
+    let a = packed_digest(
+        &shg(&["pack", src_arg, "-o", first.to_str().unwrap()]),
+        &first,
+    );
+    let b = packed_digest(
+        &shg(&["pack", src_arg, "--output", second.to_str().unwrap()]),
+        &second,
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        std::fs::read(&second).unwrap()
+    );
+}
+
+#[test]
+fn pack_with_a_bad_manifest_names_the_field() {
+    let src = service_dir(&MANIFEST.replace("/bin/hello", "bin/hello"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("p.tar");
+    let out = shg(&[
+        "pack",
+        src.path().to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.starts_with("error: cannot pack "), "{err}");
+    assert!(err.contains("run.command"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        !file.exists(),
+        "a package was written despite the bad manifest"
+    );
+}
+
+#[test]
+fn pack_without_a_manifest_says_what_a_package_needs() {
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("p.tar");
+    let out = shg(&[
+        "pack",
+        src.path().to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("shg-service.toml not found"), "{err}");
+    assert!(err.contains("rootfs/"), "{err}");
+}
+
+#[test]
+fn ps_without_an_agent_says_how_to_reach_one() {
+    let out = shg(&["ps", "--gateway", "/nonexistent.sock"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: cannot reach the gateway at /nonexistent.sock: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("shg gateway run") && err.contains("SHG_GATEWAY"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn gateway_comes_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_shg"))
+        .args(["events"])
+        .env("SHG_GATEWAY", "/nonexistent-env.sock")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach the gateway at /nonexistent-env.sock"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn remote_gateways_are_refused_clearly() {
+    let out = shg(&["ps", "--gateway", "https://gw.example:8443"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("remote gateways are not supported yet"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn exec_wants_the_command_after_a_double_dash() {
+    let out = shg(&["exec", "web", "ls"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("-- <CMD>..."), "{}", stderr(&out));
+}
