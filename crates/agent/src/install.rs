@@ -153,7 +153,18 @@ impl Agent {
             }
         }
         self.store().delete(name, Note::new("removed", format!("`{name}` removed with its data")))?;
+        self.remove_empty_cgroup_parent();
         Ok(())
+    }
+
+    /// Removes this agent's parent cgroup in every hierarchy once no service uses it; rmdir
+    /// fails harmlessly while any child cgroup exists.
+    fn remove_empty_cgroup_parent(&self) {
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        for hierarchy in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cfg.cgroup_parent));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cfg.cgroup_parent));
     }
 
     pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {

@@ -126,14 +126,34 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         let listener = api::bind(&agent.layout.socket())?;
         tracing::info!(socket = %agent.layout.socket().display(), "gateway agent ready");
         eprintln!("shg gateway: serving the API on {}", agent.layout.socket().display());
-        let shutdown = async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},
             }
+            let _ = stop_tx.send(true);
+        });
+        let graceful = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
         };
-        api::serve(agent, listener, shutdown).await
+        // Streams such as `shg logs -f` never end by themselves: give requests a moment to
+        // finish, then exit anyway. The services keep running either way.
+        let deadline = {
+            let mut rx = stop_rx;
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        };
+        tokio::select! {
+            result = api::serve(agent, listener, graceful) => result,
+            _ = deadline => Ok(()),
+        }
     })
 }

@@ -124,11 +124,20 @@ fn runtime_main(args: &[String]) -> i32 {
 
 /// `shg gateway run`: the agent, until SIGTERM or SIGINT.
 pub fn gateway_run(state_dir: PathBuf) -> anyhow::Result<()> {
+    init_logging();
     agent::run(agent::Config::new(state_dir)?)?;
     Ok(())
 }
 
+/// The agent logs to stderr; `RUST_LOG` (e.g. `debug`, `agent=debug`) picks what is shown.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libcontainer=warn,libcgroups=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
 /// `shg demo`: a gateway on embedded defaults hosting the sample services.
 pub fn demo(state_dir: PathBuf) -> anyhow::Result<()> {
+    init_logging();
     crate::demo::run(state_dir)
 }
