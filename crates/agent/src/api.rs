@@ -53,7 +53,10 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let body = api::ErrorBody { code: self.0.code().to_string(), message };
+        let body = api::ErrorBody {
+            code: self.0.code().to_string(),
+            message,
+        };
         (status, Json(body)).into_response()
     }
 }
@@ -72,7 +75,10 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/services/{name}/exec", post(exec))
         .route("/v1/events", get(events))
         .fallback(|| async {
-            let body = api::ErrorBody { code: "not-found".into(), message: "no such API path; see `shg --help`".into() };
+            let body = api::ErrorBody {
+                code: "not-found".into(),
+                message: "no such API path; see `shg --help`".into(),
+            };
             (StatusCode::NOT_FOUND, Json(body))
         })
         // Packages stream to disk with their own cap; JSON bodies stay small.
@@ -86,7 +92,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
         std::fs::remove_file(path).map_err(|e| AgentError::io(path, e))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| AgentError::io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| AgentError::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| AgentError::io(path, e))?;
     Ok(listener)
 }
 
@@ -102,7 +109,13 @@ pub async fn serve(
 }
 
 pub(crate) fn event_view(e: state::EventRecord) -> api::Event {
-    api::Event { id: e.id, time_ms: e.time_ms, service: e.service, kind: e.kind, message: e.message }
+    api::Event {
+        id: e.id,
+        time_ms: e.time_ms,
+        service: e.service,
+        kind: e.kind,
+        message: e.message,
+    }
 }
 
 async fn gateway(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::GatewayInfo>> {
@@ -118,7 +131,10 @@ async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<Json<Vec<api::Servic
     Ok(Json(agent.list()?))
 }
 
-async fn detail(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<api::ServiceDetail>> {
+async fn detail(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<api::ServiceDetail>> {
     Ok(Json(agent.detail(&name)?))
 }
 
@@ -132,7 +148,10 @@ async fn install(
     Query(q): Query<InstallQuery>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<api::ServiceDetail>)> {
-    let upload = agent.layout.tmp().join(format!("upload-{}.tar", crate::install::unique()));
+    let upload = agent
+        .layout
+        .tmp()
+        .join(format!("upload-{}.tar", crate::install::unique()));
     let result = async {
         save_body(body, &upload, agent.cfg.max_package).await?;
         agent.install(&upload, q.start.unwrap_or(true)).await
@@ -144,11 +163,14 @@ async fn install(
 
 /// Streams a request body into `path`, refusing more than `max` bytes.
 async fn save_body(body: Body, path: &Path, max: u64) -> Result<(), AgentError> {
-    let mut file = tokio::fs::File::create(path).await.map_err(|e| AgentError::io(path, e))?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| AgentError::io(path, e))?;
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| AgentError::BadRequest(format!("the upload broke off: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| AgentError::BadRequest(format!("the upload broke off: {e}")))?;
         total += chunk.len() as u64;
         if total > max {
             return Err(AgentError::BadPackage(format!(
@@ -156,28 +178,44 @@ async fn save_body(body: Body, path: &Path, max: u64) -> Result<(), AgentError> 
                 max >> 20
             )));
         }
-        file.write_all(&chunk).await.map_err(|e| AgentError::io(path, e))?;
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| AgentError::io(path, e))?;
     }
     if total == 0 {
-        return Err(AgentError::BadPackage("the upload is empty; send the package file as the request body".into()));
+        return Err(AgentError::BadPackage(
+            "the upload is empty; send the package file as the request body".into(),
+        ));
     }
     file.flush().await.map_err(|e| AgentError::io(path, e))?;
     Ok(())
 }
 
-async fn start(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<api::ServiceSummary>> {
+async fn start(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<api::ServiceSummary>> {
     Ok(Json(agent.start(&name).await?))
 }
 
-async fn stop(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<api::ServiceSummary>> {
+async fn stop(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<api::ServiceSummary>> {
     Ok(Json(agent.stop(&name).await?))
 }
 
-async fn restart(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<Json<api::ServiceSummary>> {
+async fn restart(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<api::ServiceSummary>> {
     Ok(Json(agent.restart(&name).await?))
 }
 
-async fn remove(State(agent): State<Arc<Agent>>, UrlPath(name): UrlPath<String>) -> ApiResult<StatusCode> {
+async fn remove(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
     agent.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -189,9 +227,15 @@ struct EventsQuery {
     limit: Option<usize>,
 }
 
-async fn events(State(agent): State<Arc<Agent>>, Query(q): Query<EventsQuery>) -> ApiResult<Json<Vec<api::Event>>> {
+async fn events(
+    State(agent): State<Arc<Agent>>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Json<Vec<api::Event>>> {
     let limit = q.limit.unwrap_or(200).min(10_000);
-    let events = agent.store().events(q.since.unwrap_or(0), q.service.as_deref(), limit).map_err(AgentError::from)?;
+    let events = agent
+        .store()
+        .events(q.since.unwrap_or(0), q.service.as_deref(), limit)
+        .map_err(AgentError::from)?;
     Ok(Json(events.into_iter().map(event_view).collect()))
 }
 
@@ -255,7 +299,12 @@ async fn logs(
                     .rev()
                     .find(|&i| fresh.get(i) == Some(sent))
                     .map(|i| i + 1)
-                    .unwrap_or_else(|| fresh.iter().position(|l| l.time_ms > sent.time_ms).unwrap_or(fresh.len())),
+                    .unwrap_or_else(|| {
+                        fresh
+                            .iter()
+                            .position(|l| l.time_ms > sent.time_ms)
+                            .unwrap_or(fresh.len())
+                    }),
             };
             for line in &fresh[start..] {
                 if tx.send(Ok(log_json(line))).await.is_err() {
@@ -276,13 +325,20 @@ async fn exec(
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::ExecRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(req) = body.map_err(|e| AgentError::BadRequest(format!("exec request: {}", e.body_text())))?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("exec request: {}", e.body_text())))?;
     if req.command.is_empty() {
-        return Err(AgentError::BadRequest("exec request: `command` is empty; give the program to run".into()).into());
+        return Err(AgentError::BadRequest(
+            "exec request: `command` is empty; give the program to run".into(),
+        )
+        .into());
     }
     let rec = agent.store().get(&name).map_err(AgentError::from)?;
     if rec.pid.is_none() {
-        return Err(AgentError::Conflict(format!("`{name}` is not running; start it with `shg start {name}`")).into());
+        return Err(AgentError::Conflict(format!(
+            "`{name}` is not running; start it with `shg start {name}`"
+        ))
+        .into());
     }
     let manifest = crate::lifecycle::manifest_of(&rec)?;
     let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
@@ -328,10 +384,18 @@ async fn exec(
             }
         }
         let code = match child.wait().await {
-            Ok(s) => s.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
+            Ok(s) => s
+                .code()
+                .unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
             Err(_) => 126,
         };
-        let _ = tx.send(Ok(Bytes::from(exec_frames::encode_exit(code)))).await;
+        let _ = tx
+            .send(Ok(Bytes::from(exec_frames::encode_exit(code))))
+            .await;
     });
-    Ok(([(header::CONTENT_TYPE, "application/vnd.shg.exec-frames")], Body::from_stream(ReceiverStream::new(rx))).into_response())
+    Ok((
+        [(header::CONTENT_TYPE, "application/vnd.shg.exec-frames")],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
 }

@@ -19,22 +19,43 @@ use crate::Agent;
 /// longer the service's.
 pub fn spawn(agent: Arc<Agent>, name: String, pid: i32) {
     tokio::spawn(async move {
-        let Ok(rec) = agent.store().get(&name) else { return };
-        let Ok(manifest) = crate::lifecycle::manifest_of(&rec) else { return };
-        let Some(health) = manifest.health else { return };
+        let Ok(rec) = agent.store().get(&name) else {
+            return;
+        };
+        let Ok(manifest) = crate::lifecycle::manifest_of(&rec) else {
+            return;
+        };
+        let Some(health) = manifest.health else {
+            return;
+        };
         let uid_gid = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         let started = tokio::time::Instant::now();
         let mut failures = 0u32;
         loop {
             tokio::time::sleep(health.interval).await;
-            let still_ours = agent.store().find(&name).ok().flatten().is_some_and(|r| r.pid == Some(pid));
+            let still_ours = agent
+                .store()
+                .find(&name)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.pid == Some(pid));
             if !still_ours {
                 return;
             }
             let ok = probe(&agent, &name, pid, &health.check, health.timeout, uid_gid).await;
             let in_grace = started.elapsed() < health.start_period;
-            failures = if ok { 0 } else if in_grace { failures } else { failures + 1 };
-            let current = agent.store().get(&name).map(|r| r.health).unwrap_or(Health::None);
+            failures = if ok {
+                0
+            } else if in_grace {
+                failures
+            } else {
+                failures + 1
+            };
+            let current = agent
+                .store()
+                .get(&name)
+                .map(|r| r.health)
+                .unwrap_or(Health::None);
             let next = if ok {
                 Health::Healthy
             } else if failures >= health.retries {
@@ -47,11 +68,13 @@ pub fn spawn(agent: Arc<Agent>, name: String, pid: i32) {
                     Health::Healthy => format!("`{name}` is healthy"),
                     _ => format!("`{name}` is unhealthy: {} checks failed in a row", failures),
                 };
-                let _ = agent.store().update(&name, Some(Note::new("health", message)), |r| {
-                    if r.pid == Some(pid) {
-                        r.health = next;
-                    }
-                });
+                let _ = agent
+                    .store()
+                    .update(&name, Some(Note::new("health", message)), |r| {
+                        if r.pid == Some(pid) {
+                            r.health = next;
+                        }
+                    });
             }
         }
     });
@@ -122,14 +145,22 @@ fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
 
 /// GET the URL (host 127.0.0.1 or localhost, validated by the manifest); 2xx/3xx is healthy.
 fn http_ok(url: &str, timeout: Duration) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let port = authority.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(80);
-    let Ok(mut stream) = connect(port, timeout) else { return false };
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shg-health\r\n\r\n");
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(80);
+    let Ok(mut stream) = connect(port, timeout) else {
+        return false;
+    };
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shg-health\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
@@ -142,6 +173,9 @@ fn http_ok(url: &str, timeout: Duration) -> bool {
         }
     }
     let line = String::from_utf8_lossy(&head[..got]);
-    let status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok());
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok());
     matches!(status, Some(200..=399))
 }

@@ -18,14 +18,23 @@ use crate::{Agent, AgentError};
 
 impl Agent {
     /// Installs the package at `upload` (an OCI layout tar), then starts it if `start`.
-    pub async fn install(self: &Arc<Self>, upload: &Path, start: bool) -> Result<ServiceDetail, AgentError> {
+    pub async fn install(
+        self: &Arc<Self>,
+        upload: &Path,
+        start: bool,
+    ) -> Result<ServiceDetail, AgentError> {
         let staging = self.layout.tmp().join(format!("open-{}", unique()));
         let result = self.install_from(upload, &staging, start).await;
         let _ = std::fs::remove_dir_all(&staging);
         result
     }
 
-    async fn install_from(self: &Arc<Self>, upload: &Path, staging: &Path, start: bool) -> Result<ServiceDetail, AgentError> {
+    async fn install_from(
+        self: &Arc<Self>,
+        upload: &Path,
+        staging: &Path,
+        start: bool,
+    ) -> Result<ServiceDetail, AgentError> {
         let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
             .await
@@ -37,10 +46,22 @@ impl Agent {
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
-        let rec = ServiceRecord::new(&name, &manifest.provider, &manifest.version, &package.digest, &package.manifest_toml);
+        let rec = ServiceRecord::new(
+            &name,
+            &manifest.provider,
+            &manifest.version,
+            &package.digest,
+            &package.manifest_toml,
+        );
         self.store().insert(
             &rec,
-            Note::new("installing", format!("installing `{name}` {} from provider `{}` ({})", manifest.version, manifest.provider, package.digest)),
+            Note::new(
+                "installing",
+                format!(
+                    "installing `{name}` {} from provider `{}` ({})",
+                    manifest.version, manifest.provider, package.digest
+                ),
+            ),
         )?;
 
         let agent = self.clone();
@@ -52,12 +73,20 @@ impl Agent {
             self.rollback_install(&name, &e.to_string())?;
             return Err(e);
         }
-        let desired = if start { Desired::Running } else { Desired::Stopped };
-        self.store().update(&name, Some(Note::new("installed", format!("`{name}` installed"))), |r| {
-            r.phase = Phase::Installed;
-            r.desired = desired;
-            r.state = state::RunState::Created;
-        })?;
+        let desired = if start {
+            Desired::Running
+        } else {
+            Desired::Stopped
+        };
+        self.store().update(
+            &name,
+            Some(Note::new("installed", format!("`{name}` installed"))),
+            |r| {
+                r.phase = Phase::Installed;
+                r.desired = desired;
+                r.state = state::RunState::Created;
+            },
+        )?;
         if start {
             // A start failure leaves the service installed and says why in its state.
             if let Err(e) = self.launch(&name).await {
@@ -84,7 +113,8 @@ impl Agent {
             std::fs::create_dir_all(&path).map_err(|e| AgentError::io(&path, e))?;
         }
         let data = partial.join("data");
-        nix::unistd::chown(&data, Some(uid.into()), Some(gid.into())).map_err(|e| AgentError::io(&data, e.into()))?;
+        nix::unistd::chown(&data, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| AgentError::io(&data, e.into()))?;
         // The bundle names the final paths: it is renamed into place below.
         let service = self.layout.service(name);
         let spec = self.service_spec(manifest, &service.dir);
@@ -127,7 +157,13 @@ impl Agent {
                 std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
             }
         }
-        self.store().delete(name, Note::new("install-failed", format!("install of `{name}` rolled back: {why}")))?;
+        self.store().delete(
+            name,
+            Note::new(
+                "install-failed",
+                format!("install of `{name}` rolled back: {why}"),
+            ),
+        )?;
         Ok(())
     }
 
@@ -139,9 +175,13 @@ impl Agent {
         }
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        self.store().update(name, Some(Note::new("removing", format!("removing `{name}`"))), |r| {
-            r.phase = Phase::Removing;
-        })?;
+        self.store().update(
+            name,
+            Some(Note::new("removing", format!("removing `{name}`"))),
+            |r| {
+                r.phase = Phase::Removing;
+            },
+        )?;
         self.finish_remove(name)
     }
 
@@ -152,7 +192,10 @@ impl Agent {
                 std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
             }
         }
-        self.store().delete(name, Note::new("removed", format!("`{name}` removed with its data")))?;
+        self.store().delete(
+            name,
+            Note::new("removed", format!("`{name}` removed with its data")),
+        )?;
         self.remove_empty_cgroup_parent();
         Ok(())
     }
@@ -160,7 +203,9 @@ impl Agent {
     /// Removes this agent's parent cgroup in every hierarchy once no service uses it; rmdir
     /// fails harmlessly while any child cgroup exists.
     fn remove_empty_cgroup_parent(&self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else { return };
+        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
         for hierarchy in hierarchies.flatten() {
             let _ = std::fs::remove_dir(hierarchy.path().join(&self.cfg.cgroup_parent));
         }
@@ -179,7 +224,12 @@ impl Agent {
             image_digest: rec.image_digest.clone(),
             installed_at_ms: rec.installed_at_ms,
             manifest: serde_json::to_value(&manifest).unwrap_or_default(),
-            paths: ServicePaths { rootfs: show(sl.rootfs()), data: show(sl.data()), bundle: show(sl.bundle()), logs: show(sl.logs()) },
+            paths: ServicePaths {
+                rootfs: show(sl.rootfs()),
+                data: show(sl.data()),
+                bundle: show(sl.bundle()),
+                logs: show(sl.logs()),
+            },
             events: events.into_iter().map(crate::api::event_view).collect(),
         })
     }
@@ -193,7 +243,11 @@ impl Agent {
 pub(crate) fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Refuses a command that does not exist, or is not executable, inside the image.
@@ -204,7 +258,8 @@ fn check_command(rootfs: &Path, command: &str) -> Result<(), AgentError> {
             "shg-service.toml: run.command: `{command}` {why} in the image; add it to rootfs/ or fix the path"
         ))
     };
-    let resolved = resolve_in_root(rootfs, Path::new(command)).ok_or_else(|| missing("does not exist"))?;
+    let resolved =
+        resolve_in_root(rootfs, Path::new(command)).ok_or_else(|| missing("does not exist"))?;
     let meta = std::fs::metadata(&resolved).map_err(|_| missing("does not exist"))?;
     use std::os::unix::fs::PermissionsExt;
     if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
@@ -216,12 +271,15 @@ fn check_command(rootfs: &Path, command: &str) -> Result<(), AgentError> {
 /// Resolves `path` as the container would see it, never leaving `root`.
 fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
     let mut parts: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> =
-        path.components().rev().filter_map(|c| match c {
+    let mut pending: Vec<std::ffi::OsString> = path
+        .components()
+        .rev()
+        .filter_map(|c| match c {
             Component::Normal(n) => Some(n.to_os_string()),
             Component::ParentDir => Some("..".into()),
             _ => None,
-        }).collect();
+        })
+        .collect();
     let mut hops = 0;
     while let Some(part) = pending.pop() {
         if part == ".." {
@@ -266,7 +324,10 @@ mod tests {
         std::fs::write(root.join("bin/busybox"), b"x").unwrap();
         std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", root.join("bin/escape")).unwrap();
-        assert_eq!(resolve_in_root(root, Path::new("/bin/sh")), Some(root.join("bin/busybox")));
+        assert_eq!(
+            resolve_in_root(root, Path::new("/bin/sh")),
+            Some(root.join("bin/busybox"))
+        );
         // `..` past the root stays at the root, as in the container.
         assert_eq!(resolve_in_root(root, Path::new("/bin/escape")), None);
         assert_eq!(resolve_in_root(root, Path::new("/nope")), None);
@@ -276,6 +337,10 @@ mod tests {
     fn a_missing_command_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let err = check_command(dir.path(), "/bin/httpd").unwrap_err();
-        assert!(err.to_string().contains("`/bin/httpd` does not exist in the image"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`/bin/httpd` does not exist in the image"),
+            "{err}"
+        );
     }
 }

@@ -24,7 +24,9 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(root: &Path) -> Self {
-        Layout { root: root.to_path_buf() }
+        Layout {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -52,7 +54,9 @@ impl Layout {
     }
 
     pub fn service(&self, name: &str) -> ServiceLayout {
-        ServiceLayout { dir: self.services().join(name) }
+        ServiceLayout {
+            dir: self.services().join(name),
+        }
     }
 
     /// Where an install unpacks before it is renamed into place.

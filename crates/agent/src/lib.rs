@@ -49,9 +49,13 @@ impl Config {
             "shg".to_string()
         } else {
             // FNV-1a of the path: stable across runs, short, no dependency.
-            let hash = state_dir.as_os_str().as_encoded_bytes().iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            let hash = state_dir
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                });
             format!("shg-{:08x}", hash as u32)
         };
         let shg_binary = std::env::current_exe()
@@ -82,7 +86,12 @@ impl Agent {
     /// Opens the state directory and database (creating them if needed).
     pub fn open(cfg: Config) -> Result<Arc<Agent>, AgentError> {
         let layout = Layout::new(&cfg.state_dir);
-        for dir in [layout.root.clone(), layout.containers(), layout.tmp(), layout.services()] {
+        for dir in [
+            layout.root.clone(),
+            layout.containers(),
+            layout.tmp(),
+            layout.services(),
+        ] {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
         }
         let store = Store::open(&layout.database())?;
@@ -125,11 +134,15 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         agent.clone().recover().await?;
         let listener = api::bind(&agent.layout.socket())?;
         tracing::info!(socket = %agent.layout.socket().display(), "gateway agent ready");
-        eprintln!("shg gateway: serving the API on {}", agent.layout.socket().display());
+        eprintln!(
+            "shg gateway: serving the API on {}",
+            agent.layout.socket().display()
+        );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},

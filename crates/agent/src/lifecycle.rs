@@ -37,7 +37,12 @@ pub fn take_lock(layout: &Layout) -> Result<StateLock, AgentError> {
         .open(&path)
         .map_err(|e| AgentError::io(&path, e))?;
     // SAFETY: flock on a descriptor owned by `file`.
-    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) };
+    let rc = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
     if rc != 0 {
         return Err(AgentError::Busy(format!(
             "another agent already runs on {}; stop it first or pick another --state-dir",
@@ -82,7 +87,10 @@ pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, Age
 fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
     match status {
         Some(s) if s.error.is_some() => {
-            format!("could not start: {}", s.error.as_deref().unwrap_or_default())
+            format!(
+                "could not start: {}",
+                s.error.as_deref().unwrap_or_default()
+            )
         }
         Some(s) => match s.signal {
             Some(9) => "was killed (SIGKILL)".to_string(),
@@ -102,7 +110,11 @@ impl Agent {
         if rec.phase != Phase::Installed {
             return Err(AgentError::Conflict(format!(
                 "`{name}` is being {}; wait for it to finish",
-                if rec.phase == Phase::Installing { "installed" } else { "removed" }
+                if rec.phase == Phase::Installing {
+                    "installed"
+                } else {
+                    "removed"
+                }
             )));
         }
         if let Some(pid) = rec.pid {
@@ -141,22 +153,29 @@ impl Agent {
             .output()
             .await
             .map_err(|e| AgentError::Internal(format!("cannot run the runtime helper: {e}")))?;
-        let pid = String::from_utf8_lossy(&output.stdout).trim().parse::<i32>().ok();
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<i32>()
+            .ok();
         let Some(pid) = pid.filter(|_| output.status.success()) else {
             let why = String::from_utf8_lossy(&output.stderr).trim().to_string();
             let reason = format!("cannot start `{name}`: {why}");
-            self.store().update(name, Some(Note::new("start-failed", reason.clone())), |r| {
-                r.state = RunState::Failed;
-                r.pid = None;
-                r.reason = Some(reason.clone());
-            })?;
+            self.store()
+                .update(name, Some(Note::new("start-failed", reason.clone())), |r| {
+                    r.state = RunState::Failed;
+                    r.pid = None;
+                    r.reason = Some(reason.clone());
+                })?;
             return Err(AgentError::StartFailed(reason));
         };
         let pid_start = process::start_time(&self.cfg.proc_root, pid);
         let has_health = manifest.health.is_some();
         let rec = self.store().update(
             name,
-            Some(Note::new("started", format!("`{name}` started (pid {pid})"))),
+            Some(Note::new(
+                "started",
+                format!("`{name}` started (pid {pid})"),
+            )),
             |r| {
                 r.state = RunState::Running;
                 r.pid = Some(pid);
@@ -164,7 +183,11 @@ impl Agent {
                 r.started_at_ms = Some(now_ms());
                 r.exit_code = None;
                 r.reason = None;
-                r.health = if has_health { Health::Starting } else { Health::None };
+                r.health = if has_health {
+                    Health::Starting
+                } else {
+                    Health::None
+                };
             },
         )?;
         self.watch(name, pid);
@@ -191,7 +214,9 @@ impl Agent {
     pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let Some(rec) = self.store().find(name)? else { return Ok(()) };
+        let Some(rec) = self.store().find(name)? else {
+            return Ok(());
+        };
         if rec.pid != Some(pid) {
             return Ok(());
         }
@@ -207,14 +232,18 @@ impl Agent {
         let ran_ms = now_ms().saturating_sub(rec.started_at_ms.unwrap_or(0));
 
         if rec.desired == Desired::Stopped {
-            self.store().update(name, Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))), |r| {
-                r.state = RunState::Stopped;
-                r.pid = None;
-                r.pid_start = None;
-                r.exit_code = code;
-                r.health = Health::None;
-                r.reason = None;
-            })?;
+            self.store().update(
+                name,
+                Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))),
+                |r| {
+                    r.state = RunState::Stopped;
+                    r.pid = None;
+                    r.pid_start = None;
+                    r.exit_code = code;
+                    r.health = Health::None;
+                    r.reason = None;
+                },
+            )?;
             return Ok(());
         }
         let policy = manifest_of(&rec)?.restart.policy;
@@ -224,19 +253,30 @@ impl Agent {
             RestartPolicy::Never => false,
         };
         if !restart {
-            let policy_name = serde_json::to_value(policy).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            let policy_name = serde_json::to_value(policy)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
             let reason = format!("it {what}; restart policy `{policy_name}` leaves it stopped");
-            self.store().update(name, Some(Note::new("exited", format!("`{name}` {what}"))), |r| {
-                r.state = RunState::Exited;
-                r.pid = None;
-                r.pid_start = None;
-                r.exit_code = code;
-                r.health = Health::None;
-                r.reason = Some(reason.clone());
-            })?;
+            self.store().update(
+                name,
+                Some(Note::new("exited", format!("`{name}` {what}"))),
+                |r| {
+                    r.state = RunState::Exited;
+                    r.pid = None;
+                    r.pid_start = None;
+                    r.exit_code = code;
+                    r.health = Health::None;
+                    r.reason = Some(reason.clone());
+                },
+            )?;
             return Ok(());
         }
-        let failures = if ran_ms >= self.cfg.stable_after_ms { 1 } else { rec.failures + 1 };
+        let failures = if ran_ms >= self.cfg.stable_after_ms {
+            1
+        } else {
+            rec.failures + 1
+        };
         let delay_ms = (500u64 << (failures - 1).min(16)).min(MAX_BACKOFF_MS);
         let looping = failures >= CRASH_LOOP_AFTER;
         let reason = format!(
@@ -245,15 +285,23 @@ impl Agent {
             delay_ms as f64 / 1000.0
         );
         let was_looping = rec.state == RunState::CrashLoop;
-        self.store().update(name, Some(Note::new("exited", format!("`{name}` {what}"))), |r| {
-            r.state = if looping { RunState::CrashLoop } else { RunState::Backoff };
-            r.pid = None;
-            r.pid_start = None;
-            r.exit_code = code;
-            r.failures = failures;
-            r.health = Health::None;
-            r.reason = Some(reason.clone());
-        })?;
+        self.store().update(
+            name,
+            Some(Note::new("exited", format!("`{name}` {what}"))),
+            |r| {
+                r.state = if looping {
+                    RunState::CrashLoop
+                } else {
+                    RunState::Backoff
+                };
+                r.pid = None;
+                r.pid_start = None;
+                r.exit_code = code;
+                r.failures = failures;
+                r.health = Health::None;
+                r.reason = Some(reason.clone());
+            },
+        )?;
         if looping && !was_looping {
             self.store().record(
                 Some(name),
@@ -274,17 +322,35 @@ impl Agent {
         Ok(())
     }
 
-    async fn restart_after_backoff(self: &Arc<Self>, name: &str, failures: u32) -> Result<(), AgentError> {
+    async fn restart_after_backoff(
+        self: &Arc<Self>,
+        name: &str,
+        failures: u32,
+    ) -> Result<(), AgentError> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let Some(rec) = self.store().find(name)? else { return Ok(()) };
+        let Some(rec) = self.store().find(name)? else {
+            return Ok(());
+        };
         let waiting = matches!(rec.state, RunState::Backoff | RunState::CrashLoop);
-        if rec.phase != Phase::Installed || rec.desired != Desired::Running || rec.pid.is_some() || !waiting || rec.failures != failures {
+        if rec.phase != Phase::Installed
+            || rec.desired != Desired::Running
+            || rec.pid.is_some()
+            || !waiting
+            || rec.failures != failures
+        {
             return Ok(());
         }
-        self.store().update(name, Some(Note::new("restarting", format!("restarting `{name}` (restart {})", rec.restarts + 1))), |r| {
-            r.restarts += 1;
-        })?;
+        self.store().update(
+            name,
+            Some(Note::new(
+                "restarting",
+                format!("restarting `{name}` (restart {})", rec.restarts + 1),
+            )),
+            |r| {
+                r.restarts += 1;
+            },
+        )?;
         self.launch(name).await.map(|_| ())
     }
 
@@ -295,22 +361,38 @@ impl Agent {
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
             if rec.phase != Phase::Installed {
-                return Err(AgentError::Conflict(format!("`{name}` is not fully installed; wait for the install or removal to finish")));
+                return Err(AgentError::Conflict(format!(
+                    "`{name}` is not fully installed; wait for the install or removal to finish"
+                )));
             }
             let Some(pid) = rec.pid else {
-                let rec = self.store().update(name, Some(Note::new("stopped", format!("`{name}` will stay stopped"))), |r| {
-                    r.desired = Desired::Stopped;
-                    if matches!(r.state, RunState::Backoff | RunState::CrashLoop | RunState::Starting) {
-                        r.state = RunState::Stopped;
-                    }
-                    r.reason = None;
-                })?;
+                let rec = self.store().update(
+                    name,
+                    Some(Note::new("stopped", format!("`{name}` will stay stopped"))),
+                    |r| {
+                        r.desired = Desired::Stopped;
+                        if matches!(
+                            r.state,
+                            RunState::Backoff | RunState::CrashLoop | RunState::Starting
+                        ) {
+                            r.state = RunState::Stopped;
+                        }
+                        r.reason = None;
+                    },
+                )?;
                 return Ok(summary(&rec));
             };
-            self.store().update(name, Some(Note::new("stopping", format!("stopping `{name}` (SIGTERM)"))), |r| {
-                r.desired = Desired::Stopped;
-                r.state = RunState::Stopping;
-            })?;
+            self.store().update(
+                name,
+                Some(Note::new(
+                    "stopping",
+                    format!("stopping `{name}` (SIGTERM)"),
+                )),
+                |r| {
+                    r.desired = Desired::Stopped;
+                    r.state = RunState::Stopping;
+                },
+            )?;
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             pid
         };
@@ -318,7 +400,13 @@ impl Agent {
         if !self.wait_gone(pid, timeout).await {
             self.store().record(
                 Some(name),
-                Note::new("killed", format!("`{name}` did not stop within {}s of SIGTERM; sending SIGKILL", timeout.as_secs_f64())),
+                Note::new(
+                    "killed",
+                    format!(
+                        "`{name}` did not stop within {}s of SIGTERM; sending SIGKILL",
+                        timeout.as_secs_f64()
+                    ),
+                ),
             )?;
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             self.wait_gone(pid, KILL_GRACE).await;
@@ -354,14 +442,20 @@ impl Agent {
         if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {
             for entry in entries.flatten() {
                 let path = entry.path();
-                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+                let _ = if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
             }
         }
         let records = self.store().list()?;
         for rec in records {
             let name = rec.name.as_str();
             match rec.phase {
-                Phase::Installing => self.rollback_install(name, "the agent stopped during the install")?,
+                Phase::Installing => {
+                    self.rollback_install(name, "the agent stopped during the install")?
+                }
                 Phase::Removing => self.finish_remove(name)?,
                 Phase::Installed => match rec.pid {
                     Some(pid)
@@ -373,7 +467,13 @@ impl Agent {
                     }
                     Some(pid) => self.on_exit(name, pid).await?,
                     None if rec.desired == Desired::Running
-                        && matches!(rec.state, RunState::Backoff | RunState::CrashLoop | RunState::Created | RunState::Starting) =>
+                        && matches!(
+                            rec.state,
+                            RunState::Backoff
+                                | RunState::CrashLoop
+                                | RunState::Created
+                                | RunState::Starting
+                        ) =>
                     {
                         let lock = self.lock_of(name);
                         let _guard = lock.lock().await;

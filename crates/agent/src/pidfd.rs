@@ -27,7 +27,8 @@ impl PidFd {
         let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
         // SAFETY: `Fd` owns the descriptor and closes it only when the AsyncFd is dropped,
         // which deregisters it first.
-        let registered = unsafe { AsyncFd::register_with_interest(Fd(owned), tokio::io::Interest::READABLE) };
+        let registered =
+            unsafe { AsyncFd::register_with_interest(Fd(owned), tokio::io::Interest::READABLE) };
         Ok(PidFd(registered.map_err(|e| e.into_parts().1)?))
     }
 

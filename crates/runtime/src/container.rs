@@ -41,7 +41,10 @@ fn devnull() -> Result<OwnedFd, RuntimeError> {
 }
 
 fn to_err(name: &str, e: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Container { name: name.to_string(), reason: e.to_string() }
+    RuntimeError::Container {
+        name: name.to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Places each file at its descriptor number (without close-on-exec), for the container's
@@ -90,7 +93,11 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .truncate(true)
         .open(&paths.status_file)
         .map_err(|e| RuntimeError::io(&paths.status_file, e))?;
-    place_fds(&[(&logs[0], LOG_FDS[0]), (&logs[1], LOG_FDS[1]), (&status, STATUS_FD)])?;
+    place_fds(&[
+        (&logs[0], LOG_FDS[0]),
+        (&logs[1], LOG_FDS[1]),
+        (&status, STATUS_FD),
+    ])?;
 
     // A container left over from an earlier run of the same service would block the id.
     remove_stale(name, &paths.state_root)?;
@@ -107,12 +114,18 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .with_detach(true)
         .build()
         .map_err(|e| to_err(name, e))?;
-    let pid = container.pid().ok_or_else(|| to_err(name, "container has no pid"))?;
+    let pid = container
+        .pid()
+        .ok_or_else(|| to_err(name, "container has no pid"))?;
     // A fresh network namespace has its loopback down; services expect 127.0.0.1 to work.
     // This helper is about to exit, so it may move itself into the container's namespace.
-    crate::net::loopback_up(pid.as_raw()).map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
+    crate::net::loopback_up(pid.as_raw())
+        .map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
     container.start().map_err(|e| to_err(name, e))?;
-    container.pid().map(|p| p.as_raw()).ok_or_else(|| to_err(name, "container has no pid"))
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| to_err(name, "container has no pid"))
 }
 
 /// Runs `args` inside the running service `name` as `uid:gid`, with this process's stdio;
@@ -131,7 +144,14 @@ pub fn exec(
         // libcontainer does not apply the seccomp profile to processes joining a container,
         // so the command runs through the init binary, which loads it and then execs.
         .with_container_args(
-            [crate::spec::INIT_PATH.to_string(), "enter".into(), "--".into()].into_iter().chain(args).collect(),
+            [
+                crate::spec::INIT_PATH.to_string(),
+                "enter".into(),
+                "--".into(),
+            ]
+            .into_iter()
+            .chain(args)
+            .collect(),
         )
         .with_user(Some(uid))
         .with_group(Some(gid))

@@ -95,7 +95,12 @@ pub fn run(opts: InitOptions) -> i32 {
         Ok(exit) => exit,
         Err(error) => {
             let _ = log.write_line(Stream::Stderr, format!("shg init: {error}").as_bytes());
-            ExitStatus { code: 127, signal: None, finished_ms: now_ms(), error: Some(error) }
+            ExitStatus {
+                code: 127,
+                signal: None,
+                finished_ms: now_ms(),
+                error: Some(error),
+            }
         }
     };
     let text = serde_json::to_vec(&exit).expect("exit status serializes");
@@ -111,7 +116,8 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
     for sig in FORWARDED.iter().chain([&Signal::SIGCHLD]) {
         mask.add(*sig);
     }
-    mask.thread_block().map_err(|e| format!("cannot block signals: {e}"))?;
+    mask.thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("cannot create a signalfd: {e}"))?;
 
@@ -119,12 +125,20 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
     let (err_r, err_w) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let (uid, gid) = (opts.uid, opts.gid);
     let mut command = Command::new(&opts.command[0]);
-    command.args(&opts.command[1..]).stdin(Stdio::null()).stdout(out_w).stderr(err_w);
+    command
+        .args(&opts.command[1..])
+        .stdin(Stdio::null())
+        .stdout(out_w)
+        .stderr(err_w);
     // SAFETY: the closure only makes async-signal-safe system calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
             let empty = SigSet::empty();
-            nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&empty), None)?;
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&empty),
+                None,
+            )?;
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(gid) != 0
                 || libc::setuid(uid) != 0
@@ -140,8 +154,10 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
     drop(command);
     let child_pid = Pid::from_raw(child.id() as i32);
 
-    let mut streams = [(out_r, LineBuffer::default(), Stream::Stdout, true),
-        (err_r, LineBuffer::default(), Stream::Stderr, true)];
+    let mut streams = [
+        (out_r, LineBuffer::default(), Stream::Stdout, true),
+        (err_r, LineBuffer::default(), Stream::Stderr, true),
+    ];
     let mut exit: Option<ExitStatus> = None;
     let mut drain_deadline: Option<u64> = None;
     let mut buf = vec![0u8; 64 * 1024];
@@ -158,7 +174,11 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
         for &i in &open {
             fds.push(PollFd::new(streams[i].0.as_fd(), PollFlags::POLLIN));
         }
-        let timeout = if drain_deadline.is_some() { PollTimeout::from(50u16) } else { PollTimeout::NONE };
+        let timeout = if drain_deadline.is_some() {
+            PollTimeout::from(50u16)
+        } else {
+            PollTimeout::NONE
+        };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("poll failed: {e}")),
@@ -170,7 +190,9 @@ fn supervise(opts: &InitOptions, log: &mut LogWriter) -> Result<ExitStatus, Stri
         drop(fds);
         if ready[0] {
             while let Ok(Some(info)) = sigfd.read_signal() {
-                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else { continue };
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
                 if sig == Signal::SIGCHLD {
                     reap(child_pid, &mut exit);
                     if exit.is_some() && drain_deadline.is_none() {
@@ -212,7 +234,12 @@ fn reap(child: Pid, exit: &mut Option<ExitStatus>) {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == child => {
-                *exit = Some(ExitStatus { code, signal: None, finished_ms: now_ms(), error: None });
+                *exit = Some(ExitStatus {
+                    code,
+                    signal: None,
+                    finished_ms: now_ms(),
+                    error: None,
+                });
             }
             Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
                 let signal = sig as i32;
@@ -251,5 +278,9 @@ pub fn enter(command: &[String]) -> i32 {
     }
     let err = Command::new(&command[0]).args(&command[1..]).exec();
     eprintln!("shg: cannot run {:?}: {err}", command[0]);
-    if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }
+    if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
 }

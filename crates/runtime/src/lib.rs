@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 pub enum RuntimeError {
     /// A file operation failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The generated bundle did not validate.
     #[error("bundle of `{name}` is not a valid OCI runtime config: {reason}")]
     Bundle { name: String, reason: String },
@@ -26,6 +29,9 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        RuntimeError::Io { path: path.to_path_buf(), source }
+        RuntimeError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

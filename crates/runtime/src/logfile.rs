@@ -33,7 +33,10 @@ pub struct LogLine {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Paths of the two segments under `dir`.
@@ -52,7 +55,10 @@ pub struct LogWriter {
 impl LogWriter {
     /// Continues the log held by two open segment files (opened for append).
     pub fn new(mut files: [File; 2], segment: u64) -> io::Result<Self> {
-        let sizes = [files[0].seek(SeekFrom::End(0))?, files[1].seek(SeekFrom::End(0))?];
+        let sizes = [
+            files[0].seek(SeekFrom::End(0))?,
+            files[1].seek(SeekFrom::End(0))?,
+        ];
         let newest = |f: &File| f.metadata().and_then(|m| m.modified()).ok();
         // Continue in the segment written last; a fresh log starts in segment 0.
         let current = match (sizes, newest(&files[0]), newest(&files[1])) {
@@ -61,7 +67,12 @@ impl LogWriter {
             (_, Some(a), Some(b)) if b > a => 1,
             _ => 0,
         };
-        Ok(LogWriter { files, current, written: sizes[current], segment: segment.max(1024) })
+        Ok(LogWriter {
+            files,
+            current,
+            written: sizes[current],
+            segment: segment.max(1024),
+        })
     }
 
     pub fn write_line(&mut self, stream: Stream, text: &[u8]) -> io::Result<()> {
@@ -145,7 +156,11 @@ pub fn parse(text: &[u8]) -> Vec<LogLine> {
                 "e" => Stream::Stderr,
                 _ => return None,
             };
-            Some(LogLine { time_ms: time.parse().ok()?, stream, text: text.to_string() })
+            Some(LogLine {
+                time_ms: time.parse().ok()?,
+                stream,
+                text: text.to_string(),
+            })
         })
         .collect()
 }
@@ -157,7 +172,12 @@ mod tests {
 
     fn open(dir: &Path) -> [File; 2] {
         segment_paths(dir).map(|p| {
-            OpenOptions::new().create(true).append(true).read(true).open(p).unwrap()
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(p)
+                .unwrap()
         })
     }
 
@@ -166,7 +186,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = LogWriter::new(open(dir.path()), 4096).unwrap();
         for i in 0..10_000 {
-            w.write_line(Stream::Stdout, format!("line {i}").as_bytes()).unwrap();
+            w.write_line(Stream::Stdout, format!("line {i}").as_bytes())
+                .unwrap();
         }
         let total: u64 = segment_paths(dir.path())
             .iter()
@@ -176,8 +197,7 @@ mod tests {
         let lines = read_all(dir.path()).unwrap();
         assert_eq!(lines.last().unwrap().text, "line 9999");
         // Oldest first, no gaps inside what is kept.
-        let numbers: Vec<u32> =
-            lines.iter().map(|l| l.text[5..].parse().unwrap()).collect();
+        let numbers: Vec<u32> = lines.iter().map(|l| l.text[5..].parse().unwrap()).collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1));
     }
 

@@ -114,7 +114,8 @@ pub fn config(spec: &ServiceSpec) -> Value {
     }
     if let Some(cores) = spec.cpu_limit {
         let period: u64 = 100_000;
-        resources["cpu"] = json!({ "quota": (cores * period as f64).round() as i64, "period": period });
+        resources["cpu"] =
+            json!({ "quota": (cores * period as f64).round() as i64, "period": period });
     }
 
     json!({
@@ -205,8 +206,12 @@ pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeErro
     std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io(bundle, e))?;
     let value = config(spec);
     // Parse it back as the runtime will, so a malformed bundle fails here and not at start.
-    serde_json::from_value::<oci_spec::runtime::Spec>(value.clone())
-        .map_err(|e| RuntimeError::Bundle { name: spec.name.clone(), reason: e.to_string() })?;
+    serde_json::from_value::<oci_spec::runtime::Spec>(value.clone()).map_err(|e| {
+        RuntimeError::Bundle {
+            name: spec.name.clone(),
+            reason: e.to_string(),
+        }
+    })?;
     let path = bundle.join("config.json");
     let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
     let tmp = bundle.join("config.json.tmp");
@@ -247,7 +252,11 @@ mod tests {
         let process = spec.process().as_ref().unwrap();
         assert_eq!(process.no_new_privileges(), Some(true));
         assert_eq!(process.args().as_ref().unwrap()[0], INIT_PATH);
-        assert!(process.env().as_ref().unwrap().contains(&"MODE=prod".to_string()));
+        assert!(process
+            .env()
+            .as_ref()
+            .unwrap()
+            .contains(&"MODE=prod".to_string()));
         let linux = spec.linux().as_ref().unwrap();
         assert_eq!(linux.namespaces().as_ref().unwrap().len(), 6);
         let resources = linux.resources().as_ref().unwrap();

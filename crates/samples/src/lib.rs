@@ -13,14 +13,20 @@ pub enum SampleError {
     NoBusybox(String),
     /// A file operation failed.
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Packing failed.
     #[error("cannot pack sample `{name}`: {reason}")]
     Pack { name: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SampleError + '_ {
-    move |source| SampleError::Io { path: path.to_path_buf(), source }
+    move |source| SampleError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One sample service: its manifest and the files it adds to the busybox root.
@@ -35,17 +41,29 @@ pub const SAMPLES: &[Sample] = &[
     Sample {
         name: "camera",
         manifest: include_str!("../../../samples/camera/shg-service.toml"),
-        files: &[("www/index.html", include_str!("../../../samples/camera/files/www/index.html"), 0o644)],
+        files: &[(
+            "www/index.html",
+            include_str!("../../../samples/camera/files/www/index.html"),
+            0o644,
+        )],
     },
     Sample {
         name: "meter",
         manifest: include_str!("../../../samples/meter/shg-service.toml"),
-        files: &[("bin/meter.sh", include_str!("../../../samples/meter/files/bin/meter.sh"), 0o755)],
+        files: &[(
+            "bin/meter.sh",
+            include_str!("../../../samples/meter/files/bin/meter.sh"),
+            0o755,
+        )],
     },
     Sample {
         name: "thermostat",
         manifest: include_str!("../../../samples/thermostat/shg-service.toml"),
-        files: &[("www/index.html", include_str!("../../../samples/thermostat/files/www/index.html"), 0o644)],
+        files: &[(
+            "www/index.html",
+            include_str!("../../../samples/thermostat/files/www/index.html"),
+            0o644,
+        )],
     },
 ];
 
@@ -63,17 +81,21 @@ pub fn find_busybox() -> Result<PathBuf, SampleError> {
 
 /// True for an ELF executable without a program interpreter (statically linked).
 fn is_static_elf(path: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(path) else { return false };
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
     if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 {
         return false;
     }
     let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8])) as usize;
+    let u64_at =
+        |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap_or([0; 8])) as usize;
     let (phoff, phentsize, phnum) = (u64_at(32), u16_at(54), u16_at(56));
     (0..phnum).all(|i| {
         let at = phoff + i * phentsize;
         // PT_INTERP = 3
-        at + 4 <= bytes.len() && u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) != 3
+        at + 4 <= bytes.len()
+            && u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4])) != 3
     })
 }
 
@@ -88,7 +110,10 @@ pub fn busybox_rootfs(rootfs: &Path, busybox: &Path) -> Result<(), SampleError> 
     }
     let target = bin.join("busybox");
     std::fs::copy(busybox, &target).map_err(io(&target))?;
-    let list = std::process::Command::new(busybox).arg("--list").output().map_err(io(busybox))?;
+    let list = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(io(busybox))?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         let link = bin.join(applet);
         if applet.is_empty() || applet.contains('/') || link.exists() {
@@ -122,7 +147,8 @@ pub fn build_dir(sample: &Sample, work: &Path, busybox: &Path) -> Result<PathBuf
             std::fs::create_dir_all(parent).map_err(io(parent))?;
         }
         std::fs::write(&path, text).map_err(io(&path))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).map_err(io(&path))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode))
+            .map_err(io(&path))?;
     }
     let manifest_path = dir.join(manifest::FILE_NAME);
     std::fs::write(&manifest_path, sample.manifest).map_err(io(&manifest_path))?;
@@ -138,8 +164,10 @@ pub fn build_all(out: &Path) -> Result<Vec<PathBuf>, SampleError> {
     for sample in SAMPLES {
         let dir = build_dir(sample, &work, &busybox)?;
         let tar = out.join(format!("{}.tar", sample.name));
-        image::pack(&dir, &tar)
-            .map_err(|e| SampleError::Pack { name: sample.name.into(), reason: e.to_string() })?;
+        image::pack(&dir, &tar).map_err(|e| SampleError::Pack {
+            name: sample.name.into(),
+            reason: e.to_string(),
+        })?;
         packages.push(tar);
     }
     Ok(packages)

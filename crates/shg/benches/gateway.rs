@@ -21,7 +21,10 @@ fn main() {
         return;
     }
     let shg = PathBuf::from(env!("CARGO_BIN_EXE_shg"));
-    let state = tempfile::Builder::new().prefix("shg-bench-").tempdir_in("/tmp").expect("temp dir");
+    let state = tempfile::Builder::new()
+        .prefix("shg-bench-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
     let mut agent = Command::new(&shg)
         .args(["gateway", "run", "--state-dir"])
         .arg(state.path())
@@ -29,7 +32,10 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the agent");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let socket = state.path().join("api.sock");
     let client = api::Client::new(&socket.display().to_string()).unwrap();
     rt.block_on(async {
@@ -43,8 +49,22 @@ fn main() {
 
     let busybox = samples::find_busybox().expect("busybox-static");
     let work = state.path().join("work");
-    let true_pkg = package(&shg, &work, &busybox, "truth", r#"command = ["/bin/true"]"#, "never");
-    let sleep_pkg = package(&shg, &work, &busybox, "sleeper", r#"command = ["/bin/sleep", "100000"]"#, "never");
+    let true_pkg = package(
+        &shg,
+        &work,
+        &busybox,
+        "truth",
+        r#"command = ["/bin/true"]"#,
+        "never",
+    );
+    let sleep_pkg = package(
+        &shg,
+        &work,
+        &busybox,
+        "sleeper",
+        r#"command = ["/bin/sleep", "100000"]"#,
+        "never",
+    );
 
     // --- install-to-running and run-to-exit --------------------------------------------
     let mut install_ms = Vec::new();
@@ -85,7 +105,14 @@ fn main() {
     rt.block_on(async {
         for i in 0..SLEEPERS {
             let dir = work.join(format!("sleeper-{i}"));
-            let pkg = package(&shg, &dir, &busybox, &format!("sleeper-{i}"), r#"command = ["/bin/sleep", "100000"]"#, "never");
+            let pkg = package(
+                &shg,
+                &dir,
+                &busybox,
+                &format!("sleeper-{i}"),
+                r#"command = ["/bin/sleep", "100000"]"#,
+                "never",
+            );
             client.install(&pkg, true).await.expect("install sleeper");
         }
     });
@@ -95,16 +122,34 @@ fn main() {
     let _ = sleep_pkg;
 
     println!("gateway core figures ({RUNS} runs each, medians; this machine)");
-    println!("  shg install-to-running (/bin/true)   {:>8.1} ms", median(&mut install_ms));
-    println!("  shg start-to-exit      (/bin/true)   {:>8.1} ms", median(&mut run_ms));
-    println!("  runc run to exit       (same bundle) {:>8.1} ms", median(&mut runc_ms));
+    println!(
+        "  shg install-to-running (/bin/true)   {:>8.1} ms",
+        median(&mut install_ms)
+    );
+    println!(
+        "  shg start-to-exit      (/bin/true)   {:>8.1} ms",
+        median(&mut run_ms)
+    );
+    println!(
+        "  runc run to exit       (same bundle) {:>8.1} ms",
+        median(&mut runc_ms)
+    );
     println!(
         "  ratio shg start-to-exit / runc run   {:>8.2}",
         median(&mut run_ms) / median(&mut runc_ms)
     );
-    println!("  agent PSS idle                       {:>8.1} MiB", idle_kib as f64 / 1024.0);
-    println!("  agent PSS with {SLEEPERS} sleeping services  {:>8.1} MiB", busy_kib as f64 / 1024.0);
-    println!("  agent PSS per service                {:>8.1} KiB", per_service);
+    println!(
+        "  agent PSS idle                       {:>8.1} MiB",
+        idle_kib as f64 / 1024.0
+    );
+    println!(
+        "  agent PSS with {SLEEPERS} sleeping services  {:>8.1} MiB",
+        busy_kib as f64 / 1024.0
+    );
+    println!(
+        "  agent PSS per service                {:>8.1} KiB",
+        per_service
+    );
 
     rt.block_on(async {
         for i in 0..SLEEPERS {
@@ -132,16 +177,29 @@ async fn wait_state(client: &api::Client, name: &str, states: &[&str]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let list = client.list().await.expect("list");
-        if list.iter().any(|s| s.name == name && states.contains(&s.state.as_str())) {
+        if list
+            .iter()
+            .any(|s| s.name == name && states.contains(&s.state.as_str()))
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} never reached {states:?}: {list:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {states:?}: {list:?}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 /// Writes a busybox service and packs it; returns the package path.
-fn package(shg: &Path, work: &Path, busybox: &Path, name: &str, command: &str, policy: &str) -> PathBuf {
+fn package(
+    shg: &Path,
+    work: &Path,
+    busybox: &Path,
+    name: &str,
+    command: &str,
+    policy: &str,
+) -> PathBuf {
     let dir = work.join(name);
     samples::busybox_rootfs(&dir.join("rootfs"), busybox).expect("rootfs");
     let manifest = format!(
@@ -151,7 +209,14 @@ fn package(shg: &Path, work: &Path, busybox: &Path, name: &str, command: &str, p
     );
     std::fs::write(dir.join("shg-service.toml"), manifest).unwrap();
     let out = work.join(format!("{name}.tar"));
-    let status = Command::new(shg).arg("pack").arg(&dir).arg("-o").arg(&out).stdout(Stdio::null()).status().unwrap();
+    let status = Command::new(shg)
+        .arg("pack")
+        .arg(&dir)
+        .arg("-o")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
     assert!(status.success(), "shg pack failed");
     out
 }
@@ -159,16 +224,31 @@ fn package(shg: &Path, work: &Path, busybox: &Path, name: &str, command: &str, p
 /// `runc run` of the bundle, handing the init its log and status files as fds 3, 4 and 5.
 fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
     use std::os::fd::AsRawFd;
-    let open = |n: &str| std::fs::OpenOptions::new().create(true).append(true).open(logs.join(n)).unwrap();
+    let open = |n: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(n))
+            .unwrap()
+    };
     let files = [open("log.0"), open("log.1"), open("status")];
     let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new("runc");
-    cmd.arg("--root").arg(root).args(["run", "--preserve-fds", "3", "--bundle"]).arg(bundle).arg(id);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.arg("--root")
+        .arg(root)
+        .args(["run", "--preserve-fds", "3", "--bundle"])
+        .arg(bundle)
+        .arg(id);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: only dup2 between fork and exec, on descriptors this process owns.
     unsafe {
         cmd.pre_exec(move || {
-            let high: Vec<i32> = fds.iter().map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100)).collect();
+            let high: Vec<i32> = fds
+                .iter()
+                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
+                .collect();
             for (i, fd) in high.iter().enumerate() {
                 if libc::dup2(*fd, 3 + i as i32) < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -178,7 +258,11 @@ fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
         });
     }
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
-    let _ = Command::new("runc").arg("--root").arg(root).args(["delete", "-f", id]).status();
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(["delete", "-f", id])
+        .status();
     drop(files);
     ok
 }

@@ -15,7 +15,10 @@ use serde::{Deserialize, Serialize};
 pub enum StateError {
     /// The database could not be opened or used.
     #[error("state database {path}: {source}")]
-    Db { path: PathBuf, source: rusqlite::Error },
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     /// No record by that name.
     #[error("no service named `{0}` is installed; `shg ps` lists the installed services")]
     NotFound(String),
@@ -159,12 +162,18 @@ pub struct Note {
 
 impl Note {
     pub fn new(kind: &'static str, message: impl Into<String>) -> Self {
-        Note { kind, message: message.into() }
+        Note {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 const SCHEMA: &str = "
@@ -209,27 +218,43 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path`, in WAL mode.
     pub fn open(path: &Path) -> Result<Store, StateError> {
-        let db = |source| StateError::Db { path: path.to_path_buf(), source };
+        let db = |source| StateError::Db {
+            path: path.to_path_buf(),
+            source,
+        };
         let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
-        Ok(Store { conn, path: path.to_path_buf() })
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     fn db(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
-        |source| StateError::Db { path: self.path.clone(), source }
+        |source| StateError::Db {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub fn list(&self) -> Result<Vec<ServiceRecord>, StateError> {
-        let mut stmt = self.conn.prepare("SELECT * FROM services ORDER BY name").map_err(self.db())?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM services ORDER BY name")
+            .map_err(self.db())?;
         let rows = stmt.query_map([], from_row).map_err(self.db())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
     }
 
     pub fn get(&self, name: &str) -> Result<ServiceRecord, StateError> {
-        self.find(name)?.ok_or_else(|| StateError::NotFound(name.to_string()))
+        self.find(name)?
+            .ok_or_else(|| StateError::NotFound(name.to_string()))
     }
 
     pub fn find(&self, name: &str) -> Result<Option<ServiceRecord>, StateError> {
@@ -246,15 +271,27 @@ impl Store {
             source,
         })?;
         let exists: bool = tx
-            .query_row("SELECT 1 FROM services WHERE name = ?1", [&rec.name], |_| Ok(true))
+            .query_row(
+                "SELECT 1 FROM services WHERE name = ?1",
+                [&rec.name],
+                |_| Ok(true),
+            )
             .optional()
-            .map_err(|source| StateError::Db { path: self.path.clone(), source })?
+            .map_err(|source| StateError::Db {
+                path: self.path.clone(),
+                source,
+            })?
             .unwrap_or(false);
         if exists {
             return Err(StateError::Exists(rec.name.clone()));
         }
-        write(&tx, rec, true).and_then(|_| journal(&tx, Some(&rec.name), &note)).and_then(|_| tx.commit())
-            .map_err(|source| StateError::Db { path: self.path.clone(), source })
+        write(&tx, rec, true)
+            .and_then(|_| journal(&tx, Some(&rec.name), &note))
+            .and_then(|_| tx.commit())
+            .map_err(|source| StateError::Db {
+                path: self.path.clone(),
+                source,
+            })
     }
 
     /// Changes a record and journals why, atomically; returns the record as written.
@@ -265,7 +302,10 @@ impl Store {
         change: impl FnOnce(&mut ServiceRecord),
     ) -> Result<ServiceRecord, StateError> {
         let path = self.path.clone();
-        let db = move |source| StateError::Db { path: path.clone(), source };
+        let db = move |source| StateError::Db {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(&db)?;
         let mut rec = tx
             .query_row("SELECT * FROM services WHERE name = ?1", [name], from_row)
@@ -284,9 +324,13 @@ impl Store {
     /// Deletes a record, journaling why.
     pub fn delete(&mut self, name: &str, note: Note) -> Result<(), StateError> {
         let path = self.path.clone();
-        let db = move |source| StateError::Db { path: path.clone(), source };
+        let db = move |source| StateError::Db {
+            path: path.clone(),
+            source,
+        };
         let tx = self.conn.transaction().map_err(&db)?;
-        tx.execute("DELETE FROM services WHERE name = ?1", [name]).map_err(&db)?;
+        tx.execute("DELETE FROM services WHERE name = ?1", [name])
+            .map_err(&db)?;
         journal(&tx, Some(name), &note).map_err(&db)?;
         tx.commit().map_err(&db)
     }
@@ -423,18 +467,29 @@ mod tests {
     fn insert_update_delete_journal_each_step() {
         let (_dir, mut s) = store();
         let rec = ServiceRecord::new("camera", "acme", "1.2.0", "sha256:00", "name = 'camera'");
-        s.insert(&rec, Note::new("installing", "installing camera")).unwrap();
+        s.insert(&rec, Note::new("installing", "installing camera"))
+            .unwrap();
         let got = s
-            .update("camera", Some(Note::new("started", "camera started")), |r| {
-                r.state = RunState::Running;
-                r.pid = Some(42);
-            })
+            .update(
+                "camera",
+                Some(Note::new("started", "camera started")),
+                |r| {
+                    r.state = RunState::Running;
+                    r.pid = Some(42);
+                },
+            )
             .unwrap();
         assert_eq!(got.state, RunState::Running);
         assert_eq!(s.get("camera").unwrap().pid, Some(42));
-        s.delete("camera", Note::new("removed", "camera removed")).unwrap();
+        s.delete("camera", Note::new("removed", "camera removed"))
+            .unwrap();
         assert!(s.find("camera").unwrap().is_none());
-        let kinds: Vec<String> = s.events(0, Some("camera"), 10).unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<String> = s
+            .events(0, Some("camera"), 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, ["installing", "started", "removed"]);
     }
 
