@@ -11,6 +11,11 @@ use serde_json::{json, Value};
 const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 
 const ENOSYS: u32 = 38;
+
+#[cfg(target_arch = "x86_64")]
+const NATIVE_ARCH: &str = "SCMP_ARCH_X86_64";
+#[cfg(target_arch = "aarch64")]
+const NATIVE_ARCH: &str = "SCMP_ARCH_AARCH64";
 const EPERM: u32 = 1;
 
 /// Syscalls allowed without conditions.
@@ -316,7 +321,9 @@ pub fn profile() -> Value {
     json!({
         "defaultAction": "SCMP_ACT_ERRNO",
         "defaultErrnoRet": EPERM,
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        // Only the native ABI: a 32-bit system call kills the thread instead of being
+        // filtered a second time (and the filter compiles in a third of the time).
+        "architectures": [NATIVE_ARCH],
         "syscalls": syscalls,
     })
 }
