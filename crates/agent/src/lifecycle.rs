@@ -464,6 +464,16 @@ impl Agent {
                     {
                         self.store().record(Some(name), Note::new("adopted", format!("`{name}` kept running while the agent was down; re-adopted (pid {pid})")))?;
                         self.watch(name, pid);
+                        if rec.desired == Desired::Stopped {
+                            // The previous agent died in the middle of a stop: finish it.
+                            let agent = self.clone();
+                            let name = name.to_string();
+                            tokio::spawn(async move {
+                                if let Err(e) = agent.stop(&name).await {
+                                    tracing::warn!(service = %name, "cannot finish the stop: {e}");
+                                }
+                            });
+                        }
                     }
                     Some(pid) => self.on_exit(name, pid).await?,
                     None if rec.desired == Desired::Running
