@@ -1,0 +1,17 @@
+//! Privileged end-to-end tests: a real `shg gateway run` per test, real hardened containers,
+//! driven through the `shg` command line and checked by what a user can observe (output, exit
+//! codes, `/proc`, cgroups, files in the state directory).
+//!
+//! They need root, cgroups, busybox-static and runc (see scripts/setup.sh). Each test has its
+//! own agent, state directory and cgroup parent, so they run in parallel; each removes its
+//! services and stops its agent when it ends, even when it fails.
+
+mod bad_input;
+mod crash;
+mod harness;
+mod health;
+mod isolation;
+mod lifecycle;
+mod logs;
+mod restart;
+mod runc;
