@@ -342,22 +342,10 @@ async fn exec(
     }
     let manifest = crate::lifecycle::manifest_of(&rec)?;
     let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
-    let mut child = tokio::process::Command::new(&agent.cfg.shg_binary)
-        .arg("runtime")
-        .arg("exec")
-        .arg(&name)
-        .arg("--state-root")
-        .arg(agent.layout.containers())
-        .arg("--uid")
-        .arg(uid.to_string())
-        .arg("--gid")
-        .arg(gid.to_string())
-        .arg("--")
-        .args(&req.command)
-        .stdin(std::process::Stdio::null())
+    let mut child = agent
+        .exec_helper(&name, uid, gid, &req.command)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| AgentError::Internal(format!("cannot run the runtime helper: {e}")))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
@@ -368,6 +356,11 @@ async fn exec(
         let (mut out_open, mut err_open) = (true, true);
         while out_open || err_open {
             let frame = tokio::select! {
+                // The client hung up: end the command inside the container too.
+                _ = tx.closed() => {
+                    crate::lifecycle::end_helper(&mut child).await;
+                    return;
+                }
                 n = stdout.read(&mut out_buf), if out_open => match n {
                     Ok(0) | Err(_) => { out_open = false; None }
                     Ok(n) => Some(exec_frames::encode(exec_frames::STDOUT, &out_buf[..n])),
@@ -379,7 +372,8 @@ async fn exec(
             };
             if let Some(frame) = frame {
                 if tx.send(Ok(Bytes::from(frame))).await.is_err() {
-                    return; // the client left; dropping the child kills it
+                    crate::lifecycle::end_helper(&mut child).await;
+                    return;
                 }
             }
         }

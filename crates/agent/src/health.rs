@@ -90,24 +90,21 @@ async fn probe(
 ) -> bool {
     match check {
         HealthCheck::Exec(command) => {
-            let child = tokio::process::Command::new(&agent.cfg.shg_binary)
-                .arg("runtime")
-                .arg("exec")
-                .arg(name)
-                .arg("--state-root")
-                .arg(agent.layout.containers())
-                .arg("--uid")
-                .arg(uid.to_string())
-                .arg("--gid")
-                .arg(gid.to_string())
-                .arg("--")
-                .args(command)
-                .stdin(std::process::Stdio::null())
+            let Ok(mut child) = agent
+                .exec_helper(name, uid, gid, command)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .status();
-            matches!(tokio::time::timeout(timeout, child).await, Ok(Ok(s)) if s.success())
+                .spawn()
+            else {
+                return false;
+            };
+            match tokio::time::timeout(timeout, child.wait()).await {
+                Ok(Ok(status)) => status.success(),
+                _ => {
+                    crate::lifecycle::end_helper(&mut child).await;
+                    false
+                }
+            }
         }
         HealthCheck::Tcp(port) => {
             let port = *port;

@@ -146,6 +146,7 @@ impl Agent {
             memory_limit: m.resources.memory.limit,
             cpu_limit: m.resources.cpu.limit,
             log_segment: self.cfg.log_segment,
+            cgroup_root: self.cfg.cgroup_root.clone(),
         }
     }
 
@@ -203,13 +204,14 @@ impl Agent {
     /// Removes this agent's parent cgroup in every hierarchy once no service uses it; rmdir
     /// fails harmlessly while any child cgroup exists.
     fn remove_empty_cgroup_parent(&self) {
-        let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        let root = &self.cfg.cgroup_root;
+        let Ok(hierarchies) = std::fs::read_dir(root) else {
             return;
         };
         for hierarchy in hierarchies.flatten() {
             let _ = std::fs::remove_dir(hierarchy.path().join(&self.cfg.cgroup_parent));
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.cfg.cgroup_parent));
+        let _ = std::fs::remove_dir(root.join(&self.cfg.cgroup_parent));
     }
 
     pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {

@@ -40,6 +40,8 @@ pub struct Config {
     /// Parent cgroup of every service: `shg` for the default state directory, `shg-<hash>`
     /// for any other, so several agents (tests, the lab) never share cgroups.
     pub cgroup_parent: String,
+    /// Where the host mounts its cgroups.
+    pub cgroup_root: PathBuf,
 }
 
 impl Config {
@@ -69,6 +71,7 @@ impl Config {
             stable_after_ms: 10_000,
             max_package: 2 << 30,
             cgroup_parent,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         })
     }
 }

@@ -101,7 +101,45 @@ fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
     }
 }
 
+/// Ends a runtime helper running an exec: SIGTERM makes it kill the command inside the
+/// container (and the command's process group) before it exits; SIGKILL only if it hangs.
+pub(crate) async fn end_helper(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(KILL_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
+
 impl Agent {
+    /// The runtime helper command that runs `command` inside the running service `name`.
+    pub(crate) fn exec_helper(
+        &self,
+        name: &str,
+        uid: u32,
+        gid: u32,
+        command: &[String],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.cfg.shg_binary);
+        cmd.arg("runtime")
+            .arg("exec")
+            .arg(name)
+            .arg("--state-root")
+            .arg(self.layout.containers())
+            .arg("--uid")
+            .arg(uid.to_string())
+            .arg("--gid")
+            .arg(gid.to_string())
+            .arg("--")
+            .args(command)
+            .stdin(std::process::Stdio::null());
+        cmd
+    }
+
     /// `shg start`: wants the service running and starts it now.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
         let lock = self.lock_of(name);

@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::init::{LOG_FDS, STATUS_FD};
 use crate::logfile::segment_paths;
@@ -137,6 +140,18 @@ pub fn exec(
     uid: u32,
     gid: u32,
 ) -> Result<i32, RuntimeError> {
+    // Whoever started this helper ends the command by ending the helper (SIGTERM): the
+    // command and its process group go with it, so nothing is left running in the container.
+    let handler = SigHandler::Handler(note_stop);
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        let _ = unsafe {
+            sigaction(
+                sig,
+                &SigAction::new(handler, SaFlags::empty(), SigSet::empty()),
+            )
+        };
+    }
     let pid = ContainerBuilder::new(name.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| to_err(name, e))?
@@ -159,6 +174,10 @@ pub fn exec(
         .build()
         .map_err(|e| to_err(name, e))?;
     loop {
+        if STOP_REQUESTED.load(Ordering::SeqCst) {
+            let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGKILL);
+        }
         match waitpid(pid, None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
@@ -166,6 +185,12 @@ pub fn exec(
             Err(e) => return Err(to_err(name, e)),
         }
     }
+}
+
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_stop(_: libc::c_int) {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
 }
 
 /// The libcontainer state of a service's container, if one exists.

@@ -276,6 +276,11 @@ pub fn enter(command: &[String]) -> i32 {
         eprintln!("shg enter: cannot load the seccomp profile: {e}");
         return 126;
     }
+    // Its own process group, so the runtime helper can end it with everything it started.
+    // A session leader (as libcontainer makes it) already leads its group; then this fails
+    // harmlessly.
+    // SAFETY: setpgid on ourselves with constant arguments.
+    unsafe { libc::setpgid(0, 0) };
     let err = Command::new(&command[0]).args(&command[1..]).exec();
     eprintln!("shg: cannot run {:?}: {err}", command[0]);
     if err.kind() == std::io::ErrorKind::NotFound {

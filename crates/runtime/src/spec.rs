@@ -75,6 +75,30 @@ pub struct ServiceSpec {
     pub cpu_limit: Option<f64>,
     /// Bytes of log kept per segment (two segments are kept).
     pub log_segment: u64,
+    /// The host's cgroup mount point (`/sys/fs/cgroup`), read to list its hierarchies.
+    pub cgroup_root: PathBuf,
+}
+
+/// [`READONLY_PATHS`] plus /sys/fs/cgroup and each cgroup hierarchy under it.
+///
+/// libcontainer mounts the v1 hierarchies into the container writable whatever the mount's
+/// options say, and a root service could then raise its own limits; read-only bind remounts
+/// of each hierarchy close that. The list comes from the host (hierarchies differ between
+/// hosts); a path missing in the container is skipped by the runtime.
+pub fn readonly_paths(cgroup_root: &Path) -> Vec<String> {
+    let mut paths: Vec<String> = READONLY_PATHS.iter().map(|p| p.to_string()).collect();
+    paths.push("/sys/fs/cgroup".into());
+    if let Ok(entries) = std::fs::read_dir(cgroup_root) {
+        let mut names: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.contains(|c: char| c.is_whitespace()))
+            .collect();
+        names.sort();
+        paths.extend(names.into_iter().map(|n| format!("/sys/fs/cgroup/{n}")));
+    }
+    paths
 }
 
 /// The cgroup path of a service, relative to each hierarchy's root.
@@ -146,7 +170,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
                 { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
             ],
             "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "readonlyPaths": readonly_paths(&spec.cgroup_root),
             "seccomp": seccomp::profile(),
         },
     })
@@ -241,6 +265,7 @@ mod tests {
             memory_limit: Some(64 << 20),
             cpu_limit: Some(0.5),
             log_segment: 1 << 20,
+            cgroup_root: "/nonexistent".into(),
         }
     }
 
@@ -263,6 +288,32 @@ mod tests {
         assert_eq!(resources.pids().as_ref().unwrap().limit(), 64);
         assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
+    }
+
+    #[test]
+    fn every_cgroup_hierarchy_is_read_only() {
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["memory", "pids", "cpu,cpuacct"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
+        let paths = readonly_paths(root.path());
+        for want in [
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/memory",
+            "/sys/fs/cgroup/pids",
+            "/sys/fs/cgroup/cpu,cpuacct",
+            "/proc/sys",
+        ] {
+            assert!(
+                paths.iter().any(|p| p == want),
+                "{want} missing from {paths:?}"
+            );
+        }
+        assert!(
+            !paths.iter().any(|p| p == "/sys/fs/cgroup/cpu"),
+            "symlinks are not remounted"
+        );
     }
 
     #[test]
