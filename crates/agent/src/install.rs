@@ -117,7 +117,7 @@ impl Agent {
             .map_err(|e| AgentError::io(&data, e.into()))?;
         // The bundle names the final paths: it is renamed into place below.
         let service = self.layout.service(name);
-        let spec = self.service_spec(manifest, &service.dir);
+        let spec = self.service_spec(manifest, &service.dir, state::DEFAULT_PRIORITY);
         spec::write_bundle(&partial.join("bundle"), &spec)?;
 
         if service.dir.exists() {
@@ -128,7 +128,7 @@ impl Agent {
         Ok(())
     }
 
-    pub(crate) fn service_spec(&self, m: &Manifest, dir: &Path) -> ServiceSpec {
+    pub(crate) fn service_spec(&self, m: &Manifest, dir: &Path, priority: i32) -> ServiceSpec {
         let (uid, gid) = m.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         ServiceSpec {
             name: m.name.clone(),
@@ -145,6 +145,9 @@ impl Agent {
             pids_limit: m.resources.pids.limit,
             memory_limit: m.resources.memory.limit,
             cpu_limit: m.resources.cpu.limit,
+            cpu_reserve: m.resources.cpu.reserve,
+            memory_reserve: m.resources.memory.reserve,
+            priority,
             log_segment: self.cfg.log_segment,
             cgroup_root: self.cfg.cgroup_root.clone(),
         }

@@ -173,8 +173,9 @@ impl Agent {
         let sl = self.layout.service(name);
         // The bundle is written at every start, so a newer agent's hardening applies to
         // services installed before it.
-        let manifest = manifest_of(&self.store().get(name)?)?;
-        runtime::spec::write_bundle(&sl.bundle(), &self.service_spec(&manifest, &sl.dir))?;
+        let rec = self.store().get(name)?;
+        let manifest = manifest_of(&rec)?;
+        runtime::spec::write_bundle(&sl.bundle(), &self.service_spec(&manifest, &sl.dir, rec.priority))?;
         let output = tokio::process::Command::new(&self.cfg.shg_binary)
             .arg("runtime")
             .arg("create")

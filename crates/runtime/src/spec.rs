@@ -73,6 +73,12 @@ pub struct ServiceSpec {
     pub memory_limit: Option<u64>,
     /// CPU ceiling in cores.
     pub cpu_limit: Option<f64>,
+    /// CPU reservation in cores (sets the weight with the priority).
+    pub cpu_reserve: f64,
+    /// Memory reservation in bytes: reclaimed last under pressure.
+    pub memory_reserve: u64,
+    /// The household's priority, 0..=100.
+    pub priority: i32,
     /// Bytes of log kept per segment (two segments are kept).
     pub log_segment: u64,
     /// The host's cgroup mount point (`/sys/fs/cgroup`), read to list its hierarchies.
@@ -99,6 +105,21 @@ pub fn readonly_paths(cgroup_root: &Path) -> Vec<String> {
         paths.extend(names.into_iter().map(|n| format!("/sys/fs/cgroup/{n}")));
     }
     paths
+}
+
+/// CPU weight (v1 `cpu.shares`; 1024 = one core) in proportion to the reservation, raised by
+/// up to half again for the highest priority, so under contention every service gets its
+/// reservation and the more important ones burst first.
+pub fn cpu_shares(reserve_cores: f64, priority: i32) -> u64 {
+    let base = (reserve_cores.max(0.0) * 1024.0).round() as u64;
+    let boosted = base * (200 + priority.clamp(0, 100) as u64) / 200;
+    boosted.clamp(2, 262_144)
+}
+
+/// OOM score adjustment: positive, so services die before the gateway's own processes, and
+/// lower for higher priorities, so the kernel picks the least important service first.
+pub fn oom_score_adj(priority: i32) -> i32 {
+    1000 - 5 * priority.clamp(0, 100) - 100
 }
 
 /// The cgroup path of a service, relative to each hierarchy's root.
@@ -132,15 +153,24 @@ pub fn config(spec: &ServiceSpec) -> Value {
         "devices": device_rules(),
         "pids": { "limit": spec.pids_limit },
     });
+    let mut memory = json!({});
     if let Some(limit) = spec.memory_limit {
         // Swap equal to the limit means "no swap beyond the limit".
-        resources["memory"] = json!({ "limit": limit, "swap": limit });
+        memory["limit"] = json!(limit);
+        memory["swap"] = json!(limit);
     }
+    if spec.memory_reserve > 0 {
+        // v1: the soft limit, reclaimed down to under pressure; v2: memory.low.
+        memory["reservation"] = json!(spec.memory_reserve);
+    }
+    resources["memory"] = memory;
+    let mut cpu = json!({ "shares": cpu_shares(spec.cpu_reserve, spec.priority) });
     if let Some(cores) = spec.cpu_limit {
         let period: u64 = 100_000;
-        resources["cpu"] =
-            json!({ "quota": (cores * period as f64).round() as i64, "period": period });
+        cpu["quota"] = json!((cores * period as f64).round() as i64);
+        cpu["period"] = json!(period);
     }
+    resources["cpu"] = cpu;
 
     json!({
         "ociVersion": "1.0.2",
@@ -157,6 +187,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
                 "permitted": CAPABILITIES,
             },
             "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024 }],
+            "oomScoreAdj": oom_score_adj(spec.priority),
             "noNewPrivileges": true,
         },
         "root": { "path": spec.rootfs, "readonly": true },
@@ -264,6 +295,9 @@ mod tests {
             pids_limit: 64,
             memory_limit: Some(64 << 20),
             cpu_limit: Some(0.5),
+            cpu_reserve: 0.25,
+            memory_reserve: 32 << 20,
+            priority: 50,
             log_segment: 1 << 20,
             cgroup_root: "/nonexistent".into(),
         }
@@ -288,6 +322,9 @@ mod tests {
         assert_eq!(resources.pids().as_ref().unwrap().limit(), 64);
         assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
+        assert_eq!(resources.memory().as_ref().unwrap().reservation(), Some(32 << 20));
+        assert_eq!(resources.cpu().as_ref().unwrap().shares(), Some(cpu_shares(0.25, 50)));
+        assert_eq!(process.oom_score_adj(), Some(oom_score_adj(50)));
     }
 
     #[test]
@@ -314,6 +351,15 @@ mod tests {
             !paths.iter().any(|p| p == "/sys/fs/cgroup/cpu"),
             "symlinks are not remounted"
         );
+    }
+
+    #[test]
+    fn weight_follows_reservation_then_priority() {
+        assert!(cpu_shares(0.5, 0) > cpu_shares(0.25, 100), "reservation dominates");
+        assert!(cpu_shares(0.25, 80) > cpu_shares(0.25, 20), "priority breaks ties");
+        assert_eq!(cpu_shares(0.0, 0), 2, "kernel minimum");
+        assert!(oom_score_adj(100) < oom_score_adj(0));
+        assert!(oom_score_adj(100) >= 0, "services die before the gateway's own processes");
     }
 
     #[test]

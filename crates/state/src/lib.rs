@@ -116,6 +116,9 @@ pub struct ServiceRecord {
     pub reason: Option<String>,
     pub installed_at_ms: u64,
     pub started_at_ms: Option<u64>,
+    /// The household's ranking, 0..=100, higher is more important: who bursts first, whose
+    /// memory is reclaimed last, who is stopped last.
+    pub priority: i32,
 }
 
 impl ServiceRecord {
@@ -139,6 +142,7 @@ impl ServiceRecord {
             reason: None,
             installed_at_ms: now_ms(),
             started_at_ms: None,
+            priority: DEFAULT_PRIORITY,
         }
     }
 }
@@ -169,6 +173,9 @@ impl Note {
     }
 }
 
+/// Priority of a service nobody ranked yet.
+pub const DEFAULT_PRIORITY: i32 = 50;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -194,7 +201,8 @@ CREATE TABLE IF NOT EXISTS services (
     failures INTEGER NOT NULL,
     reason TEXT,
     installed_at_ms INTEGER NOT NULL,
-    started_at_ms INTEGER
+    started_at_ms INTEGER,
+    priority INTEGER NOT NULL DEFAULT 50
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -230,6 +238,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        migrate(&conn).map_err(db)?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -380,13 +389,25 @@ impl Store {
     }
 }
 
+/// Brings a database written by an older agent up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_priority: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'priority'")?
+        .exists([])?;
+    if !has_priority {
+        conn.execute_batch("ALTER TABLE services ADD COLUMN priority INTEGER NOT NULL DEFAULT 50")?;
+    }
+    Ok(())
+}
+
 fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Result<()> {
     let verb = if insert { "INSERT" } else { "REPLACE" };
     conn.execute(
         &format!(
             "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
              state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
-             started_at_ms) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)"
+             started_at_ms, priority)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
         ),
         params![
             rec.name,
@@ -406,6 +427,7 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
             rec.reason,
             rec.installed_at_ms as i64,
             rec.started_at_ms.map(|v| v as i64),
+            rec.priority,
         ],
     )?;
     Ok(())
@@ -450,6 +472,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         reason: r.get("reason")?,
         installed_at_ms: r.get::<_, i64>("installed_at_ms")? as u64,
         started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
+        priority: r.get("priority")?,
     })
 }
 
