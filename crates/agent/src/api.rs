@@ -71,6 +71,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/services/{name}/start", post(start))
         .route("/v1/services/{name}/stop", post(stop))
         .route("/v1/services/{name}/restart", post(restart))
+        .route("/v1/services/{name}/priority", post(set_priority))
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/services/{name}/exec", post(exec))
         .route("/v1/events", get(events))
@@ -218,6 +219,15 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     agent.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_priority(
+    State(agent): State<Arc<Agent>>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<api::PriorityRequest>, JsonRejection>,
+) -> ApiResult<Json<api::ServiceSummary>> {
+    let Json(req) = body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
+    Ok(Json(agent.set_priority(&name, req.priority).await?))
 }
 
 #[derive(Deserialize)]

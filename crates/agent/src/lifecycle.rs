@@ -73,6 +73,7 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
         pid: rec.pid,
         desired: rec.desired.as_str(),
         restarts: rec.restarts,
+        priority: rec.priority,
         exit_code: rec.exit_code,
         started_at_ms: rec.started_at_ms,
         reason: rec.reason.clone(),
@@ -466,6 +467,33 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// `shg priority`: records the household's ranking and applies it to a running service
+    /// at once (CPU weight, OOM order); the next start writes it into the bundle.
+    pub async fn set_priority(self: &Arc<Self>, name: &str, priority: i32) -> Result<ServiceSummary, AgentError> {
+        if !(0..=100).contains(&priority) {
+            return Err(AgentError::BadRequest(format!(
+                "priority {priority} is out of range; give a number from 0 (least important) to 100 (most important)"
+            )));
+        }
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        let old = self.store().get(name)?.priority;
+        let rec = self.store().update(
+            name,
+            Some(Note::new("priority", format!("priority of `{name}` changed from {old} to {priority}"))),
+            |r| r.priority = priority,
+        )?;
+        if rec.pid.is_some() {
+            let manifest = manifest_of(&rec)?;
+            let shares = runtime::spec::cpu_shares(manifest.resources.cpu.reserve, priority);
+            let oom = runtime::spec::oom_score_adj(priority);
+            if let Err(e) = runtime::cgroup::apply_priority(&self.cfg.cgroup_root, &self.cfg.cgroup_parent, name, shares, oom) {
+                tracing::warn!(service = %name, "priority recorded, applied at next start: {e}");
+            }
+        }
+        Ok(summary(&rec))
     }
 
     /// `shg restart`.

@@ -199,6 +199,14 @@ impl Client {
         self.verb(name, "restart").await
     }
 
+    /// `POST /v1/services/{name}/priority`.
+    pub async fn set_priority(&self, name: &str, priority: i32) -> Result<ServiceSummary, ClientError> {
+        let uri = format!("/v1/services/{}/priority", segment(name));
+        let json = serde_json::to_vec(&crate::PriorityRequest { priority }).expect("serializes");
+        self.json(Method::POST, uri, ReqBody::Bytes(Some(json.into())), Some("application/json"))
+            .await
+    }
+
     async fn verb(&self, name: &str, verb: &str) -> Result<ServiceSummary, ClientError> {
         let uri = format!("/v1/services/{}/{verb}", segment(name));
         self.json(Method::POST, uri, ReqBody::empty(), None).await
@@ -701,6 +709,7 @@ mod tests {
             pid: Some(42),
             desired: "running".into(),
             restarts: 0,
+            priority: 50,
             exit_code: None,
             started_at_ms: Some(1_700_000_000_000),
             reason: None,

@@ -18,6 +18,8 @@ pub struct ServiceSummary {
     /// What should run: `running` or `stopped`.
     pub desired: String,
     pub restarts: u32,
+    /// The household's ranking, 0..=100 (default 50); higher is more important.
+    pub priority: i32,
     pub exit_code: Option<i32>,
     /// Unix milliseconds.
     pub started_at_ms: Option<u64>,
@@ -77,6 +79,14 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
     pub command: Vec<String>,
+}
+
+/// Body of `POST /v1/services/{name}/priority`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriorityRequest {
+    /// 0..=100; higher is more important.
+    pub priority: i32,
 }
 
 /// A line of `GET /v1/services/{name}/logs` (newline-delimited JSON).

@@ -1,6 +1,7 @@
 //! Running services as hardened OCI containers: the bundle, the container's init, and the
 //! libcontainer calls that create, exec into and delete containers.
 
+pub mod cgroup;
 pub mod container;
 pub mod init;
 pub mod logfile;

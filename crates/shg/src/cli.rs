@@ -134,6 +134,17 @@ pub enum RemoteCommand {
         name: String,
     },
 
+    /// Rank a service: 0..=100, higher is more important (default 50). Decides who bursts
+    /// first for CPU, whose memory is reclaimed first and who is stopped first
+    Priority {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// New priority, 0..=100
+        #[arg(value_name = "N", allow_negative_numbers = true)]
+        priority: i32,
+    },
+
     /// Stop a service and delete it with its data
     Remove {
         /// Service name

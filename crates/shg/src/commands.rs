@@ -130,6 +130,10 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             let s = client.restart(&name).await?;
             writeln!(out, "restarted {}: {}", s.name, output::status(&s))?;
         }
+        RemoteCommand::Priority { name, priority } => {
+            let s = client.set_priority(&name, priority).await?;
+            writeln!(out, "priority of {} is now {}", s.name, s.priority)?;
+        }
         RemoteCommand::Remove { name } => {
             client.remove(&name).await?;
             writeln!(out, "removed {name}")?;

@@ -19,7 +19,7 @@ pub fn services(out: &mut impl Write, services: &[ServiceSummary]) -> io::Result
     }
     let with_reason = services.iter().any(|s| s.reason.is_some());
     let mut header = vec![
-        "NAME", "PROVIDER", "VERSION", "STATE", "HEALTH", "PID", "RESTARTS",
+        "NAME", "PROVIDER", "VERSION", "STATE", "HEALTH", "PID", "RESTARTS", "PRIORITY",
     ];
     if with_reason {
         header.push("REASON");
@@ -35,6 +35,7 @@ pub fn services(out: &mut impl Write, services: &[ServiceSummary]) -> io::Result
                 s.health.clone(),
                 s.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
                 s.restarts.to_string(),
+                s.priority.to_string(),
             ];
             if with_reason {
                 row.push(s.reason.clone().unwrap_or_default());
@@ -330,6 +331,7 @@ mod tests {
             pid: reason.is_none().then_some(4242),
             desired: "running".into(),
             restarts: 3,
+            priority: 50,
             exit_code: None,
             started_at_ms: Some(0),
             reason: reason.map(Into::into),
@@ -370,8 +372,8 @@ mod tests {
         let plain = text(|o| services(o, &[summary("web", None)]));
         assert_eq!(
             plain,
-            "NAME  PROVIDER  VERSION  STATE    HEALTH   PID   RESTARTS\n\
-             web   acme      1.0.0    running  healthy  4242  3\n"
+            "NAME  PROVIDER  VERSION  STATE    HEALTH   PID   RESTARTS  PRIORITY\n\
+             web   acme      1.0.0    running  healthy  4242  3         50\n"
         );
         let with_reason = text(|o| {
             services(
@@ -383,10 +385,10 @@ mod tests {
             )
         });
         let lines: Vec<&str> = with_reason.lines().collect();
-        assert!(lines[0].ends_with("RESTARTS  REASON"), "{with_reason}");
-        assert!(lines[1].ends_with("3"), "{with_reason}");
+        assert!(lines[0].ends_with("RESTARTS  PRIORITY  REASON"), "{with_reason}");
+        assert!(lines[1].ends_with("50"), "{with_reason}");
         assert!(
-            lines[2].contains("  -     3         exited with code 1"),
+            lines[2].contains("  -     3         50        exited with code 1"),
             "{with_reason}"
         );
     }

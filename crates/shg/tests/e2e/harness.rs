@@ -26,6 +26,7 @@ pub struct Svc {
     pub health: String,
     pub pid: Option<i32>,
     pub restarts: u32,
+    pub priority: i32,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
 }

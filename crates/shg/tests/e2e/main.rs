@@ -13,5 +13,6 @@ mod health;
 mod isolation;
 mod lifecycle;
 mod logs;
+mod resources;
 mod restart;
 mod runc;
