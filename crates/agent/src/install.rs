@@ -70,7 +70,10 @@ impl Agent {
             .map_err(|e| AgentError::Internal(e.to_string()))
             .and_then(|r| r);
         if let Err(e) = prepared {
-            self.rollback_install(&name, &e.to_string())?;
+            // The install's own error is what the user needs; a failed clean-up is logged.
+            if let Err(cleanup) = tokio::task::block_in_place(|| self.rollback_install(&name, &e.to_string())) {
+                tracing::error!(service = %name, "rolling back the install failed: {cleanup}");
+            }
             return Err(e);
         }
         let desired = if start {
@@ -171,22 +174,29 @@ impl Agent {
         Ok(())
     }
 
-    /// `shg remove`: stops the service, then deletes its container, files and record.
+    /// `shg remove`: marks the service `removing` (so nothing starts it again), stops it, then
+    /// deletes its container, files and record.
     pub async fn remove(self: &Arc<Self>, name: &str) -> Result<(), AgentError> {
-        let rec = self.store().get(name)?;
-        if rec.phase == Phase::Installed && (rec.pid.is_some() || rec.desired == Desired::Running) {
+        let rec = {
+            let lock = self.lock_of(name);
+            let _guard = lock.lock().await;
+            let rec = self.store().get(name)?;
+            if rec.phase == Phase::Installing {
+                return Err(AgentError::Conflict(format!(
+                    "`{name}` is being installed; wait for the install to finish"
+                )));
+            }
+            self.store().update(name, Some(Note::new("removing", format!("removing `{name}`"))), |r| {
+                r.phase = Phase::Removing;
+                r.desired = Desired::Stopped;
+            })?
+        };
+        if rec.pid.is_some() {
             self.stop(name).await?;
         }
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        self.store().update(
-            name,
-            Some(Note::new("removing", format!("removing `{name}`"))),
-            |r| {
-                r.phase = Phase::Removing;
-            },
-        )?;
-        self.finish_remove(name)
+        tokio::task::block_in_place(|| self.finish_remove(name))
     }
 
     pub(crate) fn finish_remove(&self, name: &str) -> Result<(), AgentError> {
@@ -220,7 +230,7 @@ impl Agent {
     pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {
         let rec = self.store().get(name)?;
         let manifest = manifest_of(&rec)?;
-        let events = self.store().events(0, Some(name), 20)?;
+        let events = self.store().recent_events(name, 20)?;
         let sl = self.layout.service(name);
         let show = |p: PathBuf| p.display().to_string();
         Ok(ServiceDetail {

@@ -97,7 +97,18 @@ impl Agent {
         ] {
             std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
         }
+        // Only root may look inside: rootfs, data, logs, bundles and the database belong to
+        // the services and their providers, not to every local user.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&layout.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| AgentError::io(&layout.root, e))?;
         let store = Store::open(&layout.database())?;
+        if !store.integrity_ok()? {
+            return Err(AgentError::Internal(format!(
+                "the state database {} is damaged (SQLite integrity check failed); restore it from a backup or move it aside to start empty",
+                layout.database().display()
+            )));
+        }
         Ok(Arc::new(Agent {
             cfg,
             layout,

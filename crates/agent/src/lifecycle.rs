@@ -11,6 +11,7 @@ use std::time::Duration;
 use api::ServiceSummary;
 use manifest::RestartPolicy;
 use nix::sys::signal::{kill, Signal};
+
 use nix::unistd::Pid;
 use runtime::process;
 use state::{now_ms, Desired, Health, Note, Phase, RunState, ServiceRecord};
@@ -117,6 +118,74 @@ pub(crate) async fn end_helper(child: &mut tokio::process::Child) {
 }
 
 impl Agent {
+    async fn recover_one(self: &Arc<Self>, rec: ServiceRecord) -> Result<(), AgentError> {
+        let name = rec.name.as_str();
+        match rec.phase {
+            Phase::Installing => tokio::task::block_in_place(|| {
+                self.rollback_install(name, "the agent stopped during the install")
+            }),
+            Phase::Removing => tokio::task::block_in_place(|| self.finish_remove(name)),
+            Phase::Installed => match rec.pid {
+                Some(pid)
+                    if process::is_alive(&self.cfg.proc_root, pid)
+                        && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
+                {
+                    self.adopt(&rec, pid, "kept running while the agent was down")
+                }
+                Some(pid) => self.on_exit(name, pid).await,
+                None => {
+                    // The agent may have died between creating a container and recording it.
+                    let found = runtime::container::load(name, &self.layout.containers())
+                        .and_then(|c| c.pid())
+                        .map(|p| p.as_raw())
+                        .filter(|&p| process::is_alive(&self.cfg.proc_root, p));
+                    if let Some(pid) = found {
+                        let start = process::start_time(&self.cfg.proc_root, pid);
+                        let rec = self.store().update(name, None, |r| {
+                            r.pid = Some(pid);
+                            r.pid_start = start;
+                            r.state = RunState::Running;
+                            r.started_at_ms = Some(now_ms());
+                        })?;
+                        return self.adopt(&rec, pid, "was started just before the agent stopped");
+                    }
+                    let _ = runtime::container::remove_stale(name, &self.layout.containers());
+                    let restart = rec.desired == Desired::Running
+                        && matches!(
+                            rec.state,
+                            RunState::Backoff | RunState::CrashLoop | RunState::Created | RunState::Starting
+                        );
+                    if restart {
+                        let lock = self.lock_of(name);
+                        let _guard = lock.lock().await;
+                        self.launch(name).await?;
+                    }
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Watches a container a previous agent started, and finishes a stop it began.
+    fn adopt(self: &Arc<Self>, rec: &ServiceRecord, pid: i32, why: &str) -> Result<(), AgentError> {
+        let name = rec.name.as_str();
+        self.store().record(
+            Some(name),
+            Note::new("adopted", format!("`{name}` {why}; re-adopted (pid {pid})")),
+        )?;
+        self.watch(name, pid);
+        if rec.desired == Desired::Stopped {
+            let agent = self.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = agent.stop(&name).await {
+                    tracing::warn!(service = %name, "cannot finish the stop: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// The runtime helper command that runs `command` inside the running service `name`.
     pub(crate) fn exec_helper(
         &self,
@@ -156,10 +225,19 @@ impl Agent {
                 }
             )));
         }
+        if rec.state == RunState::Stopping {
+            return Err(AgentError::Conflict(format!(
+                "`{name}` is stopping; start it again once `shg ps` shows it stopped"
+            )));
+        }
         if let Some(pid) = rec.pid {
             if process::is_alive(&self.cfg.proc_root, pid) {
                 return Ok(summary(&rec));
             }
+            // Its init ended but the exit is not handled yet: let that finish first.
+            return Err(AgentError::Conflict(format!(
+                "`{name}` has just exited; try again in a moment"
+            )));
         }
         self.store().update(name, None, |r| {
             r.desired = Desired::Running;
@@ -177,6 +255,9 @@ impl Agent {
         let rec = self.store().get(name)?;
         let manifest = manifest_of(&rec)?;
         runtime::spec::write_bundle(&sl.bundle(), &self.service_spec(&manifest, &sl.dir, rec.priority))?;
+        // Recorded before the container exists: if the agent dies now, recovery looks for a
+        // container to adopt instead of assuming there is none.
+        self.store().update(name, None, |r| r.state = RunState::Starting)?;
         let output = tokio::process::Command::new(&self.cfg.shg_binary)
             .arg("runtime")
             .arg("create")
@@ -239,8 +320,18 @@ impl Agent {
         let agent = self.clone();
         let owned = name.to_string();
         tokio::spawn(async move {
-            if let Ok(fd) = PidFd::open(pid) {
-                fd.exited().await;
+            match PidFd::open(pid) {
+                Ok(fd) => fd.exited().await,
+                // Already gone.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                // No pidfd (descriptor limit, old kernel): watch /proc instead. A failure to
+                // watch must never pass for an exit.
+                Err(e) => {
+                    tracing::warn!(service = %owned, "no pidfd ({e}); polling /proc instead");
+                    while runtime::process::is_alive(&agent.cfg.proc_root, pid) {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
             }
             if let Err(e) = agent.on_exit(&owned, pid).await {
                 tracing::error!(service = %owned, "handling the exit failed: {e}");
@@ -252,6 +343,9 @@ impl Agent {
     /// Records the end of `pid` and applies the restart policy. Idempotent: a second call for
     /// the same PID does nothing.
     pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
+        // Reap first, whatever the record says: an init that is no longer the service's (a
+        // start raced a stop) must not stay a zombie.
+        pidfd::reap(pid);
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let Some(rec) = self.store().find(name)? else {
@@ -260,7 +354,6 @@ impl Agent {
         if rec.pid != Some(pid) {
             return Ok(());
         }
-        pidfd::reap(pid);
         let sl = self.layout.service(name);
         let status = runtime::init::read_status(&sl.status());
         // Deleting the container also removes its cgroup; it never forks.
@@ -396,13 +489,13 @@ impl Agent {
 
     /// `shg stop`: SIGTERM, then SIGKILL after the manifest's stop timeout.
     pub async fn stop(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
-        let pid = {
+        let (pid, fd) = {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if rec.phase != Phase::Installed {
+            if rec.phase == Phase::Installing {
                 return Err(AgentError::Conflict(format!(
-                    "`{name}` is not fully installed; wait for the install or removal to finish"
+                    "`{name}` is being installed; wait for the install to finish"
                 )));
             }
             let Some(pid) = rec.pid else {
@@ -424,49 +517,44 @@ impl Agent {
             };
             self.store().update(
                 name,
-                Some(Note::new(
-                    "stopping",
-                    format!("stopping `{name}` (SIGTERM)"),
-                )),
+                Some(Note::new("stopping", format!("stopping `{name}` (SIGTERM)"))),
                 |r| {
                     r.desired = Desired::Stopped;
                     r.state = RunState::Stopping;
                 },
             )?;
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            pid
+            // Signals go through a pidfd checked against the recorded start time, so a PID
+            // reused by another process is never signalled.
+            let fd = PidFd::open_verified(&self.cfg.proc_root, pid, rec.pid_start);
+            if let Some(fd) = &fd {
+                fd.signal(Signal::SIGTERM);
+            }
+            (pid, fd)
         };
-        let timeout = manifest_of(&self.store().get(name)?)?.run.stop_timeout;
-        if !self.wait_gone(pid, timeout).await {
-            self.store().record(
-                Some(name),
-                Note::new(
-                    "killed",
-                    format!(
-                        "`{name}` did not stop within {}s of SIGTERM; sending SIGKILL",
-                        timeout.as_secs_f64()
+        if let Some(fd) = fd {
+            let timeout = manifest_of(&self.store().get(name)?)?.run.stop_timeout;
+            if tokio::time::timeout(timeout, fd.exited()).await.is_err() {
+                self.store().record(
+                    Some(name),
+                    Note::new(
+                        "killed",
+                        format!(
+                            "`{name}` did not stop within {}s of SIGTERM; sending SIGKILL",
+                            timeout.as_secs_f64()
+                        ),
                     ),
-                ),
-            )?;
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            self.wait_gone(pid, KILL_GRACE).await;
+                )?;
+                fd.signal(Signal::SIGKILL);
+                if tokio::time::timeout(KILL_GRACE, fd.exited()).await.is_err() {
+                    return Err(AgentError::Internal(format!(
+                        "`{name}` (pid {pid}) still runs {}s after SIGKILL; it stays `stopping`",
+                        KILL_GRACE.as_secs()
+                    )));
+                }
+            }
         }
         self.on_exit(name, pid).await?;
         Ok(summary(&self.store().get(name)?))
-    }
-
-    /// Waits until `pid` is gone (or a zombie); false if it still runs after `timeout`.
-    async fn wait_gone(&self, pid: i32, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if !process::is_alive(&self.cfg.proc_root, pid) {
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     /// `shg priority`: records the household's ranking and applies it to a running service
@@ -518,48 +606,13 @@ impl Agent {
         }
         let records = self.store().list()?;
         for rec in records {
-            let name = rec.name.as_str();
-            match rec.phase {
-                Phase::Installing => {
-                    self.rollback_install(name, "the agent stopped during the install")?
-                }
-                Phase::Removing => self.finish_remove(name)?,
-                Phase::Installed => match rec.pid {
-                    Some(pid)
-                        if process::is_alive(&self.cfg.proc_root, pid)
-                            && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
-                    {
-                        self.store().record(Some(name), Note::new("adopted", format!("`{name}` kept running while the agent was down; re-adopted (pid {pid})")))?;
-                        self.watch(name, pid);
-                        if rec.desired == Desired::Stopped {
-                            // The previous agent died in the middle of a stop: finish it.
-                            let agent = self.clone();
-                            let name = name.to_string();
-                            tokio::spawn(async move {
-                                if let Err(e) = agent.stop(&name).await {
-                                    tracing::warn!(service = %name, "cannot finish the stop: {e}");
-                                }
-                            });
-                        }
-                    }
-                    Some(pid) => self.on_exit(name, pid).await?,
-                    None if rec.desired == Desired::Running
-                        && matches!(
-                            rec.state,
-                            RunState::Backoff
-                                | RunState::CrashLoop
-                                | RunState::Created
-                                | RunState::Starting
-                        ) =>
-                    {
-                        let lock = self.lock_of(name);
-                        let _guard = lock.lock().await;
-                        if let Err(e) = self.launch(name).await {
-                            tracing::warn!(service = %name, "cannot start after recovery: {e}");
-                        }
-                    }
-                    None => {}
-                },
+            // One service in a bad way must not keep the agent, and every other service, down.
+            if let Err(e) = self.recover_one(rec.clone()).await {
+                tracing::error!(service = %rec.name, "recovery failed: {e}");
+                let _ = self.store().record(
+                    Some(&rec.name),
+                    Note::new("recovery-failed", format!("the agent could not pick `{}` up after a restart: {e}", rec.name)),
+                );
             }
         }
         Ok(())

@@ -265,7 +265,9 @@ impl Unpacker {
 
         let header = entry.header();
         let bad_header = |e| EntryProblem::io("read header", e);
-        let mode = Mode::from_bits_truncate(header.mode().map_err(bad_header)? & 0o7777);
+        // setuid and setgid bits are dropped: no_new_privs makes them useless inside the
+        // container, and on the host they would hand root to anyone who can reach the file.
+        let mode = Mode::from_bits_truncate(header.mode().map_err(bad_header)? & 0o1777);
         let uid =
             Uid::from_raw(u32::try_from(header.uid().map_err(bad_header)?).unwrap_or(u32::MAX));
         let gid =

@@ -117,14 +117,19 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .with_detach(true)
         .build()
         .map_err(|e| to_err(name, e))?;
-    let pid = container
-        .pid()
-        .ok_or_else(|| to_err(name, "container has no pid"))?;
-    // A fresh network namespace has its loopback down; services expect 127.0.0.1 to work.
-    // This helper is about to exit, so it may move itself into the container's namespace.
-    crate::net::loopback_up(pid.as_raw())
-        .map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
-    container.start().map_err(|e| to_err(name, e))?;
+    let mut started = || {
+        let pid = container.pid().ok_or_else(|| to_err(name, "container has no pid"))?;
+        // A fresh network namespace has its loopback down; services expect 127.0.0.1 to
+        // work. This helper is about to exit, so it may move itself into that namespace.
+        crate::net::loopback_up(pid.as_raw())
+            .map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
+        container.start().map_err(|e| to_err(name, e))
+    };
+    if let Err(e) = started() {
+        // Never leave a created-but-not-started container (and its cgroup) behind.
+        let _ = container.delete(true);
+        return Err(e);
+    }
     container
         .pid()
         .map(|p| p.as_raw())

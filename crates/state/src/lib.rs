@@ -349,7 +349,8 @@ impl Store {
         journal(&self.conn, service, &note).map_err(self.db())
     }
 
-    /// Events after `since`, oldest first, at most `limit`, optionally of one service.
+    /// The first `limit` events after `since`, oldest first, optionally of one service (page
+    /// through the journal by passing the last id seen as `since`).
     pub fn events(
         &self,
         since: i64,
@@ -360,11 +361,34 @@ impl Store {
             .conn
             .prepare(
                 "SELECT id, time_ms, service, kind, message FROM events
-                 WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id DESC LIMIT ?3",
+                 WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id ASC LIMIT ?3",
             )
             .map_err(self.db())?;
         let rows = stmt
             .query_map(params![since, service, limit as i64], |r| {
+                Ok(EventRecord {
+                    id: r.get(0)?,
+                    time_ms: r.get::<_, i64>(1)? as u64,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    message: r.get(4)?,
+                })
+            })
+            .map_err(self.db())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
+    }
+
+    /// The most recent `limit` events of one service, oldest first.
+    pub fn recent_events(&self, service: &str, limit: usize) -> Result<Vec<EventRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, time_ms, service, kind, message FROM events
+                 WHERE service = ?1 ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(self.db())?;
+        let rows = stmt
+            .query_map(params![service, limit as i64], |r| {
                 Ok(EventRecord {
                     id: r.get(0)?,
                     time_ms: r.get::<_, i64>(1)? as u64,

@@ -94,7 +94,8 @@ fn logs_show_both_streams_tail_and_follow() {
             "--",
             "sh",
             "-c",
-            &format!("echo {later} > /data/say"),
+            // Written aside and renamed, so the service never reads a half-written file.
+            &format!("echo {later} > /data/say.tmp && mv /data/say.tmp /data/say"),
         ]);
         wait_for_line(later, &mut seen);
     }
