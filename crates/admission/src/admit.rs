@@ -227,8 +227,8 @@ pub(crate) mod tests {
     fn one_byte_over_is_short_by_one_byte() {
         let gw = gateway(memory(100 * MIB));
         let holders = [holder("vod", "acme", 5, memory(60 * MIB))];
-        let refusal = admit(&gw, &holders, &request("camera", 9, memory(40 * MIB + 1)))
-            .unwrap_err();
+        let refusal =
+            admit(&gw, &holders, &request("camera", 9, memory(40 * MIB + 1))).unwrap_err();
         assert_eq!(refusal.service, "camera");
         assert_eq!(refusal.shortages.len(), 1);
         let s = &refusal.shortages[0];
@@ -248,7 +248,11 @@ pub(crate) mod tests {
             let mut want = Amounts::splat(10);
             want.set(r, 11);
             let refusal = admit(&gw, &[], &request("big", 0, want)).unwrap_err();
-            let short: Vec<_> = refusal.shortages.iter().map(|s| (s.resource, s.short)).collect();
+            let short: Vec<_> = refusal
+                .shortages
+                .iter()
+                .map(|s| (s.resource, s.short))
+                .collect();
             assert_eq!(short, [(r, 1)], "{r}");
         }
     }
@@ -291,7 +295,10 @@ pub(crate) mod tests {
     fn both_limits_are_reported() {
         let mut gw = gateway(memory(100));
         gw.provider_caps.insert("acme".to_string(), memory(50));
-        let holders = [holder("a", "acme", 1, memory(40)), holder("b", "x", 1, memory(40))];
+        let holders = [
+            holder("a", "acme", 1, memory(40)),
+            holder("b", "x", 1, memory(40)),
+        ];
         let refusal = admit(&gw, &holders, &request("c", 5, memory(30))).unwrap_err();
         let scopes: Vec<_> = refusal
             .shortages
@@ -354,8 +361,7 @@ pub(crate) mod tests {
             holder("a", "acme", 1, Amounts::UNLIMITED),
             holder("b", "acme", 1, Amounts::UNLIMITED),
         ];
-        let refusal =
-            admit(&gw, &holders, &request("c", 5, Amounts::UNLIMITED)).unwrap_err();
+        let refusal = admit(&gw, &holders, &request("c", 5, Amounts::UNLIMITED)).unwrap_err();
         // Uncapped provider: only the gateway limits.
         assert_eq!(refusal.shortages.len(), 5);
         for s in &refusal.shortages {

@@ -151,24 +151,26 @@ fn format_cores(millicores: u64) -> String {
     format!("{cores} cores")
 }
 
-/// "32 MiB", "1.5 GiB", "1 GB", "41943041 bytes": the largest unit, binary before decimal at
-/// each magnitude, that shows the amount exactly.
+/// "32 MiB", "1.5 GiB", "1 GB", "41943041 bytes": the largest unit that shows the amount
+/// exactly, binary before decimal at each magnitude. Decimal units only take whole numbers
+/// ("1500 KB", not "1.5 MB"), as binary amounts with a decimal fraction read wrongly.
 fn format_bytes(bytes: u64) -> String {
     let units = [
-        (TIB, "TiB"),
-        (1_000_000_000_000, "TB"),
-        (GIB, "GiB"),
-        (1_000_000_000, "GB"),
-        (MIB, "MiB"),
-        (1_000_000, "MB"),
-        (KIB, "KiB"),
-        (1_000, "KB"),
+        (TIB, "TiB", true),
+        (1_000_000_000_000, "TB", false),
+        (GIB, "GiB", true),
+        (1_000_000_000, "GB", false),
+        (MIB, "MiB", true),
+        (1_000_000, "MB", false),
+        (KIB, "KiB", true),
+        (1_000, "KB", false),
     ];
-    for (unit, name) in units {
-        if bytes >= unit {
-            if let Some(n) = exact(bytes, unit) {
-                return format!("{n} {name}");
-            }
+    for (unit, name, binary) in units {
+        if bytes < unit || (!binary && bytes % unit != 0) {
+            continue;
+        }
+        if let Some(n) = exact(bytes, unit) {
+            return format!("{n} {name}");
         }
     }
     if bytes == 1 {
@@ -236,7 +238,8 @@ mod tests {
         assert_eq!(mem.format(1536 * MIB), "1.5 GiB");
         assert_eq!(mem.format(512 * MIB), "512 MiB");
         assert_eq!(mem.format(1_000_000_000), "1 GB");
-        assert_eq!(mem.format(1_500_000), "1.5 MB");
+        assert_eq!(mem.format(1_500_000), "1500 KB");
+        assert_eq!(mem.format(2_000_000_000), "2 GB");
         assert_eq!(mem.format(MIB + KIB), "1025 KiB");
         assert_eq!(mem.format(40 * MIB + 1), "41943041 bytes");
         assert_eq!(Resource::Storage.format(2 * TIB), "2 TiB");

@@ -24,9 +24,7 @@ pub(crate) fn propose(
     if !search.fits(search.candidates.iter().map(|c| c.holder)) {
         return None;
     }
-    let chosen = search
-        .exhaustive()
-        .unwrap_or_else(|| search.greedy());
+    let chosen = search.exhaustive().unwrap_or_else(|| search.greedy());
     let mut chosen: Vec<&Holder> = chosen.into_iter().map(|c| c.holder).collect();
     chosen.sort_by(|a, b| a.priority.cmp(&b.priority).then(a.name.cmp(&b.name)));
     Some(chosen.into_iter().map(|h| h.name.clone()).collect())
@@ -84,7 +82,11 @@ impl<'h, 'v> Search<'h, 'v> {
     fn exhaustive(&self) -> Option<Vec<&Candidate<'h>>> {
         let pool = &self.candidates[..self.candidates.len().min(EXHAUSTIVE)];
         let n = pool.len();
-        let members = |mask: u32| (0..n).filter(move |i| mask & (1 << i) != 0).map(|i| &pool[i]);
+        let members = |mask: u32| {
+            (0..n)
+                .filter(move |i| mask & (1 << i) != 0)
+                .map(|i| &pool[i])
+        };
         for size in 1..=n {
             let mut best: Option<(u32, Key)> = None;
             // Every mask with `size` bits set, in increasing order (Gosper's hack).
@@ -92,7 +94,10 @@ impl<'h, 'v> Search<'h, 'v> {
             while mask < 1 << n {
                 if self.fits(members(mask).map(|c| c.holder)) {
                     let key = Key::of(members(mask));
-                    if best.as_ref().is_none_or(|(_, b)| key.cmp(b) == Ordering::Less) {
+                    if best
+                        .as_ref()
+                        .is_none_or(|(_, b)| key.cmp(b) == Ordering::Less)
+                    {
                         best = Some((mask, key));
                     }
                 }
@@ -167,10 +172,19 @@ mod tests {
     use crate::admit::{admit, Holder};
     use crate::amounts::{Amounts, Resource};
 
-    fn proposal(gw_memory: u64, holders: &[Holder], priority: i32, want: u64) -> Option<Vec<String>> {
-        admit(&gateway(memory(gw_memory)), holders, &request("new", priority, memory(want)))
-            .unwrap_err()
-            .proposal
+    fn proposal(
+        gw_memory: u64,
+        holders: &[Holder],
+        priority: i32,
+        want: u64,
+    ) -> Option<Vec<String>> {
+        admit(
+            &gateway(memory(gw_memory)),
+            holders,
+            &request("new", priority, memory(want)),
+        )
+        .unwrap_err()
+        .proposal
     }
 
     #[test]
@@ -209,7 +223,7 @@ mod tests {
             holder("equal", "acme", 5, memory(100)),
             holder("low", "acme", 1, memory(20)),
         ];
-        assert_eq!(proposal(150, &holders, 5, 40), None);
+        assert_eq!(proposal(150, &holders, 5, 60), None);
         // Nothing of lower priority at all.
         assert_eq!(proposal(150, &holders, 0, 40), None);
         // More than the whole gateway.
@@ -226,7 +240,10 @@ mod tests {
         ];
         // 210 held of 250: 50 more needs 10 freed; any one will do.
         assert_eq!(proposal(250, &holders, 5, 50), Some(vec!["d".to_string()]));
-        let holders = [holder("b", "acme", 2, memory(50)), holder("a", "acme", 2, memory(50))];
+        let holders = [
+            holder("b", "acme", 2, memory(50)),
+            holder("a", "acme", 2, memory(50)),
+        ];
         assert_eq!(proposal(100, &holders, 5, 10), Some(vec!["a".to_string()]));
     }
 
@@ -258,25 +275,24 @@ mod tests {
     }
 
     #[test]
-    fn many_candidates_still_find_the_smallest_set() {
-        // 40 holders of 10 each, one of 95 at the highest candidate priority.
+    fn beyond_sixteen_candidates_only_the_lowest_sixteen_are_searched() {
+        // 40 holders of 10 each at priorities 0..40, and one of 95 at priority 50.
         let mut holders: Vec<Holder> = (0..40)
             .map(|i| holder(&format!("s{i:02}"), "acme", i, memory(10)))
             .collect();
         holders.push(holder("big", "acme", 50, memory(95)));
         let total = 40 * 10 + 95;
-        // Needs 90 freed: the 16 lowest cannot beat 9 services, so 9 it is.
+        // 90 must go. `big` alone would do, but it is not among the 16 lowest-priority
+        // candidates, which can do it with 9: stopping unimportant services wins here.
         let got = proposal(total, &holders, 100, 90).unwrap();
-        assert_eq!(got.len(), 9);
-        assert!(got.iter().all(|n| n.starts_with('s')));
-        // Needs more than the 16 lowest hold: the greedy pass takes over.
+        let want: Vec<String> = (0..9).map(|i| format!("s{i:02}")).collect();
+        assert_eq!(got, want);
+        // 300 must go, more than the 16 lowest hold: the greedy pass takes the lowest first.
         let got = proposal(total, &holders, 100, 300).unwrap();
-        let freed: u64 = holders
-            .iter()
-            .filter(|h| got.contains(&h.name))
-            .map(|h| h.reserved.memory)
-            .sum();
-        assert!(freed >= 300);
-        assert!(got.len() <= 30);
+        let want: Vec<String> = (0..30).map(|i| format!("s{i:02}")).collect();
+        assert_eq!(got, want);
+        // Everything held must go.
+        let got = proposal(total, &holders, 100, 495).unwrap();
+        assert_eq!(got.len(), 41);
     }
 }

@@ -12,7 +12,6 @@ const LISTED: usize = 5;
 
 /// Why a service cannot be admitted, and what would make room.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
-#[error(fmt = render)]
 pub struct Refusal {
     /// The service that was refused.
     pub service: String,
@@ -42,13 +41,20 @@ pub struct Shortage {
 }
 
 /// Which limit a shortage is against.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Scope {
     /// The gateway's capacity less its system reserve.
     Gateway,
     /// What one provider's services may reserve together on this gateway.
     ProviderCap { provider: String },
+}
+
+impl fmt::Display for Refusal {
+    /// One line per shortage, then the way out: the services to stop, or what else to change.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        render(self, f)
+    }
 }
 
 fn render(r: &Refusal, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -58,7 +64,11 @@ fn render(r: &Refusal, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for s in &r.shortages {
         write!(f, "{sep}{s}")?;
     }
-    let sep = if r.shortages.len() == 1 { " — " } else { "\n  " };
+    let sep = if r.shortages.len() == 1 {
+        " — "
+    } else {
+        "\n  "
+    };
     f.write_str(sep)?;
     match &r.proposal {
         Some(names) if !names.is_empty() => {
@@ -217,7 +227,8 @@ mod tests {
     #[test]
     fn message_for_a_provider_cap() {
         let mut gw = gateway(memory(4096 * MIB));
-        gw.provider_caps.insert("acme".to_string(), memory(256 * MIB));
+        gw.provider_caps
+            .insert("acme".to_string(), memory(256 * MIB));
         let holders = [
             holder("a", "acme", 9, memory(150 * MIB)),
             holder("b", "acme", 9, memory(50 * MIB)),
@@ -240,8 +251,8 @@ mod tests {
             holder("b", "acme", 2, Amounts::splat(400)),
         ];
         let want = Amounts {
-            cpu: 500,
-            bandwidth_up: 5_000,
+            cpu: 700,
+            bandwidth_up: 700,
             ..Amounts::ZERO
         };
         let text = admit(&gw, &holders, &request("c", 5, want))
@@ -250,8 +261,14 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(lines[0], "cannot admit `c`:");
-        assert!(lines[1].starts_with("  cpu: needs 0.5 cores, only 0.1 cores free"), "{text}");
-        assert!(lines[2].starts_with("  bandwidth_up: needs 5 kbit/s, only 100 bit/s free"), "{text}");
+        assert!(
+            lines[1].starts_with("  cpu: needs 0.7 cores, only 0.1 cores free"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("  bandwidth_up: needs 700 bit/s, only 100 bit/s free"),
+            "{text}"
+        );
         assert_eq!(
             lines[3],
             "  stop `a` (priority 1) and `b` (priority 2) with `shg stop a` and `shg stop b` to \
@@ -286,7 +303,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         // s7..s3 are listed; s2, s1, s0 hold 12 + 11 + 10.
-        assert!(text.contains("`s3` (priority 9) 13 bytes and 3 more with 33 bytes"), "{text}");
+        assert!(
+            text.contains("`s3` (priority 9) 13 bytes and 3 more with 33 bytes"),
+            "{text}"
+        );
         assert!(!text.contains("`s2`"), "{text}");
     }
 }

@@ -12,7 +12,7 @@ const TIB: u64 = 1 << 40;
 
 /// Parses a size in bytes: "512", "32KiB", "32KB" (powers of 1000) or "32K" (same as KiB).
 /// The error is the reason alone; the caller adds the field.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let (number, unit) = split_number(text, "a size like \"32MiB\"")?;
     let factor = match unit {
         "" | "B" => 1,
@@ -36,7 +36,7 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a bandwidth in bits per second: "100bit", "500kbit", "5Mbit", "1Gbit", or the same with
 /// "bps" ("5Mbps" is 5 megabits, not megabytes). A bare number is bits per second.
-pub(crate) fn parse_bandwidth(text: &str) -> Result<u64, String> {
+pub fn parse_bandwidth(text: &str) -> Result<u64, String> {
     let (number, unit) = split_number(text, "a bandwidth like \"5Mbit\"")?;
     let factor = match unit {
         "" | "bit" | "bps" => 1,
