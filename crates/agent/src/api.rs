@@ -43,6 +43,7 @@ impl IntoResponse for ApiError {
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
             AgentError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            AgentError::Refused(_) => StatusCode::CONFLICT,
             AgentError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -53,9 +54,14 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
+        let detail = match &self.0 {
+            AgentError::Refused(refusal) => serde_json::to_value(refusal).ok(),
+            _ => None,
+        };
         let body = api::ErrorBody {
             code: self.0.code().to_string(),
             message,
+            detail,
         };
         (status, Json(body)).into_response()
     }
@@ -66,6 +72,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/gateway", get(gateway))
+        .route("/v1/gateway/capacity", get(capacity))
         .route("/v1/services", get(list).post(install))
         .route("/v1/services/{name}", get(detail).delete(remove))
         .route("/v1/services/{name}/start", post(start))
@@ -79,6 +86,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
             let body = api::ErrorBody {
                 code: "not-found".into(),
                 message: "no such API path; see `shg --help`".into(),
+                detail: None,
             };
             (StatusCode::NOT_FOUND, Json(body))
         })
@@ -128,6 +136,10 @@ async fn gateway(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::Gateway
     }))
 }
 
+async fn capacity(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::CapacityView>> {
+    Ok(Json(agent.capacity()?))
+}
+
 async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<Json<Vec<api::ServiceSummary>>> {
     Ok(Json(agent.list()?))
 }
@@ -142,24 +154,37 @@ async fn detail(
 #[derive(Deserialize)]
 struct InstallQuery {
     start: Option<bool>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    dry_run: Option<bool>,
 }
 
 async fn install(
     State(agent): State<Arc<Agent>>,
     Query(q): Query<InstallQuery>,
     body: Body,
-) -> ApiResult<(StatusCode, Json<api::ServiceDetail>)> {
+) -> ApiResult<Response> {
     let upload = agent
         .layout
         .tmp()
         .join(format!("upload-{}.tar", crate::install::unique()));
     let result = async {
         save_body(body, &upload, agent.cfg.max_package).await?;
-        agent.install(&upload, q.start.unwrap_or(true)).await
+        if q.dry_run.unwrap_or(false) {
+            return agent
+                .check_install(&upload)
+                .await
+                .map(|v| Json(v).into_response());
+        }
+        let detail = agent.install(&upload, q.start.unwrap_or(true)).await?;
+        Ok((StatusCode::CREATED, Json(detail)).into_response())
     }
     .await;
     let _ = tokio::fs::remove_file(&upload).await;
-    Ok((StatusCode::CREATED, Json(result?)))
+    Ok(result?)
 }
 
 /// Streams a request body into `path`, refusing more than `max` bytes.
@@ -195,8 +220,12 @@ async fn save_body(body: Body, path: &Path, max: u64) -> Result<(), AgentError> 
 async fn start(
     State(agent): State<Arc<Agent>>,
     UrlPath(name): UrlPath<String>,
-) -> ApiResult<Json<api::ServiceSummary>> {
-    Ok(Json(agent.start(&name).await?))
+    Query(q): Query<StartQuery>,
+) -> ApiResult<Response> {
+    if q.dry_run.unwrap_or(false) {
+        return Ok(Json(agent.check_start(&name)?).into_response());
+    }
+    Ok(Json(agent.start(&name).await?).into_response())
 }
 
 async fn stop(
@@ -226,7 +255,8 @@ async fn set_priority(
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::PriorityRequest>, JsonRejection>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
-    let Json(req) = body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
     Ok(Json(agent.set_priority(&name, req.priority).await?))
 }
 

@@ -25,6 +25,9 @@ pub enum AgentError {
     /// Another agent holds the state directory.
     #[error("{0}")]
     Busy(String),
+    /// Admission control refused: a reservation does not fit.
+    #[error("{0}")]
+    Refused(Box<admission::Refusal>),
     /// The container runtime could not start the service.
     #[error("{0}")]
     StartFailed(String),
@@ -48,6 +51,7 @@ impl AgentError {
             AgentError::BadRequest(_) => "bad-request",
             AgentError::Conflict(_) => "conflict",
             AgentError::Busy(_) => "unavailable",
+            AgentError::Refused(_) => "admission-refused",
             AgentError::StartFailed(_) => "start-failed",
             AgentError::Internal(_) => "internal",
         }

@@ -46,6 +46,14 @@ impl Agent {
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
+        // From the admission check until the record holds the reservation.
+        let admission = self.admission_lock.lock().await;
+        if self.store().find(&name)?.is_some() {
+            return Err(AgentError::Exists(name));
+        }
+        if start {
+            self.admit(&manifest, state::DEFAULT_PRIORITY, true)?;
+        }
         let rec = ServiceRecord::new(
             &name,
             &manifest.provider,
@@ -53,6 +61,10 @@ impl Agent {
             &package.digest,
             &package.manifest_toml,
         );
+        let mut rec = rec;
+        if start {
+            rec.desired = Desired::Running;
+        }
         self.store().insert(
             &rec,
             Note::new(
@@ -64,6 +76,7 @@ impl Agent {
             ),
         )?;
 
+        drop(admission);
         let agent = self.clone();
         let prepared = tokio::task::spawn_blocking(move || agent.prepare(&manifest, &package))
             .await
@@ -71,7 +84,9 @@ impl Agent {
             .and_then(|r| r);
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
-            if let Err(cleanup) = tokio::task::block_in_place(|| self.rollback_install(&name, &e.to_string())) {
+            if let Err(cleanup) =
+                tokio::task::block_in_place(|| self.rollback_install(&name, &e.to_string()))
+            {
                 tracing::error!(service = %name, "rolling back the install failed: {cleanup}");
             }
             return Err(e);
@@ -98,6 +113,35 @@ impl Agent {
         }
         drop(_guard);
         self.detail(&name)
+    }
+
+    /// `shg install --dry-run`: verifies the package and says whether it would be admitted,
+    /// changing nothing.
+    pub async fn check_install(
+        self: &Arc<Self>,
+        upload: &Path,
+    ) -> Result<api::Verdict, AgentError> {
+        let staging = self.layout.tmp().join(format!("check-{}", unique()));
+        let (up, st) = (upload.to_path_buf(), staging.clone());
+        let opened = tokio::task::spawn_blocking(move || image::open(&up, &st))
+            .await
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        let package = opened.map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
+            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+        if self.store().find(&manifest.name)?.is_some() {
+            return Err(AgentError::Exists(manifest.name));
+        }
+        self.admit(&manifest, state::DEFAULT_PRIORITY, false)?;
+        Ok(api::Verdict {
+            message: format!(
+                "`{}` {} would be admitted: its reservation fits",
+                manifest.name, manifest.version
+            ),
+            service: manifest.name,
+            admitted: true,
+        })
     }
 
     /// Unpacks and lays out a service in `tmp/NAME.partial`, then renames it into place.
@@ -186,10 +230,14 @@ impl Agent {
                     "`{name}` is being installed; wait for the install to finish"
                 )));
             }
-            self.store().update(name, Some(Note::new("removing", format!("removing `{name}`"))), |r| {
-                r.phase = Phase::Removing;
-                r.desired = Desired::Stopped;
-            })?
+            self.store().update(
+                name,
+                Some(Note::new("removing", format!("removing `{name}`"))),
+                |r| {
+                    r.phase = Phase::Removing;
+                    r.desired = Desired::Stopped;
+                },
+            )?
         };
         if rec.pid.is_some() {
             self.stop(name).await?;

@@ -5,6 +5,7 @@
 //! operations never see HTTP types.
 
 mod api;
+mod capacity;
 mod error;
 mod health;
 mod install;
@@ -83,6 +84,11 @@ pub struct Agent {
     pub(crate) store: Mutex<Store>,
     /// One lock per service: operations on a service run one at a time.
     pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Capacity, system reserve and provider caps, read at start.
+    pub(crate) gateway: admission::Gateway,
+    /// Held from an admission check until the reservation is recorded, so two services can
+    /// never both take the last free share.
+    pub(crate) admission_lock: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -109,11 +115,14 @@ impl Agent {
                 layout.database().display()
             )));
         }
+        let gateway = capacity::load(&layout.root)?;
         Ok(Arc::new(Agent {
             cfg,
             layout,
             store: Mutex::new(store),
             locks: Mutex::new(HashMap::new()),
+            gateway,
+            admission_lock: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -130,6 +139,51 @@ impl Agent {
 
     pub fn state_dir(&self) -> &Path {
         &self.layout.root
+    }
+
+    /// Checks that `manifest` may hold its reservation beside the services that hold theirs
+    /// now; a refusal is journaled and says what is short and what would make room.
+    pub(crate) fn admit(
+        &self,
+        manifest: &manifest::Manifest,
+        priority: i32,
+        journal: bool,
+    ) -> Result<(), AgentError> {
+        let records = self.store().list()?;
+        let holders = capacity::holders(&records, &manifest.name);
+        let request = admission::Request {
+            name: &manifest.name,
+            provider: &manifest.provider,
+            priority,
+            reserved: capacity::reservation(manifest),
+        };
+        admission::admit(&self.gateway, &holders, &request).map_err(|refusal| {
+            if !journal {
+                return AgentError::Refused(Box::new(refusal));
+            }
+            let _ = self.store().record(
+                Some(&manifest.name),
+                state::Note::new("admission-refused", refusal.to_string()),
+            );
+            AgentError::Refused(Box::new(refusal))
+        })
+    }
+
+    /// Capacity, reserve, what is reserved and what is free, per resource.
+    pub fn capacity(&self) -> Result<::api::CapacityView, AgentError> {
+        let records = self.store().list()?;
+        let reserved = capacity::holders(&records, "")
+            .iter()
+            .fold(admission::Amounts::ZERO, |sum, h| sum.add(&h.reserved));
+        let available = self.gateway.available();
+        let json = |a: &admission::Amounts| serde_json::to_value(a).unwrap_or_default();
+        Ok(::api::CapacityView {
+            capacity: json(&self.gateway.capacity),
+            system_reserve: json(&self.gateway.system_reserve),
+            available: json(&available),
+            reserved: json(&reserved),
+            free: json(&available.sub(&reserved)),
+        })
     }
 }
 

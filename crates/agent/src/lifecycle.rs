@@ -153,7 +153,10 @@ impl Agent {
                     let restart = rec.desired == Desired::Running
                         && matches!(
                             rec.state,
-                            RunState::Backoff | RunState::CrashLoop | RunState::Created | RunState::Starting
+                            RunState::Backoff
+                                | RunState::CrashLoop
+                                | RunState::Created
+                                | RunState::Starting
                         );
                     if restart {
                         let lock = self.lock_of(name);
@@ -239,12 +242,32 @@ impl Agent {
                 "`{name}` has just exited; try again in a moment"
             )));
         }
-        self.store().update(name, None, |r| {
-            r.desired = Desired::Running;
-            r.failures = 0;
-        })?;
+        if rec.desired != Desired::Running {
+            // A stopped service gave its reservation back; it must fit again to run.
+            let _admission = self.admission_lock.lock().await;
+            self.admit(&manifest_of(&rec)?, rec.priority, true)?;
+            self.store().update(name, None, |r| {
+                r.desired = Desired::Running;
+                r.failures = 0;
+            })?;
+        } else {
+            self.store().update(name, None, |r| r.failures = 0)?;
+        }
         let rec = self.launch(name).await?;
         Ok(summary(&rec))
+    }
+
+    /// `shg start --dry-run`: whether the service would be admitted, changing nothing.
+    pub fn check_start(&self, name: &str) -> Result<::api::Verdict, AgentError> {
+        let rec = self.store().get(name)?;
+        if rec.desired != Desired::Running {
+            self.admit(&manifest_of(&rec)?, rec.priority, false)?;
+        }
+        Ok(::api::Verdict {
+            service: name.to_string(),
+            admitted: true,
+            message: format!("`{name}` would be admitted: its reservation fits"),
+        })
     }
 
     /// Creates and starts the container; the caller holds the service's lock.
@@ -254,10 +277,14 @@ impl Agent {
         // services installed before it.
         let rec = self.store().get(name)?;
         let manifest = manifest_of(&rec)?;
-        runtime::spec::write_bundle(&sl.bundle(), &self.service_spec(&manifest, &sl.dir, rec.priority))?;
+        runtime::spec::write_bundle(
+            &sl.bundle(),
+            &self.service_spec(&manifest, &sl.dir, rec.priority),
+        )?;
         // Recorded before the container exists: if the agent dies now, recovery looks for a
         // container to adopt instead of assuming there is none.
-        self.store().update(name, None, |r| r.state = RunState::Starting)?;
+        self.store()
+            .update(name, None, |r| r.state = RunState::Starting)?;
         let output = tokio::process::Command::new(&self.cfg.shg_binary)
             .arg("runtime")
             .arg("create")
@@ -517,7 +544,10 @@ impl Agent {
             };
             self.store().update(
                 name,
-                Some(Note::new("stopping", format!("stopping `{name}` (SIGTERM)"))),
+                Some(Note::new(
+                    "stopping",
+                    format!("stopping `{name}` (SIGTERM)"),
+                )),
                 |r| {
                     r.desired = Desired::Stopped;
                     r.state = RunState::Stopping;
@@ -559,7 +589,11 @@ impl Agent {
 
     /// `shg priority`: records the household's ranking and applies it to a running service
     /// at once (CPU weight, OOM order); the next start writes it into the bundle.
-    pub async fn set_priority(self: &Arc<Self>, name: &str, priority: i32) -> Result<ServiceSummary, AgentError> {
+    pub async fn set_priority(
+        self: &Arc<Self>,
+        name: &str,
+        priority: i32,
+    ) -> Result<ServiceSummary, AgentError> {
         if !(0..=100).contains(&priority) {
             return Err(AgentError::BadRequest(format!(
                 "priority {priority} is out of range; give a number from 0 (least important) to 100 (most important)"
@@ -570,14 +604,23 @@ impl Agent {
         let old = self.store().get(name)?.priority;
         let rec = self.store().update(
             name,
-            Some(Note::new("priority", format!("priority of `{name}` changed from {old} to {priority}"))),
+            Some(Note::new(
+                "priority",
+                format!("priority of `{name}` changed from {old} to {priority}"),
+            )),
             |r| r.priority = priority,
         )?;
         if rec.pid.is_some() {
             let manifest = manifest_of(&rec)?;
             let shares = runtime::spec::cpu_shares(manifest.resources.cpu.reserve, priority);
             let oom = runtime::spec::oom_score_adj(priority);
-            if let Err(e) = runtime::cgroup::apply_priority(&self.cfg.cgroup_root, &self.cfg.cgroup_parent, name, shares, oom) {
+            if let Err(e) = runtime::cgroup::apply_priority(
+                &self.cfg.cgroup_root,
+                &self.cfg.cgroup_parent,
+                name,
+                shares,
+                oom,
+            ) {
                 tracing::warn!(service = %name, "priority recorded, applied at next start: {e}");
             }
         }
@@ -611,7 +654,13 @@ impl Agent {
                 tracing::error!(service = %rec.name, "recovery failed: {e}");
                 let _ = self.store().record(
                     Some(&rec.name),
-                    Note::new("recovery-failed", format!("the agent could not pick `{}` up after a restart: {e}", rec.name)),
+                    Note::new(
+                        "recovery-failed",
+                        format!(
+                            "the agent could not pick `{}` up after a restart: {e}",
+                            rec.name
+                        ),
+                    ),
                 );
             }
         }

@@ -158,6 +158,42 @@ impl Client {
 
     /// `POST /v1/services`: uploads the package file at `path`, streamed from disk.
     pub async fn install(&self, path: &Path, start: bool) -> Result<ServiceDetail, ClientError> {
+        let uri = if start {
+            "/v1/services"
+        } else {
+            "/v1/services?start=false"
+        };
+        self.upload(path, uri).await
+    }
+
+    /// `POST /v1/services?dry_run=true`: whether the package would be admitted; changes
+    /// nothing. A refusal is a [`ClientError::Api`] with code `admission-refused`.
+    pub async fn check_install(&self, path: &Path) -> Result<crate::Verdict, ClientError> {
+        self.upload(path, "/v1/services?dry_run=true").await
+    }
+
+    /// `POST /v1/services/{name}/start?dry_run=true`.
+    pub async fn check_start(&self, name: &str) -> Result<crate::Verdict, ClientError> {
+        let uri = format!("/v1/services/{}/start?dry_run=true", segment(name));
+        self.json(Method::POST, uri, ReqBody::empty(), None).await
+    }
+
+    /// `GET /v1/gateway/capacity`.
+    pub async fn capacity(&self) -> Result<crate::CapacityView, ClientError> {
+        self.json(
+            Method::GET,
+            "/v1/gateway/capacity".to_string(),
+            ReqBody::empty(),
+            None,
+        )
+        .await
+    }
+
+    async fn upload<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &Path,
+        uri: &str,
+    ) -> Result<T, ClientError> {
         let package_error = |error| ClientError::Package {
             path: path.to_path_buf(),
             error,
@@ -170,11 +206,7 @@ impl Client {
                 "not a regular file; give the .tar file that `shg pack` wrote",
             )));
         }
-        let uri = if start {
-            "/v1/services".to_string()
-        } else {
-            "/v1/services?start=false".to_string()
-        };
+        let uri = uri.to_string();
         let body = ReqBody::File {
             file,
             remaining: meta.len(),
@@ -200,11 +232,20 @@ impl Client {
     }
 
     /// `POST /v1/services/{name}/priority`.
-    pub async fn set_priority(&self, name: &str, priority: i32) -> Result<ServiceSummary, ClientError> {
+    pub async fn set_priority(
+        &self,
+        name: &str,
+        priority: i32,
+    ) -> Result<ServiceSummary, ClientError> {
         let uri = format!("/v1/services/{}/priority", segment(name));
         let json = serde_json::to_vec(&crate::PriorityRequest { priority }).expect("serializes");
-        self.json(Method::POST, uri, ReqBody::Bytes(Some(json.into())), Some("application/json"))
-            .await
+        self.json(
+            Method::POST,
+            uri,
+            ReqBody::Bytes(Some(json.into())),
+            Some("application/json"),
+        )
+        .await
     }
 
     async fn verb(&self, name: &str, verb: &str) -> Result<ServiceSummary, ClientError> {
@@ -421,7 +462,7 @@ impl Client {
         let status = response.status();
         let bytes = collect(&request, response.into_body()).await?;
         match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(ErrorBody { code, message }) => Err(ClientError::Api {
+            Ok(ErrorBody { code, message, .. }) => Err(ClientError::Api {
                 status: status.as_u16(),
                 code,
                 message,

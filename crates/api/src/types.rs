@@ -73,6 +73,31 @@ pub struct ErrorBody {
     /// `bad-request`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
+    /// Machine-readable detail: for `admission-refused`, the refusal (shortages per resource
+    /// with the services holding them, and the proposal of services to stop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// `GET /v1/gateway/capacity`: per resource (`cpu` in millicores, `memory` and `storage` in
+/// bytes, `bandwidth_down`/`bandwidth_up` in bits per second).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacityView {
+    pub capacity: serde_json::Value,
+    pub system_reserve: serde_json::Value,
+    /// Capacity minus the system reserve: what services may reserve in total.
+    pub available: serde_json::Value,
+    /// Held by the services that should run.
+    pub reserved: serde_json::Value,
+    pub free: serde_json::Value,
+}
+
+/// Answer of a `dry_run` request that would succeed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub service: String,
+    pub admitted: bool,
+    pub message: String,
 }
 
 /// Body of `POST /v1/services/{name}/exec`.

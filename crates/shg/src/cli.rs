@@ -68,6 +68,9 @@ pub enum RemoteCommand {
         /// Install only; start it later with `shg start NAME`
         #[arg(long)]
         no_start: bool,
+        /// Only say whether it would be admitted (its reservation fits); change nothing
+        #[arg(long)]
+        dry_run: bool,
     },
 
     /// List the installed services and their state
@@ -125,6 +128,16 @@ pub enum RemoteCommand {
         /// Service name
         #[arg(value_name = "NAME")]
         name: String,
+        /// Only say whether it would be admitted (its reservation fits); change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Show the gateway's capacity, system reserve, and what is reserved and free
+    Capacity {
+        /// Print it as JSON
+        #[arg(long)]
+        json: bool,
     },
 
     /// Stop a service and start it again

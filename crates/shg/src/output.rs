@@ -455,3 +455,37 @@ mod tests {
         );
     }
 }
+
+/// `shg capacity`: one row per resource.
+pub fn capacity(out: &mut impl Write, c: &api::CapacityView) -> io::Result<()> {
+    let resources = [
+        ("cpu", "cpu"),
+        ("memory", "memory"),
+        ("storage", "storage"),
+        ("bandwidth down", "bandwidth_down"),
+        ("bandwidth up", "bandwidth_up"),
+    ];
+    let show = |key: &str, v: &serde_json::Value| -> String {
+        let n = v[key].as_u64().unwrap_or(0);
+        match key {
+            "cpu" => format!("{:.2} cores", n as f64 / 1000.0),
+            "memory" | "storage" => size(n),
+            _ => format!("{:.1} Mbit/s", n as f64 / 1e6),
+        }
+    };
+    let header = ["RESOURCE", "CAPACITY", "RESERVE", "AVAILABLE", "RESERVED", "FREE"];
+    let rows: Vec<Vec<String>> = resources
+        .iter()
+        .map(|(label, key)| {
+            vec![
+                label.to_string(),
+                show(key, &c.capacity),
+                show(key, &c.system_reserve),
+                show(key, &c.available),
+                show(key, &c.reserved),
+                show(key, &c.free),
+            ]
+        })
+        .collect();
+    table(out, "", &header, &rows)
+}

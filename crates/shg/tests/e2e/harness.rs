@@ -189,6 +189,11 @@ pub type Extra<'a> = (&'a str, &'a [u8], u32);
 impl Gateway {
     /// Starts an agent on a fresh state directory and waits until it answers.
     pub fn start() -> Gateway {
+        Gateway::start_with_config(None)
+    }
+
+    /// Like [`Gateway::start`], with `STATE/gateway.toml` written first.
+    pub fn start_with_config(config: Option<&str>) -> Gateway {
         assert!(
             fs::read_to_string("/proc/self/status")
                 .unwrap_or_default()
@@ -212,6 +217,9 @@ impl Gateway {
             _dir: dir_guard,
             _work: work_guard,
         };
+        if let Some(config) = config {
+            fs::write(gw.dir.join("gateway.toml"), config).expect("write gateway.toml");
+        }
         gw.spawn_agent();
         gw
     }

@@ -6,6 +6,7 @@
 //! own agent, state directory and cgroup parent, so they run in parallel; each removes its
 //! services and stops its agent when it ends, even when it fails.
 
+mod admission;
 mod bad_input;
 mod crash;
 mod harness;

@@ -1,0 +1,247 @@
+//! The gateway's capacity and the admission of services against it.
+//!
+//! Capacity comes from `STATE/gateway.toml` when the operator wrote one, else from the host
+//! (cores, memory, the state directory's filesystem) with a default link speed. A service holds
+//! its reservation while it should run (`desired = running`); admission is checked when a
+//! service asks to run: install with start, and start.
+//!
+//! ```toml
+//! [capacity]            # every key optional; detected from the host when absent
+//! cpu = 2.0             # cores
+//! memory = "4GiB"
+//! storage = "32GiB"
+//! bandwidth_down = "100Mbit"
+//! bandwidth_up = "20Mbit"
+//!
+//! [reserve]             # kept back for routing, the agent itself and headroom
+//! cpu = 0.25
+//! memory = "256MiB"
+//! storage = "1GiB"
+//! bandwidth_down = "10Mbit"
+//! bandwidth_up = "2Mbit"
+//!
+//! [providers.acme]      # optional caps: the most one provider may reserve in total
+//! memory = "512MiB"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use admission::{Amounts, Gateway, Holder, Resource};
+use serde::Deserialize;
+use state::{Desired, Phase, ServiceRecord};
+
+use crate::AgentError;
+
+/// File name of the operator's gateway configuration inside the state directory.
+pub const CONFIG_FILE: &str = "gateway.toml";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    capacity: RawAmounts,
+    #[serde(default)]
+    reserve: Option<RawAmounts>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawAmounts>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAmounts {
+    cpu: Option<f64>,
+    memory: Option<String>,
+    storage: Option<String>,
+    bandwidth_down: Option<String>,
+    bandwidth_up: Option<String>,
+}
+
+impl RawAmounts {
+    /// Fills `into` with what is given; `table` names the TOML table in errors.
+    fn apply(&self, table: &str, into: &mut Amounts) -> Result<(), String> {
+        if let Some(cores) = self.cpu {
+            if !(cores.is_finite() && cores >= 0.0) {
+                return Err(format!("{table}.cpu: {cores} is not a number of cores"));
+            }
+            into.cpu = (cores * 1000.0).round() as u64;
+        }
+        let sizes = [
+            (&self.memory, Resource::Memory, "memory"),
+            (&self.storage, Resource::Storage, "storage"),
+        ];
+        for (value, resource, key) in sizes {
+            if let Some(text) = value {
+                let v =
+                    manifest::units::parse_size(text).map_err(|e| format!("{table}.{key}: {e}"))?;
+                into.set(resource, v);
+            }
+        }
+        let rates = [
+            (
+                &self.bandwidth_down,
+                Resource::BandwidthDown,
+                "bandwidth_down",
+            ),
+            (&self.bandwidth_up, Resource::BandwidthUp, "bandwidth_up"),
+        ];
+        for (value, resource, key) in rates {
+            if let Some(text) = value {
+                let v = manifest::units::parse_bandwidth(text)
+                    .map_err(|e| format!("{table}.{key}: {e}"))?;
+                into.set(resource, v);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the host has, as far as the agent can tell without being told.
+fn detected(state_dir: &Path) -> Amounts {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024)
+        .unwrap_or(0);
+    let storage = nix::sys::statvfs::statvfs(state_dir)
+        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0);
+    Amounts {
+        cpu: cores * 1000,
+        memory,
+        storage,
+        // A link speed cannot be detected from here; a typical home line until configured.
+        bandwidth_down: 100_000_000,
+        bandwidth_up: 20_000_000,
+    }
+}
+
+/// The default system reserve: a quarter core, 256 MiB, 1 GiB of disk, a tenth of the link.
+fn default_reserve(capacity: &Amounts) -> Amounts {
+    Amounts {
+        cpu: 250.min(capacity.cpu),
+        memory: (256u64 << 20).min(capacity.memory),
+        storage: (1u64 << 30).min(capacity.storage),
+        bandwidth_down: capacity.bandwidth_down / 10,
+        bandwidth_up: capacity.bandwidth_up / 10,
+    }
+}
+
+/// Reads `STATE/gateway.toml` (if present) over the detected capacity.
+pub fn load(state_dir: &Path) -> Result<Gateway, AgentError> {
+    let path = state_dir.join(CONFIG_FILE);
+    let raw: RawConfig = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .map_err(|e| AgentError::BadRequest(format!("{}: {}", path.display(), e.message())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
+        Err(e) => return Err(AgentError::io(&path, e)),
+    };
+    let bad = |e: String| AgentError::BadRequest(format!("{}: {e}", path.display()));
+    let mut capacity = detected(state_dir);
+    raw.capacity.apply("capacity", &mut capacity).map_err(bad)?;
+    let mut system_reserve = default_reserve(&capacity);
+    if let Some(reserve) = &raw.reserve {
+        reserve.apply("reserve", &mut system_reserve).map_err(bad)?;
+    }
+    let mut provider_caps = BTreeMap::new();
+    for (provider, caps) in &raw.providers {
+        let mut amounts = Amounts::UNLIMITED;
+        caps.apply(&format!("providers.{provider}"), &mut amounts)
+            .map_err(bad)?;
+        provider_caps.insert(provider.clone(), amounts);
+    }
+    Ok(Gateway {
+        capacity,
+        system_reserve,
+        provider_caps,
+    })
+}
+
+/// What a manifest reserves, in admission's units.
+pub fn reservation(m: &manifest::Manifest) -> Amounts {
+    let r = &m.resources;
+    Amounts {
+        cpu: (r.cpu.reserve * 1000.0).round() as u64,
+        memory: r.memory.reserve,
+        storage: r.storage.reserve,
+        bandwidth_down: r.bandwidth_down.reserve,
+        bandwidth_up: r.bandwidth_up.reserve,
+    }
+}
+
+/// The services that hold their reservation now, other than `except`: those that should run,
+/// including one being installed to run.
+pub fn holders(records: &[ServiceRecord], except: &str) -> Vec<Holder> {
+    records
+        .iter()
+        .filter(|r| r.name != except && r.phase != Phase::Removing && r.desired == Desired::Running)
+        .filter_map(|r| {
+            let m = manifest::parse(&r.manifest, "shg-service.toml").ok()?;
+            Some(Holder {
+                name: r.name.clone(),
+                provider: r.provider.clone(),
+                priority: r.priority,
+                reserved: reservation(&m),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_overrides_detection_and_caps_providers() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[capacity]\ncpu = 2.0\nmemory = \"1GiB\"\n[reserve]\nmemory = \"128MiB\"\n[providers.acme]\nmemory = \"256MiB\"\n",
+        )
+        .unwrap();
+        let gw = load(dir.path()).unwrap();
+        assert_eq!(gw.capacity.cpu, 2000);
+        assert_eq!(gw.capacity.memory, 1 << 30);
+        assert_eq!(gw.system_reserve.memory, 128 << 20);
+        assert_eq!(gw.cap("acme", Resource::Memory), Some(256 << 20));
+        assert_eq!(
+            gw.cap("acme", Resource::Cpu),
+            None,
+            "what a cap leaves out stays uncapped"
+        );
+    }
+
+    #[test]
+    fn a_bad_config_names_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[capacity]\nmemory = \"lots\"\n",
+        )
+        .unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("gateway.toml") && err.contains("capacity.memory"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_config_the_host_is_measured() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = load(dir.path()).unwrap();
+        assert!(gw.capacity.cpu >= 1000 && gw.capacity.memory > 0);
+        assert!(
+            gw.available().memory < gw.capacity.memory,
+            "a system reserve is kept"
+        );
+    }
+}
