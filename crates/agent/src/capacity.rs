@@ -112,7 +112,7 @@ fn detected(state_dir: &Path) -> Amounts {
         .map(|kib| kib * 1024)
         .unwrap_or(0);
     let storage = nix::sys::statvfs::statvfs(state_dir)
-        .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks() * s.fragment_size())
         .unwrap_or(0);
     Amounts {
         cpu: cores * 1000,

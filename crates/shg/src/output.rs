@@ -312,6 +312,40 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// `shg capacity`: one row per resource.
+pub fn capacity(out: &mut impl Write, c: &api::CapacityView) -> io::Result<()> {
+    let resources = [
+        ("cpu", "cpu"),
+        ("memory", "memory"),
+        ("storage", "storage"),
+        ("bandwidth down", "bandwidth_down"),
+        ("bandwidth up", "bandwidth_up"),
+    ];
+    let show = |key: &str, v: &serde_json::Value| -> String {
+        let n = v[key].as_u64().unwrap_or(0);
+        match key {
+            "cpu" => format!("{:.2} cores", n as f64 / 1000.0),
+            "memory" | "storage" => size(n),
+            _ => format!("{:.1} Mbit/s", n as f64 / 1e6),
+        }
+    };
+    let header = ["RESOURCE", "CAPACITY", "RESERVE", "AVAILABLE", "RESERVED", "FREE"];
+    let rows: Vec<Vec<String>> = resources
+        .iter()
+        .map(|(label, key)| {
+            vec![
+                label.to_string(),
+                show(key, &c.capacity),
+                show(key, &c.system_reserve),
+                show(key, &c.available),
+                show(key, &c.reserved),
+                show(key, &c.free),
+            ]
+        })
+        .collect();
+    table(out, "", &header, &rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,38 +488,4 @@ mod tests {
             "{out}"
         );
     }
-}
-
-/// `shg capacity`: one row per resource.
-pub fn capacity(out: &mut impl Write, c: &api::CapacityView) -> io::Result<()> {
-    let resources = [
-        ("cpu", "cpu"),
-        ("memory", "memory"),
-        ("storage", "storage"),
-        ("bandwidth down", "bandwidth_down"),
-        ("bandwidth up", "bandwidth_up"),
-    ];
-    let show = |key: &str, v: &serde_json::Value| -> String {
-        let n = v[key].as_u64().unwrap_or(0);
-        match key {
-            "cpu" => format!("{:.2} cores", n as f64 / 1000.0),
-            "memory" | "storage" => size(n),
-            _ => format!("{:.1} Mbit/s", n as f64 / 1e6),
-        }
-    };
-    let header = ["RESOURCE", "CAPACITY", "RESERVE", "AVAILABLE", "RESERVED", "FREE"];
-    let rows: Vec<Vec<String>> = resources
-        .iter()
-        .map(|(label, key)| {
-            vec![
-                label.to_string(),
-                show(key, &c.capacity),
-                show(key, &c.system_reserve),
-                show(key, &c.available),
-                show(key, &c.reserved),
-                show(key, &c.free),
-            ]
-        })
-        .collect();
-    table(out, "", &header, &rows)
 }
