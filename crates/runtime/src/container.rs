@@ -118,7 +118,9 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
         .build()
         .map_err(|e| to_err(name, e))?;
     let mut started = || {
-        let pid = container.pid().ok_or_else(|| to_err(name, "container has no pid"))?;
+        let pid = container
+            .pid()
+            .ok_or_else(|| to_err(name, "container has no pid"))?;
         // A fresh network namespace has its loopback down; services expect 127.0.0.1 to
         // work. This helper is about to exit, so it may move itself into that namespace.
         crate::net::loopback_up(pid.as_raw())

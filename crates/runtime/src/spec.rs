@@ -322,8 +322,14 @@ mod tests {
         assert_eq!(resources.pids().as_ref().unwrap().limit(), 64);
         assert_eq!(resources.cpu().as_ref().unwrap().quota(), Some(50_000));
         assert_eq!(resources.memory().as_ref().unwrap().limit(), Some(64 << 20));
-        assert_eq!(resources.memory().as_ref().unwrap().reservation(), Some(32 << 20));
-        assert_eq!(resources.cpu().as_ref().unwrap().shares(), Some(cpu_shares(0.25, 50)));
+        assert_eq!(
+            resources.memory().as_ref().unwrap().reservation(),
+            Some(32 << 20)
+        );
+        assert_eq!(
+            resources.cpu().as_ref().unwrap().shares(),
+            Some(cpu_shares(0.25, 50))
+        );
         assert_eq!(process.oom_score_adj(), Some(oom_score_adj(50)));
     }
 
@@ -355,11 +361,20 @@ mod tests {
 
     #[test]
     fn weight_follows_reservation_then_priority() {
-        assert!(cpu_shares(0.5, 0) > cpu_shares(0.25, 100), "reservation dominates");
-        assert!(cpu_shares(0.25, 80) > cpu_shares(0.25, 20), "priority breaks ties");
+        assert!(
+            cpu_shares(0.5, 0) > cpu_shares(0.25, 100),
+            "reservation dominates"
+        );
+        assert!(
+            cpu_shares(0.25, 80) > cpu_shares(0.25, 20),
+            "priority breaks ties"
+        );
         assert_eq!(cpu_shares(0.0, 0), 2, "kernel minimum");
         assert!(oom_score_adj(100) < oom_score_adj(0));
-        assert!(oom_score_adj(100) >= 0, "services die before the gateway's own processes");
+        assert!(
+            oom_score_adj(100) >= 0,
+            "services die before the gateway's own processes"
+        );
     }
 
     #[test]

@@ -58,11 +58,19 @@ fn pack(dir: &Path, out: &Path) -> anyhow::Result<i32> {
 async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> {
     let mut out = io::stdout().lock();
     match command {
-        RemoteCommand::Install { file, dry_run: true, .. } => {
+        RemoteCommand::Install {
+            file,
+            dry_run: true,
+            ..
+        } => {
             let v = client.check_install(&file).await?;
             writeln!(out, "{}", v.message)?;
         }
-        RemoteCommand::Install { file, no_start, dry_run: false } => {
+        RemoteCommand::Install {
+            file,
+            no_start,
+            dry_run: false,
+        } => {
             let d = client.install(&file, !no_start).await?;
             let s = &d.summary;
             writeln!(
@@ -122,7 +130,10 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 .await?;
             return Ok(code);
         }
-        RemoteCommand::Start { name, dry_run: true } => {
+        RemoteCommand::Start {
+            name,
+            dry_run: true,
+        } => {
             let v = client.check_start(&name).await?;
             writeln!(out, "{}", v.message)?;
         }
@@ -134,7 +145,10 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 output::capacity(&mut out, &c)?;
             }
         }
-        RemoteCommand::Start { name, dry_run: false } => {
+        RemoteCommand::Start {
+            name,
+            dry_run: false,
+        } => {
             let s = client.start(&name).await?;
             writeln!(out, "started {}: {}", s.name, output::status(&s))?;
         }

@@ -14,7 +14,10 @@ use runtime::init::{self, InitOptions};
 /// Handles `shg init …`, `shg enter …` and `shg runtime …`; returns the exit code, or `None` for any other
 /// command.
 pub fn early(args: &[OsString]) -> Option<i32> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     match args.get(1).map(String::as_str) {
         Some("init") => Some(init_main(&args[2..])),
         Some("enter") => Some(init::enter(&parse_args(&args[2..]).command)),
@@ -31,7 +34,11 @@ struct Args {
 }
 
 fn parse_args(args: &[String]) -> Args {
-    let mut parsed = Args { flags: Default::default(), positional: vec![], command: vec![] };
+    let mut parsed = Args {
+        flags: Default::default(),
+        positional: vec![],
+        command: vec![],
+    };
     let mut i = 0;
     while i < args.len() {
         if args[i] == "--" {
@@ -39,7 +46,10 @@ fn parse_args(args: &[String]) -> Args {
             break;
         }
         if let Some(name) = args[i].strip_prefix("--") {
-            parsed.flags.insert(name.to_string(), args.get(i + 1).cloned().unwrap_or_default());
+            parsed.flags.insert(
+                name.to_string(),
+                args.get(i + 1).cloned().unwrap_or_default(),
+            );
             i += 2;
         } else {
             parsed.positional.push(args[i].clone());
@@ -51,7 +61,10 @@ fn parse_args(args: &[String]) -> Args {
 
 impl Args {
     fn num(&self, key: &str, default: u64) -> u64 {
-        self.flags.get(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+        self.flags
+            .get(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -131,8 +144,9 @@ pub fn gateway_run(state_dir: PathBuf) -> anyhow::Result<()> {
 
 /// The agent logs to stderr; `RUST_LOG` (e.g. `debug`, `agent=debug`) picks what is shown.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libcontainer=warn,libcgroups=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,libcontainer=warn,libcgroups=warn")
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -20,7 +20,9 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
     let socket = agent::Layout::new(&state_dir).socket();
     let agent = std::thread::spawn(move || agent::run(agent_cfg));
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let result: anyhow::Result<()> = rt.block_on(async {
         let client = api::Client::new(&socket.display().to_string())?;
         // Wait for the agent to answer (it recovers its state first).
@@ -30,7 +32,11 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
                 anyhow::bail!("the gateway agent stopped during start-up");
             }
             tries += 1;
-            anyhow::ensure!(tries < 300, "the gateway agent did not answer on {}", socket.display());
+            anyhow::ensure!(
+                tries < 300,
+                "the gateway agent did not answer on {}",
+                socket.display()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let installed: Vec<String> = client.list().await?.into_iter().map(|s| s.name).collect();
@@ -39,9 +45,16 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
                 println!("  {:<11} already installed", sample.name);
                 continue;
             }
-            let detail = client.install(package, true).await
+            let detail = client
+                .install(package, true)
+                .await
                 .with_context(|| format!("installing sample `{}`", sample.name))?;
-            println!("  {:<11} installed from {} ({})", sample.name, package.display(), detail.image_digest);
+            println!(
+                "  {:<11} installed from {} ({})",
+                sample.name,
+                package.display(),
+                detail.image_digest
+            );
         }
         Ok(())
     });
@@ -51,7 +64,9 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
     } else {
         print_guide(&socket);
     }
-    agent.join().map_err(|_| anyhow::anyhow!("the gateway agent panicked"))??;
+    agent
+        .join()
+        .map_err(|_| anyhow::anyhow!("the gateway agent panicked"))??;
     Ok(())
 }
 

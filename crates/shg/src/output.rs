@@ -329,7 +329,14 @@ pub fn capacity(out: &mut impl Write, c: &api::CapacityView) -> io::Result<()> {
             _ => format!("{:.1} Mbit/s", n as f64 / 1e6),
         }
     };
-    let header = ["RESOURCE", "CAPACITY", "RESERVE", "AVAILABLE", "RESERVED", "FREE"];
+    let header = [
+        "RESOURCE",
+        "CAPACITY",
+        "RESERVE",
+        "AVAILABLE",
+        "RESERVED",
+        "FREE",
+    ];
     let rows: Vec<Vec<String>> = resources
         .iter()
         .map(|(label, key)| {
@@ -419,7 +426,10 @@ mod tests {
             )
         });
         let lines: Vec<&str> = with_reason.lines().collect();
-        assert!(lines[0].ends_with("RESTARTS  PRIORITY  REASON"), "{with_reason}");
+        assert!(
+            lines[0].ends_with("RESTARTS  PRIORITY  REASON"),
+            "{with_reason}"
+        );
         assert!(lines[1].ends_with("50"), "{with_reason}");
         assert!(
             lines[2].contains("  -     3         50        exited with code 1"),

@@ -379,7 +379,11 @@ impl Store {
     }
 
     /// The most recent `limit` events of one service, oldest first.
-    pub fn recent_events(&self, service: &str, limit: usize) -> Result<Vec<EventRecord>, StateError> {
+    pub fn recent_events(
+        &self,
+        service: &str,
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, StateError> {
         let mut stmt = self
             .conn
             .prepare(
