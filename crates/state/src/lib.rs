@@ -365,15 +365,7 @@ impl Store {
             )
             .map_err(self.db())?;
         let rows = stmt
-            .query_map(params![since, service, limit as i64], |r| {
-                Ok(EventRecord {
-                    id: r.get(0)?,
-                    time_ms: r.get::<_, i64>(1)? as u64,
-                    service: r.get(2)?,
-                    kind: r.get(3)?,
-                    message: r.get(4)?,
-                })
-            })
+            .query_map(params![since, service, limit as i64], event_from_row)
             .map_err(self.db())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
     }
@@ -392,15 +384,7 @@ impl Store {
             )
             .map_err(self.db())?;
         let rows = stmt
-            .query_map(params![service, limit as i64], |r| {
-                Ok(EventRecord {
-                    id: r.get(0)?,
-                    time_ms: r.get::<_, i64>(1)? as u64,
-                    service: r.get(2)?,
-                    kind: r.get(3)?,
-                    message: r.get(4)?,
-                })
-            })
+            .query_map(params![service, limit as i64], event_from_row)
             .map_err(self.db())?;
         let mut events = rows.collect::<Result<Vec<_>, _>>().map_err(self.db())?;
         events.reverse();
@@ -471,6 +455,16 @@ fn journal(conn: &Connection, service: Option<&str>, note: &Note) -> rusqlite::R
         conn.execute("DELETE FROM events WHERE id <= ?1", [id - EVENTS_KEPT])?;
     }
     Ok(())
+}
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRecord> {
+    Ok(EventRecord {
+        id: r.get(0)?,
+        time_ms: r.get::<_, i64>(1)? as u64,
+        service: r.get(2)?,
+        kind: r.get(3)?,
+        message: r.get(4)?,
+    })
 }
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
