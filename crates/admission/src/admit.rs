@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::amounts::{Amounts, Resource};
 use crate::proposal;
-use crate::refusal::{Refusal, Scope, Shortage};
+use crate::refusal::{Refusal, Scope, Shortage, WayOut};
 
 /// What the gateway can give out.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -74,6 +74,7 @@ pub fn admit(gw: &Gateway, holders: &[Holder], req: &Request) -> Result<(), Refu
             .map(|v| v.shortage(holders, req))
             .collect(),
         proposal,
+        way_out: WayOut::Stop,
     })
 }
 

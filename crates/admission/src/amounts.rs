@@ -113,6 +113,12 @@ impl Amounts {
     }
 
     /// Sum per resource, saturating at `u64::MAX`.
+    /// A copy with `r` set to `v`.
+    pub fn with(mut self, r: Resource, v: u64) -> Amounts {
+        self.set(r, v);
+        self
+    }
+
     pub fn add(&self, o: &Amounts) -> Amounts {
         self.zip(o, u64::saturating_add)
     }

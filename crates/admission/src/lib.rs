@@ -21,4 +21,4 @@ mod refusal;
 
 pub use admit::{admit, Gateway, Holder, Request};
 pub use amounts::{Amounts, Resource};
-pub use refusal::{Refusal, Scope, Shortage};
+pub use refusal::{Refusal, Scope, Shortage, WayOut};

@@ -20,6 +20,27 @@ pub struct Refusal {
     /// Smallest set of lower-priority holders whose stopping makes the request fit on every
     /// short resource (gateway and provider cap), lowest priority first, if one exists.
     pub proposal: Option<Vec<String>>,
+    /// What the proposal asks of those services: stopping frees CPU, memory and bandwidth;
+    /// storage stays held until a service is removed.
+    pub way_out: WayOut,
+}
+
+/// How the proposed services would make room.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WayOut {
+    #[default]
+    Stop,
+    Remove,
+}
+
+impl WayOut {
+    fn verb(self) -> &'static str {
+        match self {
+            WayOut::Stop => "stop",
+            WayOut::Remove => "remove",
+        }
+    }
 }
 
 /// One resource the request does not fit in, in one scope.
@@ -76,10 +97,11 @@ fn render(r: &Refusal, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 Some(p) => format!("`{n}` (priority {p})"),
                 None => format!("`{n}`"),
             });
-            let how = names.iter().map(|n| format!("`shg stop {n}`"));
+            let verb = r.way_out.verb();
+            let how = names.iter().map(|n| format!("`shg {verb} {n}`"));
             write!(
                 f,
-                "stop {} with {} to make room",
+                "{verb} {} with {} to make room",
                 and_list(who),
                 and_list(how)
             )

@@ -177,22 +177,49 @@ pub fn reservation(m: &manifest::Manifest) -> Amounts {
     }
 }
 
-/// The services that hold their reservation now, other than `except`: those that should run,
-/// including one being installed to run.
+/// The services that hold their reservation now, other than `except`. A service that should
+/// run (including one being installed to run) holds all of it; an installed one that is
+/// stopped still holds its storage, since its data volume stays.
 pub fn holders(records: &[ServiceRecord], except: &str) -> Vec<Holder> {
     records
         .iter()
-        .filter(|r| r.name != except && r.phase != Phase::Removing && r.desired == Desired::Running)
+        .filter(|r| r.name != except && r.phase != Phase::Removing)
         .filter_map(|r| {
             let m = manifest::parse(&r.manifest, "shg-service.toml").ok()?;
+            let full = reservation(&m);
+            let reserved = if r.desired == Desired::Running {
+                full
+            } else {
+                Amounts::ZERO.with(Resource::Storage, full.storage)
+            };
             Some(Holder {
                 name: r.name.clone(),
                 provider: r.provider.clone(),
                 priority: r.priority,
-                reserved: reservation(&m),
+                reserved,
             })
         })
+        .filter(|h| !h.reserved.is_zero())
         .collect()
+}
+
+/// Which part of a reservation an admission check is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Installing: the data volume's storage, held until the service is removed.
+    Volume,
+    /// Running: CPU, memory and bandwidth (the storage is already held).
+    Run,
+}
+
+impl Check {
+    /// The part of `full` this check asks for.
+    pub fn part(self, full: Amounts) -> Amounts {
+        match self {
+            Check::Volume => Amounts::ZERO.with(Resource::Storage, full.storage),
+            Check::Run => full.with(Resource::Storage, 0),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use manifest::Manifest;
 use runtime::spec::{self, ServiceSpec};
 use state::{Desired, Note, Phase, ServiceRecord};
 
+use crate::capacity::Check;
 use crate::lifecycle::{manifest_of, summary};
 use crate::{Agent, AgentError};
 
@@ -51,8 +52,10 @@ impl Agent {
         if self.store().find(&name)?.is_some() {
             return Err(AgentError::Exists(name));
         }
+        let prio = state::DEFAULT_PRIORITY;
+        self.admit(&manifest, prio, Check::Volume, true)?;
         if start {
-            self.admit(&manifest, state::DEFAULT_PRIORITY, true)?;
+            self.admit(&manifest, prio, Check::Run, true)?;
         }
         let rec = ServiceRecord::new(
             &name,
@@ -133,7 +136,8 @@ impl Agent {
         if self.store().find(&manifest.name)?.is_some() {
             return Err(AgentError::Exists(manifest.name));
         }
-        self.admit(&manifest, state::DEFAULT_PRIORITY, false)?;
+        self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Volume, false)?;
+        self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Run, false)?;
         Ok(api::Verdict {
             message: format!(
                 "`{}` {} would be admitted: its reservation fits",
@@ -162,6 +166,13 @@ impl Agent {
         let data = partial.join("data");
         nix::unistd::chown(&data, Some(uid.into()), Some(gid.into()))
             .map_err(|e| AgentError::io(&data, e.into()))?;
+        let storage = &manifest.resources.storage;
+        runtime::volume::create(
+            &partial.join("volume.img"),
+            runtime::volume::size_for(storage.reserve, storage.limit),
+            uid,
+            gid,
+        )?;
         // The bundle names the final paths: it is renamed into place below.
         let service = self.layout.service(name);
         let spec = self.service_spec(manifest, &service.dir, state::DEFAULT_PRIORITY);
@@ -172,6 +183,28 @@ impl Agent {
             std::fs::remove_dir_all(&service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
         }
         std::fs::rename(&partial, &service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
+        self.mount_volume(name)
+    }
+
+    /// Mounts the service's data volume on its data directory unless it is mounted already.
+    /// A service installed before volumes existed keeps its plain directory.
+    pub(crate) fn mount_volume(&self, name: &str) -> Result<(), AgentError> {
+        let sl = self.layout.service(name);
+        if !sl.volume().exists() {
+            return Ok(());
+        }
+        runtime::volume::mount(&sl.volume(), &sl.data())?;
+        Ok(())
+    }
+
+    /// Unmounts everything under a service's directories, so deleting them never reaches into
+    /// a mounted volume.
+    fn unmount_volumes(&self, name: &str) -> Result<(), AgentError> {
+        for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
+            for mount in runtime::volume::mounts_below(&dir)? {
+                runtime::volume::unmount(&mount)?;
+            }
+        }
         Ok(())
     }
 
@@ -203,6 +236,7 @@ impl Agent {
     /// Undoes a half-done install: files, container and record.
     pub(crate) fn rollback_install(&self, name: &str, why: &str) -> Result<(), AgentError> {
         let _ = runtime::container::remove_stale(name, &self.layout.containers());
+        self.unmount_volumes(name)?;
         for dir in [self.layout.partial(name), self.layout.service(name).dir] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
@@ -249,6 +283,7 @@ impl Agent {
 
     pub(crate) fn finish_remove(&self, name: &str) -> Result<(), AgentError> {
         runtime::container::remove_stale(name, &self.layout.containers())?;
+        self.unmount_volumes(name)?;
         for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;

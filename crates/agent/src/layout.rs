@@ -10,7 +10,8 @@
 //!   services/NAME/
 //!     rootfs/           the unpacked image (read-only in the container)
 //!     bundle/config.json
-//!     data/             the service's private writable volume (/data)
+//!     volume.img        the data volume: a sparse ext4 image, capped at the storage limit
+//!     data/             where the volume is loop-mounted; /data in the container
 //!     logs/log.0 log.1  the size-capped log the init writes
 //!     status            the exit status the init writes
 //! ```
@@ -81,6 +82,10 @@ impl ServiceLayout {
 
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
+    }
+
+    pub fn volume(&self) -> PathBuf {
+        self.dir.join("volume.img")
     }
 
     pub fn logs(&self) -> PathBuf {

@@ -141,12 +141,14 @@ impl Agent {
         &self.layout.root
     }
 
-    /// Checks that `manifest` may hold its reservation beside the services that hold theirs
-    /// now; a refusal is journaled and says what is short and what would make room.
+    /// Checks that `manifest` may hold the `check` part of its reservation beside the services
+    /// that hold theirs now; a refusal is journaled (when `journal`) and says what is short
+    /// and what would make room.
     pub(crate) fn admit(
         &self,
         manifest: &manifest::Manifest,
         priority: i32,
+        check: capacity::Check,
         journal: bool,
     ) -> Result<(), AgentError> {
         let records = self.store().list()?;
@@ -155,16 +157,19 @@ impl Agent {
             name: &manifest.name,
             provider: &manifest.provider,
             priority,
-            reserved: capacity::reservation(manifest),
+            reserved: check.part(capacity::reservation(manifest)),
         };
-        admission::admit(&self.gateway, &holders, &request).map_err(|refusal| {
-            if !journal {
-                return AgentError::Refused(Box::new(refusal));
+        admission::admit(&self.gateway, &holders, &request).map_err(|mut refusal| {
+            if check == capacity::Check::Volume {
+                // Stopping a service keeps its volume: only removing one frees storage.
+                refusal.way_out = admission::WayOut::Remove;
             }
-            let _ = self.store().record(
-                Some(&manifest.name),
-                state::Note::new("admission-refused", refusal.to_string()),
-            );
+            if journal {
+                let _ = self.store().record(
+                    Some(&manifest.name),
+                    state::Note::new("admission-refused", refusal.to_string()),
+                );
+            }
             AgentError::Refused(Box::new(refusal))
         })
     }

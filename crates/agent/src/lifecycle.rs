@@ -16,6 +16,7 @@ use nix::unistd::Pid;
 use runtime::process;
 use state::{now_ms, Desired, Health, Note, Phase, RunState, ServiceRecord};
 
+use crate::capacity::Check;
 use crate::pidfd::{self, PidFd};
 use crate::{Agent, AgentError, Layout};
 
@@ -125,47 +126,59 @@ impl Agent {
                 self.rollback_install(name, "the agent stopped during the install")
             }),
             Phase::Removing => tokio::task::block_in_place(|| self.finish_remove(name)),
-            Phase::Installed => match rec.pid {
-                Some(pid)
-                    if process::is_alive(&self.cfg.proc_root, pid)
-                        && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
-                {
-                    self.adopt(&rec, pid, "kept running while the agent was down")
+            Phase::Installed => {
+                // After a reboot nothing is mounted; a start would mount it, but `shg stats`
+                // reads what a stopped service stores too.
+                if let Err(e) = self.mount_volume(name) {
+                    tracing::warn!(service = %name, "cannot mount the data volume: {e}");
                 }
-                Some(pid) => self.on_exit(name, pid).await,
-                None => {
-                    // The agent may have died between creating a container and recording it.
-                    let found = runtime::container::load(name, &self.layout.containers())
-                        .and_then(|c| c.pid())
-                        .map(|p| p.as_raw())
-                        .filter(|&p| process::is_alive(&self.cfg.proc_root, p));
-                    if let Some(pid) = found {
-                        let start = process::start_time(&self.cfg.proc_root, pid);
-                        let rec = self.store().update(name, None, |r| {
-                            r.pid = Some(pid);
-                            r.pid_start = start;
-                            r.state = RunState::Running;
-                            r.started_at_ms = Some(now_ms());
-                        })?;
-                        return self.adopt(&rec, pid, "was started just before the agent stopped");
-                    }
-                    let _ = runtime::container::remove_stale(name, &self.layout.containers());
-                    let restart = rec.desired == Desired::Running
-                        && matches!(
-                            rec.state,
-                            RunState::Backoff
-                                | RunState::CrashLoop
-                                | RunState::Created
-                                | RunState::Starting
-                        );
-                    if restart {
-                        let lock = self.lock_of(name);
-                        let _guard = lock.lock().await;
-                        self.launch(name).await?;
-                    }
-                    Ok(())
+                self.recover_installed(rec).await
+            }
+        }
+    }
+
+    async fn recover_installed(self: &Arc<Self>, rec: ServiceRecord) -> Result<(), AgentError> {
+        let name = rec.name.as_str();
+        match rec.pid {
+            Some(pid)
+                if process::is_alive(&self.cfg.proc_root, pid)
+                    && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
+            {
+                self.adopt(&rec, pid, "kept running while the agent was down")
+            }
+            Some(pid) => self.on_exit(name, pid).await,
+            None => {
+                // The agent may have died between creating a container and recording it.
+                let found = runtime::container::load(name, &self.layout.containers())
+                    .and_then(|c| c.pid())
+                    .map(|p| p.as_raw())
+                    .filter(|&p| process::is_alive(&self.cfg.proc_root, p));
+                if let Some(pid) = found {
+                    let start = process::start_time(&self.cfg.proc_root, pid);
+                    let rec = self.store().update(name, None, |r| {
+                        r.pid = Some(pid);
+                        r.pid_start = start;
+                        r.state = RunState::Running;
+                        r.started_at_ms = Some(now_ms());
+                    })?;
+                    return self.adopt(&rec, pid, "was started just before the agent stopped");
                 }
-            },
+                let _ = runtime::container::remove_stale(name, &self.layout.containers());
+                let restart = rec.desired == Desired::Running
+                    && matches!(
+                        rec.state,
+                        RunState::Backoff
+                            | RunState::CrashLoop
+                            | RunState::Created
+                            | RunState::Starting
+                    );
+                if restart {
+                    let lock = self.lock_of(name);
+                    let _guard = lock.lock().await;
+                    self.launch(name).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -245,7 +258,7 @@ impl Agent {
         if rec.desired != Desired::Running {
             // A stopped service gave its reservation back; it must fit again to run.
             let _admission = self.admission_lock.lock().await;
-            self.admit(&manifest_of(&rec)?, rec.priority, true)?;
+            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, true)?;
             self.store().update(name, None, |r| {
                 r.desired = Desired::Running;
                 r.failures = 0;
@@ -261,7 +274,7 @@ impl Agent {
     pub fn check_start(&self, name: &str) -> Result<::api::Verdict, AgentError> {
         let rec = self.store().get(name)?;
         if rec.desired != Desired::Running {
-            self.admit(&manifest_of(&rec)?, rec.priority, false)?;
+            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, false)?;
         }
         Ok(::api::Verdict {
             service: name.to_string(),
@@ -277,6 +290,8 @@ impl Agent {
         // services installed before it.
         let rec = self.store().get(name)?;
         let manifest = manifest_of(&rec)?;
+        // After a reboot, or if an operator unmounted it by hand.
+        self.mount_volume(name)?;
         runtime::spec::write_bundle(
             &sl.bundle(),
             &self.service_spec(&manifest, &sl.dir, rec.priority),

@@ -9,6 +9,7 @@ pub mod net;
 pub mod process;
 pub mod seccomp;
 pub mod spec;
+pub mod volume;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,9 @@ pub enum RuntimeError {
     /// The generated bundle did not validate.
     #[error("bundle of `{name}` is not a valid OCI runtime config: {reason}")]
     Bundle { name: String, reason: String },
+    /// A data volume could not be made, mounted or unmounted.
+    #[error("data volume {path}: {reason}")]
+    Volume { path: PathBuf, reason: String },
     /// libcontainer refused or failed.
     #[error("container `{name}`: {reason}")]
     Container { name: String, reason: String },

@@ -586,6 +586,11 @@ impl Drop for Gateway {
             let _ = agent.wait();
         }
         let leftovers = self.reap_cgroups();
+        let mounts = mounts_below(&self.dir);
+        for m in &mounts {
+            // Lazily, so a busy volume cannot keep the temp directory from going away.
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
         if std::thread::panicking() {
             // The test already failed; its message matters more than the cleanup's.
             return;
@@ -597,7 +602,24 @@ impl Drop for Gateway {
             leftovers.is_empty(),
             "processes outlived their removed services: {leftovers:?}"
         );
+        assert!(
+            mounts.is_empty(),
+            "data volumes stayed mounted after their services were removed: {mounts:?}"
+        );
     }
+}
+
+/// Mount points at or below `dir` in the test's mount namespace, deepest first.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
 }
 
 /// Children of `parent` that are zombies (exited, never reaped).

@@ -17,3 +17,4 @@ mod logs;
 mod resources;
 mod restart;
 mod runc;
+mod storage;

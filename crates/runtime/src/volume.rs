@@ -1,0 +1,228 @@
+//! Size-capped data volumes: an ext4 filesystem in a sparse image file, loop-mounted on the
+//! service's data directory, so a service that fills its volume gets ENOSPC at its cap and
+//! nobody else notices.
+//!
+//! The image is sparse: it takes host disk only as the service writes. Admission keeps the
+//! sum of storage reservations under the gateway's storage capacity; bursting above a
+//! reservation (up to the limit, which is the image's size) uses free host space, as any thin
+//! provisioning does.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::RuntimeError;
+
+/// The smallest volume made: ext4 with a journal needs a few MiB of its own.
+pub const MIN_SIZE: u64 = 16 << 20;
+
+/// The size of the image for a storage reservation and limit: the limit if one is set, else
+/// the reservation, never below [`MIN_SIZE`].
+pub fn size_for(reserve: u64, limit: Option<u64>) -> u64 {
+    limit.unwrap_or(reserve).max(MIN_SIZE)
+}
+
+/// Makes a sparse image of `size` bytes at `image` holding an empty ext4 filesystem whose root
+/// directory belongs to `uid:gid`. No blocks are reserved for root: the cap is the cap.
+pub fn create(image: &Path, size: u64, uid: u32, gid: u32) -> Result<(), RuntimeError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(image)
+        .map_err(|e| RuntimeError::io(image, e))?;
+    file.set_len(size).map_err(|e| RuntimeError::io(image, e))?;
+    drop(file);
+    // Little overhead, so the service can use nearly all of its cap: no blocks kept for
+    // root, no room kept for growing the filesystem, a journal of 1/64 of the size (1 to
+    // 64 MiB), one inode per 16 KiB.
+    let journal_mib = (size >> 26).clamp(1, 64);
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L", "shg-data", "-i", "16384"])
+        .args(["-O", "^resize_inode", "-J"])
+        .arg(format!("size={journal_mib}"))
+        .arg("-E")
+        .arg(format!("root_owner={uid}:{gid},nodiscard"))
+        .arg(image))
+    .map_err(|reason| RuntimeError::Volume {
+        path: image.to_path_buf(),
+        reason: format!("mkfs.ext4 failed: {reason}; is e2fsprogs installed?"),
+    })
+}
+
+/// Mounts `image` on `target` through a loop device (released again on unmount). Does nothing
+/// when something is already mounted there.
+pub fn mount(image: &Path, target: &Path) -> Result<(), RuntimeError> {
+    if is_mounted(target)? {
+        return Ok(());
+    }
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
+        .arg(image)
+        .arg(target))
+    .map_err(|reason| RuntimeError::Volume {
+        path: image.to_path_buf(),
+        reason: format!("cannot mount on {}: {reason}", target.display()),
+    })?;
+    // mkfs leaves a lost+found the service has no use for; fsck recreates it when needed.
+    let _ = std::fs::remove_dir(target.join("lost+found"));
+    Ok(())
+}
+
+/// Unmounts whatever is mounted on `target` (and so detaches its loop device); nothing to do
+/// when nothing is.
+pub fn unmount(target: &Path) -> Result<(), RuntimeError> {
+    while is_mounted(target)? {
+        nix::mount::umount2(target, nix::mount::MntFlags::empty()).map_err(|e| {
+            RuntimeError::Volume {
+                path: target.to_path_buf(),
+                reason: format!("cannot unmount: {e}; is a process still using it?"),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether `target` is a mount point in this process's mount namespace.
+pub fn is_mounted(target: &Path) -> Result<bool, RuntimeError> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(|e| RuntimeError::io(info, e))?;
+    let mounted = mount_points(&text).any(|p| p == target);
+    Ok(mounted)
+}
+
+/// Every mount point at or below `dir`, deepest first (the order to unmount them in).
+pub fn mounts_below(dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+    let info = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read_to_string(info).map_err(|e| RuntimeError::io(info, e))?;
+    let mut found: Vec<PathBuf> = mount_points(&text).filter(|p| p.starts_with(dir)).collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found.dedup();
+    Ok(found)
+}
+
+/// Bytes used and total on the filesystem mounted at `target`.
+pub fn usage(target: &Path) -> Result<(u64, u64), RuntimeError> {
+    let s = nix::sys::statvfs::statvfs(target).map_err(|e| RuntimeError::io(target, e.into()))?;
+    let block = s.fragment_size();
+    let total = s.blocks() * block;
+    Ok((total.saturating_sub(s.blocks_free() * block), total))
+}
+
+/// The mount points listed in a `/proc/PID/mountinfo` text (field 5, octal escapes undone).
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|escaped| PathBuf::from(unescape(escaped)))
+}
+
+/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let digits = &bytes[i + 1..i + 4];
+            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
+                let v = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs a command to completion; its stderr (or exit status) is the error.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    Err(if stderr.is_empty() {
+        out.status.to_string()
+    } else {
+        stderr
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        let text = "36 35 98:0 /mnt1 /mnt\\040two rw,noatime master:1 - ext3 /dev/root rw\n\
+                    37 35 98:0 / /var/lib/shg/services/a/data rw - ext4 /dev/loop0 rw\n";
+        let points: Vec<PathBuf> = mount_points(text).collect();
+        assert_eq!(
+            points,
+            [
+                PathBuf::from("/mnt two"),
+                PathBuf::from("/var/lib/shg/services/a/data")
+            ]
+        );
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn size_follows_limit_then_reservation() {
+        assert_eq!(size_for(100 << 20, Some(200 << 20)), 200 << 20);
+        assert_eq!(size_for(100 << 20, None), 100 << 20);
+        assert_eq!(size_for(0, None), MIN_SIZE);
+    }
+
+    /// A real volume: mounted, capped, unmounted. Needs root, mkfs.ext4 and loop devices.
+    #[test]
+    fn a_volume_stops_writes_at_its_size() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for loop mounts");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (image, target) = (dir.path().join("v.img"), dir.path().join("data"));
+        std::fs::create_dir(&target).unwrap();
+        create(&image, MIN_SIZE, 1000, 1000).unwrap();
+        mount(&image, &target).unwrap();
+        let guard = Unmount(target.clone());
+        assert!(is_mounted(&target).unwrap());
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 1000);
+
+        let mut file = std::fs::File::create(target.join("fill")).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        let mut written = 0u64;
+        let err = loop {
+            match std::io::Write::write_all(&mut file, &chunk).and_then(|_| file.sync_all()) {
+                Ok(()) => written += chunk.len() as u64,
+                Err(e) => break e,
+            }
+            assert!(written <= MIN_SIZE, "wrote past the volume's size");
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        let (used, total) = usage(&target).unwrap();
+        assert!(used > 0 && used <= total && total <= MIN_SIZE);
+        assert!(
+            written >= MIN_SIZE * 17 / 20,
+            "the filesystem's own overhead stays small: {written} of {MIN_SIZE}"
+        );
+        drop(file);
+        drop(guard);
+        assert!(!is_mounted(&target).unwrap());
+    }
+
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = unmount(&self.0);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Storage: every service's /data is its own size-capped volume; filling it gives the service
+//! ENOSPC at its cap and nobody else notices; a stopped service keeps holding its storage.
+
+use crate::harness::Gateway;
+
+const GATEWAY: &str = r#"
+[capacity]
+storage = "200MiB"
+[reserve]
+storage = "0"
+"#;
+
+fn manifest(name: &str, storage: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"acme\"\n\n\
+         [run]\ncommand = [\"/bin/sleep\", \"100000\"]\nuser = \"1000:1000\"\n\n\
+         [resources]\nstorage = {storage}\n"
+    )
+}
+
+/// Free bytes on the filesystem holding `path`, as `df` sees it.
+fn free_bytes(path: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("run df");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df prints the free bytes")
+}
+
+#[test]
+fn a_service_filling_its_volume_gets_enospc_at_its_cap() {
+    let gw = Gateway::start_with_config(Some(GATEWAY));
+    gw.install(
+        "filler",
+        &manifest("filler", r#"{ reserve = "32MiB", limit = "32MiB" }"#),
+        &[],
+    );
+    gw.install("quiet", &manifest("quiet", r#"{ reserve = "16MiB" }"#), &[]);
+    gw.wait_running("filler");
+    gw.wait_running("quiet");
+    let host_free = free_bytes(&gw.dir);
+
+    // The service runs as uid 1000 and owns its volume's root.
+    let fill = gw.shg(&[
+        "exec",
+        "filler",
+        "--",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/data/fill bs=1M count=64 2>&1; echo rc=$?; \
+         ls -ln /data/fill",
+    ]);
+    assert!(
+        fill.stdout.contains("No space left on device"),
+        "the write stops at the cap with ENOSPC: {fill}"
+    );
+    assert!(fill.stdout.contains("rc=1"), "dd fails: {fill}");
+    let size: u64 = fill
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("-rw") && l.contains("/data/fill"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("ls shows the file: {fill}"));
+    assert!(
+        size > 16 << 20 && size <= 32 << 20,
+        "the volume holds up to its 32 MiB cap: {size}"
+    );
+
+    // The neighbour still writes, the gateway still answers, the host lost at most the cap.
+    let write = gw.shg_ok(&[
+        "exec",
+        "quiet",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo still-writable > /data/x && cat /data/x",
+    ]);
+    assert!(write.stdout.contains("still-writable"), "{write}");
+    assert_eq!(gw.svc("quiet").unwrap().state, "running");
+    let used_on_host = host_free.saturating_sub(free_bytes(&gw.dir));
+    assert!(
+        used_on_host <= 34 << 20,
+        "filling one volume took {used_on_host} bytes of the host"
+    );
+
+    // The data survives a restart of the service: it is a volume, not a scratch space.
+    gw.shg_ok(&["restart", "filler"]);
+    gw.wait_running("filler");
+    let kept = gw.shg_ok(&["exec", "filler", "--", "/bin/ls", "/data"]);
+    assert!(kept.stdout.contains("fill"), "{kept}");
+}
+
+#[test]
+fn storage_stays_held_by_a_stopped_service_and_removing_makes_room() {
+    let gw = Gateway::start_with_config(Some(GATEWAY));
+    gw.install(
+        "archive",
+        &manifest("archive", r#"{ reserve = "120MiB" }"#),
+        &[],
+    );
+    gw.wait_running("archive");
+    gw.shg_ok(&["priority", "archive", "10"]);
+    gw.shg_ok(&["stop", "archive"]);
+
+    let big = gw.package("big", &manifest("big", r#"{ reserve = "100MiB" }"#), &[]);
+    let big = big.to_str().unwrap();
+    // Installed but stopped, `archive` still holds its 120 MiB: stopping frees no storage.
+    let out = gw.shg(&["install", big, "--no-start"]);
+    assert!(!out.ok(), "{out}");
+    assert!(
+        out.stderr
+            .contains("storage: needs 100 MiB, only 80 MiB free of 200 MiB"),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("remove `archive` (priority 10) with `shg remove archive`"),
+        "the way out is a removal: {out}"
+    );
+    assert!(!gw.service_dir("big").exists(), "a refusal changes nothing");
+
+    gw.shg_ok(&["remove", "archive"]);
+    gw.shg_ok(&["install", big, "--no-start"]);
+    let cap: serde_json::Value =
+        serde_json::from_str(&gw.shg_ok(&["capacity", "--json"]).stdout).unwrap();
+    assert_eq!(
+        cap["reserved"]["storage"],
+        100u64 << 20,
+        "an installed, stopped service holds its storage"
+    );
+    assert_eq!(cap["reserved"]["memory"], 0);
+}
