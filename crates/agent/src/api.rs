@@ -73,6 +73,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
     Router::new()
         .route("/v1/gateway", get(gateway))
         .route("/v1/gateway/capacity", get(capacity))
+        .route("/v1/stats", get(stats))
         .route("/v1/services", get(list).post(install))
         .route("/v1/services/{name}", get(detail).delete(remove))
         .route("/v1/services/{name}/start", post(start))
@@ -138,6 +139,13 @@ async fn gateway(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::Gateway
 
 async fn capacity(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::CapacityView>> {
     Ok(Json(agent.capacity()?))
+}
+
+async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::StatsView>> {
+    let stats = tokio::task::spawn_blocking(move || agent.stats())
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok(Json(stats))
 }
 
 async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<Json<Vec<api::ServiceSummary>>> {

@@ -22,7 +22,13 @@
 //!
 //! [providers.acme]      # optional caps: the most one provider may reserve in total
 //! memory = "512MiB"
+//!
+//! [pressure]            # when the agent stops services to free memory
+//! memory_free_min = "64MiB"   # evict when the host has less memory free than this
 //! ```
+//!
+//! Services are also evicted when together they use more memory than capacity less the
+//! system reserve.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -45,6 +51,21 @@ struct RawConfig {
     reserve: Option<RawAmounts>,
     #[serde(default)]
     providers: BTreeMap<String, RawAmounts>,
+    #[serde(default)]
+    pressure: RawPressure,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPressure {
+    memory_free_min: Option<String>,
+}
+
+/// The operator's settings beside the capacity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Below this much free host memory (MemAvailable) the agent evicts a service.
+    pub memory_free_min: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,7 +157,7 @@ fn default_reserve(capacity: &Amounts) -> Amounts {
 }
 
 /// Reads `STATE/gateway.toml` (if present) over the detected capacity.
-pub fn load(state_dir: &Path) -> Result<Gateway, AgentError> {
+pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
     let path = state_dir.join(CONFIG_FILE);
     let raw: RawConfig = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text)
@@ -158,11 +179,20 @@ pub fn load(state_dir: &Path) -> Result<Gateway, AgentError> {
             .map_err(bad)?;
         provider_caps.insert(provider.clone(), amounts);
     }
-    Ok(Gateway {
-        capacity,
-        system_reserve,
-        provider_caps,
-    })
+    let memory_free_min = match &raw.pressure.memory_free_min {
+        Some(text) => manifest::units::parse_size(text)
+            .map_err(|e| bad(format!("pressure.memory_free_min: {e}")))?,
+        // A quarter of what is kept back for the system, at most 64 MiB.
+        None => (system_reserve.memory / 4).min(64 << 20),
+    };
+    Ok((
+        Gateway {
+            capacity,
+            system_reserve,
+            provider_caps,
+        },
+        Settings { memory_free_min },
+    ))
 }
 
 /// What a manifest reserves, in admission's units.
@@ -234,7 +264,7 @@ mod tests {
             "[capacity]\ncpu = 2.0\nmemory = \"1GiB\"\n[reserve]\nmemory = \"128MiB\"\n[providers.acme]\nmemory = \"256MiB\"\n",
         )
         .unwrap();
-        let gw = load(dir.path()).unwrap();
+        let (gw, _) = load(dir.path()).unwrap();
         assert_eq!(gw.capacity.cpu, 2000);
         assert_eq!(gw.capacity.memory, 1 << 30);
         assert_eq!(gw.system_reserve.memory, 128 << 20);
@@ -264,7 +294,7 @@ mod tests {
     #[test]
     fn without_a_config_the_host_is_measured() {
         let dir = tempfile::tempdir().unwrap();
-        let gw = load(dir.path()).unwrap();
+        let (gw, _) = load(dir.path()).unwrap();
         assert!(gw.capacity.cpu >= 1000 && gw.capacity.memory > 0);
         assert!(
             gw.available().memory < gw.capacity.memory,

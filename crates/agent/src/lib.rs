@@ -11,7 +11,9 @@ mod health;
 mod install;
 mod layout;
 mod lifecycle;
+mod monitor;
 mod pidfd;
+mod stats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ pub struct Config {
     pub cgroup_parent: String,
     /// Where the host mounts its cgroups.
     pub cgroup_root: PathBuf,
+    /// How often every running service's cgroup is sampled.
+    pub sample_interval: std::time::Duration,
 }
 
 impl Config {
@@ -73,6 +77,7 @@ impl Config {
             max_package: 2 << 30,
             cgroup_parent,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            sample_interval: std::time::Duration::from_secs(1),
         })
     }
 }
@@ -89,6 +94,10 @@ pub struct Agent {
     /// Held from an admission check until the reservation is recorded, so two services can
     /// never both take the last free share.
     pub(crate) admission_lock: tokio::sync::Mutex<()>,
+    /// The operator's other settings (memory pressure).
+    pub(crate) settings: capacity::Settings,
+    /// The last samples of what services and the host use.
+    pub(crate) monitor: monitor::Monitor,
 }
 
 impl Agent {
@@ -115,7 +124,8 @@ impl Agent {
                 layout.database().display()
             )));
         }
-        let gateway = capacity::load(&layout.root)?;
+        let (gateway, settings) = capacity::load(&layout.root)?;
+        let monitor = monitor::Monitor::new(&cfg.cgroup_root);
         Ok(Arc::new(Agent {
             cfg,
             layout,
@@ -123,6 +133,8 @@ impl Agent {
             locks: Mutex::new(HashMap::new()),
             gateway,
             admission_lock: tokio::sync::Mutex::new(()),
+            settings,
+            monitor,
         }))
     }
 
@@ -205,6 +217,7 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
         let _lock = lifecycle::take_lock(&agent.layout)?;
         lifecycle::become_subreaper();
         agent.clone().recover().await?;
+        agent.spawn_sampler();
         let listener = api::bind(&agent.layout.socket())?;
         tracing::info!(socket = %agent.layout.socket().display(), "gateway agent ready");
         eprintln!(

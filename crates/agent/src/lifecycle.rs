@@ -104,6 +104,23 @@ fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
     }
 }
 
+/// Why the agent itself stops a service: journaled as the stop's event and kept as the
+/// stopped service's reason.
+pub(crate) struct StopCause {
+    kind: &'static str,
+    message: String,
+}
+
+impl StopCause {
+    pub(crate) fn new(kind: &'static str, message: String) -> StopCause {
+        StopCause { kind, message }
+    }
+
+    fn note(&self) -> Note {
+        Note::new(self.kind, self.message.clone())
+    }
+}
+
 /// Ends a runtime helper running an exec: SIGTERM makes it kill the command inside the
 /// container (and the command's process group) before it exits; SIGKILL only if it hangs.
 pub(crate) async fn end_helper(child: &mut tokio::process::Child) {
@@ -292,6 +309,14 @@ impl Agent {
         let manifest = manifest_of(&rec)?;
         // After a reboot, or if an operator unmounted it by hand.
         self.mount_volume(name)?;
+        let shares = self.gateway.available().cpu.max(1) * 1024 / 1000;
+        if let Err(e) = runtime::cgroup::set_parent_weight(
+            &self.cfg.cgroup_root,
+            &self.cfg.cgroup_parent,
+            shares,
+        ) {
+            tracing::warn!("cannot weight the services' parent cgroup: {e}");
+        }
         runtime::spec::write_bundle(
             &sl.bundle(),
             &self.service_spec(&manifest, &sl.dir, rec.priority),
@@ -398,12 +423,18 @@ impl Agent {
         }
         let sl = self.layout.service(name);
         let status = runtime::init::read_status(&sl.status());
+        let limit = manifest_of(&rec)?.resources.memory.limit;
+        // Read from the cgroup, so before the container (and its cgroup) is deleted.
+        let ooms = self.report_final_ooms(name, pid, limit);
         // Deleting the container also removes its cgroup; it never forks.
         if let Err(e) = runtime::container::remove_stale(name, &self.layout.containers()) {
             tracing::warn!(service = %name, "cannot delete the container: {e}");
         }
         let code = status.as_ref().map(|s| s.code);
-        let what = describe_exit(&status);
+        let mut what = describe_exit(&status);
+        if ooms > 0 && status.as_ref().is_some_and(|s| s.signal == Some(9)) {
+            what.push_str(" by the kernel: out of memory");
+        }
         let ran_ms = now_ms().saturating_sub(rec.started_at_ms.unwrap_or(0));
 
         if rec.desired == Desired::Stopped {
@@ -411,12 +442,15 @@ impl Agent {
                 name,
                 Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))),
                 |r| {
+                    // A reason the stop was given (an eviction) stays; any other is stale.
+                    if r.state != RunState::Stopping {
+                        r.reason = None;
+                    }
                     r.state = RunState::Stopped;
                     r.pid = None;
                     r.pid_start = None;
                     r.exit_code = code;
                     r.health = Health::None;
-                    r.reason = None;
                 },
             )?;
             return Ok(());
@@ -531,6 +565,17 @@ impl Agent {
 
     /// `shg stop`: SIGTERM, then SIGKILL after the manifest's stop timeout.
     pub async fn stop(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
+        self.stop_because(name, None).await
+    }
+
+    /// Stops a service; `cause` (when the agent, not the household, decided it) is journaled
+    /// and stays as the stopped service's reason.
+    pub(crate) async fn stop_because(
+        self: &Arc<Self>,
+        name: &str,
+        cause: Option<StopCause>,
+    ) -> Result<ServiceSummary, AgentError> {
+        let reason = cause.as_ref().map(|c| c.message.clone());
         let (pid, fd) = {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
@@ -541,33 +586,31 @@ impl Agent {
                 )));
             }
             let Some(pid) = rec.pid else {
-                let rec = self.store().update(
-                    name,
-                    Some(Note::new("stopped", format!("`{name}` will stay stopped"))),
-                    |r| {
-                        r.desired = Desired::Stopped;
-                        if matches!(
-                            r.state,
-                            RunState::Backoff | RunState::CrashLoop | RunState::Starting
-                        ) {
-                            r.state = RunState::Stopped;
-                        }
-                        r.reason = None;
-                    },
-                )?;
+                let note = match &cause {
+                    Some(c) => c.note(),
+                    None => Note::new("stopped", format!("`{name}` will stay stopped")),
+                };
+                let rec = self.store().update(name, Some(note), |r| {
+                    r.desired = Desired::Stopped;
+                    if matches!(
+                        r.state,
+                        RunState::Backoff | RunState::CrashLoop | RunState::Starting
+                    ) {
+                        r.state = RunState::Stopped;
+                    }
+                    r.reason = reason.clone();
+                })?;
                 return Ok(summary(&rec));
             };
-            self.store().update(
-                name,
-                Some(Note::new(
-                    "stopping",
-                    format!("stopping `{name}` (SIGTERM)"),
-                )),
-                |r| {
-                    r.desired = Desired::Stopped;
-                    r.state = RunState::Stopping;
-                },
-            )?;
+            let note = match &cause {
+                Some(c) => c.note(),
+                None => Note::new("stopping", format!("stopping `{name}` (SIGTERM)")),
+            };
+            self.store().update(name, Some(note), |r| {
+                r.desired = Desired::Stopped;
+                r.state = RunState::Stopping;
+                r.reason = reason.clone();
+            })?;
             // Signals go through a pidfd checked against the recorded start time, so a PID
             // reused by another process is never signalled.
             let fd = PidFd::open_verified(&self.cfg.proc_root, pid, rec.pid_start);

@@ -189,6 +189,12 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/stats`.
+    pub async fn stats(&self) -> Result<crate::StatsView, ClientError> {
+        self.json(Method::GET, "/v1/stats".to_string(), ReqBody::empty(), None)
+            .await
+    }
+
     async fn upload<T: serde::de::DeserializeOwned>(
         &self,
         path: &Path,

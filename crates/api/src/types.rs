@@ -131,3 +131,100 @@ pub struct GatewayInfo {
     pub services: usize,
     pub pid: u32,
 }
+
+/// `GET /v1/stats`: what every service uses against what it reserved and may use, and the
+/// gateway's totals. CPU in millicores (1000 = one core), sizes in bytes, rates in bit/s.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    /// When the numbers were sampled (Unix milliseconds); the agent samples once a second.
+    pub sampled_at_ms: u64,
+    /// `v1` or `v2`: the cgroup interface the numbers came from.
+    pub cgroups: String,
+    pub gateway: GatewayUse,
+    pub services: Vec<ServiceUse>,
+}
+
+/// Per resource: what the hardware has, what is kept back, what services reserved, what is
+/// used now and what is still free to reserve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayUse {
+    pub cpu: ResourceTotals,
+    pub memory: ResourceTotals,
+    pub storage: ResourceTotals,
+    pub bandwidth_down: ResourceTotals,
+    pub bandwidth_up: ResourceTotals,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResourceTotals {
+    pub capacity: u64,
+    pub system_reserve: u64,
+    /// Held by services (see `GET /v1/gateway/capacity`).
+    pub reserved: u64,
+    /// Used on the whole host now; None where it is not measured (bandwidth, for now).
+    pub used: Option<u64>,
+    /// Capacity minus the system reserve minus what services reserved.
+    pub free: u64,
+}
+
+/// One service's use. A field is None where the service does not run or the host's cgroups
+/// do not expose the value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceUse {
+    pub name: String,
+    pub provider: String,
+    pub state: String,
+    pub priority: i32,
+    pub cpu: CpuUse,
+    pub memory: MemoryUse,
+    pub pids: PidsUse,
+    pub io: IoUse,
+    pub storage: StorageUse,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuUse {
+    /// Average over the last sampling interval.
+    pub used: Option<u64>,
+    pub reserve: u64,
+    pub limit: Option<u64>,
+    /// Scheduler periods in which the service hit its limit, and all periods with a limit,
+    /// since it started.
+    pub throttled_periods: Option<u64>,
+    pub periods: Option<u64>,
+    pub throttled_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemoryUse {
+    /// Working set: what the service uses less the file cache the kernel can drop.
+    pub used: Option<u64>,
+    pub cache: Option<u64>,
+    pub reserve: u64,
+    pub limit: Option<u64>,
+    /// Processes of this service the kernel killed for lack of memory (from the journal).
+    pub oom_kills: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PidsUse {
+    pub current: Option<u64>,
+    pub limit: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IoUse {
+    pub read_bytes: Option<u64>,
+    pub write_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StorageUse {
+    /// Bytes used on the data volume (measured whether or not the service runs).
+    pub used: Option<u64>,
+    pub reserve: u64,
+    /// The volume's size: writes beyond it fail with ENOSPC.
+    pub limit: u64,
+    /// The service's log (two segments at most).
+    pub logs: u64,
+}

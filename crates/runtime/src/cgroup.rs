@@ -20,6 +20,27 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
 }
 
+/// Gives the parent cgroup of all services the CPU weight of `shares` (v1 `cpu.shares`, v2
+/// `cpu.weight`), creating it in the v1 cpu hierarchy if needed: the services as a whole then
+/// compete with the host's other cgroups in proportion to the cores they may reserve, and a
+/// reservation holds even when something outside SHG spins. Does nothing where the host has no
+/// such file (a v2 parent whose cpu controller is not enabled yet).
+pub fn set_parent_weight(root: &Path, parent: &str, shares: u64) -> std::io::Result<()> {
+    for hierarchy in ["cpu", "cpu,cpuacct"] {
+        let base = root.join(hierarchy);
+        if base.join("cpu.shares").exists() {
+            let dir = base.join(parent);
+            std::fs::create_dir_all(&dir)?;
+            return std::fs::write(dir.join("cpu.shares"), shares.clamp(2, 262_144).to_string());
+        }
+    }
+    let file = root.join(parent).join("cpu.weight");
+    if file.exists() {
+        std::fs::write(file, shares_to_weight(shares).to_string())?;
+    }
+    Ok(())
+}
+
 /// Sets the CPU weight of the service's cgroup and the OOM score of each of its processes.
 pub fn apply_priority(
     root: &Path,
@@ -77,6 +98,30 @@ mod tests {
             std::fs::read_to_string(v2.join("cpu.weight")).unwrap(),
             shares_to_weight(1024).to_string()
         );
+    }
+
+    #[test]
+    fn the_parent_weight_lands_in_v1_or_v2() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("cpu")).unwrap();
+        std::fs::write(root.path().join("cpu/cpu.shares"), "1024").unwrap();
+        set_parent_weight(root.path(), "shg", 1792).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("cpu/shg/cpu.shares")).unwrap(),
+            "1792"
+        );
+
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("shg")).unwrap();
+        std::fs::write(root.path().join("shg/cpu.weight"), "100").unwrap();
+        set_parent_weight(root.path(), "shg", 1792).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("shg/cpu.weight")).unwrap(),
+            shares_to_weight(1792).to_string()
+        );
+        // Nothing to set on a v2 parent without the cpu controller: not an error.
+        let root = tempfile::tempdir().unwrap();
+        set_parent_weight(root.path(), "shg", 1792).unwrap();
     }
 
     #[test]

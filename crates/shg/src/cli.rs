@@ -133,6 +133,13 @@ pub enum RemoteCommand {
         dry_run: bool,
     },
 
+    /// Show what each service uses against its reservation and limit, and the gateway's totals
+    Stats {
+        /// Print it as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Show the gateway's capacity, system reserve, and what is reserved and free
     Capacity {
         /// Print it as JSON

@@ -137,6 +137,14 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             let v = client.check_start(&name).await?;
             writeln!(out, "{}", v.message)?;
         }
+        RemoteCommand::Stats { json } => {
+            let s = client.stats().await?;
+            if json {
+                print_json(&mut out, &s)?;
+            } else {
+                output::stats(&mut out, &s)?;
+            }
+        }
         RemoteCommand::Capacity { json } => {
             let c = client.capacity().await?;
             if json {

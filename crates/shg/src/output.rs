@@ -353,6 +353,97 @@ pub fn capacity(out: &mut impl Write, c: &api::CapacityView) -> io::Result<()> {
     table(out, "", &header, &rows)
 }
 
+/// `shg stats`: one row per service (used / reserved / limit), then the gateway's totals.
+pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
+    let cores = |m: u64| format!("{:.2}", m as f64 / 1000.0);
+    let opt = |v: Option<u64>, f: &dyn Fn(u64) -> String| v.map(f).unwrap_or_else(|| "-".into());
+    let header = [
+        "SERVICE",
+        "STATE",
+        "PRIO",
+        "CPU USED/RES/LIM",
+        "MEMORY USED/RES/LIM",
+        "PIDS",
+        "STORAGE USED/CAP",
+        "THROTTLED",
+        "OOM",
+    ];
+    let rows: Vec<Vec<String>> = s
+        .services
+        .iter()
+        .map(|u| {
+            vec![
+                u.name.clone(),
+                u.state.clone(),
+                u.priority.to_string(),
+                format!(
+                    "{}/{}/{}",
+                    opt(u.cpu.used, &cores),
+                    cores(u.cpu.reserve),
+                    opt(u.cpu.limit, &cores)
+                ),
+                format!(
+                    "{}/{}/{}",
+                    opt(u.memory.used, &size),
+                    size(u.memory.reserve),
+                    opt(u.memory.limit, &size)
+                ),
+                format!(
+                    "{}/{}",
+                    opt(u.pids.current, &|n| n.to_string()),
+                    u.pids.limit
+                ),
+                format!("{}/{}", opt(u.storage.used, &size), size(u.storage.limit)),
+                match (u.cpu.throttled_periods, u.cpu.periods) {
+                    (Some(t), Some(p)) if p > 0 => format!("{t}/{p}"),
+                    _ => "-".into(),
+                },
+                u.memory.oom_kills.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        writeln!(out, "no services installed")?;
+    } else {
+        table(out, "", &header, &rows)?;
+        writeln!(
+            out,
+            "CPU in cores; THROTTLED = periods at the CPU limit / periods"
+        )?;
+    }
+    writeln!(out)?;
+    let g = &s.gateway;
+    let rate = |b: u64| format!("{:.1} Mbit/s", b as f64 / 1e6);
+    let cpu = |m: u64| format!("{} cores", cores(m));
+    let lines: [(&str, &api::ResourceTotals, &dyn Fn(u64) -> String); 5] = [
+        ("cpu", &g.cpu, &cpu),
+        ("memory", &g.memory, &size),
+        ("storage", &g.storage, &size),
+        ("bandwidth down", &g.bandwidth_down, &rate),
+        ("bandwidth up", &g.bandwidth_up, &rate),
+    ];
+    let header = ["GATEWAY", "CAPACITY", "RESERVE", "RESERVED", "USED", "FREE"];
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|(label, t, f)| {
+            vec![
+                label.to_string(),
+                f(t.capacity),
+                f(t.system_reserve),
+                f(t.reserved),
+                opt(t.used, f),
+                f(t.free),
+            ]
+        })
+        .collect();
+    table(out, "", &header, &rows)?;
+    writeln!(
+        out,
+        "USED: cpu and memory of the whole host, storage of the services' volumes and logs; \
+         FREE: left to reserve"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

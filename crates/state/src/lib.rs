@@ -391,6 +391,23 @@ impl Store {
         Ok(events)
     }
 
+    /// How many events of `kind` the journal holds for `service` from `since_ms` on.
+    pub fn count_events(
+        &self,
+        service: &str,
+        kind: &str,
+        since_ms: u64,
+    ) -> Result<u64, StateError> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE service = ?1 AND kind = ?2 AND time_ms >= ?3",
+                params![service, kind, since_ms as i64],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .map_err(self.db())
+    }
+
     /// Checks the database file is sound (used at start and by tests).
     pub fn integrity_ok(&self) -> Result<bool, StateError> {
         let verdict: String = self

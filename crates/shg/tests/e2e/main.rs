@@ -14,6 +14,7 @@ mod health;
 mod isolation;
 mod lifecycle;
 mod logs;
+mod monitor;
 mod resources;
 mod restart;
 mod runc;
