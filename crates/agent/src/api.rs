@@ -163,11 +163,24 @@ async fn detail(
 struct InstallQuery {
     start: Option<bool>,
     dry_run: Option<bool>,
+    /// Services the household agreed to stop to make room, comma-separated.
+    stop: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct StartQuery {
     dry_run: Option<bool>,
+    stop: Option<String>,
+}
+
+/// `stop=a,b` as a list; absent or empty is no list.
+fn stop_list(q: &Option<String>) -> Vec<String> {
+    q.as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 async fn install(
@@ -187,7 +200,15 @@ async fn install(
                 .await
                 .map(|v| Json(v).into_response());
         }
-        let detail = agent.install(&upload, q.start.unwrap_or(true)).await?;
+        let stop = stop_list(&q.stop);
+        if !stop.is_empty() && q.start == Some(false) {
+            return Err(AgentError::BadRequest(
+                "`stop` makes room for a service to run; it cannot go with `start=false`".into(),
+            ));
+        }
+        let detail = agent
+            .install(&upload, q.start.unwrap_or(true), &stop)
+            .await?;
         Ok((StatusCode::CREATED, Json(detail)).into_response())
     }
     .await;
@@ -233,7 +254,8 @@ async fn start(
     if q.dry_run.unwrap_or(false) {
         return Ok(Json(agent.check_start(&name)?).into_response());
     }
-    Ok(Json(agent.start(&name).await?).into_response())
+    let stop = stop_list(&q.stop);
+    Ok(Json(agent.start_making_room(&name, &stop).await?).into_response())
 }
 
 async fn stop(

@@ -19,13 +19,16 @@ use crate::{Agent, AgentError};
 
 impl Agent {
     /// Installs the package at `upload` (an OCI layout tar), then starts it if `start`.
+    /// The services in `stop` (the household's confirmation of the agent's proposal) are
+    /// stopped first to make room; a refusal stops nothing.
     pub async fn install(
         self: &Arc<Self>,
         upload: &Path,
         start: bool,
+        stop: &[String],
     ) -> Result<ServiceDetail, AgentError> {
         let staging = self.layout.tmp().join(format!("open-{}", unique()));
-        let result = self.install_from(upload, &staging, start).await;
+        let result = self.install_from(upload, &staging, start, stop).await;
         let _ = std::fs::remove_dir_all(&staging);
         result
     }
@@ -35,6 +38,7 @@ impl Agent {
         upload: &Path,
         staging: &Path,
         start: bool,
+        stop: &[String],
     ) -> Result<ServiceDetail, AgentError> {
         let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
@@ -55,7 +59,9 @@ impl Agent {
         let prio = state::DEFAULT_PRIORITY;
         self.admit(&manifest, prio, Check::Volume, true)?;
         if start {
-            self.admit(&manifest, prio, Check::Run, true)?;
+            self.check_stoppable(&name, stop)?;
+            self.admit_beside(&manifest, prio, Check::Run, true, stop)?;
+            self.give_up_reservations(stop)?;
         }
         let rec = ServiceRecord::new(
             &name,
@@ -109,6 +115,7 @@ impl Agent {
             },
         )?;
         if start {
+            self.stop_to_make_room(&name, stop).await?;
             // A start failure leaves the service installed and says why in its state.
             if let Err(e) = self.launch(&name).await {
                 tracing::warn!(service = %name, "installed but not started: {e}");

@@ -163,8 +163,21 @@ impl Agent {
         check: capacity::Check,
         journal: bool,
     ) -> Result<(), AgentError> {
+        self.admit_beside(manifest, priority, check, journal, &[])
+    }
+
+    /// [`Agent::admit`] as if the services in `stopping` had given their reservation back.
+    pub(crate) fn admit_beside(
+        &self,
+        manifest: &manifest::Manifest,
+        priority: i32,
+        check: capacity::Check,
+        journal: bool,
+        stopping: &[String],
+    ) -> Result<(), AgentError> {
         let records = self.store().list()?;
-        let holders = capacity::holders(&records, &manifest.name);
+        let mut holders = capacity::holders(&records, &manifest.name);
+        holders.retain(|h| !stopping.contains(&h.name));
         let request = admission::Request {
             name: &manifest.name,
             provider: &manifest.provider,

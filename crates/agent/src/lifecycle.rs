@@ -245,6 +245,17 @@ impl Agent {
 
     /// `shg start`: wants the service running and starts it now.
     pub async fn start(self: &Arc<Self>, name: &str) -> Result<ServiceSummary, AgentError> {
+        self.start_making_room(name, &[]).await
+    }
+
+    /// `shg start --make-room`: stops the services in `stop` (the agent's proposal, confirmed
+    /// by the household) if that makes the service fit, then starts it. A refusal stops
+    /// nothing.
+    pub async fn start_making_room(
+        self: &Arc<Self>,
+        name: &str,
+        stop: &[String],
+    ) -> Result<ServiceSummary, AgentError> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let rec = self.store().get(name)?;
@@ -275,7 +286,9 @@ impl Agent {
         if rec.desired != Desired::Running {
             // A stopped service gave its reservation back; it must fit again to run.
             let _admission = self.admission_lock.lock().await;
-            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, true)?;
+            self.check_stoppable(name, stop)?;
+            self.admit_beside(&manifest_of(&rec)?, rec.priority, Check::Run, true, stop)?;
+            self.give_up_reservations(stop)?;
             self.store().update(name, None, |r| {
                 r.desired = Desired::Running;
                 r.failures = 0;
@@ -283,8 +296,61 @@ impl Agent {
         } else {
             self.store().update(name, None, |r| r.failures = 0)?;
         }
+        self.stop_to_make_room(name, stop).await?;
         let rec = self.launch(name).await?;
         Ok(summary(&rec))
+    }
+
+    /// Refuses a list of services to stop that names the requester, or a service that holds
+    /// no reservation to give up.
+    pub(crate) fn check_stoppable(
+        &self,
+        requester: &str,
+        stop: &[String],
+    ) -> Result<(), AgentError> {
+        for name in stop {
+            if name == requester {
+                return Err(AgentError::BadRequest(format!(
+                    "`{name}` cannot make room for itself; drop it from the services to stop"
+                )));
+            }
+            let rec = self.store().get(name)?;
+            if rec.phase != Phase::Installed || rec.desired != Desired::Running {
+                return Err(AgentError::BadRequest(format!(
+                    "`{name}` is not running, so stopping it frees nothing; drop it from the services to stop"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the services in `stop` no longer hold their reservation; the caller holds
+    /// the admission lock and stops them next ([`Agent::stop_to_make_room`]).
+    pub(crate) fn give_up_reservations(&self, stop: &[String]) -> Result<(), AgentError> {
+        for name in stop {
+            self.store()
+                .update(name, None, |r| r.desired = Desired::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the services that gave up their reservation for `requester`, and says why.
+    pub(crate) async fn stop_to_make_room(
+        self: &Arc<Self>,
+        requester: &str,
+        stop: &[String],
+    ) -> Result<(), AgentError> {
+        for name in stop {
+            let priority = self.store().get(name)?.priority;
+            let cause = StopCause::new(
+                "stopped-for-room",
+                format!(
+                    "`{name}` (priority {priority}) was stopped to make room for `{requester}`, as the household agreed"
+                ),
+            );
+            self.stop_because(name, Some(cause)).await?;
+        }
+        Ok(())
     }
 
     /// `shg start --dry-run`: whether the service would be admitted, changing nothing.

@@ -59,6 +59,8 @@ pub enum ClientError {
         /// Stable machine-readable code such as `not-found` or `conflict`.
         code: String,
         message: String,
+        /// Machine-readable detail (the refusal, for `admission-refused`).
+        detail: Option<serde_json::Value>,
     },
 
     /// The agent answered something this client does not understand.
@@ -84,6 +86,28 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// The services an admission refusal proposes to stop, when stopping (not removing)
+    /// them would make room.
+    pub fn proposal_to_stop(&self) -> Option<Vec<String>> {
+        let ClientError::Api {
+            code,
+            detail: Some(detail),
+            ..
+        } = self
+        else {
+            return None;
+        };
+        if code != "admission-refused" || detail["way_out"] != "stop" {
+            return None;
+        }
+        let names: Vec<String> = detail["proposal"]
+            .as_array()?
+            .iter()
+            .filter_map(|n| n.as_str().map(String::from))
+            .collect();
+        (!names.is_empty()).then_some(names)
+    }
+
     /// The HTTP status of an error answer from the agent.
     pub fn status(&self) -> Option<u16> {
         match self {
@@ -164,6 +188,31 @@ impl Client {
             "/v1/services?start=false"
         };
         self.upload(path, uri).await
+    }
+
+    /// `POST /v1/services?stop=A,B`: installs and starts the package after stopping the named
+    /// services to make room (the household confirmed the agent's proposal).
+    pub async fn install_making_room(
+        &self,
+        path: &Path,
+        stop: &[String],
+    ) -> Result<ServiceDetail, ClientError> {
+        let uri = format!("/v1/services?stop={}", stop_list(stop));
+        self.upload(path, &uri).await
+    }
+
+    /// `POST /v1/services/{name}/start?stop=A,B`.
+    pub async fn start_making_room(
+        &self,
+        name: &str,
+        stop: &[String],
+    ) -> Result<ServiceSummary, ClientError> {
+        let uri = format!(
+            "/v1/services/{}/start?stop={}",
+            segment(name),
+            stop_list(stop)
+        );
+        self.json(Method::POST, uri, ReqBody::empty(), None).await
     }
 
     /// `POST /v1/services?dry_run=true`: whether the package would be admitted; changes
@@ -468,10 +517,15 @@ impl Client {
         let status = response.status();
         let bytes = collect(&request, response.into_body()).await?;
         match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(ErrorBody { code, message, .. }) => Err(ClientError::Api {
+            Ok(ErrorBody {
+                code,
+                message,
+                detail,
+            }) => Err(ClientError::Api {
                 status: status.as_u16(),
                 code,
                 message,
+                detail,
             }),
             Err(_) => Err(bad_response(
                 &request,
@@ -544,6 +598,15 @@ fn segment(s: &str) -> String {
         }
     }
     out
+}
+
+/// Service names for a `stop=` query parameter, comma-separated, each percent-encoded.
+fn stop_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| segment(n))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// A query string under construction: empty, or `?k=v&k=v`.
@@ -784,6 +847,7 @@ mod tests {
                 status,
                 code,
                 message,
+                ..
             } => {
                 assert_eq!(*status, 404);
                 assert_eq!(code, "not-found");

@@ -57,6 +57,18 @@ pub enum Command {
     },
 }
 
+/// What to do when a service does not fit.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct MakeRoom {
+    /// If it does not fit, offer to stop the lower-priority services the gateway proposes,
+    /// and do it once confirmed
+    #[arg(long, conflicts_with = "dry_run")]
+    pub make_room: bool,
+    /// Confirm the proposal without asking (with --make-room)
+    #[arg(long, short = 'y', requires = "make_room")]
+    pub yes: bool,
+}
+
 /// The commands answered by a running agent through its API.
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
@@ -66,11 +78,13 @@ pub enum RemoteCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Install only; start it later with `shg start NAME`
-        #[arg(long)]
+        #[arg(long, conflicts_with = "make_room")]
         no_start: bool,
         /// Only say whether it would be admitted (its reservation fits); change nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        room: MakeRoom,
     },
 
     /// List the installed services and their state
@@ -131,6 +145,8 @@ pub enum RemoteCommand {
         /// Only say whether it would be admitted (its reservation fits); change nothing
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        room: MakeRoom,
     },
 
     /// Show what each service uses against its reservation and limit, and the gateway's totals

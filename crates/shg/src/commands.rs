@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use api::{Client, LogEntry};
+use api::{Client, ClientError, LogEntry};
 
 use crate::cli::{Cli, Command, GatewayCommand, RemoteCommand};
 use crate::{daemon, output};
@@ -70,8 +70,15 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             file,
             no_start,
             dry_run: false,
+            room,
         } => {
-            let d = client.install(&file, !no_start).await?;
+            let d = match client.install(&file, !no_start).await {
+                Err(e) if room.make_room => {
+                    let stop = confirm_room(e, room.yes, &file.display().to_string())?;
+                    client.install_making_room(&file, &stop).await?
+                }
+                result => result?,
+            };
             let s = &d.summary;
             writeln!(
                 out,
@@ -133,6 +140,7 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
         RemoteCommand::Start {
             name,
             dry_run: true,
+            ..
         } => {
             let v = client.check_start(&name).await?;
             writeln!(out, "{}", v.message)?;
@@ -156,8 +164,15 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
         RemoteCommand::Start {
             name,
             dry_run: false,
+            room,
         } => {
-            let s = client.start(&name).await?;
+            let s = match client.start(&name).await {
+                Err(e) if room.make_room => {
+                    let stop = confirm_room(e, room.yes, &format!("`{name}`"))?;
+                    client.start_making_room(&name, &stop).await?
+                }
+                result => result?,
+            };
             writeln!(out, "started {}: {}", s.name, output::status(&s))?;
         }
         RemoteCommand::Stop { name } => {
@@ -212,4 +227,36 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// After a refusal, shows the gateway's proposal of services to stop and asks the household
+/// to confirm it (or takes `--yes`). Returns the services to stop; any other error, a
+/// refusal without a proposal, or a "no" ends the command with nothing changed.
+fn confirm_room(refusal: ClientError, yes: bool, what: &str) -> anyhow::Result<Vec<String>> {
+    let Some(stop) = refusal.proposal_to_stop() else {
+        return Err(refusal.into());
+    };
+    let list = stop
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut err = io::stderr().lock();
+    writeln!(err, "{refusal}")?;
+    if yes {
+        writeln!(err, "stopping {list} to make room for {what}")?;
+        return Ok(stop);
+    }
+    use std::io::IsTerminal;
+    if !io::stdin().is_terminal() {
+        bail!("not confirmed: nothing was stopped; run again with --yes to stop {list} for {what}");
+    }
+    write!(err, "stop {list} to make room for {what}? [y/N] ")?;
+    err.flush()?;
+    let mut answer = String::new();
+    io::stdin().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        bail!("nothing was stopped");
+    }
+    Ok(stop)
 }

@@ -109,3 +109,104 @@ fn a_reservation_that_does_not_fit_is_refused_with_its_reason() {
         "{table}"
     );
 }
+
+#[test]
+fn the_household_confirms_the_proposal_and_the_agent_makes_room() {
+    let gw = Gateway::start_with_config(Some(SMALL_GATEWAY));
+    gw.install("vod", &manifest("vod", "vodco", "64MiB"), &[]);
+    gw.shg_ok(&["priority", "vod", "5"]);
+    gw.install("game", &manifest("game", "playco", "32MiB"), &[]);
+    gw.shg_ok(&["priority", "game", "20"]);
+    gw.wait_running("vod");
+    gw.wait_running("game");
+    let camera = gw.package("camera", &manifest("camera", "acme", "64MiB"), &[]);
+    let camera = camera.to_str().unwrap();
+
+    // Not on a terminal and not confirmed: the proposal is shown, nothing changes.
+    let asked = gw.shg(&["install", camera, "--make-room"]);
+    assert!(!asked.ok(), "{asked}");
+    assert!(
+        asked
+            .stderr
+            .contains("stop `vod` (priority 5) with `shg stop vod` to make room"),
+        "{asked}"
+    );
+    assert!(
+        asked.stderr.contains("not confirmed: nothing was stopped"),
+        "{asked}"
+    );
+    assert_eq!(gw.svc("vod").unwrap().state, "running");
+    assert!(gw.svc("camera").is_none());
+
+    // Confirmed: the smallest set of lower-priority services is stopped, then it runs.
+    let done = gw.shg_ok(&["install", camera, "--make-room", "--yes"]);
+    assert!(done.stderr.contains("stopping `vod`"), "{done}");
+    gw.wait_running("camera");
+    let vod = gw.svc("vod").unwrap();
+    assert_eq!(vod.state, "stopped");
+    let reason = vod.reason.unwrap_or_default();
+    assert!(
+        reason.contains("`vod` (priority 5) was stopped to make room for `camera`"),
+        "{reason}"
+    );
+    assert!(gw
+        .events("vod")
+        .iter()
+        .any(|(kind, _)| kind == "stopped-for-room"));
+    assert_eq!(gw.svc("game").unwrap().state, "running", "only what was needed");
+
+    // Nothing of lower priority than `vod` holds memory: no proposal, nothing stopped.
+    let none = gw.shg(&["start", "vod", "--make-room", "--yes"]);
+    assert!(!none.ok(), "{none}");
+    assert!(
+        none.stderr.contains("no lower-priority service frees enough"),
+        "{none}"
+    );
+    assert_eq!(gw.svc("camera").unwrap().state, "running");
+    assert_eq!(gw.svc("game").unwrap().state, "running");
+}
+
+#[test]
+fn each_resource_is_admitted_against_its_own_capacity() {
+    let gw = Gateway::start_with_config(Some(
+        "[capacity]\ncpu = 2.0\nmemory = \"1GiB\"\nstorage = \"1GiB\"\n\
+         bandwidth_down = \"50Mbit\"\nbandwidth_up = \"10Mbit\"\n\
+         [reserve]\ncpu = 0.5\nmemory = \"0\"\nstorage = \"0\"\n\
+         bandwidth_down = \"10Mbit\"\nbandwidth_up = \"0\"\n",
+    ));
+    let cases = [
+        (
+            "cpu = { reserve = 1.75 }",
+            "cpu: needs 1.75 cores, only 1.5 cores free of 1.5 cores (after the system reserve), 0.25 cores short",
+        ),
+        (
+            "memory = { reserve = \"1536MiB\" }",
+            "memory: needs 1.5 GiB, only 1 GiB free of 1 GiB (after the system reserve), 512 MiB short",
+        ),
+        (
+            "storage = { reserve = \"2GiB\" }",
+            "storage: needs 2 GiB, only 1 GiB free of 1 GiB (after the system reserve), 1 GiB short",
+        ),
+        (
+            "bandwidth_down = { reserve = \"45Mbit\" }",
+            "needs 45 Mbit/s, only 40 Mbit/s free of 40 Mbit/s (after the system reserve), 5 Mbit/s short",
+        ),
+        (
+            "bandwidth_up = { reserve = \"12Mbit\" }",
+            "needs 12 Mbit/s, only 10 Mbit/s free of 10 Mbit/s (after the system reserve), 2 Mbit/s short",
+        ),
+    ];
+    for (i, (resources, want)) in cases.iter().enumerate() {
+        let name = format!("svc{i}");
+        let m = format!(
+            "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"acme\"\n\n\
+             [run]\ncommand = [\"/bin/sleep\", \"100000\"]\n\n[resources]\n{resources}\n"
+        );
+        let pkg = gw.package(&name, &m, &[]);
+        let out = gw.shg(&["install", pkg.to_str().unwrap()]);
+        assert!(!out.ok(), "{out}");
+        assert!(out.stderr.contains(want), "want `{want}`:\n{out}");
+        assert!(out.stderr.contains("admission-refused"), "{out}");
+    }
+    assert!(gw.ps().is_empty(), "every refusal changed nothing");
+}
