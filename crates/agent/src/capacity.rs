@@ -252,6 +252,33 @@ impl Check {
     }
 }
 
+/// Whether `manifest` may hold the `check` part of its reservation beside the services of
+/// `records` (its own record aside), as if those in `stopping` had given theirs back.
+pub fn check(
+    gw: &Gateway,
+    records: &[ServiceRecord],
+    manifest: &manifest::Manifest,
+    priority: i32,
+    check: Check,
+    stopping: &[String],
+) -> Result<(), admission::Refusal> {
+    let mut holders = holders(records, &manifest.name);
+    holders.retain(|h| !stopping.contains(&h.name));
+    let request = admission::Request {
+        name: &manifest.name,
+        provider: &manifest.provider,
+        priority,
+        reserved: check.part(reservation(manifest)),
+    };
+    admission::admit(gw, &holders, &request).map_err(|mut refusal| {
+        if check == Check::Volume {
+            // Stopping a service keeps its volume: only removing one frees storage.
+            refusal.way_out = admission::WayOut::Remove;
+        }
+        refusal
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +327,200 @@ mod tests {
             gw.available().memory < gw.capacity.memory,
             "a system reserve is kept"
         );
+    }
+
+    mod lifecycles {
+        //! The agent's admission rules over random lifecycles: storage held from install to
+        //! removal, the rest while a service should run, rooms made by stopping others.
+
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 6] = ["camera", "vod", "meter", "nas", "dns", "game"];
+        const PROVIDERS: [&str; 2] = ["acme", "beta"];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Install {
+                name: usize,
+                provider: usize,
+                start: bool,
+                res: [u64; 5],
+            },
+            Start {
+                name: usize,
+                stop: Vec<usize>,
+            },
+            Stop(usize),
+            Remove(usize),
+            Priority(usize, i32),
+        }
+
+        fn res() -> impl Strategy<Value = [u64; 5]> {
+            prop::array::uniform5(prop_oneof![2 => Just(0u64), 5 => 1u64..400])
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                4 => (0..NAMES.len(), 0..PROVIDERS.len(), any::<bool>(), res()).prop_map(
+                    |(name, provider, start, res)| Op::Install { name, provider, start, res }
+                ),
+                3 => (0..NAMES.len(), prop::collection::vec(0..NAMES.len(), 0..3))
+                    .prop_map(|(name, stop)| Op::Start { name, stop }),
+                2 => (0..NAMES.len()).prop_map(Op::Stop),
+                1 => (0..NAMES.len()).prop_map(Op::Remove),
+                1 => (0..NAMES.len(), 0..=100i32).prop_map(|(n, p)| Op::Priority(n, p)),
+            ]
+        }
+
+        /// cpu in millicores; memory and storage in MiB; bandwidth in Mbit/s.
+        fn manifest_text(name: &str, provider: &str, r: [u64; 5]) -> String {
+            format!(
+                "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"{provider}\"\n\
+                 [run]\ncommand = [\"/bin/true\"]\n[resources]\n\
+                 cpu = {{ reserve = {:.3} }}\nmemory = {{ reserve = \"{}MiB\" }}\n\
+                 storage = {{ reserve = \"{}MiB\" }}\n\
+                 bandwidth_down = {{ reserve = \"{}Mbit\" }}\nbandwidth_up = {{ reserve = \"{}Mbit\" }}\n",
+                r[0] as f64 / 1000.0,
+                r[1],
+                r[2],
+                r[3],
+                r[4]
+            )
+        }
+
+        fn gateway() -> Gateway {
+            let mib = 1u64 << 20;
+            Gateway {
+                capacity: Amounts {
+                    cpu: 1000,
+                    memory: 800 * mib,
+                    storage: 800 * mib,
+                    bandwidth_down: 800_000_000,
+                    bandwidth_up: 800_000_000,
+                },
+                system_reserve: Amounts {
+                    cpu: 100,
+                    memory: 100 * mib,
+                    storage: 0,
+                    bandwidth_down: 0,
+                    bandwidth_up: 100_000_000,
+                },
+                provider_caps: BTreeMap::from([(
+                    "beta".to_string(),
+                    Amounts::UNLIMITED.with(Resource::Memory, 300 * mib),
+                )]),
+            }
+        }
+
+        fn find(records: &[ServiceRecord], name: &str) -> Option<usize> {
+            records.iter().position(|r| r.name == name)
+        }
+
+        /// Applies `op` as the agent does: every check before any change.
+        fn apply(gw: &Gateway, records: &mut Vec<ServiceRecord>, op: &Op) {
+            match op {
+                Op::Install {
+                    name,
+                    provider,
+                    start,
+                    res,
+                } => {
+                    let name = NAMES[*name];
+                    if find(records, name).is_some() {
+                        return;
+                    }
+                    let text = manifest_text(name, PROVIDERS[*provider], *res);
+                    let m = manifest::parse(&text, "test").expect("a valid manifest");
+                    let prio = state::DEFAULT_PRIORITY;
+                    if check(gw, records, &m, prio, Check::Volume, &[]).is_err() {
+                        return;
+                    }
+                    if *start && check(gw, records, &m, prio, Check::Run, &[]).is_err() {
+                        return;
+                    }
+                    let mut rec = ServiceRecord::new(name, &m.provider, "1.0.0", "d", &text);
+                    rec.phase = Phase::Installed;
+                    rec.desired = if *start {
+                        Desired::Running
+                    } else {
+                        Desired::Stopped
+                    };
+                    records.push(rec);
+                }
+                Op::Start { name, stop } => {
+                    let name = NAMES[*name];
+                    let Some(i) = find(records, name) else { return };
+                    if records[i].desired == Desired::Running {
+                        return;
+                    }
+                    let stop: Vec<String> = stop
+                        .iter()
+                        .map(|s| NAMES[*s].to_string())
+                        .filter(|s| s != name)
+                        .filter(|s| {
+                            find(records, s).is_some_and(|j| records[j].desired == Desired::Running)
+                        })
+                        .collect();
+                    let m = manifest::parse(&records[i].manifest, "test").unwrap();
+                    let prio = records[i].priority;
+                    if check(gw, records, &m, prio, Check::Run, &stop).is_err() {
+                        return;
+                    }
+                    for r in records.iter_mut() {
+                        if stop.contains(&r.name) {
+                            r.desired = Desired::Stopped;
+                        }
+                    }
+                    records[i].desired = Desired::Running;
+                }
+                Op::Stop(n) => {
+                    if let Some(i) = find(records, NAMES[*n]) {
+                        records[i].desired = Desired::Stopped;
+                    }
+                }
+                Op::Remove(n) => records.retain(|r| r.name != NAMES[*n]),
+                Op::Priority(n, p) => {
+                    if let Some(i) = find(records, NAMES[*n]) {
+                        records[i].priority = *p;
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+            #[test]
+            fn reservations_never_exceed_what_the_gateway_gives_out(
+                ops in prop::collection::vec(op(), 1..30)
+            ) {
+                let gw = gateway();
+                let mut records = Vec::new();
+                for op in &ops {
+                    apply(&gw, &mut records, op);
+                    let held = holders(&records, "");
+                    let sum = held.iter().fold(Amounts::ZERO, |s, h| s.add(&h.reserved));
+                    for r in Resource::ALL {
+                        prop_assert!(
+                            sum.get(r) <= gw.available().get(r),
+                            "{r:?} over-committed after {op:?}: {sum:?}"
+                        );
+                    }
+                    let beta = held
+                        .iter()
+                        .filter(|h| h.provider == "beta")
+                        .map(|h| h.reserved.memory)
+                        .sum::<u64>();
+                    prop_assert!(beta <= 300 << 20, "beta over its cap: {beta}");
+                    // Storage is held by every installed service, running or not.
+                    let installed_storage: u64 = records
+                        .iter()
+                        .map(|r| reservation(&manifest::parse(&r.manifest, "t").unwrap()).storage)
+                        .sum();
+                    prop_assert_eq!(sum.storage, installed_storage);
+                }
+            }
+        }
     }
 }

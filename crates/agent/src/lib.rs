@@ -176,27 +176,17 @@ impl Agent {
         stopping: &[String],
     ) -> Result<(), AgentError> {
         let records = self.store().list()?;
-        let mut holders = capacity::holders(&records, &manifest.name);
-        holders.retain(|h| !stopping.contains(&h.name));
-        let request = admission::Request {
-            name: &manifest.name,
-            provider: &manifest.provider,
-            priority,
-            reserved: check.part(capacity::reservation(manifest)),
-        };
-        admission::admit(&self.gateway, &holders, &request).map_err(|mut refusal| {
-            if check == capacity::Check::Volume {
-                // Stopping a service keeps its volume: only removing one frees storage.
-                refusal.way_out = admission::WayOut::Remove;
-            }
-            if journal {
-                let _ = self.store().record(
-                    Some(&manifest.name),
-                    state::Note::new("admission-refused", refusal.to_string()),
-                );
-            }
-            AgentError::Refused(Box::new(refusal))
-        })
+        capacity::check(&self.gateway, &records, manifest, priority, check, stopping).map_err(
+            |refusal| {
+                if journal {
+                    let _ = self.store().record(
+                        Some(&manifest.name),
+                        state::Note::new("admission-refused", refusal.to_string()),
+                    );
+                }
+                AgentError::Refused(Box::new(refusal))
+            },
+        )
     }
 
     /// Capacity, reserve, what is reserved and what is free, per resource.

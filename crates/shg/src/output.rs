@@ -415,7 +415,8 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
     let g = &s.gateway;
     let rate = |b: u64| format!("{:.1} Mbit/s", b as f64 / 1e6);
     let cpu = |m: u64| format!("{} cores", cores(m));
-    let lines: [(&str, &api::ResourceTotals, &dyn Fn(u64) -> String); 5] = [
+    type Format<'a> = &'a dyn Fn(u64) -> String;
+    let lines: [(&str, &api::ResourceTotals, Format); 5] = [
         ("cpu", &g.cpu, &cpu),
         ("memory", &g.memory, &size),
         ("storage", &g.storage, &size),
