@@ -8,6 +8,8 @@ packages=(
   libseccomp-dev    # the seccomp filters libcontainer loads (linked statically)
   busybox-static    # root filesystem of the sample services and of the tests
   runc              # the bundle must run unchanged under runc (a test proves it)
+  e2fsprogs         # mkfs.ext4 for each service's size-capped data volume
+  mount             # mount -o loop for those volumes
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -3,7 +3,9 @@
 //!
 //! 1. install-to-running and run-to-exit of a `/bin/true` service, against `runc run` of the
 //!    very same bundle;
-//! 2. the agent's memory (PSS) idle and with 50 sleeping services.
+//! 2. the agent's memory (PSS) idle and with 50 sleeping services;
+//! 3. what sampling every service's cgroup once a second costs the agent with those 50;
+//! 4. the CPU share a service reserving half a core keeps while a neighbour spins.
 //!
 //! Needs root, busybox-static and runc (scripts/setup.sh installs them).
 
@@ -142,12 +144,102 @@ fn main() {
     }
     println!("  agent anon memory per service        {per_service:>8.1} KiB");
 
+    // --- sampling cost --------------------------------------------------------------------
+    // Nothing else runs periodically in an agent whose services have no health checks: its
+    // CPU time over a quiet half minute is what sampling 50 services a second costs.
+    let window = Duration::from_secs(30);
+    let (cpu0, t0) = (cpu_ns(pid), Instant::now());
+    std::thread::sleep(window);
+    let share = (cpu_ns(pid) - cpu0) as f64 / t0.elapsed().as_nanos() as f64;
+    let stats = rt.block_on(client.stats()).expect("stats");
+    let sampled = stats
+        .services
+        .iter()
+        .filter(|s| s.memory.used.is_some())
+        .count();
+    println!(
+        "  agent CPU, {sampled} services sampled at 1/s  {:>7.2} % of one core",
+        share * 100.0
+    );
+
     rt.block_on(async {
         for i in 0..SLEEPERS {
             let _ = client.remove(&format!("sleeper-{i}")).await;
         }
     });
+
+    // --- CPU guarantee under contention ------------------------------------------------------
+    let spin = "while :; do :; done";
+    let guaranteed = package_with(
+        &shg,
+        &work,
+        &busybox,
+        "guaranteed",
+        &format!("command = [\"/bin/sh\", \"-c\", \"{spin}\"]"),
+        "never",
+        "cpu = { reserve = 0.5 }",
+    );
+    let hog = package_with(
+        &shg,
+        &work,
+        &busybox,
+        "hog",
+        &format!(
+            "command = [\"/bin/sh\", \"-c\", \"for i in 1 2 3 4 5 6; do ({spin}) & done; wait\"]"
+        ),
+        "never",
+        "cpu = { reserve = 0.1 }",
+    );
+    rt.block_on(async {
+        client.install(&guaranteed, true).await.expect("install");
+        client.install(&hog, true).await.expect("install");
+        wait_state(&client, "guaranteed", &["running"]).await;
+        wait_state(&client, "hog", &["running"]).await;
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let usage = |name: &str| cgroup_cpu_ns(state.path(), name);
+    let (g0, h0, t0) = (usage("guaranteed"), usage("hog"), Instant::now());
+    std::thread::sleep(Duration::from_secs(10));
+    let elapsed = t0.elapsed().as_nanos() as f64;
+    let got = (usage("guaranteed") - g0) as f64 / elapsed;
+    let hogged = (usage("hog") - h0) as f64 / elapsed;
+    println!(
+        "  reserved 0.5 core beside a 6-way spinner: got {got:.3} cores ({:.0} % of the reservation; hog {hogged:.2})",
+        got / 0.5 * 100.0
+    );
+    rt.block_on(async {
+        for name in ["guaranteed", "hog"] {
+            let _ = client.remove(name).await;
+        }
+    });
     stop(&mut agent);
+}
+
+/// CPU time of a process (user + system), in ns.
+fn cpu_ns(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rfind(')').map(|i| &stat[i + 2..]).unwrap_or("");
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command; in
+    // clock ticks of 10 ms.
+    (fields.get(11).unwrap_or(&0) + fields.get(12).unwrap_or(&0)) * 10_000_000
+}
+
+/// CPU time of a service's cgroup (v1 cpuacct), in ns; its path comes from its bundle.
+fn cgroup_cpu_ns(state: &Path, name: &str) -> u64 {
+    let config = std::fs::read_to_string(state.join(format!("services/{name}/bundle/config.json")))
+        .expect("bundle");
+    let config: serde_json::Value = serde_json::from_str(&config).expect("bundle JSON");
+    let path = config["linux"]["cgroupsPath"]
+        .as_str()
+        .expect("cgroupsPath");
+    std::fs::read_to_string(format!("/sys/fs/cgroup/cpuacct{path}/cpuacct.usage"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn nix_is_root() -> bool {
@@ -191,12 +283,31 @@ fn package(
     command: &str,
     policy: &str,
 ) -> PathBuf {
+    package_with(
+        shg,
+        work,
+        busybox,
+        name,
+        command,
+        policy,
+        "memory = { reserve = \"4MiB\", limit = \"16MiB\" }\npids = { limit = 8 }",
+    )
+}
+
+fn package_with(
+    shg: &Path,
+    work: &Path,
+    busybox: &Path,
+    name: &str,
+    command: &str,
+    policy: &str,
+    resources: &str,
+) -> PathBuf {
     let dir = work.join(name);
     samples::busybox_rootfs(&dir.join("rootfs"), busybox).expect("rootfs");
     let manifest = format!(
         "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"bench\"\n\n[run]\n{command}\n\n\
-         [resources]\nmemory = {{ reserve = \"4MiB\", limit = \"16MiB\" }}\npids = {{ limit = 8 }}\n\n\
-         [restart]\npolicy = \"{policy}\"\n"
+         [resources]\n{resources}\n\n[restart]\npolicy = \"{policy}\"\n"
     );
     std::fs::write(dir.join("shg-service.toml"), manifest).unwrap();
     let out = work.join(format!("{name}.tar"));
