@@ -124,6 +124,7 @@ impl Violation<'_> {
             short: clamp(self.short),
             limit: self.limit,
             holders: holding,
+            others: 0,
         }
     }
 }

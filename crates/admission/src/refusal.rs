@@ -59,6 +59,14 @@ pub struct Shortage {
     pub limit: u64,
     /// Those holding this resource in this scope, highest amount first.
     pub holders: Vec<Holder>,
+    /// Held by services left out of `holders` because the reader may not see them (another
+    /// provider's, see [`Refusal::redact_for`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub others: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Which limit a shortage is against.
@@ -130,6 +138,31 @@ fn render(r: &Refusal, f: &mut fmt::Formatter<'_>) -> fmt::Result {
 }
 
 impl Refusal {
+    /// The refusal as provider `provider` may read it: other providers' services are not
+    /// named, only the amount they hold together, and a proposal that would stop any of
+    /// them is dropped (a provider cannot stop them anyway).
+    pub fn redact_for(&mut self, provider: &str) {
+        for s in &mut self.shortages {
+            let (own, others): (Vec<Holder>, Vec<Holder>) =
+                s.holders.drain(..).partition(|h| h.provider == provider);
+            let hidden = sum(others.iter().map(|h| h.reserved.get(s.resource)));
+            s.others = s
+                .others
+                .saturating_add(u64::try_from(hidden).unwrap_or(u64::MAX));
+            s.holders = own;
+        }
+        let visible = |n: &String| {
+            self.shortages
+                .iter()
+                .any(|s| s.holders.iter().any(|h| &h.name == n))
+        };
+        if let Some(names) = &self.proposal {
+            if !names.iter().all(visible) {
+                self.proposal = None;
+            }
+        }
+    }
+
     /// A holder's priority, from the shortages that list it.
     fn priority_of(&self, name: &str) -> Option<i32> {
         self.shortages
@@ -181,6 +214,13 @@ impl fmt::Display for Shortage {
             )?,
         }
         if self.holders.is_empty() {
+            if self.others > 0 {
+                write!(
+                    f,
+                    "; held by other providers' services {}",
+                    amount(self.others)
+                )?;
+            }
             return Ok(());
         }
         let listed = self.holders.iter().take(LISTED).map(|h| {
@@ -201,6 +241,9 @@ impl fmt::Display for Shortage {
                 rest.len(),
                 amount(u64::try_from(held).unwrap_or(u64::MAX))
             )?;
+        }
+        if self.others > 0 {
+            write!(f, " and other providers' services {}", amount(self.others))?;
         }
         Ok(())
     }
@@ -330,5 +373,28 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("`s2`"), "{text}");
+    }
+
+    #[test]
+    fn a_provider_reads_no_rivals_names() {
+        let gw = gateway(memory(100));
+        let holders = [
+            holder("vod", "vodco", 1, memory(60)),
+            holder("cam2", "acme", 2, memory(30)),
+        ];
+        let mut refusal = admit(&gw, &holders, &request("camera", 50, memory(50))).unwrap_err();
+        assert_eq!(refusal.proposal.as_deref(), Some(&["vod".to_string()][..]));
+        refusal.redact_for("acme");
+        let text = refusal.to_string();
+        assert!(!text.contains("vod"), "{text}");
+        assert!(
+            text.contains(
+                "held by `cam2` (priority 2) 30 bytes and other providers' services 60 bytes"
+            ),
+            "{text}"
+        );
+        assert_eq!(refusal.proposal, None, "it may not stop `vod`");
+        let json = serde_json::to_string(&refusal).unwrap();
+        assert!(!json.contains("vod"), "{json}");
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP API: translates requests into calls on [`Agent`] and results into JSON.
 //!
-//! Served over the Unix socket `STATE_DIR/api.sock` (mode 0600: only root reaches it).
+//! Served over the Unix socket `STATE_DIR/api.sock` (mode 0600: only root reaches it) and,
+//! with `--listen`, over TCP with TLS. Every route but `/openapi.json` goes through
+//! `authenticate`, and every handler checks the caller's realm (`auth`) before acting.
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -12,16 +14,18 @@ use api::exec_frames;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{delete, get, post};
+use axum::{middleware, Extension, Json, Router};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::auth::{GatewayAction, Principal, ServiceAction};
 use crate::{Agent, AgentError};
 
 /// An [`AgentError`] on its way to the client.
@@ -45,6 +49,10 @@ impl IntoResponse for ApiError {
             AgentError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             AgentError::Refused(_) => StatusCode::CONFLICT,
             AgentError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AgentError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AgentError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AgentError::NoToken(_) => StatusCode::NOT_FOUND,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &self.0 {
@@ -69,11 +77,25 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
-pub fn router(agent: Arc<Agent>) -> Router {
-    Router::new()
+/// How a request reached the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The Unix socket (mode 0600): root on the gateway, the operator unless a token says
+    /// otherwise.
+    Local,
+    /// TCP with TLS: a token is required.
+    Remote,
+}
+
+/// The OpenAPI document of this API, kept in the repository beside the code.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub fn router(agent: Arc<Agent>, transport: Transport) -> Router {
+    let guarded = Router::new()
         .route("/v1/gateway", get(gateway))
         .route("/v1/gateway/capacity", get(capacity))
         .route("/v1/stats", get(stats))
+        .route("/metrics", get(metrics))
         .route("/v1/services", get(list).post(install))
         .route("/v1/services/{name}", get(detail).delete(remove))
         .route("/v1/services/{name}/start", post(start))
@@ -83,10 +105,23 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/services/{name}/exec", post(exec))
         .route("/v1/events", get(events))
+        .route("/v1/tokens", get(tokens).post(create_token))
+        .route("/v1/tokens/{id}", delete(revoke_token))
+        .route("/v1/audit", get(audit))
+        .route_layer(middleware::from_fn_with_state(
+            (agent.clone(), transport),
+            authenticate,
+        ));
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(guarded)
         .fallback(|| async {
             let body = api::ErrorBody {
                 code: "not-found".into(),
-                message: "no such API path; see `shg --help`".into(),
+                message: "no such API path; `GET /openapi.json` lists them".into(),
                 detail: None,
             };
             (StatusCode::NOT_FOUND, Json(body))
@@ -94,6 +129,61 @@ pub fn router(agent: Arc<Agent>) -> Router {
         // Packages stream to disk with their own cap; JSON bodies stay small.
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(agent)
+}
+
+/// Finds out who is calling (a bearer token, or the operator on the local socket), holds
+/// remote callers to a request rate, and writes every mutating call into the audit log.
+async fn authenticate(
+    State((agent, transport)): State<(Arc<Agent>, Transport)>,
+    mut req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    let who =
+        match (token, transport) {
+            (Some(token), _) => match agent.principal_of(&token) {
+                Ok(Some(who)) => who,
+                Ok(None) => return ApiError(AgentError::Unauthorized(
+                    "the token is not valid or was revoked; ask the gateway's operator for one \
+                     (`shg token create`)"
+                        .into(),
+                ))
+                .into_response(),
+                Err(e) => return ApiError(e).into_response(),
+            },
+            (None, Transport::Local) => Principal::Operator,
+            (None, Transport::Remote) => {
+                return ApiError(AgentError::Unauthorized(
+                    "this API needs a token: send `Authorization: Bearer TOKEN` (the CLI reads \
+                 SHG_TOKEN)"
+                        .into(),
+                ))
+                .into_response()
+            }
+        };
+    if transport == Transport::Remote {
+        if let Err(e) = agent.limiter.take(&who.label()) {
+            return ApiError(e).into_response();
+        }
+    }
+    let mutating = !matches!(req.method(), &Method::GET | &Method::HEAD);
+    let action = format!("{} {}", req.method(), req.uri().path());
+    let label = who.label();
+    req.extensions_mut().insert(who);
+    let response = next.run(req).await;
+    if mutating {
+        if let Err(e) = agent
+            .store()
+            .audit(&label, &action, response.status().as_u16())
+        {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+    response
 }
 
 /// Binds the API socket, replacing a stale one, readable by root only.
@@ -112,7 +202,7 @@ pub async fn serve(
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AgentError> {
-    axum::serve(listener, router(agent))
+    axum::serve(listener, router(agent, Transport::Local))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| AgentError::Internal(format!("API server failed: {e}")))
@@ -128,34 +218,74 @@ pub(crate) fn event_view(e: state::EventRecord) -> api::Event {
     }
 }
 
-async fn gateway(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::GatewayInfo>> {
+async fn gateway(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<api::GatewayInfo>> {
+    check(&who, GatewayAction::Read)?;
     Ok(Json(api::GatewayInfo {
         version: env!("CARGO_PKG_VERSION").to_string(),
         state_dir: agent.state_dir().display().to_string(),
-        services: agent.list()?.len(),
+        services: agent.list(&who)?.len(),
         pid: std::process::id(),
     }))
 }
 
-async fn capacity(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::CapacityView>> {
+fn check(who: &Principal, action: GatewayAction) -> Result<(), AgentError> {
+    crate::auth::check_gateway(who, action)
+}
+
+async fn capacity(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<api::CapacityView>> {
+    check(&who, GatewayAction::Capacity)?;
     Ok(Json(agent.capacity()?))
 }
 
-async fn stats(State(agent): State<Arc<Agent>>) -> ApiResult<Json<api::StatsView>> {
-    let stats = tokio::task::spawn_blocking(move || agent.stats())
+async fn stats(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<api::StatsView>> {
+    check(&who, GatewayAction::Read)?;
+    let stats = tokio::task::spawn_blocking(move || agent.stats(&who))
         .await
         .map_err(|e| AgentError::Internal(e.to_string()))??;
     Ok(Json(stats))
 }
 
-async fn list(State(agent): State<Arc<Agent>>) -> ApiResult<Json<Vec<api::ServiceSummary>>> {
-    Ok(Json(agent.list()?))
+async fn metrics(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Read)?;
+    let text = tokio::task::spawn_blocking(move || agent.metrics(&who))
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))??;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn list(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<api::ServiceSummary>>> {
+    check(&who, GatewayAction::Read)?;
+    Ok(Json(agent.list(&who)?))
 }
 
 async fn detail(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceDetail>> {
+    agent.access(&who, &name, ServiceAction::Read)?;
     Ok(Json(agent.detail(&name)?))
 }
 
@@ -185,9 +315,11 @@ fn stop_list(q: &Option<String>) -> Vec<String> {
 
 async fn install(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     Query(q): Query<InstallQuery>,
     body: Body,
 ) -> ApiResult<Response> {
+    check(&who, GatewayAction::Install)?;
     let upload = agent
         .layout
         .tmp()
@@ -196,9 +328,10 @@ async fn install(
         save_body(body, &upload, agent.cfg.max_package).await?;
         if q.dry_run.unwrap_or(false) {
             return agent
-                .check_install(&upload)
+                .check_install(&who, &upload)
                 .await
-                .map(|v| Json(v).into_response());
+                .map(|v| Json(v).into_response())
+                .map_err(|e| redact(&who, e));
         }
         let stop = stop_list(&q.stop);
         if !stop.is_empty() && q.start == Some(false) {
@@ -206,9 +339,13 @@ async fn install(
                 "`stop` makes room for a service to run; it cannot go with `start=false`".into(),
             ));
         }
+        for name in &stop {
+            agent.access(&who, name, ServiceAction::Run)?;
+        }
         let detail = agent
-            .install(&upload, q.start.unwrap_or(true), &stop)
-            .await?;
+            .install(&who, &upload, q.start.unwrap_or(true), &stop)
+            .await
+            .map_err(|e| redact(&who, e))?;
         Ok((StatusCode::CREATED, Json(detail)).into_response())
     }
     .await;
@@ -248,46 +385,141 @@ async fn save_body(body: Body, path: &Path, max: u64) -> Result<(), AgentError> 
 
 async fn start(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<StartQuery>,
 ) -> ApiResult<Response> {
+    agent.access(&who, &name, ServiceAction::Run)?;
     if q.dry_run.unwrap_or(false) {
-        return Ok(Json(agent.check_start(&name)?).into_response());
+        return Ok(Json(agent.check_start(&name).map_err(|e| redact(&who, e))?).into_response());
     }
     let stop = stop_list(&q.stop);
-    Ok(Json(agent.start_making_room(&name, &stop).await?).into_response())
+    for other in &stop {
+        agent.access(&who, other, ServiceAction::Run)?;
+    }
+    let started = agent
+        .start_making_room(&name, &stop)
+        .await
+        .map_err(|e| redact(&who, e))?;
+    Ok(Json(started).into_response())
+}
+
+/// A refusal as the caller may read it: a provider does not learn its rivals' services.
+fn redact(who: &Principal, e: AgentError) -> AgentError {
+    match (who, e) {
+        (Principal::Provider(p), AgentError::Refused(mut refusal)) => {
+            refusal.redact_for(p);
+            AgentError::Refused(refusal)
+        }
+        (_, e) => e,
+    }
 }
 
 async fn stop(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
+    agent.access(&who, &name, ServiceAction::Run)?;
     Ok(Json(agent.stop(&name).await?))
 }
 
 async fn restart(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
-    Ok(Json(agent.restart(&name).await?))
+    agent.access(&who, &name, ServiceAction::Run)?;
+    Ok(Json(
+        agent.restart(&name).await.map_err(|e| redact(&who, e))?,
+    ))
 }
 
 async fn remove(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
+    agent.access(&who, &name, ServiceAction::Remove)?;
     agent.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_priority(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::PriorityRequest>, JsonRejection>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
+    agent.access(&who, &name, ServiceAction::Priority)?;
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
     Ok(Json(agent.set_priority(&name, req.priority).await?))
+}
+
+async fn tokens(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<api::TokenInfo>>> {
+    check(&who, GatewayAction::Administer)?;
+    Ok(Json(agent.list_tokens()?))
+}
+
+async fn create_token(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<api::TokenRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Administer)?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("token request: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(agent.create_token(&req)?)).into_response())
+}
+
+async fn revoke_token(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    UrlPath(id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    check(&who, GatewayAction::Administer)?;
+    let id: i64 = id.parse().map_err(|_| {
+        AgentError::BadRequest(format!(
+            "`{id}` is not a token id; `shg token list` shows them"
+        ))
+    })?;
+    agent.revoke_token(id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    since: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Json<Vec<api::AuditEntry>>> {
+    check(&who, GatewayAction::Administer)?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let entries = agent
+        .store()
+        .audit_log(q.since.unwrap_or(0), limit)
+        .map_err(AgentError::from)?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|a| api::AuditEntry {
+                id: a.id,
+                time_ms: a.time_ms,
+                principal: a.principal,
+                action: a.action,
+                status: a.status,
+            })
+            .collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -295,18 +527,92 @@ struct EventsQuery {
     since: Option<i64>,
     service: Option<String>,
     limit: Option<usize>,
+    /// Keep the response open and send new events as they happen (Server-Sent Events); the
+    /// same as asking for `Accept: text/event-stream`.
+    follow: Option<bool>,
 }
 
+/// `GET /v1/events`: the journal as a JSON list, or as a Server-Sent Events stream that
+/// follows it; either way only the events the caller may see.
 async fn events(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<EventsQuery>,
-) -> ApiResult<Json<Vec<api::Event>>> {
-    let limit = q.limit.unwrap_or(200).min(10_000);
-    let events = agent
-        .store()
-        .events(q.since.unwrap_or(0), q.service.as_deref(), limit)
-        .map_err(AgentError::from)?;
-    Ok(Json(events.into_iter().map(event_view).collect()))
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Read)?;
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    // No existence check on `service`: a removed service still has its history, and a
+    // provider asking about a rival's gets the same empty answer as for a name never used.
+    if !(wants_stream || q.follow.unwrap_or(false)) {
+        let limit = q.limit.unwrap_or(200).min(10_000);
+        let events = agent.events_for(&who, q.since.unwrap_or(0), q.service.as_deref(), limit)?;
+        return Ok(Json(events).into_response());
+    }
+    // A reconnecting EventSource says where it stopped.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let mut since = match resume.or(q.since) {
+        Some(id) => id,
+        // From now on: the newest id so far.
+        None => agent.store().last_event_id().map_err(AgentError::from)?,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        // A comment first, so the client sees the stream open at once.
+        if tx
+            .send(Ok(Bytes::from_static(b": shg events\n\n")))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut idle = Duration::ZERO;
+        loop {
+            let batch = agent
+                .events_after(&who, since, q.service.as_deref(), 500)
+                .unwrap_or_default();
+            let (next, events) = batch;
+            since = next;
+            for e in events {
+                let data = serde_json::to_string(&e).expect("events serialize");
+                let frame = format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, e.kind);
+                if tx.send(Ok(Bytes::from(frame))).await.is_err() {
+                    return;
+                }
+                idle = Duration::ZERO;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            idle += Duration::from_millis(250);
+            // Keeps proxies from closing a quiet stream, and finds out when the client left.
+            if idle >= Duration::from_secs(15) {
+                idle = Duration::ZERO;
+                if tx
+                    .send(Ok(Bytes::from_static(b": keep-alive\n\n")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -331,10 +637,11 @@ fn log_json(line: &runtime::logfile::LogLine) -> Bytes {
 
 async fn logs(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    agent.store().get(&name).map_err(AgentError::from)?;
+    agent.access(&who, &name, ServiceAction::Logs)?;
     let dir = agent.layout.service(&name).logs();
     let read = |dir: &Path| runtime::logfile::read_all(dir).unwrap_or_default();
     let mut lines = read(&dir);
@@ -392,9 +699,11 @@ async fn logs(
 
 async fn exec(
     State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::ExecRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
+    agent.access(&who, &name, ServiceAction::Exec)?;
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("exec request: {}", e.body_text())))?;
     if req.command.is_empty() {

@@ -31,6 +31,18 @@ pub enum AgentError {
     /// The container runtime could not start the service.
     #[error("{0}")]
     StartFailed(String),
+    /// The caller may not do this (its realm's rules say why).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No valid token came with a request that needs one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller sent too many requests too fast.
+    #[error("{0}")]
+    RateLimited(String),
+    /// No live token has this id.
+    #[error("no live token with id {0}; `shg token list` shows them")]
+    NoToken(i64),
     /// Anything else: a bug or a host failure.
     #[error("{0}")]
     Internal(String),
@@ -53,6 +65,10 @@ impl AgentError {
             AgentError::Busy(_) => "unavailable",
             AgentError::Refused(_) => "admission-refused",
             AgentError::StartFailed(_) => "start-failed",
+            AgentError::Forbidden(_) => "forbidden",
+            AgentError::Unauthorized(_) => "unauthorized",
+            AgentError::RateLimited(_) => "rate-limited",
+            AgentError::NoToken(_) => "not-found",
             AgentError::Internal(_) => "internal",
         }
     }

@@ -13,6 +13,7 @@ use manifest::Manifest;
 use runtime::spec::{self, ServiceSpec};
 use state::{Desired, Note, Phase, ServiceRecord};
 
+use crate::auth::Principal;
 use crate::capacity::Check;
 use crate::lifecycle::{manifest_of, summary};
 use crate::{Agent, AgentError};
@@ -23,18 +24,20 @@ impl Agent {
     /// stopped first to make room; a refusal stops nothing.
     pub async fn install(
         self: &Arc<Self>,
+        who: &Principal,
         upload: &Path,
         start: bool,
         stop: &[String],
     ) -> Result<ServiceDetail, AgentError> {
         let staging = self.layout.tmp().join(format!("open-{}", unique()));
-        let result = self.install_from(upload, &staging, start, stop).await;
+        let result = self.install_from(who, upload, &staging, start, stop).await;
         let _ = std::fs::remove_dir_all(&staging);
         result
     }
 
     async fn install_from(
         self: &Arc<Self>,
+        who: &Principal,
         upload: &Path,
         staging: &Path,
         start: bool,
@@ -48,6 +51,7 @@ impl Agent {
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
             .map_err(|e| AgentError::BadManifest(e.to_string()))?;
         let name = manifest.name.clone();
+        crate::auth::check_install(who, &name, &manifest.provider)?;
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
@@ -129,6 +133,7 @@ impl Agent {
     /// changing nothing.
     pub async fn check_install(
         self: &Arc<Self>,
+        who: &Principal,
         upload: &Path,
     ) -> Result<api::Verdict, AgentError> {
         let staging = self.layout.tmp().join(format!("check-{}", unique()));
@@ -140,6 +145,7 @@ impl Agent {
         let package = opened.map_err(|e| AgentError::BadPackage(e.to_string()))?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
             .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+        crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         if self.store().find(&manifest.name)?.is_some() {
             return Err(AgentError::Exists(manifest.name));
         }
@@ -337,10 +343,6 @@ impl Agent {
             },
             events: events.into_iter().map(crate::api::event_view).collect(),
         })
-    }
-
-    pub fn list(&self) -> Result<Vec<api::ServiceSummary>, AgentError> {
-        Ok(self.store().list()?.iter().map(summary).collect())
     }
 }
 

@@ -5,6 +5,7 @@
 //! operations never see HTTP types.
 
 mod api;
+mod auth;
 mod capacity;
 mod error;
 mod health;
@@ -14,6 +15,10 @@ mod lifecycle;
 mod monitor;
 mod pidfd;
 mod stats;
+mod tls;
+
+pub use auth::Principal;
+pub use tls::Listen;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +52,8 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// How often every running service's cgroup is sampled.
     pub sample_interval: std::time::Duration,
+    /// Serve the API over TCP with TLS too (`--listen`).
+    pub listen: Option<Listen>,
 }
 
 impl Config {
@@ -78,6 +85,7 @@ impl Config {
             cgroup_parent,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             sample_interval: std::time::Duration::from_secs(1),
+            listen: None,
         })
     }
 }
@@ -98,6 +106,8 @@ pub struct Agent {
     pub(crate) settings: capacity::Settings,
     /// The last samples of what services and the host use.
     pub(crate) monitor: monitor::Monitor,
+    /// Remote callers' request rate.
+    pub(crate) limiter: auth::Limiter,
 }
 
 impl Agent {
@@ -135,6 +145,7 @@ impl Agent {
             admission_lock: tokio::sync::Mutex::new(()),
             settings,
             monitor,
+            limiter: auth::Limiter::new(20.0, 100.0),
         }))
     }
 
@@ -179,9 +190,12 @@ impl Agent {
         capacity::check(&self.gateway, &records, manifest, priority, check, stopping).map_err(
             |refusal| {
                 if journal {
+                    // The service's provider reads its journal too: no rival's names in it.
+                    let mut told = refusal.clone();
+                    told.redact_for(&manifest.provider);
                     let _ = self.store().record(
                         Some(&manifest.name),
-                        state::Note::new("admission-refused", refusal.to_string()),
+                        state::Note::new("admission-refused", told.to_string()),
                     );
                 }
                 AgentError::Refused(Box::new(refusal))
@@ -228,6 +242,12 @@ pub fn run(cfg: Config) -> Result<(), AgentError> {
             agent.layout.socket().display()
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listen) = agent.cfg.listen.clone() {
+            let config = tls::server_config(&agent.layout.root, &listen)?;
+            let listener = tls::bind(listen.addr).await?;
+            eprintln!("shg gateway: serving the API on https://{}", listen.addr);
+            tokio::spawn(tls::serve(agent.clone(), listener, config, stop_rx.clone()));
+        }
         tokio::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -340,12 +340,20 @@ impl Agent {
         requester: &str,
         stop: &[String],
     ) -> Result<(), AgentError> {
+        let requester_provider = self.store().get(requester)?.provider;
         for name in stop {
-            let priority = self.store().get(name)?.priority;
+            let rec = self.store().get(name)?;
+            // The journal of `name` is its provider's to read: a rival's service stays unnamed.
+            let whom = if rec.provider == requester_provider {
+                format!("`{requester}`")
+            } else {
+                "another provider's service".to_string()
+            };
             let cause = StopCause::new(
                 "stopped-for-room",
                 format!(
-                    "`{name}` (priority {priority}) was stopped to make room for `{requester}`, as the household agreed"
+                    "`{name}` (priority {}) was stopped to make room for {whom}, as the household agreed",
+                    rec.priority
                 ),
             );
             self.stop_because(name, Some(cause)).await?;

@@ -10,14 +10,17 @@ use api::{
 };
 use state::ServiceRecord;
 
+use crate::auth::Principal;
 use crate::lifecycle::{manifest_of, summary};
 use crate::{capacity, Agent, AgentError};
 
 impl Agent {
-    pub fn stats(&self) -> Result<StatsView, AgentError> {
+    /// What every service `who` sees uses; the gateway's totals for the operator and the
+    /// household only.
+    pub fn stats(&self, who: &Principal) -> Result<StatsView, AgentError> {
         let records = self.store().list()?;
         let mut services = Vec::with_capacity(records.len());
-        for rec in &records {
+        for rec in records.iter().filter(|r| who.sees(&r.provider)) {
             services.push(self.service_use(rec)?);
         }
         let (host_cpu, host, sampled_at_ms) = self.monitor.host();
@@ -35,21 +38,163 @@ impl Agent {
             used,
             free: self.gateway.available().sub(&reserved).get(r),
         };
+        let gateway = GatewayUse {
+            cpu: totals(Resource::Cpu, host_cpu),
+            memory: totals(
+                Resource::Memory,
+                host.map(|h| h.memory_total.saturating_sub(h.memory_available)),
+            ),
+            storage: totals(Resource::Storage, Some(storage_used)),
+            bandwidth_down: totals(Resource::BandwidthDown, None),
+            bandwidth_up: totals(Resource::BandwidthUp, None),
+        };
         Ok(StatsView {
             sampled_at_ms,
             cgroups: self.monitor.version().to_string(),
-            gateway: GatewayUse {
-                cpu: totals(Resource::Cpu, host_cpu),
-                memory: totals(
-                    Resource::Memory,
-                    host.map(|h| h.memory_total.saturating_sub(h.memory_available)),
-                ),
-                storage: totals(Resource::Storage, Some(storage_used)),
-                bandwidth_down: totals(Resource::BandwidthDown, None),
-                bandwidth_up: totals(Resource::BandwidthUp, None),
-            },
+            gateway: matches!(who, Principal::Operator | Principal::Home).then_some(gateway),
             services,
         })
+    }
+
+    /// `GET /metrics`: the same numbers in the Prometheus text format, one series per service
+    /// (labels `service` and `provider`) and per gateway resource, scoped like `stats`.
+    pub fn metrics(&self, who: &Principal) -> Result<String, AgentError> {
+        let stats = self.stats(who)?;
+        let mut m = Metrics::default();
+        for s in &stats.services {
+            let labels = format!(
+                "service=\"{}\",provider=\"{}\"",
+                escape(&s.name),
+                escape(&s.provider)
+            );
+            let l = labels.as_str();
+            m.gauge(
+                "shg_service_up",
+                "1 when the service's container runs",
+                l,
+                Some(u64::from(s.cpu.used.is_some() || s.memory.used.is_some())),
+            );
+            m.gauge(
+                "shg_service_priority",
+                "The household's ranking, 0 to 100",
+                l,
+                Some(s.priority.max(0) as u64),
+            );
+            m.gauge(
+                "shg_service_cpu_millicores",
+                "CPU used over the last second, in millicores",
+                l,
+                s.cpu.used,
+            );
+            m.gauge(
+                "shg_service_cpu_reserve_millicores",
+                "CPU reserved, in millicores",
+                l,
+                Some(s.cpu.reserve),
+            );
+            m.gauge(
+                "shg_service_cpu_limit_millicores",
+                "CPU limit, in millicores",
+                l,
+                s.cpu.limit,
+            );
+            m.counter(
+                "shg_service_cpu_throttled_periods_total",
+                "Scheduler periods spent at the CPU limit",
+                l,
+                s.cpu.throttled_periods,
+            );
+            m.gauge(
+                "shg_service_memory_bytes",
+                "Working set in bytes",
+                l,
+                s.memory.used,
+            );
+            m.gauge(
+                "shg_service_memory_reserve_bytes",
+                "Memory reserved in bytes",
+                l,
+                Some(s.memory.reserve),
+            );
+            m.gauge(
+                "shg_service_memory_limit_bytes",
+                "Memory limit in bytes",
+                l,
+                s.memory.limit,
+            );
+            m.counter(
+                "shg_service_oom_kills_total",
+                "Processes killed for lack of memory",
+                l,
+                Some(s.memory.oom_kills),
+            );
+            m.gauge(
+                "shg_service_pids",
+                "Processes and threads",
+                l,
+                s.pids.current,
+            );
+            m.gauge(
+                "shg_service_pids_limit",
+                "Limit on processes and threads",
+                l,
+                Some(s.pids.limit),
+            );
+            m.gauge(
+                "shg_service_storage_used_bytes",
+                "Bytes used on the data volume",
+                l,
+                s.storage.used,
+            );
+            m.gauge(
+                "shg_service_storage_limit_bytes",
+                "Size of the data volume",
+                l,
+                Some(s.storage.limit),
+            );
+        }
+        if let Some(g) = &stats.gateway {
+            for (resource, t) in [
+                ("cpu_millicores", &g.cpu),
+                ("memory_bytes", &g.memory),
+                ("storage_bytes", &g.storage),
+                ("bandwidth_down_bits", &g.bandwidth_down),
+                ("bandwidth_up_bits", &g.bandwidth_up),
+            ] {
+                let l = format!("resource=\"{resource}\"");
+                m.gauge(
+                    "shg_gateway_capacity",
+                    "What the gateway has, per resource",
+                    &l,
+                    Some(t.capacity),
+                );
+                m.gauge(
+                    "shg_gateway_system_reserve",
+                    "Kept back for the system, per resource",
+                    &l,
+                    Some(t.system_reserve),
+                );
+                m.gauge(
+                    "shg_gateway_reserved",
+                    "Reserved by services, per resource",
+                    &l,
+                    Some(t.reserved),
+                );
+                m.gauge(
+                    "shg_gateway_used",
+                    "Used on the host, per resource",
+                    &l,
+                    t.used,
+                );
+                m.gauge(
+                    "shg_gateway_free",
+                    "Left to reserve, per resource",
+                    &l,
+                    Some(t.free),
+                );
+            }
+        }
+        Ok(m.render())
     }
 
     fn service_use(&self, rec: &ServiceRecord) -> Result<ServiceUse, AgentError> {
@@ -120,4 +265,62 @@ impl Agent {
             },
         })
     }
+}
+
+/// Prometheus text exposition, grouped by metric (one HELP and TYPE line each).
+#[derive(Default)]
+struct Metrics {
+    /// (name, help, type, samples) in first-seen order.
+    families: Vec<(&'static str, &'static str, &'static str, Vec<String>)>,
+}
+
+impl Metrics {
+    fn add(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: &'static str,
+        labels: &str,
+        value: Option<u64>,
+    ) {
+        let Some(value) = value else { return };
+        let sample = format!("{name}{{{labels}}} {value}");
+        match self.families.iter_mut().find(|f| f.0 == name) {
+            Some(f) => f.3.push(sample),
+            None => self.families.push((name, help, kind, vec![sample])),
+        }
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &'static str, labels: &str, value: Option<u64>) {
+        self.add(name, help, "gauge", labels, value);
+    }
+
+    fn counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &str,
+        value: Option<u64>,
+    ) {
+        self.add(name, help, "counter", labels, value);
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for (name, help, kind, samples) in &self.families {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for s in samples {
+                out.push_str(s);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A label value as the exposition format wants it.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

@@ -1,4 +1,5 @@
-//! A client of the gateway API: HTTP/1.1 to the agent over its Unix socket, one connection per call.
+//! A client of the gateway API: HTTP/1.1 to the agent over its Unix socket, or over TCP with TLS
+//! (`https://HOST:PORT`) with a bearer token; one connection per call.
 //!
 //! Every call opens a fresh connection, so a long `logs --follow` or `exec` never holds up
 //! another call, and a client that hangs up simply closes its socket. Bodies that can be large
@@ -30,27 +31,26 @@ const UPLOAD_CHUNK: usize = 64 * 1024;
 /// Everything that can go wrong talking to the gateway.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The target is a URL; only the agent's local Unix socket is supported for now.
-    #[error(
-        "cannot use the gateway at {target}: remote gateways are not supported yet; \
-         run shg on the gateway and give the path of its API socket (default {})",
-        default_socket()
-    )]
-    Remote { target: String },
+    /// The target is neither a socket path nor an `https://HOST:PORT` URL.
+    #[error("cannot use the gateway at {target}: {reason}")]
+    BadTarget { target: String, reason: String },
+
+    /// The TLS settings could not be made (an unreadable CA certificate, say).
+    #[error("cannot talk TLS to {target}: {reason}")]
+    Tls { target: String, reason: String },
 
     /// The target is empty.
     #[error(
-        "no gateway given: set --gateway or SHG_GATEWAY to the path of the agent's API socket"
+        "no gateway given: set --gateway or SHG_GATEWAY to the agent's API socket or https://HOST:PORT"
     )]
     NoTarget,
 
-    /// Nothing listens on the socket (or it cannot be opened).
+    /// Nothing listens there (or it cannot be opened, or the TLS handshake failed).
     #[error(
-        "cannot reach the gateway at {}: {error}; is `shg gateway run` running? \
-         set --gateway or SHG_GATEWAY",
-        path.display()
+        "cannot reach the gateway at {target}: {error}; is `shg gateway run` running? \
+         set --gateway or SHG_GATEWAY"
     )]
-    Connect { path: PathBuf, error: io::Error },
+    Connect { target: String, error: io::Error },
 
     /// The agent answered with an error status; `message` is meant for the user.
     #[error("{message} (HTTP {status}, {code})")]
@@ -117,10 +117,6 @@ impl ClientError {
     }
 }
 
-fn default_socket() -> String {
-    format!("{}/{}", crate::DEFAULT_STATE_DIR, crate::SOCKET_NAME)
-}
-
 /// What a streaming callback returns: `()` to keep reading, or an `io::Result` whose error
 /// stops the stream (a closed pipe, say) and comes back as [`ClientError::Output`].
 pub trait Flow {
@@ -142,30 +138,119 @@ impl Flow for io::Result<()> {
 /// A handle on one gateway agent. Cheap to clone; it holds no connection.
 #[derive(Debug, Clone)]
 pub struct Client {
-    socket: PathBuf,
+    target: Target,
+    token: Option<String>,
 }
 
-impl Client {
-    /// A client of the agent listening on the Unix socket `target`. Nothing is connected yet:
-    /// an absent agent shows up as [`ClientError::Connect`] on the first call.
-    pub fn new(target: &str) -> Result<Client, ClientError> {
-        let lower = target.to_ascii_lowercase();
-        if lower.starts_with("http://") || lower.starts_with("https://") {
-            return Err(ClientError::Remote {
-                target: target.to_string(),
-            });
+#[derive(Clone)]
+enum Target {
+    Unix(PathBuf),
+    Https {
+        /// `host:port`, as given.
+        authority: String,
+        /// The name the certificate must carry.
+        server_name: rustls::pki_types::ServerName<'static>,
+        tls: std::sync::Arc<rustls::ClientConfig>,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(path) => write!(f, "{}", path.display()),
+            Target::Https { authority, .. } => write!(f, "https://{authority}"),
         }
+    }
+}
+
+/// How to reach a remote gateway: the token, and the certificate to trust.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Sent as `Authorization: Bearer`; never put in a URL.
+    pub token: Option<String>,
+    /// PEM certificate(s) to trust for `https://` targets (the gateway's self-made one is
+    /// `STATE_DIR/tls/cert.pem`); without it, the system's trusted roots.
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Anything a connection can run over.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Client {
+    /// A client of the agent at `target`: the path of its Unix socket, or `https://HOST:PORT`.
+    /// Nothing is connected yet: an absent agent shows up as [`ClientError::Connect`] on the
+    /// first call.
+    pub fn new(target: &str) -> Result<Client, ClientError> {
+        Client::with_options(target, &Options::default())
+    }
+
+    pub fn with_options(target: &str, options: &Options) -> Result<Client, ClientError> {
         if target.is_empty() {
             return Err(ClientError::NoTarget);
         }
+        let bad = |reason: &str| ClientError::BadTarget {
+            target: target.to_string(),
+            reason: reason.to_string(),
+        };
+        let lower = target.to_ascii_lowercase();
+        let target = if lower.starts_with("http://") {
+            return Err(bad(
+                "plain HTTP would send the token in the clear; use https://HOST:PORT",
+            ));
+        } else if lower.starts_with("https://") {
+            let authority = target["https://".len()..].trim_end_matches('/');
+            if authority.is_empty() || authority.contains('/') {
+                return Err(bad("give it as https://HOST:PORT, without a path"));
+            }
+            let host = match authority.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => host,
+                _ => return Err(bad("give the port: https://HOST:PORT")),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|_| bad("the host is not a name or an IP address"))?;
+            Target::Https {
+                authority: authority.to_string(),
+                server_name,
+                tls: tls_config(target, options.ca_cert.as_deref())?,
+            }
+        } else {
+            Target::Unix(PathBuf::from(target))
+        };
         Ok(Client {
-            socket: PathBuf::from(target),
+            target,
+            token: options.token.clone().filter(|t| !t.is_empty()),
         })
     }
 
-    /// The socket this client talks to.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// Where this client connects, for messages.
+    pub fn target(&self) -> String {
+        format!("{:?}", self.target)
+    }
+
+    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+        let failed = |error| ClientError::Connect {
+            target: self.target(),
+            error,
+        };
+        match &self.target {
+            Target::Unix(path) => Ok(Box::new(UnixStream::connect(path).await.map_err(failed)?)),
+            Target::Https {
+                authority,
+                server_name,
+                tls,
+            } => {
+                let tcp = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(failed)?;
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(failed)?;
+                Ok(Box::new(stream))
+            }
+        }
     }
 
     /// `GET /v1/services`: every installed service.
@@ -447,6 +532,136 @@ impl Client {
         self.json(Method::GET, uri, ReqBody::empty(), None).await
     }
 
+    /// `GET /v1/events?follow=true`: the journal as it grows (Server-Sent Events), calling
+    /// `on_event` for each new event until the stream ends or `on_event` fails.
+    pub async fn follow_events<F: Flow>(
+        &self,
+        service: Option<&str>,
+        mut on_event: impl FnMut(Event) -> F,
+    ) -> Result<(), ClientError> {
+        let mut query = Query::default();
+        query.push("follow", "true");
+        if let Some(name) = service {
+            query.push("service", name);
+        }
+        let uri = format!("/v1/events{}", query.0);
+        let request = describe(&Method::GET, &uri);
+        let response = self.call(Method::GET, uri, ReqBody::empty(), None).await?;
+        let mut body = response.into_body();
+        let mut lines = LineSplitter::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| http_error(&request, &e))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            lines.feed(&data);
+            while let Some(line) = lines.next_line() {
+                // Only `data:` lines carry the event; ids, names and comments repeat it.
+                let Some(json) = line.strip_prefix(b"data: ") else {
+                    continue;
+                };
+                let event: Event = serde_json::from_slice(json).map_err(|e| {
+                    bad_response(&request, format!("an event is not an event: {e}"))
+                })?;
+                on_event(event)
+                    .into_result()
+                    .map_err(|error| ClientError::Output { error })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let uri = "/metrics".to_string();
+        let request = describe(&Method::GET, &uri);
+        let response = self.call(Method::GET, uri, ReqBody::empty(), None).await?;
+        let bytes = collect(&request, response.into_body()).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `POST /v1/tokens` (operator): a new token, shown this once.
+    pub async fn create_token(
+        &self,
+        req: &crate::TokenRequest,
+    ) -> Result<crate::NewToken, ClientError> {
+        let json = serde_json::to_vec(req).expect("serializes");
+        self.json(
+            Method::POST,
+            "/v1/tokens".into(),
+            ReqBody::bytes(json),
+            Some("application/json"),
+        )
+        .await
+    }
+
+    /// `GET /v1/tokens` (operator).
+    pub async fn tokens(&self) -> Result<Vec<crate::TokenInfo>, ClientError> {
+        self.json(Method::GET, "/v1/tokens".into(), ReqBody::empty(), None)
+            .await
+    }
+
+    /// `DELETE /v1/tokens/{id}` (operator).
+    pub async fn revoke_token(&self, id: i64) -> Result<(), ClientError> {
+        let uri = format!("/v1/tokens/{id}");
+        let request = describe(&Method::DELETE, &uri);
+        let response = self
+            .call(Method::DELETE, uri, ReqBody::empty(), None)
+            .await?;
+        collect(&request, response.into_body()).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/audit` (operator): every mutating call, oldest first.
+    pub async fn audit(&self, since: Option<i64>) -> Result<Vec<crate::AuditEntry>, ClientError> {
+        let mut query = Query::default();
+        if let Some(id) = since {
+            query.push("since", &id.to_string());
+        }
+        let uri = format!("/v1/audit{}", query.0);
+        self.json(Method::GET, uri, ReqBody::empty(), None).await
+    }
+
+    /// Any call, for tests and tools: the status and the body, whatever they are.
+    pub async fn raw(
+        &self,
+        method: &str,
+        uri: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>), ClientError> {
+        let method =
+            Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::BadRequest {
+                request: format!("{method} {uri}"),
+                reason: e.to_string(),
+            })?;
+        let request = describe(&method, uri);
+        let has_body = body.is_some();
+        let body = body.map(ReqBody::bytes).unwrap_or_else(ReqBody::empty);
+        let content_type = has_body.then_some("application/json");
+        match self.call(method, uri.to_string(), body, content_type).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let bytes = collect(&request, response.into_body()).await?;
+                Ok((status, bytes.to_vec()))
+            }
+            Err(ClientError::Api {
+                status,
+                code,
+                message,
+                detail,
+            }) => {
+                let body = serde_json::to_vec(&ErrorBody {
+                    code,
+                    message,
+                    detail,
+                })
+                .expect("serializes");
+                Ok((status, body))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET /v1/gateway`: the agent itself.
     pub async fn gateway(&self) -> Result<GatewayInfo, ClientError> {
         self.json(Method::GET, "/v1/gateway".into(), ReqBody::empty(), None)
@@ -477,13 +692,7 @@ impl Client {
         content_type: Option<&'static str>,
     ) -> Result<Response<Incoming>, ClientError> {
         let request = describe(&method, &uri);
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|error| ClientError::Connect {
-                    path: self.socket.clone(),
-                    error,
-                })?;
+        let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http_error(&request, &e))?;
@@ -493,10 +702,17 @@ impl Client {
             let _ = connection.await;
         });
 
+        let host = match &self.target {
+            Target::Unix(_) => "localhost".to_string(),
+            Target::Https { authority, .. } => authority.clone(),
+        };
         let mut builder = Request::builder()
             .method(method)
             .uri(uri.as_str())
-            .header(HOST, "localhost");
+            .header(HOST, host);
+        if let Some(token) = &self.token {
+            builder = builder.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(content_type) = content_type {
             builder = builder.header(CONTENT_TYPE, content_type);
         }
@@ -536,6 +752,46 @@ impl Client {
             )),
         }
     }
+}
+
+/// TLS settings trusting `ca_cert` (PEM), or the system's roots without one.
+fn tls_config(
+    target: &str,
+    ca_cert: Option<&Path>,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let failed = |reason: String| ClientError::Tls {
+        target: target.to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| failed(format!("{}: not a PEM certificate: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(failed(format!("{}: no certificate in it", path.display())));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| failed(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 /// Reads a whole (finite) body.
@@ -671,6 +927,10 @@ enum ReqBody {
 impl ReqBody {
     fn empty() -> ReqBody {
         ReqBody::Bytes(None)
+    }
+
+    fn bytes(bytes: Vec<u8>) -> ReqBody {
+        ReqBody::Bytes(Some(Bytes::from(bytes)))
     }
 }
 
@@ -908,13 +1168,21 @@ mod tests {
     }
 
     #[test]
-    fn urls_are_refused_for_now() {
-        let err = Client::new("https://gw.example:8443").unwrap_err();
-        assert!(matches!(err, ClientError::Remote { .. }));
-        assert!(err
-            .to_string()
-            .contains("remote gateways are not supported yet"));
+    fn targets_are_a_socket_or_an_https_url() {
+        assert!(matches!(
+            Client::new("http://gw.example:8443"),
+            Err(ClientError::BadTarget { .. })
+        ));
+        let err = Client::new("https://gw.example").unwrap_err();
+        assert!(err.to_string().contains("give the port"), "{err}");
+        let ok = Client::new("https://gw.example:8443").unwrap();
+        assert_eq!(ok.target(), "https://gw.example:8443");
+        assert!(Client::new("https://[::1]:8443").is_ok());
         assert!(matches!(Client::new(""), Err(ClientError::NoTarget)));
+        assert_eq!(
+            Client::new("/var/lib/shg/api.sock").unwrap().target(),
+            "/var/lib/shg/api.sock"
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ pub mod client;
 pub mod exec_frames;
 pub mod types;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Options};
 pub use types::*;
 
 /// Where the agent keeps its state, and its socket, unless told otherwise.

@@ -140,7 +140,8 @@ pub struct StatsView {
     pub sampled_at_ms: u64,
     /// `v1` or `v2`: the cgroup interface the numbers came from.
     pub cgroups: String,
-    pub gateway: GatewayUse,
+    /// The gateway's totals; absent for a provider, which sees only its own services.
+    pub gateway: Option<GatewayUse>,
     pub services: Vec<ServiceUse>,
 }
 
@@ -227,4 +228,47 @@ pub struct StorageUse {
     pub limit: u64,
     /// The service's log (two segments at most).
     pub logs: u64,
+}
+
+/// Body of `POST /v1/tokens` (operator only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// `operator`, `provider` or `home`.
+    pub realm: String,
+    /// The provider's name, for a `provider` token.
+    #[serde(default)]
+    pub provider: Option<String>,
+}
+
+/// Answer of `POST /v1/tokens`: the token itself appears here once and is never shown again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewToken {
+    pub id: i64,
+    pub realm: String,
+    pub provider: Option<String>,
+    pub token: String,
+}
+
+/// A token as `GET /v1/tokens` lists it: never the token itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub realm: String,
+    pub provider: Option<String>,
+    pub created_ms: u64,
+    pub revoked_ms: Option<u64>,
+}
+
+/// One mutating API call, as `GET /v1/audit` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub time_ms: u64,
+    /// `operator`, `provider:NAME` or `home`.
+    pub principal: String,
+    /// Method and path, e.g. `POST /v1/services/camera/stop`.
+    pub action: String,
+    /// The HTTP status it ended with.
+    pub status: u16,
 }

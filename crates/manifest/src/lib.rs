@@ -918,6 +918,11 @@ fn check_path(path: &str, field: &str, what: &str) -> R<()> {
     Ok(())
 }
 
+/// Whether `name` is a valid service or provider name (see [`check_name`]).
+pub fn valid_name(name: &str) -> bool {
+    check_name(name, "name").is_ok()
+}
+
 /// Service and provider names become hostnames, directory names and cgroup names.
 fn check_name(name: &str, field: &str) -> R<()> {
     let length = name.chars().count();

@@ -11,15 +11,31 @@ const DEFAULT_GATEWAY: &str = "/var/lib/shg/api.sock";
 #[derive(Debug, Parser)]
 #[command(name = "shg", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
-    /// Path of the gateway agent's API socket
+    /// The gateway agent's API: the path of its socket, or https://HOST:PORT
     #[arg(
         long,
         global = true,
         env = "SHG_GATEWAY",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         default_value = DEFAULT_GATEWAY
     )]
     pub gateway: String,
+
+    /// Token for the gateway's API (needed over https; on the local socket, without one you
+    /// act as the operator)
+    #[arg(
+        long,
+        global = true,
+        env = "SHG_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// PEM certificate to trust for an https gateway (its self-made one is
+    /// STATE_DIR/tls/cert.pem)
+    #[arg(long, global = true, env = "SHG_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -48,6 +64,12 @@ pub enum Command {
 
     #[command(flatten)]
     Remote(RemoteCommand),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 
     /// Run a gateway agent with a demo service, to try SHG out
     Demo {
@@ -193,9 +215,56 @@ pub enum RemoteCommand {
         /// Only events of this service
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
-        /// Print the events as a JSON array
+        /// Print the events as a JSON array (with --follow: one JSON object per line)
         #[arg(long)]
         json: bool,
+        /// Keep printing new events as they happen
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+
+    /// Manage the API's tokens (operator)
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+
+    /// Show the audit log of every change made through the API (operator)
+    Audit {
+        /// Print it as a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it once (it is stored only as a hash)
+    Create {
+        /// A token for this provider: it sees and manages only its own services
+        #[arg(long, value_name = "NAME", group = "realm")]
+        provider: Option<String>,
+        /// A token for the household: every service, no provider's logs
+        #[arg(long, group = "realm")]
+        home: bool,
+        /// A token for the operator, for remote administration
+        #[arg(long, group = "realm")]
+        operator: bool,
+        /// Print it as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the tokens (never the tokens themselves)
+    List {
+        /// Print them as a JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: it stops working at once
+    Revoke {
+        /// The token's id, from `shg token list`
+        #[arg(value_name = "ID")]
+        id: i64,
     },
 }
 
@@ -206,6 +275,15 @@ pub enum GatewayCommand {
         /// Directory for the agent's state, packages, logs and API socket
         #[arg(long, value_name = "DIR", default_value = api::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Also serve the API over HTTPS on this address (callers need a token)
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// PEM certificate chain for --listen (default: one the agent makes for itself)
+        #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_key"])]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert
+        #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"])]
+        tls_key: Option<PathBuf>,
     },
 }
 

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use api::{Client, ClientError, LogEntry};
 
-use crate::cli::{Cli, Command, GatewayCommand, RemoteCommand};
+use crate::cli::{Cli, Command, GatewayCommand, RemoteCommand, TokenCommand};
 use crate::{daemon, output};
 
 /// Runs the parsed command line; returns the process exit code.
@@ -16,11 +16,34 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Pack { dir, output } => pack(&dir, &output),
         Command::Gateway {
-            command: GatewayCommand::Run { state_dir },
-        } => daemon::gateway_run(state_dir).map(|()| 0),
+            command:
+                GatewayCommand::Run {
+                    state_dir,
+                    listen,
+                    tls_cert,
+                    tls_key,
+                },
+        } => {
+            let listen = listen.map(|addr| agent::Listen {
+                addr,
+                cert: tls_cert,
+                key: tls_key,
+            });
+            daemon::gateway_run(state_dir, listen).map(|()| 0)
+        }
         Command::Demo { state_dir } => daemon::demo(state_dir).map(|()| 0),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "shg", &mut io::stdout());
+            Ok(0)
+        }
         Command::Remote(command) => {
-            let client = Client::new(&cli.gateway)?;
+            let options = api::Options {
+                token: cli.token.clone(),
+                ca_cert: cli.ca_cert.clone(),
+            };
+            let client = Client::with_options(&cli.gateway, &options)?;
             // Only the client commands get this small runtime; the agent builds its own.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -191,12 +214,42 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             client.remove(&name).await?;
             writeln!(out, "removed {name}")?;
         }
-        RemoteCommand::Events { service, json } => {
+        RemoteCommand::Events {
+            service,
+            json,
+            follow: false,
+        } => {
             let events = client.events(None, service.as_deref()).await?;
             if json {
                 print_json(&mut out, &events)?;
             } else {
                 output::events(&mut out, &events)?;
+            }
+        }
+        RemoteCommand::Events {
+            service,
+            json,
+            follow: true,
+        } => {
+            client
+                .follow_events(service.as_deref(), |event| {
+                    if json {
+                        serde_json::to_writer(&mut out, &event)?;
+                        writeln!(out)?;
+                    } else {
+                        output::events(&mut out, std::slice::from_ref(&event))?;
+                    }
+                    out.flush()
+                })
+                .await?;
+        }
+        RemoteCommand::Token { command } => token(client, command, &mut out).await?,
+        RemoteCommand::Audit { json } => {
+            let entries = client.audit(None).await?;
+            if json {
+                print_json(&mut out, &entries)?;
+            } else {
+                output::audit(&mut out, &entries)?;
             }
         }
     }
@@ -259,4 +312,57 @@ fn confirm_room(refusal: ClientError, yes: bool, what: &str) -> anyhow::Result<V
         bail!("nothing was stopped");
     }
     Ok(stop)
+}
+
+/// `shg token create | list | revoke`.
+async fn token(client: &Client, command: TokenCommand, out: &mut impl Write) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            provider,
+            home,
+            operator,
+            json,
+        } => {
+            let realm = match (&provider, home, operator) {
+                (Some(_), _, _) => "provider",
+                (None, true, _) => "home",
+                (None, false, true) => "operator",
+                (None, false, false) => {
+                    bail!("say whose token it is: --provider NAME, --home or --operator")
+                }
+            };
+            let made = client
+                .create_token(&api::TokenRequest {
+                    realm: realm.into(),
+                    provider,
+                })
+                .await?;
+            if json {
+                print_json(out, &made)?;
+            } else {
+                let whom = match &made.provider {
+                    Some(p) => format!("provider {p}"),
+                    None => made.realm.clone(),
+                };
+                writeln!(out, "{}", made.token)?;
+                eprintln!(
+                    "token {} for {whom}: shown this once, stored only as a hash; give it as SHG_TOKEN",
+                    made.id
+                );
+            }
+        }
+        TokenCommand::List { json } => {
+            let tokens = client.tokens().await?;
+            if json {
+                print_json(out, &tokens)?;
+            } else {
+                output::tokens(out, &tokens)?;
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            client.revoke_token(id).await?;
+            writeln!(out, "revoked token {id}")?;
+        }
+    }
+    Ok(())
 }

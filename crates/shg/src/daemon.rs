@@ -136,9 +136,11 @@ fn runtime_main(args: &[String]) -> i32 {
 }
 
 /// `shg gateway run`: the agent, until SIGTERM or SIGINT.
-pub fn gateway_run(state_dir: PathBuf) -> anyhow::Result<()> {
+pub fn gateway_run(state_dir: PathBuf, listen: Option<agent::Listen>) -> anyhow::Result<()> {
     init_logging();
-    agent::run(agent::Config::new(state_dir)?)?;
+    let mut cfg = agent::Config::new(state_dir)?;
+    cfg.listen = listen;
+    agent::run(cfg)?;
     Ok(())
 }
 

@@ -411,8 +411,10 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
             "CPU in cores; THROTTLED = periods at the CPU limit / periods"
         )?;
     }
+    let Some(g) = &s.gateway else {
+        return Ok(());
+    };
     writeln!(out)?;
-    let g = &s.gateway;
     let rate = |b: u64| format!("{:.1} Mbit/s", b as f64 / 1e6);
     let cpu = |m: u64| format!("{} cores", cores(m));
     type Format<'a> = &'a dyn Fn(u64) -> String;
@@ -443,6 +445,47 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
         "USED: cpu and memory of the whole host, storage of the services' volumes and logs; \
          FREE: left to reserve"
     )
+}
+
+/// `shg token list`.
+pub fn tokens(out: &mut impl Write, tokens: &[api::TokenInfo]) -> io::Result<()> {
+    if tokens.is_empty() {
+        return writeln!(out, "no tokens; make one with `shg token create`");
+    }
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.realm.clone(),
+                t.provider.clone().unwrap_or_else(|| "-".into()),
+                time(t.created_ms),
+                t.revoked_ms.map(time).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        "",
+        &["ID", "REALM", "PROVIDER", "CREATED", "REVOKED"],
+        &rows,
+    )
+}
+
+/// `shg audit`.
+pub fn audit(out: &mut impl Write, entries: &[api::AuditEntry]) -> io::Result<()> {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|a| {
+            vec![
+                time_ms(a.time_ms),
+                a.principal.clone(),
+                a.action.clone(),
+                a.status.to_string(),
+            ]
+        })
+        .collect();
+    table(out, "", &["TIME", "WHO", "WHAT", "STATUS"], &rows)
 }
 
 #[cfg(test)]

@@ -47,7 +47,8 @@ fn help_lists_every_command() {
     let help = stdout(&out);
     for command in [
         "pack", "gateway", "install", "ps", "logs", "inspect", "exec", "stop", "start", "restart",
-        "remove", "events", "demo",
+        "remove", "events", "demo", "stats", "capacity", "priority", "token", "audit",
+        "completions",
     ] {
         assert!(
             help.lines()
@@ -55,8 +56,9 @@ fn help_lists_every_command() {
             "`{command}` missing from shg --help:\n{help}"
         );
     }
-    assert!(help.contains("--gateway <PATH>"), "{help}");
+    assert!(help.contains("--gateway <PATH|URL>"), "{help}");
     assert!(help.contains("SHG_GATEWAY"), "{help}");
+    assert!(help.contains("SHG_TOKEN"), "{help}");
 }
 
 #[test]
@@ -179,14 +181,35 @@ fn gateway_comes_from_the_environment() {
 }
 
 #[test]
-fn remote_gateways_are_refused_clearly() {
-    let out = shg(&["ps", "--gateway", "https://gw.example:8443"]);
+fn plain_http_gateways_are_refused_clearly() {
+    let out = shg(&["ps", "--gateway", "http://gw.example:8443"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("remote gateways are not supported yet"),
+        stderr(&out).contains("plain HTTP would send the token in the clear"),
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn an_unreachable_https_gateway_is_named() {
+    // Port 1 on loopback: nothing listens there.
+    let out = shg(&["ps", "--gateway", "https://127.0.0.1:1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot reach the gateway at https://127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn completions_are_printed_for_bash() {
+    let out = shg(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(script.contains("_shg()"), "{script}");
+    assert!(script.contains("install"), "{script}");
 }
 
 #[test]

@@ -5,6 +5,10 @@
 //! transaction: the record and the journal never disagree, and a crash at any instant leaves
 //! either the state before the change or the state after it.
 
+mod access;
+
+pub use access::{AuditRecord, TokenRecord};
+
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -238,6 +242,7 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(db)?;
         conn.execute_batch(SCHEMA).map_err(db)?;
+        conn.execute_batch(access::SCHEMA).map_err(db)?;
         migrate(&conn).map_err(db)?;
         Ok(Store {
             conn,
@@ -389,6 +394,15 @@ impl Store {
         let mut events = rows.collect::<Result<Vec<_>, _>>().map_err(self.db())?;
         events.reverse();
         Ok(events)
+    }
+
+    /// The id of the newest event, 0 for an empty journal.
+    pub fn last_event_id(&self) -> Result<i64, StateError> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |row| {
+                row.get(0)
+            })
+            .map_err(self.db())
     }
 
     /// How many events of `kind` the journal holds for `service` from `since_ms` on.

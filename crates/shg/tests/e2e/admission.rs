@@ -146,20 +146,26 @@ fn the_household_confirms_the_proposal_and_the_agent_makes_room() {
     assert_eq!(vod.state, "stopped");
     let reason = vod.reason.unwrap_or_default();
     assert!(
-        reason.contains("`vod` (priority 5) was stopped to make room for `camera`"),
+        reason
+            .contains("`vod` (priority 5) was stopped to make room for another provider's service"),
         "{reason}"
     );
     assert!(gw
         .events("vod")
         .iter()
         .any(|(kind, _)| kind == "stopped-for-room"));
-    assert_eq!(gw.svc("game").unwrap().state, "running", "only what was needed");
+    assert_eq!(
+        gw.svc("game").unwrap().state,
+        "running",
+        "only what was needed"
+    );
 
     // Nothing of lower priority than `vod` holds memory: no proposal, nothing stopped.
     let none = gw.shg(&["start", "vod", "--make-room", "--yes"]);
     assert!(!none.ok(), "{none}");
     assert!(
-        none.stderr.contains("no lower-priority service frees enough"),
+        none.stderr
+            .contains("no lower-priority service frees enough"),
         "{none}"
     );
     assert_eq!(gw.svc("camera").unwrap().state, "running");

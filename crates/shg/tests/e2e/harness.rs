@@ -65,6 +65,9 @@ pub struct Gateway {
     agent: Option<Child>,
     /// Cgroup parents seen in this agent's bundles, cleaned up at the end.
     cgroup_parents: Vec<String>,
+    /// A token per provider, made on first need: a provider reads its services' logs and
+    /// runs commands in them; the operator (the socket without a token) may not.
+    provider_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     _dir: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -214,6 +217,7 @@ impl Gateway {
             work: work_guard.path().to_path_buf(),
             agent: None,
             cgroup_parents: Vec::new(),
+            provider_tokens: Default::default(),
             _dir: dir_guard,
             _work: work_guard,
         };
@@ -297,9 +301,12 @@ impl Gateway {
 
     /// Starts `shg ARGS…` against this agent without waiting for it.
     pub fn spawn_shg(&self, args: &[&str], stdout: Stdio, stderr: Stdio) -> Background {
-        let child = Command::new(SHG)
-            .args(args)
-            .env("SHG_GATEWAY", self.socket())
+        let mut cmd = Command::new(SHG);
+        cmd.args(args).env("SHG_GATEWAY", self.socket());
+        if let Some(token) = self.token_for(args) {
+            cmd.env("SHG_TOKEN", token);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -311,7 +318,34 @@ impl Gateway {
     fn try_shg(&self, args: &[&str], timeout: Duration) -> Result<Out, String> {
         let mut cmd = Command::new(SHG);
         cmd.args(args).env("SHG_GATEWAY", self.socket());
+        if let Some(token) = self.token_for(args) {
+            cmd.env("SHG_TOKEN", token);
+        }
         try_run(cmd, &self.work, timeout)
+    }
+
+    /// `shg logs NAME …` and `shg exec NAME …` read a provider's data: they run with the token
+    /// of NAME's provider, as that provider would. Everything else runs as the operator.
+    fn token_for(&self, args: &[&str]) -> Option<String> {
+        let (command, name) = (args.first()?, args.get(1)?);
+        if !matches!(*command, "logs" | "exec") {
+            return None;
+        }
+        let provider = self.try_ps().ok()?.into_iter().find(|s| s.name == *name)?.provider;
+        Some(self.provider_token(&provider))
+    }
+
+    /// The token of `provider`, made with `shg token create` the first time.
+    pub fn provider_token(&self, provider: &str) -> String {
+        let mut tokens = self.provider_tokens.lock().unwrap();
+        if let Some(token) = tokens.get(provider) {
+            return token.clone();
+        }
+        let out = self.shg_ok(&["token", "create", "--provider", provider]);
+        let token = out.stdout.trim().to_string();
+        assert!(token.starts_with("shg_"), "{out}");
+        tokens.insert(provider.to_string(), token.clone());
+        token
     }
 
     fn try_ps(&self) -> Result<Vec<Svc>, String> {

@@ -1,0 +1,429 @@
+//! The three realms: who is calling, and what each may do.
+//!
+//! - The **operator** runs the gateway: capacity, tokens, the audit log, every service's state
+//!   and use. It does not read a provider's logs or run commands inside its services.
+//! - A **provider** sees and manages its own services only; another provider's service is
+//!   answered exactly like one that does not exist (404), so competitors learn nothing.
+//! - The **home** user (the household) sees every service, starts and stops them, ranks them,
+//!   installs and removes them; it does not read providers' logs or enter their services.
+//!
+//! Callers on the local socket (root only) are the operator unless they present a token;
+//! callers over TCP must present one. Tokens are random, shown once, and stored as SHA-256.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+use crate::{Agent, AgentError};
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Operator,
+    Provider(String),
+    Home,
+}
+
+impl Principal {
+    /// How the audit log and messages name the caller: `operator`, `provider:acme`, `home`.
+    pub fn label(&self) -> String {
+        match self {
+            Principal::Operator => "operator".into(),
+            Principal::Provider(p) => format!("provider:{p}"),
+            Principal::Home => "home".into(),
+        }
+    }
+
+    /// Whether a service of `provider` exists at all for this caller.
+    pub fn sees(&self, provider: &str) -> bool {
+        match self {
+            Principal::Provider(p) => p == provider,
+            Principal::Operator | Principal::Home => true,
+        }
+    }
+}
+
+/// What a call does to one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceAction {
+    /// Summary, detail, stats, events.
+    Read,
+    /// Start, stop, restart.
+    Run,
+    Remove,
+    Priority,
+    /// The provider's data: its logs and commands run inside.
+    Logs,
+    Exec,
+}
+
+/// What a call does to the gateway as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayAction {
+    /// Version and the services this caller sees; the list of services; stats, events and
+    /// metrics (each filtered to what the caller sees).
+    Read,
+    /// Capacity, system reserve and what everyone reserved.
+    Capacity,
+    Install,
+    /// Tokens and the audit log.
+    Administer,
+}
+
+/// May `who` do `action` to a service of `provider` named `name`? A provider asking about
+/// another provider's service gets the same `NotFound` as for a missing one.
+pub fn check_service(
+    who: &Principal,
+    name: &str,
+    provider: &str,
+    action: ServiceAction,
+) -> Result<(), AgentError> {
+    if !who.sees(provider) {
+        return Err(AgentError::NotFound(name.to_string()));
+    }
+    match (who, action) {
+        (Principal::Operator, ServiceAction::Logs | ServiceAction::Exec) => {
+            Err(AgentError::Forbidden(format!(
+                "the operator does not read the logs of `{name}` or run commands inside it: they are provider `{provider}`'s data; use a token of `{provider}`"
+            )))
+        }
+        (Principal::Home, ServiceAction::Logs | ServiceAction::Exec) => {
+            Err(AgentError::Forbidden(format!(
+                "the household sees the state and resource use of `{name}`, not provider `{provider}`'s logs or the inside of its service"
+            )))
+        }
+        (Principal::Provider(_), ServiceAction::Priority) => Err(AgentError::Forbidden(
+            format!("priorities are the household's to set; ask it to rank `{name}`"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// May `who` do `action` to the gateway?
+pub fn check_gateway(who: &Principal, action: GatewayAction) -> Result<(), AgentError> {
+    match (who, action) {
+        (Principal::Provider(p), GatewayAction::Capacity) => Err(AgentError::Forbidden(format!(
+            "the gateway's capacity and everyone's reservations are for the operator and the household; provider `{p}` sees its own services with `shg stats`"
+        ))),
+        (Principal::Provider(_) | Principal::Home, GatewayAction::Administer) => {
+            Err(AgentError::Forbidden(
+                "tokens and the audit log are the operator's; use the gateway's local socket as root"
+                    .into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// May `who` install a package whose manifest names `provider`?
+pub fn check_install(who: &Principal, name: &str, provider: &str) -> Result<(), AgentError> {
+    check_gateway(who, GatewayAction::Install)?;
+    match who {
+        Principal::Provider(p) if p != provider => Err(AgentError::Forbidden(format!(
+            "`{name}` belongs to provider `{provider}`; provider `{p}` installs only its own services"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Requests a remote caller may make: a steady rate with room for a burst, per principal.
+pub(crate) struct Limiter {
+    per_second: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl Limiter {
+    pub(crate) fn new(per_second: f64, burst: f64) -> Limiter {
+        Limiter {
+            per_second,
+            burst,
+            buckets: Default::default(),
+        }
+    }
+
+    /// Takes one request from `who`'s bucket, or says how long to wait.
+    pub(crate) fn take(&self, who: &str) -> Result<(), AgentError> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, at) = buckets.entry(who.to_string()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens < 1.0 {
+            let wait = (1.0 - *tokens) / self.per_second;
+            return Err(AgentError::RateLimited(format!(
+                "too many requests from {who}: at most {} a second; try again in {:.1}s",
+                self.per_second, wait
+            )));
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+}
+
+/// A new token: `shg_` and 64 hex digits from the kernel's random source.
+pub fn new_token() -> Result<String, AgentError> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| AgentError::Internal(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(format!("shg_{}", hex::encode(bytes)))
+}
+
+/// What the database keeps of a token.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+impl Agent {
+    /// The principal a token stands for; None for an unknown or revoked token.
+    pub(crate) fn principal_of(&self, token: &str) -> Result<Option<Principal>, AgentError> {
+        let Some(rec) = self.store().token_by_hash(&token_hash(token))? else {
+            return Ok(None);
+        };
+        Ok(match (rec.realm.as_str(), rec.provider) {
+            ("operator", _) => Some(Principal::Operator),
+            ("home", _) => Some(Principal::Home),
+            ("provider", Some(p)) => Some(Principal::Provider(p)),
+            _ => None,
+        })
+    }
+
+    /// Makes a token for a realm; the token is returned once and only its hash is kept.
+    pub fn create_token(&self, req: &::api::TokenRequest) -> Result<::api::NewToken, AgentError> {
+        let (realm, provider) = match (req.realm.as_str(), &req.provider) {
+            ("provider", Some(p)) if manifest::valid_name(p) => ("provider", Some(p.as_str())),
+            ("provider", Some(p)) => {
+                return Err(AgentError::BadRequest(format!(
+                    "`{p}` is not a provider name: use lowercase letters, digits and dashes"
+                )))
+            }
+            ("provider", None) => {
+                return Err(AgentError::BadRequest(
+                    "a provider token needs the provider's name (`--provider NAME`)".into(),
+                ))
+            }
+            ("home" | "operator", None) => (req.realm.as_str(), None),
+            (r @ ("home" | "operator"), Some(_)) => {
+                return Err(AgentError::BadRequest(format!(
+                    "a {r} token names no provider; drop `provider`"
+                )))
+            }
+            (other, _) => {
+                return Err(AgentError::BadRequest(format!(
+                    "unknown realm `{other}`; use `operator`, `provider` or `home`"
+                )))
+            }
+        };
+        let token = new_token()?;
+        let id = self
+            .store()
+            .add_token(realm, provider, &token_hash(&token))?;
+        Ok(::api::NewToken {
+            id,
+            realm: realm.to_string(),
+            provider: provider.map(String::from),
+            token,
+        })
+    }
+
+    pub fn list_tokens(&self) -> Result<Vec<::api::TokenInfo>, AgentError> {
+        Ok(self
+            .store()
+            .tokens()?
+            .into_iter()
+            .map(|t| ::api::TokenInfo {
+                id: t.id,
+                realm: t.realm,
+                provider: t.provider,
+                created_ms: t.created_ms,
+                revoked_ms: t.revoked_ms,
+            })
+            .collect())
+    }
+
+    pub fn revoke_token(&self, id: i64) -> Result<(), AgentError> {
+        if self.store().revoke_token(id)? {
+            Ok(())
+        } else {
+            Err(AgentError::NoToken(id))
+        }
+    }
+
+    /// The services `who` sees.
+    pub fn list(&self, who: &Principal) -> Result<Vec<::api::ServiceSummary>, AgentError> {
+        Ok(self
+            .store()
+            .list()?
+            .iter()
+            .filter(|r| who.sees(&r.provider))
+            .map(crate::lifecycle::summary)
+            .collect())
+    }
+
+    /// Up to `limit` events after `since` that `who` may see.
+    pub fn events_for(
+        &self,
+        who: &Principal,
+        since: i64,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<::api::Event>, AgentError> {
+        let mut found = Vec::new();
+        let mut since = since;
+        while found.len() < limit {
+            let (next, mut page) = self.events_after(who, since, service, limit - found.len())?;
+            if next == since {
+                break;
+            }
+            found.append(&mut page);
+            since = next;
+        }
+        Ok(found)
+    }
+
+    /// One page of the journal after `since` (at most `page` events read), filtered to what
+    /// `who` may see; returns the last id read, so the caller pages on from there.
+    pub(crate) fn events_after(
+        &self,
+        who: &Principal,
+        since: i64,
+        service: Option<&str>,
+        page: usize,
+    ) -> Result<(i64, Vec<::api::Event>), AgentError> {
+        let events = self.store().events(since, service, page)?;
+        let last = events.last().map(|e| e.id).unwrap_or(since);
+        let Principal::Provider(provider) = who else {
+            return Ok((
+                last,
+                events.into_iter().map(crate::api::event_view).collect(),
+            ));
+        };
+        // A provider sees the events of its services since they were installed (a name may
+        // have belonged to another provider before), and no gateway-wide events.
+        let owned: Vec<(String, u64)> = self
+            .store()
+            .list()?
+            .into_iter()
+            .filter(|r| &r.provider == provider)
+            .map(|r| (r.name, r.installed_at_ms))
+            .collect();
+        let visible = events
+            .into_iter()
+            .filter(|e| {
+                e.service.as_ref().is_some_and(|s| {
+                    owned
+                        .iter()
+                        .any(|(name, since)| name == s && e.time_ms >= *since)
+                })
+            })
+            .map(crate::api::event_view)
+            .collect();
+        Ok((last, visible))
+    }
+
+    /// The record of `name` if `who` may do `action` to it; `NotFound` when it does not exist
+    /// for that caller.
+    pub(crate) fn access(
+        &self,
+        who: &Principal,
+        name: &str,
+        action: ServiceAction,
+    ) -> Result<state::ServiceRecord, AgentError> {
+        let rec = self.store().get(name)?;
+        check_service(who, name, &rec.provider, action)?;
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acme() -> Principal {
+        Principal::Provider("acme".into())
+    }
+
+    #[test]
+    fn a_provider_cannot_tell_a_rivals_service_from_a_missing_one() {
+        let rival = check_service(&acme(), "vod", "vodco", ServiceAction::Read).unwrap_err();
+        assert!(matches!(rival, AgentError::NotFound(ref n) if n == "vod"));
+        for action in [
+            ServiceAction::Read,
+            ServiceAction::Run,
+            ServiceAction::Remove,
+            ServiceAction::Logs,
+            ServiceAction::Exec,
+        ] {
+            check_service(&acme(), "camera", "acme", action).unwrap();
+        }
+        assert!(matches!(
+            check_service(&acme(), "camera", "acme", ServiceAction::Priority),
+            Err(AgentError::Forbidden(_))
+        ));
+    }
+
+    #[test]
+    fn neither_operator_nor_household_reads_provider_data() {
+        for who in [Principal::Operator, Principal::Home] {
+            for action in [ServiceAction::Logs, ServiceAction::Exec] {
+                assert!(matches!(
+                    check_service(&who, "camera", "acme", action),
+                    Err(AgentError::Forbidden(_))
+                ));
+            }
+            for action in [
+                ServiceAction::Read,
+                ServiceAction::Run,
+                ServiceAction::Remove,
+                ServiceAction::Priority,
+            ] {
+                check_service(&who, "camera", "acme", action).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_operator_administers() {
+        check_gateway(&Principal::Operator, GatewayAction::Administer).unwrap();
+        for who in [acme(), Principal::Home] {
+            assert!(check_gateway(&who, GatewayAction::Administer).is_err());
+        }
+        assert!(check_gateway(&acme(), GatewayAction::Capacity).is_err());
+        check_gateway(&Principal::Home, GatewayAction::Capacity).unwrap();
+    }
+
+    #[test]
+    fn providers_install_only_their_own_services() {
+        check_install(&acme(), "camera", "acme").unwrap();
+        let err = check_install(&acme(), "vod", "vodco").unwrap_err();
+        assert!(
+            err.to_string().contains("belongs to provider `vodco`"),
+            "{err}"
+        );
+        check_install(&Principal::Home, "vod", "vodco").unwrap();
+    }
+
+    #[test]
+    fn tokens_are_random_and_only_their_hash_is_kept() {
+        let (a, b) = (new_token().unwrap(), new_token().unwrap());
+        assert_ne!(a, b);
+        assert!(a.starts_with("shg_") && a.len() == 68);
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), token_hash(&b));
+    }
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_the_rate() {
+        let limiter = Limiter::new(10.0, 3.0);
+        for _ in 0..3 {
+            limiter.take("home").unwrap();
+        }
+        let err = limiter.take("home").unwrap_err();
+        assert!(matches!(err, AgentError::RateLimited(_)));
+        limiter.take("provider:acme").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        limiter.take("home").unwrap();
+    }
+}

@@ -1,0 +1,164 @@
+//! The API over TCP with TLS (rustls), beside the local socket: `shg gateway run --listen`.
+//!
+//! The certificate is the operator's (`--tls-cert`/`--tls-key`) or one the agent made for
+//! itself on first start and keeps in `STATE/tls/` (clients trust it with `--ca-cert`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{Agent, AgentError};
+
+/// Where a remote client connects, and with which certificate.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    /// PEM certificate chain and key; both or neither (then self-made).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// A TLS handshake slower than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's TLS settings from the given certificate, or from the self-made one (made now
+/// if missing), valid for `localhost`, the loopback addresses, the host name and `addr`.
+pub fn server_config(
+    state_dir: &Path,
+    listen: &Listen,
+) -> Result<Arc<rustls::ServerConfig>, AgentError> {
+    let (cert, key) = match (&listen.cert, &listen.key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) => self_made(state_dir, listen.addr)?,
+        _ => {
+            return Err(AgentError::BadRequest(
+                "give both --tls-cert and --tls-key, or neither to use a self-made certificate"
+                    .into(),
+            ))
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            AgentError::BadRequest(format!(
+                "{}: not a PEM certificate chain: {e}",
+                cert.display()
+            ))
+        })?;
+    if chain.is_empty() {
+        return Err(AgentError::BadRequest(format!(
+            "{}: no certificate in it",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+        AgentError::BadRequest(format!("{}: not a PEM private key: {e}", key.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| AgentError::BadRequest(format!("the TLS certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The self-made certificate and key under `STATE/tls/`, made on first use.
+fn self_made(state_dir: &Path, addr: SocketAddr) -> Result<(PathBuf, PathBuf), AgentError> {
+    let dir = state_dir.join("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(host) = nix::unistd::gethostname() {
+        names.push(host.to_string_lossy().into_owned());
+    }
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    names.dedup();
+    let made = rcgen::generate_simple_self_signed(names)
+        .map_err(|e| AgentError::Internal(format!("cannot make a TLS certificate: {e}")))?;
+    write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, made.cert.pem()).map_err(|e| AgentError::io(&cert, e))?;
+    Ok((cert, key))
+}
+
+/// Writes a file only root can read, from its first byte on.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| AgentError::io(path, e))?;
+    file.write_all(bytes).map_err(|e| AgentError::io(path, e))
+}
+
+/// Binds `addr` now (so a taken port fails the start), then serves the API over TLS until
+/// `stop` turns true.
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| AgentError::BadRequest(format!("cannot listen on {addr}: {e}")))
+}
+
+pub async fn serve(
+    agent: Arc<Agent>,
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(config);
+    let app = crate::api::router(agent, crate::api::Transport::Remote);
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of descriptors, say: wait a little rather than spin.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}
