@@ -10,6 +10,7 @@ packages=(
   runc              # the bundle must run unchanged under runc (a test proves it)
   e2fsprogs         # mkfs.ext4 for each service's size-capped data volume
   mount             # mount -o loop for those volumes
+  prometheus        # a test scrapes /metrics with a real Prometheus and checks it with promtool
 )
 missing=()
 for p in "${packages[@]}"; do

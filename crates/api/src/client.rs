@@ -339,6 +339,11 @@ impl Client {
             error,
         };
         let file = tokio::fs::File::open(path).await.map_err(package_error)?;
+        if matches!(self.target, Target::Https { .. }) {
+            // A gateway refusing the token answers before reading the package and closes the
+            // connection under the upload; ask first, so the answer is the refusal itself.
+            self.gateway().await?;
+        }
         let meta = file.metadata().await.map_err(package_error)?;
         if !meta.is_file() {
             return Err(package_error(io::Error::new(

@@ -223,6 +223,9 @@ pub enum RemoteCommand {
         follow: bool,
     },
 
+    /// Print the gateway's Prometheus metrics (what `GET /metrics` serves)
+    Metrics,
+
     /// Manage the API's tokens (operator)
     Token {
         #[command(subcommand)]

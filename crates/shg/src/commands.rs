@@ -243,6 +243,7 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 })
                 .await?;
         }
+        RemoteCommand::Metrics => write!(out, "{}", client.metrics().await?)?,
         RemoteCommand::Token { command } => token(client, command, &mut out).await?,
         RemoteCommand::Audit { json } => {
             let entries = client.audit(None).await?;

@@ -46,8 +46,24 @@ fn help_lists_every_command() {
     assert!(out.status.success(), "{}", stderr(&out));
     let help = stdout(&out);
     for command in [
-        "pack", "gateway", "install", "ps", "logs", "inspect", "exec", "stop", "start", "restart",
-        "remove", "events", "demo", "stats", "capacity", "priority", "token", "audit",
+        "pack",
+        "gateway",
+        "install",
+        "ps",
+        "logs",
+        "inspect",
+        "exec",
+        "stop",
+        "start",
+        "restart",
+        "remove",
+        "events",
+        "demo",
+        "stats",
+        "capacity",
+        "priority",
+        "token",
+        "audit",
         "completions",
     ] {
         assert!(

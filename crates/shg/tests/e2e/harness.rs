@@ -68,6 +68,8 @@ pub struct Gateway {
     /// A token per provider, made on first need: a provider reads its services' logs and
     /// runs commands in them; the operator (the socket without a token) may not.
     provider_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Where the agent serves HTTPS too, when started with [`Gateway::start_listening`].
+    pub listen: Option<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -195,8 +197,17 @@ impl Gateway {
         Gateway::start_with_config(None)
     }
 
+    /// Like [`Gateway::start`], serving the API over HTTPS on a free loopback port too.
+    pub fn start_listening() -> Gateway {
+        Gateway::start_full(None, true)
+    }
+
     /// Like [`Gateway::start`], with `STATE/gateway.toml` written first.
     pub fn start_with_config(config: Option<&str>) -> Gateway {
+        Gateway::start_full(config, false)
+    }
+
+    fn start_full(config: Option<&str>, listen: bool) -> Gateway {
         assert!(
             fs::read_to_string("/proc/self/status")
                 .unwrap_or_default()
@@ -218,14 +229,30 @@ impl Gateway {
             agent: None,
             cgroup_parents: Vec::new(),
             provider_tokens: Default::default(),
+            listen: None,
             _dir: dir_guard,
             _work: work_guard,
         };
         if let Some(config) = config {
             fs::write(gw.dir.join("gateway.toml"), config).expect("write gateway.toml");
         }
+        if listen {
+            // A port the kernel just handed out and nobody holds now.
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+            gw.listen = Some(probe.local_addr().unwrap());
+        }
         gw.spawn_agent();
         gw
+    }
+
+    /// `https://127.0.0.1:PORT` of an agent started with [`Gateway::start_listening`].
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.listen.expect("started listening"))
+    }
+
+    /// The agent's self-made certificate, to trust over HTTPS.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("tls/cert.pem")
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -258,9 +285,12 @@ impl Gateway {
             .open(self.work.join("agent.log"))
             .and_then(|log| Ok((log.try_clone()?, log)))
             .map_err(|e| format!("cannot open the agent log: {e}"))?;
-        let child = Command::new(SHG)
-            .args(["gateway", "run", "--state-dir"])
-            .arg(&self.dir)
+        let mut cmd = Command::new(SHG);
+        cmd.args(["gateway", "run", "--state-dir"]).arg(&self.dir);
+        if let Some(addr) = self.listen {
+            cmd.arg("--listen").arg(addr.to_string());
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.0)
             .stderr(log.1)
@@ -315,6 +345,22 @@ impl Gateway {
         Background(child)
     }
 
+    /// Starts `shg ARGS…` with `token` in SHG_TOKEN, its stdout going to a file (returned).
+    pub fn spawn_shg_as(&self, args: &[&str], token: &str) -> (Background, PathBuf) {
+        let path = self.work.join(format!("stdout-{}", unique()));
+        let file = fs::File::create(&path).expect("stdout file");
+        let child = Command::new(SHG)
+            .args(args)
+            .env("SHG_GATEWAY", self.socket())
+            .env("SHG_TOKEN", token)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn shg {}: {e}", args.join(" ")));
+        (Background(child), path)
+    }
+
     fn try_shg(&self, args: &[&str], timeout: Duration) -> Result<Out, String> {
         let mut cmd = Command::new(SHG);
         cmd.args(args).env("SHG_GATEWAY", self.socket());
@@ -331,7 +377,12 @@ impl Gateway {
         if !matches!(*command, "logs" | "exec") {
             return None;
         }
-        let provider = self.try_ps().ok()?.into_iter().find(|s| s.name == *name)?.provider;
+        let provider = self
+            .try_ps()
+            .ok()?
+            .into_iter()
+            .find(|s| s.name == *name)?
+            .provider;
         Some(self.provider_token(&provider))
     }
 

@@ -15,6 +15,7 @@ mod isolation;
 mod lifecycle;
 mod logs;
 mod monitor;
+mod realms;
 mod resources;
 mod restart;
 mod runc;

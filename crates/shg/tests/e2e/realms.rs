@@ -1,0 +1,422 @@
+//! The three realms through the real API: an authorization matrix generated from the OpenAPI
+//! document (every operation × operator, provider A, provider B, household, anonymous), over
+//! HTTPS with real tokens; the audit log; revocation; the event stream; Prometheus metrics.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{eventually, Gateway};
+
+const OPENAPI: &str = include_str!("../../../agent/openapi.json");
+
+fn sleeper(name: &str, provider: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"{provider}\"\n\n\
+         [run]\ncommand = [\"/bin/sleep\", \"100000\"]\n"
+    )
+}
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Operator,
+    /// acme: owns `cam`, the service every request names.
+    Owner,
+    /// vodco: owns `vod`, a rival of acme.
+    Rival,
+    Home,
+    Anonymous,
+}
+
+/// What the rules say must happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Not refused: any status but 401, 403 and 404.
+    Allowed,
+    Forbidden,
+    /// 404, exactly as for a service that does not exist.
+    Hidden,
+    Unauthorized,
+}
+
+/// The rules of the issue, written out per operation (by `operationId`) independently of the
+/// agent's code.
+fn expected(op: &str, who: Who) -> Expect {
+    use Expect::*;
+    if op == "openapi" {
+        return Allowed;
+    }
+    if who == Who::Anonymous {
+        return Unauthorized;
+    }
+    let on_service = matches!(
+        op,
+        "getService"
+            | "removeService"
+            | "start"
+            | "stop"
+            | "restart"
+            | "setPriority"
+            | "logs"
+            | "exec"
+    );
+    match (op, who) {
+        // Tokens and the audit log: the operator's.
+        ("listTokens" | "createToken" | "revokeToken" | "audit", Who::Operator) => Allowed,
+        ("listTokens" | "createToken" | "revokeToken" | "audit", _) => Forbidden,
+        // Capacity: operator and household.
+        ("capacity", Who::Owner | Who::Rival) => Forbidden,
+        // A rival's service does not exist for a provider.
+        (_, Who::Rival) if on_service => Hidden,
+        // Provider data: the provider's alone.
+        ("logs" | "exec", Who::Operator | Who::Home) => Forbidden,
+        // Priorities: the household's (and the operator's).
+        ("setPriority", Who::Owner) => Forbidden,
+        // Installing a package of acme's: acme, the household, the operator.
+        ("install", Who::Rival) => Forbidden,
+        _ => Allowed,
+    }
+}
+
+struct Callers {
+    clients: BTreeMap<Who, api::Client>,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Callers {
+    fn new(gw: &Gateway) -> Callers {
+        let token = |args: &[&str]| gw.shg_ok(args).stdout.trim().to_string();
+        let home = token(&["token", "create", "--home"]);
+        let mut clients = BTreeMap::new();
+        let remote = |t: Option<String>| {
+            let options = api::Options {
+                token: t,
+                ca_cert: Some(gw.ca_cert()),
+            };
+            api::Client::with_options(&gw.https_url(), &options).expect("client")
+        };
+        // The operator on the local socket, as root on the gateway; everyone else over HTTPS.
+        clients.insert(
+            Who::Operator,
+            api::Client::new(gw.socket().to_str().unwrap()).unwrap(),
+        );
+        clients.insert(Who::Owner, remote(Some(gw.provider_token("acme"))));
+        clients.insert(Who::Rival, remote(Some(gw.provider_token("vodco"))));
+        clients.insert(Who::Home, remote(Some(home)));
+        clients.insert(Who::Anonymous, remote(None));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        Callers { clients, rt }
+    }
+
+    fn call(&self, who: Who, method: &str, uri: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+        self.rt
+            .block_on(self.clients[&who].raw(method, uri, body))
+            .unwrap_or_else(|e| panic!("{who:?} {method} {uri}: {e}"))
+    }
+}
+
+/// Puts `cam` back as the matrix expects it: installed and running.
+fn restore(gw: &Gateway, cam: &std::path::Path) {
+    if gw.svc("cam").is_none() {
+        gw.shg_ok(&["install", cam.to_str().unwrap()]);
+    }
+    if gw.svc("cam").unwrap().state != "running" {
+        gw.shg_ok(&["start", "cam"]);
+    }
+    gw.wait_running("cam");
+}
+
+#[test]
+fn every_operation_answers_each_realm_by_the_rules() {
+    let gw = Gateway::start_listening();
+    let cam = gw.package("cam", &sleeper("cam", "acme"), &[]);
+    gw.shg_ok(&["install", cam.to_str().unwrap()]);
+    gw.install("vod", &sleeper("vod", "vodco"), &[]);
+    gw.wait_running("cam");
+    let callers = Callers::new(&gw);
+    let probe = std::fs::read(gw.package("probe", &sleeper("probe", "acme"), &[])).unwrap();
+
+    let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            let id = op["operationId"].as_str().unwrap();
+            for who in [
+                Who::Operator,
+                Who::Owner,
+                Who::Rival,
+                Who::Home,
+                Who::Anonymous,
+            ] {
+                // A live token to revoke, made fresh for each caller.
+                let victim = gw.shg_ok(&["token", "create", "--home", "--json"]).stdout;
+                let victim: Value = serde_json::from_str(&victim).unwrap();
+                let uri = path
+                    .replace("{name}", "cam")
+                    .replace("{id}", &victim["id"].to_string());
+                let (uri, body) = match id {
+                    // Dry runs: the authorization is what is under test, not a new service.
+                    "install" => (format!("{uri}?dry_run=true"), Some(probe.clone())),
+                    "setPriority" => (uri, Some(br#"{"priority":60}"#.to_vec())),
+                    "exec" => (uri, Some(br#"{"command":["true"]}"#.to_vec())),
+                    "createToken" => (uri, Some(br#"{"realm":"home"}"#.to_vec())),
+                    _ => (uri, None),
+                };
+                // Refused before its body is read, an anonymous call sends none.
+                let body = body.filter(|_| who != Who::Anonymous);
+                let (status, reply) = callers.call(who, &method.to_uppercase(), &uri, body);
+                let want = expected(id, who);
+                let text = String::from_utf8_lossy(&reply);
+                let ok = match want {
+                    Expect::Allowed => ![401, 403, 404].contains(&status),
+                    Expect::Forbidden => status == 403,
+                    Expect::Hidden => status == 404,
+                    Expect::Unauthorized => status == 401,
+                };
+                assert!(
+                    ok,
+                    "{id} ({method} {uri}) as {who:?}: want {want:?}, got {status}: {text}"
+                );
+                if want == Expect::Hidden {
+                    // The very answer a missing service gets: nothing tells them apart.
+                    let (missing, _) = callers.call(
+                        who,
+                        &method.to_uppercase(),
+                        &uri.replace("/cam", "/nosuch"),
+                        None,
+                    );
+                    assert_eq!(missing, 404);
+                    assert!(text.contains("no service named `cam`"), "{text}");
+                }
+                restore(&gw, &cam);
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(
+        checked,
+        20 * 5,
+        "every operation of the document was checked"
+    );
+}
+
+#[test]
+fn lists_streams_and_metrics_show_each_realm_only_its_own() {
+    let gw = Gateway::start_listening();
+    gw.install("cam", &sleeper("cam", "acme"), &[]);
+    gw.install("vod", &sleeper("vod", "vodco"), &[]);
+    gw.wait_running("cam");
+    gw.wait_running("vod");
+    let callers = Callers::new(&gw);
+    let json = |who: Who, uri: &str| -> Value {
+        let (status, body) = callers.call(who, "GET", uri, None);
+        assert_eq!(
+            status,
+            200,
+            "{who:?} {uri}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        serde_json::from_slice(&body).unwrap()
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&json(Who::Owner, "/v1/services")), ["cam"]);
+    assert_eq!(names(&json(Who::Rival, "/v1/services")), ["vod"]);
+    assert_eq!(names(&json(Who::Home, "/v1/services")), ["cam", "vod"]);
+    let stats = json(Who::Owner, "/v1/stats");
+    assert_eq!(names(&stats["services"]), ["cam"]);
+    assert!(
+        stats["gateway"].is_null(),
+        "a provider sees no gateway totals"
+    );
+    assert!(json(Who::Home, "/v1/stats")["gateway"]["memory"]["capacity"].is_u64());
+
+    let events = json(Who::Owner, "/v1/events?limit=1000");
+    let services: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["service"].as_str().unwrap_or("(gateway)"))
+        .collect();
+    assert!(services.contains(&"cam"), "{services:?}");
+    assert!(services.iter().all(|s| *s == "cam"), "{services:?}");
+    let rival_asks = json(Who::Rival, "/v1/events?service=cam");
+    assert_eq!(
+        rival_asks,
+        serde_json::json!([]),
+        "as for a name never used"
+    );
+
+    let (_, metrics) = callers.call(Who::Owner, "GET", "/metrics", None);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("shg_service_up{service=\"cam\",provider=\"acme\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("vod"), "{metrics}");
+    assert!(!metrics.contains("shg_gateway_"), "{metrics}");
+
+    // The event stream, as the owner, over HTTPS: it sees its own service stop, not the rival's.
+    let stream = gw.spawn_shg_as(
+        &[
+            "--gateway",
+            &gw.https_url(),
+            "--ca-cert",
+            gw.ca_cert().to_str().unwrap(),
+            "events",
+            "--follow",
+            "--json",
+        ],
+        &gw.provider_token("acme"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    gw.shg_ok(&["stop", "vod"]);
+    gw.shg_ok(&["stop", "cam"]);
+    let seen = eventually(
+        "the stream to show `cam` stopping",
+        Duration::from_secs(10),
+        || {
+            let text = std::fs::read_to_string(&stream.1).unwrap_or_default();
+            text.contains("\"kind\":\"stopped\"").then_some(text)
+        },
+    );
+    assert!(seen.contains("\"service\":\"cam\""), "{seen}");
+    assert!(!seen.contains("vod"), "{seen}");
+    drop(stream);
+
+    // Every change went into the audit log with who made it; a revoked token stops working.
+    let audit = gw.shg_ok(&["audit", "--json"]).stdout;
+    let audit: Value = serde_json::from_str(&audit).unwrap();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["principal"] == "operator"
+                && a["action"] == "POST /v1/services/cam/stop"
+                && a["status"] == 200),
+        "{audit}"
+    );
+    let list = gw.shg_ok(&["token", "list", "--json"]).stdout;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    assert!(
+        !list.to_string().contains("shg_"),
+        "tokens are never listed: {list}"
+    );
+    let home_id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["realm"] == "home")
+        .unwrap()["id"]
+        .to_string();
+    gw.shg_ok(&["token", "revoke", &home_id]);
+    let (status, body) = callers.call(Who::Home, "GET", "/v1/services", None);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn promtool_accepts_the_metrics_and_prometheus_scrapes_them() {
+    let gw = Gateway::start_listening();
+    gw.install("cam", &sleeper("cam", "acme"), &[]);
+    gw.wait_running("cam");
+    // Let the sampler see the service once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let text = gw.shg_ok(&["metrics"]).stdout;
+    assert!(
+        text.contains("shg_service_memory_bytes{service=\"cam\""),
+        "{text}"
+    );
+    let metrics_file = gw.work.join("metrics.txt");
+    std::fs::write(&metrics_file, &text).unwrap();
+    let check = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "promtool check metrics < {}",
+            metrics_file.display()
+        ))
+        .output()
+        .expect("run promtool (scripts/setup.sh installs prometheus)");
+    assert!(
+        check.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // A real Prometheus scrapes the agent over HTTPS with the household's token.
+    let token = gw
+        .shg_ok(&["token", "create", "--home"])
+        .stdout
+        .trim()
+        .to_string();
+    let token_file = gw.work.join("token");
+    std::fs::write(&token_file, &token).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = gw.work.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: shg\n    scheme: https\n    \
+             authorization:\n      credentials_file: {}\n    tls_config:\n      ca_file: {}\n    \
+             static_configs:\n      - targets: ['{}']\n",
+            token_file.display(),
+            gw.ca_cert().display(),
+            gw.listen.unwrap()
+        ),
+    )
+    .unwrap();
+    let prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            gw.work.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(gw.work.join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("run prometheus (scripts/setup.sh installs it)");
+    let _prometheus = crate::harness::Background(prometheus);
+    let query = "/api/v1/query?query=shg_service_up%7Bservice%3D%22cam%22%7D";
+    let answer = eventually(
+        "Prometheus to have scraped `cam`",
+        Duration::from_secs(30),
+        || {
+            let text = http_get(port, &query).ok()?;
+            text.contains("\"service\":\"cam\"").then_some(text)
+        },
+    );
+    assert!(answer.contains("\"1\"]"), "shg_service_up is 1: {answer}");
+}
+
+/// A plain HTTP/1.0 GET on loopback (Prometheus's own API); the body.
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    Ok(reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
