@@ -8,5 +8,6 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
+scripts/test-tools.sh
 cargo build --workspace --all-targets
 cargo test --workspace -- --test-threads=4 "$@"

@@ -128,7 +128,56 @@ pub fn router(agent: Arc<Agent>, transport: Transport) -> Router {
         })
         // Packages stream to disk with their own cap; JSON bodies stay small.
         .layer(DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::map_response(json_errors))
         .with_state(agent)
+}
+
+/// Rejections made by axum itself (a query or path that does not parse, a wrong method, a
+/// body too large) come as plain text; every error of this API is an [`api::ErrorBody`].
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let text = axum::body::to_bytes(response.into_body(), 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    // axum says 422 for a body of the right syntax and the wrong shape: a bad request here.
+    let status = if status == StatusCode::UNPROCESSABLE_ENTITY {
+        StatusCode::BAD_REQUEST
+    } else {
+        status
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too-large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        s if s.is_server_error() => "internal",
+        _ => "bad-request",
+    };
+    let message = match (status, text.is_empty()) {
+        (StatusCode::METHOD_NOT_ALLOWED, _) => {
+            "this path does not take that method; `GET /openapi.json` lists what each takes".into()
+        }
+        (_, true) => status
+            .canonical_reason()
+            .unwrap_or("bad request")
+            .to_string(),
+        (_, false) => text,
+    };
+    let body = api::ErrorBody {
+        code: code.into(),
+        message,
+        detail: None,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Finds out who is calling (a bearer token, or the operator on the local socket), holds

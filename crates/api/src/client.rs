@@ -357,7 +357,7 @@ impl Client {
             remaining: meta.len(),
             buf: vec![0; UPLOAD_CHUNK].into_boxed_slice(),
         };
-        self.json(Method::POST, uri, body, Some("application/x-tar"))
+        self.json(Method::POST, uri, body, Some("application/octet-stream"))
             .await
     }
 
@@ -1223,7 +1223,7 @@ mod tests {
             "{head}"
         );
         assert!(
-            head.contains("content-type: application/x-tar\r\n"),
+            head.contains("content-type: application/octet-stream\r\n"),
             "{head}"
         );
         assert!(head.contains("content-length: 200000\r\n"), "{head}");

@@ -420,3 +420,57 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default())
 }
+
+/// schemathesis (from PyPI, installed by scripts/test-tools.sh) drives every operation of the
+/// OpenAPI document with generated and boundary inputs as the household: no 5xx, no answer
+/// outside the document (status, content type, schema).
+#[test]
+fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
+    let schemathesis = std::path::Path::new("/opt/shg-test/venv/bin/schemathesis");
+    assert!(
+        schemathesis.exists(),
+        "{} is missing: run scripts/test-tools.sh (scripts/test.sh does)",
+        schemathesis.display()
+    );
+    let gw = Gateway::start_listening();
+    // The document's example name, so calls on a service reach a real one.
+    gw.install("camera", &sleeper("camera", "acme"), &[]);
+    let token = gw
+        .shg_ok(&["token", "create", "--home"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = std::process::Command::new(schemathesis)
+        .current_dir(&gw.work)
+        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/openapi.json")])
+        .args(["--url", &gw.https_url()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg("--tls-verify")
+        .arg(gw.ca_cert())
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "10",
+            "--rate-limit",
+            "15/s",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .expect("run schemathesis");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{report}\n--- agent log\n{}",
+        gw.agent_log()
+    );
+    assert!(report.contains("20 selected / 20 total"), "{report}");
+}
