@@ -102,6 +102,7 @@ pub struct Verdict {
 
 /// Body of `POST /v1/services/{name}/exec`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub command: Vec<String>,
 }

@@ -32,6 +32,10 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// Print the answer as JSON (one JSON object per line for streams)
+    #[arg(long, global = true)]
+    pub json: bool,
+
     /// PEM certificate to trust for an https gateway (its self-made one is
     /// STATE_DIR/tls/cert.pem)
     #[arg(long, global = true, env = "SHG_CA_CERT", value_name = "FILE")]
@@ -110,11 +114,7 @@ pub enum RemoteCommand {
     },
 
     /// List the installed services and their state
-    Ps {
-        /// Print the services as a JSON array
-        #[arg(long)]
-        json: bool,
-    },
+    Ps,
 
     /// Show a service's output: stdout lines on stdout, stderr lines on stderr
     Logs {
@@ -137,9 +137,6 @@ pub enum RemoteCommand {
         /// Service name
         #[arg(value_name = "NAME")]
         name: String,
-        /// Print the service as JSON
-        #[arg(long)]
-        json: bool,
     },
 
     /// Run a command inside a running service and exit with its exit code
@@ -172,18 +169,10 @@ pub enum RemoteCommand {
     },
 
     /// Show what each service uses against its reservation and limit, and the gateway's totals
-    Stats {
-        /// Print it as JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Stats,
 
     /// Show the gateway's capacity, system reserve, and what is reserved and free
-    Capacity {
-        /// Print it as JSON
-        #[arg(long)]
-        json: bool,
-    },
+    Capacity,
 
     /// Stop a service and start it again
     Restart {
@@ -215,9 +204,6 @@ pub enum RemoteCommand {
         /// Only events of this service
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
-        /// Print the events as a JSON array (with --follow: one JSON object per line)
-        #[arg(long)]
-        json: bool,
         /// Keep printing new events as they happen
         #[arg(long, short = 'f')]
         follow: bool,
@@ -233,11 +219,7 @@ pub enum RemoteCommand {
     },
 
     /// Show the audit log of every change made through the API (operator)
-    Audit {
-        /// Print it as a JSON array
-        #[arg(long)]
-        json: bool,
-    },
+    Audit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,16 +235,9 @@ pub enum TokenCommand {
         /// A token for the operator, for remote administration
         #[arg(long, group = "realm")]
         operator: bool,
-        /// Print it as JSON
-        #[arg(long)]
-        json: bool,
     },
     /// List the tokens (never the tokens themselves)
-    List {
-        /// Print them as a JSON array
-        #[arg(long)]
-        json: bool,
-    },
+    List,
     /// Revoke a token: it stops working at once
     Revoke {
         /// The token's id, from `shg token list`

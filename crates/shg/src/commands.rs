@@ -14,7 +14,7 @@ use crate::{daemon, output};
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Pack { dir, output } => pack(&dir, &output),
+        Command::Pack { dir, output } => pack(&dir, &output, cli.json),
         Command::Gateway {
             command:
                 GatewayCommand::Run {
@@ -49,13 +49,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(remote(&client, command))
+            runtime.block_on(remote(&client, command, cli.json))
         }
     }
 }
 
 /// `shg pack DIR -o FILE`: check the manifest, then build the package.
-fn pack(dir: &Path, out: &Path) -> anyhow::Result<i32> {
+fn pack(dir: &Path, out: &Path, json: bool) -> anyhow::Result<i32> {
     let manifest_path = dir.join(manifest::FILE_NAME);
     if !manifest_path.is_file() {
         bail!(
@@ -68,17 +68,26 @@ fn pack(dir: &Path, out: &Path) -> anyhow::Result<i32> {
     let context = || format!("cannot pack {}", dir.display());
     let manifest = manifest::load(&manifest_path).with_context(context)?;
     let digest = image::pack(dir, out).with_context(context)?;
-    println!(
-        "packed {} {} → {} ({digest})",
-        manifest.name,
-        manifest.version,
-        out.display()
-    );
+    let packed = serde_json::json!({
+        "name": manifest.name,
+        "version": manifest.version,
+        "file": out.display().to_string(),
+        "digest": digest.to_string(),
+    });
+    show(&mut io::stdout().lock(), json, &packed, |stdout| {
+        writeln!(
+            stdout,
+            "packed {} {} → {} ({digest})",
+            manifest.name,
+            manifest.version,
+            out.display()
+        )
+    })?;
     Ok(0)
 }
 
 /// The commands answered by the agent.
-async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> {
+async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::Result<i32> {
     let mut out = io::stdout().lock();
     match command {
         RemoteCommand::Install {
@@ -87,7 +96,7 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             ..
         } => {
             let v = client.check_install(&file).await?;
-            writeln!(out, "{}", v.message)?;
+            show(&mut out, json, &v, |out| writeln!(out, "{}", v.message))?;
         }
         RemoteCommand::Install {
             file,
@@ -103,25 +112,26 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 result => result?,
             };
             let s = &d.summary;
-            writeln!(
-                out,
-                "installed {} {} from {}: {}",
-                s.name,
-                s.version,
-                s.provider,
-                output::status(s)
-            )?;
-            if no_start {
-                writeln!(out, "start it with `shg start {}`", s.name)?;
-            }
+            show(&mut out, json, &d, |out| {
+                writeln!(
+                    out,
+                    "installed {} {} from {}: {}",
+                    s.name,
+                    s.version,
+                    s.provider,
+                    output::status(s)
+                )?;
+                if no_start {
+                    writeln!(out, "start it with `shg start {}`", s.name)?;
+                }
+                Ok(())
+            })?;
         }
-        RemoteCommand::Ps { json } => {
+        RemoteCommand::Ps => {
             let services = client.list().await?;
-            if json {
-                print_json(&mut out, &services)?;
-            } else {
-                output::services(&mut out, &services)?;
-            }
+            show(&mut out, json, &services, |out| {
+                output::services(out, &services)
+            })?;
         }
         RemoteCommand::Logs {
             name,
@@ -132,7 +142,10 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             let mut err = io::stderr().lock();
             client
                 .logs(&name, tail, follow, |entry| {
-                    if entry.stream == "stderr" {
+                    if json {
+                        serde_json::to_writer(&mut out, &entry)?;
+                        writeln!(out)
+                    } else if entry.stream == "stderr" {
                         log_line(&mut err, &entry, timestamps)
                     } else {
                         log_line(&mut out, &entry, timestamps)
@@ -140,13 +153,11 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 })
                 .await?;
         }
-        RemoteCommand::Inspect { name, json } => {
+        RemoteCommand::Inspect { name } => {
             let detail = client.get(&name).await?;
-            if json {
-                print_json(&mut out, &detail)?;
-            } else {
-                output::detail(&mut out, &detail, now_ms())?;
-            }
+            show(&mut out, json, &detail, |out| {
+                output::detail(out, &detail, now_ms())
+            })?;
         }
         RemoteCommand::Exec { name, command } => {
             let mut err = io::stderr().lock();
@@ -166,23 +177,15 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
             ..
         } => {
             let v = client.check_start(&name).await?;
-            writeln!(out, "{}", v.message)?;
+            show(&mut out, json, &v, |out| writeln!(out, "{}", v.message))?;
         }
-        RemoteCommand::Stats { json } => {
+        RemoteCommand::Stats => {
             let s = client.stats().await?;
-            if json {
-                print_json(&mut out, &s)?;
-            } else {
-                output::stats(&mut out, &s)?;
-            }
+            show(&mut out, json, &s, |out| output::stats(out, &s))?;
         }
-        RemoteCommand::Capacity { json } => {
+        RemoteCommand::Capacity => {
             let c = client.capacity().await?;
-            if json {
-                print_json(&mut out, &c)?;
-            } else {
-                output::capacity(&mut out, &c)?;
-            }
+            show(&mut out, json, &c, |out| output::capacity(out, &c))?;
         }
         RemoteCommand::Start {
             name,
@@ -196,39 +199,42 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 }
                 result => result?,
             };
-            writeln!(out, "started {}: {}", s.name, output::status(&s))?;
+            show(&mut out, json, &s, |out| {
+                writeln!(out, "started {}: {}", s.name, output::status(&s))
+            })?;
         }
         RemoteCommand::Stop { name } => {
             let s = client.stop(&name).await?;
-            writeln!(out, "stopped {}: {}", s.name, output::status(&s))?;
+            show(&mut out, json, &s, |out| {
+                writeln!(out, "stopped {}: {}", s.name, output::status(&s))
+            })?;
         }
         RemoteCommand::Restart { name } => {
             let s = client.restart(&name).await?;
-            writeln!(out, "restarted {}: {}", s.name, output::status(&s))?;
+            show(&mut out, json, &s, |out| {
+                writeln!(out, "restarted {}: {}", s.name, output::status(&s))
+            })?;
         }
         RemoteCommand::Priority { name, priority } => {
             let s = client.set_priority(&name, priority).await?;
-            writeln!(out, "priority of {} is now {}", s.name, s.priority)?;
+            show(&mut out, json, &s, |out| {
+                writeln!(out, "priority of {} is now {}", s.name, s.priority)
+            })?;
         }
         RemoteCommand::Remove { name } => {
             client.remove(&name).await?;
-            writeln!(out, "removed {name}")?;
+            let done = serde_json::json!({ "removed": name });
+            show(&mut out, json, &done, |out| writeln!(out, "removed {name}"))?;
         }
         RemoteCommand::Events {
             service,
-            json,
             follow: false,
         } => {
             let events = client.events(None, service.as_deref()).await?;
-            if json {
-                print_json(&mut out, &events)?;
-            } else {
-                output::events(&mut out, &events)?;
-            }
+            show(&mut out, json, &events, |out| output::events(out, &events))?;
         }
         RemoteCommand::Events {
             service,
-            json,
             follow: true,
         } => {
             client
@@ -244,17 +250,27 @@ async fn remote(client: &Client, command: RemoteCommand) -> anyhow::Result<i32> 
                 .await?;
         }
         RemoteCommand::Metrics => write!(out, "{}", client.metrics().await?)?,
-        RemoteCommand::Token { command } => token(client, command, &mut out).await?,
-        RemoteCommand::Audit { json } => {
+        RemoteCommand::Token { command } => token(client, command, json, &mut out).await?,
+        RemoteCommand::Audit => {
             let entries = client.audit(None).await?;
-            if json {
-                print_json(&mut out, &entries)?;
-            } else {
-                output::audit(&mut out, &entries)?;
-            }
+            show(&mut out, json, &entries, |out| output::audit(out, &entries))?;
         }
     }
     Ok(0)
+}
+
+/// Prints `value` as JSON with `--json`, else the human form `human` writes.
+fn show<W: Write>(
+    out: &mut W,
+    json: bool,
+    value: &impl serde::Serialize,
+    human: impl FnOnce(&mut W) -> io::Result<()>,
+) -> io::Result<()> {
+    if json {
+        print_json(out, value)
+    } else {
+        human(out)
+    }
 }
 
 fn print_json(out: &mut impl Write, value: &impl serde::Serialize) -> io::Result<()> {
@@ -316,13 +332,17 @@ fn confirm_room(refusal: ClientError, yes: bool, what: &str) -> anyhow::Result<V
 }
 
 /// `shg token create | list | revoke`.
-async fn token(client: &Client, command: TokenCommand, out: &mut impl Write) -> anyhow::Result<()> {
+async fn token(
+    client: &Client,
+    command: TokenCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     match command {
         TokenCommand::Create {
             provider,
             home,
             operator,
-            json,
         } => {
             let realm = match (&provider, home, operator) {
                 (Some(_), _, _) => "provider",
@@ -352,17 +372,14 @@ async fn token(client: &Client, command: TokenCommand, out: &mut impl Write) -> 
                 );
             }
         }
-        TokenCommand::List { json } => {
+        TokenCommand::List => {
             let tokens = client.tokens().await?;
-            if json {
-                print_json(out, &tokens)?;
-            } else {
-                output::tokens(out, &tokens)?;
-            }
+            show(out, json, &tokens, |out| output::tokens(out, &tokens))?;
         }
         TokenCommand::Revoke { id } => {
             client.revoke_token(id).await?;
-            writeln!(out, "revoked token {id}")?;
+            let done = serde_json::json!({ "revoked": id });
+            show(out, json, &done, |out| writeln!(out, "revoked token {id}"))?;
         }
     }
     Ok(())

@@ -474,3 +474,123 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     );
     assert!(report.contains("20 selected / 20 total"), "{report}");
 }
+
+#[test]
+fn malformed_requests_get_a_clear_json_error_and_change_nothing() {
+    let gw = Gateway::start();
+    gw.install("cam", &sleeper("cam", "acme"), &[]);
+    gw.wait_running("cam");
+    let operator = api::Client::new(gw.socket().to_str().unwrap()).unwrap();
+    let owner = api::Client::with_options(
+        gw.socket().to_str().unwrap(),
+        &api::Options {
+            token: Some(gw.provider_token("acme")),
+            ca_cert: None,
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokens_before = gw.shg_ok(&["token", "list", "--json"]).stdout;
+    let huge = format!("{{\"priority\": 5, \"pad\": \"{}\"}}", "x".repeat(200_000));
+    let cases: Vec<(&str, &str, Option<Vec<u8>>, &str)> = vec![
+        (
+            "POST",
+            "/v1/services/cam/priority",
+            Some(b"{".to_vec()),
+            "priority request",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/priority",
+            Some(br#"{"priority":"high"}"#.to_vec()),
+            "priority",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/priority",
+            Some(br#"{"priority":5,"extra":1}"#.to_vec()),
+            "unknown field `extra`",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/priority",
+            Some(huge.into_bytes()),
+            "length limit",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/priority",
+            Some(br#"{"priority":500}"#.to_vec()),
+            "out of range",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/exec",
+            Some(br#"{"command":[]}"#.to_vec()),
+            "`command` is empty",
+        ),
+        (
+            "POST",
+            "/v1/services/cam/exec",
+            Some(br#"{"command":"ls"}"#.to_vec()),
+            "exec request",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(br#"{"realm":"king"}"#.to_vec()),
+            "unknown realm `king`",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(br#"{"realm":"provider"}"#.to_vec()),
+            "needs the provider's name",
+        ),
+        (
+            "POST",
+            "/v1/tokens",
+            Some(br#"{"realm":"home","admin":true}"#.to_vec()),
+            "unknown field `admin`",
+        ),
+        ("GET", "/v1/events?limit=lots", None, "limit"),
+        ("DELETE", "/v1/tokens/abc", None, "not a token id"),
+        (
+            "POST",
+            "/v1/services/cam/start?dry_run=maybe",
+            None,
+            "dry_run",
+        ),
+        ("PUT", "/v1/services", None, "does not take that method"),
+    ];
+    for (method, uri, body, want) in cases {
+        // Running commands is the provider's right; the rest is the operator's.
+        let caller = if uri.ends_with("/exec") { &owner } else { &operator };
+        let (status, reply) = rt.block_on(caller.raw(method, uri, body)).unwrap();
+        let text = String::from_utf8_lossy(&reply);
+        assert!(
+            (400..500).contains(&status),
+            "{method} {uri}: want a 4xx, got {status}: {text}"
+        );
+        let error: Value = serde_json::from_slice(&reply)
+            .unwrap_or_else(|e| panic!("{method} {uri}: the error is not JSON ({e}): {text}"));
+        assert!(error["code"].is_string(), "{text}");
+        assert!(
+            error["message"].as_str().unwrap().contains(want),
+            "{method} {uri}: want `{want}` in {text}"
+        );
+    }
+    let cam = gw.svc("cam").unwrap();
+    assert_eq!(
+        (cam.priority, cam.state.as_str()),
+        (50, "running"),
+        "nothing changed"
+    );
+    assert_eq!(
+        gw.shg_ok(&["token", "list", "--json"]).stdout,
+        tokens_before
+    );
+}
