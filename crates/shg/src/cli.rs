@@ -80,6 +80,9 @@ pub enum Command {
         /// Directory for the demo agent's state
         #[arg(long, value_name = "DIR", default_value = api::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Where the demo serves the API over HTTPS too
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8443")]
+        listen: std::net::SocketAddr,
     },
 }
 

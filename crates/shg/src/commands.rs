@@ -31,7 +31,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             });
             daemon::gateway_run(state_dir, listen).map(|()| 0)
         }
-        Command::Demo { state_dir } => daemon::demo(state_dir).map(|()| 0),
+        Command::Demo { state_dir, listen } => daemon::demo(state_dir, listen).map(|()| 0),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut command = Cli::command();

@@ -157,7 +157,7 @@ fn init_logging() {
 }
 
 /// `shg demo`: a gateway on embedded defaults hosting the sample services.
-pub fn demo(state_dir: PathBuf) -> anyhow::Result<()> {
+pub fn demo(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     init_logging();
-    crate::demo::run(state_dir)
+    crate::demo::run(state_dir, listen)
 }

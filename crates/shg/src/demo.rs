@@ -4,26 +4,35 @@
 //! busybox), starts the agent, installs whichever samples are not installed yet, prints how to
 //! reach them, and serves until Ctrl-C. The services keep running afterwards, as on a real
 //! gateway; `shg remove NAME` removes them.
+//!
+//! The demo also serves the API over HTTPS and makes one token for the household and one per
+//! sample provider (kept in `STATE/demo-tokens.json`, readable by root only), so each realm
+//! can be tried.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 
-pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
+pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<()> {
     let packages_dir = state_dir.join("samples");
     std::fs::create_dir_all(&packages_dir)
         .with_context(|| format!("cannot create {}", packages_dir.display()))?;
     let packages = samples::build_all(&packages_dir)?;
 
-    let agent_cfg = agent::Config::new(state_dir.clone())?;
+    let mut agent_cfg = agent::Config::new(state_dir.clone())?;
+    agent_cfg.listen = Some(agent::Listen {
+        addr: listen,
+        cert: None,
+        key: None,
+    });
     let socket = agent::Layout::new(&state_dir).socket();
     let agent = std::thread::spawn(move || agent::run(agent_cfg));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result: anyhow::Result<()> = rt.block_on(async {
+    let result: anyhow::Result<Vec<(String, String)>> = rt.block_on(async {
         let client = api::Client::new(&socket.display().to_string())?;
         // Wait for the agent to answer (it recovers its state first).
         let mut tries = 0;
@@ -56,13 +65,14 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
                 detail.image_digest
             );
         }
-        Ok(())
+        demo_tokens(&client, &state_dir).await
     });
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        eprintln!("the agent keeps running; stop it with Ctrl-C");
-    } else {
-        print_guide(&socket);
+    match result {
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            eprintln!("the agent keeps running; stop it with Ctrl-C");
+        }
+        Ok(tokens) => print_guide(&socket, &state_dir, listen, &tokens),
     }
     agent
         .join()
@@ -70,25 +80,90 @@ pub fn run(state_dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_guide(socket: &std::path::Path) {
+/// The demo's tokens, `(whose, token)`: made once and kept in `STATE/demo-tokens.json`.
+async fn demo_tokens(
+    client: &api::Client,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let path = state_dir.join("demo-tokens.json");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        if let Ok(tokens) = serde_json::from_str::<Vec<(String, String)>>(&text) {
+            return Ok(tokens);
+        }
+    }
+    let mut tokens = Vec::new();
+    let home = client
+        .create_token(&api::TokenRequest {
+            realm: "home".into(),
+            provider: None,
+        })
+        .await?;
+    tokens.push(("home".to_string(), home.token));
+    for provider in ["acme", "voltwise", "hearth"] {
+        let made = client
+            .create_token(&api::TokenRequest {
+                realm: "provider".into(),
+                provider: Some(provider.into()),
+            })
+            .await?;
+        tokens.push((provider.to_string(), made.token));
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(serde_json::to_string_pretty(&tokens)?.as_bytes())?;
+    Ok(tokens)
+}
+
+fn print_guide(
+    socket: &std::path::Path,
+    state_dir: &std::path::Path,
+    listen: std::net::SocketAddr,
+    tokens: &[(String, String)],
+) {
     let gw = socket.display();
+    let token = |who: &str| {
+        tokens
+            .iter()
+            .find(|(w, _)| w == who)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    let (acme, voltwise, home) = (token("acme"), token("voltwise"), token("home"));
+    let cert = state_dir.join("tls/cert.pem");
     println!(
         "
-SHG demo gateway is running (API on {gw}). In another terminal:
+SHG demo gateway is running (API on {gw} and https://{listen}). In another terminal:
 
   export SHG_GATEWAY={gw}
-  shg ps                                              # the three sample services
-  shg exec camera -- wget -qO- http://127.0.0.1:8080/ # the camera's page, from inside it
-  shg exec thermostat -- wget -qO- http://127.0.0.1:9000/
-  shg logs -f meter                                   # live energy readings
-  shg exec meter -- tail -n 3 /data/readings.log      # the meter's private data volume
-  shg inspect camera                                  # manifest, paths, recent events
-  shg stop meter && shg start meter
-  shg events
+  shg ps                                  # the operator (root on the socket) sees every service
+  shg stats                               # use against reservation and limit, gateway totals
+  shg events -f                           # live, as things happen
 
-Services have no network route out of their containers yet (that is the networking issue);
-reach them with `shg exec`. Ctrl-C stops the agent; the services keep running and are
-re-adopted when the agent starts again.
-"
+Each provider sees only its own services, and only it reads their logs or runs commands in them:
+
+  SHG_TOKEN={acme} \\
+    shg exec camera -- wget -qO- http://127.0.0.1:8080/     # acme's camera page, from inside
+  SHG_TOKEN={voltwise} \\
+    shg logs -f meter                                       # voltwise's live energy readings
+  SHG_TOKEN={voltwise} shg ps               # voltwise sees the meter only
+
+The household, over HTTPS as from another machine (tokens are kept in {tokens_file}):
+
+  shg --gateway https://{listen} --ca-cert {cert} \\
+      --token {home} ps
+  ... priority meter 80 | stop thermostat | start thermostat --make-room | stats
+
+Services have no network route out of their containers yet (that is the networking issue).
+Ctrl-C stops the agent; the services keep running and are re-adopted when it starts again.
+",
+        cert = cert.display(),
+        tokens_file = state_dir.join("demo-tokens.json").display(),
     );
 }

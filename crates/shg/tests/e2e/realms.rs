@@ -568,7 +568,11 @@ fn malformed_requests_get_a_clear_json_error_and_change_nothing() {
     ];
     for (method, uri, body, want) in cases {
         // Running commands is the provider's right; the rest is the operator's.
-        let caller = if uri.ends_with("/exec") { &owner } else { &operator };
+        let caller = if uri.ends_with("/exec") {
+            &owner
+        } else {
+            &operator
+        };
         let (status, reply) = rt.block_on(caller.raw(method, uri, body)).unwrap();
         let text = String::from_utf8_lossy(&reply);
         assert!(
