@@ -243,6 +243,8 @@ impl Agent {
             priority,
             log_segment: self.cfg.log_segment,
             cgroup_root: self.cfg.cgroup_root.clone(),
+            io_weight: spec::io_weight_supported(&self.cfg.cgroup_root)
+                .then(|| spec::io_weight(priority)),
         }
     }
 

@@ -171,7 +171,8 @@ impl Agent {
     }
 
     /// Journals the OOM kills of the run of `name` (init `pid`) not reported yet; called
-    /// just before its cgroup is deleted. Returns how many there were.
+    /// just before its cgroup is deleted. Returns how many the run had in all (the sampler
+    /// may have reported some already).
     pub(crate) fn report_final_ooms(&self, name: &str, pid: i32, limit: Option<u64>) -> u64 {
         let counted = self
             .monitor
@@ -184,7 +185,7 @@ impl Agent {
         if new > 0 {
             let _ = self.store().record(Some(name), oom_note(name, new, limit));
         }
-        new
+        counted
     }
 
     /// The service to stop when memory is short: services together use more than they may

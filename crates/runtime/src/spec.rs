@@ -83,6 +83,24 @@ pub struct ServiceSpec {
     pub log_segment: u64,
     /// The host's cgroup mount point (`/sys/fs/cgroup`), read to list its hierarchies.
     pub cgroup_root: PathBuf,
+    /// Block I/O weight (10..=1000), where the host's I/O controller has one
+    /// ([`io_weight_supported`]).
+    pub io_weight: Option<u16>,
+}
+
+/// Block I/O weight from the household's priority: 100 for the least important service,
+/// 900 for the most (the kernel's default is 500 on v1, 100 on v2).
+pub fn io_weight(priority: i32) -> u16 {
+    (100 + 8 * priority.clamp(0, 100)) as u16
+}
+
+/// Whether services can get a block I/O weight here: a v1 `blkio.weight` file, or the v2 `io`
+/// controller. Hosts whose I/O scheduler has no proportional weight (`mq-deadline`, `none`)
+/// have neither, and the runtime would fail to write one.
+pub fn io_weight_supported(cgroup_root: &Path) -> bool {
+    cgroup_root.join("blkio/blkio.weight").exists()
+        || std::fs::read_to_string(cgroup_root.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"))
 }
 
 /// [`READONLY_PATHS`] plus /sys/fs/cgroup and each cgroup hierarchy under it.
@@ -171,6 +189,9 @@ pub fn config(spec: &ServiceSpec) -> Value {
         cpu["period"] = json!(period);
     }
     resources["cpu"] = cpu;
+    if let Some(weight) = spec.io_weight {
+        resources["blockIO"] = json!({ "weight": weight });
+    }
 
     json!({
         "ociVersion": "1.0.2",
@@ -300,6 +321,7 @@ mod tests {
             priority: 50,
             log_segment: 1 << 20,
             cgroup_root: "/nonexistent".into(),
+            io_weight: Some(io_weight(50)),
         }
     }
 
@@ -331,6 +353,27 @@ mod tests {
             Some(cpu_shares(0.25, 50))
         );
         assert_eq!(process.oom_score_adj(), Some(oom_score_adj(50)));
+        assert_eq!(
+            resources.block_io().as_ref().unwrap().weight(),
+            Some(io_weight(50))
+        );
+        let mut without = sample();
+        without.io_weight = None;
+        assert!(config(&without)["linux"]["resources"]["blockIO"].is_null());
+    }
+
+    #[test]
+    fn io_weight_follows_priority_where_the_host_has_one() {
+        assert!(io_weight(100) > io_weight(0));
+        assert!((10..=1000).contains(&io_weight(0)) && (10..=1000).contains(&io_weight(100)));
+        let root = tempfile::tempdir().unwrap();
+        assert!(!io_weight_supported(root.path()));
+        std::fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpu io memory pids\n",
+        )
+        .unwrap();
+        assert!(io_weight_supported(root.path()));
     }
 
     #[test]
