@@ -180,6 +180,41 @@ async fn json_errors(response: Response) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The caller: the token's principal, else the pinned client certificate's, else the
+/// operator on the local socket; a remote caller with neither is refused.
+fn identify(
+    agent: &Agent,
+    token: Option<String>,
+    cert: Option<crate::tls::ClientCert>,
+    transport: Transport,
+) -> Result<Principal, AgentError> {
+    if let Some(token) = token {
+        return agent.principal_of(&token)?.ok_or_else(|| {
+            AgentError::Unauthorized(
+                "the token is not valid or was revoked; ask the gateway's operator for one \
+                 (`shg token create`)"
+                    .into(),
+            )
+        });
+    }
+    if let Some(crate::tls::ClientCert(fingerprint)) = cert {
+        return agent.principal_of_cert(&fingerprint)?.ok_or_else(|| {
+            AgentError::Unauthorized(format!(
+                "the client certificate (sha256 {fingerprint}) is not registered; the \
+                 operator registers it with `shg token create --cert FILE`"
+            ))
+        });
+    }
+    match transport {
+        Transport::Local => Ok(Principal::Operator),
+        Transport::Remote => Err(AgentError::Unauthorized(
+            "this API needs a token (`Authorization: Bearer TOKEN`; the CLI reads SHG_TOKEN) \
+             or a registered client certificate"
+                .into(),
+        )),
+    }
+}
+
 /// Finds out who is calling (a bearer token, or the operator on the local socket), holds
 /// remote callers to a request rate, and writes every mutating call into the audit log.
 async fn authenticate(
@@ -192,28 +227,11 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
-    let who =
-        match (token, transport) {
-            (Some(token), _) => match agent.principal_of(&token) {
-                Ok(Some(who)) => who,
-                Ok(None) => return ApiError(AgentError::Unauthorized(
-                    "the token is not valid or was revoked; ask the gateway's operator for one \
-                     (`shg token create`)"
-                        .into(),
-                ))
-                .into_response(),
-                Err(e) => return ApiError(e).into_response(),
-            },
-            (None, Transport::Local) => Principal::Operator,
-            (None, Transport::Remote) => {
-                return ApiError(AgentError::Unauthorized(
-                    "this API needs a token: send `Authorization: Bearer TOKEN` (the CLI reads \
-                 SHG_TOKEN)"
-                        .into(),
-                ))
-                .into_response()
-            }
-        };
+    let cert = req.extensions().get::<crate::tls::ClientCert>().cloned();
+    let who = match identify(&agent, token, cert, transport) {
+        Ok(who) => who,
+        Err(e) => return ApiError(e).into_response(),
+    };
     if transport == Transport::Remote {
         if let Err(e) = agent.limiter.take(&who.label()) {
             return ApiError(e).into_response();
@@ -820,4 +838,29 @@ async fn exec(
         Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every path the router serves is in the OpenAPI document, and nothing else is.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        // The code above the tests: the router's `.route(` calls.
+        let source = include_str!("api.rs").split("#[cfg(test)]").next().unwrap();
+        let mut routed: Vec<String> = source
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
+            .map(String::from)
+            .collect();
+        routed.sort();
+        routed.dedup();
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
+        documented.sort();
+        assert_eq!(routed, documented);
+    }
 }

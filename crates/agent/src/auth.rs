@@ -171,6 +171,27 @@ pub fn new_token() -> Result<String, AgentError> {
     Ok(format!("shg_{}", hex::encode(bytes)))
 }
 
+/// SHA-256 (hex) of the first certificate of a PEM text: how a client certificate is pinned.
+pub fn cert_fingerprint_pem(pem: &str) -> Result<String, AgentError> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .ok_or_else(|| {
+            AgentError::BadRequest(
+                "`client_cert` holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            )
+        })?
+        .map_err(|e| {
+            AgentError::BadRequest(format!("`client_cert` is not a PEM certificate: {e}"))
+        })?;
+    Ok(cert_fingerprint(&cert))
+}
+
+/// SHA-256 (hex) of a certificate's DER bytes.
+pub fn cert_fingerprint(der: &[u8]) -> String {
+    hex::encode(Sha256::digest(der))
+}
+
 /// What the database keeps of a token.
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -179,7 +200,19 @@ pub fn token_hash(token: &str) -> String {
 impl Agent {
     /// The principal a token stands for; None for an unknown or revoked token.
     pub(crate) fn principal_of(&self, token: &str) -> Result<Option<Principal>, AgentError> {
-        let Some(rec) = self.store().token_by_hash(&token_hash(token))? else {
+        self.principal_by_hash(&token_hash(token))
+    }
+
+    /// The principal a TLS client certificate (its SHA-256, hex) was registered for.
+    pub(crate) fn principal_of_cert(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Option<Principal>, AgentError> {
+        self.principal_by_hash(&format!("{}{fingerprint}", state::CERT_PREFIX))
+    }
+
+    fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, AgentError> {
+        let Some(rec) = self.store().token_by_hash(hash)? else {
             return Ok(None);
         };
         Ok(match (rec.realm.as_str(), rec.provider) {
@@ -216,6 +249,18 @@ impl Agent {
                 )))
             }
         };
+        if let Some(pem) = &req.client_cert {
+            let fingerprint = cert_fingerprint_pem(pem)?;
+            let stored = format!("{}{fingerprint}", state::CERT_PREFIX);
+            let id = self.store().add_token(realm, provider, &stored)?;
+            return Ok(::api::NewToken {
+                id,
+                realm: realm.to_string(),
+                provider: provider.map(String::from),
+                token: None,
+                client_cert_sha256: Some(fingerprint),
+            });
+        }
         let token = new_token()?;
         let id = self
             .store()
@@ -224,7 +269,8 @@ impl Agent {
             id,
             realm: realm.to_string(),
             provider: provider.map(String::from),
-            token,
+            token: Some(token),
+            client_cert_sha256: None,
         })
     }
 
@@ -237,6 +283,7 @@ impl Agent {
                 id: t.id,
                 realm: t.realm,
                 provider: t.provider,
+                kind: t.kind,
                 created_ms: t.created_ms,
                 revoked_ms: t.revoked_ms,
             })

@@ -2,6 +2,10 @@
 //!
 //! The certificate is the operator's (`--tls-cert`/`--tls-key`) or one the agent made for
 //! itself on first start and keeps in `STATE/tls/` (clients trust it with `--ca-cert`).
+//!
+//! Clients may also present a certificate of their own instead of a token: the handshake
+//! proves they hold its key, and the operator pins it to a realm (`shg token create
+//! --client-cert FILE`); an unregistered certificate gets nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,15 +66,72 @@ pub fn server_config(
         AgentError::BadRequest(format!("{}: not a PEM private key: {e}", key.display()))
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(PinnedClients {
+        algorithms: provider.signature_verification_algorithms,
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| AgentError::BadRequest(format!("the TLS certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// Client certificates are optional and not judged by any CA: whoever presents one proves
+/// in the handshake that it holds the key, and the agent then looks the certificate's SHA-256
+/// up among the credentials the operator registered (see [`ClientCert`]).
+#[derive(Debug)]
+struct PinnedClients {
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for PinnedClients {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        // Trust comes from the pin, checked per request; possession from the signatures below.
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The SHA-256 (hex) of the certificate the client presented on this connection, if any.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub String);
 
 /// The self-made certificate and key under `STATE/tls/`, made on first use.
 fn self_made(state_dir: &Path, addr: SocketAddr) -> Result<(PathBuf, PathBuf), AgentError> {
@@ -151,6 +212,12 @@ pub async fn serve(
                     return;
                 }
                 Err(_) => return,
+            };
+            let app = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => app.layer(axum::Extension(ClientCert(
+                    crate::auth::cert_fingerprint(cert),
+                ))),
+                None => app,
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()

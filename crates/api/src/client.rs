@@ -171,6 +171,9 @@ pub struct Options {
     /// PEM certificate(s) to trust for `https://` targets (the gateway's self-made one is
     /// `STATE_DIR/tls/cert.pem`); without it, the system's trusted roots.
     pub ca_cert: Option<PathBuf>,
+    /// A PEM client certificate and its key, presented instead of a token (the operator
+    /// registered it with `shg token create --cert`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// Anything a connection can run over.
@@ -213,7 +216,7 @@ impl Client {
             Target::Https {
                 authority: authority.to_string(),
                 server_name,
-                tls: tls_config(target, options.ca_cert.as_deref())?,
+                tls: tls_config(target, options)?,
             }
         } else {
             Target::Unix(PathBuf::from(target))
@@ -762,9 +765,10 @@ impl Client {
 /// TLS settings trusting `ca_cert` (PEM), or the system's roots without one.
 fn tls_config(
     target: &str,
-    ca_cert: Option<&Path>,
+    options: &Options,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let ca_cert = options.ca_cert.as_deref();
     let failed = |reason: String| ClientError::Tls {
         target: target.to_string(),
         reason,
@@ -791,11 +795,23 @@ fn tls_config(
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| failed(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &options.client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| failed(format!("{}: not a PEM certificate: {e}", cert.display())))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| failed(format!("{}: not a PEM private key: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| failed(format!("the client certificate and key: {e}")))?
+        }
+    };
     Ok(std::sync::Arc::new(config))
 }
 

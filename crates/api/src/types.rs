@@ -240,6 +240,10 @@ pub struct TokenRequest {
     /// The provider's name, for a `provider` token.
     #[serde(default)]
     pub provider: Option<String>,
+    /// A PEM client certificate to accept instead of a token: TLS clients presenting it (and
+    /// proving they hold its key) act for this realm.
+    #[serde(default)]
+    pub client_cert: Option<String>,
 }
 
 /// Answer of `POST /v1/tokens`: the token itself appears here once and is never shown again.
@@ -248,7 +252,10 @@ pub struct NewToken {
     pub id: i64,
     pub realm: String,
     pub provider: Option<String>,
-    pub token: String,
+    /// The bearer token; absent when a client certificate was registered instead.
+    pub token: Option<String>,
+    /// SHA-256 of the registered client certificate (DER), in hex.
+    pub client_cert_sha256: Option<String>,
 }
 
 /// A token as `GET /v1/tokens` lists it: never the token itself.
@@ -257,6 +264,8 @@ pub struct TokenInfo {
     pub id: i64,
     pub realm: String,
     pub provider: Option<String>,
+    /// `token` or `client-cert`.
+    pub kind: String,
     pub created_ms: u64,
     pub revoked_ms: Option<u64>,
 }

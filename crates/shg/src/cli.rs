@@ -32,6 +32,26 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// PEM client certificate to present to an https gateway instead of a token
+    #[arg(
+        long,
+        global = true,
+        env = "SHG_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    pub client_cert: Option<PathBuf>,
+
+    /// Private key of --client-cert (PEM)
+    #[arg(
+        long,
+        global = true,
+        env = "SHG_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
+
     /// Print the answer as JSON (one JSON object per line for streams)
     #[arg(long, global = true)]
     pub json: bool,
@@ -238,6 +258,10 @@ pub enum TokenCommand {
         /// A token for the operator, for remote administration
         #[arg(long, group = "realm")]
         operator: bool,
+        /// Register this PEM client certificate instead of making a token: an https client
+        /// presenting it (and holding its key) acts for the realm
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
     },
     /// List the tokens (never the tokens themselves)
     List,

@@ -42,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             let options = api::Options {
                 token: cli.token.clone(),
                 ca_cert: cli.ca_cert.clone(),
+                client_cert: cli.client_cert.clone().zip(cli.client_key.clone()),
             };
             let client = Client::with_options(&cli.gateway, &options)?;
             // Only the client commands get this small runtime; the agent builds its own.
@@ -343,7 +344,14 @@ async fn token(
             provider,
             home,
             operator,
+            cert,
         } => {
+            let client_cert = match &cert {
+                Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                    format!("cannot read the client certificate {}", path.display())
+                })?),
+                None => None,
+            };
             let realm = match (&provider, home, operator) {
                 (Some(_), _, _) => "provider",
                 (None, true, _) => "home",
@@ -356,6 +364,7 @@ async fn token(
                 .create_token(&api::TokenRequest {
                     realm: realm.into(),
                     provider,
+                    client_cert,
                 })
                 .await?;
             if json {
@@ -365,11 +374,21 @@ async fn token(
                     Some(p) => format!("provider {p}"),
                     None => made.realm.clone(),
                 };
-                writeln!(out, "{}", made.token)?;
-                eprintln!(
-                    "token {} for {whom}: shown this once, stored only as a hash; give it as SHG_TOKEN",
-                    made.id
-                );
+                match (&made.token, &made.client_cert_sha256) {
+                    (Some(token), _) => {
+                        writeln!(out, "{token}")?;
+                        eprintln!(
+                            "token {} for {whom}: shown this once, stored only as a hash; give it as SHG_TOKEN",
+                            made.id
+                        );
+                    }
+                    (None, sha) => writeln!(
+                        out,
+                        "client certificate sha256 {} registered for {whom} (credential {})",
+                        sha.as_deref().unwrap_or("?"),
+                        made.id
+                    )?,
+                }
             }
         }
         TokenCommand::List => {

@@ -96,17 +96,19 @@ async fn demo_tokens(
         .create_token(&api::TokenRequest {
             realm: "home".into(),
             provider: None,
+            client_cert: None,
         })
         .await?;
-    tokens.push(("home".to_string(), home.token));
+    tokens.push(("home".to_string(), home.token.unwrap_or_default()));
     for provider in ["acme", "voltwise", "hearth"] {
         let made = client
             .create_token(&api::TokenRequest {
                 realm: "provider".into(),
                 provider: Some(provider.into()),
+                client_cert: None,
             })
             .await?;
-        tokens.push((provider.to_string(), made.token));
+        tokens.push((provider.to_string(), made.token.unwrap_or_default()));
     }
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;

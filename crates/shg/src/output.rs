@@ -459,6 +459,7 @@ pub fn tokens(out: &mut impl Write, tokens: &[api::TokenInfo]) -> io::Result<()>
                 t.id.to_string(),
                 t.realm.clone(),
                 t.provider.clone().unwrap_or_else(|| "-".into()),
+                t.kind.clone(),
                 time(t.created_ms),
                 t.revoked_ms.map(time).unwrap_or_else(|| "-".into()),
             ]

@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 ";
 
+/// How a pinned client certificate's SHA-256 is stored beside tokens' hashes.
+pub const CERT_PREFIX: &str = "cert:";
+
 /// Audit entries kept; older ones are dropped.
 const AUDIT_KEPT: i64 = 100_000;
 
@@ -33,6 +36,8 @@ pub struct TokenRecord {
     pub realm: String,
     /// The provider, for a provider's token.
     pub provider: Option<String>,
+    /// `token` (a bearer token) or `client-cert` (a pinned TLS client certificate).
+    pub kind: String,
     pub created_ms: u64,
     pub revoked_ms: Option<u64>,
 }
@@ -52,6 +57,11 @@ fn token_from_row(row: &Row) -> rusqlite::Result<TokenRecord> {
         id: row.get("id")?,
         realm: row.get("realm")?,
         provider: row.get("provider")?,
+        kind: if row.get::<_, String>("hash")?.starts_with(CERT_PREFIX) {
+            "client-cert".into()
+        } else {
+            "token".into()
+        },
         created_ms: row.get::<_, i64>("created_ms")? as u64,
         revoked_ms: row.get::<_, Option<i64>>("revoked_ms")?.map(|t| t as u64),
     })
@@ -168,7 +178,7 @@ mod tests {
         assert!(store.revoke_token(id).unwrap());
         assert!(!store.revoke_token(id).unwrap(), "revoked once");
         assert!(store.token_by_hash("abc").unwrap().is_none());
-        assert_eq!(store.tokens().unwrap()[0].revoked_ms.is_some(), true);
+        assert!(store.tokens().unwrap()[0].revoked_ms.is_some());
     }
 
     #[test]

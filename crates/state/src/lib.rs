@@ -7,7 +7,7 @@
 
 mod access;
 
-pub use access::{AuditRecord, TokenRecord};
+pub use access::{AuditRecord, TokenRecord, CERT_PREFIX};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

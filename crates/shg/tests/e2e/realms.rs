@@ -94,6 +94,7 @@ impl Callers {
             let options = api::Options {
                 token: t,
                 ca_cert: Some(gw.ca_cert()),
+                ..Default::default()
             };
             api::Client::with_options(&gw.https_url(), &options).expect("client")
         };
@@ -400,7 +401,7 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_them() {
         "Prometheus to have scraped `cam`",
         Duration::from_secs(30),
         || {
-            let text = http_get(port, &query).ok()?;
+            let text = http_get(port, query).ok()?;
             text.contains("\"service\":\"cam\"").then_some(text)
         },
     );
@@ -485,7 +486,7 @@ fn malformed_requests_get_a_clear_json_error_and_change_nothing() {
         gw.socket().to_str().unwrap(),
         &api::Options {
             token: Some(gw.provider_token("acme")),
-            ca_cert: None,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -597,4 +598,72 @@ fn malformed_requests_get_a_clear_json_error_and_change_nothing() {
         gw.shg_ok(&["token", "list", "--json"]).stdout,
         tokens_before
     );
+}
+
+#[test]
+fn a_registered_client_certificate_stands_in_for_a_token() {
+    let gw = Gateway::start_listening();
+    gw.install("cam", &sleeper("cam", "acme"), &[]);
+    gw.install("vod", &sleeper("vod", "vodco"), &[]);
+    // The provider's own key pair; the operator registers only the certificate.
+    let made = rcgen::generate_simple_self_signed(vec!["acme-client".to_string()]).unwrap();
+    let (cert, key) = (gw.work.join("acme.pem"), gw.work.join("acme.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    let ps = |cert: &std::path::Path, key: &std::path::Path| {
+        gw.shg(&[
+            "--gateway",
+            &gw.https_url(),
+            "--ca-cert",
+            gw.ca_cert().to_str().unwrap(),
+            "--client-cert",
+            cert.to_str().unwrap(),
+            "--client-key",
+            key.to_str().unwrap(),
+            "ps",
+            "--json",
+        ])
+    };
+    let unknown = ps(&cert, &key);
+    assert!(!unknown.ok(), "{unknown}");
+    assert!(unknown.stderr.contains("is not registered"), "{unknown}");
+
+    let registered = gw.shg_ok(&[
+        "token",
+        "create",
+        "--provider",
+        "acme",
+        "--cert",
+        cert.to_str().unwrap(),
+    ]);
+    assert!(
+        registered.stdout.contains("client certificate sha256"),
+        "{registered}"
+    );
+    let seen = ps(&cert, &key);
+    assert!(seen.ok(), "{seen}");
+    let names: Vec<Value> = serde_json::from_str(&seen.stdout).unwrap();
+    assert_eq!(names.len(), 1, "{seen}");
+    assert_eq!(names[0]["name"], "cam", "acme sees its own service only");
+
+    // Another key with the same name is another certificate: not registered.
+    let other = rcgen::generate_simple_self_signed(vec!["acme-client".to_string()]).unwrap();
+    let (cert2, key2) = (gw.work.join("other.pem"), gw.work.join("other.key"));
+    std::fs::write(&cert2, other.cert.pem()).unwrap();
+    std::fs::write(&key2, other.key_pair.serialize_pem()).unwrap();
+    assert!(!ps(&cert2, &key2).ok());
+    // The registered certificate with the wrong key fails the handshake itself.
+    assert!(!ps(&cert, &key2).ok());
+
+    let list: Value =
+        serde_json::from_str(&gw.shg_ok(&["token", "list", "--json"]).stdout).unwrap();
+    let id = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "client-cert")
+        .unwrap()["id"]
+        .to_string();
+    gw.shg_ok(&["token", "revoke", &id]);
+    assert!(!ps(&cert, &key).ok(), "revoked");
 }
