@@ -187,26 +187,30 @@ fn identify(
     token: Option<String>,
     cert: Option<crate::tls::ClientCert>,
     transport: Transport,
-) -> Result<Principal, AgentError> {
+) -> Result<(Principal, Credential), AgentError> {
     if let Some(token) = token {
-        return agent.principal_of(&token)?.ok_or_else(|| {
+        let hash = crate::auth::token_hash(&token);
+        let who = agent.principal_by_hash(&hash)?.ok_or_else(|| {
             AgentError::Unauthorized(
                 "the token is not valid or was revoked; ask the gateway's operator for one \
                  (`shg token create`)"
                     .into(),
             )
-        });
+        })?;
+        return Ok((who, Credential(Some(hash))));
     }
     if let Some(crate::tls::ClientCert(fingerprint)) = cert {
-        return agent.principal_of_cert(&fingerprint)?.ok_or_else(|| {
+        let hash = format!("{}{fingerprint}", state::CERT_PREFIX);
+        let who = agent.principal_by_hash(&hash)?.ok_or_else(|| {
             AgentError::Unauthorized(format!(
                 "the client certificate (sha256 {fingerprint}) is not registered; the \
                  operator registers it with `shg token create --cert FILE`"
             ))
-        });
+        })?;
+        return Ok((who, Credential(Some(hash))));
     }
     match transport {
-        Transport::Local => Ok(Principal::Operator),
+        Transport::Local => Ok((Principal::Operator, Credential(None))),
         Transport::Remote => Err(AgentError::Unauthorized(
             "this API needs a token (`Authorization: Bearer TOKEN`; the CLI reads SHG_TOKEN) \
              or a registered client certificate"
@@ -214,6 +218,24 @@ fn identify(
         )),
     }
 }
+
+/// What the caller authenticated with, as stored (a token's hash or a pinned certificate),
+/// or None for root on the local socket; long streams check it is still live.
+#[derive(Debug, Clone)]
+pub(crate) struct Credential(Option<String>);
+
+impl Credential {
+    /// False once the token or certificate was revoked.
+    fn live(&self, agent: &Agent) -> bool {
+        match &self.0 {
+            None => true,
+            Some(hash) => agent.principal_by_hash(hash).is_ok_and(|p| p.is_some()),
+        }
+    }
+}
+
+/// How often an open stream (events, logs) checks that its caller's credential still holds.
+const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Finds out who is calling (a bearer token, or the operator on the local socket), holds
 /// remote callers to a request rate, and writes every mutating call into the audit log.
@@ -228,8 +250,8 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
     let cert = req.extensions().get::<crate::tls::ClientCert>().cloned();
-    let who = match identify(&agent, token, cert, transport) {
-        Ok(who) => who,
+    let (who, credential) = match identify(&agent, token, cert, transport) {
+        Ok(found) => found,
         Err(e) => return ApiError(e).into_response(),
     };
     if transport == Transport::Remote {
@@ -241,6 +263,7 @@ async fn authenticate(
     let action = format!("{} {}", req.method(), req.uri().path());
     let label = who.label();
     req.extensions_mut().insert(who);
+    req.extensions_mut().insert(credential);
     let response = next.run(req).await;
     if mutating {
         if let Err(e) = agent
@@ -604,6 +627,7 @@ struct EventsQuery {
 async fn events(
     State(agent): State<Arc<Agent>>,
     Extension(who): Extension<Principal>,
+    Extension(credential): Extension<Credential>,
     headers: axum::http::HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
@@ -640,7 +664,15 @@ async fn events(
             return;
         }
         let mut idle = Duration::ZERO;
+        let mut checked = std::time::Instant::now();
         loop {
+            // A revoked token or certificate ends its streams too.
+            if checked.elapsed() >= RECHECK_EVERY {
+                if !credential.live(&agent) {
+                    return;
+                }
+                checked = std::time::Instant::now();
+            }
             let batch = agent
                 .events_after(&who, since, q.service.as_deref(), 500)
                 .unwrap_or_default();
@@ -705,6 +737,7 @@ fn log_json(line: &runtime::logfile::LogLine) -> Bytes {
 async fn logs(
     State(agent): State<Arc<Agent>>,
     Extension(who): Extension<Principal>,
+    Extension(credential): Extension<Credential>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
@@ -731,8 +764,15 @@ async fn logs(
         // line sent is found again at or before its old index.
         let mut last_idx = lines.len().saturating_sub(1);
         let mut last_line = lines.last().cloned();
+        let mut checked = std::time::Instant::now();
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
+            if checked.elapsed() >= RECHECK_EVERY {
+                if !credential.live(&agent) {
+                    return;
+                }
+                checked = std::time::Instant::now();
+            }
             if tx.is_closed() || !agent.store().find(&name).is_ok_and(|r| r.is_some()) {
                 return;
             }

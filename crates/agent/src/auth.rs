@@ -198,20 +198,9 @@ pub fn token_hash(token: &str) -> String {
 }
 
 impl Agent {
-    /// The principal a token stands for; None for an unknown or revoked token.
-    pub(crate) fn principal_of(&self, token: &str) -> Result<Option<Principal>, AgentError> {
-        self.principal_by_hash(&token_hash(token))
-    }
-
-    /// The principal a TLS client certificate (its SHA-256, hex) was registered for.
-    pub(crate) fn principal_of_cert(
-        &self,
-        fingerprint: &str,
-    ) -> Result<Option<Principal>, AgentError> {
-        self.principal_by_hash(&format!("{}{fingerprint}", state::CERT_PREFIX))
-    }
-
-    fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, AgentError> {
+    /// The principal a stored credential stands for: a token's hash ([`token_hash`]) or
+    /// `cert:` and a pinned certificate's SHA-256; None when unknown or revoked.
+    pub(crate) fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, AgentError> {
         let Some(rec) = self.store().token_by_hash(hash)? else {
             return Ok(None);
         };

@@ -667,3 +667,29 @@ fn a_registered_client_certificate_stands_in_for_a_token() {
     gw.shg_ok(&["token", "revoke", &id]);
     assert!(!ps(&cert, &key).ok(), "revoked");
 }
+
+#[test]
+fn revoking_a_token_ends_its_open_streams() {
+    let gw = Gateway::start_listening();
+    gw.install("cam", &sleeper("cam", "acme"), &[]);
+    let made: Value =
+        serde_json::from_str(&gw.shg_ok(&["token", "create", "--home", "--json"]).stdout).unwrap();
+    let token = made["token"].as_str().unwrap();
+    let (mut stream, _) = gw.spawn_shg_as(
+        &[
+            "--gateway",
+            &gw.https_url(),
+            "--ca-cert",
+            gw.ca_cert().to_str().unwrap(),
+            "events",
+            "--follow",
+        ],
+        token,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(stream.0.try_wait().unwrap().is_none(), "the stream is open");
+    gw.shg_ok(&["token", "revoke", &made["id"].to_string()]);
+    eventually("the stream to end", Duration::from_secs(15), || {
+        stream.0.try_wait().unwrap()
+    });
+}
