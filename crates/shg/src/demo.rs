@@ -21,11 +21,22 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     let packages = samples::build_all(&packages_dir)?;
 
     let mut agent_cfg = agent::Config::new(state_dir.clone())?;
-    agent_cfg.listen = Some(agent::Listen {
-        addr: listen,
-        cert: None,
-        key: None,
-    });
+    // A port taken by something else should not cost the user the whole demo.
+    let https = match std::net::TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            agent_cfg.listen = Some(agent::Listen {
+                addr: listen,
+                cert: None,
+                key: None,
+            });
+            true
+        }
+        Err(e) => {
+            eprintln!("warning: cannot serve HTTPS on {listen} ({e}); the demo goes on without it (choose another with --listen)");
+            false
+        }
+    };
     let socket = agent::Layout::new(&state_dir).socket();
     let agent = std::thread::spawn(move || agent::run(agent_cfg));
 
@@ -72,7 +83,7 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
             eprintln!("error: {e:#}");
             eprintln!("the agent keeps running; stop it with Ctrl-C");
         }
-        Ok(tokens) => print_guide(&socket, &state_dir, listen, &tokens),
+        Ok(tokens) => print_guide(&socket, &state_dir, https.then_some(listen), &tokens),
     }
     agent
         .join()
@@ -126,7 +137,7 @@ async fn demo_tokens(
 fn print_guide(
     socket: &std::path::Path,
     state_dir: &std::path::Path,
-    listen: std::net::SocketAddr,
+    listen: Option<std::net::SocketAddr>,
     tokens: &[(String, String)],
 ) {
     let gw = socket.display();
@@ -139,9 +150,31 @@ fn print_guide(
     };
     let (acme, voltwise, home) = (token("acme"), token("voltwise"), token("home"));
     let cert = state_dir.join("tls/cert.pem");
+    let https = listen
+        .map(|l| format!(" and https://{l}"))
+        .unwrap_or_default();
+    let remote = match listen {
+        Some(listen) => format!(
+            "The household, over HTTPS as from another machine (tokens are kept in {}):
+
+  shg --gateway https://{listen} --ca-cert {} \\
+      --token {home} ps
+  ... priority meter 80 | stop thermostat | start thermostat --make-room | stats
+",
+            state_dir.join("demo-tokens.json").display(),
+            cert.display()
+        ),
+        None => format!(
+            "The household (tokens are kept in {}):
+
+  SHG_TOKEN={home} shg ps
+",
+            state_dir.join("demo-tokens.json").display()
+        ),
+    };
     println!(
         "
-SHG demo gateway is running (API on {gw} and https://{listen}). In another terminal:
+SHG demo gateway is running (API on {gw}{https}). In another terminal:
 
   export SHG_GATEWAY={gw}
   shg ps                                  # the operator (root on the socket) sees every service
@@ -156,16 +189,9 @@ Each provider sees only its own services, and only it reads their logs or runs c
     shg logs -f meter                                       # voltwise's live energy readings
   SHG_TOKEN={voltwise} shg ps               # voltwise sees the meter only
 
-The household, over HTTPS as from another machine (tokens are kept in {tokens_file}):
-
-  shg --gateway https://{listen} --ca-cert {cert} \\
-      --token {home} ps
-  ... priority meter 80 | stop thermostat | start thermostat --make-room | stats
-
+{remote}
 Services have no network route out of their containers yet (that is the networking issue).
 Ctrl-C stops the agent; the services keep running and are re-adopted when it starts again.
 ",
-        cert = cert.display(),
-        tokens_file = state_dir.join("demo-tokens.json").display(),
     );
 }
