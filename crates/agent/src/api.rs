@@ -237,6 +237,30 @@ impl Credential {
 /// How often an open stream (events, logs) checks that its caller's credential still holds.
 const RECHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// A credential as a long stream holds it: looked up again at most every [`RECHECK_EVERY`].
+struct Watched {
+    credential: Credential,
+    checked: std::time::Instant,
+}
+
+impl Watched {
+    fn new(credential: Credential) -> Watched {
+        Watched {
+            credential,
+            checked: std::time::Instant::now(),
+        }
+    }
+
+    /// False once the credential was revoked (noticed within [`RECHECK_EVERY`]).
+    fn holds(&mut self, agent: &Agent) -> bool {
+        if self.checked.elapsed() < RECHECK_EVERY {
+            return true;
+        }
+        self.checked = std::time::Instant::now();
+        self.credential.live(agent)
+    }
+}
+
 /// Finds out who is calling (a bearer token, or the operator on the local socket), holds
 /// remote callers to a request rate, and writes every mutating call into the audit log.
 async fn authenticate(
@@ -664,14 +688,11 @@ async fn events(
             return;
         }
         let mut idle = Duration::ZERO;
-        let mut checked = std::time::Instant::now();
+        let mut credential = Watched::new(credential);
         loop {
             // A revoked token or certificate ends its streams too.
-            if checked.elapsed() >= RECHECK_EVERY {
-                if !credential.live(&agent) {
-                    return;
-                }
-                checked = std::time::Instant::now();
+            if !credential.holds(&agent) {
+                return;
             }
             let batch = agent
                 .events_after(&who, since, q.service.as_deref(), 500)
@@ -764,14 +785,11 @@ async fn logs(
         // line sent is found again at or before its old index.
         let mut last_idx = lines.len().saturating_sub(1);
         let mut last_line = lines.last().cloned();
-        let mut checked = std::time::Instant::now();
+        let mut credential = Watched::new(credential);
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if checked.elapsed() >= RECHECK_EVERY {
-                if !credential.live(&agent) {
-                    return;
-                }
-                checked = std::time::Instant::now();
+            if !credential.holds(&agent) {
+                return;
             }
             if tx.is_closed() || !agent.store().find(&name).is_ok_and(|r| r.is_some()) {
                 return;

@@ -233,6 +233,13 @@ pub fn holders(records: &[ServiceRecord], except: &str) -> Vec<Holder> {
         .collect()
 }
 
+/// What all holders hold together.
+pub fn reserved(records: &[ServiceRecord]) -> Amounts {
+    holders(records, "")
+        .iter()
+        .fold(Amounts::ZERO, |sum, h| sum.add(&h.reserved))
+}
+
 /// Which part of a reservation an admission check is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {

@@ -206,9 +206,7 @@ impl Agent {
     /// Capacity, reserve, what is reserved and what is free, per resource.
     pub fn capacity(&self) -> Result<::api::CapacityView, AgentError> {
         let records = self.store().list()?;
-        let reserved = capacity::holders(&records, "")
-            .iter()
-            .fold(admission::Amounts::ZERO, |sum, h| sum.add(&h.reserved));
+        let reserved = capacity::reserved(&records);
         let available = self.gateway.available();
         let json = |a: &admission::Amounts| serde_json::to_value(a).unwrap_or_default();
         Ok(::api::CapacityView {

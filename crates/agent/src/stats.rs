@@ -3,7 +3,7 @@
 
 use std::os::unix::fs::MetadataExt;
 
-use admission::{Amounts, Resource};
+use admission::Resource;
 use api::{
     CpuUse, GatewayUse, IoUse, MemoryUse, PidsUse, ResourceTotals, ServiceUse, StatsView,
     StorageUse,
@@ -28,9 +28,7 @@ impl Agent {
             .iter()
             .map(|s| s.storage.used.unwrap_or(0) + s.storage.logs)
             .sum();
-        let reserved = capacity::holders(&records, "")
-            .iter()
-            .fold(Amounts::ZERO, |sum, h| sum.add(&h.reserved));
+        let reserved = capacity::reserved(&records);
         let totals = |r: Resource, used: Option<u64>| ResourceTotals {
             capacity: self.gateway.capacity.get(r),
             system_reserve: self.gateway.system_reserve.get(r),

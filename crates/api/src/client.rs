@@ -403,7 +403,11 @@ impl Client {
 
     /// `DELETE /v1/services/{name}`.
     pub async fn remove(&self, name: &str) -> Result<(), ClientError> {
-        let uri = format!("/v1/services/{}", segment(name));
+        self.delete(format!("/v1/services/{}", segment(name))).await
+    }
+
+    /// A `DELETE` whose answer has no body to read (204).
+    async fn delete(&self, uri: String) -> Result<(), ClientError> {
         let request = describe(&Method::DELETE, &uri);
         let response = self
             .call(Method::DELETE, uri, ReqBody::empty(), None)
@@ -611,13 +615,7 @@ impl Client {
 
     /// `DELETE /v1/tokens/{id}` (operator).
     pub async fn revoke_token(&self, id: i64) -> Result<(), ClientError> {
-        let uri = format!("/v1/tokens/{id}");
-        let request = describe(&Method::DELETE, &uri);
-        let response = self
-            .call(Method::DELETE, uri, ReqBody::empty(), None)
-            .await?;
-        collect(&request, response.into_body()).await?;
-        Ok(())
+        self.delete(format!("/v1/tokens/{id}")).await
     }
 
     /// `GET /v1/audit` (operator): every mutating call, oldest first.
