@@ -31,6 +31,8 @@ pub struct Listen {
 
 /// A TLS handshake slower than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing connection keeps reading what the client still sends (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(5);
 
 /// The server's TLS settings from the given certificate, or from the self-made one (made now
 /// if missing), valid for `localhost`, the loopback addresses, the host name and `addr`.
@@ -205,7 +207,8 @@ pub async fn serve(
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let mut tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -221,11 +224,29 @@ pub async fn serve(
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
+                .serve_connection(TokioIo::new(&mut tls), service)
                 .await
             {
                 tracing::debug!(%peer, "connection ended: {e}");
             }
+            linger(tls).await;
         });
     }
+}
+
+/// Closes a connection without losing the answer. When a request is refused before its body
+/// is read (a bad query on an upload, say), hyper closes the connection while the client is
+/// still sending; closing a socket with unread data makes the kernel reset it, and the reset
+/// can destroy the answer before the client reads it. So: say goodbye (close_notify, FIN),
+/// then read and discard until the client closes too, for at most [`LINGER`].
+async fn linger(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls;
+    let _ = tls.shutdown().await;
+    let (mut tcp, _) = tls.into_inner();
+    let mut sink = vec![0u8; 64 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(tcp.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }

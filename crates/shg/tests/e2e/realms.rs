@@ -476,6 +476,46 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
     assert!(report.contains("20 selected / 20 total"), "{report}");
 }
 
+/// An upload refused before its body is read (here: a query that does not parse) still gets
+/// its answer: the agent reads what the client keeps sending instead of resetting the
+/// connection under it. Python's `requests` writes the whole body before reading, so it is
+/// the client that used to see "EOF occurred in violation of protocol".
+#[test]
+fn an_upload_refused_early_still_gets_its_answer_over_https() {
+    let gw = Gateway::start_listening();
+    let token = gw
+        .shg_ok(&["token", "create", "--home"])
+        .stdout
+        .trim()
+        .to_string();
+    let script = r#"
+import os, sys, requests
+url, token, ca = sys.argv[1:4]
+codes = []
+for _ in range(5):
+    r = requests.post(url + "/v1/services?start=maybe", data=os.urandom(3_000_000),
+                      headers={"Authorization": "Bearer " + token,
+                               "Content-Type": "application/octet-stream"}, verify=ca)
+    codes.append(r.status_code)
+print(",".join(map(str, codes)))
+"#;
+    let out = std::process::Command::new("/opt/shg-test/venv/bin/python")
+        .args(["-c", script, &gw.https_url(), &token])
+        .arg(gw.ca_cert())
+        .output()
+        .expect("run python from /opt/shg-test/venv (scripts/test-tools.sh)");
+    assert!(
+        out.status.success(),
+        "{}\n--- agent log\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.agent_log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "400,400,400,400,400"
+    );
+}
+
 #[test]
 fn malformed_requests_get_a_clear_json_error_and_change_nothing() {
     let gw = Gateway::start();
