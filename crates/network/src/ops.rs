@@ -1,0 +1,356 @@
+//! Making the network so: `ip`, `tc` and `nft`, run as commands (the same tools an operator
+//! uses to look at what the agent did). Every step is idempotent, so an agent restarted over
+//! a running gateway re-adopts what is there instead of failing on it.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+
+use crate::plan::{self, Member, Names};
+use crate::{Config, NetError};
+
+/// The link's capacity and the guaranteed share of the gateway's own forwarding, in bits/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub down: u64,
+    pub up: u64,
+    pub forward_down: u64,
+    pub forward_up: u64,
+}
+
+/// One service's bandwidth: guaranteed rate and ceiling per direction, in bits/s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub down_rate: u64,
+    pub down_ceil: Option<u64>,
+    pub up_rate: u64,
+    pub up_ceil: Option<u64>,
+}
+
+/// Filter preference of the agent's redirect filters on the LAN interface.
+const LAN_PREF: u32 = 49152;
+/// HTB class of the gateway's own forwarding, and the default class.
+const FORWARD_CLASS: &str = "fffe";
+/// The smallest rate HTB is given (it refuses 0).
+const MIN_RATE: u64 = 8_000;
+
+fn command_text(program: &str, args: &[&str]) -> String {
+    format!("`{program} {}`", args.join(" "))
+}
+
+/// Runs `program args…`, feeding `input` on stdin; its stdout on success.
+fn run_with(program: &str, args: &[&str], input: Option<&str>) -> Result<String, NetError> {
+    let fail = |reason: String| NetError::Command {
+        what: command_text(program, args),
+        reason,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot run it: {e} (is it installed?)")))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| fail(format!("cannot feed it: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| fail(e.to_string()))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
+    run_with(program, args, None)
+}
+
+/// Runs a command whose failure means "already so" (deleting what is gone).
+fn run_quiet(program: &str, args: &[&str]) {
+    let _ = run(program, args);
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
+    std::fs::write(path, value).map_err(|e| NetError::Command {
+        what: format!("writing {value} to {path}"),
+        reason: e.to_string(),
+    })
+}
+
+/// Whether an interface of that name exists in this network namespace.
+pub fn link_exists(name: &str) -> bool {
+    run("ip", &["link", "show", "dev", name]).is_ok()
+}
+
+/// The interface of the default IPv4 route, if there is one.
+pub fn default_route_interface() -> Option<String> {
+    let text = run("ip", &["-j", "-4", "route", "show", "default"]).ok()?;
+    let routes: serde_json::Value = serde_json::from_str(&text).ok()?;
+    routes
+        .as_array()?
+        .iter()
+        .find_map(|r| r.get("dev")?.as_str().map(String::from))
+}
+
+fn rate(bits: u64) -> String {
+    format!("{}bit", bits.max(MIN_RATE))
+}
+
+/// HTB's quantum (bytes a class may send per round when borrowing) in proportion to its rate,
+/// kept within what the kernel accepts without complaint.
+fn quantum(bits: u64) -> String {
+    (bits / 8 / 10).clamp(1514, 200_000).to_string()
+}
+
+/// One agent's network.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub cfg: Config,
+    pub names: Names,
+    pub link: Link,
+    /// The WAN interface: configured, or the default route's when the agent started.
+    wan: Option<String>,
+}
+
+impl Network {
+    pub fn new(cfg: Config, tag: &str, link: Link) -> Network {
+        let wan = cfg.wan.clone().or_else(default_route_interface);
+        Network {
+            cfg,
+            names: Names::new(tag),
+            link,
+            wan,
+        }
+    }
+
+    pub fn wan(&self) -> Option<&str> {
+        self.wan.as_deref()
+    }
+
+    /// The resolvers services are given.
+    pub fn resolvers(&self) -> Vec<std::net::Ipv4Addr> {
+        if !self.cfg.dns.is_empty() {
+            return self.cfg.dns.clone();
+        }
+        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        crate::config::host_resolvers(&host)
+    }
+
+    /// The bridge, forwarding, and the two shaping devices. Safe to call again.
+    pub fn ensure_base(&self) -> Result<(), NetError> {
+        let bridge = self.names.bridge();
+        if !link_exists(&bridge) {
+            run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        }
+        let cidr = format!("{}/24", self.cfg.gateway_address());
+        run("ip", &["addr", "replace", &cidr, "dev", &bridge])?;
+        // The bridge answers ARP for every service (its ports are isolated), sends no ICMP
+        // redirects (that would invite services to talk past the firewall), and routes.
+        for (path, value) in [
+            (format!("/proc/sys/net/ipv4/conf/{bridge}/proxy_arp_pvlan"), "1"),
+            (format!("/proc/sys/net/ipv4/conf/{bridge}/send_redirects"), "0"),
+            (format!("/proc/sys/net/ipv4/neigh/{bridge}/proxy_delay"), "0"),
+            ("/proc/sys/net/ipv4/ip_forward".to_string(), "1"),
+        ] {
+            write_sysctl(&path, value)?;
+        }
+        run("ip", &["link", "set", &bridge, "up"])?;
+
+        let (down, up) = (self.names.ifb_down(), self.names.ifb_up());
+        for (ifb, cap, forward) in [
+            (&down, self.link.down, self.link.forward_down),
+            (&up, self.link.up, self.link.forward_up),
+        ] {
+            if !link_exists(ifb) {
+                run("ip", &["link", "add", ifb, "type", "ifb"])?;
+            }
+            run("ip", &["link", "set", ifb, "up"])?;
+            let qdiscs = run("tc", &["-j", "qdisc", "show", "dev", ifb, "root"])?;
+            if !qdiscs.contains("\"htb\"") {
+                run(
+                    "tc",
+                    &["qdisc", "replace", "dev", ifb, "root", "handle", "1:", "htb", "default", FORWARD_CLASS],
+                )?;
+            }
+            let (cap_rate, fwd_rate) = (rate(cap), rate(forward.min(cap)));
+            run(
+                "tc",
+                &["class", "replace", "dev", ifb, "parent", "1:", "classid", "1:1", "htb",
+                  "rate", &cap_rate, "ceil", &cap_rate, "quantum", &quantum(cap)],
+            )?;
+            let forward_class = format!("1:{FORWARD_CLASS}");
+            run(
+                "tc",
+                &["class", "replace", "dev", ifb, "parent", "1:1", "classid", &forward_class,
+                  "htb", "rate", &fwd_rate, "ceil", &cap_rate, "quantum", &quantum(forward)],
+            )?;
+        }
+        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
+            // LAN hosts' traffic through the gateway shares the link with the services: it
+            // is fed to the same trees, into the forwarding class.
+            self.redirect(lan, Some(LAN_PREF))?;
+        }
+        Ok(())
+    }
+
+    /// Feeds what `dev` sends into the download tree and what it receives into the upload
+    /// tree (a clsact qdisc with two mirred filters).
+    fn redirect(&self, dev: &str, pref: Option<u32>) -> Result<(), NetError> {
+        let qdiscs = run("tc", &["-j", "qdisc", "show", "dev", dev])?;
+        if !qdiscs.contains("\"clsact\"") {
+            run("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
+        }
+        let pref = pref.map(|p| p.to_string());
+        for (direction, ifb) in [("egress", self.names.ifb_down()), ("ingress", self.names.ifb_up())] {
+            let mut args = vec!["filter", "add", "dev", dev, direction];
+            if let Some(pref) = &pref {
+                run_quiet("tc", &["filter", "del", "dev", dev, direction, "pref", pref]);
+                args.extend(["pref", pref.as_str()]);
+            } else if run("tc", &["filter", "show", "dev", dev, direction])?.contains("mirred") {
+                continue;
+            }
+            args.extend([
+                "protocol", "all", "u32", "match", "u32", "0", "0",
+                "action", "mirred", "egress", "redirect", "dev", ifb.as_str(),
+            ]);
+            run("tc", &args)?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the agent's nftables table with the rules for `members` (the installed
+    /// services), in one transaction.
+    pub fn apply_rules(&self, members: &[Member]) -> Result<(), NetError> {
+        let script = plan::ruleset(&self.cfg, &self.names, self.wan(), members);
+        run_with("nft", &["-f", "-"], Some(&script)).map(|_| ())
+    }
+
+    /// Gives the service in `slot` (its veth is on the bridge) its HTB classes and feeds its
+    /// traffic to them.
+    pub fn shape(&self, slot: u8, shape: &Shape) -> Result<(), NetError> {
+        let address = format!("{}/32", self.cfg.address(slot));
+        let class = format!("1:{slot:x}");
+        let pref = slot.to_string();
+        for (ifb, cap, reserve, limit, field) in [
+            (self.names.ifb_down(), self.link.down, shape.down_rate, shape.down_ceil, "dst"),
+            (self.names.ifb_up(), self.link.up, shape.up_rate, shape.up_ceil, "src"),
+        ] {
+            let ceil = limit.unwrap_or(cap).min(cap);
+            let r = reserve.min(ceil);
+            run(
+                "tc",
+                &["class", "replace", "dev", &ifb, "parent", "1:1", "classid", &class, "htb",
+                  "rate", &rate(r), "ceil", &rate(ceil), "quantum", &quantum(r)],
+            )?;
+            // fq_codel keeps a bulk flow from queueing in front of the service's other
+            // flows, where the kernel has it; HTB's default FIFO otherwise.
+            let _ = run(
+                "tc",
+                &["qdisc", "replace", "dev", &ifb, "parent", &class, "fq_codel"],
+            );
+            run_quiet("tc", &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref]);
+            run(
+                "tc",
+                &["filter", "add", "dev", &ifb, "parent", "1:", "pref", &pref, "protocol",
+                  "ip", "u32", "match", "ip", field, &address, "flowid", &class],
+            )?;
+        }
+        self.redirect(&self.names.host_if(slot), None)
+    }
+
+    /// Takes away the service's classes and its veth (gone already when its namespace died).
+    pub fn unshape(&self, slot: u8) {
+        let class = format!("1:{slot:x}");
+        let pref = slot.to_string();
+        for ifb in [self.names.ifb_down(), self.names.ifb_up()] {
+            run_quiet("tc", &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref]);
+            run_quiet("tc", &["class", "del", "dev", &ifb, "classid", &class]);
+        }
+        let host_if = self.names.host_if(slot);
+        if link_exists(&host_if) {
+            run_quiet("ip", &["link", "del", &host_if]);
+        }
+    }
+
+    /// Removes everything the agent made: table, bridge, shaping devices, LAN filters.
+    pub fn teardown(&self) {
+        run_quiet("nft", &["delete", "table", "inet", &self.names.table()]);
+        for dev in [self.names.bridge(), self.names.ifb_down(), self.names.ifb_up()] {
+            if link_exists(&dev) {
+                run_quiet("ip", &["link", "del", &dev]);
+            }
+        }
+        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
+            let pref = LAN_PREF.to_string();
+            for direction in ["egress", "ingress"] {
+                run_quiet("tc", &["filter", "del", "dev", lan, direction, "pref", &pref]);
+            }
+            let left = ["egress", "ingress"]
+                .iter()
+                .any(|d| run("tc", &["filter", "show", "dev", lan, d]).is_ok_and(|t| !t.trim().is_empty()));
+            if !left {
+                run_quiet("tc", &["qdisc", "del", "dev", lan, "clsact"]);
+            }
+        }
+    }
+
+    /// What of the agent's network exists now (for `shg doctor`-style checks and tests):
+    /// interface names and the table.
+    pub fn present(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        if let Ok(text) = run("ip", &["-j", "link", "show"]) {
+            let links: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for l in links.as_array().into_iter().flatten() {
+                if let Some(name) = l.get("ifname").and_then(|n| n.as_str()) {
+                    if name.contains(&self.names.tag) {
+                        found.push(name.to_string());
+                    }
+                }
+            }
+        }
+        if run("nft", &["list", "table", "inet", &self.names.table()]).is_ok() {
+            found.push(format!("nft table inet {}", self.names.table()));
+        }
+        found
+    }
+
+    /// Bytes sent so far by each service's class, per direction: (down, up) by slot.
+    pub fn class_bytes(&self) -> std::collections::HashMap<u8, (u64, u64)> {
+        let mut out: std::collections::HashMap<u8, (u64, u64)> = Default::default();
+        for (i, ifb) in [self.names.ifb_down(), self.names.ifb_up()].iter().enumerate() {
+            let Ok(text) = run("tc", &["-s", "-j", "class", "show", "dev", ifb]) else {
+                continue;
+            };
+            let classes: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            for c in classes.as_array().into_iter().flatten() {
+                let Some(minor) = c
+                    .get("handle")
+                    .and_then(|h| h.as_str())
+                    .and_then(|h| h.strip_prefix("1:"))
+                    .and_then(|m| u8::from_str_radix(m, 16).ok())
+                else {
+                    continue;
+                };
+                if minor < 2 {
+                    continue;
+                }
+                let bytes = c.get("stats").and_then(|s| s.get("bytes")).and_then(|b| b.as_u64());
+                let entry = out.entry(minor).or_default();
+                if i == 0 {
+                    entry.0 = bytes.unwrap_or(0);
+                } else {
+                    entry.1 = bytes.unwrap_or(0);
+                }
+            }
+        }
+        out
+    }
+}
