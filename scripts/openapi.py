@@ -49,6 +49,7 @@ schemas["StatsView"]["properties"]["gateway"]={"allOf":[ref("GatewayUse")],"null
 detail=obj({"name":S,"provider":S,"version":S,"state":S,"health":S,"pid":nul({"type":"integer","format":"int32"}),
     "desired":S,"restarts":I,"priority":{"type":"integer","minimum":0,"maximum":100},"exit_code":nul({"type":"integer","format":"int32"}),
     "started_at_ms":nul(I),"reason":nul(S),"description":S,"image_digest":S,"installed_at_ms":I,"manifest":{"type":"object"},
+    "address":dict(nul(S),description="The service's IPv4 address on the gateway's service network; null when networking is off"),
     "paths":ref("ServicePaths"),"events":arr(ref("Event"))})
 schemas["ServiceDetail"]=detail
 

@@ -25,7 +25,13 @@
 //!
 //! [pressure]            # when the agent stops services to free memory
 //! memory_free_min = "64MiB"   # evict when the host has less memory free than this
+//!
+//! [network]             # the services' network: see the `network` crate
+//! lan = "br-lan"
 //! ```
+//!
+//! The bandwidth capacity is the link's: HTB shapes every service's traffic under it, and the
+//! bandwidth reserve is the guaranteed share of the gateway's own LAN↔WAN forwarding.
 //!
 //! Services are also evicted when together they use more memory than capacity less the
 //! system reserve.
@@ -53,6 +59,8 @@ struct RawConfig {
     providers: BTreeMap<String, RawAmounts>,
     #[serde(default)]
     pressure: RawPressure,
+    #[serde(default)]
+    network: network::config::RawNetwork,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +74,8 @@ struct RawPressure {
 pub struct Settings {
     /// Below this much free host memory (MemAvailable) the agent evicts a service.
     pub memory_free_min: u64,
+    /// The `[network]` table (see the `network` crate).
+    pub network: network::Config,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -185,13 +195,17 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
         // A quarter of what is kept back for the system, at most 64 MiB.
         None => (system_reserve.memory / 4).min(64 << 20),
     };
+    let network = network::Config::from_raw(&raw.network).map_err(|e| bad(e.to_string()))?;
     Ok((
         Gateway {
             capacity,
             system_reserve,
             provider_caps,
         },
-        Settings { memory_free_min },
+        Settings {
+            memory_free_min,
+            network,
+        },
     ))
 }
 

@@ -62,6 +62,7 @@ impl Agent {
         }
         let prio = state::DEFAULT_PRIORITY;
         self.admit(&manifest, prio, Check::Volume, true)?;
+        self.check_ports(who, &manifest)?;
         if start {
             self.check_stoppable(&name, stop)?;
             self.admit_beside(&manifest, prio, Check::Run, true, stop)?;
@@ -91,10 +92,14 @@ impl Agent {
 
         drop(admission);
         let agent = self.clone();
-        let prepared = tokio::task::spawn_blocking(move || agent.prepare(&manifest, &package))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
-            .and_then(|r| r);
+        let prepared = tokio::task::spawn_blocking(move || {
+            agent.prepare(&manifest, &package)?;
+            // Its address, its firewall paths, and the hosts files of those importing it.
+            agent.refresh_network()
+        })
+        .await
+        .map_err(|e| AgentError::Internal(e.to_string()))
+        .and_then(|r| r);
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
             if let Err(cleanup) =
@@ -150,6 +155,7 @@ impl Agent {
             return Err(AgentError::Exists(manifest.name));
         }
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Volume, false)?;
+        self.check_ports(who, &manifest)?;
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Run, false)?;
         Ok(api::Verdict {
             message: format!(
@@ -245,6 +251,7 @@ impl Agent {
             cgroup_root: self.cfg.cgroup_root.clone(),
             io_weight: spec::io_weight_supported(&self.cfg.cgroup_root)
                 .then(|| spec::io_weight(priority)),
+            etc_files: self.etc_files(&m.name),
         }
     }
 
@@ -264,6 +271,9 @@ impl Agent {
                 format!("install of `{name}` rolled back: {why}"),
             ),
         )?;
+        if let Err(e) = self.refresh_network() {
+            tracing::warn!("cannot update the service network after undoing `{name}`: {e}");
+        }
         Ok(())
     }
 
@@ -308,6 +318,9 @@ impl Agent {
             name,
             Note::new("removed", format!("`{name}` removed with its data")),
         )?;
+        if let Err(e) = self.refresh_network() {
+            tracing::warn!("cannot update the service network after removing `{name}`: {e}");
+        }
         self.remove_empty_cgroup_parent();
         Ok(())
     }
@@ -337,6 +350,7 @@ impl Agent {
             image_digest: rec.image_digest.clone(),
             installed_at_ms: rec.installed_at_ms,
             manifest: serde_json::to_value(&manifest).unwrap_or_default(),
+            address: self.address_of(&rec),
             paths: ServicePaths {
                 rootfs: show(sl.rootfs()),
                 data: show(sl.data()),

@@ -92,6 +92,11 @@ impl ServiceLayout {
         self.dir.join("logs")
     }
 
+    /// The service's `hosts` and `resolv.conf`, bound read-only into its /etc.
+    pub fn net(&self) -> PathBuf {
+        self.dir.join("net")
+    }
+
     pub fn status(&self) -> PathBuf {
         self.dir.join("status")
     }

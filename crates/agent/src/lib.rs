@@ -13,6 +13,7 @@ mod install;
 mod layout;
 mod lifecycle;
 mod monitor;
+mod network;
 mod pidfd;
 mod stats;
 mod tls;
@@ -54,23 +55,26 @@ pub struct Config {
     pub sample_interval: std::time::Duration,
     /// Serve the API over TCP with TLS too (`--listen`).
     pub listen: Option<Listen>,
+    /// 8 hex digits naming this agent's network objects (bridge `shgbTAG`, table
+    /// `inet shg_TAG`, …), from the state directory.
+    pub net_tag: String,
 }
 
 impl Config {
     /// Defaults for a gateway keeping its state in `state_dir`.
     pub fn new(state_dir: PathBuf) -> Result<Config, AgentError> {
+        // FNV-1a of the path: stable across runs, short, no dependency.
+        let hash = state_dir
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+            }) as u32;
         let cgroup_parent = if state_dir == Path::new(::api::DEFAULT_STATE_DIR) {
             "shg".to_string()
         } else {
-            // FNV-1a of the path: stable across runs, short, no dependency.
-            let hash = state_dir
-                .as_os_str()
-                .as_encoded_bytes()
-                .iter()
-                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-                });
-            format!("shg-{:08x}", hash as u32)
+            format!("shg-{hash:08x}")
         };
         let shg_binary = std::env::current_exe()
             .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
@@ -86,6 +90,7 @@ impl Config {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             sample_interval: std::time::Duration::from_secs(1),
             listen: None,
+            net_tag: format!("{hash:08x}"),
         })
     }
 }
@@ -108,6 +113,8 @@ pub struct Agent {
     pub(crate) monitor: monitor::Monitor,
     /// Remote callers' request rate.
     pub(crate) limiter: auth::Limiter,
+    /// The services' network; `None` when `[network] enabled = false`.
+    pub(crate) net: Option<::network::Network>,
 }
 
 impl Agent {
@@ -136,6 +143,15 @@ impl Agent {
         }
         let (gateway, settings) = capacity::load(&layout.root)?;
         let monitor = monitor::Monitor::new(&cfg.cgroup_root);
+        let net = settings.network.enabled.then(|| {
+            let link = ::network::ops::Link {
+                down: gateway.capacity.bandwidth_down,
+                up: gateway.capacity.bandwidth_up,
+                forward_down: gateway.system_reserve.bandwidth_down,
+                forward_up: gateway.system_reserve.bandwidth_up,
+            };
+            ::network::Network::new(settings.network.clone(), &cfg.net_tag, link)
+        });
         Ok(Arc::new(Agent {
             cfg,
             layout,
@@ -146,6 +162,7 @@ impl Agent {
             settings,
             monitor,
             limiter: auth::Limiter::new(20.0, 100.0),
+            net,
         }))
     }
 

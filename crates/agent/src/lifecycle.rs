@@ -206,6 +206,7 @@ impl Agent {
             Some(name),
             Note::new("adopted", format!("`{name}` {why}; re-adopted (pid {pid})")),
         )?;
+        tokio::task::block_in_place(|| self.shape_service(rec));
         self.watch(name, pid);
         if rec.desired == Desired::Stopped {
             let agent = self.clone();
@@ -395,11 +396,27 @@ impl Agent {
             &sl.bundle(),
             &self.service_spec(&manifest, &sl.dir, rec.priority),
         )?;
+        let attach = match tokio::task::block_in_place(|| self.attach_for(&rec)) {
+            Ok(attach) => attach,
+            Err(e) => {
+                let reason = format!("cannot start `{name}`: {e}");
+                self.store().update(
+                    name,
+                    Some(Note::new("start-failed", reason.clone())),
+                    |r| {
+                        r.state = RunState::Failed;
+                        r.reason = Some(reason.clone());
+                    },
+                )?;
+                return Err(AgentError::StartFailed(reason));
+            }
+        };
         // Recorded before the container exists: if the agent dies now, recovery looks for a
         // container to adopt instead of assuming there is none.
         self.store()
             .update(name, None, |r| r.state = RunState::Starting)?;
-        let output = tokio::process::Command::new(&self.cfg.shg_binary)
+        let mut helper = tokio::process::Command::new(&self.cfg.shg_binary);
+        helper
             .arg("runtime")
             .arg("create")
             .arg(name)
@@ -410,7 +427,11 @@ impl Agent {
             .arg("--log-dir")
             .arg(sl.logs())
             .arg("--status-file")
-            .arg(sl.status())
+            .arg(sl.status());
+        if let Some(attach) = &attach {
+            helper.arg("--net").arg(attach.to_arg());
+        }
+        let output = helper
             .stdin(std::process::Stdio::null())
             .output()
             .await
@@ -431,6 +452,7 @@ impl Agent {
             return Err(AgentError::StartFailed(reason));
         };
         let pid_start = process::start_time(&self.cfg.proc_root, pid);
+        tokio::task::block_in_place(|| self.shape_service(&rec));
         let has_health = manifest.health.is_some();
         let rec = self.store().update(
             name,
@@ -504,6 +526,7 @@ impl Agent {
         if let Err(e) = runtime::container::remove_stale(name, &self.layout.containers()) {
             tracing::warn!(service = %name, "cannot delete the container: {e}");
         }
+        tokio::task::block_in_place(|| self.unshape_service(&rec));
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);
         if ooms > 0 && status.as_ref().is_some_and(|s| s.signal == Some(9)) {
@@ -778,6 +801,17 @@ impl Agent {
                     std::fs::remove_file(&path)
                 };
             }
+        }
+        // Services installed by an agent without networking get their place now.
+        for rec in self.store().list()? {
+            if rec.slot.is_none() {
+                self.store().give_slot(&rec.name)?;
+            }
+        }
+        // The bridge, rules and hosts files before any service starts; running services
+        // keep their veths and get their classes back when adopted.
+        if let Err(e) = tokio::task::block_in_place(|| self.refresh_network()) {
+            tracing::error!("cannot set up the service network: {e}");
         }
         let records = self.store().list()?;
         for rec in records {

@@ -1217,6 +1217,7 @@ mod tests {
             image_digest: "sha256:00".into(),
             installed_at_ms: 1,
             manifest: serde_json::json!({}),
+            address: None,
             paths: crate::types::ServicePaths {
                 rootfs: "/r".into(),
                 data: "/d".into(),

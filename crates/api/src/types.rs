@@ -38,6 +38,9 @@ pub struct ServiceDetail {
     pub installed_at_ms: u64,
     /// The validated service manifest.
     pub manifest: serde_json::Value,
+    /// Its IPv4 address on the gateway's service network (`None` when networking is off).
+    #[serde(default)]
+    pub address: Option<String>,
     /// Host paths, for operators.
     pub paths: ServicePaths,
     /// The most recent events of this service, oldest first.

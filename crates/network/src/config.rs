@@ -119,12 +119,18 @@ impl Config {
             }
         }
         if cfg.wan.is_some() && cfg.wan == cfg.lan {
-            return Err(bad("lan", "the LAN and the WAN cannot be the same interface"));
+            return Err(bad(
+                "lan",
+                "the LAN and the WAN cannot be the same interface",
+            ));
         }
         for (i, text) in raw.dns.iter().flatten().enumerate() {
-            let addr: Ipv4Addr = text
-                .parse()
-                .map_err(|_| bad(&format!("dns[{i}]"), format!("{text:?} is not an IPv4 address")))?;
+            let addr: Ipv4Addr = text.parse().map_err(|_| {
+                bad(
+                    &format!("dns[{i}]"),
+                    format!("{text:?} is not an IPv4 address"),
+                )
+            })?;
             cfg.dns.push(addr);
         }
         if let Some(ports) = &raw.reserved_ports {
@@ -180,17 +186,26 @@ mod tests {
     fn bad_values_name_the_field_and_the_fix() {
         let cases = [
             (
-                RawNetwork { subnet: Some("10.1.0.0/16".into()), ..Default::default() },
+                RawNetwork {
+                    subnet: Some("10.1.0.0/16".into()),
+                    ..Default::default()
+                },
                 "subnet",
                 "/24",
             ),
             (
-                RawNetwork { subnet: Some("10.1.0.5/24".into()), ..Default::default() },
+                RawNetwork {
+                    subnet: Some("10.1.0.5/24".into()),
+                    ..Default::default()
+                },
                 "subnet",
                 "write 10.1.0.0/24",
             ),
             (
-                RawNetwork { wan: Some("a very long interface".into()), ..Default::default() },
+                RawNetwork {
+                    wan: Some("a very long interface".into()),
+                    ..Default::default()
+                },
                 "wan",
                 "interface name",
             ),
@@ -204,7 +219,10 @@ mod tests {
                 "same interface",
             ),
             (
-                RawNetwork { dns: Some(vec!["1.1.1.1".into(), "dns.example".into()]), ..Default::default() },
+                RawNetwork {
+                    dns: Some(vec!["1.1.1.1".into(), "dns.example".into()]),
+                    ..Default::default()
+                },
                 "dns[1]",
                 "not an IPv4",
             ),
@@ -218,7 +236,8 @@ mod tests {
 
     #[test]
     fn host_resolvers_skip_loopback_ones() {
-        let text = "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\nnameserver ::1\n";
+        let text =
+            "# comment\nnameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch lan\nnameserver ::1\n";
         assert_eq!(host_resolvers(text), vec![Ipv4Addr::new(192, 0, 2, 53)]);
     }
 }

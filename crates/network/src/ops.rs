@@ -59,13 +59,13 @@ fn run_with(program: &str, args: &[&str], input: Option<&str>) -> Result<String,
             .write_all(text.as_bytes())
             .map_err(|e| fail(format!("cannot feed it: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| fail(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_string()))
+        Err(fail(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
     }
 }
 
@@ -108,6 +108,12 @@ fn rate(bits: u64) -> String {
 /// kept within what the kernel accepts without complaint.
 fn quantum(bits: u64) -> String {
     (bits / 8 / 10).clamp(1514, 200_000).to_string()
+}
+
+/// HTB's burst: a few milliseconds at `bits`/s, so timer granularity does not cap fast
+/// classes below their rate.
+fn burst(bits: u64) -> String {
+    (bits / 8 / 250).max(3_200).to_string()
 }
 
 /// One agent's network.
@@ -155,9 +161,18 @@ impl Network {
         // The bridge answers ARP for every service (its ports are isolated), sends no ICMP
         // redirects (that would invite services to talk past the firewall), and routes.
         for (path, value) in [
-            (format!("/proc/sys/net/ipv4/conf/{bridge}/proxy_arp_pvlan"), "1"),
-            (format!("/proc/sys/net/ipv4/conf/{bridge}/send_redirects"), "0"),
-            (format!("/proc/sys/net/ipv4/neigh/{bridge}/proxy_delay"), "0"),
+            (
+                format!("/proc/sys/net/ipv4/conf/{bridge}/proxy_arp_pvlan"),
+                "1",
+            ),
+            (
+                format!("/proc/sys/net/ipv4/conf/{bridge}/send_redirects"),
+                "0",
+            ),
+            (
+                format!("/proc/sys/net/ipv4/neigh/{bridge}/proxy_delay"),
+                "0",
+            ),
             ("/proc/sys/net/ipv4/ip_forward".to_string(), "1"),
         ] {
             write_sysctl(&path, value)?;
@@ -177,20 +192,69 @@ impl Network {
             if !qdiscs.contains("\"htb\"") {
                 run(
                     "tc",
-                    &["qdisc", "replace", "dev", ifb, "root", "handle", "1:", "htb", "default", FORWARD_CLASS],
+                    &[
+                        "qdisc",
+                        "replace",
+                        "dev",
+                        ifb,
+                        "root",
+                        "handle",
+                        "1:",
+                        "htb",
+                        "default",
+                        FORWARD_CLASS,
+                    ],
                 )?;
             }
             let (cap_rate, fwd_rate) = (rate(cap), rate(forward.min(cap)));
             run(
                 "tc",
-                &["class", "replace", "dev", ifb, "parent", "1:", "classid", "1:1", "htb",
-                  "rate", &cap_rate, "ceil", &cap_rate, "quantum", &quantum(cap)],
+                &[
+                    "class",
+                    "replace",
+                    "dev",
+                    ifb,
+                    "parent",
+                    "1:",
+                    "classid",
+                    "1:1",
+                    "htb",
+                    "rate",
+                    &cap_rate,
+                    "ceil",
+                    &cap_rate,
+                    "quantum",
+                    &quantum(cap),
+                    "burst",
+                    &burst(cap),
+                    "cburst",
+                    &burst(cap),
+                ],
             )?;
             let forward_class = format!("1:{FORWARD_CLASS}");
             run(
                 "tc",
-                &["class", "replace", "dev", ifb, "parent", "1:1", "classid", &forward_class,
-                  "htb", "rate", &fwd_rate, "ceil", &cap_rate, "quantum", &quantum(forward)],
+                &[
+                    "class",
+                    "replace",
+                    "dev",
+                    ifb,
+                    "parent",
+                    "1:1",
+                    "classid",
+                    &forward_class,
+                    "htb",
+                    "rate",
+                    &fwd_rate,
+                    "ceil",
+                    &cap_rate,
+                    "quantum",
+                    &quantum(forward),
+                    "burst",
+                    &burst(forward),
+                    "cburst",
+                    &burst(cap),
+                ],
             )?;
         }
         if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
@@ -209,17 +273,34 @@ impl Network {
             run("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
         }
         let pref = pref.map(|p| p.to_string());
-        for (direction, ifb) in [("egress", self.names.ifb_down()), ("ingress", self.names.ifb_up())] {
+        for (direction, ifb) in [
+            ("egress", self.names.ifb_down()),
+            ("ingress", self.names.ifb_up()),
+        ] {
             let mut args = vec!["filter", "add", "dev", dev, direction];
             if let Some(pref) = &pref {
-                run_quiet("tc", &["filter", "del", "dev", dev, direction, "pref", pref]);
+                run_quiet(
+                    "tc",
+                    &["filter", "del", "dev", dev, direction, "pref", pref],
+                );
                 args.extend(["pref", pref.as_str()]);
             } else if run("tc", &["filter", "show", "dev", dev, direction])?.contains("mirred") {
                 continue;
             }
             args.extend([
-                "protocol", "all", "u32", "match", "u32", "0", "0",
-                "action", "mirred", "egress", "redirect", "dev", ifb.as_str(),
+                "protocol",
+                "all",
+                "u32",
+                "match",
+                "u32",
+                "0",
+                "0",
+                "action",
+                "mirred",
+                "egress",
+                "redirect",
+                "dev",
+                ifb.as_str(),
             ]);
             run("tc", &args)?;
         }
@@ -240,27 +321,65 @@ impl Network {
         let class = format!("1:{slot:x}");
         let pref = slot.to_string();
         for (ifb, cap, reserve, limit, field) in [
-            (self.names.ifb_down(), self.link.down, shape.down_rate, shape.down_ceil, "dst"),
-            (self.names.ifb_up(), self.link.up, shape.up_rate, shape.up_ceil, "src"),
+            (
+                self.names.ifb_down(),
+                self.link.down,
+                shape.down_rate,
+                shape.down_ceil,
+                "dst",
+            ),
+            (
+                self.names.ifb_up(),
+                self.link.up,
+                shape.up_rate,
+                shape.up_ceil,
+                "src",
+            ),
         ] {
             let ceil = limit.unwrap_or(cap).min(cap);
             let r = reserve.min(ceil);
             run(
                 "tc",
-                &["class", "replace", "dev", &ifb, "parent", "1:1", "classid", &class, "htb",
-                  "rate", &rate(r), "ceil", &rate(ceil), "quantum", &quantum(r)],
+                &[
+                    "class",
+                    "replace",
+                    "dev",
+                    &ifb,
+                    "parent",
+                    "1:1",
+                    "classid",
+                    &class,
+                    "htb",
+                    "rate",
+                    &rate(r),
+                    "ceil",
+                    &rate(ceil),
+                    "quantum",
+                    &quantum(r),
+                    "burst",
+                    &burst(r),
+                    "cburst",
+                    &burst(ceil),
+                ],
             )?;
             // fq_codel keeps a bulk flow from queueing in front of the service's other
             // flows, where the kernel has it; HTB's default FIFO otherwise.
             let _ = run(
                 "tc",
-                &["qdisc", "replace", "dev", &ifb, "parent", &class, "fq_codel"],
+                &[
+                    "qdisc", "replace", "dev", &ifb, "parent", &class, "fq_codel",
+                ],
             );
-            run_quiet("tc", &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref]);
+            run_quiet(
+                "tc",
+                &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref],
+            );
             run(
                 "tc",
-                &["filter", "add", "dev", &ifb, "parent", "1:", "pref", &pref, "protocol",
-                  "ip", "u32", "match", "ip", field, &address, "flowid", &class],
+                &[
+                    "filter", "add", "dev", &ifb, "parent", "1:", "pref", &pref, "protocol", "ip",
+                    "u32", "match", "ip", field, &address, "flowid", &class,
+                ],
             )?;
         }
         self.redirect(&self.names.host_if(slot), None)
@@ -271,7 +390,10 @@ impl Network {
         let class = format!("1:{slot:x}");
         let pref = slot.to_string();
         for ifb in [self.names.ifb_down(), self.names.ifb_up()] {
-            run_quiet("tc", &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref]);
+            run_quiet(
+                "tc",
+                &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref],
+            );
             run_quiet("tc", &["class", "del", "dev", &ifb, "classid", &class]);
         }
         let host_if = self.names.host_if(slot);
@@ -283,7 +405,11 @@ impl Network {
     /// Removes everything the agent made: table, bridge, shaping devices, LAN filters.
     pub fn teardown(&self) {
         run_quiet("nft", &["delete", "table", "inet", &self.names.table()]);
-        for dev in [self.names.bridge(), self.names.ifb_down(), self.names.ifb_up()] {
+        for dev in [
+            self.names.bridge(),
+            self.names.ifb_down(),
+            self.names.ifb_up(),
+        ] {
             if link_exists(&dev) {
                 run_quiet("ip", &["link", "del", &dev]);
             }
@@ -291,11 +417,14 @@ impl Network {
         if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
             let pref = LAN_PREF.to_string();
             for direction in ["egress", "ingress"] {
-                run_quiet("tc", &["filter", "del", "dev", lan, direction, "pref", &pref]);
+                run_quiet(
+                    "tc",
+                    &["filter", "del", "dev", lan, direction, "pref", &pref],
+                );
             }
-            let left = ["egress", "ingress"]
-                .iter()
-                .any(|d| run("tc", &["filter", "show", "dev", lan, d]).is_ok_and(|t| !t.trim().is_empty()));
+            let left = ["egress", "ingress"].iter().any(|d| {
+                run("tc", &["filter", "show", "dev", lan, d]).is_ok_and(|t| !t.trim().is_empty())
+            });
             if !left {
                 run_quiet("tc", &["qdisc", "del", "dev", lan, "clsact"]);
             }
@@ -325,7 +454,10 @@ impl Network {
     /// Bytes sent so far by each service's class, per direction: (down, up) by slot.
     pub fn class_bytes(&self) -> std::collections::HashMap<u8, (u64, u64)> {
         let mut out: std::collections::HashMap<u8, (u64, u64)> = Default::default();
-        for (i, ifb) in [self.names.ifb_down(), self.names.ifb_up()].iter().enumerate() {
+        for (i, ifb) in [self.names.ifb_down(), self.names.ifb_up()]
+            .iter()
+            .enumerate()
+        {
             let Ok(text) = run("tc", &["-s", "-j", "class", "show", "dev", ifb]) else {
                 continue;
             };
@@ -342,7 +474,10 @@ impl Network {
                 if minor < 2 {
                     continue;
                 }
-                let bytes = c.get("stats").and_then(|s| s.get("bytes")).and_then(|b| b.as_u64());
+                let bytes = c
+                    .get("stats")
+                    .and_then(|s| s.get("bytes"))
+                    .and_then(|b| b.as_u64());
                 let entry = out.entry(minor).or_default();
                 if i == 0 {
                     entry.0 = bytes.unwrap_or(0);

@@ -97,7 +97,10 @@ pub fn allowed(members: &[Member]) -> Vec<Allow> {
                 continue;
             };
             for export in &exporter.exports {
-                let to_them = export.to.iter().any(|p| p == "*" || *p == importer.provider);
+                let to_them = export
+                    .to
+                    .iter()
+                    .any(|p| p == "*" || *p == importer.provider);
                 if !to_them {
                     continue;
                 }
@@ -154,15 +157,18 @@ pub fn ruleset(cfg: &Config, names: &Names, wan: Option<&str>, members: &[Member
         let items: Vec<String> = members
             .iter()
             .flat_map(|m| {
-                m.ports.iter().filter(move |p| p.publish == side).map(move |p| {
-                    format!(
-                        "{} . {} : {} . {}",
-                        proto(p.protocol),
-                        p.port,
-                        cfg.address(m.slot),
-                        p.port
-                    )
-                })
+                m.ports
+                    .iter()
+                    .filter(move |p| p.publish == side)
+                    .map(move |p| {
+                        format!(
+                            "{} . {} : {} . {}",
+                            proto(p.protocol),
+                            p.port,
+                            cfg.address(m.slot),
+                            p.port
+                        )
+                    })
             })
             .collect();
         let _ = write!(
@@ -277,26 +283,33 @@ pub struct Conflict {
     pub holder: Option<String>,
 }
 
-impl std::fmt::Display for Conflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Conflict {
+    /// The sentence, naming the holder as `holder` says (a rival provider's service is not
+    /// named to a provider).
+    pub fn message(&self, holder: Option<&str>) -> String {
         let side = match self.side {
             Publish::Lan => "LAN",
             Publish::Wan => "WAN",
             Publish::None => "no",
         };
         let (port, proto) = (self.port, proto(self.protocol));
-        match &self.holder {
-            Some(holder) => write!(
-                f,
-                "port {port}/{proto} is already published on the {side} side by `{holder}`; \
-                 remove or stop publishing it there, or publish another port"
+        match holder {
+            Some(holder) => format!(
+                "port {port}/{proto} is already published on the {side} side by {holder}; \
+                 remove it or stop publishing the port there, or publish another port"
             ),
-            None => write!(
-                f,
+            None => format!(
                 "port {port}/{proto} on the {side} side belongs to the gateway itself \
                  (`[network] reserved_ports` or its own API); publish another port"
             ),
         }
+    }
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let holder = self.holder.as_ref().map(|h| format!("`{h}`"));
+        f.write_str(&self.message(holder.as_deref()))
     }
 }
 
@@ -323,11 +336,6 @@ pub fn port_conflict(new: &Member, others: &[Member], reserved: &[u16]) -> Optio
         }
     }
     None
-}
-
-/// The lowest slot (2..=254) nobody holds.
-pub fn free_slot(taken: &[u8]) -> Option<u8> {
-    (2..=254).find(|s| !taken.contains(s))
 }
 
 #[cfg(test)]
@@ -369,7 +377,13 @@ mod tests {
     #[test]
     fn names_fit_linux_interface_names() {
         let n = Names::new("0123abcd");
-        for name in [n.bridge(), n.host_if(254), n.peer_if(254), n.ifb_down(), n.ifb_up()] {
+        for name in [
+            n.bridge(),
+            n.host_if(254),
+            n.peer_if(254),
+            n.ifb_down(),
+            n.ifb_up(),
+        ] {
             assert!(crate::config::valid_interface(&name), "{name}");
         }
     }
@@ -390,7 +404,12 @@ mod tests {
         let all = [camera_to_bob, viewer.clone(), snoop.clone()];
         assert_eq!(
             allowed(&all),
-            vec![Allow { from: 4, to: 3, protocol: Protocol::Tcp, port: 8080 }]
+            vec![Allow {
+                from: 4,
+                to: 3,
+                protocol: Protocol::Tcp,
+                port: 8080
+            }]
         );
         // Exported to everyone: both importers, and no one who did not import.
         let mut camera_to_all = camera.clone();
@@ -413,11 +432,21 @@ mod tests {
             lan: Some("lan0".into()),
             ..Config::default()
         };
-        let mut camera = member("camera", "acme", 3, &[(8080, Publish::Lan), (9000, Publish::Wan)]);
+        let mut camera = member(
+            "camera",
+            "acme",
+            3,
+            &[(8080, Publish::Lan), (9000, Publish::Wan)],
+        );
         export(&mut camera, 8080, &["bob"]);
         let mut viewer = member("viewer", "bob", 4, &[]);
         import(&mut viewer, "camera", "acme");
-        let text = ruleset(&cfg, &Names::new("0000beef"), Some("wan0"), &[camera, viewer]);
+        let text = ruleset(
+            &cfg,
+            &Names::new("0000beef"),
+            Some("wan0"),
+            &[camera, viewer],
+        );
         let expected = "\
 table inet shg_0000beef {}
 delete table inet shg_0000beef
@@ -497,21 +526,18 @@ table inet shg_0000beef {
         let others = [camera];
         let c = port_conflict(&same_side, &others, &[53]).unwrap();
         assert_eq!(c.holder.as_deref(), Some("camera"));
-        assert!(c.to_string().contains("port 8080/tcp is already published on the LAN side by `camera`"));
+        assert!(c
+            .to_string()
+            .contains("port 8080/tcp is already published on the LAN side by `camera`"));
         assert_eq!(port_conflict(&other_side, &others, &[53]), None);
         assert_eq!(port_conflict(&private, &others, &[53]), None);
         let c = port_conflict(&reserved, &others, &[53]).unwrap();
-        assert!(c.to_string().contains("belongs to the gateway itself"), "{c}");
+        assert!(
+            c.to_string().contains("belongs to the gateway itself"),
+            "{c}"
+        );
         // A service never conflicts with itself (a reinstall or an update).
         let again = member("camera", "acme", 3, &[(8080, Publish::Lan)]);
         assert_eq!(port_conflict(&again, &others, &[]), None);
-    }
-
-    #[test]
-    fn slots_fill_from_the_bottom() {
-        assert_eq!(free_slot(&[]), Some(2));
-        assert_eq!(free_slot(&[2, 3, 5]), Some(4));
-        let all: Vec<u8> = (2..=254).collect();
-        assert_eq!(free_slot(&all), None);
     }
 }

@@ -78,7 +78,12 @@ fn place_fds(files: &[(&File, i32)]) -> Result<(), RuntimeError> {
 /// Creates and starts the container of service `name`; returns the PID of its init.
 ///
 /// Must run in a single-threaded process (the runtime helper).
-pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, RuntimeError> {
+/// With `attach`, the service joins the gateway bridge (see [`crate::net::setup`]).
+pub fn create_and_start(
+    name: &str,
+    paths: &ContainerPaths,
+    attach: Option<&crate::net::Attach>,
+) -> Result<i32, RuntimeError> {
     std::fs::create_dir_all(&paths.log_dir).map_err(|e| RuntimeError::io(&paths.log_dir, e))?;
     let logs: Vec<File> = segment_paths(&paths.log_dir)
         .iter()
@@ -123,8 +128,8 @@ pub fn create_and_start(name: &str, paths: &ContainerPaths) -> Result<i32, Runti
             .ok_or_else(|| to_err(name, "container has no pid"))?;
         // A fresh network namespace has its loopback down; services expect 127.0.0.1 to
         // work. This helper is about to exit, so it may move itself into that namespace.
-        crate::net::loopback_up(pid.as_raw())
-            .map_err(|e| to_err(name, format!("cannot bring up its loopback: {e}")))?;
+        crate::net::setup(pid.as_raw(), attach)
+            .map_err(|e| to_err(name, format!("cannot set up its network: {e}")))?;
         container.start().map_err(|e| to_err(name, e))
     };
     if let Err(e) = started() {

@@ -31,3 +31,129 @@ pub fn loopback_up(pid: i32) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// A service's link to the gateway bridge, made by the runtime helper between creating the
+/// container and starting it, so the service's first instruction already has its network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attach {
+    pub bridge: String,
+    /// The veth end that stays on the bridge.
+    pub host_if: String,
+    /// The end moved into the service and renamed `eth0`.
+    pub peer_if: String,
+    pub address: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl Attach {
+    /// The helper's `--net` argument: `BRIDGE,HOST_IF,PEER_IF,ADDRESS,GATEWAY`.
+    pub fn to_arg(&self) -> String {
+        format!(
+            "{},{},{},{},{}",
+            self.bridge, self.host_if, self.peer_if, self.address, self.gateway
+        )
+    }
+
+    pub fn from_arg(text: &str) -> Option<Attach> {
+        let parts: Vec<&str> = text.split(',').collect();
+        let [bridge, host_if, peer_if, address, gateway] = parts.as_slice() else {
+            return None;
+        };
+        Some(Attach {
+            bridge: bridge.to_string(),
+            host_if: host_if.to_string(),
+            peer_if: peer_if.to_string(),
+            address: address.parse().ok()?,
+            gateway: gateway.parse().ok()?,
+        })
+    }
+}
+
+fn ip(args: &[&str], input: Option<&str>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// Sets up the network namespace of `pid`: its loopback, and with `attach` a veth to the
+/// bridge with the service's address and default route. Moves the calling thread into that
+/// namespace for good: call it only from a process that ends soon after.
+pub fn setup(pid: i32, attach: Option<&Attach>) -> std::io::Result<()> {
+    if let Some(a) = attach {
+        let pid_text = pid.to_string();
+        // A veth left by a service that died with the agent down would block the name.
+        let _ = ip(&["link", "del", &a.host_if], None);
+        ip(
+            &[
+                "link", "add", &a.host_if, "type", "veth", "peer", "name", &a.peer_if, "netns",
+                &pid_text,
+            ],
+            None,
+        )?;
+        ip(&["link", "set", &a.host_if, "master", &a.bridge], None)?;
+        // Isolated before it is up: not one frame may pass between two services at layer 2.
+        let isolated = std::process::Command::new("bridge")
+            .args(["link", "set", "dev", &a.host_if, "isolated", "on"])
+            .status()?;
+        if !isolated.success() {
+            let _ = ip(&["link", "del", &a.host_if], None);
+            return Err(std::io::Error::other(format!(
+                "`bridge link set dev {} isolated on` failed",
+                a.host_if
+            )));
+        }
+        ip(&["link", "set", &a.host_if, "up"], None)?;
+    }
+    loopback_up(pid)?;
+    if let Some(a) = attach {
+        // Now inside the service's namespace (loopback_up moved us there).
+        let script = format!(
+            "link set {peer} name eth0\naddr add {addr}/24 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+            peer = a.peer_if,
+            addr = a.address,
+            gw = a.gateway
+        );
+        ip(&["-batch", "-"], Some(&script))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_survives_the_helper_argument() {
+        let a = Attach {
+            bridge: "shgb0000beef".into(),
+            host_if: "shv0000beef3".into(),
+            peer_if: "shp0000beef3".into(),
+            address: "10.77.0.3".parse().unwrap(),
+            gateway: "10.77.0.1".parse().unwrap(),
+        };
+        assert_eq!(Attach::from_arg(&a.to_arg()), Some(a));
+        assert_eq!(Attach::from_arg("a,b,c"), None);
+        assert_eq!(Attach::from_arg("a,b,c,not-an-address,10.0.0.1"), None);
+    }
+}

@@ -86,6 +86,9 @@ pub struct ServiceSpec {
     /// Block I/O weight (10..=1000), where the host's I/O controller has one
     /// ([`io_weight_supported`]).
     pub io_weight: Option<u16>,
+    /// Host files bound read-only over files of the service's /etc (destination, source):
+    /// its `hosts` and `resolv.conf` when it has a network.
+    pub etc_files: Vec<(String, PathBuf)>,
 }
 
 /// Block I/O weight from the household's priority: 100 for the least important service,
@@ -229,6 +232,19 @@ pub fn config(spec: &ServiceSpec) -> Value {
 }
 
 fn mounts(spec: &ServiceSpec) -> Value {
+    let mut mounts = base_mounts(spec);
+    if let Value::Array(list) = &mut mounts {
+        for (destination, source) in &spec.etc_files {
+            list.push(
+                json!({ "destination": destination, "type": "bind", "source": source,
+                              "options": ["bind", "ro", "nosuid", "nodev", "noexec"] }),
+            );
+        }
+    }
+    mounts
+}
+
+fn base_mounts(spec: &ServiceSpec) -> Value {
     json!([
         { "destination": "/proc", "type": "proc", "source": "proc",
           "options": ["nosuid", "noexec", "nodev"] },
@@ -322,6 +338,10 @@ mod tests {
             log_segment: 1 << 20,
             cgroup_root: "/nonexistent".into(),
             io_weight: Some(io_weight(50)),
+            etc_files: vec![(
+                "/etc/hosts".into(),
+                "/var/lib/shg/services/camera/net/hosts".into(),
+            )],
         }
     }
 

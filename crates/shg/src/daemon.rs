@@ -107,7 +107,17 @@ fn runtime_main(args: &[String]) -> i32 {
                 log_dir: path("log-dir"),
                 status_file: path("status-file"),
             };
-            match container::create_and_start(&name, &paths) {
+            let attach = match args.flags.get("net") {
+                None => None,
+                Some(text) => match runtime::net::Attach::from_arg(text) {
+                    Some(a) => Some(a),
+                    None => {
+                        eprintln!("shg runtime create: bad --net {text:?}");
+                        return 2;
+                    }
+                },
+            };
+            match container::create_and_start(&name, &paths, attach.as_ref()) {
                 Ok(pid) => {
                     println!("{pid}");
                     0

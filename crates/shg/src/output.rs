@@ -95,6 +95,9 @@ pub fn detail(out: &mut impl Write, d: &ServiceDetail, now_ms: u64) -> io::Resul
     fields.push(("restarts", s.restarts.to_string()));
     fields.push(("installed", time(d.installed_at_ms)));
     fields.push(("image", d.image_digest.clone()));
+    if let Some(address) = &d.address {
+        fields.push(("address", address.clone()));
+    }
     fields.extend(manifest_fields(&d.manifest));
     list(out, "  ", &fields)?;
 
@@ -592,6 +595,7 @@ mod tests {
                 "resources": {"memory": {"reserve": 67108864, "limit": 134217728},
                               "cpu": {"reserve": 0.0, "limit": null}},
             }),
+            address: Some("10.77.0.2".into()),
             paths: api::ServicePaths {
                 rootfs: "/r".into(),
                 data: "/d".into(),

@@ -123,6 +123,9 @@ pub struct ServiceRecord {
     /// The household's ranking, 0..=100, higher is more important: who bursts first, whose
     /// memory is reclaimed last, who is stopped last.
     pub priority: i32,
+    /// Its place on the gateway's service network (address `.slot`), fixed from install to
+    /// removal; given by [`Store::insert`].
+    pub slot: Option<u8>,
 }
 
 impl ServiceRecord {
@@ -147,6 +150,7 @@ impl ServiceRecord {
             installed_at_ms: now_ms(),
             started_at_ms: None,
             priority: DEFAULT_PRIORITY,
+            slot: None,
         }
     }
 }
@@ -206,7 +210,8 @@ CREATE TABLE IF NOT EXISTS services (
     reason TEXT,
     installed_at_ms INTEGER NOT NULL,
     started_at_ms INTEGER,
-    priority INTEGER NOT NULL DEFAULT 50
+    priority INTEGER NOT NULL DEFAULT 50,
+    slot INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -299,7 +304,14 @@ impl Store {
         if exists {
             return Err(StateError::Exists(rec.name.clone()));
         }
-        write(&tx, rec, true)
+        let mut rec = rec.clone();
+        if rec.slot.is_none() {
+            rec.slot = free_slot(&tx).map_err(|source| StateError::Db {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        write(&tx, &rec, true)
             .and_then(|_| journal(&tx, Some(&rec.name), &note))
             .and_then(|_| tx.commit())
             .map_err(|source| StateError::Db {
@@ -333,6 +345,34 @@ impl Store {
         }
         tx.commit().map_err(&db)?;
         Ok(rec)
+    }
+
+    /// Gives `name` a network slot if it has none (a record older than slots); returns it.
+    pub fn give_slot(&mut self, name: &str) -> Result<Option<u8>, StateError> {
+        let path = self.path.clone();
+        let db = move |source| StateError::Db {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(&db)?;
+        let current: Option<u8> = tx
+            .query_row("SELECT slot FROM services WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(&db)?
+            .ok_or_else(|| StateError::NotFound(name.to_string()))?;
+        if current.is_some() {
+            return Ok(current);
+        }
+        let slot = free_slot(&tx).map_err(&db)?;
+        tx.execute(
+            "UPDATE services SET slot = ?1 WHERE name = ?2",
+            params![slot, name],
+        )
+        .map_err(&db)?;
+        tx.commit().map_err(&db)?;
+        Ok(slot)
     }
 
     /// Deletes a record, journaling why.
@@ -440,6 +480,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_priority {
         conn.execute_batch("ALTER TABLE services ADD COLUMN priority INTEGER NOT NULL DEFAULT 50")?;
     }
+    let has_slot: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'slot'")?
+        .exists([])?;
+    if !has_slot {
+        conn.execute_batch("ALTER TABLE services ADD COLUMN slot INTEGER")?;
+    }
     Ok(())
 }
 
@@ -449,8 +495,8 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
         &format!(
             "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
              state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
-             started_at_ms, priority)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)"
+             started_at_ms, priority, slot)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
         ),
         params![
             rec.name,
@@ -471,9 +517,19 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
             rec.installed_at_ms as i64,
             rec.started_at_ms.map(|v| v as i64),
             rec.priority,
+            rec.slot,
         ],
     )?;
     Ok(())
+}
+
+/// The lowest network slot (2..=254) no service holds; `None` when all are taken.
+fn free_slot(conn: &Connection) -> rusqlite::Result<Option<u8>> {
+    let mut stmt = conn.prepare("SELECT slot FROM services WHERE slot IS NOT NULL")?;
+    let taken: Vec<u8> = stmt
+        .query_map([], |r| r.get::<_, u8>(0))?
+        .collect::<Result<_, _>>()?;
+    Ok((2..=254).find(|s| !taken.contains(s)))
 }
 
 fn journal(conn: &Connection, service: Option<&str>, note: &Note) -> rusqlite::Result<()> {
@@ -526,6 +582,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         installed_at_ms: r.get::<_, i64>("installed_at_ms")? as u64,
         started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
         priority: r.get("priority")?,
+        slot: r.get("slot")?,
     })
 }
 
@@ -537,6 +594,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn each_service_holds_its_own_slot_until_removed() {
+        let (_dir, mut s) = store();
+        for name in ["a", "b", "c"] {
+            let rec = ServiceRecord::new(name, "acme", "1", "sha256:00", "");
+            s.insert(&rec, Note::new("installing", "")).unwrap();
+        }
+        let slot = |s: &Store, n: &str| s.get(n).unwrap().slot;
+        assert_eq!(
+            (slot(&s, "a"), slot(&s, "b"), slot(&s, "c")),
+            (Some(2), Some(3), Some(4))
+        );
+        // An update keeps it; a removal frees it for the next install.
+        s.update("b", None, |r| r.priority = 7).unwrap();
+        assert_eq!(slot(&s, "b"), Some(3));
+        s.delete("b", Note::new("removed", "")).unwrap();
+        let rec = ServiceRecord::new("d", "acme", "1", "sha256:00", "");
+        s.insert(&rec, Note::new("installing", "")).unwrap();
+        assert_eq!(slot(&s, "d"), Some(3));
     }
 
     #[test]

@@ -1,0 +1,204 @@
+//! The agent's side of service networking (crate `network` does the work): which installed
+//! services are on the network and where, published-port admission, and the hooks the
+//! lifecycle calls at install, start, exit and removal.
+//!
+//! The nftables table and the hosts files follow the *installed* services (addresses are
+//! fixed from install to removal); veths and HTB classes follow the *running* ones.
+
+use std::path::PathBuf;
+
+use network::{Member, Network};
+use state::{Phase, ServiceRecord};
+
+use crate::auth::Principal;
+use crate::lifecycle::manifest_of;
+use crate::{Agent, AgentError};
+
+fn net_error(e: network::NetError) -> AgentError {
+    AgentError::Internal(format!("service networking: {e}"))
+}
+
+/// A service's bandwidth as HTB sees it.
+fn shape_of(m: &manifest::Manifest) -> network::ops::Shape {
+    let r = &m.resources;
+    network::ops::Shape {
+        down_rate: r.bandwidth_down.reserve,
+        down_ceil: r.bandwidth_down.limit,
+        up_rate: r.bandwidth_up.reserve,
+        up_ceil: r.bandwidth_up.limit,
+    }
+}
+
+impl Agent {
+    /// The installed services that hold a slot, as the network sees them.
+    fn members(&self) -> Result<Vec<Member>, AgentError> {
+        let records = self.store().list()?;
+        Ok(records
+            .iter()
+            .filter(|r| r.phase != Phase::Removing)
+            .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot?)))
+            .collect())
+    }
+
+    /// The address of a service, when the gateway gives services a network.
+    pub(crate) fn address_of(&self, rec: &ServiceRecord) -> Option<String> {
+        let net = self.net.as_ref()?;
+        Some(net.cfg.address(rec.slot?).to_string())
+    }
+
+    /// Refuses a manifest whose published ports the gateway keeps or another installed
+    /// service publishes on the same side. `who` sees a rival provider's service unnamed.
+    pub(crate) fn check_ports(
+        &self,
+        who: &Principal,
+        manifest: &manifest::Manifest,
+    ) -> Result<(), AgentError> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        let mut reserved = net.cfg.reserved_ports.clone();
+        if let Some(listen) = &self.cfg.listen {
+            reserved.push(listen.addr.port());
+        }
+        let records = self.store().list()?;
+        let others: Vec<Member> = records
+            .iter()
+            .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot.unwrap_or(0))))
+            .collect();
+        let Some(conflict) =
+            network::plan::port_conflict(&Member::new(manifest, 0), &others, &reserved)
+        else {
+            return Ok(());
+        };
+        let Some(holder) = &conflict.holder else {
+            return Err(AgentError::Conflict(format!(
+                "cannot install `{}`: {conflict}",
+                manifest.name
+            )));
+        };
+        let rival = match who {
+            Principal::Provider(caller) => records
+                .iter()
+                .any(|r| r.name == *holder && r.provider != *caller),
+            _ => false,
+        };
+        let shown = if rival {
+            "another provider's service".to_string()
+        } else {
+            format!("`{holder}`")
+        };
+        let message = format!(
+            "cannot install `{}`: {}",
+            manifest.name,
+            conflict.message(Some(&shown))
+        );
+        Err(AgentError::Conflict(message))
+    }
+
+    /// Brings the network in line with the installed services: the bridge and shaping
+    /// devices, the firewall and NAT rules, every service's hosts file. With no service
+    /// left, takes it all away. Blocking.
+    pub(crate) fn refresh_network(&self) -> Result<(), AgentError> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        let members = self.members()?;
+        if members.is_empty() {
+            net.teardown();
+            return Ok(());
+        }
+        net.ensure_base().map_err(net_error)?;
+        net.apply_rules(&members).map_err(net_error)?;
+        for m in &members {
+            self.write_net_files(net, m, &members)?;
+        }
+        Ok(())
+    }
+
+    fn write_net_files(
+        &self,
+        net: &Network,
+        member: &Member,
+        members: &[Member],
+    ) -> Result<(), AgentError> {
+        let dir = self.layout.service(&member.name).net();
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+        let files = [
+            ("hosts", network::plan::hosts(&net.cfg, member, members)),
+            ("resolv.conf", network::plan::resolv_conf(&net.resolvers())),
+        ];
+        for (file, text) in files {
+            // Rewritten in place, not replaced: a running service sees the file through a
+            // bind mount of this very inode.
+            let path = dir.join(file);
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&path, text).map_err(|e| AgentError::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The files bound into the service's /etc.
+    pub(crate) fn etc_files(&self, name: &str) -> Vec<(String, PathBuf)> {
+        if self.net.is_none() {
+            return Vec::new();
+        }
+        let dir = self.layout.service(name).net();
+        vec![
+            ("/etc/hosts".into(), dir.join("hosts")),
+            ("/etc/resolv.conf".into(), dir.join("resolv.conf")),
+        ]
+    }
+
+    /// What the runtime helper needs to put the service on the bridge; makes sure the bridge
+    /// and the service's /etc files are there. Blocking.
+    pub(crate) fn attach_for(
+        &self,
+        rec: &ServiceRecord,
+    ) -> Result<Option<runtime::net::Attach>, AgentError> {
+        let Some(net) = &self.net else {
+            return Ok(None);
+        };
+        let slot = rec.slot.ok_or_else(|| {
+            AgentError::StartFailed(format!(
+                "`{}` has no address: all 253 places on the service network are taken",
+                rec.name
+            ))
+        })?;
+        self.refresh_network()?;
+        Ok(Some(runtime::net::Attach {
+            bridge: net.names.bridge(),
+            host_if: net.names.host_if(slot),
+            peer_if: net.names.peer_if(slot),
+            address: net.cfg.address(slot),
+            gateway: net.cfg.gateway_address(),
+        }))
+    }
+
+    /// Gives a running service its bandwidth classes. Blocking.
+    pub(crate) fn shape_service(&self, rec: &ServiceRecord) {
+        let (Some(net), Some(slot)) = (&self.net, rec.slot) else {
+            return;
+        };
+        let Ok(manifest) = manifest_of(rec) else {
+            return;
+        };
+        if let Err(e) = net.shape(slot, &shape_of(&manifest)) {
+            tracing::warn!(service = %rec.name, "cannot shape its bandwidth: {e}");
+            let _ = self.store().record(
+                Some(&rec.name),
+                state::Note::new(
+                    "network-degraded",
+                    format!("`{}` runs without its bandwidth guarantee: {e}", rec.name),
+                ),
+            );
+        }
+    }
+
+    /// Takes a stopped service's classes and veth away. Blocking.
+    pub(crate) fn unshape_service(&self, rec: &ServiceRecord) {
+        if let (Some(net), Some(slot)) = (&self.net, rec.slot) {
+            net.unshape(slot);
+        }
+    }
+}
