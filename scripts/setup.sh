@@ -11,6 +11,11 @@ packages=(
   e2fsprogs         # mkfs.ext4 for each service's size-capped data volume
   mount             # mount -o loop for those volumes
   prometheus        # a test scrapes /metrics with a real Prometheus and checks it with promtool
+  iproute2          # ip, tc and bridge: veths, the bridge, HTB shaping of every service
+  nftables          # nft: the services' firewall, NAT and published ports
+  util-linux        # nsenter: the network tests run an agent in a namespace of its own
+  iperf3            # the network bench's traffic
+  curl              # the network tests' LAN and WAN hosts
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -27,6 +27,13 @@ fn main() {
         .prefix("shg-bench-")
         .tempdir_in("/tmp")
         .expect("temp dir");
+    // The core's figures, on the host's own network namespace: no service network here
+    // (benches/network.rs measures that, in namespaces of its own).
+    std::fs::write(
+        state.path().join("gateway.toml"),
+        "[network]\nenabled = false\n",
+    )
+    .expect("write gateway.toml");
     let mut agent = Command::new(&shg)
         .args(["gateway", "run", "--state-dir"])
         .arg(state.path())

@@ -173,7 +173,10 @@ fn a_service_over_its_memory_limit_dies_alone() {
         .unwrap_or_else(|| panic!("no oom-killed event: {events:?}"));
     assert!(message.contains("its memory limit of 32 MiB"), "{message}");
     let s = stats(&gw);
-    assert_eq!(of(&s, "hog")["memory"]["oom_kills"], 1, "{s}");
+    // At least the tail; under load the kernel sometimes takes the container's init with it
+    // (both are in the cgroup), which counts twice and changes nothing above.
+    let kills = of(&s, "hog")["memory"]["oom_kills"].as_u64().unwrap_or(0);
+    assert!((1..=2).contains(&kills), "{s}");
 
     // Its neighbour never noticed, and the agent still answers.
     let calm = gw.svc("calm").unwrap();
