@@ -458,34 +458,59 @@ impl Network {
             .iter()
             .enumerate()
         {
-            let Ok(text) = run("tc", &["-s", "-j", "class", "show", "dev", ifb]) else {
+            let Ok(text) = run("tc", &["-s", "class", "show", "dev", ifb]) else {
                 continue;
             };
-            let classes: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-            for c in classes.as_array().into_iter().flatten() {
-                let Some(minor) = c
-                    .get("handle")
-                    .and_then(|h| h.as_str())
-                    .and_then(|h| h.strip_prefix("1:"))
-                    .and_then(|m| u8::from_str_radix(m, 16).ok())
-                else {
+            for (minor, bytes) in parse_class_bytes(&text) {
+                let Ok(slot) = u8::try_from(minor) else {
                     continue;
                 };
-                if minor < 2 {
-                    continue;
-                }
-                let bytes = c
-                    .get("stats")
-                    .and_then(|s| s.get("bytes"))
-                    .and_then(|b| b.as_u64());
-                let entry = out.entry(minor).or_default();
+                let entry = out.entry(slot).or_default();
                 if i == 0 {
-                    entry.0 = bytes.unwrap_or(0);
+                    entry.0 = bytes;
                 } else {
-                    entry.1 = bytes.unwrap_or(0);
+                    entry.1 = bytes;
                 }
             }
         }
         out
+    }
+}
+
+/// Bytes sent per HTB class (by minor number) from `tc -s class show` (whose `-j` form this
+/// iproute2 does not have for classes): a `class htb 1:MINOR …` line, then ` Sent N bytes …`.
+pub fn parse_class_bytes(text: &str) -> std::collections::HashMap<u32, u64> {
+    let mut out = std::collections::HashMap::new();
+    let mut current = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("class"), Some(_kind), Some(handle)) => {
+                current = handle
+                    .split_once(':')
+                    .and_then(|(_, minor)| u32::from_str_radix(minor, 16).ok());
+            }
+            (Some("Sent"), Some(bytes), Some("bytes")) => {
+                if let (Some(minor), Ok(bytes)) = (current.take(), bytes.parse()) {
+                    out.insert(minor, bytes);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_bytes_come_from_tc_text() {
+        let text = "class htb 1:fffe parent 1:1 prio 0 rate 10Mbit ceil 50Mbit burst 1600b cburst 1600b \n Sent 1429 bytes 20 pkt (dropped 0, overlimits 0 requeues 0) \n backlog 0b 0p requeues 0\nclass htb 1:1 root rate 50Mbit ceil 50Mbit burst 1600b cburst 1600b \n Sent 50090429 bytes 33113 pkt (dropped 0, overlimits 1810 requeues 0) \nclass htb 1:2 parent 1:1 prio 0 rate 10Mbit \n Sent 7 bytes 1 pkt\n";
+        let got = parse_class_bytes(text);
+        assert_eq!(got.get(&0xfffe), Some(&1429));
+        assert_eq!(got.get(&1), Some(&50090429));
+        assert_eq!(got.get(&2), Some(&7));
     }
 }

@@ -42,8 +42,12 @@ fn main() {
              [network]\nwan = \"wan0\"\nlan = \"lan0\"\ndns = [\"203.0.113.2\"]\n"
         )
     };
-    std::fs::write(state.path().join("gateway.toml"), config("100Mbit", "20Mbit")).unwrap();
-    let mut agent = Agent::start(&shg, state.path());
+    std::fs::write(
+        state.path().join("gateway.toml"),
+        config("100Mbit", "20Mbit"),
+    )
+    .unwrap();
+    let agent = Agent::start(&shg, state.path());
     let counter = spawn_in(WAN, &["python3", "-c", COUNTER, "5001", "5002", "5003"]);
     std::thread::sleep(Duration::from_millis(500));
     for (name, port, reserve) in [("twenty", 5001, "20Mbit"), ("sixty", 5002, "60Mbit")] {
@@ -57,10 +61,10 @@ fn main() {
     let flood = spawn_in(LAN, &["python3", "-c", FLOOD, "203.0.113.2", "5003"]);
     std::thread::sleep(Duration::from_secs(3));
     let tag = agent.tag();
-    let before = (read_counter(&state), htb_bytes(&tag));
+    let before = (read_counter(), htb_bytes(&tag));
     let started = Instant::now();
     std::thread::sleep(WINDOW);
-    let after = (read_counter(&state), htb_bytes(&tag));
+    let after = (read_counter(), htb_bytes(&tag));
     let secs = started.elapsed().as_secs_f64();
     kill(flood);
     kill(counter);
@@ -73,13 +77,13 @@ fn main() {
         ("forwarding", 20.0, 5003, 0xfffe),
     ];
     for (name, reserved, port, class) in rows {
-        let good = (after.0.get(&port).copied().unwrap_or(0) - before.0.get(&port).copied().unwrap_or(0))
-            as f64
+        let good = (after.0.get(&port).copied().unwrap_or(0)
+            - before.0.get(&port).copied().unwrap_or(0)) as f64
             * 8.0
             / secs
             / 1e6;
-        let wire = (after.1.get(&class).copied().unwrap_or(0) - before.1.get(&class).copied().unwrap_or(0))
-            as f64
+        let wire = (after.1.get(&class).copied().unwrap_or(0)
+            - before.1.get(&class).copied().unwrap_or(0)) as f64
             * 8.0
             / secs
             / 1e6;
@@ -96,7 +100,7 @@ fn main() {
 
     // --- 2. CPU per Gbit -------------------------------------------------------------
     std::fs::write(state.path().join("gateway.toml"), config("40Gbit", "1Gbit")).unwrap();
-    let mut agent = Agent::start(&shg, state.path());
+    let agent = Agent::start(&shg, state.path());
     let pkg = package(
         &shg,
         &work,
@@ -172,7 +176,7 @@ while True:
         time.sleep(0.2)
 "#;
 
-fn read_counter(_state: &Path) -> std::collections::HashMap<u16, u64> {
+fn read_counter() -> std::collections::HashMap<u16, u64> {
     // Sampled right after a write by the counter (every 0.2 s).
     std::thread::sleep(Duration::from_millis(250));
     std::fs::read_to_string("/tmp/shg-netbench-counts")
@@ -187,18 +191,11 @@ fn read_counter(_state: &Path) -> std::collections::HashMap<u16, u64> {
 
 /// Bytes sent by each class of the upload tree, by class minor.
 fn htb_bytes(tag: &str) -> std::collections::HashMap<u32, u64> {
-    let text = run_in(GW, &["tc", "-s", "-j", "class", "show", "dev", &format!("shgu{tag}")]);
-    let classes: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-    classes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| {
-            let minor = c["handle"].as_str()?.strip_prefix("1:")?;
-            let minor = u32::from_str_radix(minor, 16).ok()?;
-            Some((minor, c["stats"]["bytes"].as_u64()?))
-        })
-        .collect()
+    let text = run_in(
+        GW,
+        &["tc", "-s", "class", "show", "dev", &format!("shgu{tag}")],
+    );
+    network::ops::parse_class_bytes(&text)
 }
 
 /// Runs iperf3 for 10 s from the service's network namespace to the WAN host; returns the
@@ -207,12 +204,23 @@ fn iperf_cpu(pid: i32) -> (f64, f64) {
     let busy_before = busy_seconds();
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["iperf3", "-c", "203.0.113.2", "-p", "5201", "-t", "10", "-J"])
+        .args([
+            "iperf3",
+            "-c",
+            "203.0.113.2",
+            "-p",
+            "5201",
+            "-t",
+            "10",
+            "-J",
+        ])
         .output()
         .expect("run iperf3");
     let busy = busy_seconds() - busy_before;
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("iperf3 -J");
-    let bytes = report["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+    let bytes = report["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .unwrap_or(0.0);
     (bytes * 8.0 / 1e9, busy)
 }
 
@@ -238,7 +246,10 @@ struct Lab;
 impl Lab {
     fn new() -> Lab {
         for ns in [GW, WAN, LAN] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
         let script = format!(
             "set -e
@@ -354,7 +365,12 @@ impl Agent {
         let links = run_in(GW, &["ip", "-br", "link"]);
         links
             .lines()
-            .find_map(|l| l.split_whitespace().next()?.strip_prefix("shgb").map(String::from))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .next()?
+                    .strip_prefix("shgb")
+                    .map(String::from)
+            })
             .expect("the agent's bridge")
     }
 
