@@ -233,9 +233,14 @@ impl Gateway {
             _dir: dir_guard,
             _work: work_guard,
         };
-        if let Some(config) = config {
-            fs::write(gw.dir.join("gateway.toml"), config).expect("write gateway.toml");
+        // Agents here share the host's network namespace: they keep off it (no bridge, no
+        // forwarding, no rules) unless a test asks for a network (tests/e2e/network.rs runs
+        // its agents in namespaces of their own).
+        let mut config = config.unwrap_or_default().to_string();
+        if !config.contains("[network]") {
+            config.push_str("\n[network]\nenabled = false\n");
         }
+        fs::write(gw.dir.join("gateway.toml"), config).expect("write gateway.toml");
         if listen {
             // A port the kernel just handed out and nobody holds now.
             let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
