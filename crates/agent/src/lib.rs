@@ -143,15 +143,22 @@ impl Agent {
         }
         let (gateway, settings) = capacity::load(&layout.root)?;
         let monitor = monitor::Monitor::new(&cfg.cgroup_root);
-        let net = settings.network.enabled.then(|| {
-            let link = ::network::ops::Link {
-                down: gateway.capacity.bandwidth_down,
-                up: gateway.capacity.bandwidth_up,
-                forward_down: gateway.system_reserve.bandwidth_down,
-                forward_up: gateway.system_reserve.bandwidth_up,
-            };
-            ::network::Network::new(settings.network.clone(), &cfg.net_tag, link)
-        });
+        let link = ::network::ops::Link {
+            down: gateway.capacity.bandwidth_down,
+            up: gateway.capacity.bandwidth_up,
+            forward_down: gateway.system_reserve.bandwidth_down,
+            forward_up: gateway.system_reserve.bandwidth_up,
+        };
+        let network = ::network::Network::new(settings.network.clone(), &cfg.net_tag, link);
+        let net = if settings.network.enabled {
+            Some(network)
+        } else {
+            // Networking switched off: what an earlier run made goes.
+            if !network.present().is_empty() {
+                network.teardown();
+            }
+            None
+        };
         Ok(Arc::new(Agent {
             cfg,
             layout,

@@ -402,14 +402,18 @@ impl Network {
         }
     }
 
-    /// Removes everything the agent made: table, bridge, shaping devices, LAN filters.
+    /// Removes everything the agent made: table, veths, bridge, shaping devices, LAN filters.
     pub fn teardown(&self) {
         run_quiet("nft", &["delete", "table", "inet", &self.names.table()]);
-        for dev in [
+        // Services' veths too (when networking is switched off under running services).
+        let veth = format!("shv{}", self.names.tag);
+        let veths = self.present().into_iter().filter(|n| n.starts_with(&veth));
+        let devices = [
             self.names.bridge(),
             self.names.ifb_down(),
             self.names.ifb_up(),
-        ] {
+        ];
+        for dev in veths.chain(devices) {
             if link_exists(&dev) {
                 run_quiet("ip", &["link", "del", &dev]);
             }
