@@ -172,6 +172,7 @@ fn print_guide(
             state_dir.join("demo-tokens.json").display()
         ),
     };
+    let config = state_dir.join("gateway.toml").display().to_string();
     println!(
         "
 SHG demo gateway is running (API on {gw}{https}). In another terminal:
@@ -190,7 +191,9 @@ Each provider sees only its own services, and only it reads their logs or runs c
   SHG_TOKEN={voltwise} shg ps               # voltwise sees the meter only
 
 {remote}
-Services have no network route out of their containers yet (that is the networking issue).
+Each service has its own address on the gateway's service network (`shg inspect camera`),
+reaches the WAN through NAT and nothing else; camera's page is published to the LAN side at
+port 8080 of this machine's LAN addresses (`[network]` in {config} says which).
 Ctrl-C stops the agent; the services keep running and are re-adopted when it starts again.
 ",
     );
