@@ -115,6 +115,8 @@ pub struct Agent {
     pub(crate) limiter: auth::Limiter,
     /// The services' network; `None` when `[network] enabled = false`.
     pub(crate) net: Option<::network::Network>,
+    /// One network change at a time (two first starts would both make the bridge).
+    pub(crate) net_lock: Mutex<()>,
 }
 
 impl Agent {
@@ -170,6 +172,7 @@ impl Agent {
             monitor,
             limiter: auth::Limiter::new(20.0, 100.0),
             net,
+            net_lock: Mutex::new(()),
         }))
     }
 

@@ -102,6 +102,7 @@ impl Agent {
         let Some(net) = &self.net else {
             return Ok(());
         };
+        let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
         let members = self.members()?;
         if members.is_empty() {
             net.teardown();
@@ -183,7 +184,11 @@ impl Agent {
         let Ok(manifest) = manifest_of(rec) else {
             return;
         };
-        if let Err(e) = net.shape(slot, &shape_of(&manifest)) {
+        let shaped = {
+            let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
+            net.shape(slot, &shape_of(&manifest))
+        };
+        if let Err(e) = shaped {
             tracing::warn!(service = %rec.name, "cannot shape its bandwidth: {e}");
             let _ = self.store().record(
                 Some(&rec.name),
@@ -198,6 +203,7 @@ impl Agent {
     /// Takes a stopped service's classes and veth away. Blocking.
     pub(crate) fn unshape_service(&self, rec: &ServiceRecord) {
         if let (Some(net), Some(slot)) = (&self.net, rec.slot) {
+            let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
             net.unshape(slot);
         }
     }
