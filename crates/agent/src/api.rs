@@ -3,6 +3,7 @@
 //! Served over the Unix socket `STATE_DIR/api.sock` (mode 0600: only root reaches it) and,
 //! with `--listen`, over TCP with TLS. Every route but `/openapi.json` goes through
 //! `authenticate`, and every handler checks the caller's realm (`auth`) before acting.
+//! The web console's routes (`console`) are merged in here; its pages call this same API.
 
 use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
@@ -118,6 +119,7 @@ pub fn router(agent: Arc<Agent>, transport: Transport) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(guarded)
+        .merge(crate::console::router(agent.clone(), transport))
         .fallback(|| async {
             let body = api::ErrorBody {
                 code: "not-found".into(),
@@ -180,11 +182,13 @@ async fn json_errors(response: Response) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// The caller: the token's principal, else the pinned client certificate's, else the
-/// operator on the local socket; a remote caller with neither is refused.
+/// The caller: the token's principal, else the console session's (its token looked up
+/// again), else the pinned client certificate's, else the operator on the local socket; a
+/// remote caller with none of them is refused.
 fn identify(
     agent: &Agent,
     token: Option<String>,
+    session: Option<&str>,
     cert: Option<crate::tls::ClientCert>,
     transport: Transport,
 ) -> Result<(Principal, Credential), AgentError> {
@@ -197,7 +201,25 @@ fn identify(
                     .into(),
             )
         })?;
-        return Ok((who, Credential(Some(hash))));
+        return Ok((who, Credential::stored(hash)));
+    }
+    if let Some(id) = session {
+        let ended = || {
+            AgentError::Unauthorized(
+                "the console session ended (logged out, idle for 12 hours, the agent restarted \
+                 or its token was revoked); log in again"
+                    .into(),
+            )
+        };
+        let found = agent.sessions.lookup(id).ok_or_else(ended)?;
+        let who = agent.principal_by_hash(&found.hash)?.ok_or_else(ended)?;
+        return Ok((
+            who,
+            Credential {
+                hash: Some(found.hash),
+                session: Some(id.to_string()),
+            },
+        ));
     }
     if let Some(crate::tls::ClientCert(fingerprint)) = cert {
         let hash = format!("{}{fingerprint}", state::CERT_PREFIX);
@@ -207,10 +229,16 @@ fn identify(
                  operator registers it with `shg token create --cert FILE`"
             ))
         })?;
-        return Ok((who, Credential(Some(hash))));
+        return Ok((who, Credential::stored(hash)));
     }
     match transport {
-        Transport::Local => Ok((Principal::Operator, Credential(None))),
+        Transport::Local => Ok((
+            Principal::Operator,
+            Credential {
+                hash: None,
+                session: None,
+            },
+        )),
         Transport::Remote => Err(AgentError::Unauthorized(
             "this API needs a token (`Authorization: Bearer TOKEN`; the CLI reads SHG_TOKEN) \
              or a registered client certificate"
@@ -219,18 +247,34 @@ fn identify(
     }
 }
 
-/// What the caller authenticated with, as stored (a token's hash or a pinned certificate),
-/// or None for root on the local socket; long streams check it is still live.
+/// What the caller authenticated with: as stored (a token's hash or a pinned certificate),
+/// or None for root on the local socket, and the console session it came through, if any;
+/// long streams check it is still live.
 #[derive(Debug, Clone)]
-pub(crate) struct Credential(Option<String>);
+pub(crate) struct Credential {
+    hash: Option<String>,
+    session: Option<String>,
+}
 
 impl Credential {
-    /// False once the token or certificate was revoked.
-    fn live(&self, agent: &Agent) -> bool {
-        match &self.0 {
-            None => true,
-            Some(hash) => agent.principal_by_hash(hash).is_ok_and(|p| p.is_some()),
+    fn stored(hash: String) -> Credential {
+        Credential {
+            hash: Some(hash),
+            session: None,
         }
+    }
+
+    /// False once the token or certificate was revoked, or the console session ended.
+    fn live(&self, agent: &Agent) -> bool {
+        let session_open = self
+            .session
+            .as_deref()
+            .is_none_or(|id| agent.sessions.open_now(id));
+        session_open
+            && match &self.hash {
+                None => true,
+                Some(hash) => agent.principal_by_hash(hash).is_ok_and(|p| p.is_some()),
+            }
     }
 }
 
@@ -261,9 +305,10 @@ impl Watched {
     }
 }
 
-/// Finds out who is calling (a bearer token, or the operator on the local socket), holds
-/// remote callers to a request rate, and writes every mutating call into the audit log.
-async fn authenticate(
+/// Finds out who is calling (a bearer token, a console session, or the operator on the local
+/// socket), wants the CSRF token of a console session that changes something, holds remote
+/// callers to a request rate, and writes every mutating call into the audit log.
+pub(crate) async fn authenticate(
     State((agent, transport)): State<(Arc<Agent>, Transport)>,
     mut req: axum::extract::Request,
     next: middleware::Next,
@@ -273,8 +318,13 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.strip_prefix("Bearer ").unwrap_or("").trim().to_string());
+    // The console's cookie counts only where no token is given.
+    let session = match token {
+        None => crate::console::session_id(req.headers()),
+        Some(_) => None,
+    };
     let cert = req.extensions().get::<crate::tls::ClientCert>().cloned();
-    let (who, credential) = match identify(&agent, token, cert, transport) {
+    let (who, credential) = match identify(&agent, token, session.as_deref(), cert, transport) {
         Ok(found) => found,
         Err(e) => return ApiError(e).into_response(),
     };
@@ -284,6 +334,19 @@ async fn authenticate(
         }
     }
     let mutating = !matches!(req.method(), &Method::GET | &Method::HEAD);
+    // A cookie is sent by the browser whoever made the page: a change needs the token only
+    // the console's own script can read.
+    if let (true, Some(id)) = (mutating, &credential.session) {
+        let expected = agent.sessions.lookup(id).map(|s| s.csrf);
+        if !expected.is_some_and(|csrf| crate::console::csrf_ok(req.headers(), &csrf)) {
+            let response = ApiError(crate::console::csrf_refusal()).into_response();
+            let action = format!("{} {}", req.method(), req.uri().path());
+            if let Err(e) = agent.store().audit(&who.label(), &action, 403) {
+                tracing::error!("cannot write the audit log: {e}");
+            }
+            return response;
+        }
+    }
     let action = format!("{} {}", req.method(), req.uri().path());
     let label = who.label();
     req.extensions_mut().insert(who);

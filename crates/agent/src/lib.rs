@@ -7,6 +7,7 @@
 mod api;
 mod auth;
 mod capacity;
+mod console;
 mod error;
 mod health;
 mod install;
@@ -117,6 +118,8 @@ pub struct Agent {
     pub(crate) net: Option<::network::Network>,
     /// One network change at a time (two first starts would both make the bridge).
     pub(crate) net_lock: Mutex<()>,
+    /// The web console's log-in sessions.
+    pub(crate) sessions: console::Sessions,
 }
 
 impl Agent {
@@ -173,6 +176,7 @@ impl Agent {
             limiter: auth::Limiter::new(20.0, 100.0),
             net,
             net_lock: Mutex::new(()),
+            sessions: console::Sessions::default(),
         }))
     }
 
@@ -242,7 +246,38 @@ impl Agent {
             available: json(&available),
             reserved: json(&reserved),
             free: json(&available.sub(&reserved)),
+            tenants: self.tenants(&records),
         })
+    }
+
+    /// Per provider with a cap or an installed service: the cap (None where uncapped) and
+    /// what its services hold.
+    fn tenants(
+        &self,
+        records: &[state::ServiceRecord],
+    ) -> std::collections::BTreeMap<String, ::api::Tenant> {
+        let mut providers: std::collections::BTreeSet<String> =
+            records.iter().map(|r| r.provider.clone()).collect();
+        providers.extend(self.gateway.provider_caps.keys().cloned());
+        providers
+            .into_iter()
+            .map(|p| {
+                let cap = ::api::AmountsCap {
+                    cpu: self.gateway.cap(&p, admission::Resource::Cpu),
+                    memory: self.gateway.cap(&p, admission::Resource::Memory),
+                    storage: self.gateway.cap(&p, admission::Resource::Storage),
+                    bandwidth_down: self.gateway.cap(&p, admission::Resource::BandwidthDown),
+                    bandwidth_up: self.gateway.cap(&p, admission::Resource::BandwidthUp),
+                };
+                let held: Vec<state::ServiceRecord> = records
+                    .iter()
+                    .filter(|r| r.provider == p)
+                    .cloned()
+                    .collect();
+                let reserved = serde_json::to_value(capacity::reserved(&held)).unwrap_or_default();
+                (p, ::api::Tenant { cap, reserved })
+            })
+            .collect()
     }
 }
 

@@ -93,6 +93,28 @@ pub struct CapacityView {
     /// Held by the services that should run.
     pub reserved: serde_json::Value,
     pub free: serde_json::Value,
+    /// Per provider (with a cap or an installed service): its cap and what it holds.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, Tenant>,
+}
+
+/// A provider as the gateway's capacity sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tenant {
+    /// Most its services may reserve together; None where uncapped.
+    pub cap: AmountsCap,
+    /// What its services hold now (the `Amounts` of `GET /v1/gateway/capacity`).
+    pub reserved: serde_json::Value,
+}
+
+/// A provider's cap per resource, in the units of [`CapacityView`]; None is no cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AmountsCap {
+    pub cpu: Option<u64>,
+    pub memory: Option<u64>,
+    pub storage: Option<u64>,
+    pub bandwidth_down: Option<u64>,
+    pub bandwidth_up: Option<u64>,
 }
 
 /// Answer of a `dry_run` request that would succeed.
