@@ -16,6 +16,8 @@ packages=(
   util-linux        # nsenter: the network tests run an agent in a namespace of its own
   iperf3            # the network bench's traffic
   curl              # the network tests' LAN and WAN hosts
+  chromium          # the web console's tests run it headless…
+  chromium-driver   # …driven over WebDriver
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -155,12 +155,16 @@ fn print_guide(
         .unwrap_or_default();
     let remote = match listen {
         Some(listen) => format!(
-            "The household, over HTTPS as from another machine (tokens are kept in {}):
+            "The web console: https://{listen}/ (accept the self-made certificate, then log in
+with a token: the household's is {home}; each provider's is in {}).
+
+The household, over HTTPS as from another machine (tokens are kept in {}):
 
   shg --gateway https://{listen} --ca-cert {} \\
       --token {home} ps
   ... priority meter 80 | stop thermostat | start thermostat --make-room | stats
 ",
+            state_dir.join("demo-tokens.json").display(),
             state_dir.join("demo-tokens.json").display(),
             cert.display()
         ),
