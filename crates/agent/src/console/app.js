@@ -464,6 +464,7 @@ async function check(blob, label) {
   const v = $('verdict');
   const install = $('install'), room = $('install-room');
   install.disabled = true;
+  install.textContent = 'Install';
   room.hidden = true;
   v.className = '';
   v.textContent = 'Checking ' + label + '…';
@@ -514,6 +515,7 @@ async function install(stop) {
   await api('POST', '/v1/services' + q, blob, 'application/octet-stream');
   pending = null;
   $('install').disabled = true;
+  $('install').textContent = 'Install';
   $('install-room').hidden = true;
   $('verdict').className = 'ok';
   $('verdict').textContent = label + ' is installed and starting.';
