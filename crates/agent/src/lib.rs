@@ -118,6 +118,8 @@ pub struct Agent {
     pub(crate) net: Option<::network::Network>,
     /// One network change at a time (two first starts would both make the bridge).
     pub(crate) net_lock: Mutex<()>,
+    /// The last reading of the services' traffic counters.
+    pub(crate) traffic: Mutex<network::TrafficMeter>,
     /// The web console's log-in sessions.
     pub(crate) sessions: console::Sessions,
 }
@@ -176,6 +178,7 @@ impl Agent {
             limiter: auth::Limiter::new(20.0, 100.0),
             net,
             net_lock: Mutex::new(()),
+            traffic: Mutex::new(Default::default()),
             sessions: console::Sessions::default(),
         }))
     }

@@ -5,6 +5,7 @@
 //! The nftables table and the hosts files follow the *installed* services (addresses are
 //! fixed from install to removal); veths and HTB classes follow the *running* ones.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use network::{Member, Network};
@@ -206,5 +207,106 @@ impl Agent {
             let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
             net.unshape(slot);
         }
+    }
+}
+
+/// One HTB class's traffic: bytes sent so far and the rate between the last two readings, per
+/// direction (down, up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ClassTraffic {
+    pub bytes: (u64, u64),
+    pub rate: Option<(u64, u64)>,
+}
+
+/// The last reading of the HTB counters, to turn the next one into rates.
+#[derive(Debug, Default)]
+pub struct TrafficMeter {
+    last: Option<(std::time::Instant, HashMap<u32, (u64, u64)>)>,
+    rates: HashMap<u32, (u64, u64)>,
+}
+
+/// Readings closer together than this reuse the last rates instead of dividing by almost 0.
+const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl TrafficMeter {
+    /// Folds a reading taken at `now` in; returns every class's bytes and rate.
+    pub(crate) fn update(
+        &mut self,
+        now: std::time::Instant,
+        bytes: HashMap<u32, (u64, u64)>,
+    ) -> HashMap<u32, ClassTraffic> {
+        match &self.last {
+            Some((at, _)) if now.duration_since(*at) < MIN_INTERVAL => {}
+            Some((at, before)) => {
+                let secs = now.duration_since(*at).as_secs_f64();
+                let rate =
+                    |now: u64, then: u64| (now.saturating_sub(then) as f64 * 8.0 / secs) as u64;
+                self.rates = bytes
+                    .iter()
+                    .filter_map(|(minor, (down, up))| {
+                        // A class made since the last reading (a restart) starts from 0.
+                        let (d0, u0) = before.get(minor).copied().unwrap_or((0, 0));
+                        let (d0, u0) = if *down < d0 || *up < u0 {
+                            (0, 0)
+                        } else {
+                            (d0, u0)
+                        };
+                        Some((*minor, (rate(*down, d0), rate(*up, u0))))
+                    })
+                    .collect();
+                self.last = Some((now, bytes.clone()));
+            }
+            None => self.last = Some((now, bytes.clone())),
+        }
+        bytes
+            .into_iter()
+            .map(|(minor, b)| {
+                let rate = self.rates.get(&minor).copied();
+                (minor, ClassTraffic { bytes: b, rate })
+            })
+            .collect()
+    }
+}
+
+impl Agent {
+    /// Every HTB class's traffic now, by class minor (a service's slot; 1 for the link);
+    /// empty without networking. Blocking (two `tc` runs).
+    pub(crate) fn traffic(&self) -> HashMap<u32, ClassTraffic> {
+        let Some(net) = &self.net else {
+            return HashMap::new();
+        };
+        let bytes = net.class_bytes();
+        let mut meter = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        meter.update(std::time::Instant::now(), bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn rates_come_from_two_readings_far_enough_apart() {
+        let mut meter = TrafficMeter::default();
+        let t0 = Instant::now();
+        let first = meter.update(t0, HashMap::from([(2, (1_000, 0))]));
+        assert_eq!(first[&2].rate, None, "one reading gives no rate");
+        // 125 000 bytes more in 1 s down = 1 Mbit/s; 12 500 up = 100 kbit/s.
+        let second = meter.update(
+            t0 + Duration::from_secs(1),
+            HashMap::from([(2, (126_000, 12_500))]),
+        );
+        assert_eq!(second[&2].rate, Some((1_000_000, 100_000)));
+        assert_eq!(second[&2].bytes, (126_000, 12_500));
+        // Too soon after: the same rates, fresh bytes.
+        let third = meter.update(
+            t0 + Duration::from_millis(1100),
+            HashMap::from([(2, (127_000, 12_500))]),
+        );
+        assert_eq!(third[&2].rate, Some((1_000_000, 100_000)));
+        // A class that restarted from zero does not give a negative or huge rate.
+        let fourth = meter.update(t0 + Duration::from_secs(2), HashMap::from([(2, (500, 0))]));
+        assert_eq!(fourth[&2].rate, Some((4_000, 0)));
     }
 }

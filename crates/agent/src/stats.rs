@@ -5,8 +5,8 @@ use std::os::unix::fs::MetadataExt;
 
 use admission::Resource;
 use api::{
-    CpuUse, GatewayUse, IoUse, MemoryUse, PidsUse, ResourceTotals, ServiceUse, StatsView,
-    StorageUse,
+    BandwidthUse, CpuUse, GatewayUse, IoUse, MemoryUse, PidsUse, ResourceTotals, ServiceUse,
+    StatsView, StorageUse,
 };
 use state::ServiceRecord;
 
@@ -19,10 +19,24 @@ impl Agent {
     /// household only.
     pub fn stats(&self, who: &Principal) -> Result<StatsView, AgentError> {
         let records = self.store().list()?;
+        let traffic = self.traffic();
         let mut services = Vec::with_capacity(records.len());
         for rec in records.iter().filter(|r| who.sees(&r.provider)) {
-            services.push(self.service_use(rec)?);
+            let mut service = self.service_use(rec)?;
+            // Only a running service has a class; a stopped one's counters are gone.
+            if let Some(t) = rec
+                .pid
+                .and(rec.slot)
+                .and_then(|s| traffic.get(&u32::from(s)))
+            {
+                service.bandwidth_down.bytes = Some(t.bytes.0);
+                service.bandwidth_up.bytes = Some(t.bytes.1);
+                service.bandwidth_down.used = t.rate.map(|r| r.0);
+                service.bandwidth_up.used = t.rate.map(|r| r.1);
+            }
+            services.push(service);
         }
+        let link = traffic.get(&1).and_then(|t| t.rate);
         let (host_cpu, host, sampled_at_ms) = self.monitor.host();
         let storage_used: u64 = services
             .iter()
@@ -43,8 +57,8 @@ impl Agent {
                 host.map(|h| h.memory_total.saturating_sub(h.memory_available)),
             ),
             storage: totals(Resource::Storage, Some(storage_used)),
-            bandwidth_down: totals(Resource::BandwidthDown, None),
-            bandwidth_up: totals(Resource::BandwidthUp, None),
+            bandwidth_down: totals(Resource::BandwidthDown, link.map(|r| r.0)),
+            bandwidth_up: totals(Resource::BandwidthUp, link.map(|r| r.1)),
         };
         Ok(StatsView {
             sampled_at_ms,
@@ -138,6 +152,27 @@ impl Agent {
                 l,
                 Some(s.pids.limit),
             );
+            for (dir, b) in [("down", &s.bandwidth_down), ("up", &s.bandwidth_up)] {
+                let l = format!("{l},direction=\"{dir}\"");
+                m.counter(
+                    "shg_service_network_bytes_total",
+                    "Bytes the service's traffic class sent (frames on the wire) since it started",
+                    &l,
+                    b.bytes,
+                );
+                m.gauge(
+                    "shg_service_bandwidth_bits",
+                    "Traffic rate between the last two readings, in bits per second",
+                    &l,
+                    b.used,
+                );
+                m.gauge(
+                    "shg_service_bandwidth_reserve_bits",
+                    "Guaranteed rate, in bits per second",
+                    &l,
+                    Some(b.reserve),
+                );
+            }
             m.gauge(
                 "shg_service_storage_used_bytes",
                 "Bytes used on the data volume",
@@ -260,6 +295,18 @@ impl Agent {
                 reserve: r.storage.reserve,
                 limit: runtime::volume::size_for(r.storage.reserve, r.storage.limit),
                 logs,
+            },
+            bandwidth_down: BandwidthUse {
+                used: None,
+                reserve: r.bandwidth_down.reserve,
+                limit: r.bandwidth_down.limit,
+                bytes: None,
+            },
+            bandwidth_up: BandwidthUse {
+                used: None,
+                reserve: r.bandwidth_up.reserve,
+                limit: r.bandwidth_up.limit,
+                bytes: None,
             },
         })
     }

@@ -207,6 +207,24 @@ pub struct ServiceUse {
     pub pids: PidsUse,
     pub io: IoUse,
     pub storage: StorageUse,
+    /// Traffic towards the service, in bits/s.
+    #[serde(default)]
+    pub bandwidth_down: BandwidthUse,
+    /// Traffic from the service, in bits/s.
+    #[serde(default)]
+    pub bandwidth_up: BandwidthUse,
+}
+
+/// One direction of a service's traffic, as its HTB class counts it (frames on the wire).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BandwidthUse {
+    /// Average rate since the previous reading of the counters (a few seconds apart when
+    /// something polls; `None` on the first reading or without networking).
+    pub used: Option<u64>,
+    pub reserve: u64,
+    pub limit: Option<u64>,
+    /// Bytes the class has sent since the service started (for a counter-based rate).
+    pub bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

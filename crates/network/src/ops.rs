@@ -455,9 +455,10 @@ impl Network {
         found
     }
 
-    /// Bytes sent so far by each service's class, per direction: (down, up) by slot.
-    pub fn class_bytes(&self) -> std::collections::HashMap<u8, (u64, u64)> {
-        let mut out: std::collections::HashMap<u8, (u64, u64)> = Default::default();
+    /// Bytes sent so far by each HTB class, per direction: (down, up) by class minor (a
+    /// service's slot; 1 for the whole link, 0xfffe for the gateway's forwarding).
+    pub fn class_bytes(&self) -> std::collections::HashMap<u32, (u64, u64)> {
+        let mut out: std::collections::HashMap<u32, (u64, u64)> = Default::default();
         for (i, ifb) in [self.names.ifb_down(), self.names.ifb_up()]
             .iter()
             .enumerate()
@@ -466,10 +467,7 @@ impl Network {
                 continue;
             };
             for (minor, bytes) in parse_class_bytes(&text) {
-                let Ok(slot) = u8::try_from(minor) else {
-                    continue;
-                };
-                let entry = out.entry(slot).or_default();
+                let entry = out.entry(minor).or_default();
                 if i == 0 {
                     entry.0 = bytes;
                 } else {

@@ -248,6 +248,16 @@ fn shell_word(word: &str) -> String {
     }
 }
 
+/// A rate in decimal units, as links are sold: `0`, `800k`, `12.5M`, `1G` (bits/s).
+pub fn bits(bits: u64) -> String {
+    match bits {
+        0 => "0".into(),
+        b if b >= 1_000_000_000 => format!("{:.3}G", b as f64 / 1e9).replace(".000G", "G"),
+        b if b >= 1_000_000 => format!("{:.1}M", b as f64 / 1e6).replace(".0M", "M"),
+        b => format!("{}k", b.div_ceil(1000)),
+    }
+}
+
 /// Bytes in binary units: `512 B`, `64 MiB`, `1.5 GiB`.
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -368,6 +378,7 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
         "MEMORY USED/RES/LIM",
         "PIDS",
         "STORAGE USED/CAP",
+        "DOWN/UP USED (RES)",
         "THROTTLED",
         "OOM",
     ];
@@ -397,6 +408,13 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
                     u.pids.limit
                 ),
                 format!("{}/{}", opt(u.storage.used, &size), size(u.storage.limit)),
+                format!(
+                    "{}/{} ({}/{})",
+                    opt(u.bandwidth_down.used, &bits),
+                    opt(u.bandwidth_up.used, &bits),
+                    bits(u.bandwidth_down.reserve),
+                    bits(u.bandwidth_up.reserve)
+                ),
                 match (u.cpu.throttled_periods, u.cpu.periods) {
                     (Some(t), Some(p)) if p > 0 => format!("{t}/{p}"),
                     _ => "-".into(),
@@ -445,8 +463,8 @@ pub fn stats(out: &mut impl Write, s: &api::StatsView) -> io::Result<()> {
     table(out, "", &header, &rows)?;
     writeln!(
         out,
-        "USED: cpu and memory of the whole host, storage of the services' volumes and logs; \
-         FREE: left to reserve"
+        "USED: cpu and memory of the whole host, storage of the services' volumes and logs, \
+         bandwidth through the shaper since the last reading; FREE: left to reserve"
     )
 }
 
@@ -545,6 +563,16 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(64 << 20), "64 MiB");
         assert_eq!(size(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn rates_use_decimal_units() {
+        assert_eq!(bits(0), "0");
+        assert_eq!(bits(800_000), "800k");
+        assert_eq!(bits(1), "1k");
+        assert_eq!(bits(12_500_000), "12.5M");
+        assert_eq!(bits(30_000_000), "30M");
+        assert_eq!(bits(1_000_000_000), "1G");
     }
 
     #[test]
