@@ -156,6 +156,13 @@ impl Network {
         if !link_exists(&bridge) {
             run("ip", &["link", "add", &bridge, "type", "bridge"])?;
         }
+        // A bridge without an address of its own takes its lowest port's, so its MAC would
+        // change as services come and go, and every service's ARP entry for the gateway
+        // would go stale. A fixed, locally administered one from the tag.
+        run(
+            "ip",
+            &["link", "set", &bridge, "address", &self.names.bridge_mac()],
+        )?;
         let cidr = format!("{}/24", self.cfg.gateway_address());
         run("ip", &["addr", "replace", &cidr, "dev", &bridge])?;
         // The bridge answers ARP for every service (its ports are isolated), sends no ICMP

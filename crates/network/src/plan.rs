@@ -23,6 +23,16 @@ impl Names {
     pub fn bridge(&self) -> String {
         format!("shgb{}", self.tag)
     }
+    /// The bridge's MAC: locally administered, unicast, from the tag.
+    pub fn bridge_mac(&self) -> String {
+        let t = self.tag.as_bytes();
+        let hex = |i: usize| std::str::from_utf8(&t[i..i + 2]).unwrap_or("00");
+        if t.len() == 8 && t.iter().all(u8::is_ascii_hexdigit) {
+            format!("02:{}:{}:{}:{}:01", hex(0), hex(2), hex(4), hex(6))
+        } else {
+            "02:53:48:47:00:01".to_string()
+        }
+    }
     /// The service's end on the bridge.
     pub fn host_if(&self, slot: u8) -> String {
         format!("shv{}{slot}", self.tag)
@@ -372,6 +382,11 @@ mod tests {
             service: service.into(),
             provider: provider.into(),
         });
+    }
+
+    #[test]
+    fn the_bridge_mac_is_fixed_and_local() {
+        assert_eq!(Names::new("0123abcd").bridge_mac(), "02:01:23:ab:cd:01");
     }
 
     #[test]
