@@ -70,6 +70,8 @@ pub struct Gateway {
     provider_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// Where the agent serves HTTPS too, when started with [`Gateway::start_listening`].
     pub listen: Option<std::net::SocketAddr>,
+    /// The named network namespace (`/run/netns/NAME`) the agent runs in, restarts included.
+    netns: Option<String>,
     _dir: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -199,15 +201,22 @@ impl Gateway {
 
     /// Like [`Gateway::start`], serving the API over HTTPS on a free loopback port too.
     pub fn start_listening() -> Gateway {
-        Gateway::start_full(None, true)
+        Gateway::start_full(None, true, None)
     }
 
     /// Like [`Gateway::start`], with `STATE/gateway.toml` written first.
     pub fn start_with_config(config: Option<&str>) -> Gateway {
-        Gateway::start_full(config, false)
+        Gateway::start_full(config, false, None)
     }
 
-    fn start_full(config: Option<&str>, listen: bool) -> Gateway {
+    /// Like [`Gateway::start_with_config`], with the agent (and so its runtime helper and its
+    /// services) in the network namespace `/run/netns/NETNS`; the CLI still reaches it over
+    /// the socket from here.
+    pub fn start_in_netns(netns: &str, config: &str) -> Gateway {
+        Gateway::start_full(Some(config), false, Some(netns))
+    }
+
+    fn start_full(config: Option<&str>, listen: bool, netns: Option<&str>) -> Gateway {
         assert!(
             fs::read_to_string("/proc/self/status")
                 .unwrap_or_default()
@@ -230,6 +239,7 @@ impl Gateway {
             cgroup_parents: Vec::new(),
             provider_tokens: Default::default(),
             listen: None,
+            netns: netns.map(String::from),
             _dir: dir_guard,
             _work: work_guard,
         };
@@ -290,7 +300,15 @@ impl Gateway {
             .open(self.work.join("agent.log"))
             .and_then(|log| Ok((log.try_clone()?, log)))
             .map_err(|e| format!("cannot open the agent log: {e}"))?;
-        let mut cmd = Command::new(SHG);
+        let mut cmd = match &self.netns {
+            Some(netns) => {
+                // nsenter execs the agent in place: the child's PID is the agent's.
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{netns}")).arg(SHG);
+                cmd
+            }
+            None => Command::new(SHG),
+        };
         cmd.args(["gateway", "run", "--state-dir"]).arg(&self.dir);
         if let Some(addr) = self.listen {
             cmd.arg("--listen").arg(addr.to_string());

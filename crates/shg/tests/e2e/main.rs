@@ -16,6 +16,7 @@ mod isolation;
 mod lifecycle;
 mod logs;
 mod monitor;
+mod network;
 mod realms;
 mod resources;
 mod restart;

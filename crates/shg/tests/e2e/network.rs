@@ -1,0 +1,959 @@
+//! Service networking, end to end: a gateway agent in a network namespace of its own, between
+//! an emulated WAN host and an emulated LAN host, each in a namespace too.
+//!
+//! ```text
+//!   WAN host 203.0.113.2 ── wan0 203.0.113.1 [ gateway: agent, bridge, services 10.77.0.S ]
+//!                                            lan0 192.168.77.1 ── LAN host 192.168.77.2
+//! ```
+//!
+//! Everything is checked by traffic: who can open a connection to whom, which source address
+//! the far end sees, how many bytes a saturated link gives each service.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{eventually, toml_list, try_run, Extra, Gateway, Out};
+
+/// The host's own Python (stdlib only), not a shim that depends on the caller's environment.
+const PYTHON: &str = "/usr/bin/python3";
+
+const WAN_HOST: &str = "203.0.113.2";
+const GW_WAN: &str = "203.0.113.1";
+const LAN_HOST: &str = "192.168.77.2";
+const GW_LAN: &str = "192.168.77.1";
+const GW_SERVICES: &str = "10.77.0.1";
+
+/// Listens on every port given; each connection is answered `from PEER-ADDRESS` and closed.
+/// The address the far end saw is what tells NAT from no NAT.
+const PEER_SERVER: &str = r#"
+import socket, sys, threading
+def serve(s):
+    while True:
+        c, (host, _) = s.accept()
+        try:
+            c.sendall(f"from {host}\n".encode())
+            c.shutdown(socket.SHUT_WR)
+            c.settimeout(2)
+            while c.recv(4096):
+                pass
+        except OSError:
+            pass
+        c.close()
+for p in sys.argv[1:]:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(p))); s.listen(16)
+    threading.Thread(target=serve, args=(s,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"#;
+
+/// `HOST PORT TIMEOUT`: connects, sends an HTTP GET, prints what comes back until the peer
+/// closes. Exit 0 when connected; 2 refused, 3 timed out, 4 any other error.
+const PROBE: &str = r#"
+import socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+try:
+    s = socket.create_connection((host, port), timeout=timeout)
+except ConnectionRefusedError:
+    print("refused"); sys.exit(2)
+except socket.timeout:
+    print("timed out"); sys.exit(3)
+except OSError as e:
+    print(f"error: {e}"); sys.exit(4)
+got = b""
+try:
+    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+except OSError as e:
+    got += f"\n(error after connecting: {e})".encode()
+sys.stdout.write(got.decode(errors="replace"))
+"#;
+
+/// `OUT PORT…`: counts the bytes received on each port (any number of connections) and
+/// rewrites OUT every 0.1 s: the counter's CLOCK_MONOTONIC time, then `PORT BYTES` lines.
+const COUNTER: &str = r#"
+import os, selectors, socket, sys, time
+out, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+sel = selectors.DefaultSelector()
+counts = dict.fromkeys(ports, 0)
+for p in ports:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", p)); s.listen(8); s.setblocking(False)
+    sel.register(s, selectors.EVENT_READ, (True, p))
+last = 0.0
+while True:
+    for key, _ in sel.select(0.05):
+        listening, port = key.data
+        if listening:
+            c, _ = key.fileobj.accept(); c.setblocking(False)
+            sel.register(c, selectors.EVENT_READ, (False, port))
+            continue
+        try:
+            d = key.fileobj.recv(1 << 18)
+        except BlockingIOError:
+            continue
+        except OSError:
+            d = b""
+        if not d:
+            sel.unregister(key.fileobj); key.fileobj.close()
+        counts[port] += len(d)
+    now = time.monotonic()
+    if now - last >= 0.1:
+        last = now
+        with open(out + ".tmp", "w") as f:
+            f.write(f"{now}\n" + "".join(f"{p} {n}\n" for p, n in counts.items()))
+        os.replace(out + ".tmp", out)
+"#;
+
+/// `HOST PORT`: sends zeros as fast as the path takes them, reconnecting if cut.
+const FLOOD: &str = r#"
+import socket, sys, time
+buf = bytes(65536)
+while True:
+    try:
+        s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+        while True:
+            s.sendall(buf)
+    except OSError:
+        time.sleep(0.2)
+"#;
+
+/// The three namespaces of one test and their links, and the helpers it runs in them; all
+/// deleted (helpers killed first) when dropped, also when the test fails. Drop it after the
+/// gateway: declare it first.
+struct Lab {
+    gw: String,
+    wan: String,
+    lan: String,
+    /// Helpers left running (servers, counters, floods).
+    background: Vec<Child>,
+    scratch: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Builds the topology; `tag` (a few letters) tells this test's namespaces apart.
+    fn new(tag: &str) -> Lab {
+        let base = format!("shgn{}{tag}", std::process::id());
+        let scratch = tempfile::Builder::new()
+            .prefix("shg-e2e-lab-")
+            .tempdir_in("/tmp")
+            .expect("create the lab's scratch directory");
+        let lab = Lab {
+            gw: format!("{base}-gw"),
+            wan: format!("{base}-wan"),
+            lan: format!("{base}-lan"),
+            background: Vec::new(),
+            scratch,
+        };
+        for ns in [&lab.gw, &lab.wan, &lab.lan] {
+            // Left by an earlier run that was killed, if any.
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // The veths are made in their namespaces directly, so their short names never meet
+        // another test's.
+        let (gw, wan, lan) = (&lab.gw, &lab.wan, &lab.lan);
+        let script = format!(
+            "set -e
+for n in {gw} {wan} {lan}; do ip netns add $n; ip -n $n link set lo up; done
+ip link add wan0 netns {gw} type veth peer name eth0 netns {wan}
+ip link add lan0 netns {gw} type veth peer name eth0 netns {lan}
+ip -n {gw} addr add {GW_WAN}/24 dev wan0; ip -n {gw} link set wan0 up
+ip -n {gw} addr add {GW_LAN}/24 dev lan0; ip -n {gw} link set lan0 up
+ip -n {wan} addr add {WAN_HOST}/24 dev eth0; ip -n {wan} link set eth0 up
+ip -n {lan} addr add {LAN_HOST}/24 dev eth0; ip -n {lan} link set eth0 up
+ip -n {gw} route add default via {WAN_HOST}
+ip -n {lan} route add default via {GW_LAN}
+ip -n {wan} route add 192.168.77.0/24 via {GW_WAN}
+ip netns exec {gw} sysctl -qw net.ipv4.ip_forward=1
+"
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&script);
+        let out = try_run(cmd, lab.scratch.path(), Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("cannot build the lab: {e}"));
+        assert!(out.ok(), "cannot build the lab's namespaces:\n{out}");
+        lab
+    }
+
+    /// The gateway agent in the gateway namespace, networking on: `wan0` and `lan0`, the WAN
+    /// host as the services' resolver. `tables` comes first in gateway.toml (e.g.
+    /// `[capacity]` and `[reserve]`).
+    fn gateway(&self, tables: &str) -> Gateway {
+        let config = format!(
+            "{tables}\n[network]\nenabled = true\nwan = \"wan0\"\nlan = \"lan0\"\n\
+             subnet = \"10.77.0.0/24\"\ndns = [\"{WAN_HOST}\"]\n"
+        );
+        Gateway::start_in_netns(&self.gw, &config)
+    }
+
+    /// Runs `args` in namespace `ns` and returns what it printed.
+    fn run(&self, ns: &str, args: &[&str]) -> Out {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        try_run(cmd, self.scratch.path(), Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`Lab::run`], insisting it succeeds; its stdout.
+    fn run_ok(&self, ns: &str, args: &[&str]) -> String {
+        let out = self.run(ns, args);
+        assert!(out.ok(), "`{}` in {ns} failed:\n{out}", args.join(" "));
+        out.stdout
+    }
+
+    /// Starts an embedded Python helper in `ns`, its output going to a scratch file
+    /// (returned); killed when the lab is dropped.
+    fn spawn_python(&mut self, ns: &str, source: &str, args: &[&str]) -> PathBuf {
+        let log = self
+            .scratch
+            .path()
+            .join(format!("helper-{}.out", self.background.len()));
+        let file = std::fs::File::create(&log).expect("helper output file");
+        let err = file.try_clone().expect("helper output file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, PYTHON, "-c", source])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start a helper in {ns}: {e}"));
+        self.background.push(child);
+        log
+    }
+
+    /// A [`PEER_SERVER`] in `ns` on `ports`, listening when this returns.
+    fn peer_server(&mut self, ns: &str, ports: &[u16]) {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
+        let log = self.spawn_python(ns, PEER_SERVER, &ports);
+        eventually(
+            &format!("the peer server in {ns} to listen on {ports:?}"),
+            Duration::from_secs(10),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                assert!(
+                    !text.contains("Traceback"),
+                    "the peer server in {ns} failed:\n{text}"
+                );
+                text.contains("ready").then_some(())
+            },
+        );
+    }
+
+    /// Opens a TCP connection from namespace `ns` to `host:port` (sending an HTTP GET): what
+    /// came back, or why no connection was made.
+    fn connect(&self, ns: &str, host: &str, port: u16) -> Result<String, String> {
+        let port = port.to_string();
+        let out = self.run(ns, &[PYTHON, "-c", PROBE, host, &port, "5"]);
+        if out.ok() {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout.trim(), out.stderr.trim()))
+        }
+    }
+
+    /// `ip -br link` in the gateway namespace.
+    fn gw_links(&self) -> String {
+        self.run_ok(&self.gw, &["ip", "-br", "link"])
+    }
+
+    /// `nft list tables` in the gateway namespace.
+    fn gw_tables(&self) -> String {
+        self.run_ok(&self.gw, &["nft", "list", "tables"])
+    }
+
+    /// The MAC address of the agent's bridge, if it exists.
+    fn bridge_mac(&self) -> Option<String> {
+        self.gw_links().lines().find_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?;
+            name.starts_with("shgb")
+                .then(|| words.nth(1).map(String::from))
+                .flatten()
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.background {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.gw, &self.wan, &self.lan] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// A manifest: `command` under `[run]`, then `rest` (ports, exports, imports, resources).
+fn manifest(name: &str, provider: &str, command: &[&str], rest: &str) -> String {
+    format!(
+        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"{provider}\"\n\n[run]\n\
+         command = {}\n\n{rest}",
+        toml_list(command)
+    )
+}
+
+/// busybox httpd on `port`, serving `/www/index.html`.
+fn httpd(port: u16) -> Vec<String> {
+    ["/bin/httpd", "-f", "-p", &port.to_string(), "-h", "/www"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+fn ports(list: &[(u16, &str)]) -> String {
+    list.iter()
+        .map(|(port, publish)| format!("[[ports]]\nport = {port}\npublish = \"{publish}\"\n\n"))
+        .collect()
+}
+
+/// The page a test's httpd serves, so an answer names who gave it.
+fn page(marker: &str) -> Vec<u8> {
+    format!("{marker}\n").into_bytes()
+}
+
+fn install_httpd(gw: &Gateway, name: &str, provider: &str, port: u16, rest: &str) {
+    let marker = format!("page-of-{name}");
+    let command = httpd(port);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    let body = page(&marker);
+    let files: [Extra; 1] = [("www/index.html", body.as_slice(), 0o644)];
+    gw.install(name, &manifest(name, provider, &command, rest), &files);
+    gw.wait_running(name);
+}
+
+fn install_sleeper(gw: &Gateway, name: &str, provider: &str, rest: &str) {
+    gw.install(
+        name,
+        &manifest(name, provider, &["/bin/sleep", "1000000"], rest),
+        &[],
+    );
+    gw.wait_running(name);
+}
+
+/// Opens a TCP connection from inside service `svc` with busybox nc (5 s to connect), sending
+/// an HTTP GET: what came back, or nc's complaint.
+fn connect_from(gw: &Gateway, svc: &str, host: &str, port: u16) -> Result<String, String> {
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}");
+    let out = gw.shg(&["exec", svc, "--", "/bin/sh", "-c", &script]);
+    if out.ok() && !out.stdout.is_empty() {
+        Ok(out.stdout)
+    } else {
+        Err(out.to_string())
+    }
+}
+
+/// The service's address from `shg inspect --json`.
+fn address(gw: &Gateway, name: &str) -> String {
+    let detail = gw.inspect(name);
+    detail["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("`shg inspect {name} --json` shows no address: {detail}"))
+        .to_string()
+}
+
+/// Networking facts from inside a running service and from the gateway's namespace, for
+/// failure messages.
+fn diagnose(lab: &Lab, gw: &Gateway, svc: &str) -> String {
+    let mut s = String::new();
+    if let Some(pid) = gw.svc(svc).and_then(|s| s.pid) {
+        for args in [&["ip", "addr"][..], &["ip", "route"], &["ip", "neigh"]] {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/proc/{pid}/ns/net")).args(args);
+            if let Ok(out) = try_run(cmd, lab.scratch.path(), Duration::from_secs(10)) {
+                s.push_str(&format!("--- {svc}: {}\n{}", args.join(" "), out.stdout));
+            }
+        }
+    }
+    s.push_str(&format!("--- gateway: ip -br link\n{}", lab.gw_links()));
+    s
+}
+
+#[test]
+fn a_service_reaches_the_wan_through_nat_and_published_ports_follow_their_side() {
+    let mut lab = Lab::new("nat");
+    let gw = lab.gateway("");
+    lab.peer_server(&lab.wan.clone(), &[7001]);
+    lab.peer_server(&lab.lan.clone(), &[7100]);
+    lab.peer_server(&lab.gw.clone(), &[7200]);
+
+    install_httpd(&gw, "web", "acme", 8080, &ports(&[(8080, "lan")]));
+    install_httpd(&gw, "pub", "acme", 9090, &ports(&[(9090, "wan")]));
+    let (web, public) = (address(&gw, "web"), address(&gw, "pub"));
+    for a in [&web, &public] {
+        assert!(
+            a.starts_with("10.77.0.") && a != GW_SERVICES,
+            "a service's address {a} is not in 10.77.0.0/24 (the gateway being .1)"
+        );
+    }
+    assert_ne!(web, public, "two services share an address");
+
+    // DNS: the resolvers the operator configured.
+    let resolv = gw.shg_ok(&["exec", "web", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().eq(["nameserver", WAN_HOST])),
+        "the service's resolv.conf does not list {WAN_HOST}:\n{resolv}"
+    );
+
+    // Out to the WAN, seen there from the gateway's WAN address (NAT).
+    let answer = connect_from(&gw, "web", WAN_HOST, 7001).unwrap_or_else(|e| {
+        panic!(
+            "the service cannot reach the WAN host:\n{e}\n{}\n--- agent log\n{}",
+            diagnose(&lab, &gw, "web"),
+            gw.agent_log()
+        )
+    });
+    assert_eq!(
+        answer.trim(),
+        format!("from {GW_WAN}"),
+        "the WAN host saw the service's connection come from elsewhere than the gateway's WAN address (no NAT?)"
+    );
+
+    // Published on the LAN: from the LAN host only.
+    match lab.connect(&lab.lan, GW_LAN, 8080) {
+        Ok(page) if page.contains("page-of-web") => {}
+        other => panic!(
+            "the LAN host cannot reach `web` at {GW_LAN}:8080 (published on the LAN): {other:?}\n{}\n--- agent log\n{}",
+            diagnose(&lab, &gw, "web"),
+            gw.agent_log()
+        ),
+    }
+    let from_wan = lab.connect(&lab.wan, GW_WAN, 8080);
+    assert!(
+        !from_wan
+            .as_deref()
+            .unwrap_or_default()
+            .contains("page-of-web"),
+        "the WAN host reached the LAN-only port {GW_WAN}:8080: {from_wan:?}"
+    );
+    // Published on the WAN: from the WAN host, and not from the LAN side.
+    match lab.connect(&lab.wan, GW_WAN, 9090) {
+        Ok(page) if page.contains("page-of-pub") => {}
+        other => panic!(
+            "the WAN host cannot reach `pub` at {GW_WAN}:9090 (published on the WAN): {other:?}\n{}\n--- agent log\n{}",
+            diagnose(&lab, &gw, "pub"),
+            gw.agent_log()
+        ),
+    }
+    let from_lan = lab.connect(&lab.lan, GW_LAN, 9090);
+    assert!(
+        !from_lan
+            .as_deref()
+            .unwrap_or_default()
+            .contains("page-of-pub"),
+        "the LAN host reached the WAN-only port {GW_LAN}:9090: {from_lan:?}"
+    );
+
+    // Not to LAN hosts: the LAN host's listener is up (the WAN host reaches it through the
+    // gateway), yet the service gets nowhere.
+    let control = lab.connect(&lab.wan, LAN_HOST, 7100);
+    assert!(
+        control.as_deref().is_ok_and(|a| a.contains("from")),
+        "control: the WAN host cannot reach the LAN host's listener {LAN_HOST}:7100: {control:?}"
+    );
+    let to_lan = connect_from(&gw, "web", LAN_HOST, 7100);
+    assert!(
+        to_lan.is_err(),
+        "a service reached the LAN host {LAN_HOST}:7100: {to_lan:?}"
+    );
+
+    // Not to the gateway itself, at any of its addresses, though its listener is up.
+    let control = lab.connect(&lab.lan, GW_LAN, 7200);
+    assert!(
+        control.as_deref().is_ok_and(|a| a.contains("from")),
+        "control: the LAN host cannot reach the gateway's own listener {GW_LAN}:7200: {control:?}"
+    );
+    for host in [GW_SERVICES, GW_LAN, GW_WAN] {
+        let to_gw = connect_from(&gw, "web", host, 7200);
+        assert!(
+            to_gw.is_err(),
+            "a service reached the gateway's own port {host}:7200: {to_gw:?}"
+        );
+    }
+}
+
+#[test]
+fn services_are_apart_until_an_export_meets_an_import() {
+    let lab = Lab::new("imp");
+    let gw = lab.gateway("");
+    // b serves 8080 and 8081 (the second httpd backgrounds itself); it exports neither yet.
+    let b_command = [
+        "/bin/sh",
+        "-c",
+        "httpd -p 8081 -h /www && exec httpd -f -p 8080 -h /www",
+    ];
+    let b_ports = ports(&[(8080, "none"), (8081, "none")]);
+    let page_b = page("page-of-b");
+    let b_files: [Extra; 1] = [("www/index.html", page_b.as_slice(), 0o644)];
+    let import_b = "[[imports]]\nservice = \"b\"\nprovider = \"acme\"\n";
+    gw.install("b", &manifest("b", "acme", &b_command, &b_ports), &b_files);
+    gw.wait_running("b");
+    install_sleeper(&gw, "a", "bob", import_b);
+    install_sleeper(&gw, "c", "eve", import_b);
+    install_sleeper(&gw, "d", "bob", "");
+
+    // b serves, from its own inside.
+    for port in [8080, 8081] {
+        let own = connect_from(&gw, "b", "127.0.0.1", port);
+        assert!(
+            own.as_deref().is_ok_and(|p| p.contains("page-of-b")),
+            "control: b does not serve on port {port} inside itself: {own:?}"
+        );
+    }
+
+    // Before b exports: an import alone opens nothing, by address or by name.
+    let b_addr = address(&gw, "b");
+    for (who, host) in [
+        ("a", b_addr.as_str()),
+        ("a", "b"),
+        ("c", "b"),
+        ("d", b_addr.as_str()),
+    ] {
+        let got = connect_from(&gw, who, host, 8080);
+        assert!(
+            got.is_err(),
+            "`{who}` reached b at {host}:8080 though b exports nothing: {got:?}"
+        );
+    }
+
+    // b again, now exporting 8080 to bob.
+    gw.shg_ok(&["remove", "b"]);
+    let exported = format!("{b_ports}[[exports]]\nport = 8080\nto = [\"bob\"]\n");
+    gw.install("b", &manifest("b", "acme", &b_command, &exported), &b_files);
+    gw.wait_running("b");
+    let b_addr = address(&gw, "b");
+    let hosts = gw.shg_ok(&["exec", "a", "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts
+            .stdout
+            .lines()
+            .any(|l| l.split_whitespace().eq([b_addr.as_str(), "b"])),
+        "a's /etc/hosts does not map b to its address {b_addr}:\n{hosts}"
+    );
+
+    // a (bob, importing b): exactly b:8080, by name and by address.
+    for host in ["b", b_addr.as_str()] {
+        match connect_from(&gw, "a", host, 8080) {
+            Ok(page) if page.contains("page-of-b") => {}
+            other => panic!(
+                "`a` (bob, importing acme/b) cannot reach {host}:8080 that b exports to bob: {other:?}\n{}\n--- agent log\n{}",
+                diagnose(&lab, &gw, "a"),
+                gw.agent_log()
+            ),
+        }
+    }
+    let other_port = connect_from(&gw, "a", "b", 8081);
+    assert!(
+        other_port.is_err(),
+        "`a` reached b:8081, which b does not export: {other_port:?}"
+    );
+    // c (eve) imports b too, but b exports to bob only; d (bob) never imported b.
+    for (who, host) in [("c", "b"), ("c", b_addr.as_str()), ("d", b_addr.as_str())] {
+        let got = connect_from(&gw, who, host, 8080);
+        assert!(
+            got.is_err(),
+            "`{who}` reached b at {host}:8080 without a matching export and import: {got:?}"
+        );
+    }
+}
+
+/// Bytes per port and the counter's clock from a [`COUNTER`] file, read right after one of
+/// its writes.
+fn read_counts(path: &std::path::Path) -> (f64, std::collections::HashMap<u16, u64>) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut lines = text.lines();
+    let time: f64 = lines
+        .next()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time in the counter's file:\n{text}"));
+    let counts = lines
+        .filter_map(|l| {
+            let (p, n) = l.split_once(' ')?;
+            Some((p.parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    (time, counts)
+}
+
+#[test]
+fn reserved_bandwidth_holds_under_saturation() {
+    let mut lab = Lab::new("bw");
+    let gw = lab.gateway(
+        "[capacity]\nbandwidth_down = \"50Mbit\"\nbandwidth_up = \"50Mbit\"\n\n\
+         [reserve]\nbandwidth_down = \"10Mbit\"\nbandwidth_up = \"10Mbit\"\n",
+    );
+    let counts = lab.scratch.path().join("counts");
+    let counter_log = lab.spawn_python(
+        &lab.wan.clone(),
+        COUNTER,
+        &[counts.to_str().unwrap(), "5001", "5002", "5003"],
+    );
+    eventually("the byte counter to start", Duration::from_secs(10), || {
+        let log = std::fs::read_to_string(&counter_log).unwrap_or_default();
+        assert!(!log.contains("Traceback"), "the counter failed:\n{log}");
+        counts.exists().then_some(())
+    });
+
+    // (service, reservation in Mbit/s, port); the forwarding reserve is 10 Mbit/s on 5003.
+    let senders = [("ten", 10.0, 5001u16), ("thirty", 30.0, 5002)];
+    for (name, mbit, port) in senders {
+        let command = format!("while true; do nc {WAN_HOST} {port} < /dev/zero; sleep 0.2; done");
+        let rest = format!("[resources]\nbandwidth_up = {{ reserve = \"{mbit}Mbit\" }}\n");
+        gw.install(
+            name,
+            &manifest(name, "acme", &["/bin/sh", "-c", &command], &rest),
+            &[],
+        );
+        gw.wait_running(name);
+    }
+    lab.spawn_python(&lab.lan.clone(), FLOOD, &[WAN_HOST, "5003"]);
+
+    std::thread::sleep(Duration::from_secs(3));
+    let (t0, before) = read_counts(&counts);
+    std::thread::sleep(Duration::from_secs(10));
+    let (t1, after) = read_counts(&counts);
+    let secs = t1 - t0;
+    assert!(
+        secs > 9.0,
+        "the counter stalled: {secs} s between its writes"
+    );
+    let rate = |port: u16| {
+        let bytes =
+            after.get(&port).copied().unwrap_or(0) - before.get(&port).copied().unwrap_or(0);
+        bytes as f64 * 8.0 / secs / 1e6
+    };
+    let tag = lab
+        .gw_links()
+        .lines()
+        .find_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .strip_prefix("shgb")
+                .map(String::from)
+        })
+        .unwrap_or_default();
+    let htb = lab
+        .run(
+            &lab.gw,
+            &["tc", "-s", "class", "show", "dev", &format!("shgu{tag}")],
+        )
+        .stdout;
+
+    let rows = [
+        ("ten", 10.0, rate(5001)),
+        ("thirty", 30.0, rate(5002)),
+        ("LAN->WAN forwarding", 10.0, rate(5003)),
+    ];
+    eprintln!(
+        "uplink 50 Mbit/s, every class saturated, {secs:.2} s window (goodput at the WAN host):"
+    );
+    for (name, reserved, got) in rows {
+        eprintln!(
+            "  {name:<20} reserved {reserved:>4.0} Mbit/s  got {got:>6.2} Mbit/s  ({:.3} of the reservation)",
+            got / reserved
+        );
+    }
+    let context = format!(
+        "{rows:?}\n--- upload HTB classes\n{htb}--- agent log\n{}",
+        gw.agent_log()
+    );
+    // The forwarded flood must really compete, or the test proves nothing.
+    let flood = rows[2].2;
+    assert!(
+        flood >= 0.85 * 10.0,
+        "the LAN host's flood got only {flood:.2} Mbit/s of its 10 Mbit/s share: no real contention\n{context}"
+    );
+    for (name, reserved, got) in &rows[..2] {
+        assert!(
+            *got >= 0.85 * reserved && *got <= 1.10 * reserved,
+            "`{name}` got {got:.2} Mbit/s under saturation; its reservation is {reserved} Mbit/s \
+             (goodput expected within [0.85, 1.10] of it)\n{context}"
+        );
+    }
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    assert!(
+        total <= 50.0 * 1.05,
+        "{total:.2} Mbit/s went up a 50 Mbit/s link: the link capacity is not enforced\n{context}"
+    );
+}
+
+/// The agent's objects in the gateway namespace: interfaces named shg*/shv*, nft tables
+/// named shg_*.
+fn leftovers(lab: &Lab) -> Vec<String> {
+    let mut found: Vec<String> = lab
+        .gw_links()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("shg") || n.starts_with("shv"))
+        .map(String::from)
+        .collect();
+    found.extend(
+        lab.gw_tables()
+            .lines()
+            .filter(|l| l.contains("shg_"))
+            .map(String::from),
+    );
+    found
+}
+
+#[test]
+fn nothing_is_left_behind_after_removal() {
+    let mut lab = Lab::new("gone");
+    let gw = lab.gateway("");
+    lab.peer_server(&lab.wan.clone(), &[7001]);
+    install_httpd(&gw, "web", "acme", 8080, &ports(&[(8080, "lan")]));
+    install_sleeper(
+        &gw,
+        "viewer",
+        "bob",
+        "[[imports]]\nservice = \"web\"\nprovider = \"acme\"\n\n\
+         [resources]\nbandwidth_up = { reserve = \"1Mbit\" }\n",
+    );
+    // Used, so conntrack and neighbours hold something too.
+    let used = connect_from(&gw, "viewer", WAN_HOST, 7001);
+    assert!(
+        used.is_ok(),
+        "the service cannot reach the WAN host: {used:?}"
+    );
+
+    let present = leftovers(&lab);
+    for prefix in ["shgb", "shgd", "shgu", "shv", "table inet shg_"] {
+        assert!(
+            present.iter().any(|p| p.starts_with(prefix)),
+            "with services installed, nothing named {prefix}* is in the gateway namespace: {present:?}\n--- agent log\n{}",
+            gw.agent_log()
+        );
+    }
+    assert_eq!(
+        present.iter().filter(|p| p.starts_with("shv")).count(),
+        2,
+        "one veth per running service: {present:?}"
+    );
+
+    gw.shg_ok(&["remove", "web"]);
+    let left = leftovers(&lab);
+    assert!(
+        left.iter().any(|p| p.starts_with("shgb")),
+        "the bridge went with the first of two services: {left:?}"
+    );
+    assert_eq!(
+        left.iter().filter(|p| p.starts_with("shv")).count(),
+        1,
+        "the removed service's veth stayed: {left:?}"
+    );
+    gw.shg_ok(&["remove", "viewer"]);
+    let left = leftovers(&lab);
+    assert!(
+        left.is_empty(),
+        "after the last service was removed the gateway namespace still holds: {left:?}\n--- ip -br link\n{}--- nft list tables\n{}--- agent log\n{}",
+        lab.gw_links(),
+        lab.gw_tables(),
+        gw.agent_log()
+    );
+    let lan_qdiscs = lab.run_ok(&lab.gw, &["tc", "qdisc", "show", "dev", "lan0"]);
+    assert!(
+        !lan_qdiscs.contains("clsact"),
+        "the LAN interface keeps the agent's redirect qdisc:\n{lan_qdiscs}"
+    );
+}
+
+#[test]
+fn a_restarted_agent_keeps_its_services_on_the_network_and_still_cleans_up() {
+    let lab = Lab::new("rst");
+    let mut gw = lab.gateway("");
+    install_httpd(&gw, "web", "acme", 8080, &ports(&[(8080, "lan")]));
+    let reach = |lab: &Lab, gw: &Gateway, when: &str| {
+        match lab.connect(&lab.lan, GW_LAN, 8080) {
+        Ok(page) if page.contains("page-of-web") => {}
+        other => panic!(
+            "{when}: the LAN host cannot reach `web` at {GW_LAN}:8080: {other:?}\n{}\n--- agent log\n{}",
+            diagnose(lab, gw, "web"),
+            gw.agent_log()
+        ),
+    }
+    };
+    reach(&lab, &gw, "before the agent crashed");
+    let address_before = address(&gw, "web");
+
+    gw.kill9();
+    reach(&lab, &gw, "while no agent runs");
+    gw.restart_agent();
+    reach(&lab, &gw, "after the agent came back");
+    assert_eq!(
+        address(&gw, "web"),
+        address_before,
+        "the service's address changed across an agent restart"
+    );
+
+    // The restarted agent still runs the same network: a new service joins it and the last
+    // removal takes it all away.
+    install_httpd(&gw, "api", "acme", 8443, &ports(&[(8443, "lan")]));
+    match lab.connect(&lab.lan, GW_LAN, 8443) {
+        Ok(page) if page.contains("page-of-api") => {}
+        other => panic!(
+            "a service installed after the agent's restart is not reachable on {GW_LAN}:8443: {other:?}\n{}\n--- agent log\n{}",
+            diagnose(&lab, &gw, "api"),
+            gw.agent_log()
+        ),
+    }
+    reach(&lab, &gw, "after another service joined");
+    assert_eq!(
+        lab.gw_links()
+            .lines()
+            .filter(|l| l.starts_with("shgb"))
+            .count(),
+        1,
+        "the restarted agent made a second bridge:\n{}",
+        lab.gw_links()
+    );
+    gw.shg_ok(&["remove", "web"]);
+    gw.shg_ok(&["remove", "api"]);
+    let left = leftovers(&lab);
+    assert!(
+        left.is_empty(),
+        "after the last service was removed by a restarted agent, the gateway namespace still holds: {left:?}\n--- agent log\n{}",
+        gw.agent_log()
+    );
+}
+
+#[test]
+fn a_published_port_is_refused_when_taken_or_kept_by_the_gateway() {
+    let lab = Lab::new("port");
+    let gw = lab.gateway("");
+    install_sleeper(&gw, "first", "acme", &ports(&[(8080, "lan")]));
+
+    let tar = gw.package(
+        "second",
+        &manifest(
+            "second",
+            "bob",
+            &["/bin/sleep", "1000000"],
+            &ports(&[(8080, "lan")]),
+        ),
+        &[],
+    );
+    let refused = gw.shg(&["install", tar.to_str().unwrap()]);
+    assert!(
+        !refused.ok(),
+        "a second service publishing 8080 on the LAN was installed:\n{refused}"
+    );
+    assert!(
+        refused.stderr.contains("port 8080/tcp") && refused.stderr.contains("first"),
+        "the refusal does not name the port and its holder:\n{refused}"
+    );
+    assert!(gw.svc("second").is_none(), "the refused service is listed");
+
+    let tar = gw.package(
+        "dns",
+        &manifest(
+            "dns",
+            "bob",
+            &["/bin/sleep", "1000000"],
+            &ports(&[(53, "lan")]),
+        ),
+        &[],
+    );
+    let refused = gw.shg(&["install", tar.to_str().unwrap()]);
+    assert!(
+        !refused.ok(),
+        "a service publishing 53 (reserved) on the LAN was installed:\n{refused}"
+    );
+    assert!(
+        refused.stderr.contains("port 53/tcp")
+            && refused.stderr.contains("belongs to the gateway itself"),
+        "the refusal does not say the gateway keeps the port:\n{refused}"
+    );
+    assert!(gw.svc("dns").is_none(), "the refused service is listed");
+
+    // The same port on the other side is free.
+    install_sleeper(&gw, "third", "bob", &ports(&[(8080, "wan")]));
+}
+
+/// The MAC address of each of the agent's service veths in the gateway namespace, by name.
+fn veth_macs(lab: &Lab) -> Vec<(String, String)> {
+    lab.gw_links()
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.split('@').next()?;
+            let mac = words.nth(1)?;
+            name.starts_with("shv")
+                .then(|| (name.to_string(), mac.to_string()))
+        })
+        .collect()
+}
+
+/// The MAC address of the gateway's end of `svc`'s link (its veth on the bridge, named
+/// `shvTAG` + the last octet of its address).
+fn veth_mac_of(lab: &Lab, gw: &Gateway, svc: &str) -> Option<String> {
+    let slot = address(gw, svc).rsplit('.').next()?.to_string();
+    veth_macs(lab)
+        .into_iter()
+        .find(|(name, _)| name.ends_with(&slot) && name.len() == "shv".len() + 8 + slot.len())
+        .map(|(_, mac)| mac)
+}
+
+#[test]
+fn a_service_stays_connected_while_other_services_come_and_go() {
+    let mut lab = Lab::new("arp");
+    let gw = lab.gateway("");
+    lab.peer_server(&lab.wan.clone(), &[7001]);
+    install_sleeper(&gw, "steady", "acme", "");
+    // Neighbours, until the gateway's address on the services' link (the bridge's MAC) is not
+    // the one of steady's own veth: the case where steady would notice the bridge changing it.
+    let mut fillers = Vec::new();
+    while fillers.len() < 10 && lab.bridge_mac() == veth_mac_of(&lab, &gw, "steady") {
+        let name = format!("f{}", fillers.len());
+        install_sleeper(&gw, &name, "acme", "");
+        fillers.push(name);
+    }
+    if fillers.is_empty() {
+        install_sleeper(&gw, "f0", "acme", "");
+        fillers.push("f0".to_string());
+    }
+    let first = connect_from(&gw, "steady", WAN_HOST, 7001);
+    assert!(
+        first.is_ok(),
+        "the service cannot reach the WAN host: {first:?}\n--- agent log\n{}",
+        gw.agent_log()
+    );
+    let learned = lab.bridge_mac();
+
+    // The neighbour whose veth lends the bridge its MAC (if the bridge has none of its own)
+    // goes, and another comes.
+    let holder = fillers
+        .iter()
+        .find(|f| veth_mac_of(&lab, &gw, f) == learned)
+        .unwrap_or(&fillers[0])
+        .clone();
+    gw.shg_ok(&["remove", &holder]);
+    install_sleeper(&gw, "late", "acme", "");
+    let now = lab.bridge_mac();
+    let started = Instant::now();
+    let again = connect_from(&gw, "steady", WAN_HOST, 7001);
+    assert!(
+        again.is_ok(),
+        "`steady` lost the WAN after `{holder}` was removed and `late` installed \
+         (gateway MAC on the services' link {learned:?} -> {now:?}; gave up after {:?}): \
+         {again:?}\n{}\n--- agent log\n{}",
+        started.elapsed(),
+        diagnose(&lab, &gw, "steady"),
+        gw.agent_log()
+    );
+}
