@@ -161,16 +161,16 @@ impl Agent {
                     b.bytes,
                 );
                 m.gauge(
-                    "shg_service_bandwidth_bits",
-                    "Traffic rate between the last two readings, in bits per second",
+                    "shg_service_network_bytes_per_second",
+                    "Traffic rate between the last two readings",
                     &l,
-                    b.used,
+                    b.used.map(|bits| bits / 8),
                 );
                 m.gauge(
-                    "shg_service_bandwidth_reserve_bits",
-                    "Guaranteed rate, in bits per second",
+                    "shg_service_network_reserve_bytes_per_second",
+                    "Guaranteed traffic rate",
                     &l,
-                    Some(b.reserve),
+                    Some(b.reserve / 8),
                 );
             }
             m.gauge(

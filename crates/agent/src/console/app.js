@@ -237,15 +237,15 @@ function card(name) {
   c.cpu = bar('CPU');
   c.mem = bar('Memory');
   c.disk = bar('Storage');
-  c.down = bar('Download');
-  c.up = bar('Upload');
+  c.bwDown = bar('Download');
+  c.bwUp = bar('Upload');
   c.chart = el('div', { class: 'chart' });
   c.actions = el('div', { class: 'buttons' });
   c.logs = el('pre', { class: 'logs' });
   c.logs.hidden = true;
   c.root = el('article', { class: 'card', 'data-service': name },
     el('header', {}, c.title, c.state, c.health), c.meta, c.reason,
-    c.cpu.root, c.mem.root, c.disk.root, c.down.root, c.up.root, c.chart, c.actions, c.logs);
+    c.cpu.root, c.mem.root, c.disk.root, c.bwDown.root, c.bwUp.root, c.chart, c.actions, c.logs);
   const act = (label, cls, fn) => {
     const b = el('button', { type: 'button', class: cls, text: label });
     b.addEventListener('click', () => run(b, fn));
@@ -324,7 +324,7 @@ function renderServices() {
       c.cpu.set(u.cpu.used, u.cpu.reserve, u.cpu.limit, cores);
       c.mem.set(u.memory.used, u.memory.reserve, u.memory.limit, bytes);
       c.disk.set(u.storage.used, u.storage.reserve, u.storage.limit, bytes);
-      for (const [b, use] of [[c.down, u.bandwidth_down], [c.up, u.bandwidth_up]]) {
+      for (const [b, use] of [[c.bwDown, u.bandwidth_down], [c.bwUp, u.bandwidth_up]]) {
         if (use) b.set(use.used, use.reserve, use.limit, rate);
       }
     }
