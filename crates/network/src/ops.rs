@@ -116,6 +116,27 @@ fn burst(bits: u64) -> String {
     (bits / 8 / 250).max(3_200).to_string()
 }
 
+/// Makes or changes HTB class `classid` under `parent` on `dev`: `rate` guaranteed, up to
+/// `ceil`, with a quantum and bursts in proportion.
+fn htb_class(
+    dev: &str,
+    parent: &str,
+    classid: &str,
+    rate_bits: u64,
+    ceil: u64,
+) -> Result<(), NetError> {
+    let (r, c) = (rate(rate_bits), rate(ceil));
+    let (quantum, burst, cburst) = (quantum(rate_bits), burst(rate_bits), burst(ceil));
+    run(
+        "tc",
+        &[
+            "class", "replace", "dev", dev, "parent", parent, "classid", classid, "htb", "rate",
+            &r, "ceil", &c, "quantum", &quantum, "burst", &burst, "cburst", &cburst,
+        ],
+    )
+    .map(|_| ())
+}
+
 /// One agent's network.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -213,55 +234,13 @@ impl Network {
                     ],
                 )?;
             }
-            let (cap_rate, fwd_rate) = (rate(cap), rate(forward.min(cap)));
-            run(
-                "tc",
-                &[
-                    "class",
-                    "replace",
-                    "dev",
-                    ifb,
-                    "parent",
-                    "1:",
-                    "classid",
-                    "1:1",
-                    "htb",
-                    "rate",
-                    &cap_rate,
-                    "ceil",
-                    &cap_rate,
-                    "quantum",
-                    &quantum(cap),
-                    "burst",
-                    &burst(cap),
-                    "cburst",
-                    &burst(cap),
-                ],
-            )?;
-            let forward_class = format!("1:{FORWARD_CLASS}");
-            run(
-                "tc",
-                &[
-                    "class",
-                    "replace",
-                    "dev",
-                    ifb,
-                    "parent",
-                    "1:1",
-                    "classid",
-                    &forward_class,
-                    "htb",
-                    "rate",
-                    &fwd_rate,
-                    "ceil",
-                    &cap_rate,
-                    "quantum",
-                    &quantum(forward),
-                    "burst",
-                    &burst(forward),
-                    "cburst",
-                    &burst(cap),
-                ],
+            htb_class(ifb, "1:", "1:1", cap, cap)?;
+            htb_class(
+                ifb,
+                "1:1",
+                &format!("1:{FORWARD_CLASS}"),
+                forward.min(cap),
+                cap,
             )?;
         }
         if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
@@ -345,30 +324,7 @@ impl Network {
         ] {
             let ceil = limit.unwrap_or(cap).min(cap);
             let r = reserve.min(ceil);
-            run(
-                "tc",
-                &[
-                    "class",
-                    "replace",
-                    "dev",
-                    &ifb,
-                    "parent",
-                    "1:1",
-                    "classid",
-                    &class,
-                    "htb",
-                    "rate",
-                    &rate(r),
-                    "ceil",
-                    &rate(ceil),
-                    "quantum",
-                    &quantum(r),
-                    "burst",
-                    &burst(r),
-                    "cburst",
-                    &burst(ceil),
-                ],
-            )?;
+            htb_class(&ifb, "1:1", &class, r, ceil)?;
             // fq_codel keeps a bulk flow from queueing in front of the service's other
             // flows, where the kernel has it; HTB's default FIFO otherwise.
             let _ = run(

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::package_with;
+
 const RUNS: usize = 20;
 const SLEEPERS: usize = 50;
 
@@ -299,35 +302,6 @@ fn package(
         policy,
         "memory = { reserve = \"4MiB\", limit = \"16MiB\" }\npids = { limit = 8 }",
     )
-}
-
-fn package_with(
-    shg: &Path,
-    work: &Path,
-    busybox: &Path,
-    name: &str,
-    command: &str,
-    policy: &str,
-    resources: &str,
-) -> PathBuf {
-    let dir = work.join(name);
-    samples::busybox_rootfs(&dir.join("rootfs"), busybox).expect("rootfs");
-    let manifest = format!(
-        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"bench\"\n\n[run]\n{command}\n\n\
-         [resources]\n{resources}\n\n[restart]\npolicy = \"{policy}\"\n"
-    );
-    std::fs::write(dir.join("shg-service.toml"), manifest).unwrap();
-    let out = work.join(format!("{name}.tar"));
-    let status = Command::new(shg)
-        .arg("pack")
-        .arg(&dir)
-        .arg("-o")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "shg pack failed");
-    out
 }
 
 /// `runc run` of the bundle, handing the init its log and status files as fds 3, 4 and 5.

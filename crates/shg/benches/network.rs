@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const GW: &str = "shgbench-gw";
 const WAN: &str = "shgbench-wan";
 const LAN: &str = "shgbench-lan";
@@ -381,7 +383,7 @@ impl Agent {
     }
 }
 
-/// Writes a busybox service and packs it; returns the package path.
+/// A busybox service with `command` and `resources`, packed; returns the package path.
 fn package(
     shg: &Path,
     work: &Path,
@@ -390,22 +392,5 @@ fn package(
     command: &str,
     resources: &str,
 ) -> PathBuf {
-    let dir = work.join(name);
-    samples::busybox_rootfs(&dir.join("rootfs"), busybox).expect("rootfs");
-    let manifest = format!(
-        "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"bench\"\n\n[run]\n{command}\n\n\
-         [resources]\n{resources}\n"
-    );
-    std::fs::write(dir.join("shg-service.toml"), manifest).unwrap();
-    let out = work.join(format!("{name}.tar"));
-    let status = Command::new(shg)
-        .arg("pack")
-        .arg(&dir)
-        .arg("-o")
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "shg pack failed");
-    out
+    common::package_with(shg, work, busybox, name, command, "never", resources)
 }
