@@ -218,11 +218,14 @@ pub(crate) struct ClassTraffic {
     pub rate: Option<(u64, u64)>,
 }
 
+/// Bytes (or bits/s) per direction, (down, up), by HTB class minor.
+type PerClass = HashMap<u32, (u64, u64)>;
+
 /// The last reading of the HTB counters, to turn the next one into rates.
 #[derive(Debug, Default)]
 pub struct TrafficMeter {
-    last: Option<(std::time::Instant, HashMap<u32, (u64, u64)>)>,
-    rates: HashMap<u32, (u64, u64)>,
+    last: Option<(std::time::Instant, PerClass)>,
+    rates: PerClass,
 }
 
 /// Readings closer together than this reuse the last rates instead of dividing by almost 0.
@@ -243,7 +246,7 @@ impl TrafficMeter {
                     |now: u64, then: u64| (now.saturating_sub(then) as f64 * 8.0 / secs) as u64;
                 self.rates = bytes
                     .iter()
-                    .filter_map(|(minor, (down, up))| {
+                    .map(|(minor, (down, up))| {
                         // A class made since the last reading (a restart) starts from 0.
                         let (d0, u0) = before.get(minor).copied().unwrap_or((0, 0));
                         let (d0, u0) = if *down < d0 || *up < u0 {
@@ -251,7 +254,7 @@ impl TrafficMeter {
                         } else {
                             (d0, u0)
                         };
-                        Some((*minor, (rate(*down, d0), rate(*up, u0))))
+                        (*minor, (rate(*down, d0), rate(*up, u0)))
                     })
                     .collect();
                 self.last = Some((now, bytes.clone()));
