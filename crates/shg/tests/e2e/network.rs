@@ -48,6 +48,28 @@ print("ready", flush=True)
 threading.Event().wait()
 "#;
 
+/// A DNS server on UDP 53 answering every A question with 198.51.100.7 (and any other type
+/// with no answer): the WAN side's resolver.
+const DNS_SERVER: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    end = 12
+    while q[end] != 0:
+        end += q[end] + 1
+    question = q[12:end + 5]
+    qtype = int.from_bytes(q[end + 1:end + 3], "big")
+    answer = b""
+    if qtype == 1:
+        answer = b"\xc0\x0c\x00\x01\x00\x01" + (60).to_bytes(4, "big") + b"\x00\x04" + bytes([198, 51, 100, 7])
+    count = 1 if answer else 0
+    header = q[:2] + b"\x81\x80\x00\x01" + count.to_bytes(2, "big") + b"\x00\x00\x00\x00"
+    s.sendto(header + question + answer, peer)
+"#;
+
 /// `HOST PORT TIMEOUT`: connects, sends an HTTP GET, prints what comes back until the peer
 /// closes. Exit 0 when connected; 2 refused, 3 timed out, 4 any other error.
 const PROBE: &str = r#"
@@ -233,15 +255,20 @@ ip netns exec {gw} sysctl -qw net.ipv4.ip_forward=1
     fn peer_server(&mut self, ns: &str, ports: &[u16]) {
         let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
         let ports: Vec<&str> = ports.iter().map(String::as_str).collect();
-        let log = self.spawn_python(ns, PEER_SERVER, &ports);
+        self.serve(ns, PEER_SERVER, &ports);
+    }
+
+    /// Starts `source` in `ns` and waits until it prints `ready`.
+    fn serve(&mut self, ns: &str, source: &str, ports: &[&str]) {
+        let log = self.spawn_python(ns, source, ports);
         eventually(
-            &format!("the peer server in {ns} to listen on {ports:?}"),
+            &format!("the helper in {ns} to listen on {ports:?}"),
             Duration::from_secs(10),
             || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 assert!(
                     !text.contains("Traceback"),
-                    "the peer server in {ns} failed:\n{text}"
+                    "the helper in {ns} failed:\n{text}"
                 );
                 text.contains("ready").then_some(())
             },
@@ -409,6 +436,14 @@ fn a_service_reaches_the_wan_through_nat_and_published_ports_follow_their_side()
             .lines()
             .any(|l| l.split_whitespace().eq(["nameserver", WAN_HOST])),
         "the service's resolv.conf does not list {WAN_HOST}:\n{resolv}"
+    );
+    // And a name resolves through it, across the NAT.
+    lab.serve(&lab.wan.clone(), DNS_SERVER, &[]);
+    let lookup = gw.shg(&["exec", "web", "--", "nslookup", "shop.example"]);
+    assert!(
+        lookup.stdout.contains("198.51.100.7"),
+        "the service cannot resolve a name through {WAN_HOST}:\n{lookup}\n--- agent log\n{}",
+        gw.agent_log()
     );
 
     // Out to the WAN, seen there from the gateway's WAN address (NAT).
