@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod exec_frames;
+pub mod registry;
 pub mod types;
 
 pub use client::{Client, ClientError, Options};

@@ -123,8 +123,9 @@ pub struct MakeRoom {
 pub enum RemoteCommand {
     /// Install a service package on the gateway and start it
     Install {
-        /// Package file written by `shg pack`
-        #[arg(value_name = "FILE")]
+        /// Package file written by `shg pack`, or an image in an OCI registry
+        /// (`registry.example:5000/acme/camera:1.2`, `…@sha256:HEX`), pulled first
+        #[arg(value_name = "FILE|REFERENCE")]
         file: PathBuf,
         /// Install only; start it later with `shg start NAME`
         #[arg(long, conflicts_with = "make_room")]

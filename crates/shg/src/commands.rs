@@ -1,8 +1,8 @@
 //! What each command does: `pack` runs locally, `gateway run` and `demo` hand over to the
 //! agent, and the rest are calls to a running agent through [`api::Client`].
 
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -87,9 +87,69 @@ fn pack(dir: &Path, out: &Path, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The package file `install` sends: `arg` itself, or, when no such file exists and `arg` is
+/// an image reference, the image pulled from its registry into the user's cache.
+async fn package_file(arg: &Path) -> anyhow::Result<PathBuf> {
+    let text = arg.to_string_lossy();
+    let reference = match api::registry::Reference::parse(&text) {
+        Some(r) if !arg.exists() => r,
+        _ => return Ok(arg.to_path_buf()),
+    };
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("shg");
+    let out = cache.join("packages").join(format!(
+        "{}.tar",
+        reference.to_string().replace(['/', ':', '@'], "_")
+    ));
+    std::fs::create_dir_all(out.parent().unwrap_or(&cache))
+        .with_context(|| format!("cannot create {}", cache.display()))?;
+    let terminal = io::stderr().is_terminal();
+    let mut last = std::time::Instant::now();
+    let mut show = |p: api::registry::Progress| {
+        let finished = p.done == p.total;
+        if terminal && (finished || last.elapsed() >= std::time::Duration::from_millis(100)) {
+            last = std::time::Instant::now();
+            let width = 30;
+            let filled = (p.done * width).checked_div(p.total).unwrap_or(width) as usize;
+            eprint!(
+                "\rpulling {reference} [{}{}] {} / {}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled),
+                output::size(p.done),
+                output::size(p.total)
+            );
+            if finished {
+                eprintln!();
+            }
+        }
+    };
+    let digest = api::registry::pull(&reference, &cache, &out, &mut show).await?;
+    if !terminal {
+        eprintln!("pulled {reference} ({digest})");
+    }
+    Ok(out)
+}
+
 /// The commands answered by the agent.
 async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::Result<i32> {
     let mut out = io::stdout().lock();
+    let command = match command {
+        RemoteCommand::Install {
+            file,
+            no_start,
+            dry_run,
+            room,
+        } => RemoteCommand::Install {
+            file: package_file(&file).await?,
+            no_start,
+            dry_run,
+            room,
+        },
+        other => other,
+    };
     match command {
         RemoteCommand::Install {
             file,

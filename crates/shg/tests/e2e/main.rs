@@ -18,6 +18,7 @@ mod logs;
 mod monitor;
 mod network;
 mod realms;
+mod registry;
 mod resources;
 mod restart;
 mod runc;
