@@ -205,3 +205,69 @@ fn blobs_are_verified_and_an_interrupted_download_resumes() {
     assert!(!cache.join(&hex).exists());
     assert!(gw.svc("big").is_none());
 }
+
+/// Runs `umoci ARGS…` in `dir`, insisting it succeeds.
+fn umoci(dir: &Path, args: &[&str], scratch: &Path) {
+    let mut cmd = Command::new("umoci");
+    cmd.args(args).current_dir(dir);
+    let out = run_captured(cmd, scratch, Duration::from_secs(120));
+    assert!(out.ok(), "umoci {} failed:\n{out}", args.join(" "));
+}
+
+#[test]
+fn an_image_umoci_built_from_a_plain_root_filesystem_installs_and_runs() {
+    let gw = Gateway::start();
+    // A plain directory tree (busybox) and a manifest, put together with umoci alone.
+    let source = gw.package_dir("plain", &manifest("plain", "2.0.0"), &[]);
+    let build = gw.work.join("umoci");
+    std::fs::create_dir_all(&build).unwrap();
+    let scratch = gw.work.clone();
+    umoci(&build, &["init", "--layout", "layout"], &scratch);
+    umoci(&build, &["new", "--image", "layout:2.0"], &scratch);
+    umoci(
+        &build,
+        &["unpack", "--rootless", "--image", "layout:2.0", "bundle"],
+        &scratch,
+    );
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(source.join("rootfs/."))
+        .arg(build.join("bundle/rootfs/"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot copy the root filesystem");
+    umoci(
+        &build,
+        &["repack", "--image", "layout:2.0", "bundle"],
+        &scratch,
+    );
+    let label = format!(
+        "org.shg.manifest={}",
+        std::fs::read_to_string(source.join("shg-service.toml")).unwrap()
+    );
+    umoci(
+        &build,
+        &["config", "--image", "layout:2.0", "--config.label", &label],
+        &scratch,
+    );
+    let tar = gw.work.join("plain-umoci.tar");
+    let mut cmd = Command::new("tar");
+    cmd.arg("-C")
+        .arg(build.join("layout"))
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".");
+    let out = run_captured(cmd, &scratch, Duration::from_secs(60));
+    assert!(out.ok(), "tar failed:\n{out}");
+
+    gw.shg_ok(&["install", tar.to_str().unwrap()]);
+    let svc = gw.wait_running("plain");
+    assert_eq!(svc.version, "2.0.0");
+    eventually("its first line in the log", Duration::from_secs(10), || {
+        gw.shg(&["logs", "plain"])
+            .stdout
+            .contains("plain 2.0.0")
+            .then_some(())
+    });
+    gw.shg_ok(&["remove", "plain"]);
+}
