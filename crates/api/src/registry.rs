@@ -64,7 +64,13 @@ impl Reference {
     /// registry part must look like a host (a dot or a port, or `localhost`).
     pub fn parse(text: &str) -> Option<Reference> {
         let (registry, rest) = text.split_once('/')?;
-        let hostlike = registry.contains('.') || registry.contains(':') || registry == "localhost";
+        let hostlike =
+            (registry.contains('.') || registry.contains(':') || registry == "localhost")
+                && registry
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'[')
+                && !registry.contains("..");
         if !hostlike
             || !registry
                 .bytes()
