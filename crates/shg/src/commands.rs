@@ -133,23 +133,39 @@ async fn package_file(arg: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// The commands answered by the agent.
+/// The commands answered by the agent. A package pulled from a registry for `install` is
+/// deleted once sent (its blobs stay in the cache).
 async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::Result<i32> {
-    let mut out = io::stdout().lock();
+    let mut pulled = None;
     let command = match command {
         RemoteCommand::Install {
             file,
             no_start,
             dry_run,
             room,
-        } => RemoteCommand::Install {
-            file: package_file(&file).await?,
-            no_start,
-            dry_run,
-            room,
-        },
+        } => {
+            let package = package_file(&file).await?;
+            if package != file {
+                pulled = Some(package.clone());
+            }
+            RemoteCommand::Install {
+                file: package,
+                no_start,
+                dry_run,
+                room,
+            }
+        }
         other => other,
     };
+    let result = answer(client, command, json).await;
+    if let Some(package) = pulled {
+        let _ = std::fs::remove_file(package);
+    }
+    result
+}
+
+async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::Result<i32> {
+    let mut out = io::stdout().lock();
     match command {
         RemoteCommand::Install {
             file,

@@ -135,6 +135,13 @@ fn a_package_pushed_by_skopeo_installs_from_the_registry_by_reference() {
     assert!(out.ok(), "{out}\n--- agent log\n{}", gw.agent_log());
     let svc = gw.wait_running("hello");
     assert_eq!(svc.version, "1.0.0");
+    // The package made from the blobs was only a vehicle; the blobs stay for the next pull.
+    let left: Vec<_> = std::fs::read_dir(gw.work.join("cache/shg/packages"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "pulled packages left behind: {left:?}");
     let logs = gw.shg_ok(&["logs", "hello"]);
     assert!(logs.stdout.contains("hello 1.0.0"), "{logs}");
 
