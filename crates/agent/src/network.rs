@@ -152,8 +152,7 @@ impl Agent {
         ]
     }
 
-    /// What the runtime helper needs to put the service on the bridge; makes sure the bridge
-    /// and the service's /etc files are there. Blocking.
+    /// What the runtime helper needs to put the service on the bridge. Blocking.
     pub(crate) fn attach_for(
         &self,
         rec: &ServiceRecord,
@@ -167,7 +166,11 @@ impl Agent {
                 rec.name
             ))
         })?;
-        self.refresh_network()?;
+        // Installs, removals and recovery keep the bridge, rules and /etc files current; a
+        // start only rebuilds them when the bridge went away behind the agent's back.
+        if !network::ops::link_exists(&net.names.bridge()) {
+            self.refresh_network()?;
+        }
         Ok(Some(runtime::net::Attach {
             bridge: net.names.bridge(),
             host_if: net.names.host_if(slot),
