@@ -44,6 +44,7 @@ impl IntoResponse for ApiError {
             AgentError::NotFound(_) => StatusCode::NOT_FOUND,
             AgentError::Exists(_) => StatusCode::CONFLICT,
             AgentError::BadPackage(_) => StatusCode::BAD_REQUEST,
+            AgentError::Untrusted(_) => StatusCode::FORBIDDEN,
             AgentError::BadManifest(_) => StatusCode::BAD_REQUEST,
             AgentError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AgentError::Conflict(_) => StatusCode::CONFLICT,
@@ -53,7 +54,7 @@ impl IntoResponse for ApiError {
             AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
             AgentError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AgentError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            AgentError::NoToken(_) => StatusCode::NOT_FOUND,
+            AgentError::NoToken(_) | AgentError::NoTrust(_) => StatusCode::NOT_FOUND,
             AgentError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = match &self.0 {
@@ -103,12 +104,16 @@ pub fn router(agent: Arc<Agent>, transport: Transport) -> Router {
         .route("/v1/services/{name}/stop", post(stop))
         .route("/v1/services/{name}/restart", post(restart))
         .route("/v1/services/{name}/priority", post(set_priority))
+        .route("/v1/services/{name}/update", post(update))
+        .route("/v1/services/{name}/rollback", post(rollback))
         .route("/v1/services/{name}/logs", get(logs))
         .route("/v1/services/{name}/exec", post(exec))
         .route("/v1/events", get(events))
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/audit", get(audit))
+        .route("/v1/trust", get(trust_list).post(trust_add))
+        .route("/v1/trust/{key_id}", delete(trust_remove))
         .route_layer(middleware::from_fn_with_state(
             (agent.clone(), transport),
             authenticate,
@@ -472,6 +477,33 @@ struct InstallQuery {
     dry_run: Option<bool>,
     /// Services the household agreed to stop to make room, comma-separated.
     stop: Option<String>,
+    /// The operator's explicit override for local development: install without a trusted
+    /// signature.
+    allow_unsigned: Option<bool>,
+    /// The registry reference the package was pulled from.
+    source: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdateQuery {
+    allow_unsigned: Option<bool>,
+    /// Seconds the new release has to stay up (and become healthy) before the update is done.
+    window_s: Option<u64>,
+    source: Option<String>,
+}
+
+/// A `source` query parameter: a registry reference, or nothing.
+fn source_of(q: &Option<String>) -> Result<Option<String>, AgentError> {
+    match q.as_deref() {
+        None | Some("") => Ok(None),
+        Some(text) => ::api::registry::Reference::parse(text)
+            .map(|r| Some(r.to_string()))
+            .ok_or_else(|| {
+                AgentError::BadRequest(format!(
+                    "`source` must be a registry reference (REGISTRY/REPOSITORY[:TAG|@DIGEST]), not {text:?}"
+                ))
+            }),
+    }
 }
 
 #[derive(Deserialize)]
@@ -505,7 +537,7 @@ async fn install(
         save_body(body, &upload, agent.cfg.max_package).await?;
         if q.dry_run.unwrap_or(false) {
             return agent
-                .check_install(&who, &upload)
+                .check_install(&who, &upload, q.allow_unsigned.unwrap_or(false))
                 .await
                 .map(|v| Json(v).into_response())
                 .map_err(|e| redact(&who, e));
@@ -520,7 +552,16 @@ async fn install(
             agent.access(&who, name, ServiceAction::Run)?;
         }
         let detail = agent
-            .install(&who, &upload, q.start.unwrap_or(true), &stop)
+            .install(
+                &who,
+                &upload,
+                &crate::install::InstallOptions {
+                    start: q.start.unwrap_or(true),
+                    stop,
+                    allow_unsigned: q.allow_unsigned.unwrap_or(false),
+                    source: source_of(&q.source)?,
+                },
+            )
             .await
             .map_err(|e| redact(&who, e))?;
         Ok((StatusCode::CREATED, Json(detail)).into_response())
@@ -528,6 +569,58 @@ async fn install(
     .await;
     let _ = tokio::fs::remove_file(&upload).await;
     Ok(result?)
+}
+
+async fn update(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    UrlPath(name): UrlPath<String>,
+    Query(q): Query<UpdateQuery>,
+    body: Body,
+) -> ApiResult<Json<api::ServiceDetail>> {
+    agent.access(&who, &name, ServiceAction::Run)?;
+    let window = match q.window_s {
+        None => crate::update::DEFAULT_WINDOW,
+        Some(s) if s <= crate::update::MAX_WINDOW.as_secs() => std::time::Duration::from_secs(s),
+        Some(s) => {
+            return Err(AgentError::BadRequest(format!(
+                "a health window of {s}s is too long; give at most {}s",
+                crate::update::MAX_WINDOW.as_secs()
+            ))
+            .into())
+        }
+    };
+    let source = source_of(&q.source)?;
+    let upload = agent
+        .layout
+        .tmp()
+        .join(format!("upload-{}.tar", crate::install::unique()));
+    let result = async {
+        save_body(body, &upload, agent.cfg.max_package).await?;
+        agent
+            .update(
+                &who,
+                &name,
+                &upload,
+                q.allow_unsigned.unwrap_or(false),
+                window,
+                source,
+            )
+            .await
+            .map_err(|e| redact(&who, e))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&upload).await;
+    Ok(Json(result?))
+}
+
+async fn rollback(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<api::ServiceDetail>> {
+    agent.access(&who, &name, ServiceAction::Run)?;
+    Ok(Json(agent.rollback(&name).await.map_err(|e| redact(&who, e))?))
 }
 
 /// Streams a request body into `path`, refusing more than `max` bytes.
@@ -651,6 +744,35 @@ async fn create_token(
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("token request: {}", e.body_text())))?;
     Ok((StatusCode::CREATED, Json(agent.create_token(&req)?)).into_response())
+}
+
+async fn trust_list(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<api::TrustRule>>> {
+    check(&who, GatewayAction::Administer)?;
+    Ok(Json(agent.trust_rules()?))
+}
+
+async fn trust_add(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<api::TrustRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Administer)?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("trust request: {}", e.body_text())))?;
+    Ok((StatusCode::CREATED, Json(agent.add_trust(&req)?)).into_response())
+}
+
+async fn trust_remove(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    UrlPath(key_id): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    check(&who, GatewayAction::Administer)?;
+    agent.remove_trust(&key_id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn revoke_token(

@@ -230,7 +230,19 @@ pub fn holders(records: &[ServiceRecord], except: &str) -> Vec<Holder> {
         .filter(|r| r.name != except && r.phase != Phase::Removing)
         .filter_map(|r| {
             let m = manifest::parse(&r.manifest, "shg-service.toml").ok()?;
-            let full = reservation(&m);
+            let mut full = reservation(&m);
+            // An update in progress holds the larger of both releases' reservations, so
+            // nothing admitted meanwhile takes what the switch needs.
+            if let Some(next) = r
+                .next
+                .as_ref()
+                .and_then(|n| manifest::parse(&n.manifest, "shg-service.toml").ok())
+            {
+                let other = reservation(&next);
+                for res in Resource::ALL {
+                    full.set(res, full.get(res).max(other.get(res)));
+                }
+            }
             let reserved = if r.desired == Desired::Running {
                 full
             } else {

@@ -13,6 +13,9 @@ pub enum AgentError {
     /// The package is unreadable, tampered with or unsafe.
     #[error("package refused: {0}")]
     BadPackage(String),
+    /// No signature on the package verifies under a key the operator trusts for it.
+    #[error("package refused: {0}")]
+    Untrusted(String),
     /// The manifest breaks a rule.
     #[error("manifest refused: {0}")]
     BadManifest(String),
@@ -43,6 +46,9 @@ pub enum AgentError {
     /// No live token has this id.
     #[error("no live token with id {0}; `shg token list` shows them")]
     NoToken(i64),
+    /// No trust rule has this key id.
+    #[error("no trusted key has id `{0}`; `shg trust list` shows them")]
+    NoTrust(String),
     /// Anything else: a bug or a host failure.
     #[error("{0}")]
     Internal(String),
@@ -59,6 +65,7 @@ impl AgentError {
             AgentError::NotFound(_) => "not-found",
             AgentError::Exists(_) => "conflict",
             AgentError::BadPackage(_) => "bad-package",
+            AgentError::Untrusted(_) => "untrusted-package",
             AgentError::BadManifest(_) => "bad-manifest",
             AgentError::BadRequest(_) => "bad-request",
             AgentError::Conflict(_) => "conflict",
@@ -68,7 +75,7 @@ impl AgentError {
             AgentError::Forbidden(_) => "forbidden",
             AgentError::Unauthorized(_) => "unauthorized",
             AgentError::RateLimited(_) => "rate-limited",
-            AgentError::NoToken(_) => "not-found",
+            AgentError::NoToken(_) | AgentError::NoTrust(_) => "not-found",
             AgentError::Internal(_) => "internal",
         }
     }

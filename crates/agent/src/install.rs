@@ -18,19 +18,31 @@ use crate::capacity::Check;
 use crate::lifecycle::{manifest_of, summary};
 use crate::{Agent, AgentError};
 
+/// How to install a package.
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    /// Start it once installed.
+    pub start: bool,
+    /// Services the household agreed to stop to make room.
+    pub stop: Vec<String>,
+    /// The operator's override for local development: no trusted signature needed.
+    pub allow_unsigned: bool,
+    /// The registry reference the package was pulled from, kept for `shg update NAME VERSION`.
+    pub source: Option<String>,
+}
+
 impl Agent {
-    /// Installs the package at `upload` (an OCI layout tar), then starts it if `start`.
-    /// The services in `stop` (the household's confirmation of the agent's proposal) are
+    /// Installs the package at `upload` (an OCI layout tar), then starts it if `opts.start`.
+    /// The services in `opts.stop` (the household's confirmation of the agent's proposal) are
     /// stopped first to make room; a refusal stops nothing.
     pub async fn install(
         self: &Arc<Self>,
         who: &Principal,
         upload: &Path,
-        start: bool,
-        stop: &[String],
+        opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         let staging = self.layout.tmp().join(format!("open-{}", unique()));
-        let result = self.install_from(who, upload, &staging, start, stop).await;
+        let result = self.install_from(who, upload, &staging, opts).await;
         let _ = std::fs::remove_dir_all(&staging);
         result
     }
@@ -40,9 +52,9 @@ impl Agent {
         who: &Principal,
         upload: &Path,
         staging: &Path,
-        start: bool,
-        stop: &[String],
+        opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
+        let (start, stop) = (opts.start, &opts.stop[..]);
         let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
             .await
@@ -52,6 +64,7 @@ impl Agent {
             .map_err(|e| AgentError::BadManifest(e.to_string()))?;
         let name = manifest.name.clone();
         crate::auth::check_install(who, &name, &manifest.provider)?;
+        let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
@@ -76,6 +89,8 @@ impl Agent {
             &package.manifest_toml,
         );
         let mut rec = rec;
+        rec.signer = signer;
+        rec.source = opts.source.clone();
         if start {
             rec.desired = Desired::Running;
         }
@@ -140,6 +155,7 @@ impl Agent {
         self: &Arc<Self>,
         who: &Principal,
         upload: &Path,
+        allow_unsigned: bool,
     ) -> Result<api::Verdict, AgentError> {
         let staging = self.layout.tmp().join(format!("check-{}", unique()));
         let (up, st) = (upload.to_path_buf(), staging.clone());
@@ -151,6 +167,7 @@ impl Agent {
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
             .map_err(|e| AgentError::BadManifest(e.to_string()))?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
+        self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if self.store().find(&manifest.name)?.is_some() {
             return Err(AgentError::Exists(manifest.name));
         }
@@ -172,10 +189,8 @@ impl Agent {
         let name = &manifest.name;
         let partial = self.layout.partial(name);
         let _ = std::fs::remove_dir_all(&partial);
-        let rootfs = partial.join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
-        image::unpack(package, &rootfs).map_err(|e| AgentError::BadPackage(e.to_string()))?;
-        check_command(&rootfs, &manifest.run.command[0])?;
+        let release = partial.join("releases").join(crate::layout::release_id(&package.digest));
+        self.unpack_release(manifest, package, &release)?;
 
         let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         for dir in ["data", "logs", "bundle"] {
@@ -193,16 +208,29 @@ impl Agent {
             gid,
         )?;
         // The bundle names the final paths: it is renamed into place below.
-        let service = self.layout.service(name);
-        let spec = self.service_spec(manifest, &service.dir, state::DEFAULT_PRIORITY);
+        let spec = self.service_spec(manifest, &package.digest, state::DEFAULT_PRIORITY);
         spec::write_bundle(&partial.join("bundle"), &spec)?;
-
+        let service = self.layout.service(name);
         if service.dir.exists() {
             // Left by a removal that did not finish before its record was gone.
             std::fs::remove_dir_all(&service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
         }
         std::fs::rename(&partial, &service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
         self.mount_volume(name)
+    }
+
+    /// Unpacks a package's root file system into `release/rootfs` and checks its command;
+    /// `release` is created and must not exist.
+    pub(crate) fn unpack_release(
+        &self,
+        manifest: &Manifest,
+        package: &image::Package,
+        release: &Path,
+    ) -> Result<(), AgentError> {
+        let rootfs = release.join("rootfs");
+        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
+        image::unpack(package, &rootfs).map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        check_command(&rootfs, &manifest.run.command[0])
     }
 
     /// Mounts the service's data volume on its data directory unless it is mounted already.
@@ -227,7 +255,10 @@ impl Agent {
         Ok(())
     }
 
-    pub(crate) fn service_spec(&self, m: &Manifest, dir: &Path, priority: i32) -> ServiceSpec {
+    /// The container spec of `m`'s release `digest`.
+    pub(crate) fn service_spec(&self, m: &Manifest, digest: &str, priority: i32) -> ServiceSpec {
+        let sl = self.layout.service(&m.name);
+        let dir = &sl.dir;
         let (uid, gid) = m.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         ServiceSpec {
             name: m.name.clone(),
@@ -237,7 +268,7 @@ impl Agent {
             uid,
             gid,
             workdir: m.run.workdir.clone().unwrap_or_else(|| "/".into()),
-            rootfs: dir.join("rootfs"),
+            rootfs: sl.rootfs(digest),
             data_dir: dir.join("data"),
             init_binary: self.cfg.shg_binary.clone(),
             tmp_size: self.cfg.tmp_size,
@@ -284,9 +315,10 @@ impl Agent {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if rec.phase == Phase::Installing {
+            if matches!(rec.phase, Phase::Installing | Phase::Updating) {
                 return Err(AgentError::Conflict(format!(
-                    "`{name}` is being installed; wait for the install to finish"
+                    "`{name}` is being {}; wait for that to finish",
+                    if rec.phase == Phase::Installing { "installed" } else { "updated" }
                 )));
             }
             self.store().update(
@@ -351,8 +383,10 @@ impl Agent {
             installed_at_ms: rec.installed_at_ms,
             manifest: serde_json::to_value(&manifest).unwrap_or_default(),
             address: self.address_of(&rec),
+            previous_version: rec.previous.as_ref().map(|p| p.version.clone()),
+            source: rec.source.clone(),
             paths: ServicePaths {
-                rootfs: show(sl.rootfs()),
+                rootfs: show(sl.rootfs(&rec.image_digest)),
                 data: show(sl.data()),
                 bundle: show(sl.bundle()),
                 logs: show(sl.logs()),

@@ -8,8 +8,11 @@
 //!   containers/         libcontainer's state, one directory per container
 //!   tmp/                uploads and half-done installs
 //!   services/NAME/
-//!     rootfs/           the unpacked image (read-only in the container)
-//!     bundle/config.json
+//!     releases/HEX/     one per kept release (HEX: 16 hex digits of its image digest):
+//!       rootfs/         the unpacked image (read-only in the container); the current
+//!                       release, the previous one (for rollback), an update's next one
+//!     rootfs/           the unpacked image of a service installed before releases existed
+//!     bundle/config.json  written at every start, for the current release
 //!     volume.img        the data volume: a sparse ext4 image, capped at the storage limit
 //!     data/             where the volume is loop-mounted; /data in the container
 //!     logs/log.0 log.1  the size-capped log the init writes
@@ -66,14 +69,36 @@ impl Layout {
     }
 }
 
+/// The name of a release's directory: the first 16 hex digits of its image digest.
+pub fn release_id(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.chars().take(16).collect()
+}
+
 #[derive(Debug, Clone)]
 pub struct ServiceLayout {
     pub dir: PathBuf,
 }
 
 impl ServiceLayout {
-    pub fn rootfs(&self) -> PathBuf {
-        self.dir.join("rootfs")
+    pub fn releases(&self) -> PathBuf {
+        self.dir.join("releases")
+    }
+
+    /// Where the release with image digest `digest` lives.
+    pub fn release(&self, digest: &str) -> PathBuf {
+        self.releases().join(release_id(digest))
+    }
+
+    /// The root file system of the release `digest`: in its release directory, or where
+    /// an older agent unpacked the only release.
+    pub fn rootfs(&self, digest: &str) -> PathBuf {
+        let release = self.release(digest).join("rootfs");
+        if release.exists() {
+            release
+        } else {
+            self.dir.join("rootfs")
+        }
     }
 
     pub fn bundle(&self) -> PathBuf {

@@ -18,6 +18,8 @@ mod network;
 mod pidfd;
 mod stats;
 mod tls;
+mod update;
+mod signatures;
 
 pub use auth::Principal;
 pub use tls::Listen;

@@ -25,7 +25,7 @@ const CRASH_LOOP_AFTER: u32 = 5;
 /// The longest wait between two restarts.
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long a SIGKILLed service may take to disappear before the agent gives up waiting.
-const KILL_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Holds the state directory for this agent; dropped when the agent exits.
 pub struct StateLock(#[allow(dead_code)] std::fs::File);
@@ -64,6 +64,7 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
     let state = match rec.phase {
         Phase::Installing => "installing".to_string(),
         Phase::Removing => "removing".to_string(),
+        Phase::Updating => "updating".to_string(),
         Phase::Installed => rec.state.as_str(),
     };
     ServiceSummary {
@@ -79,6 +80,8 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
         exit_code: rec.exit_code,
         started_at_ms: rec.started_at_ms,
         reason: rec.reason.clone(),
+        signed_by: rec.signer.clone(),
+        unsigned: rec.signer.is_none(),
     }
 }
 
@@ -137,19 +140,44 @@ pub(crate) async fn end_helper(child: &mut tokio::process::Child) {
 
 impl Agent {
     async fn recover_one(self: &Arc<Self>, rec: ServiceRecord) -> Result<(), AgentError> {
-        let name = rec.name.as_str();
+        let owned = rec.name.clone();
+        let name = owned.as_str();
         match rec.phase {
             Phase::Installing => tokio::task::block_in_place(|| {
                 self.rollback_install(name, "the agent stopped during the install")
             }),
             Phase::Removing => tokio::task::block_in_place(|| self.finish_remove(name)),
+            Phase::Updating => {
+                // Not switched yet: the service is on its current release. Its container
+                // may still run (adopted below) or have been stopped for the switch.
+                self.abandon_update(name, "the agent stopped before the switch")?;
+                if let Err(e) = self.mount_volume(name) {
+                    tracing::warn!(service = %name, "cannot mount the data volume: {e}");
+                }
+                let rec = self.store().get(name)?;
+                self.recover_installed(rec).await?;
+                self.resume_probation(name);
+                Ok(())
+            }
             Phase::Installed => {
                 // After a reboot nothing is mounted; a start would mount it, but `shg stats`
                 // reads what a stopped service stores too.
                 if let Err(e) = self.mount_volume(name) {
                     tracing::warn!(service = %name, "cannot mount the data volume: {e}");
                 }
-                self.recover_installed(rec).await
+                self.recover_installed(rec).await?;
+                self.resume_probation(name);
+                Ok(())
+            }
+        }
+    }
+
+    /// A release switched in by an update before the agent stopped gets the rest of its
+    /// health window.
+    fn resume_probation(self: &Arc<Self>, name: &str) {
+        if let Ok(Some(rec)) = self.store().find(name) {
+            if rec.probation_until_ms.is_some() {
+                self.spawn_probation(name);
             }
         }
     }
@@ -263,10 +291,10 @@ impl Agent {
         if rec.phase != Phase::Installed {
             return Err(AgentError::Conflict(format!(
                 "`{name}` is being {}; wait for it to finish",
-                if rec.phase == Phase::Installing {
-                    "installed"
-                } else {
-                    "removed"
+                match rec.phase {
+                    Phase::Installing => "installed",
+                    Phase::Updating => "updated",
+                    _ => "removed",
                 }
             )));
         }
@@ -394,7 +422,7 @@ impl Agent {
         }
         runtime::spec::write_bundle(
             &sl.bundle(),
-            &self.service_spec(&manifest, &sl.dir, rec.priority),
+            &self.service_spec(&manifest, &rec.image_digest, rec.priority),
         )?;
         let attach = match tokio::task::block_in_place(|| self.attach_for(&rec)) {
             Ok(attach) => attach,
@@ -534,7 +562,8 @@ impl Agent {
         }
         let ran_ms = now_ms().saturating_sub(rec.started_at_ms.unwrap_or(0));
 
-        if rec.desired == Desired::Stopped {
+        // An update's switch stops the running release on purpose: no restart.
+        if rec.desired == Desired::Stopped || rec.phase == Phase::Updating {
             self.store().update(
                 name,
                 Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))),
@@ -677,9 +706,10 @@ impl Agent {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if rec.phase == Phase::Installing {
+            if matches!(rec.phase, Phase::Installing | Phase::Updating) {
                 return Err(AgentError::Conflict(format!(
-                    "`{name}` is being installed; wait for the install to finish"
+                    "`{name}` is being {}; wait for that to finish",
+                    if rec.phase == Phase::Installing { "installed" } else { "updated" }
                 )));
             }
             let Some(pid) = rec.pid else {

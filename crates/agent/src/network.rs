@@ -64,6 +64,8 @@ impl Agent {
         let records = self.store().list()?;
         let others: Vec<Member> = records
             .iter()
+            // An update republishes the service's own ports.
+            .filter(|r| r.name != manifest.name)
             .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot.unwrap_or(0))))
             .collect();
         let Some(conflict) =

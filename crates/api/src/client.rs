@@ -278,6 +278,80 @@ impl Client {
         self.upload(path, uri).await
     }
 
+    /// `POST /v1/services` with every install option.
+    pub async fn install_with(
+        &self,
+        path: &Path,
+        params: &InstallParams,
+    ) -> Result<ServiceDetail, ClientError> {
+        self.upload(path, &format!("/v1/services{}", params.query(false).0))
+            .await
+    }
+
+    /// `POST /v1/services?dry_run=true` with every install option.
+    pub async fn check_install_with(
+        &self,
+        path: &Path,
+        params: &InstallParams,
+    ) -> Result<crate::Verdict, ClientError> {
+        self.upload(path, &format!("/v1/services{}", params.query(true).0))
+            .await
+    }
+
+    /// `POST /v1/services/{name}/update`: switches `name` to the package at `path`; the
+    /// answer comes once the new release started, its health window still running.
+    pub async fn update(
+        &self,
+        name: &str,
+        path: &Path,
+        params: &UpdateParams,
+    ) -> Result<ServiceDetail, ClientError> {
+        let mut query = Query::default();
+        if params.allow_unsigned {
+            query.push("allow_unsigned", "true");
+        }
+        if let Some(w) = params.window_s {
+            query.push("window_s", &w.to_string());
+        }
+        if let Some(source) = &params.source {
+            query.push("source", source);
+        }
+        let uri = format!("/v1/services/{}/update{}", segment(name), query.0);
+        self.upload(path, &uri).await
+    }
+
+    /// `POST /v1/services/{name}/rollback`: back to the release the last update replaced.
+    pub async fn rollback(&self, name: &str) -> Result<ServiceDetail, ClientError> {
+        let uri = format!("/v1/services/{}/rollback", segment(name));
+        self.json(Method::POST, uri, ReqBody::empty(), None).await
+    }
+
+    /// `GET /v1/trust` (operator): the trust policy.
+    pub async fn trust_rules(&self) -> Result<Vec<crate::TrustRule>, ClientError> {
+        self.json(Method::GET, "/v1/trust".into(), ReqBody::empty(), None)
+            .await
+    }
+
+    /// `POST /v1/trust` (operator): trusts a provider's key.
+    pub async fn add_trust(
+        &self,
+        req: &crate::TrustRequest,
+    ) -> Result<crate::TrustRule, ClientError> {
+        let json = serde_json::to_vec(req).expect("serializes");
+        self.json(
+            Method::POST,
+            "/v1/trust".into(),
+            ReqBody::bytes(json),
+            Some("application/json"),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/trust/{key_id}` (operator).
+    pub async fn remove_trust(&self, key_id: &str) -> Result<(), ClientError> {
+        self.delete(format!("/v1/trust/{}", segment(key_id))).await
+    }
+
     /// `POST /v1/services?stop=A,B`: installs and starts the package after stopping the named
     /// services to make room (the household confirmed the agent's proposal).
     pub async fn install_making_room(
@@ -887,6 +961,50 @@ fn stop_list(names: &[String]) -> String {
 /// A query string under construction: empty, or `?k=v&k=v`.
 #[derive(Default)]
 struct Query(String);
+
+/// Options of `POST /v1/services`.
+#[derive(Debug, Clone, Default)]
+pub struct InstallParams {
+    /// Install only (`start=false`) when false.
+    pub start: bool,
+    /// Services to stop first to make room (the household confirmed).
+    pub stop: Vec<String>,
+    /// Operator only: install without a trusted signature (local development).
+    pub allow_unsigned: bool,
+    /// The registry reference the package came from.
+    pub source: Option<String>,
+}
+
+impl InstallParams {
+    fn query(&self, dry_run: bool) -> Query {
+        let mut query = Query::default();
+        if dry_run {
+            query.push("dry_run", "true");
+        } else if !self.start {
+            query.push("start", "false");
+        }
+        if !self.stop.is_empty() && !dry_run {
+            query.0.push(if query.0.is_empty() { '?' } else { '&' });
+            query.0.push_str(&format!("stop={}", stop_list(&self.stop)));
+        }
+        if self.allow_unsigned {
+            query.push("allow_unsigned", "true");
+        }
+        if let Some(source) = &self.source {
+            query.push("source", source);
+        }
+        query
+    }
+}
+
+/// Options of `POST /v1/services/{name}/update`.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateParams {
+    pub allow_unsigned: bool,
+    /// Seconds the new release has to prove itself; the agent's default when `None`.
+    pub window_s: Option<u64>,
+    pub source: Option<String>,
+}
 
 impl Query {
     fn push(&mut self, key: &str, value: &str) {

@@ -6,7 +6,7 @@ pub mod exec_frames;
 pub mod registry;
 pub mod types;
 
-pub use client::{Client, ClientError, Options};
+pub use client::{Client, ClientError, InstallParams, Options, UpdateParams};
 pub use types::*;
 
 /// Where the agent keeps its state, and its socket, unless told otherwise.

@@ -8,18 +8,25 @@
 //! roots. Anonymous bearer tokens (`WWW-Authenticate: Bearer realm=…`) are fetched as
 //! registries ask.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{ACCEPT, AUTHORIZATION, HOST, RANGE, WWW_AUTHENTICATE};
+use http_body_util::{BodyExt, Full};
+use hyper::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of the layer holding a package's signatures (`{"digest", "annotations"}`).
+pub const SIGNATURE_MEDIA: &str = "application/vnd.shg.signature.v1+json";
+/// The largest signature document accepted.
+const MAX_SIGNATURES: usize = 64 << 10;
 /// The largest manifest or index accepted.
 const MAX_MANIFEST: usize = 4 << 20;
 
@@ -154,6 +161,18 @@ impl Conn {
         target: &str,
         headers: &[(&str, String)],
     ) -> Result<Answer, RegistryError> {
+        self.request_once(hyper::Method::GET, target, headers, Bytes::new())
+            .await
+    }
+
+    /// One request with `body` on `target` (an absolute `http(s)://` URL or a path).
+    async fn request_once(
+        &self,
+        method: hyper::Method,
+        target: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Answer, RegistryError> {
         let (authority, path, https) = match target.split_once("://") {
             Some((scheme, rest)) => {
                 let (authority, path) = rest
@@ -175,12 +194,16 @@ impl Conn {
         let tcp = tokio::net::TcpStream::connect(&addr)
             .await
             .map_err(|e| self.fail(format!("cannot connect to {addr}: {e}")))?;
-        let mut request = Request::get(path.as_str()).header(HOST, authority.as_str());
+        let verb = method.to_string();
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path.as_str())
+            .header(HOST, authority.as_str());
         for (name, value) in headers {
             request = request.header(*name, value.as_str());
         }
         let request = request
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| self.fail(e.to_string()))?;
         let response = if https {
             let host = authority
@@ -200,7 +223,7 @@ impl Conn {
         } else {
             send(TokioIo::new(tcp), request).await
         }
-        .map_err(|e| self.fail(format!("GET {path}: {e}")))?;
+        .map_err(|e| self.fail(format!("{verb} {path}: {e}")))?;
         let (parts, body) = response.into_parts();
         Ok(Answer {
             status: parts.status,
@@ -211,6 +234,18 @@ impl Conn {
 
     /// GET with the registry's token (fetched once on a 401) and redirects followed.
     async fn get(&mut self, path: &str, extra: &[(&str, String)]) -> Result<Answer, RegistryError> {
+        self.request(hyper::Method::GET, path, extra, Bytes::new())
+            .await
+    }
+
+    /// A request with the registry's token (fetched once on a 401) and redirects followed.
+    async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: &str,
+        extra: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Answer, RegistryError> {
         let mut target = path.to_string();
         for _ in 0..5 {
             let mut headers: Vec<(&str, String)> = extra.to_vec();
@@ -218,7 +253,9 @@ impl Conn {
             if let (Some(token), true) = (&self.token, same_host) {
                 headers.push((AUTHORIZATION.as_str(), format!("Bearer {token}")));
             }
-            let answer = self.get_once(&target, &headers).await?;
+            let answer = self
+                .request_once(method.clone(), &target, &headers, body.clone())
+                .await?;
             if answer.status == StatusCode::UNAUTHORIZED && self.token.is_none() {
                 let challenge = answer
                     .headers
@@ -229,10 +266,10 @@ impl Conn {
                 self.token = Some(self.fetch_token(&challenge).await?);
                 continue;
             }
-            if answer.status.is_redirection() {
+            if answer.status.is_redirection() && method == hyper::Method::GET {
                 target = answer
                     .headers
-                    .get(hyper::header::LOCATION)
+                    .get(LOCATION)
                     .and_then(|v| v.to_str().ok())
                     .ok_or_else(|| self.fail("a redirect without a location"))?
                     .to_string();
@@ -281,7 +318,7 @@ impl Conn {
 
 async fn send<I>(
     io: I,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -327,14 +364,9 @@ struct Blob {
     size: u64,
 }
 
-/// Pulls `reference` into `out` (an OCI layout tar), keeping blobs in `cache`; `progress` is
-/// told how many blob bytes are there. Returns the manifest's digest.
-pub async fn pull(
-    reference: &Reference,
-    cache: &Path,
-    out: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<String, RegistryError> {
+/// A connection to the registry of `reference`: plain HTTP on loopback, else HTTPS with the
+/// system's roots.
+fn connect(reference: &Reference) -> Result<Conn, RegistryError> {
     let tls = if reference.is_loopback() {
         None
     } else {
@@ -353,21 +385,26 @@ pub async fn pull(
             .with_no_client_auth();
         Some(std::sync::Arc::new(config))
     };
-    let mut conn = Conn {
+    Ok(Conn {
         reference: reference.clone(),
         tls,
         token: None,
-    };
+    })
+}
+
+/// The image manifest `reference` names (an index resolved to its linux/amd64 entry), and
+/// its digest; a reference by digest must match it.
+async fn resolve(conn: &mut Conn, reference: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
     let repo = reference.repository.clone();
     let accept = format!("{MEDIA_MANIFEST}, {MEDIA_INDEX}");
     let (mut manifest, mut digest) =
-        fetch_manifest(&mut conn, &repo, &reference.reference, &accept).await?;
+        fetch_manifest(conn, &repo, &reference.reference, &accept).await?;
     if reference.reference.starts_with("sha256:") && digest != reference.reference {
         return Err(conn.fail(format!(
             "the registry sent a manifest whose digest is {digest}"
         )));
     }
-    let mut json: serde_json::Value =
+    let json: serde_json::Value =
         serde_json::from_slice(&manifest).map_err(|e| conn.fail(format!("manifest: {e}")))?;
     if json.get("mediaType").and_then(|m| m.as_str()) == Some(MEDIA_INDEX) {
         // An index: the linux/amd64 entry, or the only one.
@@ -382,14 +419,28 @@ pub async fn pull(
             })
             .ok_or_else(|| conn.fail("the index lists no linux/amd64 image"))?;
         let wanted = pick["digest"].as_str().unwrap_or_default().to_string();
-        let (m, d) = fetch_manifest(&mut conn, &repo, &wanted, MEDIA_MANIFEST).await?;
+        let (m, d) = fetch_manifest(conn, &repo, &wanted, MEDIA_MANIFEST).await?;
         if d != wanted {
             return Err(conn.fail(format!("manifest {wanted} arrived as {d}")));
         }
         (manifest, digest) = (m, d);
-        json =
-            serde_json::from_slice(&manifest).map_err(|e| conn.fail(format!("manifest: {e}")))?;
     }
+    Ok((manifest, digest))
+}
+
+/// Pulls `reference` into `out` (an OCI layout tar), keeping blobs in `cache`; `progress` is
+/// told how many blob bytes are there. Returns the manifest's digest.
+pub async fn pull(
+    reference: &Reference,
+    cache: &Path,
+    out: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<String, RegistryError> {
+    let mut conn = connect(reference)?;
+    let repo = reference.repository.clone();
+    let (manifest, digest) = resolve(&mut conn, reference).await?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&manifest).map_err(|e| conn.fail(format!("manifest: {e}")))?;
     let mut blobs = Vec::new();
     for d in std::iter::once(&json["config"]).chain(json["layers"].as_array().into_iter().flatten())
     {
@@ -439,7 +490,8 @@ pub async fn pull(
         done += blob.size;
         progress(Progress { done, total });
     }
-    write_layout(out, &manifest, &digest, &blobs, &dir)?;
+    let annotations = fetch_signatures(&mut conn, &repo, &digest).await?;
+    write_layout(out, &manifest, &digest, &annotations, &blobs, &dir)?;
     Ok(digest)
 }
 
@@ -563,6 +615,174 @@ async fn fetch_blob(
     std::fs::rename(&partial, &done_path).map_err(io_err(&done_path))
 }
 
+/// The tag under which a package's signatures are stored beside it in its repository
+/// (`sha256-HEX.shgsig`; registries without the referrers API can hold it).
+pub fn signature_tag(digest: &str) -> String {
+    format!("{}.shgsig", digest.replacen(':', "-", 1))
+}
+
+/// The signature annotations stored for `digest` in `repo` (none when there are none). They
+/// are not trusted here: the gateway verifies them against its trust policy.
+async fn fetch_signatures(
+    conn: &mut Conn,
+    repo: &str,
+    digest: &str,
+) -> Result<BTreeMap<String, String>, RegistryError> {
+    let path = format!("/v2/{repo}/manifests/{}", signature_tag(digest));
+    let answer = conn
+        .get(&path, &[(ACCEPT.as_str(), MEDIA_MANIFEST.to_string())])
+        .await?;
+    match answer.status {
+        StatusCode::OK => {}
+        StatusCode::NOT_FOUND => return Ok(BTreeMap::new()),
+        s => return Err(conn.fail(format!("the registry answered {s} for the signatures"))),
+    }
+    let body = collect(answer.body, MAX_MANIFEST)
+        .await
+        .map_err(|e| conn.fail(format!("signatures: {e}")))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| conn.fail(format!("signatures: {e}")))?;
+    let mut annotations = BTreeMap::new();
+    for layer in json["layers"].as_array().into_iter().flatten() {
+        if layer["mediaType"] != SIGNATURE_MEDIA {
+            continue;
+        }
+        let blob = layer["digest"].as_str().unwrap_or_default();
+        let answer = conn.get(&format!("/v2/{repo}/blobs/{blob}"), &[]).await?;
+        if answer.status != StatusCode::OK {
+            return Err(conn.fail(format!(
+                "the registry answered {} for signature blob {blob}",
+                answer.status
+            )));
+        }
+        let bytes = collect(answer.body, MAX_SIGNATURES)
+            .await
+            .map_err(|e| conn.fail(format!("signature blob {blob}: {e}")))?;
+        if format!("sha256:{}", sha256_hex(&bytes)) != blob {
+            return Err(conn.fail(format!("signature blob {blob} does not match its digest")));
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| conn.fail(format!("signature blob {blob}: {e}")))?;
+        // Signatures of another image under this tag are not this package's.
+        if doc["digest"] != digest {
+            continue;
+        }
+        for (k, v) in doc["annotations"].as_object().into_iter().flatten() {
+            if let Some(v) = v.as_str() {
+                annotations.insert(k.clone(), v.to_string());
+            }
+        }
+    }
+    Ok(annotations)
+}
+
+/// Stores `annotations` (signatures) for the image `reference` names, beside the ones stored
+/// already, as the artifact [`signature_tag`] in its repository. Returns the image's digest.
+pub async fn push_signatures(
+    reference: &Reference,
+    annotations: impl Fn(&str) -> BTreeMap<String, String>,
+) -> Result<String, RegistryError> {
+    let mut conn = connect(reference)?;
+    let repo = reference.repository.clone();
+    let (_, digest) = resolve(&mut conn, reference).await?;
+    let mut all = fetch_signatures(&mut conn, &repo, &digest).await?;
+    all.extend(annotations(&digest));
+    let doc = serde_json::to_vec(&serde_json::json!({ "digest": digest, "annotations": all }))
+        .expect("JSON serializes");
+    let config = b"{}".to_vec();
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let doc_digest = format!("sha256:{}", sha256_hex(&doc));
+    push_blob(&mut conn, &repo, &config_digest, config.clone()).await?;
+    push_blob(&mut conn, &repo, &doc_digest, doc.clone()).await?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": config.len(),
+        },
+        "layers": [{ "mediaType": SIGNATURE_MEDIA, "digest": doc_digest, "size": doc.len() }],
+    }))
+    .expect("JSON serializes");
+    let path = format!("/v2/{repo}/manifests/{}", signature_tag(&digest));
+    let len = manifest.len().to_string();
+    let answer = conn
+        .request(
+            hyper::Method::PUT,
+            &path,
+            &[
+                (CONTENT_TYPE.as_str(), MEDIA_MANIFEST.to_string()),
+                (CONTENT_LENGTH.as_str(), len),
+            ],
+            Bytes::from(manifest),
+        )
+        .await?;
+    if !answer.status.is_success() {
+        let body = collect(answer.body, 4096).await.unwrap_or_default();
+        return Err(conn.fail(format!(
+            "the registry refused the signatures ({}): {}",
+            answer.status,
+            String::from_utf8_lossy(&body)
+        )));
+    }
+    Ok(digest)
+}
+
+/// Uploads one blob (monolithic: POST for a session, then PUT with the bytes).
+async fn push_blob(
+    conn: &mut Conn,
+    repo: &str,
+    digest: &str,
+    bytes: Vec<u8>,
+) -> Result<(), RegistryError> {
+    let head = conn.get(&format!("/v2/{repo}/blobs/{digest}"), &[]).await?;
+    if head.status == StatusCode::OK {
+        return Ok(());
+    }
+    let answer = conn
+        .request(
+            hyper::Method::POST,
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[(CONTENT_LENGTH.as_str(), "0".into())],
+            Bytes::new(),
+        )
+        .await?;
+    if answer.status != StatusCode::ACCEPTED {
+        return Err(conn.fail(format!(
+            "the registry answered {} to an upload (pushing needs a registry that accepts anonymous pushes)",
+            answer.status
+        )));
+    }
+    let location = answer
+        .headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| conn.fail("an upload session without a location"))?
+        .to_string();
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let target = format!("{location}{sep}digest={digest}");
+    let len = bytes.len().to_string();
+    let answer = conn
+        .request(
+            hyper::Method::PUT,
+            &target,
+            &[
+                (CONTENT_TYPE.as_str(), "application/octet-stream".into()),
+                (CONTENT_LENGTH.as_str(), len),
+            ],
+            Bytes::from(bytes),
+        )
+        .await?;
+    if answer.status != StatusCode::CREATED {
+        return Err(conn.fail(format!(
+            "the registry answered {} to blob {digest}",
+            answer.status
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
 fn free_space(dir: &Path) -> std::io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -582,15 +802,18 @@ fn write_layout(
     out: &Path,
     manifest: &[u8],
     digest: &str,
+    annotations: &BTreeMap<String, String>,
     blobs: &[Blob],
     dir: &Path,
 ) -> Result<(), RegistryError> {
     let file = std::fs::File::create(out).map_err(io_err(out))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{ "mediaType": MEDIA_MANIFEST, "digest": digest, "size": manifest.len() }],
-    });
+    let mut entry =
+        serde_json::json!({ "mediaType": MEDIA_MANIFEST, "digest": digest, "size": manifest.len() });
+    if !annotations.is_empty() {
+        entry["annotations"] = serde_json::json!(annotations);
+    }
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [entry] });
     let mut add = |name: &str, data: &mut dyn Read, size: u64| {
         let mut header = tar::Header::new_ustar();
         header.set_size(size);

@@ -25,6 +25,13 @@ pub struct ServiceSummary {
     pub started_at_ms: Option<u64>,
     /// A sentence on why the service is in its state, when it is not simply running.
     pub reason: Option<String>,
+    /// Id of the trusted provider key whose signature admitted the package; `None` for a
+    /// package the operator installed unsigned (`--allow-unsigned`).
+    #[serde(default)]
+    pub signed_by: Option<String>,
+    /// True when the service runs a package no trusted key signed.
+    #[serde(default)]
+    pub unsigned: bool,
 }
 
 /// `GET /v1/services/{name}`: the summary plus what it was installed from.
@@ -41,6 +48,12 @@ pub struct ServiceDetail {
     /// Its IPv4 address on the gateway's service network (`None` when networking is off).
     #[serde(default)]
     pub address: Option<String>,
+    /// The version `shg rollback` would go back to, when an update kept one.
+    #[serde(default)]
+    pub previous_version: Option<String>,
+    /// The registry reference the running version was pulled from, if it came from one.
+    #[serde(default)]
+    pub source: Option<String>,
     /// Host paths, for operators.
     pub paths: ServicePaths,
     /// The most recent events of this service, oldest first.
@@ -272,6 +285,30 @@ pub struct StorageUse {
     pub limit: u64,
     /// The service's log (two segments at most).
     pub logs: u64,
+}
+
+/// Body of `POST /v1/trust` (operator only): trust a provider's key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustRequest {
+    /// The provider the key publishes for; it must be the name in the `.pub` file.
+    pub provider: String,
+    /// The text of the provider's `.pub` file (`shg-ed25519 PROVIDER BASE64`).
+    pub public_key: String,
+    /// Patterns of the service names the key may publish (`camera`, `cam-*`); empty: any.
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// One rule of the trust policy, as `GET /v1/trust` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustRule {
+    pub key_id: String,
+    pub provider: String,
+    /// Patterns of the service names the key may publish; empty: any.
+    pub services: Vec<String>,
+    pub public_key: String,
+    pub added_ms: u64,
 }
 
 /// Body of `POST /v1/tokens` (operator only).

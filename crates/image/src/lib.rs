@@ -17,11 +17,12 @@ mod open;
 mod pack;
 mod unpack;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use error::{EntryProblem, ImageError};
 pub use open::open;
-pub use pack::{pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use pack::{annotate, pack, MANIFEST_FILE, ROOTFS_DIR};
 pub use unpack::{unpack, unpack_layer};
 
 /// Config label that carries the text of `shg-service.toml`.
@@ -43,6 +44,9 @@ pub struct Package {
     pub layers: Vec<Layer>,
     /// The staging directory given to [`open`].
     pub dir: PathBuf,
+    /// The annotations on the manifest's entry in `index.json`, unverified: signatures travel
+    /// here (see the `trust` crate); nothing else in the package vouches for them.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// One verified layer blob of a [`Package`].

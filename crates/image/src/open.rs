@@ -232,6 +232,7 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
         config: config_value,
         layers,
         dir: staging.to_path_buf(),
+        annotations: manifest_desc.annotations.clone().unwrap_or_default(),
     })
 }
 

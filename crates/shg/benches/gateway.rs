@@ -61,6 +61,18 @@ fn main() {
 
     let busybox = samples::find_busybox().expect("busybox-static");
     let work = state.path().join("work");
+    let (_, public) = common::bench_key(&shg, &work);
+    rt.block_on(async {
+        let public_key = std::fs::read_to_string(&public).expect("the bench key");
+        client
+            .add_trust(&api::TrustRequest {
+                provider: "bench".into(),
+                public_key,
+                services: Vec::new(),
+            })
+            .await
+            .expect("trust the bench key");
+    });
     let true_pkg = package(
         &shg,
         &work,

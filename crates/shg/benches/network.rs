@@ -58,6 +58,7 @@ fn main() {
         );
         let resources = format!("bandwidth_up = {{ reserve = \"{reserve}\" }}");
         let pkg = package(&shg, &work, &busybox, name, &command, &resources);
+        agent.trust_bench_key(&shg, &work);
         agent.shg(&["install", pkg.to_str().unwrap()]);
     }
     let flood = spawn_in(LAN, &["python3", "-c", FLOOD, "203.0.113.2", "5003"]);
@@ -111,6 +112,7 @@ fn main() {
         "command = [\"/bin/sleep\", \"100000\"]",
         "bandwidth_up = { reserve = \"1Gbit\" }",
     );
+    agent.trust_bench_key(&shg, &work);
     agent.shg(&["install", pkg.to_str().unwrap()]);
     let pid = agent.pid_of("blaster");
     let server = spawn_in(WAN, &["iperf3", "-s", "-p", "5201"]);
@@ -354,6 +356,18 @@ impl Agent {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Trusts the `bench` provider's signing key (the packages are signed with it).
+    fn trust_bench_key(&self, shg: &Path, work: &Path) {
+        let (_, public) = common::bench_key(shg, work);
+        self.shg(&[
+            "trust",
+            "add",
+            "--provider",
+            "bench",
+            public.to_str().unwrap(),
+        ]);
     }
 
     fn pid_of(&self, name: &str) -> i32 {

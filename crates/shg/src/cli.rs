@@ -78,6 +78,25 @@ pub enum Command {
         /// Package file to write
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: PathBuf,
+        /// Sign the package with this provider key (from `shg key gen`)
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<PathBuf>,
+    },
+
+    /// Make and handle provider signing keys
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+
+    /// Sign a package file, or an image in an OCI registry (the signature is stored beside it)
+    Sign {
+        /// Package file, or registry reference (`registry.example:5000/acme/camera:1.2`)
+        #[arg(value_name = "FILE|REFERENCE")]
+        target: String,
+        /// The provider's secret key (from `shg key gen`)
+        #[arg(long, value_name = "KEY_FILE")]
+        key: PathBuf,
     },
 
     /// Run the gateway agent
@@ -135,6 +154,40 @@ pub enum RemoteCommand {
         dry_run: bool,
         #[command(flatten)]
         room: MakeRoom,
+        /// Operator only, for local development: install even though no trusted key signed
+        /// the package (`shg ps` flags it UNSIGNED)
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
+
+    /// Update a service to a new version, keeping the current one for a rollback
+    ///
+    /// The new version is prepared beside the running one, then switched in. If it stops or
+    /// fails its health check within the health window, the gateway rolls back by itself.
+    /// TARGET is a package file, a registry reference, or a version (a tag of the repository
+    /// the service was pulled from); without TARGET, the reference it was installed from is
+    /// pulled again.
+    Update {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// VERSION, package FILE or registry REFERENCE
+        #[arg(value_name = "TARGET")]
+        target: Option<String>,
+        /// How long the new version must stay up (and healthy) before the update is done,
+        /// e.g. `30s`, `2m`
+        #[arg(long, value_name = "DURATION")]
+        window: Option<String>,
+        /// Operator only, for local development: accept a package no trusted key signed
+        #[arg(long)]
+        allow_unsigned: bool,
+    },
+
+    /// Go back to the version the last update replaced
+    Rollback {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
     },
 
     /// List the installed services and their state
@@ -244,6 +297,50 @@ pub enum RemoteCommand {
 
     /// Show the audit log of every change made through the API (operator)
     Audit,
+
+    /// Manage which provider keys may publish which services (operator)
+    Trust {
+        #[command(subcommand)]
+        command: TrustCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a provider's public key (its `.pub` file) to publish its services
+    Add {
+        /// The provider the key belongs to
+        #[arg(long, value_name = "NAME")]
+        provider: String,
+        /// The provider's public key file (from `shg key gen`)
+        #[arg(value_name = "KEY.pub")]
+        key: PathBuf,
+        /// Only these service names, comma-separated; `*` matches any run of characters
+        /// (`camera,cam-*`). Default: any name
+        #[arg(long, value_name = "PATTERNS")]
+        services: Option<String>,
+    },
+    /// List the trusted keys
+    List,
+    /// Stop trusting a key (services it admitted keep running)
+    Remove {
+        /// The key's id, from `shg trust list`
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Make a provider's signing key: writes PROVIDER.key (secret) and PROVIDER.pub
+    Gen {
+        /// The provider's name
+        #[arg(value_name = "PROVIDER")]
+        provider: String,
+        /// Directory to write the two files in
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

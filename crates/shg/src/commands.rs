@@ -8,13 +8,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use api::{Client, ClientError, LogEntry};
 
-use crate::cli::{Cli, Command, GatewayCommand, RemoteCommand, TokenCommand};
+use crate::cli::{
+    Cli, Command, GatewayCommand, KeyCommand, RemoteCommand, TokenCommand, TrustCommand,
+};
 use crate::{daemon, output};
 
 /// Runs the parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Pack { dir, output } => pack(&dir, &output, cli.json),
+        Command::Pack { dir, output, sign } => pack(&dir, &output, sign.as_deref(), cli.json),
+        Command::Key {
+            command: KeyCommand::Gen { provider, dir },
+        } => key_gen(&provider, &dir, cli.json),
+        Command::Sign { target, key } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(sign(&target, &key, cli.json))
+        }
         Command::Gateway {
             command:
                 GatewayCommand::Run {
@@ -55,8 +67,116 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// `shg pack DIR -o FILE`: check the manifest, then build the package.
-fn pack(dir: &Path, out: &Path, json: bool) -> anyhow::Result<i32> {
+/// Reads a provider's secret key file.
+fn secret_key(path: &Path) -> anyhow::Result<trust::SecretKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the key {}", path.display()))?;
+    Ok(trust::SecretKey::parse(&text, &path.display().to_string())?)
+}
+
+/// `shg key gen PROVIDER`: writes `PROVIDER.key` (0600, never overwritten) and `PROVIDER.pub`.
+fn key_gen(provider: &str, dir: &Path, json: bool) -> anyhow::Result<i32> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = trust::SecretKey::generate(provider)?;
+    let secret = dir.join(format!("{provider}.key"));
+    let public = dir.join(format!("{provider}.pub"));
+    for path in [&secret, &public] {
+        if path.exists() {
+            bail!(
+                "{} exists; a key is never overwritten (move it away first, or use --dir)",
+                path.display()
+            );
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&secret)
+        .with_context(|| format!("cannot create {}", secret.display()))?;
+    file.write_all(key.to_text().as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", secret.display()))?;
+    std::fs::write(&public, key.public().to_text())
+        .with_context(|| format!("cannot write {}", public.display()))?;
+    let id = key.public().id();
+    let made = serde_json::json!({
+        "provider": provider,
+        "key_id": id,
+        "secret_key": secret.display().to_string(),
+        "public_key": public.display().to_string(),
+    });
+    show(&mut io::stdout().lock(), json, &made, |out| {
+        writeln!(
+            out,
+            "key {id} of provider {provider}:\n  {}  secret: sign with it, keep it to yourself\n  {}  public: the gateway operator trusts it with `shg trust add --provider {provider} {}`",
+            secret.display(),
+            public.display(),
+            public.display()
+        )
+    })?;
+    Ok(0)
+}
+
+/// Signs a package file in place (its `index.json` gains the signature; the digest stays),
+/// after checking the package and that the key is its provider's.
+fn sign_file(file: &Path, key: &trust::SecretKey) -> anyhow::Result<(String, String)> {
+    let staging = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let package = image::open(file, &staging.path().join("p"))
+        .with_context(|| format!("cannot sign {}", file.display()))?;
+    let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
+        .with_context(|| format!("cannot sign {}", file.display()))?;
+    if manifest.provider != key.provider() {
+        bail!(
+            "{} is provider `{}`'s package; the key is provider `{}`'s, and the gateway would refuse the signature",
+            file.display(),
+            manifest.provider,
+            key.provider()
+        );
+    }
+    let digest = image::annotate(file, |digest| {
+        let (k, v) = key.sign(digest).annotation();
+        [(k, v)].into_iter().collect()
+    })?;
+    Ok((manifest.name, digest))
+}
+
+/// `shg sign FILE|REFERENCE --key KEY`.
+async fn sign(target: &str, key_path: &Path, json: bool) -> anyhow::Result<i32> {
+    let key = secret_key(key_path)?;
+    let path = Path::new(target);
+    let (what, digest) = match api::registry::Reference::parse(target) {
+        Some(reference) if !path.exists() => {
+            let digest = api::registry::push_signatures(&reference, |digest| {
+                let (k, v) = key.sign(digest).annotation();
+                [(k, v)].into_iter().collect()
+            })
+            .await?;
+            (reference.to_string(), digest)
+        }
+        _ => {
+            let (name, digest) = sign_file(path, &key)?;
+            (format!("{} ({name})", path.display()), digest)
+        }
+    };
+    let signed = serde_json::json!({
+        "signed": what,
+        "digest": digest,
+        "key_id": key.public().id(),
+    });
+    show(&mut io::stdout().lock(), json, &signed, |out| {
+        writeln!(
+            out,
+            "signed {what} ({digest}) with key {} of {}",
+            key.public().id(),
+            key.provider()
+        )
+    })?;
+    Ok(0)
+}
+
+/// `shg pack DIR -o FILE [--sign KEY]`: check the manifest, then build the package.
+fn pack(dir: &Path, out: &Path, sign: Option<&Path>, json: bool) -> anyhow::Result<i32> {
     let manifest_path = dir.join(manifest::FILE_NAME);
     if !manifest_path.is_file() {
         bail!(
@@ -68,33 +188,62 @@ fn pack(dir: &Path, out: &Path, json: bool) -> anyhow::Result<i32> {
     }
     let context = || format!("cannot pack {}", dir.display());
     let manifest = manifest::load(&manifest_path).with_context(context)?;
+    // The key is read (and matched to the provider) before anything is written.
+    let key = sign.map(secret_key).transpose()?;
+    if let Some(key) = &key {
+        if key.provider() != manifest.provider {
+            bail!(
+                "cannot sign {}: it is provider `{}`'s package and {} is provider `{}`'s key",
+                dir.display(),
+                manifest.provider,
+                sign.unwrap_or(Path::new("")).display(),
+                key.provider()
+            );
+        }
+    }
     let digest = image::pack(dir, out).with_context(context)?;
+    if let Some(key) = &key {
+        image::annotate(out, |d| {
+            let (k, v) = key.sign(d).annotation();
+            [(k, v)].into_iter().collect()
+        })
+        .with_context(context)?;
+    }
     let packed = serde_json::json!({
         "name": manifest.name,
         "version": manifest.version,
         "file": out.display().to_string(),
         "digest": digest.to_string(),
+        "signed_by": key.as_ref().map(|k| k.public().id()),
     });
     show(&mut io::stdout().lock(), json, &packed, |stdout| {
         writeln!(
             stdout,
-            "packed {} {} → {} ({digest})",
+            "packed {} {} → {} ({digest}){}",
             manifest.name,
             manifest.version,
-            out.display()
+            out.display(),
+            key.as_ref()
+                .map(|k| format!(", signed with key {}", k.public().id()))
+                .unwrap_or_default()
         )
     })?;
     Ok(0)
 }
 
 /// The package file `install` sends: `arg` itself, or, when no such file exists and `arg` is
-/// an image reference, the image pulled from its registry into the user's cache.
-async fn package_file(arg: &Path) -> anyhow::Result<PathBuf> {
+/// an image reference, the image pulled from its registry into the user's cache (then the
+/// reference comes back too).
+async fn package_file(arg: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
     let text = arg.to_string_lossy();
-    let reference = match api::registry::Reference::parse(&text) {
-        Some(r) if !arg.exists() => r,
-        _ => return Ok(arg.to_path_buf()),
-    };
+    match api::registry::Reference::parse(&text) {
+        Some(r) if !arg.exists() => Ok((pull(&r).await?, Some(r.to_string()))),
+        _ => Ok((arg.to_path_buf(), None)),
+    }
+}
+
+/// Pulls `reference` into the user's cache; returns the package file.
+async fn pull(reference: &api::registry::Reference) -> anyhow::Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -126,7 +275,7 @@ async fn package_file(arg: &Path) -> anyhow::Result<PathBuf> {
             }
         }
     };
-    let digest = api::registry::pull(&reference, &cache, &out, &mut show).await?;
+    let digest = api::registry::pull(reference, &cache, &out, &mut show).await?;
     if !terminal {
         eprintln!("pulled {reference} ({digest})");
     }
@@ -143,17 +292,68 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
             no_start,
             dry_run,
             room,
+            allow_unsigned,
         } => {
-            let package = package_file(&file).await?;
+            let (package, source) = package_file(&file).await?;
             if package != file {
                 pulled = Some(package.clone());
             }
-            RemoteCommand::Install {
-                file: package,
-                no_start,
-                dry_run,
-                room,
+            let params = api::InstallParams {
+                start: !no_start,
+                stop: Vec::new(),
+                allow_unsigned,
+                source,
+            };
+            let result = install(client, &package, &params, dry_run, room, json).await;
+            if let Some(package) = pulled {
+                let _ = std::fs::remove_file(package);
             }
+            return result;
+        }
+        RemoteCommand::Update {
+            name,
+            target,
+            window,
+            allow_unsigned,
+        } => {
+            let window_s = window.as_deref().map(parse_window).transpose()?;
+            let (package, source) = update_package(client, &name, target.as_deref()).await?;
+            if source.is_some() {
+                pulled = Some(package.clone());
+            }
+            let params = api::UpdateParams {
+                allow_unsigned,
+                window_s,
+                source,
+            };
+            let result = client.update(&name, &package, &params).await;
+            if let Some(package) = pulled {
+                let _ = std::fs::remove_file(package);
+            }
+            let d = result?;
+            let s = &d.summary;
+            show(&mut io::stdout().lock(), json, &d, |out| {
+                writeln!(
+                    out,
+                    "updated {} to {}{}: {}",
+                    s.name,
+                    s.version,
+                    d.previous_version
+                        .as_ref()
+                        .map(|p| format!(" (from {p})"))
+                        .unwrap_or_default(),
+                    output::status(s)
+                )?;
+                if s.desired == "running" {
+                    writeln!(
+                        out,
+                        "the gateway rolls it back by itself if it fails within its health window; `shg events --service {}` tells",
+                        s.name
+                    )?;
+                }
+                Ok(())
+            })?;
+            return Ok(0);
         }
         other => other,
     };
@@ -164,46 +364,134 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
     result
 }
 
+/// `shg update NAME [TARGET]`: the package to send and the reference it was pulled from.
+async fn update_package(
+    client: &Client,
+    name: &str,
+    target: Option<&str>,
+) -> anyhow::Result<(PathBuf, Option<String>)> {
+    if let Some(t) = target {
+        if Path::new(t).exists() || api::registry::Reference::parse(t).is_some() {
+            return package_file(Path::new(t)).await;
+        }
+    }
+    let detail = client.get(name).await?;
+    let Some(source) = detail
+        .source
+        .as_deref()
+        .and_then(api::registry::Reference::parse)
+    else {
+        bail!(
+            "`{name}` was installed from a file, so there is no repository to find {} in; give the new package: `shg update {name} FILE|REFERENCE`",
+            target.map_or("a newer version".to_string(), |v| format!("version {v}"))
+        );
+    };
+    let reference = match target {
+        None => source,
+        Some(version) if valid_tag(version) => api::registry::Reference {
+            reference: version.to_string(),
+            ..source
+        },
+        Some(other) => bail!(
+            "`{other}` is neither a package file, a registry reference, nor a version (a tag: letters, digits, '.', '_', '-')"
+        ),
+    };
+    Ok((pull(&reference).await?, Some(reference.to_string())))
+}
+
+/// An OCI tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    let mut bytes = tag.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphanumeric() || b == b'_')
+        && tag.len() <= 128
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `--window 30s`: seconds, minutes (`2m`) or plain seconds.
+fn parse_window(text: &str) -> anyhow::Result<u64> {
+    let (number, scale) = match text.strip_suffix('m') {
+        Some(n) => (n, 60),
+        None => (text.strip_suffix('s').unwrap_or(text), 1),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .with_context(|| format!("`{text}` is not a health window; write e.g. `30s` or `2m`"))
+}
+
+/// `shg install`: dry run, or install (making room when asked).
+async fn install(
+    client: &Client,
+    file: &Path,
+    params: &api::InstallParams,
+    dry_run: bool,
+    room: crate::cli::MakeRoom,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let mut out = io::stdout().lock();
+    if dry_run {
+        let v = client.check_install_with(file, params).await?;
+        show(&mut out, json, &v, |out| writeln!(out, "{}", v.message))?;
+        return Ok(0);
+    }
+    let no_start = !params.start;
+    let d = match client.install_with(file, params).await {
+        Err(e) if room.make_room => {
+            let stop = confirm_room(e, room.yes, &file.display().to_string())?;
+            let params = api::InstallParams {
+                stop,
+                ..params.clone()
+            };
+            client.install_with(file, &params).await?
+        }
+        result => result?,
+    };
+    let s = &d.summary;
+    show(&mut out, json, &d, |out| {
+        writeln!(
+            out,
+            "installed {} {} from {}: {}",
+            s.name,
+            s.version,
+            s.provider,
+            output::status(s)
+        )?;
+        if s.unsigned {
+            writeln!(
+                out,
+                "WARNING: {} is UNSIGNED: no trusted key vouches for it (--allow-unsigned)",
+                s.name
+            )?;
+        }
+        if no_start {
+            writeln!(out, "start it with `shg start {}`", s.name)?;
+        }
+        Ok(())
+    })?;
+    Ok(0)
+}
+
 async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::Result<i32> {
     let mut out = io::stdout().lock();
     match command {
-        RemoteCommand::Install {
-            file,
-            dry_run: true,
-            ..
-        } => {
-            let v = client.check_install(&file).await?;
-            show(&mut out, json, &v, |out| writeln!(out, "{}", v.message))?;
+        RemoteCommand::Install { .. } | RemoteCommand::Update { .. } => {
+            unreachable!("handled by `remote`")
         }
-        RemoteCommand::Install {
-            file,
-            no_start,
-            dry_run: false,
-            room,
-        } => {
-            let d = match client.install(&file, !no_start).await {
-                Err(e) if room.make_room => {
-                    let stop = confirm_room(e, room.yes, &file.display().to_string())?;
-                    client.install_making_room(&file, &stop).await?
-                }
-                result => result?,
-            };
+        RemoteCommand::Rollback { name } => {
+            let d = client.rollback(&name).await?;
             let s = &d.summary;
             show(&mut out, json, &d, |out| {
                 writeln!(
                     out,
-                    "installed {} {} from {}: {}",
+                    "rolled {} back to {}: {}",
                     s.name,
                     s.version,
-                    s.provider,
                     output::status(s)
-                )?;
-                if no_start {
-                    writeln!(out, "start it with `shg start {}`", s.name)?;
-                }
-                Ok(())
+                )
             })?;
         }
+        RemoteCommand::Trust { command } => trust(client, command, json, &mut out).await?,
         RemoteCommand::Ps => {
             let services = client.list().await?;
             show(&mut out, json, &services, |out| {
@@ -409,6 +697,63 @@ fn confirm_room(refusal: ClientError, yes: bool, what: &str) -> anyhow::Result<V
 }
 
 /// `shg token create | list | revoke`.
+async fn trust(
+    client: &Client,
+    command: TrustCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        TrustCommand::Add {
+            provider,
+            key,
+            services,
+        } => {
+            let public_key = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read the public key {}", key.display()))?;
+            let services = services
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            let rule = client
+                .add_trust(&api::TrustRequest {
+                    provider,
+                    public_key,
+                    services,
+                })
+                .await?;
+            show(out, json, &rule, |out| {
+                writeln!(
+                    out,
+                    "trusting key {} of provider {} for {}",
+                    rule.key_id,
+                    rule.provider,
+                    if rule.services.is_empty() {
+                        "any service".to_string()
+                    } else {
+                        rule.services.join(", ")
+                    }
+                )
+            })?;
+        }
+        TrustCommand::List => {
+            let rules = client.trust_rules().await?;
+            show(out, json, &rules, |out| output::trust_rules(out, &rules))?;
+        }
+        TrustCommand::Remove { key_id } => {
+            client.remove_trust(&key_id).await?;
+            let done = serde_json::json!({ "removed": key_id });
+            show(out, json, &done, |out| {
+                writeln!(out, "key {key_id} is no longer trusted")
+            })?;
+        }
+    }
+    Ok(())
+}
+
 async fn token(
     client: &Client,
     command: TokenCommand,

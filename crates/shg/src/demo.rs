@@ -19,6 +19,7 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     std::fs::create_dir_all(&packages_dir)
         .with_context(|| format!("cannot create {}", packages_dir.display()))?;
     let packages = samples::build_all(&packages_dir)?;
+    let keys = sign_samples(&state_dir, &packages)?;
 
     let mut agent_cfg = agent::Config::new(state_dir.clone())?;
     // A port taken by something else should not cost the user the whole demo.
@@ -59,6 +60,17 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // The demo plays the operator trusting each sample provider's key.
+        for key in &keys {
+            client
+                .add_trust(&api::TrustRequest {
+                    provider: key.provider.clone(),
+                    public_key: key.to_text(),
+                    services: Vec::new(),
+                })
+                .await
+                .with_context(|| format!("trusting the demo key of `{}`", key.provider))?;
+        }
         let installed: Vec<String> = client.list().await?.into_iter().map(|s| s.name).collect();
         for (sample, package) in samples::SAMPLES.iter().zip(&packages) {
             if installed.iter().any(|n| n == sample.name) {
@@ -89,6 +101,50 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
         .join()
         .map_err(|_| anyhow::anyhow!("the gateway agent panicked"))??;
     Ok(())
+}
+
+/// Signs each sample package with its provider's demo key (made once in `STATE/demo-keys`,
+/// root only); returns the public keys.
+fn sign_samples(
+    state_dir: &std::path::Path,
+    packages: &[PathBuf],
+) -> anyhow::Result<Vec<trust::PublicKey>> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::io::Write;
+    let dir = state_dir.join("demo-keys");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut publics: Vec<trust::PublicKey> = Vec::new();
+    for (sample, package) in samples::SAMPLES.iter().zip(packages) {
+        let provider = manifest::parse(sample.manifest, sample.name)?.provider;
+        let path = dir.join(format!("{provider}.key"));
+        let key = match std::fs::read_to_string(&path) {
+            Ok(text) => trust::SecretKey::parse(&text, &path.display().to_string())?,
+            Err(_) => {
+                let key = trust::SecretKey::generate(&provider)?;
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                file.write_all(key.to_text().as_bytes())?;
+                key
+            }
+        };
+        image::annotate(package, |digest| {
+            let (k, v) = key.sign(digest).annotation();
+            [(k, v)].into_iter().collect()
+        })
+        .with_context(|| format!("signing {}", package.display()))?;
+        if !publics.contains(&key.public()) {
+            publics.push(key.public());
+        }
+    }
+    Ok(publics)
 }
 
 /// The demo's tokens, `(whose, token)`: made once and kept in `STATE/demo-tokens.json`.

@@ -30,7 +30,11 @@ pub fn services(out: &mut impl Write, services: &[ServiceSummary]) -> io::Result
             let mut row = vec![
                 s.name.clone(),
                 s.provider.clone(),
-                s.version.clone(),
+                if s.unsigned {
+                    format!("{} UNSIGNED", s.version)
+                } else {
+                    s.version.clone()
+                },
                 s.state.clone(),
                 s.health.clone(),
                 s.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
@@ -43,7 +47,47 @@ pub fn services(out: &mut impl Write, services: &[ServiceSummary]) -> io::Result
             row
         })
         .collect::<Vec<_>>();
-    table(out, "", &header, &rows)
+    table(out, "", &header, &rows)?;
+    let unsigned: Vec<&str> = services
+        .iter()
+        .filter(|s| s.unsigned)
+        .map(|s| s.name.as_str())
+        .collect();
+    if !unsigned.is_empty() {
+        writeln!(
+            out,
+            "WARNING: {} run{} UNSIGNED code: no key the operator trusts vouches for it (installed with --allow-unsigned, for development only)",
+            unsigned.join(", "),
+            if unsigned.len() == 1 { "s" } else { "" }
+        )?;
+    }
+    Ok(())
+}
+
+/// `shg trust list`.
+pub fn trust_rules(out: &mut impl Write, rules: &[api::TrustRule]) -> io::Result<()> {
+    if rules.is_empty() {
+        return writeln!(
+            out,
+            "no trusted keys: every signed install is refused; add one with `shg trust add --provider NAME KEY.pub`"
+        );
+    }
+    let rows = rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.key_id.clone(),
+                r.provider.clone(),
+                if r.services.is_empty() {
+                    "*".into()
+                } else {
+                    r.services.join(",")
+                },
+                time(r.added_ms),
+            ]
+        })
+        .collect::<Vec<_>>();
+    table(out, "", &["KEY", "PROVIDER", "SERVICES", "ADDED"], &rows)
 }
 
 /// `shg events`: one row per event.
@@ -95,6 +139,16 @@ pub fn detail(out: &mut impl Write, d: &ServiceDetail, now_ms: u64) -> io::Resul
     fields.push(("restarts", s.restarts.to_string()));
     fields.push(("installed", time(d.installed_at_ms)));
     fields.push(("image", d.image_digest.clone()));
+    fields.push((
+        "signed by",
+        match &s.signed_by {
+            Some(key) => format!("key {key}"),
+            None => "nobody: UNSIGNED (installed with --allow-unsigned)".into(),
+        },
+    ));
+    if let Some(previous) = &d.previous_version {
+        fields.push(("previous", format!("{previous} (`shg rollback {}`)", s.name)));
+    }
     if let Some(address) = &d.address {
         fields.push(("address", address.clone()));
     }
@@ -533,7 +587,21 @@ mod tests {
             exit_code: None,
             started_at_ms: Some(0),
             reason: reason.map(Into::into),
+            signed_by: Some("0011223344556677".into()),
+            unsigned: false,
         }
+    }
+
+    #[test]
+    fn unsigned_services_are_flagged_in_the_row_and_below_the_table() {
+        let mut s = summary("dev", None);
+        s.signed_by = None;
+        s.unsigned = true;
+        let out = text(|o| services(o, &[summary("web", None), s]));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[2].contains("1.0.0 UNSIGNED"), "{out}");
+        assert!(!lines[1].contains("UNSIGNED"), "{out}");
+        assert!(lines[3].starts_with("WARNING: dev runs UNSIGNED code"), "{out}");
     }
 
     fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {
@@ -624,6 +692,8 @@ mod tests {
                               "cpu": {"reserve": 0.0, "limit": null}},
             }),
             address: Some("10.77.0.2".into()),
+            previous_version: None,
+            source: None,
             paths: api::ServicePaths {
                 rootfs: "/r".into(),
                 data: "/d".into(),

@@ -13,6 +13,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_ms INTEGER NOT NULL,
     revoked_ms INTEGER
 );
+CREATE TABLE IF NOT EXISTS trust (
+    key_id TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    services TEXT NOT NULL,
+    added_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time_ms INTEGER NOT NULL,
@@ -67,7 +74,83 @@ fn token_from_row(row: &Row) -> rusqlite::Result<TokenRecord> {
     })
 }
 
+/// One rule of the operator's trust policy: a provider's public key and the service names
+/// (patterns) it may publish; no patterns means any name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustRecord {
+    pub key_id: String,
+    pub provider: String,
+    /// The text of the `.pub` file.
+    pub public_key: String,
+    pub services: Vec<String>,
+    pub added_ms: u64,
+}
+
+fn trust_from_row(row: &Row) -> rusqlite::Result<TrustRecord> {
+    let services: String = row.get("services")?;
+    Ok(TrustRecord {
+        key_id: row.get("key_id")?,
+        provider: row.get("provider")?,
+        public_key: row.get("public_key")?,
+        services: services
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        added_ms: row.get::<_, i64>("added_ms")? as u64,
+    })
+}
+
 impl Store {
+    /// Adds a trust rule, or replaces the rule of the same key; true when it is new.
+    pub fn put_trust(&mut self, rule: &TrustRecord) -> Result<bool, StateError> {
+        let existed = self.trust_rule(&rule.key_id)?.is_some();
+        self.conn
+            .execute(
+                "REPLACE INTO trust (key_id, provider, public_key, services, added_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    rule.key_id,
+                    rule.provider,
+                    rule.public_key,
+                    rule.services.join(","),
+                    rule.added_ms as i64
+                ],
+            )
+            .map_err(self.db())?;
+        Ok(!existed)
+    }
+
+    pub fn trust_rule(&self, key_id: &str) -> Result<Option<TrustRecord>, StateError> {
+        self.conn
+            .query_row(
+                "SELECT * FROM trust WHERE key_id = ?1",
+                params![key_id],
+                trust_from_row,
+            )
+            .optional()
+            .map_err(self.db())
+    }
+
+    /// The trust policy, by provider then key.
+    pub fn trust_rules(&self) -> Result<Vec<TrustRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT * FROM trust ORDER BY provider, key_id")
+            .map_err(self.db())?;
+        let rows = stmt.query_map([], trust_from_row).map_err(self.db())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
+    }
+
+    /// Removes the rule of a key; false when there is none.
+    pub fn remove_trust(&mut self, key_id: &str) -> Result<bool, StateError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM trust WHERE key_id = ?1", params![key_id])
+            .map_err(self.db())?;
+        Ok(n == 1)
+    }
+
     /// Stores a new token by its hash; returns its id.
     pub fn add_token(
         &mut self,

@@ -7,7 +7,7 @@
 
 mod access;
 
-pub use access::{AuditRecord, TokenRecord, CERT_PREFIX};
+pub use access::{AuditRecord, TokenRecord, TrustRecord, CERT_PREFIX};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +40,10 @@ pub enum Phase {
     Installed,
     /// Being removed; finished if the agent dies now.
     Removing,
+    /// A new release ([`ServiceRecord::next`]) is being prepared beside the current one; if
+    /// the agent dies now, the next start finishes the switch when the new release is fully
+    /// in place and drops it otherwise.
+    Updating,
 }
 
 /// What should be true of the service's container.
@@ -126,9 +130,53 @@ pub struct ServiceRecord {
     /// Its place on the gateway's service network (address `.slot`), fixed from install to
     /// removal; given by [`Store::insert`].
     pub slot: Option<u8>,
+    /// Id of the trusted key whose signature admitted the package; `None` when the operator
+    /// installed it with `--allow-unsigned` (or an agent older than signatures did).
+    pub signer: Option<String>,
+    /// The registry reference the package was pulled from, when it came from one.
+    pub source: Option<String>,
+    /// The release this one replaced, kept for `shg rollback`.
+    pub previous: Option<Release>,
+    /// The release an update in progress ([`Phase::Updating`]) is switching to.
+    pub next: Option<Release>,
+    /// Until when (Unix ms) a freshly updated release must stay up and healthy; if it fails
+    /// before, the agent rolls back to [`ServiceRecord::previous`] by itself.
+    pub probation_until_ms: Option<u64>,
+}
+
+/// One version of a service's package, as an update switches between them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub version: String,
+    pub image_digest: String,
+    /// The manifest text as the package carried it.
+    pub manifest: String,
+    pub signer: Option<String>,
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 impl ServiceRecord {
+    /// The release the record runs now.
+    pub fn release(&self) -> Release {
+        Release {
+            version: self.version.clone(),
+            image_digest: self.image_digest.clone(),
+            manifest: self.manifest.clone(),
+            signer: self.signer.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// Makes `release` the current one (its fields only; the rest of the record stays).
+    pub fn set_release(&mut self, release: Release) {
+        self.version = release.version;
+        self.image_digest = release.image_digest;
+        self.manifest = release.manifest;
+        self.signer = release.signer;
+        self.source = release.source;
+    }
+
     /// A record for a service about to be installed.
     pub fn new(name: &str, provider: &str, version: &str, digest: &str, manifest: &str) -> Self {
         ServiceRecord {
@@ -151,6 +199,11 @@ impl ServiceRecord {
             started_at_ms: None,
             priority: DEFAULT_PRIORITY,
             slot: None,
+            signer: None,
+            source: None,
+            previous: None,
+            next: None,
+            probation_until_ms: None,
         }
     }
 }
@@ -211,7 +264,12 @@ CREATE TABLE IF NOT EXISTS services (
     installed_at_ms INTEGER NOT NULL,
     started_at_ms INTEGER,
     priority INTEGER NOT NULL DEFAULT 50,
-    slot INTEGER
+    slot INTEGER,
+    signer TEXT,
+    source TEXT,
+    previous TEXT,
+    next TEXT,
+    probation_until_ms INTEGER
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -486,6 +544,18 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !has_slot {
         conn.execute_batch("ALTER TABLE services ADD COLUMN slot INTEGER")?;
     }
+    let has_signer: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'signer'")?
+        .exists([])?;
+    if !has_signer {
+        conn.execute_batch(
+            "ALTER TABLE services ADD COLUMN signer TEXT;
+             ALTER TABLE services ADD COLUMN source TEXT;
+             ALTER TABLE services ADD COLUMN previous TEXT;
+             ALTER TABLE services ADD COLUMN next TEXT;
+             ALTER TABLE services ADD COLUMN probation_until_ms INTEGER;",
+        )?;
+    }
     Ok(())
 }
 
@@ -495,8 +565,8 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
         &format!(
             "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
              state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
-             started_at_ms, priority, slot)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)"
+             started_at_ms, priority, slot, signer, source, previous, next, probation_until_ms)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)"
         ),
         params![
             rec.name,
@@ -518,9 +588,28 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
             rec.started_at_ms.map(|v| v as i64),
             rec.priority,
             rec.slot,
+            rec.signer,
+            rec.source,
+            rec.previous.as_ref().map(release_json),
+            rec.next.as_ref().map(release_json),
+            rec.probation_until_ms.map(|v| v as i64),
         ],
     )?;
     Ok(())
+}
+
+fn release_json(release: &Release) -> String {
+    serde_json::to_string(release).expect("a release serializes")
+}
+
+fn release_from(r: &Row<'_>, column: &str) -> rusqlite::Result<Option<Release>> {
+    let text: Option<String> = r.get(column)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
+    })
+    .transpose()
 }
 
 /// The lowest network slot (2..=254) no service holds; `None` when all are taken.
@@ -583,6 +672,11 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         started_at_ms: r.get::<_, Option<i64>>("started_at_ms")?.map(|v| v as u64),
         priority: r.get("priority")?,
         slot: r.get("slot")?,
+        signer: r.get("signer")?,
+        source: r.get("source")?,
+        previous: release_from(r, "previous")?,
+        next: release_from(r, "next")?,
+        probation_until_ms: r.get::<_, Option<i64>>("probation_until_ms")?.map(|v| v as u64),
     })
 }
 

@@ -431,3 +431,32 @@ fn layouts_archived_with_plain_tar_open() {
     }
     open(&tar, &f.t.path().join("staging-plain")).unwrap();
 }
+
+#[test]
+fn annotations_are_added_without_changing_the_package() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = source(t.path());
+    let tar = t.path().join("p.tar");
+    let digest = pack(&dir, &tar).unwrap();
+    let before = entries(&tar);
+    let mut add = std::collections::BTreeMap::new();
+    add.insert("org.shg.signature.0011223344556677".to_string(), "c2ln".to_string());
+    let mut seen = None;
+    let signed = image::annotate(&tar, |d| {
+        seen = Some(d.to_string());
+        add.clone()
+    });
+    assert_eq!(signed.unwrap(), digest);
+    assert_eq!(seen.as_deref(), Some(digest.as_str()));
+    let after = entries(&tar);
+    // Every blob is byte for byte the same; only index.json gained the annotation.
+    for ((n1, b1), (n2, b2)) in before.iter().zip(&after) {
+        assert_eq!(n1, n2);
+        if n1 != "index.json" {
+            assert_eq!(b1, b2, "{n1} changed");
+        }
+    }
+    let package = open(&tar, &t.path().join("staging")).unwrap();
+    assert_eq!(package.digest, digest);
+    assert_eq!(package.annotations, add);
+}

@@ -140,6 +140,7 @@ fn an_install_cut_short_by_a_crash_is_rolled_back() {
         "{}",
         String::from_utf8_lossy(&packed.stderr)
     );
+    gw.sign(&tar, "e2e");
 
     let partial = gw.dir.join("tmp/bulky.partial");
     let mut install = gw.spawn_shg(

@@ -68,6 +68,8 @@ pub struct Gateway {
     /// A token per provider, made on first need: a provider reads its services' logs and
     /// runs commands in them; the operator (the socket without a token) may not.
     provider_tokens: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Providers whose test signing key this gateway trusts already.
+    trusted: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Where the agent serves HTTPS too, when started with [`Gateway::start_listening`].
     pub listen: Option<std::net::SocketAddr>,
     /// The named network namespace (`/run/netns/NAME`) the agent runs in, restarts included.
@@ -185,6 +187,19 @@ impl Drop for Background {
     }
 }
 
+/// The `provider = "..."` of a manifest's text, if it names a valid one.
+pub fn provider_of(manifest: &str) -> Option<String> {
+    manifest.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("provider")?.trim().strip_prefix('=')?;
+        let name = value.trim().strip_prefix('"')?.strip_suffix('"')?;
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        valid.then(|| name.to_string())
+    })
+}
+
 /// A TOML array of strings (JSON string syntax is valid TOML).
 pub fn toml_list(items: &[&str]) -> String {
     serde_json::to_string(items).expect("strings serialize")
@@ -238,6 +253,7 @@ impl Gateway {
             agent: None,
             cgroup_parents: Vec::new(),
             provider_tokens: Default::default(),
+            trusted: Default::default(),
             listen: None,
             netns: netns.map(String::from),
             _dir: dir_guard,
@@ -511,9 +527,46 @@ impl Gateway {
         })
     }
 
+    /// The test signing key of `provider` (made with `shg key gen` on first use), trusted on
+    /// this gateway for any of its services.
+    pub fn trusted_key(&self, provider: &str) -> PathBuf {
+        let keys = self.work.join("keys");
+        let key = keys.join(format!("{provider}.key"));
+        if !key.exists() {
+            fs::create_dir_all(&keys).unwrap();
+            let mut cmd = Command::new(SHG);
+            cmd.args(["key", "gen", provider, "--dir"]).arg(&keys);
+            let out = run_captured(cmd, &self.work, CLI_TIMEOUT);
+            assert!(out.ok(), "shg key gen {provider} failed:\n{out}");
+        }
+        if self.trusted.lock().unwrap().insert(provider.to_string()) {
+            let public = keys.join(format!("{provider}.pub"));
+            self.shg_ok(&["trust", "add", "--provider", provider, public.to_str().unwrap()]);
+        }
+        key
+    }
+
+    /// Signs a package file with the trusted test key of `provider`.
+    pub fn sign(&self, tar: &Path, provider: &str) {
+        let key = self.trusted_key(provider);
+        let mut cmd = Command::new(SHG);
+        cmd.arg("sign").arg(tar).arg("--key").arg(&key);
+        let out = run_captured(cmd, &self.work, CLI_TIMEOUT);
+        assert!(out.ok(), "shg sign {} failed:\n{out}", tar.display());
+    }
+
     /// Builds a package: `shg-service.toml` + a busybox rootfs with `extra` files, packed with
-    /// `shg pack`. Returns the package file.
+    /// `shg pack` and signed with the provider's trusted test key. Returns the package file.
     pub fn package(&self, dir_name: &str, manifest: &str, extra: &[Extra<'_>]) -> PathBuf {
+        let tar = self.package_unsigned(dir_name, manifest, extra);
+        if let Some(provider) = provider_of(manifest) {
+            self.sign(&tar, &provider);
+        }
+        tar
+    }
+
+    /// [`Gateway::package`] without a signature.
+    pub fn package_unsigned(&self, dir_name: &str, manifest: &str, extra: &[Extra<'_>]) -> PathBuf {
         let dir = self.package_dir(dir_name, manifest, extra);
         let tar = self.work.join(format!("{dir_name}.tar"));
         let mut cmd = Command::new(SHG);

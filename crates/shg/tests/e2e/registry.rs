@@ -59,6 +59,20 @@ impl Registry {
         assert!(out.ok(), "skopeo copy failed:\n{out}");
     }
 
+    /// [`Registry::push`], then `shg sign` the image there with the provider's trusted test
+    /// key (skopeo carries the image, not the signature in the package's index.json).
+    fn push_signed(&self, gw: &Gateway, package: &Path, repo: &str, tag: &str, provider: &str) {
+        self.push(package, repo, tag, &gw.work);
+        let key = gw.trusted_key(provider);
+        let mut cmd = Command::new(SHG);
+        cmd.arg("sign")
+            .arg(format!("{}/{repo}:{tag}", self.addr))
+            .arg("--key")
+            .arg(&key);
+        let out = run_captured(cmd, &gw.work, Duration::from_secs(60));
+        assert!(out.ok(), "shg sign failed:\n{out}");
+    }
+
     /// The registry's own copy of blob `hex` (its filesystem driver's layout).
     fn blob_file(&self, hex: &str) -> PathBuf {
         self.data
@@ -115,9 +129,18 @@ fn a_package_pushed_by_skopeo_installs_from_the_registry_by_reference() {
     let registry = Registry::start(&gw.work);
     let package = gw.package("hello", &manifest("hello", "1.0.0"), &[]);
     registry.push(&package, "acme/hello", "1.0", &gw.work);
+    let reference = format!("{}/acme/hello:1.0", registry.addr);
+
+    // skopeo carries the image but not the signature the package file held: unsigned.
+    let out = install(&gw, &["--dry-run", &reference]);
+    assert!(
+        !out.ok() && out.stderr.contains("is unsigned"),
+        "an unsigned image was accepted: {out}"
+    );
+    // `shg sign` stores the provider's signature beside the image; pulls bring it along.
+    registry.push_signed(&gw, &package, "acme/hello", "1.0", "acme");
 
     // By tag, then the same image by digest, which checks what the registry sends.
-    let reference = format!("{}/acme/hello:1.0", registry.addr);
     let out = install(&gw, &["--dry-run", &reference]);
     assert!(
         out.ok() && out.stdout.contains("would be admitted"),
@@ -167,7 +190,7 @@ fn blobs_are_verified_and_an_interrupted_download_resumes() {
         &manifest("big", "1.0.0"),
         &[("noise", &noise, 0o644)],
     );
-    registry.push(&package, "acme/big", "1.0", &gw.work);
+    registry.push_signed(&gw, &package, "acme/big", "1.0", "acme");
     let reference = format!("{}/acme/big:1.0", registry.addr);
     let hex = layer_of(&registry, "acme/big", "1.0");
     let cache = gw.work.join("cache/shg/blobs/sha256");
@@ -267,6 +290,7 @@ fn an_image_umoci_built_from_a_plain_root_filesystem_installs_and_runs() {
     let out = run_captured(cmd, &scratch, Duration::from_secs(60));
     assert!(out.ok(), "tar failed:\n{out}");
 
+    gw.sign(&tar, "acme");
     gw.shg_ok(&["install", tar.to_str().unwrap()]);
     let svc = gw.wait_running("plain");
     assert_eq!(svc.version, "2.0.0");

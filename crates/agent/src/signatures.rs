@@ -1,0 +1,130 @@
+//! The operator's trust policy and the signature check every install and update passes.
+
+use crate::auth::Principal;
+use crate::{Agent, AgentError};
+
+impl Agent {
+    /// Adds (or replaces) the rule for a provider's key.
+    pub fn add_trust(&self, req: &::api::TrustRequest) -> Result<::api::TrustRule, AgentError> {
+        let key = trust::PublicKey::parse(&req.public_key, "the public key")
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        if key.provider != req.provider {
+            return Err(AgentError::BadRequest(format!(
+                "the key is provider `{}`'s, not `{}`'s: trust it for `{}` or use `{}`'s own key",
+                key.provider, req.provider, key.provider, req.provider
+            )));
+        }
+        if let Some(bad) = req.services.iter().find(|p| !trust::valid_pattern(p)) {
+            return Err(AgentError::BadRequest(format!(
+                "`{bad}` is not a pattern of service names: use lowercase letters, digits, '-' and '*' (e.g. `cam-*`)"
+            )));
+        }
+        let rule = state::TrustRecord {
+            key_id: key.id(),
+            provider: key.provider.clone(),
+            public_key: key.to_text().trim_end().to_string(),
+            services: req.services.clone(),
+            added_ms: state::now_ms(),
+        };
+        let new = self.store().put_trust(&rule)?;
+        let names = if rule.services.is_empty() {
+            "any service".to_string()
+        } else {
+            rule.services.join(", ")
+        };
+        self.store().record(
+            None,
+            state::Note::new(
+                "trust-added",
+                format!(
+                "the operator {} key {} of provider `{}` for {names}",
+                if new { "trusts" } else { "changed the rule of" },
+                rule.key_id,
+                    rule.provider
+                ),
+            ),
+        )?;
+        Ok(to_api(rule))
+    }
+
+    pub fn trust_rules(&self) -> Result<Vec<::api::TrustRule>, AgentError> {
+        Ok(self.store().trust_rules()?.into_iter().map(to_api).collect())
+    }
+
+    /// Removes a key's rule. Services it admitted keep running; their next update needs a
+    /// key that is trusted then.
+    pub fn remove_trust(&self, key_id: &str) -> Result<(), AgentError> {
+        let Some(rule) = self.store().trust_rule(key_id)? else {
+            return Err(AgentError::NoTrust(key_id.to_string()));
+        };
+        self.store().remove_trust(key_id)?;
+        self.store().record(
+            None,
+            state::Note::new(
+                "trust-removed",
+                format!(
+                    "the operator no longer trusts key {key_id} of provider `{}`",
+                    rule.provider
+                ),
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Checks a package's signatures against the trust policy. Returns the id of the key that
+    /// admitted it, or `None` for an unsigned install the operator allowed explicitly.
+    pub(crate) fn verify_signature(
+        &self,
+        who: &Principal,
+        manifest: &manifest::Manifest,
+        package: &image::Package,
+        allow_unsigned: bool,
+    ) -> Result<Option<String>, AgentError> {
+        if allow_unsigned && *who != Principal::Operator {
+            return Err(AgentError::Forbidden(
+                "only the operator may install unsigned packages (`--allow-unsigned`, for local development)".into(),
+            ));
+        }
+        let rules: Vec<trust::Rule> = self
+            .store()
+            .trust_rules()?
+            .into_iter()
+            .filter_map(|r| {
+                Some(trust::Rule {
+                    key: trust::PublicKey::parse(&r.public_key, "a stored key").ok()?,
+                    services: r.services,
+                })
+            })
+            .collect();
+        let signatures: Vec<trust::Signature> = package
+            .annotations
+            .iter()
+            .filter_map(|(k, v)| trust::Signature::from_annotation(k, v))
+            .collect();
+        match trust::check(
+            &rules,
+            &manifest.name,
+            &manifest.provider,
+            &package.digest,
+            &signatures,
+        ) {
+            Ok(key) => Ok(Some(key)),
+            // A forged or broken signature is refused even in development.
+            Err(e @ trust::TrustError::BadSignature { .. }) => {
+                Err(AgentError::Untrusted(e.to_string()))
+            }
+            Err(_) if allow_unsigned => Ok(None),
+            Err(e) => Err(AgentError::Untrusted(e.to_string())),
+        }
+    }
+}
+
+fn to_api(r: state::TrustRecord) -> ::api::TrustRule {
+    ::api::TrustRule {
+        key_id: r.key_id,
+        provider: r.provider,
+        services: r.services,
+        public_key: r.public_key,
+        added_ms: r.added_ms,
+    }
+}
