@@ -23,3 +23,5 @@ mod resources;
 mod restart;
 mod runc;
 mod storage;
+mod trust;
+mod update;

@@ -61,11 +61,16 @@ fn expected(op: &str, who: Who) -> Expect {
             | "setPriority"
             | "logs"
             | "exec"
+            | "update"
+            | "rollback"
     );
     match (op, who) {
         // Tokens and the audit log: the operator's.
         ("listTokens" | "createToken" | "revokeToken" | "audit", Who::Operator) => Allowed,
         ("listTokens" | "createToken" | "revokeToken" | "audit", _) => Forbidden,
+        // The trust policy: the operator's.
+        ("listTrust" | "addTrust" | "removeTrust", Who::Operator) => Allowed,
+        ("listTrust" | "addTrust" | "removeTrust", _) => Forbidden,
         // Capacity: operator and household.
         ("capacity", Who::Owner | Who::Rival) => Forbidden,
         // A rival's service does not exist for a provider.
@@ -160,12 +165,28 @@ fn every_operation_answers_each_realm_by_the_rules() {
                 // A live token to revoke, made fresh for each caller.
                 let victim = gw.shg_ok(&["token", "create", "--home", "--json"]).stdout;
                 let victim: Value = serde_json::from_str(&victim).unwrap();
+                // And a trusted key to remove.
+                let keys = gw.work.join(format!("victim-{checked}"));
+                std::fs::create_dir_all(&keys).unwrap();
+                let made = gw.shg_ok(&["key", "gen", "victim", "--json", "--dir", keys.to_str().unwrap()]);
+                let made: Value = serde_json::from_str(&made.stdout).unwrap();
+                let public = made["public_key"].as_str().unwrap().to_string();
+                gw.shg_ok(&["trust", "add", "--provider", "victim", &public]);
                 let uri = path
                     .replace("{name}", "cam")
-                    .replace("{id}", &victim["id"].to_string());
+                    .replace("{id}", &victim["id"].to_string())
+                    .replace("{key_id}", made["key_id"].as_str().unwrap());
+                let trust_body = serde_json::to_vec(&serde_json::json!({
+                    "provider": "victim",
+                    "public_key": std::fs::read_to_string(&public).unwrap(),
+                }))
+                .unwrap();
                 let (uri, body) = match id {
                     // Dry runs: the authorization is what is under test, not a new service.
                     "install" => (format!("{uri}?dry_run=true"), Some(probe.clone())),
+                    // Another service's package: refused after the authorization.
+                    "update" => (uri, Some(probe.clone())),
+                    "addTrust" => (uri, Some(trust_body)),
                     "setPriority" => (uri, Some(br#"{"priority":60}"#.to_vec())),
                     "exec" => (uri, Some(br#"{"command":["true"]}"#.to_vec())),
                     "createToken" => (uri, Some(br#"{"realm":"home"}"#.to_vec())),
@@ -204,7 +225,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        20 * 5,
+        25 * 5,
         "every operation of the document was checked"
     );
 }
