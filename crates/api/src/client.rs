@@ -1220,6 +1220,8 @@ mod tests {
             exit_code: None,
             started_at_ms: Some(1_700_000_000_000),
             reason: None,
+            signed_by: Some("0011223344556677".into()),
+            unsigned: false,
         }
     }
 
@@ -1336,6 +1338,8 @@ mod tests {
             installed_at_ms: 1,
             manifest: serde_json::json!({}),
             address: None,
+            previous_version: None,
+            source: None,
             paths: crate::types::ServicePaths {
                 rootfs: "/r".into(),
                 data: "/d".into(),
