@@ -182,6 +182,8 @@ fn a_layer_is_stored_in_overlay_form() {
         .dir("d/")
         .file("d/mine", "m")
         .file(".wh.d", "")
+        .file(".wh.w", "")
+        .file("w/inner", "i")
         .symlink("abs", "/etc/shadow")
         .symlink("rel", "../../../../etc")
         .raw("bin/tool", EntryType::Regular, "", b"t", 0o750)
@@ -207,6 +209,10 @@ fn a_layer_is_stored_in_overlay_form() {
     assert_eq!(fs::read_to_string(layer.join("var/kept")).unwrap(), "k");
     assert!(opaque(&layer.join("d")));
     assert_eq!(fs::read_to_string(layer.join("d/mine")).unwrap(), "m");
+    // A directory made where this layer wrote a whiteout hides the lower layers as the
+    // whiteout did.
+    assert!(opaque(&layer.join("w")));
+    assert_eq!(fs::read_to_string(layer.join("w/inner")).unwrap(), "i");
     assert!(!opaque(&layer.join("etc")));
     assert!(!opaque(layer));
     // Symlinks are stored as they are; nothing was followed.
