@@ -100,6 +100,10 @@ pub enum ImageError {
         source: io::Error,
     },
 
+    /// The layer store holds something it did not put there.
+    #[error("layer store: {path} {reason}")]
+    Store { path: PathBuf, reason: String },
+
     /// The uncompressed layer does not match the config's `rootfs.diff_ids`.
     #[error("layer {layer}: uncompressed content has digest {actual} but the image config declares {expected}; the package is corrupt, rebuild it")]
     DiffIdMismatch {

@@ -1,4 +1,4 @@
-//! SHG service packages as OCI images: pack a service directory, open and verify a layout tar, unpack its layers safely.
+//! SHG service packages as OCI images: pack, open and verify, unpack safely, share layers.
 //!
 //! A package is an OCI image (image-spec v1.1) stored as an OCI image layout in a tar file.
 //! The service manifest (`shg-service.toml`) travels as the image config label
@@ -8,13 +8,32 @@
 //! `index.json` and `blobs/sha256/<hex>`, hashes every blob against its name and checks the
 //! size every descriptor declares. [`unpack`] never follows a symlink inside the destination,
 //! refuses `..`, device nodes and hard links leaving the root, and checks each layer's
-//! `diff_id`. On error the destination is partial: unpack into a temporary directory and
-//! rename it into place on success.
+//! size and `diff_id`. On error the destination is partial: unpack into a temporary
+//! directory and rename it into place on success.
+//!
+//! Two ways to get a root file system out of a package:
+//!
+//! - [`unpack`] applies all layers, in order, into one directory: a private copy.
+//! - [`LayerStore::ensure`] keeps each layer once, keyed by its `diff_id`, unpacked alone
+//!   into `STORE/sha256/<hex>` in overlayfs form (whiteouts as 0:0 character devices, opaque
+//!   directories as `trusted.overlay.opaque=y`), and returns the layer directories to stack
+//!   as a read-only overlay (`runtime::overlay`). Packages that share a base layer share its
+//!   directory; [`LayerStore::gc`] removes the layers no package refers to, and
+//!   [`disk_usage`] measures the saving. Both forms come from one unpacker, with the same
+//!   checks on every entry; they differ only in how a whiteout is written down.
+//!
+//! Whiteouts follow the OCI image spec in both forms: a whiteout hides what lower layers put
+//! at its path, never its own layer's entries. Unpacked alone, a layer cannot see the layers
+//! below it: a hard link must point at an earlier entry of its own layer, and a directory it
+//! only implies (an entry `a/b` or a whiteout `a/.wh.b` with no entry `a/`) is made 0755 and
+//! owned by root, and shows in the root even where no lower layer has it, where [`unpack`]
+//! would keep the lower layer's directory as it was (image builders write the `a/` entry).
 
 mod error;
 mod oci;
 mod open;
 mod pack;
+mod store;
 mod unpack;
 
 use std::collections::BTreeMap;
@@ -23,6 +42,7 @@ use std::path::PathBuf;
 pub use error::{EntryProblem, ImageError};
 pub use open::open;
 pub use pack::{annotate, pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use store::{disk_usage, GcReport, LayerStore};
 pub use unpack::{unpack, unpack_layer};
 
 /// Config label that carries the text of `shg-service.toml`.

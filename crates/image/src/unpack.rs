@@ -3,11 +3,20 @@
 //! Every entry is placed by walking its parent directories one component at a time with
 //! `openat(O_NOFOLLOW | O_DIRECTORY)` from a descriptor on the destination, so a symlink
 //! planted by an earlier entry (or layer) can never redirect a write outside the root.
+//!
+//! One implementation writes both forms a layer can take ([`Form`]): merged into one tree
+//! with the layers below it ([`unpack`]), or alone in a directory of its own as an overlayfs
+//! lower layer (the layer store). They differ only in how a whiteout is written down; every
+//! check on an entry is the same.
+//!
+//! Whiteouts follow the OCI image spec: they hide what *lower* layers put at a path, never
+//! the entries of their own layer, whatever their order inside the tar.
 
-use std::collections::HashSet;
-use std::ffi::{OsStr, OsString};
+use std::collections::BTreeSet;
+use std::ffi::{CStr, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, BufReader, Read};
+use std::ops::Bound;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -25,7 +34,7 @@ use tar::EntryType;
 
 use crate::error::EntryProblem;
 use crate::oci::{self, Compression, HashReader};
-use crate::{ImageError, Package};
+use crate::{ImageError, Layer, Package};
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
@@ -33,6 +42,44 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_CLOEXEC);
 const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
+/// The xattr overlayfs reads to hide everything lower layers hold in a directory.
+const OVERLAY_OPAQUE: &CStr = c"trusted.overlay.opaque";
+
+/// How a layer is written down; everything but whiteouts is written the same way in both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// Onto the layers below it in one tree: a whiteout deletes what they put there.
+    Merged,
+    /// Alone in its own directory, to be an overlayfs lower layer: `.wh.NAME` becomes the
+    /// character device 0:0 `NAME`, `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` on
+    /// its directory (both need root).
+    Overlay,
+}
+
+/// One layer blob and what it must match.
+pub(crate) struct Source<'a> {
+    pub blob: &'a Path,
+    pub media_type: &'a str,
+    /// How errors name the layer.
+    pub label: &'a str,
+    /// Digest the uncompressed tar must have.
+    pub diff_id: Option<&'a str>,
+    /// Size the blob must have.
+    pub size: Option<u64>,
+}
+
+impl<'a> Source<'a> {
+    /// A verified layer of a package, checked against its `diff_id` and declared size.
+    pub fn layer(layer: &'a Layer) -> Self {
+        Source {
+            blob: &layer.path,
+            media_type: &layer.media_type,
+            label: &layer.digest,
+            diff_id: Some(&layer.diff_id),
+            size: Some(layer.size),
+        }
+    }
+}
 
 /// Unpack the verified layers of `pkg` in order onto `dest`, applying OCI whiteouts
 /// (`.wh.NAME`, `.wh..wh..opq`) and checking each layer against its `diff_id`.
@@ -41,13 +88,7 @@ const OPAQUE: &[u8] = b".wh..wh..opq";
 /// temporary directory and rename it into place only when this returns `Ok`.
 pub fn unpack(pkg: &Package, dest: &Path) -> Result<(), ImageError> {
     for layer in &pkg.layers {
-        apply(
-            &layer.path,
-            &layer.media_type,
-            dest,
-            &layer.digest,
-            Some(&layer.diff_id),
-        )?;
+        apply(&Source::layer(layer), dest, Form::Merged)?;
     }
     Ok(())
 }
@@ -61,22 +102,45 @@ pub fn unpack_layer(blob: &Path, media_type: &str, dest: &Path) -> Result<(), Im
         .filter(|n| oci::is_sha256_hex(n))
         .map(|hex| format!("sha256:{hex}"))
         .unwrap_or_else(|| blob.display().to_string());
-    apply(blob, media_type, dest, &label, None)
+    let source = Source {
+        blob,
+        media_type,
+        label: &label,
+        diff_id: None,
+        size: None,
+    };
+    apply(&source, dest, Form::Merged)
 }
 
-fn apply(
-    blob: &Path,
-    media_type: &str,
-    dest: &Path,
-    label: &str,
-    diff_id: Option<&str>,
-) -> Result<(), ImageError> {
+/// Apply one layer onto the existing directory `dest` in the given form.
+pub(crate) fn apply(src: &Source<'_>, dest: &Path, form: Form) -> Result<(), ImageError> {
+    let Source {
+        blob,
+        media_type,
+        label,
+        diff_id,
+        size,
+    } = *src;
     let compression =
         oci::layer_compression(media_type).ok_or_else(|| ImageError::UnsupportedMediaType {
             layer: label.to_string(),
             media_type: media_type.to_string(),
         })?;
     let file = File::open(blob).map_err(|e| ImageError::io("open layer", blob, e))?;
+    if let Some(declared) = size {
+        let actual = file
+            .metadata()
+            .map_err(|e| ImageError::io("stat layer", blob, e))?
+            .len();
+        if actual != declared {
+            return Err(ImageError::SizeMismatch {
+                digest: label.to_string(),
+                referrer: "layer".to_string(),
+                declared,
+                actual,
+            });
+        }
+    }
     let stream: Box<dyn Read> = match compression {
         Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::new(file))),
         Compression::None => Box::new(BufReader::new(file)),
@@ -91,8 +155,9 @@ fn apply(
 
     let mut unpacker = Unpacker {
         root,
+        form,
         chown: nix::unistd::geteuid().is_root(),
-        created: HashSet::new(),
+        created: BTreeSet::new(),
         dirs: Vec::new(),
     };
     let mut archive = tar::Archive::new(HashReader::new(stream));
@@ -145,6 +210,49 @@ fn is_symlink(st: &FileStat) -> bool {
     st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFLNK.bits()
 }
 
+/// An overlayfs whiteout: a character device with device number 0:0. Layers never carry
+/// device nodes, so in a layer directory only a `.wh.` entry can have made one.
+fn is_whiteout(st: &FileStat) -> bool {
+    st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFCHR.bits() && st.st_rdev == 0
+}
+
+/// Mark the directory `dir` opaque for overlayfs: nothing lower layers hold in it shows.
+fn set_opaque(dir: RawFd) -> Result<(), EntryProblem> {
+    // SAFETY: `dir` is an open descriptor, the name is a NUL-terminated C string and the
+    // value pointer and length describe a live one-byte buffer.
+    let r = unsafe { libc::fsetxattr(dir, OVERLAY_OPAQUE.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(EntryProblem::io(
+            "mark the directory opaque (setting trusted.overlay.opaque needs root)",
+            io::Error::last_os_error(),
+        ))
+    }
+}
+
+/// Whether the directory `dir` carries the overlayfs opaque mark.
+pub(crate) fn is_opaque(dir: RawFd) -> io::Result<bool> {
+    let mut value = [0u8; 1];
+    // SAFETY: `dir` is an open descriptor, the name is a NUL-terminated C string and the
+    // buffer pointer and length describe a live, writable one-byte buffer.
+    let n = unsafe {
+        libc::fgetxattr(
+            dir,
+            OVERLAY_OPAQUE.as_ptr(),
+            value.as_mut_ptr().cast(),
+            value.len(),
+        )
+    };
+    if n >= 0 {
+        return Ok(n == 1 && value[0] == b'y');
+    }
+    match io::Error::last_os_error() {
+        e if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ERANGE)) => Ok(false),
+        e => Err(e),
+    }
+}
+
 fn lstat_at(dir: RawFd, name: &OsStr) -> nix::Result<FileStat> {
     fstatat(Some(dir), name, AtFlags::AT_SYMLINK_NOFOLLOW)
 }
@@ -165,7 +273,7 @@ fn entry_names(dir: &mut Dir) -> nix::Result<Vec<OsString>> {
 }
 
 /// Remove `name` in `parent` (recursively for directories) without following symlinks.
-fn remove_all_at(parent: RawFd, name: &OsStr) -> nix::Result<()> {
+pub(crate) fn remove_all_at(parent: RawFd, name: &OsStr) -> nix::Result<()> {
     let st = match lstat_at(parent, name) {
         Err(Errno::ENOENT) => return Ok(()),
         r => r?,
@@ -183,9 +291,11 @@ fn remove_all_at(parent: RawFd, name: &OsStr) -> nix::Result<()> {
 /// State of one layer being applied.
 struct Unpacker {
     root: OwnedFd,
+    form: Form,
     chown: bool,
-    /// Paths this layer created, which an opaque whiteout in the same layer must keep.
-    created: HashSet<PathBuf>,
+    /// Paths this layer created. A whiteout in the same layer keeps them, and whatever lies
+    /// under them: whiteouts hide only what lower layers put there.
+    created: BTreeSet<PathBuf>,
     /// Directory (path, mode, mtime) to set once all entries are in, as adding
     /// entries changes a directory's mtime and a read-only mode could block them.
     dirs: Vec<(Vec<OsString>, u32, u64)>,
@@ -200,12 +310,15 @@ impl Unpacker {
             .try_clone()
             .map_err(|e| EntryProblem::io("duplicate descriptor", e))?;
         for (i, c) in comps.iter().enumerate() {
-            let opened = match fcntl::openat(
-                Some(cur.as_raw_fd()),
-                c.as_os_str(),
-                DIR_FLAGS,
-                Mode::empty(),
-            ) {
+            let open = |dir: &OwnedFd| {
+                fcntl::openat(
+                    Some(dir.as_raw_fd()),
+                    c.as_os_str(),
+                    DIR_FLAGS,
+                    Mode::empty(),
+                )
+            };
+            let opened = match open(&cur) {
                 Err(Errno::ENOENT) if create => {
                     match mkdirat(
                         Some(cur.as_raw_fd()),
@@ -216,12 +329,13 @@ impl Unpacker {
                         Err(e) => return Err(EntryProblem::io("create directory", e)),
                     }
                     self.created.insert(comps[..=i].iter().collect());
-                    fcntl::openat(
-                        Some(cur.as_raw_fd()),
-                        c.as_os_str(),
-                        DIR_FLAGS,
-                        Mode::empty(),
-                    )
+                    open(&cur)
+                }
+                Err(Errno::ENOTDIR) if create && self.form == Form::Overlay => {
+                    if self.replace_whiteout_with_dir(cur.as_raw_fd(), c)? {
+                        self.created.insert(comps[..=i].iter().collect());
+                    }
+                    open(&cur)
                 }
                 r => r,
             };
@@ -243,6 +357,35 @@ impl Unpacker {
             };
         }
         Ok(Some(cur))
+    }
+
+    /// In overlay form, a directory this layer puts where it wrote a whiteout must still hide
+    /// the lower layers' content at that path (as the whiteout did): it becomes an opaque
+    /// directory. Returns whether `name` was such a whiteout and is now that directory.
+    fn replace_whiteout_with_dir(&self, parent: RawFd, name: &OsStr) -> Result<bool, EntryProblem> {
+        match lstat_at(parent, name) {
+            Ok(st) if is_whiteout(&st) => {}
+            _ => return Ok(false),
+        }
+        let io = EntryProblem::io;
+        unlinkat(Some(parent), name, UnlinkatFlags::NoRemoveDir)
+            .map_err(|e| io("replace whiteout", e))?;
+        mkdirat(Some(parent), name, Mode::from_bits_truncate(0o755))
+            .map_err(|e| io("create directory", e))?;
+        let dir = fcntl::openat(Some(parent), name, DIR_FLAGS, Mode::empty())
+            .map(own)
+            .map_err(|e| io("open directory", e))?;
+        set_opaque(dir.as_raw_fd())?;
+        Ok(true)
+    }
+
+    /// Whether this layer created `path` or anything below it.
+    fn touched(&self, path: &Path) -> bool {
+        // Paths order component by component, so `path`'s descendants directly follow it.
+        self.created
+            .range::<Path, _>((Bound::Included(path), Bound::Unbounded))
+            .next()
+            .is_some_and(|p| p.starts_with(path))
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), EntryProblem> {
@@ -284,6 +427,9 @@ impl Unpacker {
             EntryType::Directory => {
                 match lstat_at(pfd, name) {
                     Ok(st) if is_dir(&st) => {}
+                    Ok(st) if is_whiteout(&st) && self.form == Form::Overlay => {
+                        self.replace_whiteout_with_dir(pfd, name)?;
+                    }
                     Ok(_) => {
                         remove_all_at(pfd, name).map_err(|e| io("replace", e))?;
                         mkdirat(Some(pfd), name.as_os_str(), Mode::from_bits_truncate(0o755))
@@ -410,7 +556,7 @@ impl Unpacker {
             Err(e) => return Err(e),
         };
         match lstat_at(tdir.as_raw_fd(), tname) {
-            Ok(st) if !is_dir(&st) => {}
+            Ok(st) if !is_dir(&st) && !is_whiteout(&st) => {}
             _ => return Err(missing()),
         }
         if tcomps == comps {
@@ -427,7 +573,8 @@ impl Unpacker {
         .map_err(|e| EntryProblem::io("create hard link", e))
     }
 
-    /// `.wh..wh..opq` empties the parent of what lower layers put there; `.wh.NAME` removes NAME.
+    /// `.wh..wh..opq` hides what lower layers put in its directory, `.wh.NAME` what they put
+    /// at NAME. Neither hides this layer's own entries, before or after the marker.
     fn whiteout(
         &mut self,
         parents: &[OsString],
@@ -438,10 +585,7 @@ impl Unpacker {
             let dir = self
                 .walk(parents, true)?
                 .expect("walk creates missing directories");
-            let prefix: PathBuf = parents.iter().collect();
-            return self
-                .clear_opaque(dir.as_raw_fd(), &prefix)
-                .map_err(|e| EntryProblem::io("apply opaque whiteout", e));
+            return self.hide_lower(dir.as_raw_fd(), &parents.iter().collect::<PathBuf>());
         }
         match hidden {
             b".." => return Err(EntryProblem::ParentComponent),
@@ -450,18 +594,58 @@ impl Unpacker {
             h if h.starts_with(WHITEOUT) => return Ok(()),
             _ => {}
         }
-        if let Some(dir) = self.walk(parents, false)? {
-            remove_all_at(dir.as_raw_fd(), OsStr::from_bytes(hidden))
-                .map_err(|e| EntryProblem::io("apply whiteout", e))?;
+        let hidden = OsStr::from_bytes(hidden);
+        let parent = match self.form {
+            Form::Merged => self.walk(parents, false)?,
+            // The whiteout has to exist even where this layer has nothing else: it is what
+            // hides the lower layers' entry.
+            Form::Overlay => self.walk(parents, true)?,
+        };
+        let Some(parent) = parent else {
+            return Ok(());
+        };
+        let pfd = parent.as_raw_fd();
+        let path: PathBuf = parents
+            .iter()
+            .map(OsString::as_os_str)
+            .chain([hidden])
+            .collect();
+        if self.touched(&path) {
+            // This layer's own entry stays; if it is a directory, only the lower layers'
+            // content in it goes.
+            return match lstat_at(pfd, hidden) {
+                Ok(st) if is_dir(&st) => {
+                    let dir = fcntl::openat(Some(pfd), hidden, DIR_FLAGS, Mode::empty())
+                        .map(own)
+                        .map_err(|e| EntryProblem::io("open directory", e))?;
+                    self.hide_lower(dir.as_raw_fd(), &path)
+                }
+                _ => Ok(()),
+            };
+        }
+        remove_all_at(pfd, hidden).map_err(|e| EntryProblem::io("apply whiteout", e))?;
+        if self.form == Form::Overlay {
+            mknodat(Some(pfd), hidden, SFlag::S_IFCHR, Mode::empty(), 0)
+                .map_err(|e| EntryProblem::io("create whiteout (a device node, needs root)", e))?;
         }
         Ok(())
+    }
+
+    /// Hide what lower layers put in the directory `dir` (at `path`), keeping this layer's.
+    fn hide_lower(&self, dir: RawFd, path: &Path) -> Result<(), EntryProblem> {
+        match self.form {
+            Form::Merged => self
+                .clear_opaque(dir, path)
+                .map_err(|e| EntryProblem::io("apply opaque whiteout", e)),
+            Form::Overlay => set_opaque(dir),
+        }
     }
 
     fn clear_opaque(&self, dir: RawFd, prefix: &Path) -> nix::Result<()> {
         let mut listing = Dir::openat(Some(dir), ".", DIR_FLAGS, Mode::empty())?;
         for child in entry_names(&mut listing)? {
             let path = prefix.join(&child);
-            if !self.created.contains(&path) {
+            if !self.touched(&path) {
                 remove_all_at(dir, &child)?;
             } else if is_dir(&lstat_at(dir, &child)?) {
                 let sub = Dir::openat(Some(dir), child.as_os_str(), DIR_FLAGS, Mode::empty())?;

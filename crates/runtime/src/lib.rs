@@ -1,11 +1,13 @@
-//! Running services as hardened OCI containers: the bundle, the container's init, and the
-//! libcontainer calls that create, exec into and delete containers.
+//! Running services as hardened OCI containers: the bundle, the container's init, the
+//! libcontainer calls that create, exec into and delete containers, and the read-only
+//! overlay of shared layers a container's root can be.
 
 pub mod cgroup;
 pub mod container;
 pub mod init;
 pub mod logfile;
 pub mod net;
+pub mod overlay;
 pub mod process;
 pub mod seccomp;
 pub mod spec;
@@ -27,6 +29,9 @@ pub enum RuntimeError {
     /// A data volume could not be made, mounted or unmounted.
     #[error("data volume {path}: {reason}")]
     Volume { path: PathBuf, reason: String },
+    /// A read-only root overlay could not be mounted or unmounted.
+    #[error("root file system {target}: {reason}")]
+    Overlay { target: PathBuf, reason: String },
     /// libcontainer refused or failed.
     #[error("container `{name}`: {reason}")]
     Container { name: String, reason: String },

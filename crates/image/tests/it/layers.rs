@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use image::{unpack_layer, EntryProblem, ImageError};
 use tar::EntryType;
 
-use crate::{sha256_hex, store_blob, TarBuilder};
-
-const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+use crate::{sha256_hex, store_blob, TarBuilder, TAR};
 
 /// A destination `jail/cell/root/` and a `sentinel/` directory that no layer may touch.
 /// The root sits three levels down so `../../..` from it still lands in the temp dir.
@@ -385,4 +383,40 @@ fn unsupported_media_types_and_broken_streams_are_named() {
     )
     .unwrap_err();
     assert!(matches!(err, ImageError::LayerRead { .. }), "{err}");
+}
+
+/// OCI image spec: a whiteout hides only what lower layers put there, never an entry of its
+/// own layer, whichever comes first in the tar.
+#[test]
+fn whiteouts_hide_only_lower_layers_never_their_own() {
+    let s = Scene::new();
+    s.apply(
+        TarBuilder::new()
+            .file("old/lower", "l")
+            .file("mixed/lower", "l")
+            .file("file", "lower"),
+    )
+    .unwrap();
+    s.apply(
+        TarBuilder::new()
+            .file("file", "upper")
+            .file(".wh.file", "")
+            .file("mixed/upper", "u")
+            .file(".wh.mixed", "")
+            .file(".wh.old", "")
+            .file("old/new", "n"),
+    )
+    .unwrap();
+    let list = |p: &str| {
+        let mut v: Vec<_> = fs::read_dir(s.root().join(p))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(fs::read_to_string(s.root().join("file")).unwrap(), "upper");
+    assert_eq!(list("mixed"), ["upper"]);
+    assert_eq!(list("old"), ["new"]);
+    s.assert_contained();
 }

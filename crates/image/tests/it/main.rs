@@ -2,10 +2,12 @@
 
 mod layers;
 mod package;
+mod store;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use image::{Layer, Package};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
@@ -69,4 +71,33 @@ pub fn store_blob(dir: &Path, bytes: &[u8]) -> PathBuf {
     let path = dir.join(sha256_hex(bytes));
     fs::write(&path, bytes).unwrap();
     path
+}
+
+/// Media type of an uncompressed layer.
+pub const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// A package of uncompressed layers (base first), their blobs stored in `dir`, as
+/// `image::open` would return it.
+pub fn package_of(dir: &Path, layers: &[Vec<u8>]) -> Package {
+    let layers = layers
+        .iter()
+        .map(|bytes| {
+            let digest = format!("sha256:{}", sha256_hex(bytes));
+            Layer {
+                diff_id: digest.clone(),
+                digest,
+                size: bytes.len() as u64,
+                media_type: TAR.to_string(),
+                path: store_blob(dir, bytes),
+            }
+        })
+        .collect();
+    Package {
+        digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+        manifest_toml: String::new(),
+        config: serde_json::Value::Null,
+        layers,
+        dir: dir.to_path_buf(),
+        annotations: Default::default(),
+    }
 }
