@@ -71,10 +71,11 @@ pub enum CatalogError {
         to: u64,
     },
 
-    /// A metadata file is not the one its parent lists (hash, length or version).
+    /// A metadata file is not the one its parent lists (hash, length or version): files of
+    /// different publications served together, or a file edited after it was listed.
     #[error(
-        "{file} does not match {listed_by} (mix-and-match): {detail}; the catalog server must \
-         serve the files of one publication together"
+        "{file} is not the file {listed_by} lists (mix-and-match or tampering): {detail}; the \
+         catalog server must serve the files of one publication together, as published"
     )]
     MixAndMatch {
         /// The file fetched.

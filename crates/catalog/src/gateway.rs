@@ -36,6 +36,11 @@ impl Catalog {
     /// Refuses expired metadata (frozen), metadata whose version went back (rollback), files
     /// that are not those their parent lists (mix-and-match), and files not signed by the keys
     /// the root names.
+    ///
+    /// Every load starts from `trusted_root` and follows signed root rotations (`2.root.json`,
+    /// …) from there: tough copies the newest root into the datastore but never starts from
+    /// that copy, so a datastore someone could write cannot replace the pinned root. After a
+    /// rotation, install the new root on the gateways too.
     pub async fn load(
         metadata_dir: &Path,
         targets_dir: &Path,

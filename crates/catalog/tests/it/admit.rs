@@ -231,3 +231,15 @@ async fn init_refuses_an_existing_catalog_and_keys_are_private() {
         assert_eq!(mode & 0o777, 0o600, "{role} key");
     }
 }
+
+#[tokio::test]
+async fn a_gateway_pointed_at_a_directory_without_metadata_says_what_is_missing() {
+    let f = Fixture::new().await;
+    let empty = f.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let error = crate::common::refused(f.load_metadata(&empty, &f.datastore).await);
+    assert!(
+        matches!(&error, CatalogError::MetadataMissing { file, dir } if file == "timestamp.json" && dir == &empty),
+        "{error:?}"
+    );
+}

@@ -44,7 +44,8 @@ async fn targets_from_another_publication_are_refused() {
     let message = error.to_string();
     assert!(
         message.starts_with(
-            "3.targets.json does not match snapshot.json (mix-and-match): its sha256 is "
+            "3.targets.json is not the file snapshot.json lists (mix-and-match or tampering): \
+             its sha256 is "
         ),
         "{message}"
     );
