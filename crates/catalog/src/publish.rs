@@ -51,9 +51,9 @@ pub async fn init(
     let expires = to_timestamp(expires)?;
     let metadata = repo_dir.join(METADATA_DIR);
     let root_path = metadata.join("1.root.json");
-    let existing = std::iter::once(root_path.clone())
+    let mut existing = std::iter::once(root_path.clone())
         .chain(ROLES.iter().map(|(_, role)| key_path(keys_dir, role)));
-    if let Some(path) = existing.into_iter().find(|p| p.exists()) {
+    if let Some(path) = existing.find(|p| p.exists()) {
         return Err(PublishError::AlreadyInitialized { path });
     }
 
@@ -129,7 +129,8 @@ pub async fn init(
 /// writes the next publication, whose targets, snapshot and timestamp expire at `expires`.
 /// Each entry's image manifest is written to `repo_dir/targets/`.
 ///
-/// Needs the targets, snapshot and timestamp keys; not the root key. Publications of one
+/// With no entries, it only renews the expiry, which the catalog needs before each expiry
+/// date. Needs the targets, snapshot and timestamp keys; not the root key. Publications of one
 /// repository must not run concurrently. Returns the new publication's version.
 pub async fn publish(
     repo_dir: &Path,
