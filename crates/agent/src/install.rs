@@ -219,8 +219,10 @@ impl Agent {
         self.mount_volume(name)
     }
 
-    /// Unpacks a package's root file system into `release/rootfs` and checks its command;
-    /// `release` is created and must not exist.
+    /// Lays out a release in `release` (created, must not exist): its layers are ensured in
+    /// the shared layer store and named in `release/layers`; `release/rootfs` is where their
+    /// overlay is mounted ([`Agent::mount_rootfs`]). The command is checked in a temporary
+    /// read-only mount first.
     pub(crate) fn unpack_release(
         &self,
         manifest: &Manifest,
@@ -229,8 +231,92 @@ impl Agent {
     ) -> Result<(), AgentError> {
         let rootfs = release.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
-        image::unpack(package, &rootfs).map_err(|e| AgentError::BadPackage(e.to_string()))?;
-        check_command(&rootfs, &manifest.run.command[0])
+        let lowers = {
+            let _held = self.layers_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let lowers = self
+                .layers
+                .ensure(package)
+                .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+            let names: Vec<String> = lowers
+                .iter()
+                .rev()
+                .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            let list = release.join("layers");
+            std::fs::write(&list, names.join("\n") + "\n")
+                .map_err(|e| AgentError::io(&list, e))?;
+            lowers
+        };
+        let check = self.layout.tmp().join(format!("check-{}", unique()));
+        std::fs::create_dir_all(&check).map_err(|e| AgentError::io(&check, e))?;
+        let checked = runtime::overlay::mount(&lowers, &check)
+            .map_err(AgentError::from)
+            .and_then(|()| check_command(&check, &manifest.run.command[0]));
+        let _ = runtime::overlay::unmount(&check);
+        let _ = std::fs::remove_dir(&check);
+        checked
+    }
+
+    /// Mounts the overlay root of the release `digest` of `name`, unless it is mounted already
+    /// or the release was unpacked whole by an older agent.
+    pub(crate) fn mount_rootfs(&self, name: &str, digest: &str) -> Result<(), AgentError> {
+        let release = self.layout.service(name).release(digest);
+        let Ok(list) = std::fs::read_to_string(release.join("layers")) else {
+            return Ok(());
+        };
+        let rootfs = release.join("rootfs");
+        if runtime::overlay::is_mounted(&rootfs)? {
+            return Ok(());
+        }
+        // The file lists the top layer first; the overlay wants the base first.
+        let lowers: Vec<PathBuf> = list
+            .lines()
+            .filter(|l| !l.is_empty())
+            .rev()
+            .map(|hex| self.layers.root().join("sha256").join(hex))
+            .collect();
+        let (upper, work) = (release.join("upper"), release.join("work"));
+        for dir in [&upper, &work] {
+            std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+        }
+        runtime::overlay::mount_with_upper(&lowers, &upper, &work, &rootfs)?;
+        Ok(())
+    }
+
+    /// Deletes the layers no release (installed, or being installed or updated) names.
+    pub(crate) fn collect_layers(&self) {
+        let _held = self.layers_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lists = Vec::new();
+        for base in [self.layout.services(), self.layout.tmp()] {
+            for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+                let dir = entry.path();
+                // A release being unpacked by an update: tmp/NAME-ID.release/layers.
+                lists.push(dir.join("layers"));
+                let releases = std::fs::read_dir(dir.join("releases"));
+                for release in releases.into_iter().flatten().flatten() {
+                    lists.push(release.path().join("layers"));
+                }
+            }
+        }
+        let mut keep = std::collections::BTreeSet::new();
+        for list in lists {
+            if let Ok(text) = std::fs::read_to_string(&list) {
+                keep.extend(
+                    text.lines()
+                        .filter(|l| !l.is_empty())
+                        .map(|hex| format!("sha256:{hex}")),
+                );
+            }
+        }
+        match self.layers.gc(&keep) {
+            Ok(report) if report.removed > 0 => tracing::info!(
+                "removed {} unused image layers ({} bytes)",
+                report.removed,
+                report.bytes
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot collect unused image layers: {e}"),
+        }
     }
 
     /// Mounts the service's data volume on its data directory unless it is mounted already.
@@ -353,6 +439,7 @@ impl Agent {
         if let Err(e) = self.refresh_network() {
             tracing::warn!("cannot update the service network after removing `{name}`: {e}");
         }
+        self.collect_layers();
         self.remove_empty_cgroup_parent();
         Ok(())
     }

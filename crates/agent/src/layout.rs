@@ -7,10 +7,17 @@
 //!   state.db            SQLite (WAL): services and the event journal
 //!   containers/         libcontainer's state, one directory per container
 //!   tmp/                uploads and half-done installs
+//!   layers/             the layer store: sha256/HEX is one image layer, unpacked once for
+//!                       every release that has it (see `image::LayerStore`)
 //!   services/NAME/
 //!     releases/HEX/     one per kept release (HEX: 16 hex digits of its image digest):
-//!       rootfs/         the unpacked image (read-only in the container); the current
-//!                       release, the previous one (for rollback), an update's next one
+//!       layers          the release's layer directories, top first, one HEX a line
+//!       rootfs/         the release's root: an overlay of those shared layers, mounted
+//!                       while the release may run (read-only in the container)
+//!       upper/ work/    the overlay's own writable part: only the mount points the
+//!                       container runtime makes; the layers are never written
+//!                       Releases are kept for the current version, the previous one (for
+//!                       rollback) and an update's next one.
 //!     rootfs/           the unpacked image of a service installed before releases existed
 //!     bundle/config.json  written at every start, for the current release
 //!     volume.img        the data volume: a sparse ext4 image, capped at the storage limit
@@ -47,6 +54,10 @@ impl Layout {
 
     pub fn containers(&self) -> PathBuf {
         self.root.join("containers")
+    }
+
+    pub fn layers(&self) -> PathBuf {
+        self.root.join("layers")
     }
 
     pub fn tmp(&self) -> PathBuf {

@@ -124,6 +124,11 @@ pub struct Agent {
     pub(crate) traffic: Mutex<network::TrafficMeter>,
     /// The web console's log-in sessions.
     pub(crate) sessions: console::Sessions,
+    /// Image layers, each unpacked once and shared by every release that has it.
+    pub(crate) layers: image::LayerStore,
+    /// Held from unpacking a release's layers until its `layers` file names them, and by the
+    /// collection of unreferenced layers.
+    pub(crate) layers_lock: Mutex<()>,
 }
 
 impl Agent {
@@ -168,6 +173,8 @@ impl Agent {
             }
             None
         };
+        let layers = image::LayerStore::open(&layout.layers())
+            .map_err(|e| AgentError::Internal(e.to_string()))?;
         Ok(Arc::new(Agent {
             cfg,
             layout,
@@ -182,6 +189,8 @@ impl Agent {
             net_lock: Mutex::new(()),
             traffic: Mutex::new(Default::default()),
             sessions: console::Sessions::default(),
+            layers,
+            layers_lock: Mutex::new(()),
         }))
     }
 

@@ -412,6 +412,7 @@ impl Agent {
         let manifest = manifest_of(&rec)?;
         // After a reboot, or if an operator unmounted it by hand.
         self.mount_volume(name)?;
+        self.mount_rootfs(name, &rec.image_digest)?;
         let shares = self.gateway.available().cpu.max(1) * 1024 / 1000;
         if let Err(e) = runtime::cgroup::set_parent_weight(
             &self.cfg.cgroup_root,
@@ -821,7 +822,11 @@ impl Agent {
     /// Picks up after the previous agent: finishes or rolls back half-done installs and
     /// removals, re-adopts services that kept running, and handles those that ended meanwhile.
     pub async fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
-        // Uploads and unpacked-but-unregistered installs of a dead agent are garbage.
+        // Uploads and unpacked-but-unregistered installs of a dead agent are garbage (a root
+        // it mounted to check a command first comes off).
+        for mount in runtime::volume::mounts_below(&self.layout.tmp()).unwrap_or_default() {
+            let _ = runtime::overlay::unmount(&mount);
+        }
         if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {
             for entry in entries.flatten() {
                 let path = entry.path();

@@ -405,11 +405,13 @@ impl Agent {
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             if !keep.contains(&id) {
+                let _ = runtime::overlay::unmount(&entry.path().join("rootfs"));
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     tracing::warn!(service = %name, "cannot delete release {id}: {e}");
                 }
             }
         }
+        self.collect_layers();
     }
 
     /// Watches a freshly switched release until its health window closes.

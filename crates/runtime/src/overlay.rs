@@ -43,6 +43,27 @@ const MAX_STACKED: usize = 16;
 /// Mounts on `target` (an existing, empty directory) a read-only overlay of `lowers`, the
 /// layer directories in the order they apply: base first, top last.
 pub fn mount(lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError> {
+    mount_layers(lowers, None, target)
+}
+
+/// Like [`mount`], with `upper` (and its overlayfs work directory `work`, on the same file
+/// system) taking every change made through `target`, which is then writable: what a
+/// container runtime needs to make its mount points in a root it later remounts read-only.
+/// The layers stay untouched.
+pub fn mount_with_upper(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), RuntimeError> {
+    mount_layers(lowers, Some((upper, work)), target)
+}
+
+fn mount_layers(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    target: &Path,
+) -> Result<(), RuntimeError> {
     let fail = |reason: String| RuntimeError::Overlay {
         target: target.to_path_buf(),
         reason,
@@ -63,12 +84,35 @@ pub fn mount(lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError> {
     }
 
     let mut stack = stack(lowers, target)?;
-    if stack.len() == 1 {
+    if stack.len() == 1 && upper.is_none() {
         stack.push(target);
     }
+    let upper_option = match upper {
+        None => Vec::new(),
+        Some((upper, work)) => {
+            let (u, w) = (upper.as_os_str().as_bytes(), work.as_os_str().as_bytes());
+            if [u, w]
+                .iter()
+                .any(|p| p.iter().any(|b| matches!(b, b':' | b',' | b'\\')))
+            {
+                return Err(fail(
+                    "the upper and work directories' paths may not hold ':', ',' or '\\'".into(),
+                ));
+            }
+            [b",upperdir=", u, b",workdir=", w].concat()
+        }
+    };
+    let flags = if upper.is_some() {
+        FLAGS.difference(MsFlags::MS_RDONLY)
+    } else {
+        FLAGS
+    };
     let limit = option_limit();
-    if let Some(data) = plain_option(&stack).filter(|d| d.len() <= limit) {
-        return mount_with(&data, target, stack.len());
+    if let Some(data) = plain_option(&stack)
+        .map(|d| [d, upper_option.clone()].concat())
+        .filter(|d| d.len() <= limit)
+    {
+        return mount_with(&data, target, stack.len(), flags);
     }
     let fds = stack
         .iter()
@@ -85,10 +129,14 @@ pub fn mount(lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError> {
             .map_err(|e| RuntimeError::io(dir, e.into()))
         })
         .collect::<Result<Vec<OwnedFd>, _>>()?;
-    let data = lowerdir_option(
-        fds.iter()
-            .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes()),
-    );
+    let data = [
+        lowerdir_option(
+            fds.iter()
+                .map(|fd| format!("/proc/self/fd/{}", fd.as_raw_fd()).into_bytes()),
+        ),
+        upper_option,
+    ]
+    .concat();
     if data.len() > limit {
         return Err(fail(format!(
             "{} layers are too many: their lowerdir option takes {} bytes even as /proc/self/fd \
@@ -98,7 +146,7 @@ pub fn mount(lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError> {
         )));
     }
     // The descriptors stay open until the kernel has resolved every path.
-    mount_with(&data, target, stack.len())
+    mount_with(&data, target, stack.len(), flags)
 }
 
 /// The directories of `lowers` top first, as `lowerdir=` lists them, each once: at its
@@ -157,8 +205,13 @@ fn option_limit() -> usize {
     page - 1
 }
 
-fn mount_with(data: &[u8], target: &Path, layers: usize) -> Result<(), RuntimeError> {
-    nix::mount::mount(Some("overlay"), target, Some("overlay"), FLAGS, Some(data)).map_err(|e| {
+fn mount_with(
+    data: &[u8],
+    target: &Path,
+    layers: usize,
+    flags: MsFlags,
+) -> Result<(), RuntimeError> {
+    nix::mount::mount(Some("overlay"), target, Some("overlay"), flags, Some(data)).map_err(|e| {
         RuntimeError::Overlay {
             target: target.to_path_buf(),
             reason: format!(

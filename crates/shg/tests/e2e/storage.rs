@@ -1,6 +1,8 @@
 //! Storage: every service's /data is its own size-capped volume; filling it gives the service
 //! ENOSPC at its cap and nobody else notices; a stopped service keeps holding its storage.
 
+use std::fs;
+
 use crate::harness::Gateway;
 
 const GATEWAY: &str = r#"
@@ -135,4 +137,58 @@ fn storage_stays_held_by_a_stopped_service_and_removing_makes_room() {
         "an installed, stopped service holds its storage"
     );
     assert_eq!(cap["reserved"]["memory"], 0);
+}
+
+/// The layer directories in the agent's shared store.
+fn stored_layers(gw: &Gateway) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(gw.dir.join("layers/sha256"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn services_sharing_a_layer_store_it_once_and_the_last_removal_collects_it() {
+    let gw = Gateway::start();
+    let sleeper = |name: &str| {
+        format!(
+            "name = \"{name}\"\nversion = \"1.0.0\"\nprovider = \"e2e\"\n\n\
+             [run]\ncommand = [\"/bin/sleep\", \"100000\"]\n"
+        )
+    };
+    // The same root file system: one layer, whatever the manifests say.
+    gw.install("one", &sleeper("one"), &[]);
+    gw.install("two", &sleeper("two"), &[]);
+    gw.wait_running("one");
+    gw.wait_running("two");
+    let shared = stored_layers(&gw);
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    // Each root is an overlay of that layer, read-only inside the container.
+    let out = gw.shg(&["exec", "one", "--", "sh", "-c", "touch /x 2>&1; echo rc=$?"]);
+    assert!(out.stdout.contains("Read-only file system"), "{out}");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let overlays = mountinfo
+        .lines()
+        .filter(|l| l.contains(gw.dir.to_str().unwrap()) && l.contains(" overlay "))
+        .count();
+    assert_eq!(overlays, 2, "{mountinfo}");
+
+    // A third service with one more file has a layer of its own.
+    gw.install("three", &sleeper("three"), &[("extra", b"more", 0o644)]);
+    assert_eq!(stored_layers(&gw).len(), 2);
+
+    gw.shg_ok(&["remove", "one"]);
+    assert_eq!(stored_layers(&gw).len(), 2, "a layer still in use was collected");
+    gw.shg_ok(&["remove", "three"]);
+    assert_eq!(stored_layers(&gw), shared);
+    gw.shg_ok(&["remove", "two"]);
+    assert!(stored_layers(&gw).is_empty(), "{:?}", stored_layers(&gw));
+    let left = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!left.contains(gw.dir.to_str().unwrap()), "mounts left: {left}");
 }
