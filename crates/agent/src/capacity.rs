@@ -61,6 +61,21 @@ struct RawConfig {
     pressure: RawPressure,
     #[serde(default)]
     network: network::config::RawNetwork,
+    #[serde(default)]
+    catalog: Option<CatalogConfig>,
+}
+
+/// `[catalog]`: where the app-store catalog's TUF metadata is, and the root this gateway pins.
+/// With it, every install and update must also be listed there (`catalog::Catalog::admit`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    /// The catalog's `metadata/` directory (as published, or synced from the controller).
+    pub metadata: std::path::PathBuf,
+    /// Its `targets/` directory.
+    pub targets: std::path::PathBuf,
+    /// The catalog's root metadata, installed on this gateway out of band (`1.root.json`).
+    pub root: std::path::PathBuf,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +91,8 @@ pub struct Settings {
     pub memory_free_min: u64,
     /// The `[network]` table (see the `network` crate).
     pub network: network::Config,
+    /// The `[catalog]` table: the app store this gateway installs from, if any.
+    pub catalog: Option<CatalogConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -205,6 +222,7 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
         Settings {
             memory_free_min,
             network,
+            catalog: raw.catalog.clone(),
         },
     ))
 }

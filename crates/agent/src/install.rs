@@ -65,6 +65,9 @@ impl Agent {
         let name = manifest.name.clone();
         crate::auth::check_install(who, &name, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
+        if !opts.allow_unsigned {
+            self.check_catalog(&manifest, &package).await?;
+        }
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
@@ -168,6 +171,9 @@ impl Agent {
             .map_err(|e| AgentError::BadManifest(e.to_string()))?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
+        if !allow_unsigned {
+            self.check_catalog(&manifest, &package).await?;
+        }
         if self.store().find(&manifest.name)?.is_some() {
             return Err(AgentError::Exists(manifest.name));
         }

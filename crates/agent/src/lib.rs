@@ -129,6 +129,8 @@ pub struct Agent {
     /// Held from unpacking a release's layers until its `layers` file names them, and by the
     /// collection of unreferenced layers.
     pub(crate) layers_lock: Mutex<()>,
+    /// One catalog check at a time: they share the datastore of versions seen.
+    pub(crate) catalog_lock: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -191,6 +193,7 @@ impl Agent {
             sessions: console::Sessions::default(),
             layers,
             layers_lock: Mutex::new(()),
+            catalog_lock: tokio::sync::Mutex::new(()),
         }))
     }
 

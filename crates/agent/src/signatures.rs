@@ -119,6 +119,37 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// The catalog's half of the two-key rule: with `[catalog]` in gateway.toml, the package
+    /// must be listed there, under its provider, with exactly this digest. The metadata is
+    /// verified from the pinned root at every check, and the versions seen are remembered in
+    /// `STATE/catalog` (rollback protection across restarts).
+    pub(crate) async fn check_catalog(
+        &self,
+        manifest: &manifest::Manifest,
+        package: &image::Package,
+    ) -> Result<(), AgentError> {
+        let Some(cfg) = &self.settings.catalog else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.catalog_lock.lock().await;
+        let datastore = self.layout.root.join("catalog");
+        let catalog = catalog::Catalog::load(&cfg.metadata, &cfg.targets, &cfg.root, &datastore)
+            .await
+            .map_err(|e| AgentError::Untrusted(format!("the gateway's catalog refused: {e}")))?;
+        let entry = catalog
+            .admit(&manifest.name, &manifest.version, &package.digest)
+            .map_err(|e| AgentError::Untrusted(e.to_string()))?;
+        if entry.provider != manifest.provider {
+            return Err(AgentError::Untrusted(format!(
+                "the catalog lists `{}` {} under provider `{}`, but the package is provider `{}`'s; the two must agree",
+                manifest.name, manifest.version, entry.provider, manifest.provider
+            )));
+        }
+        Ok(())
+    }
+}
+
 fn to_api(r: state::TrustRecord) -> ::api::TrustRule {
     ::api::TrustRule {
         key_id: r.key_id,

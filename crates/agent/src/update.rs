@@ -85,6 +85,9 @@ impl Agent {
         }
         crate::auth::check_install(who, name, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, allow_unsigned)?;
+        if !allow_unsigned {
+            self.check_catalog(&manifest, &package).await?;
+        }
 
         let lock = self.lock_of(name);
         let guard = lock.lock().await;

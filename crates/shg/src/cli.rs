@@ -83,6 +83,12 @@ pub enum Command {
         sign: Option<PathBuf>,
     },
 
+    /// Publish an app-store catalog as TUF metadata (the operator's or controller's side)
+    Catalog {
+        #[command(subcommand)]
+        command: CatalogCommand,
+    },
+
     /// Make and handle provider signing keys
     Key {
         #[command(subcommand)]
@@ -327,6 +333,41 @@ pub enum TrustCommand {
         /// The key's id, from `shg trust list`
         #[arg(value_name = "KEY_ID")]
         key_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Make a catalog: role keys in KEYS, a signed root and an empty first publication in REPO
+    ///
+    /// Copy REPO/metadata/1.root.json to each gateway and name it in its gateway.toml
+    /// (`[catalog] root = …`, with `metadata` and `targets`).
+    Init {
+        /// The catalog repository (metadata/ and targets/ are made in it)
+        #[arg(value_name = "REPO")]
+        repo: PathBuf,
+        /// Where the four role keys are written (keep them apart from the repository)
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// How long the root and first publication stay valid, e.g. `365d`, `12h`
+        #[arg(long, value_name = "DURATION", default_value = "365d")]
+        expires_in: String,
+    },
+    /// List packages in the catalog (a new publication; the same service and version replaces
+    /// the entry); with no package, renew the expiry
+    Publish {
+        /// The catalog repository
+        #[arg(value_name = "REPO")]
+        repo: PathBuf,
+        /// The role keys of `shg catalog init`
+        #[arg(long, value_name = "DIR")]
+        keys: PathBuf,
+        /// Package files to list
+        #[arg(value_name = "PACKAGE")]
+        packages: Vec<PathBuf>,
+        /// How long this publication stays valid (gateways refuse it afterwards), e.g. `7d`
+        #[arg(long, value_name = "DURATION", default_value = "7d")]
+        expires_in: String,
     },
 }
 

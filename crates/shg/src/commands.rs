@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use api::{Client, ClientError, LogEntry};
 
 use crate::cli::{
-    Cli, Command, GatewayCommand, KeyCommand, RemoteCommand, TokenCommand, TrustCommand,
+    CatalogCommand, Cli, Command, GatewayCommand, KeyCommand, RemoteCommand, TokenCommand,
+    TrustCommand,
 };
 use crate::{daemon, output};
 
@@ -20,6 +21,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Key {
             command: KeyCommand::Gen { provider, dir },
         } => key_gen(&provider, &dir, cli.json),
+        Command::Catalog { command } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(catalog_command(command, cli.json))
+        }
         Command::Sign { target, key } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -65,6 +73,94 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(remote(&client, command, cli.json))
         }
     }
+}
+
+/// `7d`, `12h`, `30m`, `45s`: a span of time from now.
+fn parse_span(text: &str) -> anyhow::Result<std::time::Duration> {
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let scale = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => bail!("`{text}` is not a span of time; write e.g. `7d`, `12h`, `30m` or `45s`"),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("`{text}` is not a span of time; write e.g. `7d` or `12h`"))?;
+    Ok(std::time::Duration::from_secs(n * scale))
+}
+
+/// `shg catalog init|publish`.
+async fn catalog_command(command: CatalogCommand, json: bool) -> anyhow::Result<i32> {
+    let mut out = io::stdout().lock();
+    match command {
+        CatalogCommand::Init {
+            repo,
+            keys,
+            expires_in,
+        } => {
+            let expires = SystemTime::now() + parse_span(&expires_in)?;
+            let root = catalog::init(&repo, &keys, expires).await?;
+            let done = serde_json::json!({ "root": root.display().to_string() });
+            show(&mut out, json, &done, |out| {
+                writeln!(
+                    out,
+                    "catalog made in {}; pin {} on each gateway ([catalog] root = …)",
+                    repo.display(),
+                    root.display()
+                )
+            })?;
+        }
+        CatalogCommand::Publish {
+            repo,
+            keys,
+            packages,
+            expires_in,
+        } => {
+            let expires = SystemTime::now() + parse_span(&expires_in)?;
+            let mut entries = Vec::new();
+            for file in &packages {
+                let staging = tempfile::tempdir().context("cannot make a temporary directory")?;
+                let package = image::open(file, &staging.path().join("p"))
+                    .with_context(|| format!("cannot list {}", file.display()))?;
+                let manifest =
+                    manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
+                        .with_context(|| format!("cannot list {}", file.display()))?;
+                let blob = package
+                    .dir
+                    .join("blobs/sha256")
+                    .join(package.digest.trim_start_matches("sha256:"));
+                let manifest_json = std::fs::read(&blob)
+                    .with_context(|| format!("cannot read {}", blob.display()))?;
+                entries.push(catalog::NewEntry {
+                    service: manifest.name,
+                    version: manifest.version,
+                    provider: manifest.provider,
+                    reference: None,
+                    manifest_json,
+                });
+            }
+            let version = catalog::publish(&repo, &keys, &entries, expires).await?;
+            let listed: Vec<String> = entries
+                .iter()
+                .map(|e| format!("{} {}", e.service, e.version))
+                .collect();
+            let done = serde_json::json!({ "version": version, "listed": listed });
+            show(&mut out, json, &done, |out| {
+                writeln!(
+                    out,
+                    "published catalog version {version}{}",
+                    if listed.is_empty() {
+                        " (expiry renewed)".to_string()
+                    } else {
+                        format!(": {}", listed.join(", "))
+                    }
+                )
+            })?;
+        }
+    }
+    Ok(0)
 }
 
 /// Reads a provider's secret key file.

@@ -8,6 +8,7 @@
 
 mod admission;
 mod bad_input;
+mod catalog;
 mod console;
 mod crash;
 mod harness;

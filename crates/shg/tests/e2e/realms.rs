@@ -494,7 +494,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         "schemathesis failed:\n{report}\n--- agent log\n{}",
         gw.agent_log()
     );
-    assert!(report.contains("20 selected / 20 total"), "{report}");
+    assert!(report.contains("25 selected / 25 total"), "{report}");
 }
 
 /// An upload refused before its body is read (here: a query that does not parse) still gets
