@@ -23,6 +23,8 @@ schemas={
     "unsigned":dict(B,description="True when no trusted key signed the package (installed with allow_unsigned)")}),
  "TrustRequest": obj({"provider":S,"public_key":dict(S,description="The text of the provider's .pub file (`shg-ed25519 PROVIDER BASE64`)"),
     "services":dict(arr(S),description="Patterns of service names the key may publish (`camera`, `cam-*`); empty or absent: any")},["provider","public_key"]),
+ "PullRequest": obj({"reference":dict(S,description="REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"),"start":dict(B,description="Start it once installed (default true)"),
+    "allow_unsigned":dict(B,description="Operator only: install without a trusted signature")},["reference"]),
  "TrustRule": obj({"key_id":S,"provider":S,"services":arr(S),"public_key":S,"added_ms":I}),
  "ServicePaths": obj({"rootfs":S,"data":S,"bundle":S,"logs":S}),
  "Event": obj({"id":SI,"time_ms":I,"service":nul(S),"kind":S,"message":S}),
@@ -127,6 +129,9 @@ paths={
      "responses":resp("201","The token",ref("NewToken"))}},
  "/v1/tokens/{id}":{"parameters":[{"name":"id","in":"path","required":True,"schema":{"type":"integer","format":"int64"},"example":1}],
    "delete":{"operationId":"revokeToken","summary":"Revoke a token (operator)","responses":resp("204","Revoked")}},
+ "/v1/pull":{"post":{"operationId":"pull","summary":"The gateway pulls an image from an OCI registry (its own blob cache) and installs it like an upload",
+   "requestBody":{"required":True,"content":{"application/json":{"schema":ref("PullRequest")}}},
+   "responses":dict(resp("201","Installed",ref("ServiceDetail")),**{"409":refused})}},
  "/v1/trust":{
    "get":{"operationId":"listTrust","summary":"The trust policy: provider keys and the service names each may publish (operator)","responses":resp("200","Rules",arr(ref("TrustRule")))},
    "post":{"operationId":"addTrust","summary":"Trust a provider's key, or change its rule (operator)","requestBody":{"required":True,"content":{"application/json":{"schema":ref("TrustRequest")}}},

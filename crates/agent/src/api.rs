@@ -112,6 +112,7 @@ pub fn router(agent: Arc<Agent>, transport: Transport) -> Router {
         .route("/v1/tokens", get(tokens).post(create_token))
         .route("/v1/tokens/{id}", delete(revoke_token))
         .route("/v1/audit", get(audit))
+        .route("/v1/pull", post(pull))
         .route("/v1/trust", get(trust_list).post(trust_add))
         .route("/v1/trust/{key_id}", delete(trust_remove))
         .route_layer(middleware::from_fn_with_state(
@@ -612,6 +613,26 @@ async fn update(
     .await;
     let _ = tokio::fs::remove_file(&upload).await;
     Ok(Json(result?))
+}
+
+async fn pull(
+    State(agent): State<Arc<Agent>>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<api::PullRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Install)?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("pull request: {}", e.body_text())))?;
+    let opts = crate::install::InstallOptions {
+        start: req.start,
+        allow_unsigned: req.allow_unsigned,
+        ..Default::default()
+    };
+    let detail = agent
+        .pull_and_install(&who, &req.reference, &opts)
+        .await
+        .map_err(|e| redact(&who, e))?;
+    Ok((StatusCode::CREATED, Json(detail)).into_response())
 }
 
 async fn rollback(

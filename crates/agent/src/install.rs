@@ -152,6 +152,47 @@ impl Agent {
         self.detail(&name)
     }
 
+    /// Pulls `reference` from its registry into the agent's blob cache (`STATE/cache`), then
+    /// installs it like an upload; the package file made from the blobs is deleted after.
+    pub async fn pull_and_install(
+        self: &Arc<Self>,
+        who: &Principal,
+        reference: &str,
+        opts: &InstallOptions,
+    ) -> Result<ServiceDetail, AgentError> {
+        crate::auth::check_gateway(who, crate::auth::GatewayAction::Install)?;
+        let parsed = ::api::registry::Reference::parse(reference).ok_or_else(|| {
+            AgentError::BadRequest(format!(
+                "`{reference}` is not an image reference: write REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"
+            ))
+        })?;
+        let tar = self.layout.tmp().join(format!("pull-{}.tar", unique()));
+        let pulled =
+            ::api::registry::pull(&parsed, &self.layout.root.join("cache"), &tar, &mut |_| {})
+                .await
+                .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
+        let result = match pulled {
+            Ok(_) => {
+                let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
+                if size > self.cfg.max_package {
+                    Err(AgentError::BadPackage(format!(
+                        "{reference} is larger than the {} MiB the gateway accepts",
+                        self.cfg.max_package >> 20
+                    )))
+                } else {
+                    let opts = InstallOptions {
+                        source: Some(parsed.to_string()),
+                        ..opts.clone()
+                    };
+                    self.install(who, &tar, &opts).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&tar);
+        result
+    }
+
     /// `shg install --dry-run`: verifies the package and says whether it would be admitted,
     /// changing nothing.
     pub async fn check_install(

@@ -326,6 +326,18 @@ impl Client {
         self.json(Method::POST, uri, ReqBody::empty(), None).await
     }
 
+    /// `POST /v1/pull`: the gateway pulls the image itself and installs it.
+    pub async fn pull(&self, req: &crate::PullRequest) -> Result<ServiceDetail, ClientError> {
+        let json = serde_json::to_vec(req).expect("serializes");
+        self.json(
+            Method::POST,
+            "/v1/pull".into(),
+            ReqBody::bytes(json),
+            Some("application/json"),
+        )
+        .await
+    }
+
     /// `GET /v1/trust` (operator): the trust policy.
     pub async fn trust_rules(&self) -> Result<Vec<crate::TrustRule>, ClientError> {
         self.json(Method::GET, "/v1/trust".into(), ReqBody::empty(), None)

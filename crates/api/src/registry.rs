@@ -434,7 +434,7 @@ pub async fn pull(
     reference: &Reference,
     cache: &Path,
     out: &Path,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<String, RegistryError> {
     let mut conn = connect(reference)?;
     let repo = reference.repository.clone();
@@ -525,7 +525,7 @@ async fn fetch_blob(
     repo: &str,
     blob: &Blob,
     dir: &Path,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<(), RegistryError> {
     let hex = &blob.digest[7..];
     let done_path = dir.join(hex);

@@ -287,6 +287,24 @@ pub struct StorageUse {
     pub logs: u64,
 }
 
+/// Body of `POST /v1/pull`: the gateway pulls an image from a registry and installs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequest {
+    /// `REGISTRY/REPOSITORY[:TAG|@sha256:HEX]`.
+    pub reference: String,
+    /// Start it once installed (default true).
+    #[serde(default = "yes")]
+    pub start: bool,
+    /// Operator only, for local development: install without a trusted signature.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// Body of `POST /v1/trust` (operator only): trust a provider's key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -164,6 +164,10 @@ pub enum RemoteCommand {
         /// the package (`shg ps` flags it UNSIGNED)
         #[arg(long)]
         allow_unsigned: bool,
+        /// With a REFERENCE: the gateway pulls the image from the registry itself (into its
+        /// own blob cache) instead of this command uploading it
+        #[arg(long, conflicts_with_all = ["dry_run", "make_room"])]
+        pull_on_gateway: bool,
     },
 
     /// Update a service to a new version, keeping the current one for a rollback

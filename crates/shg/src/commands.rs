@@ -389,7 +389,33 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
             dry_run,
             room,
             allow_unsigned,
+            pull_on_gateway,
         } => {
+            if pull_on_gateway {
+                let reference = file.to_string_lossy().into_owned();
+                if api::registry::Reference::parse(&reference).is_none() {
+                    bail!("--pull-on-gateway needs an image reference (REGISTRY/REPOSITORY[:TAG|@sha256:HEX]), not {reference:?}");
+                }
+                let d = client
+                    .pull(&api::PullRequest {
+                        reference: reference.clone(),
+                        start: !no_start,
+                        allow_unsigned,
+                    })
+                    .await?;
+                let s = &d.summary;
+                show(&mut io::stdout().lock(), json, &d, |out| {
+                    writeln!(
+                        out,
+                        "the gateway pulled {reference} and installed {} {} from {}: {}",
+                        s.name,
+                        s.version,
+                        s.provider,
+                        output::status(s)
+                    )
+                })?;
+                return Ok(0);
+            }
             let (package, source) = package_file(&file).await?;
             if package != file {
                 pulled = Some(package.clone());

@@ -71,6 +71,8 @@ fn expected(op: &str, who: Who) -> Expect {
         // The trust policy: the operator's.
         ("listTrust" | "addTrust" | "removeTrust", Who::Operator) => Allowed,
         ("listTrust" | "addTrust" | "removeTrust", _) => Forbidden,
+        // A pull names no provider until the image is in: any realm that may install.
+        ("pull", _) => Allowed,
         // Capacity: operator and household.
         ("capacity", Who::Owner | Who::Rival) => Forbidden,
         // A rival's service does not exist for a provider.
@@ -187,6 +189,8 @@ fn every_operation_answers_each_realm_by_the_rules() {
                     // Another service's package: refused after the authorization.
                     "update" => (uri, Some(probe.clone())),
                     "addTrust" => (uri, Some(trust_body)),
+                    // Nothing listens there: the pull fails after the authorization.
+                    "pull" => (uri, Some(br#"{"reference":"127.0.0.1:9/none/none:1"}"#.to_vec())),
                     "setPriority" => (uri, Some(br#"{"priority":60}"#.to_vec())),
                     "exec" => (uri, Some(br#"{"command":["true"]}"#.to_vec())),
                     "createToken" => (uri, Some(br#"{"realm":"home"}"#.to_vec())),
@@ -225,7 +229,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        25 * 5,
+        26 * 5,
         "every operation of the document was checked"
     );
 }
@@ -494,7 +498,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         "schemathesis failed:\n{report}\n--- agent log\n{}",
         gw.agent_log()
     );
-    assert!(report.contains("25 selected / 25 total"), "{report}");
+    assert!(report.contains("26 selected / 26 total"), "{report}");
 }
 
 /// An upload refused before its body is read (here: a query that does not parse) still gets

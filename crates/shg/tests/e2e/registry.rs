@@ -302,3 +302,46 @@ fn an_image_umoci_built_from_a_plain_root_filesystem_installs_and_runs() {
     });
     gw.shg_ok(&["remove", "plain"]);
 }
+
+#[test]
+fn the_gateway_pulls_by_itself_and_updates_by_version_from_the_same_repository() {
+    let gw = Gateway::start();
+    let registry = Registry::start(&gw.work);
+    for version in ["1.0.0", "2.0.0"] {
+        let package = gw.package(&format!("app-{version}"), &manifest("app", version), &[]);
+        registry.push_signed(&gw, &package, "acme/app", version, "acme");
+    }
+    let reference = format!("{}/acme/app:1.0.0", registry.addr);
+    let out = gw.shg_ok(&["install", "--pull-on-gateway", &reference]);
+    assert!(out.stdout.contains("the gateway pulled"), "{out}");
+    gw.wait_running("app");
+    // The blobs are in the agent's own cache, and the service remembers where it came from.
+    let cached = std::fs::read_dir(gw.dir.join("cache/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert!(cached >= 2, "{cached} blobs in the agent's cache");
+    assert_eq!(gw.inspect("app")["source"], reference.as_str());
+
+    // `shg update NAME VERSION` pulls that tag of the same repository.
+    let out = install_like(&gw, &["update", "app", "2.0.0", "--window", "1s"]);
+    assert!(out.ok(), "{out}\n--- agent log\n{}", gw.agent_log());
+    assert_eq!(gw.wait_running("app").version, "2.0.0");
+    assert_eq!(
+        gw.inspect("app")["source"],
+        format!("{}/acme/app:2.0.0", registry.addr).as_str()
+    );
+
+    // A reference nobody serves is named.
+    let out = gw.shg(&["install", "--pull-on-gateway", "127.0.0.1:9/acme/none:1"]);
+    assert!(!out.ok() && out.stderr.contains("cannot pull"), "{out}");
+    gw.shg_ok(&["remove", "app"]);
+}
+
+/// `shg ARGS…` with the blob cache in the test's work directory.
+fn install_like(gw: &Gateway, args: &[&str]) -> Out {
+    let mut cmd = Command::new(SHG);
+    cmd.args(args)
+        .env("SHG_GATEWAY", gw.socket())
+        .env("XDG_CACHE_HOME", gw.work.join("cache"));
+    run_captured(cmd, &gw.work, Duration::from_secs(120))
+}
