@@ -641,7 +641,9 @@ async fn rollback(
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceDetail>> {
     agent.access(&who, &name, ServiceAction::Run)?;
-    Ok(Json(agent.rollback(&name).await.map_err(|e| redact(&who, e))?))
+    Ok(Json(
+        agent.rollback(&name).await.map_err(|e| redact(&who, e))?,
+    ))
 }
 
 /// Streams a request body into `path`, refusing more than `max` bytes.

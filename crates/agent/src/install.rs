@@ -236,7 +236,9 @@ impl Agent {
         let name = &manifest.name;
         let partial = self.layout.partial(name);
         let _ = std::fs::remove_dir_all(&partial);
-        let release = partial.join("releases").join(crate::layout::release_id(&package.digest));
+        let release = partial
+            .join("releases")
+            .join(crate::layout::release_id(&package.digest));
         self.unpack_release(manifest, package, &release)?;
 
         let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
@@ -290,8 +292,7 @@ impl Agent {
                 .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect();
             let list = release.join("layers");
-            std::fs::write(&list, names.join("\n") + "\n")
-                .map_err(|e| AgentError::io(&list, e))?;
+            std::fs::write(&list, names.join("\n") + "\n").map_err(|e| AgentError::io(&list, e))?;
             lowers
         };
         let check = self.layout.tmp().join(format!("check-{}", unique()));
@@ -451,7 +452,11 @@ impl Agent {
             if matches!(rec.phase, Phase::Installing | Phase::Updating) {
                 return Err(AgentError::Conflict(format!(
                     "`{name}` is being {}; wait for that to finish",
-                    if rec.phase == Phase::Installing { "installed" } else { "updated" }
+                    if rec.phase == Phase::Installing {
+                        "installed"
+                    } else {
+                        "updated"
+                    }
                 )));
             }
             self.store().update(

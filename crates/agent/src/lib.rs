@@ -16,10 +16,10 @@ mod lifecycle;
 mod monitor;
 mod network;
 mod pidfd;
+mod signatures;
 mod stats;
 mod tls;
 mod update;
-mod signatures;
 
 pub use auth::Principal;
 pub use tls::Listen;

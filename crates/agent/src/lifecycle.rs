@@ -710,7 +710,11 @@ impl Agent {
             if matches!(rec.phase, Phase::Installing | Phase::Updating) {
                 return Err(AgentError::Conflict(format!(
                     "`{name}` is being {}; wait for that to finish",
-                    if rec.phase == Phase::Installing { "installed" } else { "updated" }
+                    if rec.phase == Phase::Installing {
+                        "installed"
+                    } else {
+                        "updated"
+                    }
                 )));
             }
             let Some(pid) = rec.pid else {

@@ -37,9 +37,9 @@ impl Agent {
             state::Note::new(
                 "trust-added",
                 format!(
-                "the operator {} key {} of provider `{}` for {names}",
-                if new { "trusts" } else { "changed the rule of" },
-                rule.key_id,
+                    "the operator {} key {} of provider `{}` for {names}",
+                    if new { "trusts" } else { "changed the rule of" },
+                    rule.key_id,
                     rule.provider
                 ),
             ),
@@ -48,7 +48,12 @@ impl Agent {
     }
 
     pub fn trust_rules(&self) -> Result<Vec<::api::TrustRule>, AgentError> {
-        Ok(self.store().trust_rules()?.into_iter().map(to_api).collect())
+        Ok(self
+            .store()
+            .trust_rules()?
+            .into_iter()
+            .map(to_api)
+            .collect())
     }
 
     /// Removes a key's rule. Services it admitted keep running; their next update needs a

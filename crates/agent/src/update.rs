@@ -152,7 +152,10 @@ impl Agent {
         self.switch(
             name,
             "updated",
-            &format!("`{name}` switched from {} to {}", rec.version, manifest.version),
+            &format!(
+                "`{name}` switched from {} to {}",
+                rec.version, manifest.version
+            ),
             probation,
             started,
         )
@@ -169,7 +172,12 @@ impl Agent {
     /// Switches `name` back to its previous release; `why` ends up in the event and the
     /// reason. A rollback by hand is checked by admission like any change of reservation;
     /// the agent's own rollback restores what was admitted before the update.
-    async fn roll_back(self: &Arc<Self>, name: &str, why: &str, admit: bool) -> Result<(), AgentError> {
+    async fn roll_back(
+        self: &Arc<Self>,
+        name: &str,
+        why: &str,
+        admit: bool,
+    ) -> Result<(), AgentError> {
         let started = Instant::now();
         let (from, to) = {
             let lock = self.lock_of(name);
@@ -453,7 +461,8 @@ impl Agent {
             }
             if rec.desired == Desired::Stopped {
                 // The household stopped it: nothing left to judge.
-                self.store().update(name, None, |r| r.probation_until_ms = None)?;
+                self.store()
+                    .update(name, None, |r| r.probation_until_ms = None)?;
                 return Ok(());
             }
             let failed = if rec.restarts > restarts
@@ -479,7 +488,8 @@ impl Agent {
                     "by itself: version {} failed within its health window ({why})",
                     rec.version
                 );
-                self.store().update(name, None, |r| r.probation_until_ms = None)?;
+                self.store()
+                    .update(name, None, |r| r.probation_until_ms = None)?;
                 return self.roll_back(name, &why, false).await;
             }
             if now_ms() >= until {

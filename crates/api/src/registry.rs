@@ -394,7 +394,10 @@ fn connect(reference: &Reference) -> Result<Conn, RegistryError> {
 
 /// The image manifest `reference` names (an index resolved to its linux/amd64 entry), and
 /// its digest; a reference by digest must match it.
-async fn resolve(conn: &mut Conn, reference: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
+async fn resolve(
+    conn: &mut Conn,
+    reference: &Reference,
+) -> Result<(Vec<u8>, String), RegistryError> {
     let repo = reference.repository.clone();
     let accept = format!("{MEDIA_MANIFEST}, {MEDIA_INDEX}");
     let (mut manifest, mut digest) =
@@ -808,8 +811,7 @@ fn write_layout(
 ) -> Result<(), RegistryError> {
     let file = std::fs::File::create(out).map_err(io_err(out))?;
     let mut tar = tar::Builder::new(std::io::BufWriter::new(file));
-    let mut entry =
-        serde_json::json!({ "mediaType": MEDIA_MANIFEST, "digest": digest, "size": manifest.len() });
+    let mut entry = serde_json::json!({ "mediaType": MEDIA_MANIFEST, "digest": digest, "size": manifest.len() });
     if !annotations.is_empty() {
         entry["annotations"] = serde_json::json!(annotations);
     }

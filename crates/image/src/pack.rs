@@ -302,6 +302,85 @@ fn write_layer(
     Ok((digest, size, diff_id))
 }
 
+/// Adds the annotations `make` gives for the package digest to the image manifest's entry in
+/// the `index.json` of the layout tar at `tar_path` (rewritten through a temporary file).
+/// Everything else is copied unchanged, so the package digest stays the same; it is
+/// returned. This is how signatures are attached.
+pub fn annotate(
+    tar_path: &Path,
+    make: impl FnOnce(&str) -> std::collections::BTreeMap<String, String>,
+) -> Result<String, ImageError> {
+    let mut make = Some(make);
+    let rerr = |e| ImageError::io("read package", tar_path, e);
+    let werr = |e| ImageError::io("write", tar_path, e);
+    let input = File::open(tar_path).map_err(rerr)?;
+    let parent = match tar_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::NamedTempFile::new_in(parent)
+        .map_err(|e| ImageError::io("create a file in", parent, e))?;
+    let mut builder = tar::Builder::new(BufWriter::new(tmp.as_file()));
+    let mut archive = tar::Archive::new(io::BufReader::new(input));
+    let mut digest = None;
+    for entry in archive.entries().map_err(rerr)? {
+        let mut entry = entry.map_err(rerr)?;
+        let path = entry.path_bytes().into_owned();
+        let mut header = entry.header().clone();
+        let name = path.strip_prefix(b"./").unwrap_or(&path);
+        if name != b"index.json" {
+            builder
+                .append_data(
+                    &mut header,
+                    Path::new(std::ffi::OsStr::from_bytes(&path)),
+                    &mut entry,
+                )
+                .map_err(werr)?;
+            continue;
+        }
+        if entry.size() > MAX_JSON {
+            return Err(ImageError::layout(format!(
+                "index.json in {} is larger than {MAX_JSON} bytes",
+                tar_path.display()
+            )));
+        }
+        let mut text = Vec::new();
+        io::Read::read_to_end(&mut entry, &mut text).map_err(rerr)?;
+        let mut index: Index = serde_json::from_slice(&text)
+            .map_err(|e| ImageError::layout(format!("index.json: {e}")))?;
+        let [desc] = &mut index.manifests[..] else {
+            return Err(ImageError::layout(format!(
+                "index.json lists {} manifests; an SHG package holds exactly one image",
+                index.manifests.len()
+            )));
+        };
+        let Some(make) = make.take() else {
+            return Err(ImageError::layout(format!(
+                "{} holds index.json twice",
+                tar_path.display()
+            )));
+        };
+        desc.annotations
+            .get_or_insert_with(Default::default)
+            .extend(make(&desc.digest));
+        digest = Some(desc.digest.clone());
+        let json = to_json(&index);
+        header.set_size(json.len() as u64);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, "index.json", &json[..])
+            .map_err(werr)?;
+    }
+    let digest = digest
+        .ok_or_else(|| ImageError::layout(format!("{} has no index.json", tar_path.display())))?;
+    let mut w = builder.into_inner().map_err(werr)?;
+    w.flush().map_err(werr)?;
+    drop(w);
+    tmp.persist(tar_path)
+        .map_err(|e| ImageError::io("rename into", tar_path, e.error))?;
+    Ok(digest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,80 +442,4 @@ mod tests {
         let names: Vec<_> = names.iter().map(|p| p.to_str().unwrap()).collect();
         assert_eq!(names, ["a", "a.b", "a/b", "a/b/f", "c"]);
     }
-}
-
-/// Adds the annotations `make` gives for the package digest to the image manifest's entry in
-/// the `index.json` of the layout tar at `tar_path` (rewritten through a temporary file).
-/// Everything else is copied unchanged, so the package digest stays the same; it is
-/// returned. This is how signatures are attached.
-pub fn annotate(
-    tar_path: &Path,
-    make: impl FnOnce(&str) -> std::collections::BTreeMap<String, String>,
-) -> Result<String, ImageError> {
-    let mut make = Some(make);
-    let rerr = |e| ImageError::io("read package", tar_path, e);
-    let werr = |e| ImageError::io("write", tar_path, e);
-    let input = File::open(tar_path).map_err(rerr)?;
-    let parent = match tar_path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(parent)
-        .map_err(|e| ImageError::io("create a file in", parent, e))?;
-    let mut builder = tar::Builder::new(BufWriter::new(tmp.as_file()));
-    let mut archive = tar::Archive::new(io::BufReader::new(input));
-    let mut digest = None;
-    for entry in archive.entries().map_err(rerr)? {
-        let mut entry = entry.map_err(rerr)?;
-        let path = entry.path_bytes().into_owned();
-        let mut header = entry.header().clone();
-        let name = path.strip_prefix(b"./").unwrap_or(&path);
-        if name != b"index.json" {
-            builder
-                .append_data(&mut header, Path::new(std::ffi::OsStr::from_bytes(&path)), &mut entry)
-                .map_err(werr)?;
-            continue;
-        }
-        if entry.size() > MAX_JSON {
-            return Err(ImageError::layout(format!(
-                "index.json in {} is larger than {MAX_JSON} bytes",
-                tar_path.display()
-            )));
-        }
-        let mut text = Vec::new();
-        io::Read::read_to_end(&mut entry, &mut text).map_err(rerr)?;
-        let mut index: Index = serde_json::from_slice(&text)
-            .map_err(|e| ImageError::layout(format!("index.json: {e}")))?;
-        let [desc] = &mut index.manifests[..] else {
-            return Err(ImageError::layout(format!(
-                "index.json lists {} manifests; an SHG package holds exactly one image",
-                index.manifests.len()
-            )));
-        };
-        let Some(make) = make.take() else {
-            return Err(ImageError::layout(format!(
-                "{} holds index.json twice",
-                tar_path.display()
-            )));
-        };
-        desc.annotations
-            .get_or_insert_with(Default::default)
-            .extend(make(&desc.digest));
-        digest = Some(desc.digest.clone());
-        let json = to_json(&index);
-        header.set_size(json.len() as u64);
-        header.set_cksum();
-        builder
-            .append_data(&mut header, "index.json", &json[..])
-            .map_err(werr)?;
-    }
-    let digest = digest.ok_or_else(|| {
-        ImageError::layout(format!("{} has no index.json", tar_path.display()))
-    })?;
-    let mut w = builder.into_inner().map_err(werr)?;
-    w.flush().map_err(werr)?;
-    drop(w);
-    tmp.persist(tar_path)
-        .map_err(|e| ImageError::io("rename into", tar_path, e.error))?;
-    Ok(digest)
 }

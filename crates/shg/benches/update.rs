@@ -41,7 +41,13 @@ fn main() {
     std::fs::create_dir_all(&work).unwrap();
     let agent = Agent::start(&shg, state.path(), &work);
     let (key, public) = common::bench_key(&shg, &work);
-    agent.shg(&["trust", "add", "--provider", "bench", public.to_str().unwrap()]);
+    agent.shg(&[
+        "trust",
+        "add",
+        "--provider",
+        "bench",
+        public.to_str().unwrap(),
+    ]);
 
     let (downloaded, full) = layer_saving(&agent, &work, &key);
     println!("update of one small layer (registry pull, two-layer image):");
@@ -93,7 +99,10 @@ fn main() {
         };
         let t = Instant::now();
         agent.shg(&["update", "timed", next.to_str().unwrap(), "--window", "2s"]);
-        agent.wait(|s| s["version"] == version && s["health"] == "healthy", "updated");
+        agent.wait(
+            |s| s["version"] == version && s["health"] == "healthy",
+            "updated",
+        );
         to_healthy.push(t.elapsed().as_secs_f64() * 1000.0);
         agent.wait_event("update-done", run + 1);
 
@@ -162,8 +171,11 @@ fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
         // Each version: the base plus one small layer of its own.
         let bundle = format!("bundle-{version}");
         umoci(&["unpack", "--rootless", "--image", "layout:base", &bundle]);
-        std::fs::write(build.join(&bundle).join("rootfs/app.txt"), format!("app {version}\n"))
-            .unwrap();
+        std::fs::write(
+            build.join(&bundle).join("rootfs/app.txt"),
+            format!("app {version}\n"),
+        )
+        .unwrap();
         let tag = format!("layout:{version}");
         umoci(&["repack", "--image", &tag, &bundle]);
         let manifest = format!(
@@ -184,12 +196,19 @@ fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "skopeo: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         agent.shg(&["sign", &reference, "--key", key.to_str().unwrap()]);
     }
     let cache = work.join("cache");
     let blobs = cache.join("shg/blobs/sha256");
-    agent.shg_cached(&["install", &format!("{}/bench/layered:1.0", registry.addr)], &cache);
+    agent.shg_cached(
+        &["install", &format!("{}/bench/layered:1.0", registry.addr)],
+        &cache,
+    );
     let before = dir_bytes(&blobs);
     agent.shg_cached(&["update", "layered", "2.0", "--window", "1s"], &cache);
     let downloaded = dir_bytes(&blobs) - before;
@@ -261,7 +280,11 @@ impl Registry {
     /// Config plus layers of `repo:tag`, as the registry serves its manifest.
     fn image_bytes(&self, repo: &str, tag: &str) -> u64 {
         let out = Command::new("curl")
-            .args(["-sf", "-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+            .args([
+                "-sf",
+                "-H",
+                "Accept: application/vnd.oci.image.manifest.v1+json",
+            ])
             .arg(format!("http://{}/v2/{repo}/manifests/{tag}", self.addr))
             .output()
             .unwrap();

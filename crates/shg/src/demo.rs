@@ -109,8 +109,8 @@ fn sign_samples(
     state_dir: &std::path::Path,
     packages: &[PathBuf],
 ) -> anyhow::Result<Vec<trust::PublicKey>> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let dir = state_dir.join("demo-keys");
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -147,7 +147,10 @@ pub fn detail(out: &mut impl Write, d: &ServiceDetail, now_ms: u64) -> io::Resul
         },
     ));
     if let Some(previous) = &d.previous_version {
-        fields.push(("previous", format!("{previous} (`shg rollback {}`)", s.name)));
+        fields.push((
+            "previous",
+            format!("{previous} (`shg rollback {}`)", s.name),
+        ));
     }
     if let Some(address) = &d.address {
         fields.push(("address", address.clone()));
@@ -601,7 +604,10 @@ mod tests {
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[2].contains("1.0.0 UNSIGNED"), "{out}");
         assert!(!lines[1].contains("UNSIGNED"), "{out}");
-        assert!(lines[3].starts_with("WARNING: dev runs UNSIGNED code"), "{out}");
+        assert!(
+            lines[3].starts_with("WARNING: dev runs UNSIGNED code"),
+            "{out}"
+        );
     }
 
     fn text(f: impl FnOnce(&mut Vec<u8>) -> io::Result<()>) -> String {

@@ -676,7 +676,9 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         source: r.get("source")?,
         previous: release_from(r, "previous")?,
         next: release_from(r, "next")?,
-        probation_until_ms: r.get::<_, Option<i64>>("probation_until_ms")?.map(|v| v as u64),
+        probation_until_ms: r
+            .get::<_, Option<i64>>("probation_until_ms")?
+            .map(|v| v as u64),
     })
 }
 

@@ -125,7 +125,11 @@ impl SecretKey {
 
     /// The text of a `.key` file.
     pub fn to_text(&self) -> String {
-        format!("{SECRET_TAG} {} {}\n", self.provider, B64.encode(&self.pkcs8))
+        format!(
+            "{SECRET_TAG} {} {}\n",
+            self.provider,
+            B64.encode(&self.pkcs8)
+        )
     }
 
     pub fn provider(&self) -> &str {
@@ -169,7 +173,11 @@ impl PublicKey {
 
     /// The text of a `.pub` file.
     pub fn to_text(&self) -> String {
-        format!("{PUBLIC_TAG} {} {}\n", self.provider, B64.encode(&self.bytes))
+        format!(
+            "{PUBLIC_TAG} {} {}\n",
+            self.provider,
+            B64.encode(&self.bytes)
+        )
     }
 
     /// First 16 hex digits of the SHA-256 of the key.

@@ -440,7 +440,10 @@ fn annotations_are_added_without_changing_the_package() {
     let digest = pack(&dir, &tar).unwrap();
     let before = entries(&tar);
     let mut add = std::collections::BTreeMap::new();
-    add.insert("org.shg.signature.0011223344556677".to_string(), "c2ln".to_string());
+    add.insert(
+        "org.shg.signature.0011223344556677".to_string(),
+        "c2ln".to_string(),
+    );
     let mut seen = None;
     let signed = image::annotate(&tar, |d| {
         seen = Some(d.to_string());

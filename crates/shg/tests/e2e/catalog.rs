@@ -44,7 +44,10 @@ impl Repo {
 }
 
 fn refused(out: &Out, needle: &str) {
-    assert!(!out.ok() && out.stderr.contains(needle), "want {needle:?}: {out}");
+    assert!(
+        !out.ok() && out.stderr.contains(needle),
+        "want {needle:?}: {out}"
+    );
 }
 
 #[test]

@@ -190,7 +190,11 @@ impl Drop for Background {
 /// The `provider = "..."` of a manifest's text, if it names a valid one.
 pub fn provider_of(manifest: &str) -> Option<String> {
     manifest.lines().find_map(|line| {
-        let value = line.trim().strip_prefix("provider")?.trim().strip_prefix('=')?;
+        let value = line
+            .trim()
+            .strip_prefix("provider")?
+            .trim()
+            .strip_prefix('=')?;
         let name = value.trim().strip_prefix('"')?.strip_suffix('"')?;
         let valid = !name.is_empty()
             && name
@@ -541,7 +545,13 @@ impl Gateway {
         }
         if self.trusted.lock().unwrap().insert(provider.to_string()) {
             let public = keys.join(format!("{provider}.pub"));
-            self.shg_ok(&["trust", "add", "--provider", provider, public.to_str().unwrap()]);
+            self.shg_ok(&[
+                "trust",
+                "add",
+                "--provider",
+                provider,
+                public.to_str().unwrap(),
+            ]);
         }
         key
     }

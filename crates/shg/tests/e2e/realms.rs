@@ -170,7 +170,14 @@ fn every_operation_answers_each_realm_by_the_rules() {
                 // And a trusted key to remove.
                 let keys = gw.work.join(format!("victim-{checked}"));
                 std::fs::create_dir_all(&keys).unwrap();
-                let made = gw.shg_ok(&["key", "gen", "victim", "--json", "--dir", keys.to_str().unwrap()]);
+                let made = gw.shg_ok(&[
+                    "key",
+                    "gen",
+                    "victim",
+                    "--json",
+                    "--dir",
+                    keys.to_str().unwrap(),
+                ]);
                 let made: Value = serde_json::from_str(&made.stdout).unwrap();
                 let public = made["public_key"].as_str().unwrap().to_string();
                 gw.shg_ok(&["trust", "add", "--provider", "victim", &public]);
@@ -190,7 +197,10 @@ fn every_operation_answers_each_realm_by_the_rules() {
                     "update" => (uri, Some(probe.clone())),
                     "addTrust" => (uri, Some(trust_body)),
                     // Nothing listens there: the pull fails after the authorization.
-                    "pull" => (uri, Some(br#"{"reference":"127.0.0.1:9/none/none:1"}"#.to_vec())),
+                    "pull" => (
+                        uri,
+                        Some(br#"{"reference":"127.0.0.1:9/none/none:1"}"#.to_vec()),
+                    ),
                     "setPriority" => (uri, Some(br#"{"priority":60}"#.to_vec())),
                     "exec" => (uri, Some(br#"{"command":["true"]}"#.to_vec())),
                     "createToken" => (uri, Some(br#"{"realm":"home"}"#.to_vec())),

@@ -184,11 +184,18 @@ fn services_sharing_a_layer_store_it_once_and_the_last_removal_collects_it() {
     assert_eq!(stored_layers(&gw).len(), 2);
 
     gw.shg_ok(&["remove", "one"]);
-    assert_eq!(stored_layers(&gw).len(), 2, "a layer still in use was collected");
+    assert_eq!(
+        stored_layers(&gw).len(),
+        2,
+        "a layer still in use was collected"
+    );
     gw.shg_ok(&["remove", "three"]);
     assert_eq!(stored_layers(&gw), shared);
     gw.shg_ok(&["remove", "two"]);
     assert!(stored_layers(&gw).is_empty(), "{:?}", stored_layers(&gw));
     let left = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!left.contains(gw.dir.to_str().unwrap()), "mounts left: {left}");
+    assert!(
+        !left.contains(gw.dir.to_str().unwrap()),
+        "mounts left: {left}"
+    );
 }

@@ -18,7 +18,14 @@ fn sleeper(name: &str, provider: &str) -> String {
 fn key_gen(gw: &Gateway, provider: &str, dir: &str) -> (PathBuf, PathBuf, String) {
     let dir = gw.work.join(dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let out = gw.shg_ok(&["key", "gen", provider, "--json", "--dir", dir.to_str().unwrap()]);
+    let out = gw.shg_ok(&[
+        "key",
+        "gen",
+        provider,
+        "--json",
+        "--dir",
+        dir.to_str().unwrap(),
+    ]);
     let made: Value = serde_json::from_str(&out.stdout).unwrap();
     (
         PathBuf::from(made["secret_key"].as_str().unwrap()),
@@ -28,7 +35,12 @@ fn key_gen(gw: &Gateway, provider: &str, dir: &str) -> (PathBuf, PathBuf, String
 }
 
 fn sign_with(gw: &Gateway, tar: &Path, key: &Path) {
-    gw.shg_ok(&["sign", tar.to_str().unwrap(), "--key", key.to_str().unwrap()]);
+    gw.shg_ok(&[
+        "sign",
+        tar.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
 }
 
 fn refused(gw: &Gateway, tar: &Path, extra: &[&str], needle: &str) {
@@ -83,7 +95,13 @@ fn only_what_a_trusted_key_signed_for_that_name_installs() {
 
     // A rival provider's trusted key cannot publish in acme's name.
     let (rival_secret, rival_public, rival_id) = key_gen(&gw, "vodco", "vodco-keys");
-    gw.shg_ok(&["trust", "add", "--provider", "vodco", rival_public.to_str().unwrap()]);
+    gw.shg_ok(&[
+        "trust",
+        "add",
+        "--provider",
+        "vodco",
+        rival_public.to_str().unwrap(),
+    ]);
     let pretender = gw.package_unsigned("cam-back", &sleeper("cam-back", "acme"), &[]);
     let rival = trust::SecretKey::parse(
         &std::fs::read_to_string(&rival_secret).unwrap(),
@@ -96,7 +114,13 @@ fn only_what_a_trusted_key_signed_for_that_name_installs() {
     .unwrap();
     refused(&gw, &pretender, &[], &format!("signed by key {rival_id}"));
     // The key file must be named for the provider it is trusted for.
-    let out = gw.shg(&["trust", "add", "--provider", "acme", rival_public.to_str().unwrap()]);
+    let out = gw.shg(&[
+        "trust",
+        "add",
+        "--provider",
+        "acme",
+        rival_public.to_str().unwrap(),
+    ]);
     assert!(
         !out.ok() && out.stderr.contains("provider `vodco`'s, not `acme`'s"),
         "{out}"
@@ -109,7 +133,12 @@ fn only_what_a_trusted_key_signed_for_that_name_installs() {
     let signed = image::open(&cam, &staging.path().join("p")).unwrap();
     image::annotate(&other, |_| signed.annotations.clone()).unwrap();
     refused(&gw, &other, &[], "does not match the package");
-    refused(&gw, &other, &["--allow-unsigned"], "does not match the package");
+    refused(
+        &gw,
+        &other,
+        &["--allow-unsigned"],
+        "does not match the package",
+    );
 
     // Removing the key stops new installs; what it admitted keeps running.
     let cam2 = gw.package_unsigned("cam-2", &sleeper("cam-2", "acme"), &[]);
@@ -138,7 +167,10 @@ fn the_unsigned_override_is_the_operators_and_stays_visible() {
         crate::harness::run_captured(cmd, &gw.work, std::time::Duration::from_secs(60))
     };
     assert!(
-        !out.ok() && out.stderr.contains("only the operator may install unsigned"),
+        !out.ok()
+            && out
+                .stderr
+                .contains("only the operator may install unsigned"),
         "{out}"
     );
     assert!(gw.svc("dev").is_none());
