@@ -49,13 +49,21 @@ fn main() {
         public.to_str().unwrap(),
     ]);
 
-    let (downloaded, full) = layer_saving(&agent, &work, &key);
+    let (downloaded, full, shared) = layer_saving(&agent, state.path(), &work, &key);
     println!("update of one small layer (registry pull, two-layer image):");
     println!(
         "  downloaded {:>10} bytes of a {:>10} byte image ({:.2} %)",
         downloaded,
         full,
         downloaded as f64 * 100.0 / full as f64
+    );
+    let (services, store, copies) = shared;
+    println!("disk for {services} services on one base layer (the gateway's layer store):");
+    println!(
+        "  shared store {:>10} bytes against {:>10} bytes as separate copies ({:.1}x)",
+        store,
+        copies,
+        copies as f64 / store as f64
     );
 
     let busybox = samples::find_busybox().expect("busybox-static");
@@ -141,8 +149,14 @@ fn main() {
 }
 
 /// Installs 1.0 of a two-layer image from a registry, updates it to 2.0 (which changes only
-/// the small top layer), and returns (bytes the update downloaded, bytes of the whole image).
-fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
+/// the small top layer), and returns (bytes the update downloaded, bytes of the whole image,
+/// (N, bytes of the layer store, bytes of N separate roots) for N services on one base).
+fn layer_saving(
+    agent: &Agent,
+    state: &Path,
+    work: &Path,
+    key: &Path,
+) -> (u64, u64, (usize, u64, u64)) {
     let registry = Registry::start(work);
     let busybox = samples::find_busybox().expect("busybox-static");
     let build = work.join("umoci");
@@ -167,32 +181,34 @@ fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
         .collect();
     std::fs::write(build.join("bundle/rootfs/lib.bin"), &noise).unwrap();
     umoci(&["repack", "--image", "layout:base", "bundle"]);
-    for version in ["1.0", "2.0"] {
-        // Each version: the base plus one small layer of its own.
-        let bundle = format!("bundle-{version}");
+    let image = |tag: &str, name: &str, version: &str| {
+        // The base plus one small layer of its own.
+        let bundle = format!("bundle-{tag}");
         umoci(&["unpack", "--rootless", "--image", "layout:base", &bundle]);
         std::fs::write(
             build.join(&bundle).join("rootfs/app.txt"),
-            format!("app {version}\n"),
+            format!("{name} {version}\n"),
         )
         .unwrap();
-        let tag = format!("layout:{version}");
-        umoci(&["repack", "--image", &tag, &bundle]);
+        let image_tag = format!("layout:{tag}");
+        umoci(&["repack", "--image", &image_tag, &bundle]);
         let manifest = format!(
-            "name = \"layered\"\nversion = \"{version}.0\"\nprovider = \"bench\"\n\n\
+            "name = \"{name}\"\nversion = \"{version}\"\nprovider = \"bench\"\n\n\
              [run]\ncommand = [\"/bin/sh\", \"-c\", \"cat /app.txt; exec sleep 100000\"]\n"
         );
         umoci(&[
             "config",
             "--image",
-            &tag,
+            &image_tag,
             "--config.label",
             &format!("org.shg.manifest={manifest}"),
         ]);
-        let reference = format!("{}/bench/layered:{version}", registry.addr);
+    };
+    let push = |tag: &str, repo: &str, remote_tag: &str| {
+        let reference = format!("{}/bench/{repo}:{remote_tag}", registry.addr);
         let out = Command::new("skopeo")
             .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:{version}", build.join("layout").display()))
+            .arg(format!("oci:{}:{tag}", build.join("layout").display()))
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
@@ -202,6 +218,11 @@ fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
             String::from_utf8_lossy(&out.stderr)
         );
         agent.shg(&["sign", &reference, "--key", key.to_str().unwrap()]);
+        reference
+    };
+    for version in ["1.0", "2.0"] {
+        image(version, "layered", &format!("{version}.0"));
+        push(version, "layered", version);
     }
     let cache = work.join("cache");
     let blobs = cache.join("shg/blobs/sha256");
@@ -216,7 +237,35 @@ fn layer_saving(agent: &Agent, work: &Path, key: &Path) -> (u64, u64) {
     assert_eq!(d["version"], "2.0.0");
     let full = registry.image_bytes("bench/layered", "2.0");
     agent.shg(&["remove", "layered"]);
-    (downloaded, full)
+
+    // N services, each the base plus a small layer of its own, pulled by the gateway.
+    const N: usize = 5;
+    let mut names = Vec::new();
+    for i in 1..=N {
+        let name = format!("shared-{i}");
+        image(&name, &name, "1.0.0");
+        let reference = push(&name, &name, "1.0.0");
+        agent.shg(&["install", "--pull-on-gateway", &reference]);
+        names.push(name);
+    }
+    let store = image::disk_usage(&state.join("layers")).unwrap();
+    // Each running service's root is a full view of its image: what a copy would take.
+    let copies: u64 = names
+        .iter()
+        .map(|name| {
+            let releases = state.join("services").join(name).join("releases");
+            let release = std::fs::read_dir(&releases)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap();
+            image::disk_usage(&release.path().join("rootfs")).unwrap()
+        })
+        .sum();
+    for name in &names {
+        agent.shg(&["remove", name]);
+    }
+    (downloaded, full, (N, store, copies))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
