@@ -530,46 +530,60 @@ async fn install(
     body: Body,
 ) -> ApiResult<Response> {
     check(&who, GatewayAction::Install)?;
-    let upload = agent
-        .layout
-        .tmp()
-        .join(format!("upload-{}.tar", crate::install::unique()));
-    let result = async {
-        save_body(body, &upload, agent.cfg.max_package).await?;
-        if q.dry_run.unwrap_or(false) {
-            return agent
-                .check_install(&who, &upload, q.allow_unsigned.unwrap_or(false))
-                .await
-                .map(|v| Json(v).into_response())
-                .map_err(|e| redact(&who, e));
-        }
-        let stop = stop_list(&q.stop);
-        if !stop.is_empty() && q.start == Some(false) {
-            return Err(AgentError::BadRequest(
-                "`stop` makes room for a service to run; it cannot go with `start=false`".into(),
-            ));
-        }
-        for name in &stop {
-            agent.access(&who, name, ServiceAction::Run)?;
-        }
-        let detail = agent
-            .install(
-                &who,
-                &upload,
-                &crate::install::InstallOptions {
-                    start: q.start.unwrap_or(true),
-                    stop,
-                    allow_unsigned: q.allow_unsigned.unwrap_or(false),
-                    source: source_of(&q.source)?,
-                },
-            )
+    let upload = receive(&agent, body).await?;
+    if q.dry_run.unwrap_or(false) {
+        let verdict = agent
+            .check_install(&who, &upload.0, q.allow_unsigned.unwrap_or(false))
             .await
             .map_err(|e| redact(&who, e))?;
-        Ok((StatusCode::CREATED, Json(detail)).into_response())
+        return Ok(Json(verdict).into_response());
     }
-    .await;
-    let _ = tokio::fs::remove_file(&upload).await;
-    Ok(result?)
+    let stop = stop_list(&q.stop);
+    if !stop.is_empty() && q.start == Some(false) {
+        return Err(AgentError::BadRequest(
+            "`stop` makes room for a service to run; it cannot go with `start=false`".into(),
+        )
+        .into());
+    }
+    for name in &stop {
+        agent.access(&who, name, ServiceAction::Run)?;
+    }
+    let detail = agent
+        .install(
+            &who,
+            &upload.0,
+            &crate::install::InstallOptions {
+                start: q.start.unwrap_or(true),
+                stop,
+                allow_unsigned: q.allow_unsigned.unwrap_or(false),
+                source: source_of(&q.source)?,
+            },
+        )
+        .await
+        .map_err(|e| redact(&who, e))?;
+    Ok((StatusCode::CREATED, Json(detail)).into_response())
+}
+
+/// An uploaded package in the agent's `tmp/`, deleted when dropped (whatever the request
+/// came to).
+struct Upload(std::path::PathBuf);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams a request body (a package) into a fresh file under `tmp/`.
+async fn receive(agent: &Agent, body: Body) -> Result<Upload, AgentError> {
+    let upload = Upload(
+        agent
+            .layout
+            .tmp()
+            .join(format!("upload-{}.tar", crate::install::unique())),
+    );
+    save_body(body, &upload.0, agent.cfg.max_package).await?;
+    Ok(upload)
 }
 
 async fn update(
@@ -592,27 +606,19 @@ async fn update(
         }
     };
     let source = source_of(&q.source)?;
-    let upload = agent
-        .layout
-        .tmp()
-        .join(format!("upload-{}.tar", crate::install::unique()));
-    let result = async {
-        save_body(body, &upload, agent.cfg.max_package).await?;
-        agent
-            .update(
-                &who,
-                &name,
-                &upload,
-                q.allow_unsigned.unwrap_or(false),
-                window,
-                source,
-            )
-            .await
-            .map_err(|e| redact(&who, e))
-    }
-    .await;
-    let _ = tokio::fs::remove_file(&upload).await;
-    Ok(Json(result?))
+    let upload = receive(&agent, body).await?;
+    let detail = agent
+        .update(
+            &who,
+            &name,
+            &upload.0,
+            q.allow_unsigned.unwrap_or(false),
+            window,
+            source,
+        )
+        .await
+        .map_err(|e| redact(&who, e))?;
+    Ok(Json(detail))
 }
 
 async fn pull(

@@ -25,7 +25,7 @@ const CRASH_LOOP_AFTER: u32 = 5;
 /// The longest wait between two restarts.
 const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long a SIGKILLed service may take to disappear before the agent gives up waiting.
-pub(crate) const KILL_GRACE: Duration = Duration::from_secs(5);
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Holds the state directory for this agent; dropped when the agent exits.
 pub struct StateLock(#[allow(dead_code)] std::fs::File);
@@ -753,28 +753,60 @@ impl Agent {
         };
         if let Some(fd) = fd {
             let timeout = manifest_of(&self.store().get(name)?)?.run.stop_timeout;
-            if tokio::time::timeout(timeout, fd.exited()).await.is_err() {
-                self.store().record(
-                    Some(name),
-                    Note::new(
-                        "killed",
-                        format!(
-                            "`{name}` did not stop within {}s of SIGTERM; sending SIGKILL",
-                            timeout.as_secs_f64()
-                        ),
-                    ),
-                )?;
-                fd.signal(Signal::SIGKILL);
-                if tokio::time::timeout(KILL_GRACE, fd.exited()).await.is_err() {
-                    return Err(AgentError::Internal(format!(
-                        "`{name}` (pid {pid}) still runs {}s after SIGKILL; it stays `stopping`",
-                        KILL_GRACE.as_secs()
-                    )));
-                }
-            }
+            self.end_process(name, pid, &fd, timeout).await?;
         }
         self.on_exit(name, pid).await?;
         Ok(summary(&self.store().get(name)?))
+    }
+
+    /// Waits up to `timeout` for the SIGTERMed `pid` (the service's init) to end, then sends
+    /// SIGKILL (journaled) and waits [`KILL_GRACE`] more.
+    pub(crate) async fn end_process(
+        &self,
+        name: &str,
+        pid: i32,
+        fd: &PidFd,
+        timeout: Duration,
+    ) -> Result<(), AgentError> {
+        if self.gone(fd, pid, timeout).await {
+            return Ok(());
+        }
+        self.store().record(
+            Some(name),
+            Note::new(
+                "killed",
+                format!(
+                    "`{name}` did not stop within {}s of SIGTERM; sending SIGKILL",
+                    timeout.as_secs_f64()
+                ),
+            ),
+        )?;
+        fd.signal(Signal::SIGKILL);
+        if self.gone(fd, pid, KILL_GRACE).await {
+            return Ok(());
+        }
+        Err(AgentError::Internal(format!(
+            "`{name}` (pid {pid}) still runs {}s after SIGKILL; it stays `stopping`",
+            KILL_GRACE.as_secs()
+        )))
+    }
+
+    /// Whether `pid` ends within `timeout`: its pidfd turns readable, or /proc shows it gone
+    /// or a zombie (checked too, so a missed wake-up cannot pass for a live process).
+    async fn gone(&self, fd: &PidFd, pid: i32, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if tokio::time::timeout(Duration::from_millis(100), fd.exited())
+                .await
+                .is_ok()
+                || !process::is_alive(&self.cfg.proc_root, pid)
+            {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+        }
     }
 
     /// `shg priority`: records the household's ranking and applies it to a running service

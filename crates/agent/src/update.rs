@@ -368,34 +368,9 @@ impl Agent {
             (pid, fd, manifest_of(&rec)?.run.stop_timeout)
         };
         if let Some(fd) = fd {
-            if !self.gone(&fd, pid, timeout).await {
-                fd.signal(Signal::SIGKILL);
-                if !self.gone(&fd, pid, crate::lifecycle::KILL_GRACE).await {
-                    return Err(AgentError::Internal(format!(
-                        "`{name}` (pid {pid}) still runs after SIGKILL"
-                    )));
-                }
-            }
+            self.end_process(name, pid, &fd, timeout).await?;
         }
         self.on_exit(name, pid).await
-    }
-
-    /// Whether `pid` ends within `timeout`: its pidfd turns readable, or /proc shows it gone
-    /// or a zombie (checked too, so a missed wake-up cannot pass for a live process).
-    async fn gone(&self, fd: &PidFd, pid: i32, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if tokio::time::timeout(Duration::from_millis(100), fd.exited())
-                .await
-                .is_ok()
-                || !runtime::process::is_alive(&self.cfg.proc_root, pid)
-            {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
     }
 
     /// Deletes the release directories the record no longer names (current, previous and an
