@@ -18,6 +18,9 @@ packages=(
   curl              # the network tests' LAN and WAN hosts
   chromium          # the web console's tests run it headless…
   chromium-driver   # …driven over WebDriver
+  docker-registry   # a real OCI registry on loopback: installs by reference, pulls on the gateway
+  skopeo            # pushes packages into it
+  umoci             # builds a plain OCI image the way other tools do
 )
 missing=()
 for p in "${packages[@]}"; do
