@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes crates/agent/openapi.json, the API document the agent serves: python3 scripts/openapi.py > crates/agent/openapi.json"""
+"""Writes crates/gateway/openapi.json, the API document the agent serves: python3 scripts/openapi.py > crates/agent/openapi.json"""
 import json
 def ref(n): return {"$ref": f"#/components/schemas/{n}"}
 def arr(x): return {"type":"array","items":x}

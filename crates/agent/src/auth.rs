@@ -10,38 +10,9 @@
 //! Callers on the local socket (root only) are the operator unless they present a token;
 //! callers over TCP must present one. Tokens are random, shown once, and stored as SHA-256.
 
-use std::io::Read;
-
-use sha2::{Digest, Sha256};
+pub use realm::Principal;
 
 use crate::{Agent, AgentError};
-
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Principal {
-    Operator,
-    Provider(String),
-    Home,
-}
-
-impl Principal {
-    /// How the audit log and messages name the caller: `operator`, `provider:acme`, `home`.
-    pub fn label(&self) -> String {
-        match self {
-            Principal::Operator => "operator".into(),
-            Principal::Provider(p) => format!("provider:{p}"),
-            Principal::Home => "home".into(),
-        }
-    }
-
-    /// Whether a service of `provider` exists at all for this caller.
-    pub fn sees(&self, provider: &str) -> bool {
-        match self {
-            Principal::Provider(p) => p == provider,
-            Principal::Operator | Principal::Home => true,
-        }
-    }
-}
 
 /// What a call does to one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,94 +97,18 @@ pub fn check_install(who: &Principal, name: &str, provider: &str) -> Result<(), 
     }
 }
 
-/// Requests a remote caller may make: a steady rate with room for a burst, per principal.
-pub(crate) struct Limiter {
-    per_second: f64,
-    burst: f64,
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
-}
-
-impl Limiter {
-    pub(crate) fn new(per_second: f64, burst: f64) -> Limiter {
-        Limiter {
-            per_second,
-            burst,
-            buckets: Default::default(),
-        }
-    }
-
-    /// Takes one request from `who`'s bucket, or says how long to wait.
-    pub(crate) fn take(&self, who: &str) -> Result<(), AgentError> {
-        let now = std::time::Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        let (tokens, at) = buckets.entry(who.to_string()).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens < 1.0 {
-            let wait = (1.0 - *tokens) / self.per_second;
-            return Err(AgentError::RateLimited(format!(
-                "too many requests from {who}: at most {} a second; try again in {:.1}s",
-                self.per_second, wait
-            )));
-        }
-        *tokens -= 1.0;
-        Ok(())
-    }
-}
-
-/// A new token: `shg_` and 64 hex digits from the kernel's random source.
-pub fn new_token() -> Result<String, AgentError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| AgentError::Internal(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(format!("shg_{}", hex::encode(bytes)))
-}
-
-/// SHA-256 (hex) of the first certificate of a PEM text: how a client certificate is pinned.
-pub fn cert_fingerprint_pem(pem: &str) -> Result<String, AgentError> {
-    use rustls::pki_types::pem::PemObject;
-    let cert = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
-        .next()
-        .ok_or_else(|| {
-            AgentError::BadRequest(
-                "`client_cert` holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-            )
-        })?
-        .map_err(|e| {
-            AgentError::BadRequest(format!("`client_cert` is not a PEM certificate: {e}"))
-        })?;
-    Ok(cert_fingerprint(&cert))
-}
-
-/// SHA-256 (hex) of a certificate's DER bytes.
-pub fn cert_fingerprint(der: &[u8]) -> String {
-    hex::encode(Sha256::digest(der))
-}
-
-/// What the database keeps of a token.
-pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 impl Agent {
     /// The principal a stored credential stands for: a token's hash ([`token_hash`]) or
     /// `cert:` and a pinned certificate's SHA-256; None when unknown or revoked.
-    pub(crate) fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, AgentError> {
+    pub fn principal_by_hash(&self, hash: &str) -> Result<Option<Principal>, AgentError> {
         let Some(rec) = self.store().token_by_hash(hash)? else {
             return Ok(None);
         };
-        Ok(match (rec.realm.as_str(), rec.provider) {
-            ("operator", _) => Some(Principal::Operator),
-            ("home", _) => Some(Principal::Home),
-            ("provider", Some(p)) => Some(Principal::Provider(p)),
-            _ => None,
-        })
+        Ok(Principal::from_stored(&rec.realm, rec.provider))
     }
 
     /// Makes a token for a realm; the token is returned once and only its hash is kept.
-    pub fn create_token(&self, req: &::api::TokenRequest) -> Result<::api::NewToken, AgentError> {
+    pub fn create_token(&self, req: &api::TokenRequest) -> Result<api::NewToken, AgentError> {
         let (realm, provider) = match (req.realm.as_str(), &req.provider) {
             ("provider", Some(p)) if manifest::valid_name(p) => ("provider", Some(p.as_str())),
             ("provider", Some(p)) => {
@@ -239,10 +134,11 @@ impl Agent {
             }
         };
         if let Some(pem) = &req.client_cert {
-            let fingerprint = cert_fingerprint_pem(pem)?;
+            let fingerprint = realm::cert_fingerprint_pem(pem)
+                .map_err(|e| AgentError::BadRequest(e.to_string()))?;
             let stored = format!("{}{fingerprint}", state::CERT_PREFIX);
             let id = self.store().add_token(realm, provider, &stored)?;
-            return Ok(::api::NewToken {
+            return Ok(api::NewToken {
                 id,
                 realm: realm.to_string(),
                 provider: provider.map(String::from),
@@ -250,11 +146,11 @@ impl Agent {
                 client_cert_sha256: Some(fingerprint),
             });
         }
-        let token = new_token()?;
+        let token = realm::new_token().map_err(AgentError::internal)?;
         let id = self
             .store()
-            .add_token(realm, provider, &token_hash(&token))?;
-        Ok(::api::NewToken {
+            .add_token(realm, provider, &realm::token_hash(&token))?;
+        Ok(api::NewToken {
             id,
             realm: realm.to_string(),
             provider: provider.map(String::from),
@@ -263,12 +159,12 @@ impl Agent {
         })
     }
 
-    pub fn list_tokens(&self) -> Result<Vec<::api::TokenInfo>, AgentError> {
+    pub fn list_tokens(&self) -> Result<Vec<api::TokenInfo>, AgentError> {
         Ok(self
             .store()
             .tokens()?
             .into_iter()
-            .map(|t| ::api::TokenInfo {
+            .map(|t| api::TokenInfo {
                 id: t.id,
                 realm: t.realm,
                 provider: t.provider,
@@ -288,7 +184,7 @@ impl Agent {
     }
 
     /// The services `who` sees.
-    pub fn list(&self, who: &Principal) -> Result<Vec<::api::ServiceSummary>, AgentError> {
+    pub fn list(&self, who: &Principal) -> Result<Vec<api::ServiceSummary>, AgentError> {
         Ok(self
             .store()
             .list()?
@@ -305,7 +201,7 @@ impl Agent {
         since: i64,
         service: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<::api::Event>, AgentError> {
+    ) -> Result<Vec<api::Event>, AgentError> {
         let mut found = Vec::new();
         let mut since = since;
         while found.len() < limit {
@@ -321,20 +217,17 @@ impl Agent {
 
     /// One page of the journal after `since` (at most `page` events read), filtered to what
     /// `who` may see; returns the last id read, so the caller pages on from there.
-    pub(crate) fn events_after(
+    pub fn events_after(
         &self,
         who: &Principal,
         since: i64,
         service: Option<&str>,
         page: usize,
-    ) -> Result<(i64, Vec<::api::Event>), AgentError> {
+    ) -> Result<(i64, Vec<api::Event>), AgentError> {
         let events = self.store().events(since, service, page)?;
         let last = events.last().map(|e| e.id).unwrap_or(since);
         let Principal::Provider(provider) = who else {
-            return Ok((
-                last,
-                events.into_iter().map(crate::api::event_view).collect(),
-            ));
+            return Ok((last, events.into_iter().map(crate::event_view).collect()));
         };
         // A provider sees the events of its services since they were installed (a name may
         // have belonged to another provider before), and no gateway-wide events.
@@ -354,14 +247,14 @@ impl Agent {
                         .any(|(name, since)| name == s && e.time_ms >= *since)
                 })
             })
-            .map(crate::api::event_view)
+            .map(crate::event_view)
             .collect();
         Ok((last, visible))
     }
 
     /// The record of `name` if `who` may do `action` to it; `NotFound` when it does not exist
     /// for that caller.
-    pub(crate) fn access(
+    pub fn access(
         &self,
         who: &Principal,
         name: &str,
@@ -439,27 +332,5 @@ mod tests {
             "{err}"
         );
         check_install(&Principal::Home, "vod", "vodco").unwrap();
-    }
-
-    #[test]
-    fn tokens_are_random_and_only_their_hash_is_kept() {
-        let (a, b) = (new_token().unwrap(), new_token().unwrap());
-        assert_ne!(a, b);
-        assert!(a.starts_with("shg_") && a.len() == 68);
-        assert_eq!(token_hash(&a).len(), 64);
-        assert_ne!(token_hash(&a), token_hash(&b));
-    }
-
-    #[test]
-    fn the_limiter_allows_a_burst_then_the_rate() {
-        let limiter = Limiter::new(10.0, 3.0);
-        for _ in 0..3 {
-            limiter.take("home").unwrap();
-        }
-        let err = limiter.take("home").unwrap_err();
-        assert!(matches!(err, AgentError::RateLimited(_)));
-        limiter.take("provider:acme").unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(120));
-        limiter.take("home").unwrap();
     }
 }

@@ -37,18 +37,25 @@ pub enum AgentError {
     /// The caller may not do this (its realm's rules say why).
     #[error("{0}")]
     Forbidden(String),
-    /// No valid token came with a request that needs one.
-    #[error("{0}")]
-    Unauthorized(String),
-    /// The caller sent too many requests too fast.
-    #[error("{0}")]
-    RateLimited(String),
     /// No live token has this id.
     #[error("no live token with id {0}; `shg token list` shows them")]
     NoToken(i64),
     /// No trust rule has this key id.
     #[error("no trusted key has id `{0}`; `shg trust list` shows them")]
     NoTrust(String),
+    /// A file or directory of the agent's could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state database failed.
+    #[error("the state database: {0}")]
+    Store(#[source] state::StateError),
+    /// The container runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] runtime::RuntimeError),
     /// Anything else: a bug or a host failure.
     #[error("{0}")]
     Internal(String),
@@ -56,28 +63,15 @@ pub enum AgentError {
 
 impl AgentError {
     pub fn io(path: &Path, e: std::io::Error) -> Self {
-        AgentError::Internal(format!("{}: {e}", path.display()))
+        AgentError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 
-    /// The stable code the API reports.
-    pub fn code(&self) -> &'static str {
-        match self {
-            AgentError::NotFound(_) => "not-found",
-            AgentError::Exists(_) => "conflict",
-            AgentError::BadPackage(_) => "bad-package",
-            AgentError::Untrusted(_) => "untrusted-package",
-            AgentError::BadManifest(_) => "bad-manifest",
-            AgentError::BadRequest(_) => "bad-request",
-            AgentError::Conflict(_) => "conflict",
-            AgentError::Busy(_) => "unavailable",
-            AgentError::Refused(_) => "admission-refused",
-            AgentError::StartFailed(_) => "start-failed",
-            AgentError::Forbidden(_) => "forbidden",
-            AgentError::Unauthorized(_) => "unauthorized",
-            AgentError::RateLimited(_) => "rate-limited",
-            AgentError::NoToken(_) | AgentError::NoTrust(_) => "not-found",
-            AgentError::Internal(_) => "internal",
-        }
+    /// A failure no caller can act on, kept as its sentence.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        AgentError::Internal(e.to_string())
     }
 }
 
@@ -86,13 +80,7 @@ impl From<state::StateError> for AgentError {
         match e {
             state::StateError::NotFound(name) => AgentError::NotFound(name),
             state::StateError::Exists(name) => AgentError::Exists(name),
-            state::StateError::Db { .. } => AgentError::Internal(e.to_string()),
+            state::StateError::Db { .. } => AgentError::Store(e),
         }
-    }
-}
-
-impl From<runtime::RuntimeError> for AgentError {
-    fn from(e: runtime::RuntimeError) -> Self {
-        AgentError::Internal(e.to_string())
     }
 }

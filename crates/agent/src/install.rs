@@ -161,16 +161,15 @@ impl Agent {
         opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         crate::auth::check_gateway(who, crate::auth::GatewayAction::Install)?;
-        let parsed = ::api::registry::Reference::parse(reference).ok_or_else(|| {
+        let parsed = registry::Reference::parse(reference).ok_or_else(|| {
             AgentError::BadRequest(format!(
                 "`{reference}` is not an image reference: write REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"
             ))
         })?;
         let tar = self.layout.tmp().join(format!("pull-{}.tar", unique()));
-        let pulled =
-            ::api::registry::pull(&parsed, &self.layout.root.join("cache"), &tar, &mut |_| {})
-                .await
-                .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
+        let pulled = registry::pull(&parsed, &self.layout.root.join("cache"), &tar, &mut |_| {})
+            .await
+            .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
         let result = match pulled {
             Ok(_) => {
                 let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
@@ -530,7 +529,7 @@ impl Agent {
                 bundle: show(sl.bundle()),
                 logs: show(sl.logs()),
             },
-            events: events.into_iter().map(crate::api::event_view).collect(),
+            events: events.into_iter().map(crate::event_view).collect(),
         })
     }
 }

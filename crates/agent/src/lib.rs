@@ -1,28 +1,31 @@
 //! The gateway agent: installs packages, runs each service in its own container, keeps them to
-//! their restart policy and health checks, records every transition, and serves the API.
+//! their restart policy and health checks, and records every transition.
 //!
-//! The HTTP layer (`api`) only translates requests into calls on [`Agent`]; the agent's
-//! operations never see HTTP types.
+//! The agent knows nothing of HTTP: the `gateway` crate serves its operations as an API
+//! (through the `server` crate) and translates requests into calls on [`Agent`].
 
-mod api;
 mod auth;
 mod capacity;
-mod console;
 mod error;
 mod health;
 mod install;
 mod layout;
 mod lifecycle;
 mod monitor;
-mod network;
+mod networking;
 mod pidfd;
+mod shelf;
 mod signatures;
 mod stats;
-mod tls;
+mod streams;
 mod update;
 
-pub use auth::Principal;
-pub use tls::Listen;
+pub use auth::{check_gateway, check_install, check_service, GatewayAction, ServiceAction};
+pub use install::InstallOptions;
+pub use lifecycle::StateLock;
+pub use realm::Principal;
+pub use streams::LogFollower;
+pub use update::{DEFAULT_WINDOW, MAX_WINDOW};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,8 +59,9 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// How often every running service's cgroup is sampled.
     pub sample_interval: std::time::Duration,
-    /// Serve the API over TCP with TLS too (`--listen`).
-    pub listen: Option<Listen>,
+    /// The TCP port the gateway's API listens on (`--listen`), if any: no service may
+    /// publish it.
+    pub api_port: Option<u16>,
     /// 8 hex digits naming this agent's network objects (bridge `shgbTAG`, table
     /// `inet shg_TAG`, …), from the state directory.
     pub net_tag: String,
@@ -74,7 +78,7 @@ impl Config {
             .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
             }) as u32;
-        let cgroup_parent = if state_dir == Path::new(::api::DEFAULT_STATE_DIR) {
+        let cgroup_parent = if state_dir == Path::new(api::DEFAULT_STATE_DIR) {
             "shg".to_string()
         } else {
             format!("shg-{hash:08x}")
@@ -92,7 +96,7 @@ impl Config {
             cgroup_parent,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             sample_interval: std::time::Duration::from_secs(1),
-            listen: None,
+            api_port: None,
             net_tag: format!("{hash:08x}"),
         })
     }
@@ -114,16 +118,12 @@ pub struct Agent {
     pub(crate) settings: capacity::Settings,
     /// The last samples of what services and the host use.
     pub(crate) monitor: monitor::Monitor,
-    /// Remote callers' request rate.
-    pub(crate) limiter: auth::Limiter,
     /// The services' network; `None` when `[network] enabled = false`.
-    pub(crate) net: Option<::network::Network>,
+    pub(crate) net: Option<network::Network>,
     /// One network change at a time (two first starts would both make the bridge).
     pub(crate) net_lock: Mutex<()>,
     /// The last reading of the services' traffic counters.
-    pub(crate) traffic: Mutex<network::TrafficMeter>,
-    /// The web console's log-in sessions.
-    pub(crate) sessions: console::Sessions,
+    pub(crate) traffic: Mutex<networking::TrafficMeter>,
     /// Image layers, each unpacked once and shared by every release that has it.
     pub(crate) layers: image::LayerStore,
     /// Held from unpacking a release's layers until its `layers` file names them, and by the
@@ -159,13 +159,13 @@ impl Agent {
         }
         let (gateway, settings) = capacity::load(&layout.root)?;
         let monitor = monitor::Monitor::new(&cfg.cgroup_root);
-        let link = ::network::ops::Link {
+        let link = network::ops::Link {
             down: gateway.capacity.bandwidth_down,
             up: gateway.capacity.bandwidth_up,
             forward_down: gateway.system_reserve.bandwidth_down,
             forward_up: gateway.system_reserve.bandwidth_up,
         };
-        let network = ::network::Network::new(settings.network.clone(), &cfg.net_tag, link);
+        let network = network::Network::new(settings.network.clone(), &cfg.net_tag, link);
         let net = if settings.network.enabled {
             Some(network)
         } else {
@@ -186,11 +186,9 @@ impl Agent {
             admission_lock: tokio::sync::Mutex::new(()),
             settings,
             monitor,
-            limiter: auth::Limiter::new(20.0, 100.0),
             net,
             net_lock: Mutex::new(()),
             traffic: Mutex::new(Default::default()),
-            sessions: console::Sessions::default(),
             layers,
             layers_lock: Mutex::new(()),
             catalog_lock: tokio::sync::Mutex::new(()),
@@ -252,12 +250,12 @@ impl Agent {
     }
 
     /// Capacity, reserve, what is reserved and what is free, per resource.
-    pub fn capacity(&self) -> Result<::api::CapacityView, AgentError> {
+    pub fn capacity(&self) -> Result<api::CapacityView, AgentError> {
         let records = self.store().list()?;
         let reserved = capacity::reserved(&records);
         let available = self.gateway.available();
         let json = |a: &admission::Amounts| serde_json::to_value(a).unwrap_or_default();
-        Ok(::api::CapacityView {
+        Ok(api::CapacityView {
             capacity: json(&self.gateway.capacity),
             system_reserve: json(&self.gateway.system_reserve),
             available: json(&available),
@@ -272,14 +270,14 @@ impl Agent {
     fn tenants(
         &self,
         records: &[state::ServiceRecord],
-    ) -> std::collections::BTreeMap<String, ::api::Tenant> {
+    ) -> std::collections::BTreeMap<String, api::Tenant> {
         let mut providers: std::collections::BTreeSet<String> =
             records.iter().map(|r| r.provider.clone()).collect();
         providers.extend(self.gateway.provider_caps.keys().cloned());
         providers
             .into_iter()
             .map(|p| {
-                let cap = ::api::AmountsCap {
+                let cap = api::AmountsCap {
                     cpu: self.gateway.cap(&p, admission::Resource::Cpu),
                     memory: self.gateway.cap(&p, admission::Resource::Memory),
                     storage: self.gateway.cap(&p, admission::Resource::Storage),
@@ -292,67 +290,86 @@ impl Agent {
                     .cloned()
                     .collect();
                 let reserved = serde_json::to_value(capacity::reserved(&held)).unwrap_or_default();
-                (p, ::api::Tenant { cap, reserved })
+                (p, api::Tenant { cap, reserved })
             })
             .collect()
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT: recovers what a previous run left, serves the API
-/// on `STATE_DIR/api.sock`. Services keep running after the agent exits.
-pub fn run(cfg: Config) -> Result<(), AgentError> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| AgentError::Internal(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(async move {
-        let agent = Agent::open(cfg)?;
-        let _lock = lifecycle::take_lock(&agent.layout)?;
+impl Agent {
+    /// Takes the state directory for this process, makes it the subreaper of the container
+    /// inits, finishes or rolls back what a previous run left, re-adopts the running services
+    /// and starts the once-a-second sampler. The returned lock holds the state directory
+    /// until dropped.
+    pub async fn start_up(self: &Arc<Self>) -> Result<StateLock, AgentError> {
+        let lock = lifecycle::take_lock(&self.layout)?;
         lifecycle::become_subreaper();
-        agent.clone().recover().await?;
-        agent.spawn_sampler();
-        let listener = api::bind(&agent.layout.socket())?;
-        tracing::info!(socket = %agent.layout.socket().display(), "gateway agent ready");
-        eprintln!(
-            "shg gateway: serving the API on {}",
-            agent.layout.socket().display()
-        );
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some(listen) = agent.cfg.listen.clone() {
-            let config = tls::server_config(&agent.layout.root, &listen)?;
-            let listener = tls::bind(listen.addr).await?;
-            eprintln!("shg gateway: serving the API on https://{}", listen.addr);
-            tokio::spawn(tls::serve(agent.clone(), listener, config, stop_rx.clone()));
-        }
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            let _ = stop_tx.send(true);
-        });
-        let graceful = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
-        // Streams such as `shg logs -f` never end by themselves: give requests a moment to
-        // finish, then exit anyway. The services keep running either way.
-        let deadline = {
-            let mut rx = stop_rx;
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        };
-        tokio::select! {
-            result = api::serve(agent, listener, graceful) => result,
-            _ = deadline => Ok(()),
-        }
-    })
+        self.clone().recover().await?;
+        self.spawn_sampler();
+        Ok(lock)
+    }
+
+    /// The API socket's path, `STATE_DIR/api.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.layout.socket()
+    }
+
+    /// The largest package the agent accepts.
+    pub fn max_package(&self) -> u64 {
+        self.cfg.max_package
+    }
+
+    /// A fresh path under the agent's `tmp/` for an upload (the caller deletes it).
+    pub fn upload_path(&self) -> PathBuf {
+        self.layout
+            .tmp()
+            .join(format!("upload-{}.tar", install::unique()))
+    }
+
+    /// The newest event id of the journal.
+    pub fn last_event_id(&self) -> Result<i64, AgentError> {
+        Ok(self.store().last_event_id()?)
+    }
+
+    /// The audit log from `since`, at most `limit` entries.
+    pub fn audit_log(&self, since: i64, limit: usize) -> Result<Vec<api::AuditEntry>, AgentError> {
+        Ok(self
+            .store()
+            .audit_log(since, limit)?
+            .into_iter()
+            .map(|a| api::AuditEntry {
+                id: a.id,
+                time_ms: a.time_ms,
+                principal: a.principal,
+                action: a.action,
+                status: a.status,
+            })
+            .collect())
+    }
+
+    /// Records a call made through the API.
+    pub fn audit(&self, principal: &str, action: &str, status: u16) -> Result<(), AgentError> {
+        Ok(self.store().audit(principal, action, status)?)
+    }
+
+    /// What `GET /v1/gateway` says to `who`.
+    pub fn info(&self, who: &Principal) -> Result<api::GatewayInfo, AgentError> {
+        Ok(api::GatewayInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            state_dir: self.state_dir().display().to_string(),
+            services: self.list(who)?.len(),
+            pid: std::process::id(),
+        })
+    }
+}
+
+/// A journal entry as the API shows it.
+pub(crate) fn event_view(e: state::EventRecord) -> api::Event {
+    api::Event {
+        id: e.id,
+        time_ms: e.time_ms,
+        service: e.service,
+        kind: e.kind,
+        message: e.message,
+    }
 }

@@ -391,12 +391,12 @@ impl Agent {
     }
 
     /// `shg start --dry-run`: whether the service would be admitted, changing nothing.
-    pub fn check_start(&self, name: &str) -> Result<::api::Verdict, AgentError> {
+    pub fn check_start(&self, name: &str) -> Result<api::Verdict, AgentError> {
         let rec = self.store().get(name)?;
         if rec.desired != Desired::Running {
             self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, false)?;
         }
-        Ok(::api::Verdict {
+        Ok(api::Verdict {
             service: name.to_string(),
             admitted: true,
             message: format!("`{name}` would be admitted: its reservation fits"),

@@ -5,7 +5,7 @@ use crate::{Agent, AgentError};
 
 impl Agent {
     /// Adds (or replaces) the rule for a provider's key.
-    pub fn add_trust(&self, req: &::api::TrustRequest) -> Result<::api::TrustRule, AgentError> {
+    pub fn add_trust(&self, req: &api::TrustRequest) -> Result<api::TrustRule, AgentError> {
         let key = trust::PublicKey::parse(&req.public_key, "the public key")
             .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         if key.provider != req.provider {
@@ -47,7 +47,7 @@ impl Agent {
         Ok(to_api(rule))
     }
 
-    pub fn trust_rules(&self) -> Result<Vec<::api::TrustRule>, AgentError> {
+    pub fn trust_rules(&self) -> Result<Vec<api::TrustRule>, AgentError> {
         Ok(self
             .store()
             .trust_rules()?
@@ -155,8 +155,8 @@ impl Agent {
     }
 }
 
-fn to_api(r: state::TrustRecord) -> ::api::TrustRule {
-    ::api::TrustRule {
+fn to_api(r: state::TrustRecord) -> api::TrustRule {
+    api::TrustRule {
         key_id: r.key_id,
         provider: r.provider,
         services: r.services,

@@ -1,9 +1,9 @@
-//! The gateway API as both sides see it: JSON types, exec framing, and a client that speaks
-//! HTTP/1.1 to the agent over its Unix socket.
+//! The gateway API as both sides see it: JSON types, exec framing, and the client that speaks
+//! HTTP/1.1 to the agent over its Unix socket or HTTPS. (Pulling from OCI registries is the
+//! `registry` crate's.)
 
 pub mod client;
 pub mod exec_frames;
-pub mod registry;
 pub mod types;
 
 pub use client::{Client, ClientError, InstallParams, Options, UpdateParams};

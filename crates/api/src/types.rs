@@ -380,3 +380,17 @@ pub struct AuditEntry {
     /// The HTTP status it ended with.
     pub status: u16,
 }
+
+/// One package on the gateway's own shelf (`GET /console/catalog`) that the caller may
+/// install.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShelfEntry {
+    /// The file name, for `GET /console/catalog/{file}`.
+    pub file: String,
+    pub name: String,
+    pub provider: String,
+    pub version: String,
+    pub description: String,
+    /// Bytes of the package file.
+    pub size: u64,
+}

@@ -44,7 +44,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     tls_key,
                 },
         } => {
-            let listen = listen.map(|addr| agent::Listen {
+            let listen = listen.map(|addr| gateway::Listen {
                 addr,
                 cert: tls_cert,
                 key: tls_key,
@@ -241,9 +241,9 @@ fn sign_file(file: &Path, key: &trust::SecretKey) -> anyhow::Result<(String, Str
 async fn sign(target: &str, key_path: &Path, json: bool) -> anyhow::Result<i32> {
     let key = secret_key(key_path)?;
     let path = Path::new(target);
-    let (what, digest) = match api::registry::Reference::parse(target) {
+    let (what, digest) = match registry::Reference::parse(target) {
         Some(reference) if !path.exists() => {
-            let digest = api::registry::push_signatures(&reference, |digest| {
+            let digest = registry::push_signatures(&reference, |digest| {
                 let (k, v) = key.sign(digest).annotation();
                 [(k, v)].into_iter().collect()
             })
@@ -332,14 +332,14 @@ fn pack(dir: &Path, out: &Path, sign: Option<&Path>, json: bool) -> anyhow::Resu
 /// reference comes back too).
 async fn package_file(arg: &Path) -> anyhow::Result<(PathBuf, Option<String>)> {
     let text = arg.to_string_lossy();
-    match api::registry::Reference::parse(&text) {
+    match registry::Reference::parse(&text) {
         Some(r) if !arg.exists() => Ok((pull(&r).await?, Some(r.to_string()))),
         _ => Ok((arg.to_path_buf(), None)),
     }
 }
 
 /// Pulls `reference` into the user's cache; returns the package file.
-async fn pull(reference: &api::registry::Reference) -> anyhow::Result<PathBuf> {
+async fn pull(reference: &registry::Reference) -> anyhow::Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
@@ -353,7 +353,7 @@ async fn pull(reference: &api::registry::Reference) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot create {}", cache.display()))?;
     let terminal = io::stderr().is_terminal();
     let mut last = std::time::Instant::now();
-    let mut show = |p: api::registry::Progress| {
+    let mut show = |p: registry::Progress| {
         let finished = p.done == p.total;
         if terminal && (finished || last.elapsed() >= std::time::Duration::from_millis(100)) {
             last = std::time::Instant::now();
@@ -371,7 +371,7 @@ async fn pull(reference: &api::registry::Reference) -> anyhow::Result<PathBuf> {
             }
         }
     };
-    let digest = api::registry::pull(reference, &cache, &out, &mut show).await?;
+    let digest = registry::pull(reference, &cache, &out, &mut show).await?;
     if !terminal {
         eprintln!("pulled {reference} ({digest})");
     }
@@ -393,7 +393,7 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
         } => {
             if pull_on_gateway {
                 let reference = file.to_string_lossy().into_owned();
-                if api::registry::Reference::parse(&reference).is_none() {
+                if registry::Reference::parse(&reference).is_none() {
                     bail!("--pull-on-gateway needs an image reference (REGISTRY/REPOSITORY[:TAG|@sha256:HEX]), not {reference:?}");
                 }
                 let d = client
@@ -493,7 +493,7 @@ async fn update_package(
     target: Option<&str>,
 ) -> anyhow::Result<(PathBuf, Option<String>)> {
     if let Some(t) = target {
-        if Path::new(t).exists() || api::registry::Reference::parse(t).is_some() {
+        if Path::new(t).exists() || registry::Reference::parse(t).is_some() {
             return package_file(Path::new(t)).await;
         }
     }
@@ -501,7 +501,7 @@ async fn update_package(
     let Some(source) = detail
         .source
         .as_deref()
-        .and_then(api::registry::Reference::parse)
+        .and_then(registry::Reference::parse)
     else {
         bail!(
             "`{name}` was installed from a file, so there is no repository to find {} in; give the new package: `shg update {name} FILE|REFERENCE`",
@@ -510,7 +510,7 @@ async fn update_package(
     };
     let reference = match target {
         None => source,
-        Some(version) if valid_tag(version) => api::registry::Reference {
+        Some(version) if valid_tag(version) => registry::Reference {
             reference: version.to_string(),
             ..source
         },

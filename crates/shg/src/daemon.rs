@@ -146,11 +146,10 @@ fn runtime_main(args: &[String]) -> i32 {
 }
 
 /// `shg gateway run`: the agent, until SIGTERM or SIGINT.
-pub fn gateway_run(state_dir: PathBuf, listen: Option<agent::Listen>) -> anyhow::Result<()> {
+pub fn gateway_run(state_dir: PathBuf, listen: Option<gateway::Listen>) -> anyhow::Result<()> {
     init_logging();
-    let mut cfg = agent::Config::new(state_dir)?;
-    cfg.listen = listen;
-    agent::run(cfg)?;
+    let cfg = agent::Config::new(state_dir)?;
+    gateway::run(cfg, listen)?;
     Ok(())
 }
 

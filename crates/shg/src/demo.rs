@@ -21,25 +21,25 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     let packages = samples::build_all(&packages_dir)?;
     let keys = sign_samples(&state_dir, &packages)?;
 
-    let mut agent_cfg = agent::Config::new(state_dir.clone())?;
+    let agent_cfg = agent::Config::new(state_dir.clone())?;
     // A port taken by something else should not cost the user the whole demo.
-    let https = match std::net::TcpListener::bind(listen) {
+    let listen_tls = match std::net::TcpListener::bind(listen) {
         Ok(probe) => {
             drop(probe);
-            agent_cfg.listen = Some(agent::Listen {
+            Some(gateway::Listen {
                 addr: listen,
                 cert: None,
                 key: None,
-            });
-            true
+            })
         }
         Err(e) => {
             eprintln!("warning: cannot serve HTTPS on {listen} ({e}); the demo goes on without it (choose another with --listen)");
-            false
+            None
         }
     };
+    let https = listen_tls.is_some();
     let socket = agent::Layout::new(&state_dir).socket();
-    let agent = std::thread::spawn(move || agent::run(agent_cfg));
+    let agent = std::thread::spawn(move || gateway::run(agent_cfg, listen_tls));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

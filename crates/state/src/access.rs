@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS audit (
 ";
 
 /// How a pinned client certificate's SHA-256 is stored beside tokens' hashes.
-pub const CERT_PREFIX: &str = "cert:";
+pub const CERT_PREFIX: &str = realm::CERT_PREFIX;
 
 /// Audit entries kept; older ones are dropped.
 const AUDIT_KEPT: i64 = 100_000;

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::harness::{eventually, Gateway};
 
-const OPENAPI: &str = include_str!("../../../agent/openapi.json");
+const OPENAPI: &str = include_str!("../../../gateway/openapi.json");
 
 fn sleeper(name: &str, provider: &str) -> String {
     format!(
@@ -478,7 +478,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         .to_string();
     let out = std::process::Command::new(schemathesis)
         .current_dir(&gw.work)
-        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/../agent/openapi.json")])
+        .args(["run", concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/openapi.json")])
         .args(["--url", &gw.https_url()])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .arg("--tls-verify")

@@ -58,8 +58,8 @@ impl Agent {
             return Ok(());
         };
         let mut reserved = net.cfg.reserved_ports.clone();
-        if let Some(listen) = &self.cfg.listen {
-            reserved.push(listen.addr.port());
+        if let Some(port) = self.cfg.api_port {
+            reserved.push(port);
         }
         let records = self.store().list()?;
         let others: Vec<Member> = records

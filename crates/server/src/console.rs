@@ -1,50 +1,40 @@
-//! The web console: one page, one script and one style sheet embedded in the binary, and the
-//! cookie sessions that let a browser call the API under the same rules as any other caller.
+//! A web console's plumbing: its embedded page, script and style sheet, and the cookie
+//! sessions that let a browser call the API under the same rules as any other caller.
 //!
-//! A browser logs in by posting a token in a JSON body (`POST /console/login`); the agent
+//! A browser logs in by posting a token in a JSON body (`POST /console/login`); the server
 //! keeps a session in memory holding the token's hash, and the browser holds only a random
-//! session id in an `HttpOnly`, `SameSite=Strict` cookie. [`crate::api`]'s `authenticate`
-//! takes that cookie in place of `Authorization: Bearer`, looks the token up again on every
-//! request (so a revoked token ends its sessions at once) and, for every request that changes
-//! something, wants the session's CSRF token in `X-CSRF-Token`. The page's script is a client
-//! of `/v1` only; the console adds no operation of its own beyond logging in and out and the
-//! catalog of packages under `STATE/samples` (read-only, filtered to what the caller may
-//! install).
+//! session id in an `HttpOnly`, `SameSite=Strict` cookie. [`crate::authenticate`] takes that
+//! cookie in place of `Authorization: Bearer`, looks the token up again on every request (so
+//! a revoked token ends its sessions at once) and, for every request that changes something,
+//! wants the session's CSRF token in `X-CSRF-Token`.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path as UrlPath, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{middleware, Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use crate::api::{ApiError, Transport};
-use crate::auth::{GatewayAction, Principal};
-use crate::{Agent, AgentError};
+use crate::{Principal, Problem, Server, Transport};
 
 /// The cookie holding the session id.
-pub(crate) const COOKIE: &str = "shg_session";
+pub const COOKIE: &str = "shg_session";
 /// The header a cookie-authenticated request that changes something must carry.
-pub(crate) const CSRF_HEADER: &str = "x-csrf-token";
+pub const CSRF_HEADER: &str = "x-csrf-token";
 /// A session unused this long ends.
 const IDLE: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; the least recently used goes first.
 const MAX_SESSIONS: usize = 1024;
 
-const INDEX_HTML: &str = include_str!("console/index.html");
-const APP_JS: &str = include_str!("console/app.js");
-const APP_CSS: &str = include_str!("console/app.css");
-
 /// The console's pages: no script but our own, no framing, nothing loaded from elsewhere.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 struct Session {
@@ -54,14 +44,14 @@ struct Session {
     last_used: Instant,
 }
 
-/// The open console sessions, in memory: an agent restart logs everyone out.
+/// The open console sessions, in memory: a restart logs everyone out.
 #[derive(Default)]
-pub(crate) struct Sessions {
+pub struct Sessions {
     map: Mutex<HashMap<String, Session>>,
 }
 
 /// What a request learns from its session.
-pub(crate) struct SessionInfo {
+pub struct SessionInfo {
     pub hash: String,
     pub csrf: String,
 }
@@ -72,8 +62,8 @@ impl Sessions {
     }
 
     /// Opens a session for the token stored as `hash`: (session id, CSRF token).
-    fn open(&self, hash: String) -> Result<(String, String), AgentError> {
-        let (id, csrf) = (random_hex()?, random_hex()?);
+    pub fn open(&self, hash: String) -> Result<(String, String), realm::CredentialError> {
+        let (id, csrf) = (realm::random_hex(32)?, realm::random_hex(32)?);
         let mut map = self.lock();
         map.retain(|_, s| s.last_used.elapsed() < IDLE);
         if map.len() >= MAX_SESSIONS {
@@ -97,7 +87,7 @@ impl Sessions {
     }
 
     /// The live session `id`, marked as used now; None when unknown or idle too long.
-    pub(crate) fn lookup(&self, id: &str) -> Option<SessionInfo> {
+    pub fn lookup(&self, id: &str) -> Option<SessionInfo> {
         let mut map = self.lock();
         let session = map.get_mut(id)?;
         if session.last_used.elapsed() >= IDLE {
@@ -112,28 +102,19 @@ impl Sessions {
     }
 
     /// Whether session `id` is still open, without counting as a use (for long streams).
-    pub(crate) fn open_now(&self, id: &str) -> bool {
+    pub fn open_now(&self, id: &str) -> bool {
         self.lock()
             .get(id)
             .is_some_and(|s| s.last_used.elapsed() < IDLE)
     }
 
-    fn close(&self, id: &str) {
+    pub fn close(&self, id: &str) {
         self.lock().remove(id);
     }
 }
 
-/// 32 random bytes from the kernel, as hex.
-fn random_hex() -> Result<String, AgentError> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| AgentError::Internal(format!("cannot read /dev/urandom: {e}")))?;
-    Ok(hex::encode(bytes))
-}
-
 /// The session id in the request's `Cookie` header, if any.
-pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -146,7 +127,7 @@ pub(crate) fn session_id(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Whether the request carries the session's CSRF token (compared in constant time).
-pub(crate) fn csrf_ok(headers: &HeaderMap, expected: &str) -> bool {
+pub fn csrf_ok(headers: &HeaderMap, expected: &str) -> bool {
     let Some(given) = headers.get(CSRF_HEADER).map(|v| v.as_bytes()) else {
         return false;
     };
@@ -159,25 +140,56 @@ pub(crate) fn csrf_ok(headers: &HeaderMap, expected: &str) -> bool {
 }
 
 /// The refusal of a cookie-authenticated change without the CSRF token.
-pub(crate) fn csrf_refusal() -> AgentError {
-    AgentError::Forbidden(format!(
+pub fn csrf_refusal() -> Problem {
+    Problem::forbidden(format!(
         "a console session changes something only with its CSRF token in the `X-CSRF-Token` \
          header (`GET /console/session` gives it); log in again if the page is old (cookie \
          `{COOKIE}`)"
     ))
 }
 
-/// The console's routes: the pages and log-in (open to all), the session, log-out and the
-/// catalog (behind `authenticate`, like the API).
-pub(crate) fn router(agent: Arc<Agent>, transport: Transport) -> Router<Arc<Agent>> {
+/// The files of one console, embedded in the binary.
+#[derive(Clone, Copy)]
+pub struct Pages {
+    pub html: &'static str,
+    pub js: &'static str,
+    pub css: &'static str,
+}
+
+/// What the page learns about its session, from the caller and its CSRF token (None for a
+/// caller that did not come with a session cookie: it needs none). The application adds
+/// what its page needs (where the event list starts, say).
+pub type SessionView = Arc<dyn Fn(&Principal, Option<String>) -> serde_json::Value + Send + Sync>;
+
+#[derive(Clone)]
+struct Console {
+    server: Arc<Server>,
+    transport: Transport,
+    pages: Pages,
+    view: SessionView,
+}
+
+/// The console's own routes: the page, its script and style sheet, log-in (open to all), and
+/// the session and log-out (behind [`crate::authenticate`], like the API). The application
+/// merges them into its router beside its API and its own console routes.
+pub fn router<S: Clone + Send + Sync + 'static>(
+    server: Arc<Server>,
+    transport: Transport,
+    pages: Pages,
+    view: SessionView,
+) -> Router<S> {
+    let console = Console {
+        server: server.clone(),
+        transport,
+        pages,
+        view,
+    };
     let guarded = Router::new()
         .route("/console/session", get(session))
         .route("/console/logout", post(logout))
-        .route("/console/catalog", get(catalog))
-        .route("/console/catalog/{file}", get(catalog_package))
         .route_layer(middleware::from_fn_with_state(
-            (agent.clone(), transport),
-            crate::api::authenticate,
+            (server, transport),
+            crate::authenticate,
         ));
     Router::new()
         .route("/", get(page))
@@ -187,10 +199,8 @@ pub(crate) fn router(agent: Arc<Agent>, transport: Transport) -> Router<Arc<Agen
         .route("/console/app.css", get(style))
         .route("/console/login", post(login))
         .merge(guarded)
-        .with_state((agent, transport))
+        .with_state(console)
 }
-
-type Ctx = State<(Arc<Agent>, Transport)>;
 
 /// An embedded file, gzipped once on first use for clients that accept it.
 fn asset(
@@ -237,56 +247,26 @@ fn asset(
     response
 }
 
-async fn page(headers: HeaderMap) -> Response {
+// One server process serves one console, so one gzipped copy of each file is enough.
+async fn page(State(c): State<Console>, headers: HeaderMap) -> Response {
     static GZ: OnceLock<Vec<u8>> = OnceLock::new();
-    asset(&headers, "text/html; charset=utf-8", INDEX_HTML, &GZ)
+    asset(&headers, "text/html; charset=utf-8", c.pages.html, &GZ)
 }
 
-async fn script(headers: HeaderMap) -> Response {
+async fn script(State(c): State<Console>, headers: HeaderMap) -> Response {
     static GZ: OnceLock<Vec<u8>> = OnceLock::new();
-    asset(&headers, "text/javascript; charset=utf-8", APP_JS, &GZ)
+    asset(&headers, "text/javascript; charset=utf-8", c.pages.js, &GZ)
 }
 
-async fn style(headers: HeaderMap) -> Response {
+async fn style(State(c): State<Console>, headers: HeaderMap) -> Response {
     static GZ: OnceLock<Vec<u8>> = OnceLock::new();
-    asset(&headers, "text/css; charset=utf-8", APP_CSS, &GZ)
+    asset(&headers, "text/css; charset=utf-8", c.pages.css, &GZ)
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginRequest {
     token: String,
-}
-
-/// What the page learns about its session.
-#[derive(Serialize)]
-struct SessionView {
-    /// `operator`, `provider` or `home`.
-    realm: &'static str,
-    provider: Option<String>,
-    /// The token to send as `X-CSRF-Token` with every change; None for a caller that did
-    /// not come with a session cookie (it needs none).
-    csrf: Option<String>,
-    /// Where the page's event stream starts (`since`), so it shows the recent journal first.
-    events_since: i64,
-}
-
-/// How many journal entries back the page's event list starts.
-const RECENT_EVENTS: i64 = 200;
-
-fn view(agent: &Agent, who: &Principal, csrf: Option<String>) -> SessionView {
-    let (realm, provider) = match who {
-        Principal::Operator => ("operator", None),
-        Principal::Provider(p) => ("provider", Some(p.clone())),
-        Principal::Home => ("home", None),
-    };
-    let last = agent.store().last_event_id().unwrap_or(0);
-    SessionView {
-        realm,
-        provider,
-        csrf,
-        events_since: (last - RECENT_EVENTS).max(0),
-    }
 }
 
 fn cookie(value: &str, max_age: Option<u64>, transport: Transport) -> HeaderValue {
@@ -309,50 +289,51 @@ fn cookie(value: &str, max_age: Option<u64>, transport: Transport) -> HeaderValu
 /// another origin is refused, so no other site can log a browser into an account of its
 /// choosing.
 async fn login(
-    State((agent, transport)): Ctx,
+    State(c): State<Console>,
     headers: HeaderMap,
     body: Result<Json<LoginRequest>, JsonRejection>,
-) -> Result<Response, ApiError> {
-    agent.limiter.take("console-login")?;
+) -> Result<Response, Problem> {
+    let server = &c.server;
+    server.limiter.take("console-login")?;
     if !same_origin(&headers) {
-        return Err(AgentError::Forbidden(
-            "the console logs in only from its own pages (the Origin header names another site)"
-                .into(),
-        )
-        .into());
+        return Err(Problem::forbidden(
+            "the console logs in only from its own pages (the Origin header names another site)",
+        ));
     }
     let Json(req) = body.map_err(|e| {
-        AgentError::BadRequest(format!(
+        Problem::bad_request(format!(
             "log-in: send {{\"token\": \"shg_…\"}} as application/json: {}",
             e.body_text()
         ))
     })?;
-    let hash = crate::auth::token_hash(req.token.trim());
-    let who = agent.principal_by_hash(&hash)?;
+    let hash = realm::token_hash(req.token.trim());
+    let who = server.authority.principal(&hash)?;
     let status = if who.is_some() { 200 } else { 401 };
     let label = who
         .as_ref()
         .map(Principal::label)
         .unwrap_or_else(|| "unknown".into());
-    if let Err(e) = agent.store().audit(&label, "POST /console/login", status) {
-        tracing::error!("cannot write the audit log: {e}");
-    }
+    server
+        .authority
+        .audit(&label, "POST /console/login", status);
     let who = who.ok_or_else(|| {
-        AgentError::Unauthorized(
-            "the token is not valid or was revoked; ask the gateway's operator for one \
-             (`shg token create`)"
-                .into(),
-        )
+        Problem::unauthorized(format!(
+            "the token is not valid or was revoked; {}",
+            server.token_hint
+        ))
     })?;
     // A fresh id at every log-in; the browser's old session, if any, ends.
     if let Some(old) = session_id(&headers) {
-        agent.sessions.close(&old);
+        server.sessions.close(&old);
     }
-    let (id, csrf) = agent.sessions.open(hash)?;
-    let mut response = Json(view(&agent, &who, Some(csrf))).into_response();
+    let (id, csrf) = server
+        .sessions
+        .open(hash)
+        .map_err(|e| Problem::internal("the server", e))?;
+    let mut response = Json((c.view)(&who, Some(csrf))).into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&id, None, transport));
+        .insert(header::SET_COOKIE, cookie(&id, None, c.transport));
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -374,15 +355,15 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// `GET /console/session`: the caller's realm and, for a cookie session, its CSRF token.
 async fn session(
-    State((agent, _)): Ctx,
+    State(c): State<Console>,
     Extension(who): Extension<Principal>,
     headers: HeaderMap,
 ) -> Response {
     let csrf = session_id(&headers)
         .filter(|_| headers.get(header::AUTHORIZATION).is_none())
-        .and_then(|id| agent.sessions.lookup(&id))
+        .and_then(|id| c.server.sessions.lookup(&id))
         .map(|s| s.csrf);
-    let mut response = Json(view(&agent, &who, csrf)).into_response();
+    let mut response = Json((c.view)(&who, csrf)).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -390,99 +371,15 @@ async fn session(
 }
 
 /// `POST /console/logout`: ends the session and clears the cookie.
-async fn logout(State((agent, transport)): Ctx, headers: HeaderMap) -> Response {
+async fn logout(State(c): State<Console>, headers: HeaderMap) -> Response {
     if let Some(id) = session_id(&headers) {
-        agent.sessions.close(&id);
+        c.server.sessions.close(&id);
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", Some(0), transport));
+        .insert(header::SET_COOKIE, cookie("", Some(0), c.transport));
     response
-}
-
-/// One package the caller may install from `STATE/samples`.
-#[derive(Serialize)]
-struct CatalogEntry {
-    /// The file name, for `GET /console/catalog/{file}`.
-    file: String,
-    name: String,
-    provider: String,
-    version: String,
-    description: String,
-    size: u64,
-}
-
-fn samples_dir(agent: &Agent) -> PathBuf {
-    agent.state_dir().join("samples")
-}
-
-/// The packages under `STATE/samples` (as `shg demo` leaves them) the caller may install:
-/// for a provider, its own only.
-fn read_catalog(agent: &Agent, who: &Principal) -> Vec<CatalogEntry> {
-    let dir = samples_dir(agent);
-    let mut entries: Vec<CatalogEntry> = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tar"))
-        .filter_map(|e| {
-            let staging = agent
-                .layout
-                .tmp()
-                .join(format!("catalog-{}", crate::install::unique()));
-            let opened = image::open(&e.path(), &staging);
-            let _ = std::fs::remove_dir_all(&staging);
-            let m = manifest::parse(&opened.ok()?.manifest_toml, "shg-service.toml").ok()?;
-            who.sees(&m.provider).then(|| CatalogEntry {
-                file: e.file_name().to_string_lossy().into_owned(),
-                name: m.name,
-                provider: m.provider,
-                version: m.version,
-                description: m.description,
-                size: e.metadata().map(|m| m.len()).unwrap_or(0),
-            })
-        })
-        .collect();
-    entries.sort_by(|a, b| a.name.cmp(&b.name));
-    entries
-}
-
-/// `GET /console/catalog`: what can be installed from the gateway's own package shelf.
-async fn catalog(
-    State((agent, _)): Ctx,
-    Extension(who): Extension<Principal>,
-) -> Result<Json<Vec<CatalogEntry>>, ApiError> {
-    crate::auth::check_gateway(&who, GatewayAction::Install)?;
-    let entries = tokio::task::spawn_blocking(move || read_catalog(&agent, &who))
-        .await
-        .map_err(|e| AgentError::Internal(e.to_string()))?;
-    Ok(Json(entries))
-}
-
-/// `GET /console/catalog/{file}`: the package itself, for the page to send to
-/// `POST /v1/services` (with `dry_run=true` first) like any uploaded file.
-async fn catalog_package(
-    State((agent, _)): Ctx,
-    Extension(who): Extension<Principal>,
-    UrlPath(file): UrlPath<String>,
-) -> Result<Response, ApiError> {
-    crate::auth::check_gateway(&who, GatewayAction::Install)?;
-    let listed = {
-        let (agent, who) = (agent.clone(), who.clone());
-        tokio::task::spawn_blocking(move || read_catalog(&agent, &who))
-            .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-    };
-    // Only a listed file: no path from the URL reaches the file system otherwise.
-    let Some(entry) = listed.into_iter().find(|e| e.file == file) else {
-        return Err(AgentError::NotFound(format!("catalog package {file}")).into());
-    };
-    let path = samples_dir(&agent).join(&entry.file);
-    let bytes = tokio::fs::read(&path)
-        .await
-        .map_err(|e| AgentError::io(&path, e))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 #[cfg(test)]
@@ -552,18 +449,5 @@ mod tests {
         ] {
             assert!(c.contains(part), "{c}");
         }
-    }
-
-    /// The page loads nothing but its own script and style sheet, and no inline script.
-    #[test]
-    fn the_page_has_no_inline_script() {
-        assert!(INDEX_HTML.contains(r#"<script src="/console/app.js""#));
-        assert_eq!(INDEX_HTML.matches("<script").count(), 1);
-        let handlers = INDEX_HTML.split(" on").skip(1).filter(|rest| {
-            let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
-            !name.is_empty() && rest[name.len()..].starts_with('=')
-        });
-        assert_eq!(handlers.count(), 0, "no inline event handlers");
-        assert!(!INDEX_HTML.contains("style="), "no inline styles");
     }
 }

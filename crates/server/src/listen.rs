@@ -1,24 +1,46 @@
-//! The API over TCP with TLS (rustls), beside the local socket: `shg gateway run --listen`.
+//! The listeners: a Unix socket only root reaches, and TCP with TLS (rustls) for remote
+//! callers.
 //!
-//! The certificate is the operator's (`--tls-cert`/`--tls-key`) or one the agent made for
-//! itself on first start and keeps in `STATE/tls/` (clients trust it with `--ca-cert`).
-//!
-//! Clients may also present a certificate of their own instead of a token: the handshake
-//! proves they hold its key, and the operator pins it to a realm (`shg token create
-//! --client-cert FILE`); an unregistered certificate gets nothing.
+//! The certificate is the operator's or one the server made for itself on first start and
+//! keeps in `STATE/tls/` (clients trust it with `--ca-cert`). Clients may present a
+//! certificate of their own instead of a token: the handshake proves they hold its key, the
+//! server hands its SHA-256 to the router as [`ClientCert`], and the application looks it up
+//! among the credentials its operator pinned; an unregistered certificate gets nothing.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 
-use crate::{Agent, AgentError};
+/// A listener or its certificate could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The address is taken or not ours.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The operator's certificate or key is unusable.
+    #[error("{0}")]
+    Certificate(String),
+}
 
 /// Where a remote client connects, and with which certificate.
 #[derive(Debug, Clone)]
@@ -34,17 +56,43 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing connection keeps reading what the client still sends (see [`linger`]).
 const LINGER: Duration = Duration::from_secs(5);
 
-/// The server's TLS settings from the given certificate, or from the self-made one (made now
-/// if missing), valid for `localhost`, the loopback addresses, the host name and `addr`.
-pub fn server_config(
+/// Binds the API socket, replacing a stale one, readable by root only.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, ListenError> {
+    let io = |source| ListenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.exists() {
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves `app` on the Unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    listener: UnixListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The server's TLS settings from the given certificate, or from the self-made one under
+/// `state_dir/tls` (made now if missing), valid for `localhost`, the loopback addresses, the
+/// host name and `listen.addr`.
+pub fn tls_config(
     state_dir: &Path,
     listen: &Listen,
-) -> Result<Arc<rustls::ServerConfig>, AgentError> {
+) -> Result<Arc<rustls::ServerConfig>, ListenError> {
     let (cert, key) = match (&listen.cert, &listen.key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         (None, None) => self_made(state_dir, listen.addr)?,
         _ => {
-            return Err(AgentError::BadRequest(
+            return Err(ListenError::Certificate(
                 "give both --tls-cert and --tls-key, or neither to use a self-made certificate"
                     .into(),
             ))
@@ -53,19 +101,19 @@ pub fn server_config(
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| {
-            AgentError::BadRequest(format!(
+            ListenError::Certificate(format!(
                 "{}: not a PEM certificate chain: {e}",
                 cert.display()
             ))
         })?;
     if chain.is_empty() {
-        return Err(AgentError::BadRequest(format!(
+        return Err(ListenError::Certificate(format!(
             "{}: no certificate in it",
             cert.display()
         )));
     }
     let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| {
-        AgentError::BadRequest(format!("{}: not a PEM private key: {e}", key.display()))
+        ListenError::Certificate(format!("{}: not a PEM private key: {e}", key.display()))
     })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(PinnedClients {
@@ -73,17 +121,17 @@ pub fn server_config(
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| AgentError::Internal(format!("TLS set-up: {e}")))?
+        .map_err(|e| ListenError::Certificate(format!("TLS set-up: {e}")))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| AgentError::BadRequest(format!("the TLS certificate and key: {e}")))?;
+        .map_err(|e| ListenError::Certificate(format!("the TLS certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// Client certificates are optional and not judged by any CA: whoever presents one proves
-/// in the handshake that it holds the key, and the agent then looks the certificate's SHA-256
-/// up among the credentials the operator registered (see [`ClientCert`]).
+/// in the handshake that it holds the key, and the application then looks the certificate's
+/// SHA-256 up among the credentials the operator registered (see [`ClientCert`]).
 #[derive(Debug)]
 struct PinnedClients {
     algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
@@ -136,13 +184,16 @@ impl rustls::server::danger::ClientCertVerifier for PinnedClients {
 pub struct ClientCert(pub String);
 
 /// The self-made certificate and key under `STATE/tls/`, made on first use.
-fn self_made(state_dir: &Path, addr: SocketAddr) -> Result<(PathBuf, PathBuf), AgentError> {
+fn self_made(state_dir: &Path, addr: SocketAddr) -> Result<(PathBuf, PathBuf), ListenError> {
     let dir = state_dir.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|source| ListenError::Io {
+        path: dir.clone(),
+        source,
+    })?;
     let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
     if let Ok(host) = nix::unistd::gethostname() {
         names.push(host.to_string_lossy().into_owned());
@@ -152,42 +203,49 @@ fn self_made(state_dir: &Path, addr: SocketAddr) -> Result<(PathBuf, PathBuf), A
     }
     names.dedup();
     let made = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| AgentError::Internal(format!("cannot make a TLS certificate: {e}")))?;
+        .map_err(|e| ListenError::Certificate(format!("cannot make a TLS certificate: {e}")))?;
     write_private(&key, made.key_pair.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, made.cert.pem()).map_err(|e| AgentError::io(&cert, e))?;
+    std::fs::write(&cert, made.cert.pem()).map_err(|source| ListenError::Io {
+        path: cert.clone(),
+        source,
+    })?;
     Ok((cert, key))
 }
 
 /// Writes a file only root can read, from its first byte on.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ListenError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| ListenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| AgentError::io(path, e))?;
-    file.write_all(bytes).map_err(|e| AgentError::io(path, e))
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)
 }
 
-/// Binds `addr` now (so a taken port fails the start), then serves the API over TLS until
-/// `stop` turns true.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AgentError> {
+/// Binds `addr` now, so a taken port fails the start.
+pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| AgentError::BadRequest(format!("cannot listen on {addr}: {e}")))
+        .map_err(|source| ListenError::Bind { addr, source })
 }
 
-pub async fn serve(
-    agent: Arc<Agent>,
+/// Serves `app` over TLS until `stop` turns true; each connection's client certificate, if
+/// any, reaches the router as [`ClientCert`].
+pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
+    app: Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(config);
-    let app = crate::api::router(agent, crate::api::Transport::Remote);
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
@@ -217,9 +275,7 @@ pub async fn serve(
                 Err(_) => return,
             };
             let app = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
-                Some(cert) => app.layer(axum::Extension(ClientCert(
-                    crate::auth::cert_fingerprint(cert),
-                ))),
+                Some(cert) => app.layer(axum::Extension(ClientCert(realm::cert_fingerprint(cert)))),
                 None => app,
             };
             let service = hyper_util::service::TowerToHyperService::new(app);

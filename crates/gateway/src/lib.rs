@@ -1,0 +1,105 @@
+//! The gateway process: the agent served as an API on `STATE_DIR/api.sock` and, with
+//! `--listen`, over HTTPS, with its web console. `shg gateway run` is [`run`].
+//!
+//! HTTP is only a translation layer here: each handler checks the caller's realm through the
+//! agent, calls one operation on [`agent::Agent`], and turns the result or the error into a
+//! response (`api`). The server pieces (listeners, authentication, sessions, rate limit,
+//! SSE) are the `server` crate's, shared with the fleet controller.
+
+mod api;
+mod console;
+
+use std::sync::Arc;
+
+use agent::{Agent, AgentError};
+
+pub use api::{problem, router, OPENAPI};
+pub use server::{Listen, Transport};
+
+/// How the agent's state answers the server's questions: who a credential is, where audit
+/// entries go.
+struct Authority(Arc<Agent>);
+
+impl server::Authority for Authority {
+    fn principal(&self, stored: &str) -> Result<Option<agent::Principal>, server::Problem> {
+        self.0.principal_by_hash(stored).map_err(problem)
+    }
+
+    fn audit(&self, principal: &str, action: &str, status: u16) {
+        if let Err(e) = self.0.audit(principal, action, status) {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+}
+
+/// The server state of a gateway agent.
+pub fn server_for(agent: &Arc<Agent>) -> Arc<server::Server> {
+    server::Server::new(
+        Arc::new(Authority(agent.clone())),
+        "ask the gateway's operator for one (`shg token create`)",
+    )
+}
+
+/// Runs the gateway until SIGTERM or SIGINT: recovers what a previous run left, serves the
+/// API on `STATE_DIR/api.sock` (and over HTTPS with `listen`). Services keep running after
+/// the agent exits.
+pub fn run(mut cfg: agent::Config, listen: Option<Listen>) -> Result<(), AgentError> {
+    cfg.api_port = listen.as_ref().map(|l| l.addr.port());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Internal(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let agent = Agent::open(cfg)?;
+        let _lock = agent.start_up().await?;
+        let server = server_for(&agent);
+        let socket = agent.socket();
+        let listener = server::bind_unix(&socket).map_err(AgentError::internal)?;
+        tracing::info!(socket = %socket.display(), "gateway agent ready");
+        eprintln!("shg gateway: serving the API on {}", socket.display());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(listen) = listen {
+            let config = server::tls_config(agent.state_dir(), &listen)
+                .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+            let tcp = server::bind_tcp(listen.addr)
+                .await
+                .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+            eprintln!("shg gateway: serving the API on https://{}", listen.addr);
+            let app = router(agent.clone(), server.clone(), Transport::Remote);
+            tokio::spawn(server::serve_tls(tcp, config, app, stop_rx.clone()));
+        }
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            let _ = stop_tx.send(true);
+        });
+        let graceful = {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        // Streams such as `shg logs -f` never end by themselves: give requests a moment to
+        // finish, then exit anyway. The services keep running either way.
+        let deadline = {
+            let mut rx = stop_rx;
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            }
+        };
+        let app = router(agent, server, Transport::Local);
+        tokio::select! {
+            result = server::serve_unix(listener, app, graceful) => {
+                result.map_err(|e| AgentError::Internal(format!("API server failed: {e}")))
+            }
+            _ = deadline => Ok(()),
+        }
+    })
+}
