@@ -73,6 +73,10 @@ pub fn check_service(
 /// May `who` do `action` to the gateway?
 pub fn check_gateway(who: &Principal, action: GatewayAction) -> Result<(), AgentError> {
     match (who, action) {
+        // A gateway's credential is the fleet controller's business, never a caller here.
+        (Principal::Gateway(id), _) => Err(AgentError::Forbidden(format!(
+            "gateway `{id}` has no business with another gateway's API"
+        ))),
         (Principal::Provider(p), GatewayAction::Capacity) => Err(AgentError::Forbidden(format!(
             "the gateway's capacity and everyone's reservations are for the operator and the household; provider `{p}` sees its own services with `shg stats`"
         ))),

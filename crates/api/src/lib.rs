@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod exec_frames;
+pub mod fleet;
 pub mod types;
 
 pub use client::{Client, ClientError, InstallParams, Options, UpdateParams};

@@ -623,7 +623,7 @@ struct Journal {
 impl server::sse::Source for Journal {
     async fn next(&mut self) -> Option<Vec<server::sse::Event>> {
         // A revoked token or certificate ends its streams too.
-        if !self.credential.holds() {
+        if !self.credential.holds().await {
             return None;
         }
         let (next, events) = self
@@ -687,7 +687,7 @@ async fn logs(
         let mut credential = Watched::new(server, credential);
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if !credential.holds() || tx.is_closed() {
+            if !credential.holds().await || tx.is_closed() {
                 return;
             }
             let Some(fresh) = follower.poll(&agent) else {

@@ -48,7 +48,7 @@ pub(crate) fn router(ctx: &Ctx, transport: Transport) -> Router<Ctx> {
     let view: server::console::SessionView = Arc::new(move |who, csrf| {
         let provider = match who {
             Principal::Provider(p) => Some(p.clone()),
-            Principal::Operator | Principal::Home => None,
+            Principal::Operator | Principal::Home | Principal::Gateway(_) => None,
         };
         let last = agent.last_event_id().unwrap_or(0);
         serde_json::to_value(SessionView {

@@ -21,14 +21,24 @@ pub use server::{Listen, Transport};
 struct Authority(Arc<Agent>);
 
 impl server::Authority for Authority {
-    fn principal(&self, stored: &str) -> Result<Option<agent::Principal>, server::Problem> {
-        self.0.principal_by_hash(stored).map_err(problem)
+    fn principal<'a>(
+        &'a self,
+        stored: &'a str,
+    ) -> server::BoxFuture<'a, Result<Option<agent::Principal>, server::Problem>> {
+        Box::pin(async move { self.0.principal_by_hash(stored).map_err(problem) })
     }
 
-    fn audit(&self, principal: &str, action: &str, status: u16) {
-        if let Err(e) = self.0.audit(principal, action, status) {
-            tracing::error!("cannot write the audit log: {e}");
-        }
+    fn audit<'a>(
+        &'a self,
+        principal: &'a str,
+        action: &'a str,
+        status: u16,
+    ) -> server::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.0.audit(principal, action, status) {
+                tracing::error!("cannot write the audit log: {e}");
+            }
+        })
     }
 }
 

@@ -17,6 +17,9 @@ pub enum Principal {
     Provider(String),
     /// The household, on the LAN.
     Home,
+    /// A gateway enrolled with the fleet controller (by its certificate): it speaks for
+    /// itself only, and sees no one's services.
+    Gateway(String),
 }
 
 impl Principal {
@@ -26,6 +29,7 @@ impl Principal {
             Principal::Operator => "operator".into(),
             Principal::Provider(p) => format!("provider:{p}"),
             Principal::Home => "home".into(),
+            Principal::Gateway(id) => format!("gateway:{id}"),
         }
     }
 
@@ -34,6 +38,7 @@ impl Principal {
         match self {
             Principal::Provider(p) => p == provider,
             Principal::Operator | Principal::Home => true,
+            Principal::Gateway(_) => false,
         }
     }
 
@@ -43,6 +48,7 @@ impl Principal {
             Principal::Operator => "operator",
             Principal::Provider(_) => "provider",
             Principal::Home => "home",
+            Principal::Gateway(_) => "gateway",
         }
     }
 

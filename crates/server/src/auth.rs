@@ -31,7 +31,7 @@ impl Credential {
     }
 
     /// False once the token or certificate was revoked, or the console session ended.
-    pub fn live(&self, server: &Server) -> bool {
+    pub async fn live(&self, server: &Server) -> bool {
         let session_open = self
             .session
             .as_deref()
@@ -39,7 +39,11 @@ impl Credential {
         session_open
             && match &self.hash {
                 None => true,
-                Some(hash) => server.authority.principal(hash).is_ok_and(|p| p.is_some()),
+                Some(hash) => server
+                    .authority
+                    .principal(hash)
+                    .await
+                    .is_ok_and(|p| p.is_some()),
             }
     }
 }
@@ -64,16 +68,16 @@ impl Watched {
     }
 
     /// False once the credential was revoked (noticed within five seconds).
-    pub fn holds(&mut self) -> bool {
+    pub async fn holds(&mut self) -> bool {
         if self.checked.elapsed() < RECHECK_EVERY {
             return true;
         }
         self.checked = Instant::now();
-        self.credential.live(&self.server)
+        self.credential.live(&self.server).await
     }
 }
 
-fn identify(
+async fn identify(
     server: &Server,
     token: Option<String>,
     session: Option<&str>,
@@ -83,7 +87,7 @@ fn identify(
     let authority = &server.authority;
     if let Some(token) = token {
         let hash = realm::token_hash(&token);
-        let who = authority.principal(&hash)?.ok_or_else(|| {
+        let who = authority.principal(&hash).await?.ok_or_else(|| {
             Problem::unauthorized(format!(
                 "the token is not valid or was revoked; {}",
                 server.token_hint
@@ -99,7 +103,7 @@ fn identify(
             )
         };
         let found = server.sessions.lookup(id).ok_or_else(ended)?;
-        let who = authority.principal(&found.hash)?.ok_or_else(ended)?;
+        let who = authority.principal(&found.hash).await?.ok_or_else(ended)?;
         return Ok((
             who,
             Credential {
@@ -110,7 +114,7 @@ fn identify(
     }
     if let Some(ClientCert(fingerprint)) = cert {
         let hash = format!("{}{fingerprint}", realm::CERT_PREFIX);
-        let who = authority.principal(&hash)?.ok_or_else(|| {
+        let who = authority.principal(&hash).await?.ok_or_else(|| {
             Problem::unauthorized(format!(
                 "the client certificate (sha256 {fingerprint}) is not registered; the \
                  operator registers it with `shg token create --cert FILE`"
@@ -153,10 +157,11 @@ pub async fn authenticate(
         Some(_) => None,
     };
     let cert = req.extensions().get::<ClientCert>().cloned();
-    let (who, credential) = match identify(&server, token, session.as_deref(), cert, transport) {
-        Ok(found) => found,
-        Err(e) => return e.into_response(),
-    };
+    let (who, credential) =
+        match identify(&server, token, session.as_deref(), cert, transport).await {
+            Ok(found) => found,
+            Err(e) => return e.into_response(),
+        };
     if transport == Transport::Remote {
         if let Err(e) = server.limiter.take(&who.label()) {
             return e.into_response();
@@ -169,7 +174,7 @@ pub async fn authenticate(
     if let (true, Some(id)) = (mutating, &credential.session) {
         let expected = server.sessions.lookup(id).map(|s| s.csrf);
         if !expected.is_some_and(|csrf| console::csrf_ok(req.headers(), &csrf)) {
-            server.authority.audit(&who.label(), &action, 403);
+            server.authority.audit(&who.label(), &action, 403).await;
             return console::csrf_refusal().into_response();
         }
     }
@@ -180,7 +185,8 @@ pub async fn authenticate(
     if mutating {
         server
             .authority
-            .audit(&label, &action, response.status().as_u16());
+            .audit(&label, &action, response.status().as_u16())
+            .await;
     }
     response
 }

@@ -307,7 +307,7 @@ async fn login(
         ))
     })?;
     let hash = realm::token_hash(req.token.trim());
-    let who = server.authority.principal(&hash)?;
+    let who = server.authority.principal(&hash).await?;
     let status = if who.is_some() { 200 } else { 401 };
     let label = who
         .as_ref()
@@ -315,7 +315,8 @@ async fn login(
         .unwrap_or_else(|| "unknown".into());
     server
         .authority
-        .audit(&label, "POST /console/login", status);
+        .audit(&label, "POST /console/login", status)
+        .await;
     let who = who.ok_or_else(|| {
         Problem::unauthorized(format!(
             "the token is not valid or was revoked; {}",

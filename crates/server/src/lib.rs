@@ -37,15 +37,21 @@ pub enum Transport {
     Remote,
 }
 
+/// A future an [`Authority`] returns.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// What the server asks of its application.
 pub trait Authority: Send + Sync + 'static {
     /// The principal a stored credential stands for: a token's hash ([`realm::token_hash`]) or
     /// [`realm::CERT_PREFIX`] and a pinned certificate's SHA-256; None when unknown or
     /// revoked.
-    fn principal(&self, stored: &str) -> Result<Option<Principal>, Problem>;
+    fn principal<'a>(
+        &'a self,
+        stored: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Principal>, Problem>>;
 
     /// Records a call that changed something (or tried to).
-    fn audit(&self, principal: &str, action: &str, status: u16);
+    fn audit<'a>(&'a self, principal: &'a str, action: &'a str, status: u16) -> BoxFuture<'a, ()>;
 }
 
 /// One server's shared state: its authority, the console sessions and the rate limiter.
