@@ -33,6 +33,7 @@ mod error;
 mod oci;
 mod open;
 mod pack;
+mod size;
 mod store;
 mod unpack;
 
@@ -42,8 +43,9 @@ use std::path::PathBuf;
 pub use error::{EntryProblem, ImageError};
 pub use open::open;
 pub use pack::{annotate, pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use size::{measure, measure_layer, Allowance, Budget, LayerSize, BLOCK};
 pub use store::{disk_usage, GcReport, LayerStore};
-pub use unpack::{unpack, unpack_layer};
+pub use unpack::{unpack, unpack_layer, unpack_within};
 
 /// Config label that carries the text of `shg-service.toml`.
 pub const MANIFEST_LABEL: &str = "org.shg.manifest";
