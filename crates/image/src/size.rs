@@ -11,7 +11,8 @@
 //! blocks, every other entry (directory, symlink, hard link, fifo, whiteout) one block, and
 //! at least one block each, so a million empty files cost 4 GiB, not nothing. A directory
 //! that only an entry's path implies (`a/b/c` with no `a/` entry) is made by the unpacker,
-//! so it costs its block too; each directory path is counted once.
+//! so it costs its block too; each directory path is counted once, and the layer's root
+//! one block.
 //!
 //! The size of a file is what reading its entry yields (`tar::Entry::size`), not the raw
 //! size field: a pax `size` record overrides the field, and a GNU sparse file yields its
@@ -200,7 +201,7 @@ pub fn measure_layer(layer: &Layer, stop_above: Option<u64>) -> Result<LayerSize
         layer: layer.digest.clone(),
         source,
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally::new();
     let mut archive = tar::Archive::new(stream);
     let mut complete = true;
     for entry in archive.entries().map_err(read_err)? {
@@ -224,7 +225,7 @@ pub fn measure_layer(layer: &Layer, stop_above: Option<u64>) -> Result<LayerSize
 }
 
 /// The count of one layer, entry by entry. Shared by [`measure_layer`] and the unpacker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tally {
     /// Directories counted, as a tree: (parent node, name) → node; the root is node 0.
     /// Linear in the names' length, where a set of whole paths would be quadratic in a
@@ -236,6 +237,17 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// A count that has the layer's root directory, a block, and nothing else: the layer
+    /// store makes it for every layer.
+    pub fn new() -> Tally {
+        Tally {
+            dirs: HashMap::new(),
+            bytes: BLOCK,
+            file_bytes: 0,
+            entries: 0,
+        }
+    }
+
     /// Count one entry from its header; returns what it adds. Mirrors what the unpacker
     /// makes of it: the parent directories every entry's walk creates, then the entry.
     pub fn charge<R: Read>(&mut self, entry: &tar::Entry<'_, R>) -> Result<u64, EntryProblem> {
@@ -334,20 +346,21 @@ impl<'a> Meter<'a> {
     }
 }
 
-/// A size as people read it: `3000 MiB`, `1.5 GiB`, `12 KiB`, `100 bytes`.
+/// A size as people read it: `3000 MiB`, `1.5 MiB`, `12 KiB`, `100 bytes`; one decimal
+/// below 10 of the unit, whole units above (the exact bytes are in the error's fields).
 pub(crate) fn human(bytes: u64) -> String {
-    let unit = |n: u64, u: u64, name: &str| {
-        if n % u == 0 {
-            format!("{} {name}", n / u)
-        } else {
-            format!("{:.1} {name}", n as f64 / u as f64)
-        }
+    let (unit, name) = match bytes {
+        b if b >= 10 * GIB => (GIB, "GiB"),
+        b if b >= MIB => (MIB, "MiB"),
+        b if b >= KIB => (KIB, "KiB"),
+        b => return format!("{b} bytes"),
     };
-    match bytes {
-        b if b >= 10 * GIB && b % GIB == 0 => unit(b, GIB, "GiB"),
-        b if b >= MIB => unit(b, MIB, "MiB"),
-        b if b >= KIB => unit(b, KIB, "KiB"),
-        b => format!("{b} bytes"),
+    let n = bytes as f64 / unit as f64;
+    // Units are powers of two: a whole number of them has no bits below the unit's.
+    if bytes & (unit - 1) == 0 || n >= 10.0 {
+        format!("{n:.0} {name}")
+    } else {
+        format!("{n:.1} {name}")
     }
 }
 
@@ -366,8 +379,14 @@ pub(crate) fn over_allowance(
         std::cmp::Ordering::Less => format!("the {l} left of the {allowance}"),
         std::cmp::Ordering::Greater => format!("the {l} budget for the {allowance}"),
     };
+    // `what` is one layer or several (see `Budget::check`).
+    let verb = if what.starts_with("layer ") {
+        "unpacks"
+    } else {
+        "unpack"
+    };
     format!(
-        "{what} unpacks to {at_least}{s}, more than {of}; {}",
+        "{what} {verb} to {at_least}{s}, more than {of}; {}",
         allowance.way_out()
     )
 }
@@ -406,14 +425,15 @@ mod tests {
         assert_eq!(human(3000 * MIB), "3000 MiB");
         assert_eq!(human(16 * MIB), "16 MiB");
         assert_eq!(human(16 * GIB), "16 GiB");
+        assert_eq!(human(3000 * MIB + 2 * BLOCK), "3000 MiB");
         assert_eq!(human(MIB + MIB / 2), "1.5 MiB");
         assert_eq!(human(12 * KIB), "12 KiB");
         assert_eq!(human(100), "100 bytes");
         assert_eq!(
-            size_and_limit(16 * MIB + 1, 16 * MIB + 2),
+            size_and_limit(16 * MIB + 1, 16 * MIB),
             (
-                format!("16.0 MiB ({} bytes)", 16 * MIB + 1),
-                format!("16.0 MiB ({} bytes)", 16 * MIB + 2)
+                format!("16 MiB ({} bytes)", 16 * MIB + 1),
+                format!("16 MiB ({} bytes)", 16 * MIB)
             )
         );
     }

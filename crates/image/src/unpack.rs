@@ -199,7 +199,10 @@ pub(crate) fn apply(
         created: BTreeSet::new(),
         dirs: Vec::new(),
     };
-    let mut tally = Tally::default();
+    let mut tally = Tally::new();
+    if let Some(meter) = meter.as_deref_mut() {
+        meter.spend(label, tally.bytes, tally.bytes)?;
+    }
     let mut archive = tar::Archive::new(HashReader::new(stream));
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
