@@ -135,8 +135,10 @@ impl Budget {
     /// diff_id is not in `held` (already charged, or already in the store), each distinct
     /// layer once, must fit in the budget. Returns the bytes they take.
     ///
-    /// A layer measured with a ceiling it passed ([`LayerSize::complete`] false) is refused
-    /// with the size it reached, as "at least".
+    /// Measure with no ceiling, or one no lower than what is left of the budget for the
+    /// layer: a count that stopped above it is then over the budget, and is refused with
+    /// the size it reached, as "at least". (A count stopped below the budget that fits is
+    /// let through: the unpack, held to the same budget, still stops the layer.)
     pub fn check(&self, sizes: &[LayerSize], held: &BTreeSet<String>) -> Result<u64, ImageError> {
         let mut seen = BTreeSet::new();
         let mut total: u64 = 0;
@@ -191,9 +193,10 @@ pub fn measure(pkg: &Package) -> Result<Vec<LayerSize>, ImageError> {
 /// ceiling rather than by the layer (a gzip stream has no index: every byte before a header
 /// is inflated to reach it, but a header declaring 3000 MiB stops the count at once).
 ///
-/// Refuses what the unpacker would refuse from the headers alone (a path with `..`, a
-/// non-directory at the root), with the same errors, and a blob whose size is not its
-/// declared one. Does not check the `diff_id`: the unpack does, as it reads every byte.
+/// Refuses, with the unpacker's errors, a path it would refuse (`..` in it, or an empty
+/// one that is not a directory) and a blob whose size is not its declared one. Does not
+/// check the `diff_id`, nor any other rule on entries: the unpack does, as it reads every
+/// byte.
 pub fn measure_layer(layer: &Layer, stop_above: Option<u64>) -> Result<LayerSize, ImageError> {
     let src = Source::layer(layer);
     let stream = unpack::layer_stream(&src)?;
