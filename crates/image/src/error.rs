@@ -3,6 +3,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::size::{self, Allowance};
+
 /// Everything that can go wrong while packing, opening or unpacking a service package.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -104,6 +106,21 @@ pub enum ImageError {
     #[error("layer store: {path} {reason}")]
     Store { path: PathBuf, reason: String },
 
+    /// Layers unpack to more than the budget the caller holds them to: refused from the
+    /// headers, before the entry that would pass it is written.
+    #[error("{}", size::over_allowance(what, *size, *at_least, *limit, allowance))]
+    OverAllowance {
+        /// `layer sha256:…`, or the layers of a package together.
+        what: String,
+        /// Bytes they take unpacked, as [`crate::measure`] counts them.
+        size: u64,
+        /// Counting stopped at the limit: they take at least `size`.
+        at_least: bool,
+        /// Bytes they were allowed: the budget, or what earlier layers left of it.
+        limit: u64,
+        allowance: Allowance,
+    },
+
     /// The uncompressed layer does not match the config's `rootfs.diff_ids`.
     #[error("layer {layer}: uncompressed content has digest {actual} but the image config declares {expected}; the package is corrupt, rebuild it")]
     DiffIdMismatch {
@@ -134,6 +151,8 @@ pub enum EntryProblem {
     Device { kind: &'static str },
     #[error("has unsupported tar entry type {type_byte:#04x}; rebuild the package with plain files, directories, links and fifos")]
     UnsupportedType { type_byte: u8 },
+    #[error("holds more data than the {declared} bytes its header declares; the unpack was cut off there, the layer stream is malformed, rebuild the package")]
+    Overrun { declared: u64 },
     #[error("cannot be unpacked ({op}): {source}")]
     Io {
         op: &'static str,

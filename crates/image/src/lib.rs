@@ -22,6 +22,14 @@
 //!   [`disk_usage`] measures the saving. Both forms come from one unpacker, with the same
 //!   checks on every entry; they differ only in how a whiteout is written down.
 //!
+//! What a layer takes on disk unpacked is counted from its tar headers, writing nothing
+//! ([`measure`], [`measure_layer`]), so a caller can refuse a package before unpacking it;
+//! [`unpack_within`] and [`LayerStore::ensure_within`] run the same count entry by entry
+//! while they write and refuse the entry that would take the layers past a [`Budget`]
+//! ([`ImageError::OverAllowance`]) before any of it is written. No entry writes more than
+//! its header declares. A few MiB of gzip can declare gigabytes of zeros: the count sees
+//! the gigabytes (a sparse file at its full length), and a budget refuses them at the header.
+//!
 //! Whiteouts follow the OCI image spec in both forms: a whiteout hides what lower layers put
 //! at its path, never its own layer's entries. Unpacked alone, a layer cannot see the layers
 //! below it: a hard link must point at an earlier entry of its own layer, and a directory it
@@ -33,6 +41,7 @@ mod error;
 mod oci;
 mod open;
 mod pack;
+mod size;
 mod store;
 mod unpack;
 
@@ -42,8 +51,9 @@ use std::path::PathBuf;
 pub use error::{EntryProblem, ImageError};
 pub use open::open;
 pub use pack::{annotate, pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use size::{measure, measure_layer, Allowance, Budget, LayerSize, BLOCK};
 pub use store::{disk_usage, GcReport, LayerStore};
-pub use unpack::{unpack, unpack_layer};
+pub use unpack::{unpack, unpack_layer, unpack_within};
 
 /// Config label that carries the text of `shg-service.toml`.
 pub const MANIFEST_LABEL: &str = "org.shg.manifest";

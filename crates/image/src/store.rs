@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
 
+use crate::size::{Budget, Meter};
 use crate::unpack::{self, Form, Source};
 use crate::{oci, ImageError, Layer, Package};
 
@@ -100,11 +101,36 @@ impl LayerStore {
     /// (it hides everything below it) starts the list: the layers under it are ensured but
     /// not returned.
     pub fn ensure(&self, pkg: &Package) -> Result<Vec<PathBuf>, ImageError> {
+        self.ensure_metered(pkg, None)
+    }
+
+    /// [`ensure`](Self::ensure), holding the layers it unpacks to `budget`, counted as
+    /// [`crate::measure`] counts them. A layer already in the store is not written and costs
+    /// nothing; each one unpacked spends from the budget entry by entry, and the entry
+    /// that would pass it is refused from its header, before any of it is written, with
+    /// [`ImageError::OverAllowance`]. The refused layer's partial unpack is removed and
+    /// nothing of it reaches `sha256/` (a crash leaves it in `tmp/`, for gc).
+    ///
+    /// The caller checks the measured sizes first ([`Budget::check`], before taking any
+    /// lock): this is the guard that what is written is no more than what was admitted.
+    pub fn ensure_within(
+        &self,
+        pkg: &Package,
+        budget: &Budget,
+    ) -> Result<Vec<PathBuf>, ImageError> {
+        self.ensure_metered(pkg, Some(&mut Meter::new(budget)))
+    }
+
+    fn ensure_metered(
+        &self,
+        pkg: &Package,
+        mut meter: Option<&mut Meter<'_>>,
+    ) -> Result<Vec<PathBuf>, ImageError> {
         let _lock = self.lock(FlockArg::LockShared)?;
         let mut dirs = Vec::with_capacity(pkg.layers.len());
         let mut first_visible = 0;
         for (i, layer) in pkg.layers.iter().enumerate() {
-            let dir = self.ensure_layer(layer)?;
+            let dir = self.ensure_layer(layer, meter.as_deref_mut())?;
             let root = File::open(&dir).map_err(|e| ImageError::io("open layer", &dir, e))?;
             if unpack::is_opaque(root.as_raw_fd())
                 .map_err(|e| ImageError::io("read the opaque mark of", &dir, e))?
@@ -116,7 +142,11 @@ impl LayerStore {
         Ok(dirs.split_off(first_visible))
     }
 
-    fn ensure_layer(&self, layer: &Layer) -> Result<PathBuf, ImageError> {
+    fn ensure_layer(
+        &self,
+        layer: &Layer,
+        meter: Option<&mut Meter<'_>>,
+    ) -> Result<PathBuf, ImageError> {
         let dir = self.layer_dir(&layer.diff_id)?;
         match fs::symlink_metadata(&dir) {
             Ok(meta) if meta.is_dir() => return Ok(dir),
@@ -130,7 +160,7 @@ impl LayerStore {
             Err(e) => return Err(ImageError::io("look up layer", dir, e)),
         }
         let partial = self.make_partial(&layer.diff_id)?;
-        let done = unpack::apply(&Source::layer(layer), &partial, Form::Overlay)
+        let done = unpack::apply(&Source::layer(layer), &partial, Form::Overlay, meter)
             .and_then(|()| self.publish(&partial, &dir));
         match done {
             Ok(true) => Ok(dir),

@@ -34,13 +34,14 @@ use tar::EntryType;
 
 use crate::error::EntryProblem;
 use crate::oci::{self, Compression, HashReader};
+use crate::size::{Budget, Meter, Tally};
 use crate::{ImageError, Layer, Package};
 
 const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
-const WHITEOUT: &[u8] = b".wh.";
+pub(crate) const WHITEOUT: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 /// The xattr overlayfs reads to hide everything lower layers hold in a directory.
 const OVERLAY_OPAQUE: &CStr = c"trusted.overlay.opaque";
@@ -88,7 +89,19 @@ impl<'a> Source<'a> {
 /// temporary directory and rename it into place only when this returns `Ok`.
 pub fn unpack(pkg: &Package, dest: &Path) -> Result<(), ImageError> {
     for layer in &pkg.layers {
-        apply(&Source::layer(layer), dest, Form::Merged)?;
+        apply(&Source::layer(layer), dest, Form::Merged, None)?;
+    }
+    Ok(())
+}
+
+/// [`unpack`], holding the layers together to `budget`, counted as [`crate::measure`]
+/// counts them: the entry that would pass it is refused from its header, before any of it
+/// is written, with [`ImageError::OverAllowance`]. Every layer is written here, so every
+/// layer spends from the budget. On error `dest` is partial, as with [`unpack`].
+pub fn unpack_within(pkg: &Package, dest: &Path, budget: &Budget) -> Result<(), ImageError> {
+    let mut meter = Meter::new(budget);
+    for layer in &pkg.layers {
+        apply(&Source::layer(layer), dest, Form::Merged, Some(&mut meter))?;
     }
     Ok(())
 }
@@ -109,17 +122,17 @@ pub fn unpack_layer(blob: &Path, media_type: &str, dest: &Path) -> Result<(), Im
         diff_id: None,
         size: None,
     };
-    apply(&source, dest, Form::Merged)
+    apply(&source, dest, Form::Merged, None)
 }
 
-/// Apply one layer onto the existing directory `dest` in the given form.
-pub(crate) fn apply(src: &Source<'_>, dest: &Path, form: Form) -> Result<(), ImageError> {
+/// The uncompressed tar stream of a layer blob, after checking its media type and size.
+pub(crate) fn layer_stream(src: &Source<'_>) -> Result<Box<dyn Read>, ImageError> {
     let Source {
         blob,
         media_type,
         label,
-        diff_id,
         size,
+        ..
     } = *src;
     let compression =
         oci::layer_compression(media_type).ok_or_else(|| ImageError::UnsupportedMediaType {
@@ -141,10 +154,36 @@ pub(crate) fn apply(src: &Source<'_>, dest: &Path, form: Form) -> Result<(), Ima
             });
         }
     }
-    let stream: Box<dyn Read> = match compression {
+    Ok(match compression {
         Compression::Gzip => Box::new(MultiGzDecoder::new(BufReader::new(file))),
         Compression::None => Box::new(BufReader::new(file)),
-    };
+    })
+}
+
+/// The error for a refused entry of the layer `label`.
+pub(crate) fn entry_error<R: Read>(
+    label: &str,
+    entry: &tar::Entry<'_, R>,
+    problem: EntryProblem,
+) -> ImageError {
+    ImageError::Entry {
+        layer: label.to_string(),
+        entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+        problem,
+    }
+}
+
+/// Apply one layer onto the existing directory `dest` in the given form. With a `meter`,
+/// every entry is counted from its header (as [`crate::measure`] counts it) and spent from
+/// the budget before anything of it is written.
+pub(crate) fn apply(
+    src: &Source<'_>,
+    dest: &Path,
+    form: Form,
+    mut meter: Option<&mut Meter<'_>>,
+) -> Result<(), ImageError> {
+    let Source { label, diff_id, .. } = *src;
+    let stream = layer_stream(src)?;
     let root = fcntl::open(dest, DIR_FLAGS.difference(OFlag::O_NOFOLLOW), Mode::empty())
         .map(own)
         .map_err(|e| ImageError::io("open destination directory", dest, e.into()))?;
@@ -160,16 +199,22 @@ pub(crate) fn apply(src: &Source<'_>, dest: &Path, form: Form) -> Result<(), Ima
         created: BTreeSet::new(),
         dirs: Vec::new(),
     };
+    let mut tally = Tally::new();
+    if let Some(meter) = meter.as_deref_mut() {
+        meter.spend(label, tally.bytes, tally.bytes)?;
+    }
     let mut archive = tar::Archive::new(HashReader::new(stream));
     for entry in archive.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;
+        if let Some(meter) = meter.as_deref_mut() {
+            let cost = tally
+                .charge(&entry)
+                .map_err(|problem| entry_error(label, &entry, problem))?;
+            meter.spend(label, tally.bytes, cost)?;
+        }
         unpacker
             .entry(&mut entry)
-            .map_err(|problem| ImageError::Entry {
-                layer: label.to_string(),
-                entry: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
-                problem,
-            })?;
+            .map_err(|problem| entry_error(label, &entry, problem))?;
     }
     unpacker.finish_dirs();
     // The tar reader stops at the end-of-archive marker; hash whatever follows too.
@@ -185,7 +230,7 @@ pub(crate) fn apply(src: &Source<'_>, dest: &Path, form: Form) -> Result<(), Ima
 }
 
 /// Split a tar path into normal components: leading `/` and `.` are dropped, `..` refused.
-fn components(raw: &[u8]) -> Result<Vec<OsString>, EntryProblem> {
+pub(crate) fn components(raw: &[u8]) -> Result<Vec<OsString>, EntryProblem> {
     let mut out = Vec::new();
     for c in raw.split(|b| *b == b'/') {
         match c {
@@ -466,7 +511,7 @@ impl Unpacker {
                 .map(own)
                 .map_err(|e| io("create file", e))?;
                 let mut file = File::from(fd);
-                io::copy(entry, &mut file).map_err(|e| EntryProblem::io("write file", e))?;
+                copy_declared(entry, &mut file)?;
                 set_meta(file.as_raw_fd(), owner, mode, mtime)?;
             }
             EntryType::Symlink => {
@@ -665,6 +710,26 @@ impl Unpacker {
                 let _ = futimens(dir.as_raw_fd(), &ts, &ts);
             }
         }
+    }
+}
+
+/// Copy an entry's data, never more than the size it declares (what the budget counted):
+/// an entry that yields more is cut off there and refused. The tar reader should make
+/// that impossible (it reads a regular entry through `take(size)` and checks that a sparse
+/// file's chunks add up to its size); this keeps the budget's count an upper bound of what
+/// is written if it ever does not.
+fn copy_declared<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    file: &mut File,
+) -> Result<(), EntryProblem> {
+    let declared = entry.size();
+    let mut data = entry.take(declared);
+    io::copy(&mut data, file).map_err(|e| EntryProblem::io("write file", e))?;
+    let mut probe = [0u8; 1];
+    match data.into_inner().read(&mut probe) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(EntryProblem::Overrun { declared }),
+        Err(e) => Err(EntryProblem::io("write file", e)),
     }
 }
 

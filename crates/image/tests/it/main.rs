@@ -1,5 +1,6 @@
 //! Integration tests of the image crate: pack → open → unpack round trips, tampered packages, hostile layers.
 
+mod budget;
 mod layers;
 mod package;
 mod store;
