@@ -26,7 +26,7 @@ use crate::types::{
 };
 
 /// How many bytes of a package file are read and sent at a time.
-const UPLOAD_CHUNK: usize = 64 * 1024;
+pub(crate) const UPLOAD_CHUNK: usize = 64 * 1024;
 
 /// Everything that can go wrong talking to the gateway.
 #[derive(Debug, thiserror::Error)]
@@ -174,10 +174,14 @@ pub struct Options {
     /// A PEM client certificate and its key, presented instead of a token (the operator
     /// registered it with `shg token create --cert`).
     pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Trust a server whose chain carries a CA with this SHA-256 (hex), and only that: how a
+    /// gateway enrolling with a controller it has never met recognises it (the fingerprint
+    /// comes in the enrollment token). Overrides `ca_cert`.
+    pub pinned_ca_sha256: Option<String>,
 }
 
 /// Anything a connection can run over.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 impl Client {
@@ -227,12 +231,25 @@ impl Client {
         })
     }
 
+    /// The `Host` header for this target.
+    pub(crate) fn host(&self) -> String {
+        match &self.target {
+            Target::Unix(_) => "localhost".to_string(),
+            Target::Https { authority, .. } => authority.clone(),
+        }
+    }
+
+    /// The bearer token, if any.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     /// Where this client connects, for messages.
     pub fn target(&self) -> String {
         format!("{:?}", self.target)
     }
 
-    async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
+    pub(crate) async fn connect(&self) -> Result<Box<dyn Io>, ClientError> {
         let failed = |error| ClientError::Connect {
             target: self.target(),
             error,
@@ -761,7 +778,7 @@ impl Client {
     }
 
     /// A call whose 2xx answer is a JSON `T`.
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         method: Method,
         uri: String,
@@ -776,7 +793,7 @@ impl Client {
     }
 
     /// Sends one request on a new connection; a non-2xx answer becomes [`ClientError::Api`].
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         uri: String,
@@ -879,10 +896,19 @@ fn tls_config(
         }
     }
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let versions = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| failed(e.to_string()))?
-        .with_root_certificates(roots);
+        .map_err(|e| failed(e.to_string()))?;
+    let builder = match &options.pinned_ca_sha256 {
+        Some(fingerprint) => {
+            versions
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(
+                    crate::pinned::PinnedCa::new(fingerprint, provider),
+                ))
+        }
+        None => versions.with_root_certificates(roots),
+    };
     let config = match &options.client_cert {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
@@ -900,18 +926,18 @@ fn tls_config(
 }
 
 /// Reads a whole (finite) body.
-async fn collect(request: &str, body: Incoming) -> Result<Bytes, ClientError> {
+pub(crate) async fn collect(request: &str, body: Incoming) -> Result<Bytes, ClientError> {
     body.collect()
         .await
         .map(|collected| collected.to_bytes())
         .map_err(|e| http_error(request, &e))
 }
 
-fn describe(method: &Method, uri: &str) -> String {
+pub(crate) fn describe(method: &Method, uri: &str) -> String {
     format!("{method} {uri}")
 }
 
-fn bad_response(request: &str, reason: String) -> ClientError {
+pub(crate) fn bad_response(request: &str, reason: String) -> ClientError {
     ClientError::BadResponse {
         request: request.to_string(),
         reason,
@@ -919,7 +945,7 @@ fn bad_response(request: &str, reason: String) -> ClientError {
 }
 
 /// hyper's own message is terse ("error from user's Body stream"); the cause says what broke.
-fn http_error(request: &str, error: &hyper::Error) -> ClientError {
+pub(crate) fn http_error(request: &str, error: &hyper::Error) -> ClientError {
     let mut reason = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -934,7 +960,7 @@ fn http_error(request: &str, error: &hyper::Error) -> ClientError {
 }
 
 /// The start of a body, for error messages.
-fn snippet(bytes: &[u8]) -> String {
+pub(crate) fn snippet(bytes: &[u8]) -> String {
     const MAX: usize = 200;
     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]);
     let text = text.trim();
@@ -1064,7 +1090,7 @@ impl LineSplitter {
 
 /// A request body: a buffer (or nothing), or a file streamed in chunks so that a package of
 /// tens of megabytes is never held in memory.
-enum ReqBody {
+pub(crate) enum ReqBody {
     Bytes(Option<Bytes>),
     File {
         file: tokio::fs::File,
@@ -1074,11 +1100,11 @@ enum ReqBody {
 }
 
 impl ReqBody {
-    fn empty() -> ReqBody {
+    pub(crate) fn empty() -> ReqBody {
         ReqBody::Bytes(None)
     }
 
-    fn bytes(bytes: Vec<u8>) -> ReqBody {
+    pub(crate) fn bytes(bytes: Vec<u8>) -> ReqBody {
         ReqBody::Bytes(Some(Bytes::from(bytes)))
     }
 }

@@ -199,6 +199,8 @@ pub struct DeploymentTarget {
     pub outcome: String,
     pub reason: Option<String>,
     pub previous_version: Option<String>,
+    /// When the outcome last changed (Unix milliseconds).
+    pub since_ms: i64,
 }
 
 /// A deployment and each gateway's outcome.
@@ -257,4 +259,23 @@ pub struct FleetEvent {
     pub provider: Option<String>,
     pub service: Option<String>,
     pub message: String,
+}
+
+/// The prefix of an enrollment token.
+const TOKEN_PREFIX: &str = "shgjoin";
+
+/// An enrollment token: a one-time secret and the controller CA's SHA-256, as one string
+/// (`shgjoin.SECRET.CA_SHA256`), so that `--controller URL --enroll-token TOKEN` is all a
+/// gateway needs to find and trust its controller.
+pub fn enroll_token(secret: &str, ca_fingerprint: &str) -> String {
+    format!("{TOKEN_PREFIX}.{secret}.{ca_fingerprint}")
+}
+
+/// The secret and the CA fingerprint of an enrollment token.
+pub fn parse_enroll_token(token: &str) -> Option<(&str, &str)> {
+    let mut parts = token.trim().split('.');
+    let (prefix, secret, fingerprint) = (parts.next()?, parts.next()?, parts.next()?);
+    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (prefix == TOKEN_PREFIX && parts.next().is_none() && hex64(secret) && hex64(fingerprint))
+        .then_some((secret, fingerprint))
 }

@@ -5,6 +5,8 @@
 pub mod client;
 pub mod exec_frames;
 pub mod fleet;
+mod fleet_client;
+mod pinned;
 pub mod types;
 
 pub use client::{Client, ClientError, InstallParams, Options, UpdateParams};

@@ -160,23 +160,8 @@ pub fn local_names(listen: IpAddr) -> Vec<String> {
     names
 }
 
-/// The prefix of an enrollment token.
-const TOKEN_PREFIX: &str = "shgjoin";
-
-/// An enrollment token: a one-time secret and the CA's fingerprint, as one string
-/// (`shgjoin.SECRET.CA_SHA256`).
-pub fn enroll_token(secret: &str, ca_fingerprint: &str) -> String {
-    format!("{TOKEN_PREFIX}.{secret}.{ca_fingerprint}")
-}
-
-/// The secret and the CA fingerprint of an enrollment token.
-pub fn parse_enroll_token(token: &str) -> Option<(&str, &str)> {
-    let mut parts = token.trim().split('.');
-    let (prefix, secret, fingerprint) = (parts.next()?, parts.next()?, parts.next()?);
-    let hex64 = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (prefix == TOKEN_PREFIX && parts.next().is_none() && hex64(secret) && hex64(fingerprint))
-        .then_some((secret, fingerprint))
-}
+/// An enrollment token (`api::fleet::enroll_token`).
+pub use api::fleet::{enroll_token, parse_enroll_token};
 
 #[cfg(test)]
 mod tests {

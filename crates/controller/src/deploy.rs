@@ -253,7 +253,7 @@ impl Controller {
             .db
             .fetch_all(
                 sqlx::query(
-                    "SELECT gateway_id, wave, outcome, reason, previous_version FROM deployment_targets WHERE deployment_id = $1 ORDER BY position",
+                    "SELECT gateway_id, wave, outcome, reason, previous_version, updated_ms FROM deployment_targets WHERE deployment_id = $1 ORDER BY position",
                 )
                 .bind(id.to_string()),
             )
@@ -266,6 +266,7 @@ impl Controller {
                 outcome: str_of(r, "outcome"),
                 reason: opt_str(r, "reason"),
                 previous_version: opt_str(r, "previous_version"),
+                since_ms: i64_of(r, "updated_ms"),
             })
             .collect())
     }
@@ -578,6 +579,14 @@ impl Controller {
                         ("healthy", None)
                     }
                     (Some(s), _) if s.version == version => ("admitted", None),
+                    // Admitted, then gone back: the gateway's own health window rolled it back.
+                    (Some(s), Some(a)) if a.result == "admitted" => (
+                        "failed",
+                        Some(format!(
+                            "`{name}` {version} was admitted, then the gateway went back to {} (its health window rolled the update back)",
+                            s.version
+                        )),
+                    ),
                     _ => continue,
                 }
             };
@@ -667,8 +676,13 @@ impl Controller {
                 }
                 continue;
             }
-            let all_healthy = reached.iter().all(|t| t.outcome == "healthy");
-            if !all_healthy || now_ms() - started < d.soak_s as i64 * 1000 {
+            // Each gateway of the wave must have stayed healthy for the soak time (its
+            // outcome changes, and its clock restarts, with every report that says otherwise).
+            let soak = d.soak_s as i64 * 1000;
+            let settled = reached
+                .iter()
+                .all(|t| t.outcome == "healthy" && now_ms() - t.since_ms >= soak);
+            if !settled || now_ms() - started < soak {
                 continue;
             }
             let next = d.wave + 1;

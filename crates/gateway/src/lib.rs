@@ -8,6 +8,7 @@
 
 mod api;
 mod console;
+pub mod fleet;
 
 use std::sync::Arc;
 
@@ -42,6 +43,15 @@ impl server::Authority for Authority {
     }
 }
 
+/// The fleet controller a gateway syncs with.
+#[derive(Debug, Clone)]
+pub struct Fleet {
+    /// `https://HOST:PORT`.
+    pub controller: String,
+    /// A one-time token (`shg fleet enroll-token`), needed only until the gateway enrolled.
+    pub enroll_token: Option<String>,
+}
+
 /// The server state of a gateway agent.
 pub fn server_for(agent: &Arc<Agent>) -> Arc<server::Server> {
     server::Server::new(
@@ -53,7 +63,11 @@ pub fn server_for(agent: &Arc<Agent>) -> Arc<server::Server> {
 /// Runs the gateway until SIGTERM or SIGINT: recovers what a previous run left, serves the
 /// API on `STATE_DIR/api.sock` (and over HTTPS with `listen`). Services keep running after
 /// the agent exits.
-pub fn run(mut cfg: agent::Config, listen: Option<Listen>) -> Result<(), AgentError> {
+pub fn run(
+    mut cfg: agent::Config,
+    listen: Option<Listen>,
+    fleet: Option<Fleet>,
+) -> Result<(), AgentError> {
     cfg.api_port = listen.as_ref().map(|l| l.addr.port());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -63,6 +77,19 @@ pub fn run(mut cfg: agent::Config, listen: Option<Listen>) -> Result<(), AgentEr
     rt.block_on(async move {
         let agent = Agent::open(cfg)?;
         let _lock = agent.start_up().await?;
+        if let Some(fleet) = fleet {
+            let enrollment = fleet::enroll(
+                agent.state_dir(),
+                &fleet.controller,
+                fleet.enroll_token.as_deref(),
+            )
+            .await?;
+            eprintln!(
+                "shg gateway: syncing with {} as {}",
+                enrollment.controller, enrollment.gateway_id
+            );
+            fleet::spawn(fleet::Link::new(agent.clone(), enrollment)?);
+        }
         let server = server_for(&agent);
         let socket = agent.socket();
         let listener = server::bind_unix(&socket).map_err(AgentError::internal)?;

@@ -6,6 +6,10 @@ use clap::{Parser, Subcommand};
 
 /// `/var/lib/shg/api.sock`: where `shg gateway run` listens unless given another state dir.
 const DEFAULT_GATEWAY: &str = "/var/lib/shg/api.sock";
+/// Where `shg controller run` keeps its state unless told otherwise.
+pub const DEFAULT_CONTROLLER_DIR: &str = "/var/lib/shg-controller";
+/// Its socket.
+const DEFAULT_CONTROLLER: &str = "/var/lib/shg-controller/api.sock";
 
 /// Host containerized services from several providers on a home gateway.
 #[derive(Debug, Parser)]
@@ -109,6 +113,27 @@ pub enum Command {
     Gateway {
         #[command(subcommand)]
         command: GatewayCommand,
+    },
+
+    /// Run the fleet controller
+    Controller {
+        #[command(subcommand)]
+        command: ControllerCommand,
+    },
+
+    /// Drive the fleet through its controller: enrollment, inventory, catalog, deployments
+    Fleet {
+        /// The controller's API: the path of its socket, or https://HOST:PORT
+        #[arg(
+            long,
+            global = true,
+            env = "SHG_CONTROLLER",
+            value_name = "PATH|URL",
+            default_value = DEFAULT_CONTROLLER
+        )]
+        controller: String,
+        #[command(subcommand)]
+        command: crate::fleet::FleetCommand,
     },
 
     #[command(flatten)]
@@ -432,6 +457,35 @@ pub enum GatewayCommand {
         /// PEM private key of --tls-cert
         #[arg(long, value_name = "FILE", requires_all = ["listen", "tls_cert"])]
         tls_key: Option<PathBuf>,
+        /// Sync with this fleet controller (https://ADDR:PORT)
+        #[arg(long, value_name = "URL")]
+        controller: Option<String>,
+        /// One-time token from `shg fleet enroll-token`, for the first start with --controller
+        #[arg(
+            long,
+            env = "SHG_ENROLL_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN",
+            requires = "controller"
+        )]
+        enroll_token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControllerCommand {
+    /// Run the fleet controller in the foreground
+    Run {
+        /// Directory for the controller's state (its CA, database, packages and API socket)
+        #[arg(long, value_name = "DIR", default_value = DEFAULT_CONTROLLER_DIR)]
+        state_dir: PathBuf,
+        /// Serve the API over HTTPS on this address (gateways, providers, remote operators)
+        #[arg(long, value_name = "ADDR:PORT", default_value = "0.0.0.0:7443")]
+        listen: std::net::SocketAddr,
+        /// PostgreSQL instead of the embedded SQLite (postgres://USER@HOST/DB), for several
+        /// controller processes in front of one database
+        #[arg(long, env = "SHG_DATABASE", hide_env_values = true, value_name = "URL")]
+        database: Option<String>,
     },
 }
 

@@ -9,8 +9,8 @@ use anyhow::{bail, Context};
 use api::{Client, ClientError, LogEntry};
 
 use crate::cli::{
-    CatalogCommand, Cli, Command, GatewayCommand, KeyCommand, RemoteCommand, TokenCommand,
-    TrustCommand,
+    CatalogCommand, Cli, Command, ControllerCommand, GatewayCommand, KeyCommand, RemoteCommand,
+    TokenCommand, TrustCommand,
 };
 use crate::{daemon, output};
 
@@ -42,6 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     listen,
                     tls_cert,
                     tls_key,
+                    controller,
+                    enroll_token,
                 },
         } => {
             let listen = listen.map(|addr| gateway::Listen {
@@ -49,7 +51,35 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 cert: tls_cert,
                 key: tls_key,
             });
-            daemon::gateway_run(state_dir, listen).map(|()| 0)
+            let fleet = controller.map(|controller| gateway::Fleet {
+                controller,
+                enroll_token,
+            });
+            daemon::gateway_run(state_dir, listen, fleet).map(|()| 0)
+        }
+        Command::Controller {
+            command:
+                ControllerCommand::Run {
+                    state_dir,
+                    listen,
+                    database,
+                },
+        } => daemon::controller_run(state_dir, listen, database).map(|()| 0),
+        Command::Fleet {
+            controller,
+            command,
+        } => {
+            let options = api::Options {
+                token: cli.token.clone(),
+                ca_cert: cli.ca_cert.clone(),
+                ..Default::default()
+            };
+            let client = Client::with_options(&controller, &options)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(crate::fleet::run(&client, command, cli.json))
         }
         Command::Demo { state_dir, listen } => daemon::demo(state_dir, listen).map(|()| 0),
         Command::Completions { shell } => {
@@ -63,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 token: cli.token.clone(),
                 ca_cert: cli.ca_cert.clone(),
                 client_cert: cli.client_cert.clone().zip(cli.client_key.clone()),
+                ..Default::default()
             };
             let client = Client::with_options(&cli.gateway, &options)?;
             // Only the client commands get this small runtime; the agent builds its own.
@@ -76,7 +107,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// `7d`, `12h`, `30m`, `45s`: a span of time from now.
-fn parse_span(text: &str) -> anyhow::Result<std::time::Duration> {
+pub(crate) fn parse_span(text: &str) -> anyhow::Result<std::time::Duration> {
     let (number, unit) = text.split_at(text.len().saturating_sub(1));
     let scale = match unit {
         "d" => 86_400,

@@ -146,10 +146,27 @@ fn runtime_main(args: &[String]) -> i32 {
 }
 
 /// `shg gateway run`: the agent, until SIGTERM or SIGINT.
-pub fn gateway_run(state_dir: PathBuf, listen: Option<gateway::Listen>) -> anyhow::Result<()> {
+pub fn gateway_run(
+    state_dir: PathBuf,
+    listen: Option<gateway::Listen>,
+    fleet: Option<gateway::Fleet>,
+) -> anyhow::Result<()> {
     init_logging();
     let cfg = agent::Config::new(state_dir)?;
-    gateway::run(cfg, listen)?;
+    gateway::run(cfg, listen, fleet)?;
+    Ok(())
+}
+
+/// `shg controller run`: the fleet controller, until SIGTERM or SIGINT.
+pub fn controller_run(
+    state_dir: PathBuf,
+    listen: std::net::SocketAddr,
+    database: Option<String>,
+) -> anyhow::Result<()> {
+    init_logging();
+    let mut cfg = controller::Config::new(state_dir, listen);
+    cfg.database = database;
+    controller::run(cfg)?;
     Ok(())
 }
 

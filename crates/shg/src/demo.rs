@@ -39,7 +39,7 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     };
     let https = listen_tls.is_some();
     let socket = agent::Layout::new(&state_dir).socket();
-    let agent = std::thread::spawn(move || gateway::run(agent_cfg, listen_tls));
+    let agent = std::thread::spawn(move || gateway::run(agent_cfg, listen_tls, None));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod demo;
+mod fleet;
 mod output;
 
 use std::io;

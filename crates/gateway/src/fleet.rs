@@ -1,0 +1,558 @@
+//! The gateway's side of the fleet: enrollment with the controller, then the sync loop.
+//!
+//! Enrollment: the gateway makes its own key pair, sends a certificate request with the
+//! one-time token, and trusts the controller by the CA fingerprint the token carries; it
+//! keeps its key, its certificate and the CA under `STATE/fleet/` and authenticates with them
+//! (mutual TLS) from then on.
+//!
+//! Sync: gateways sit behind home NAT, so they call out. The desired state is long-polled
+//! with its ETag, so a change reaches a connected gateway within a moment; what the gateway
+//! runs is reported back whenever its journal moves (and at least every half minute). Cut
+//! off, the gateway keeps running its last desired state and tries again with a growing,
+//! jittered back-off (capped at a minute), so a controller coming back is not stormed. The
+//! gateway's own admission has the last word: what does not fit is refused and reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::{Agent, AgentError, InstallOptions, Principal};
+use api::fleet::{Desired, Outcome, Report, ReportedService, ServiceRef};
+use serde::{Deserialize, Serialize};
+
+/// What the gateway keeps of its enrollment, `STATE/fleet/enrolled.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub controller: String,
+    pub gateway_id: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the gateway brought about for the controller, `STATE/fleet/managed.json`: the
+/// services and trust keys it installed because the desired state named them (and only
+/// those it will remove when the desired state drops them), and its household's
+/// subscriptions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Managed {
+    services: BTreeSet<ServiceRef>,
+    trust: BTreeSet<String>,
+    subscriptions: BTreeSet<ServiceRef>,
+}
+
+fn fleet_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("fleet")
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), AgentError> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec_pretty(value).map_err(AgentError::internal)?;
+    std::fs::write(&tmp, text).map_err(|e| AgentError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| AgentError::io(path, e))
+}
+
+/// The gateway's enrollment: the one on disk for this controller, or a new one made with
+/// `token`.
+pub async fn enroll(
+    state_dir: &Path,
+    controller: &str,
+    token: Option<&str>,
+) -> Result<Enrollment, AgentError> {
+    let dir = fleet_dir(state_dir);
+    let saved = dir.join("enrolled.json");
+    if let Some(e) = read_json::<Enrollment>(&saved) {
+        if e.controller == controller {
+            return Ok(e);
+        }
+        return Err(AgentError::Conflict(format!(
+            "this gateway is enrolled with {} as {}; to move it to {controller}, delete {} and enroll again with a new token",
+            e.controller,
+            e.gateway_id,
+            dir.display()
+        )));
+    }
+    let token = token.ok_or_else(|| {
+        AgentError::BadRequest(format!(
+            "this gateway is not enrolled with {controller} yet: give `--enroll-token TOKEN` (the operator makes one with `shg fleet enroll-token`)"
+        ))
+    })?;
+    let (_, fingerprint) = api::fleet::parse_enroll_token(token).ok_or_else(|| {
+        AgentError::BadRequest(
+            "the enrollment token is malformed: it looks like shgjoin.SECRET.CA_SHA256; copy it whole from `shg fleet enroll-token`".into(),
+        )
+    })?;
+    std::fs::create_dir_all(&dir).map_err(|e| AgentError::io(&dir, e))?;
+    let key = rcgen::KeyPair::generate().map_err(AgentError::internal)?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .and_then(|p| p.serialize_request(&key))
+        .and_then(|r| r.pem())
+        .map_err(AgentError::internal)?;
+    let client = api::Client::with_options(
+        controller,
+        &api::Options {
+            pinned_ca_sha256: Some(fingerprint.to_string()),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+    let enrolled: api::fleet::Enrolled = client
+        .send_json(
+            "POST",
+            "/v1/enroll",
+            &api::fleet::EnrollRequest {
+                token: token.to_string(),
+                csr,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        )
+        .await
+        .map_err(|e| AgentError::BadRequest(format!("enrolling with {controller}: {e}")))?;
+    server::write_private(&dir.join("key.pem"), key.serialize_pem().as_bytes())
+        .map_err(AgentError::internal)?;
+    std::fs::write(dir.join("cert.pem"), &enrolled.certificate)
+        .map_err(|e| AgentError::io(&dir.join("cert.pem"), e))?;
+    std::fs::write(dir.join("ca.pem"), &enrolled.ca)
+        .map_err(|e| AgentError::io(&dir.join("ca.pem"), e))?;
+    let enrollment = Enrollment {
+        controller: controller.to_string(),
+        gateway_id: enrolled.gateway_id,
+        labels: enrolled.labels,
+    };
+    write_json(&saved, &enrollment)?;
+    eprintln!(
+        "shg gateway: enrolled with {controller} as {}",
+        enrollment.gateway_id
+    );
+    Ok(enrollment)
+}
+
+/// The gateway's connection to its controller.
+pub struct Link {
+    agent: Arc<Agent>,
+    enrollment: Enrollment,
+    client: api::Client,
+    dir: PathBuf,
+    /// What the last attempts at desired services came to, reported until replaced.
+    outcomes: Mutex<BTreeMap<ServiceRef, Outcome>>,
+    managed: Mutex<Managed>,
+    /// Set when something worth reporting happened.
+    nudge: tokio::sync::Notify,
+}
+
+impl Link {
+    pub fn new(agent: Arc<Agent>, enrollment: Enrollment) -> Result<Arc<Link>, AgentError> {
+        let dir = fleet_dir(agent.state_dir());
+        let client = api::Client::with_options(
+            &enrollment.controller,
+            &api::Options {
+                ca_cert: Some(dir.join("ca.pem")),
+                client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let managed = read_json(&dir.join("managed.json")).unwrap_or_default();
+        Ok(Arc::new(Link {
+            agent,
+            enrollment,
+            client,
+            dir,
+            outcomes: Mutex::new(BTreeMap::new()),
+            managed: Mutex::new(managed),
+            nudge: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn gateway_id(&self) -> &str {
+        &self.enrollment.gateway_id
+    }
+
+    fn managed(&self) -> std::sync::MutexGuard<'_, Managed> {
+        self.managed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save_managed(&self) {
+        let managed = self.managed().clone();
+        if let Err(e) = write_json(&self.dir.join("managed.json"), &managed) {
+            tracing::warn!("cannot save the fleet's managed services: {e}");
+        }
+    }
+
+    /// The household subscribes to (or leaves) a service of the controller's catalog; the
+    /// controller hears of it with the next report.
+    pub fn subscribe(&self, service: ServiceRef, subscribe: bool) {
+        {
+            let mut managed = self.managed();
+            if subscribe {
+                managed.subscriptions.insert(service);
+            } else {
+                managed.subscriptions.remove(&service);
+            }
+        }
+        self.save_managed();
+        self.nudge.notify_one();
+    }
+
+    /// The household's subscriptions.
+    pub fn subscriptions(&self) -> Vec<ServiceRef> {
+        self.managed().subscriptions.iter().cloned().collect()
+    }
+
+    /// The controller's catalog, as this gateway may read it (the approved packages).
+    pub async fn catalog(&self) -> Result<Vec<api::fleet::CatalogEntry>, AgentError> {
+        self.client
+            .get_json("/v1/catalog")
+            .await
+            .map_err(|e| AgentError::Busy(format!("the fleet controller: {e}")))
+    }
+
+    /// What this gateway tells the controller about itself.
+    fn report(&self) -> Result<Report, AgentError> {
+        let who = Principal::Operator;
+        let capacity = self.agent.capacity()?;
+        let stats = self.agent.stats(&who).ok();
+        let services = self
+            .agent
+            .list(&who)?
+            .into_iter()
+            .map(|s| {
+                let used = stats
+                    .as_ref()
+                    .and_then(|st| st.services.iter().find(|u| u.name == s.name));
+                ReportedService {
+                    provider: s.provider,
+                    name: s.name,
+                    version: s.version,
+                    state: s.state,
+                    health: s.health,
+                    restarts: s.restarts,
+                    cpu_millicores: used.and_then(|u| u.cpu.used),
+                    memory_bytes: used.and_then(|u| u.memory.used),
+                    cpu_reserved_millicores: used.map(|u| u.cpu.reserve),
+                    memory_reserved_bytes: used.map(|u| u.memory.reserve),
+                }
+            })
+            .collect();
+        Ok(Report {
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            available: capacity.available,
+            free: capacity.free,
+            services,
+            outcomes: self
+                .outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .cloned()
+                .collect(),
+            subscriptions: self.subscriptions(),
+        })
+    }
+
+    async fn send_report(&self) -> Result<(), api::ClientError> {
+        let report = match self.report() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cannot make the fleet report: {e}");
+                return Ok(());
+            }
+        };
+        self.client
+            .send_json_empty("POST", "/v1/sync/report", &report)
+            .await
+    }
+
+    /// Brings the gateway to `desired`: the trust policy first, then each service (installed,
+    /// updated or removed), each attempt's outcome kept for the next report.
+    async fn apply(&self, desired: &Desired) {
+        self.apply_trust(desired);
+        let wanted: BTreeMap<ServiceRef, &api::fleet::DesiredService> = desired
+            .services
+            .iter()
+            .map(|s| {
+                (
+                    ServiceRef {
+                        provider: s.provider.clone(),
+                        name: s.name.clone(),
+                    },
+                    s,
+                )
+            })
+            .collect();
+        let installed = self.agent.list(&Principal::Operator).unwrap_or_default();
+        for (key, want) in &wanted {
+            let have = installed.iter().find(|s| s.name == key.name);
+            let result = match have {
+                Some(s) if s.provider != key.provider => Err(AgentError::Conflict(format!(
+                    "a service named `{}` of another provider is installed on this gateway",
+                    key.name
+                ))),
+                Some(s) if s.version == want.version => continue,
+                _ => self.bring(want, have.is_some()).await,
+            };
+            let outcome = match result {
+                Ok(()) => {
+                    self.managed().services.insert(key.clone());
+                    self.save_managed();
+                    Outcome {
+                        provider: key.provider.clone(),
+                        name: key.name.clone(),
+                        version: want.version.clone(),
+                        result: "admitted".into(),
+                        reason: None,
+                    }
+                }
+                Err(e) => Outcome {
+                    provider: key.provider.clone(),
+                    name: key.name.clone(),
+                    version: want.version.clone(),
+                    result: match e {
+                        AgentError::Refused(_) | AgentError::Untrusted(_) => "refused".into(),
+                        _ => "failed".into(),
+                    },
+                    reason: Some(e.to_string()),
+                },
+            };
+            if outcome.result != "admitted" {
+                tracing::warn!(
+                    "fleet: `{}` {} not brought about: {}",
+                    outcome.name,
+                    outcome.version,
+                    outcome.reason.as_deref().unwrap_or("")
+                );
+            }
+            self.outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone(), outcome);
+        }
+        // What the controller installed and no longer wants goes; what the household or the
+        // operator installed by hand stays.
+        let gone: Vec<ServiceRef> = self
+            .managed()
+            .services
+            .iter()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            let mine = installed
+                .iter()
+                .any(|s| s.name == key.name && s.provider == key.provider);
+            if mine {
+                if let Err(e) = self.agent.remove(&key.name).await {
+                    tracing::warn!("fleet: cannot remove `{}`: {e}", key.name);
+                    continue;
+                }
+            }
+            self.managed().services.remove(&key);
+            self.outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            self.save_managed();
+        }
+    }
+
+    /// Downloads the desired package from the controller, checks it is exactly the one the
+    /// controller listed, and installs or updates it (the agent checks its signature against
+    /// the trust policy and admits it, as for any package).
+    async fn bring(
+        &self,
+        want: &api::fleet::DesiredService,
+        installed: bool,
+    ) -> Result<(), AgentError> {
+        let file = self.agent.upload_path();
+        let _delete = Delete(file.clone());
+        let uri = format!(
+            "/v1/packages/{}/{}/{}",
+            want.provider, want.name, want.version
+        );
+        self.client
+            .download(&uri, &file)
+            .await
+            .map_err(|e| AgentError::Busy(format!("downloading {uri} from the controller: {e}")))?;
+        let digest = package_digest(&self.agent, &file).await?;
+        if digest != want.digest {
+            return Err(AgentError::Untrusted(format!(
+                "the controller listed `{}` {} as {}, but served {digest}",
+                want.name, want.version, want.digest
+            )));
+        }
+        if installed {
+            self.agent
+                .update(
+                    &Principal::Operator,
+                    &want.name,
+                    &file,
+                    false,
+                    agent::DEFAULT_WINDOW,
+                    None,
+                )
+                .await?;
+        } else {
+            self.agent
+                .install(
+                    &Principal::Operator,
+                    &file,
+                    &InstallOptions {
+                        start: true,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The trust policy as the controller holds it: keys added, and the keys the controller
+    /// added before and no longer lists removed.
+    fn apply_trust(&self, desired: &Desired) {
+        let have: BTreeSet<String> = self
+            .agent
+            .trust_rules()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.key_id)
+            .collect();
+        let want: BTreeSet<String> = desired.trust.iter().map(|r| r.key_id.clone()).collect();
+        for rule in &desired.trust {
+            if have.contains(&rule.key_id) && self.managed().trust.contains(&rule.key_id) {
+                continue;
+            }
+            let req = api::TrustRequest {
+                provider: rule.provider.clone(),
+                public_key: rule.public_key.clone(),
+                services: rule.services.clone(),
+            };
+            match self.agent.add_trust(&req) {
+                Ok(_) => {
+                    self.managed().trust.insert(rule.key_id.clone());
+                }
+                Err(e) => tracing::warn!("fleet: cannot trust key {}: {e}", rule.key_id),
+            }
+        }
+        let stale: Vec<String> = self
+            .managed()
+            .trust
+            .iter()
+            .filter(|k| !want.contains(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            let _ = self.agent.remove_trust(&key);
+            self.managed().trust.remove(&key);
+        }
+        self.save_managed();
+    }
+}
+
+/// Deletes a file when dropped.
+struct Delete(PathBuf);
+
+impl Drop for Delete {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The digest of a package file (its image manifest's), verified as the agent verifies it.
+async fn package_digest(agent: &Agent, file: &Path) -> Result<String, AgentError> {
+    let staging = agent.upload_path().with_extension("open");
+    let (f, s) = (file.to_path_buf(), staging.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        let opened = image::open(&f, &s);
+        let _ = std::fs::remove_dir_all(&s);
+        opened
+    })
+    .await
+    .map_err(AgentError::internal)?
+    .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+    Ok(opened.digest)
+}
+
+/// The next wait after a failure: doubling from one second up to a minute, with up to half
+/// of it added at random so that gateways cut off together do not come back together.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60));
+    let jitter = realm::random_hex(2)
+        .ok()
+        .and_then(|h| u64::from_str_radix(&h, 16).ok())
+        .unwrap_or(0);
+    base + base.mul_f64(jitter as f64 / 65535.0 / 2.0)
+}
+
+/// Runs the sync for as long as the gateway runs: one task long-polls the desired state and
+/// applies it, another reports whenever the journal moved (at most once a second, at least
+/// every 30 s).
+pub fn spawn(link: Arc<Link>) {
+    let poller = link.clone();
+    tokio::spawn(async move {
+        let mut etag: Option<String> = None;
+        let mut failures = 0u32;
+        loop {
+            match poller
+                .client
+                .poll_json::<Desired>("/v1/sync/desired?wait=25", etag.as_deref())
+                .await
+            {
+                Ok(Some((tag, desired))) => {
+                    failures = 0;
+                    poller.apply(&desired).await;
+                    etag = Some(tag);
+                    poller.nudge.notify_one();
+                }
+                Ok(None) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::warn!("fleet: the controller is out of reach ({e}); the gateway keeps its last desired state and tries again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut last_seen = String::new();
+        let mut last_sent = tokio::time::Instant::now() - Duration::from_secs(60);
+        let mut failures = 0u32;
+        loop {
+            let nudged = tokio::time::timeout(Duration::from_secs(1), link.nudge.notified())
+                .await
+                .is_ok();
+            // What the controller judges by: the journal and each service's version, state
+            // and health (a health change is not always journaled).
+            let seen = format!(
+                "{}|{:?}",
+                link.agent.last_event_id().unwrap_or(0),
+                link.agent
+                    .list(&Principal::Operator)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| (&s.name, &s.version, &s.state, &s.health))
+                    .collect::<Vec<_>>()
+            );
+            let due = nudged || seen != last_seen || last_sent.elapsed() >= Duration::from_secs(30);
+            if !due {
+                continue;
+            }
+            match link.send_report().await {
+                Ok(()) => {
+                    failures = 0;
+                    last_seen = seen;
+                    last_sent = tokio::time::Instant::now();
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::debug!("fleet: report not sent ({e}); again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
+}
