@@ -38,6 +38,7 @@ pub fn problem(e: ControllerError) -> Problem {
         ControllerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         ControllerError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
         ControllerError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        ControllerError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large"),
         ControllerError::BadPackage(_) => (StatusCode::BAD_REQUEST, "bad-package"),
         ControllerError::Io { .. }
         | ControllerError::Database(_)
@@ -148,8 +149,16 @@ fn gateway_of(who: &Principal) -> Result<&str, ControllerError> {
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>, what: &str) -> Result<T, ControllerError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| ControllerError::BadRequest(format!("{what}: {}", e.body_text())))
+    body.map(|Json(b)| b).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ControllerError::TooLarge(format!(
+                "{what}: the body is larger than the {} MiB this call accepts",
+                crate::inventory::MAX_REPORT >> 20
+            ))
+        } else {
+            ControllerError::BadRequest(format!("{what}: {}", e.body_text()))
+        }
+    })
 }
 
 async fn enroll_token(
@@ -198,6 +207,7 @@ fn problem_status(e: &ControllerError) -> u16 {
         ControllerError::Forbidden(_) => 403,
         ControllerError::NotFound(_) => 404,
         ControllerError::Conflict(_) => 409,
+        ControllerError::TooLarge(_) => 413,
         ControllerError::Io { .. }
         | ControllerError::Database(_)
         | ControllerError::Internal(_) => 500,

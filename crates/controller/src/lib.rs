@@ -43,6 +43,9 @@ pub enum ControllerError {
     /// The request is valid but the object's state does not allow it.
     #[error("{0}")]
     Conflict(String),
+    /// The request body is larger than this call accepts.
+    #[error("{0}")]
+    TooLarge(String),
     /// The package is unreadable, tampered with or not signed by a trusted key.
     #[error("package refused: {0}")]
     BadPackage(String),

@@ -74,6 +74,8 @@ pub struct Gateway {
     pub listen: Option<std::net::SocketAddr>,
     /// The named network namespace (`/run/netns/NAME`) the agent runs in, restarts included.
     netns: Option<String>,
+    /// More arguments of `shg gateway run` (a fleet controller to sync with, say).
+    run_args: Vec<String>,
     _dir: tempfile::TempDir,
     _work: tempfile::TempDir,
 }
@@ -235,7 +237,32 @@ impl Gateway {
         Gateway::start_full(Some(config), false, Some(netns))
     }
 
+    /// Like [`Gateway::start_with_config`], enrolled with (and syncing with) the fleet
+    /// controller at `controller` (https://…) using the one-time `token`.
+    pub fn start_enrolled(controller: &str, token: &str, config: Option<&str>) -> Gateway {
+        Gateway::start_args(
+            config,
+            false,
+            None,
+            vec![
+                "--controller".into(),
+                controller.into(),
+                "--enroll-token".into(),
+                token.into(),
+            ],
+        )
+    }
+
     fn start_full(config: Option<&str>, listen: bool, netns: Option<&str>) -> Gateway {
+        Gateway::start_args(config, listen, netns, Vec::new())
+    }
+
+    fn start_args(
+        config: Option<&str>,
+        listen: bool,
+        netns: Option<&str>,
+        run_args: Vec<String>,
+    ) -> Gateway {
         assert!(
             fs::read_to_string("/proc/self/status")
                 .unwrap_or_default()
@@ -260,6 +287,7 @@ impl Gateway {
             trusted: Default::default(),
             listen: None,
             netns: netns.map(String::from),
+            run_args,
             _dir: dir_guard,
             _work: work_guard,
         };
@@ -333,6 +361,7 @@ impl Gateway {
         if let Some(addr) = self.listen {
             cmd.arg("--listen").arg(addr.to_string());
         }
+        cmd.args(&self.run_args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.0)

@@ -1,0 +1,573 @@
+//! The fleet: a real controller and real agents as gateways, driven through `shg fleet` and
+//! `shg gateway run --controller URL --enroll-token TOKEN` exactly as an operator drives them.
+//! Enrollment, label-selected deployments in waves, a bad release aborted after its canary and
+//! rolled back, a refusal for lack of memory reported with its reason, a controller outage the
+//! gateways ride through, revocation, and hostile requests.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{eventually, run_captured, signal, wait_timeout, Gateway, Out, SHG};
+
+/// A fleet controller on a private state directory and a free loopback port.
+struct Controller {
+    dir: tempfile::TempDir,
+    addr: std::net::SocketAddr,
+    child: Option<Child>,
+}
+
+impl Controller {
+    fn start() -> Controller {
+        let dir = tempfile::Builder::new()
+            .prefix("shg-ctl-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let mut c = Controller {
+            dir,
+            addr,
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))
+            .unwrap();
+        let child = Command::new(SHG)
+            .args(["controller", "run", "--state-dir"])
+            .arg(self.dir.path().join("state"))
+            .args(["--listen", &self.addr.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        eventually("the controller answers", Duration::from_secs(20), || {
+            self.try_fleet(&["catalog"]).ok().then_some(())
+        });
+    }
+
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("the controller runs");
+        signal(child.id() as i32, "TERM");
+        wait_timeout(&mut child, Duration::from_secs(15)).expect("the controller exits");
+    }
+
+    fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("state/api.sock")
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("state/ca/ca.pem")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    /// `shg fleet ARGS…` as root on the controller's socket: the operator.
+    fn try_fleet(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new(SHG);
+        cmd.arg("fleet")
+            .arg("--controller")
+            .arg(self.socket())
+            .args(args);
+        run_captured(cmd, self.dir.path(), Duration::from_secs(60))
+    }
+
+    fn fleet(&self, args: &[&str]) -> Out {
+        let out = self.try_fleet(args);
+        assert!(
+            out.ok(),
+            "shg fleet {args:?} failed:\n{out}\n--- controller log\n{}",
+            self.log()
+        );
+        out
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.fleet(&all).stdout).unwrap()
+    }
+
+    fn enroll_token(&self, labels: &str) -> String {
+        self.fleet(&["enroll-token", "--labels", labels])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// A client of the controller's HTTPS API trusting its CA, with `token` if any.
+    fn https(&self, token: Option<String>) -> api::Client {
+        api::Client::with_options(
+            &self.url(),
+            &api::Options {
+                token,
+                ca_cert: Some(self.ca()),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn deployment(&self, id: &str) -> Value {
+        self.json(&["deployment", id])
+    }
+
+    fn wait_deployment(&self, id: &str, state: &str) -> Value {
+        eventually(
+            &format!("deployment {id} is {state}"),
+            Duration::from_secs(90),
+            || {
+                let d = self.deployment(id);
+                (d["state"] == state).then_some(d)
+            },
+        )
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, "TERM");
+            if wait_timeout(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// A provider `acme` with its key, trusted by the fleet's operator for `probe`.
+fn trust_acme(ctl: &Controller, work: &std::path::Path) -> PathBuf {
+    let out = run_captured(
+        {
+            let mut c = Command::new(SHG);
+            c.args(["key", "gen", "acme", "--dir"]).arg(work);
+            c
+        },
+        work,
+        Duration::from_secs(30),
+    );
+    assert!(out.ok(), "{out}");
+    ctl.fleet(&[
+        "trust",
+        "add",
+        "--provider",
+        "acme",
+        work.join("acme.pub").to_str().unwrap(),
+        "--services",
+        "probe",
+    ]);
+    work.join("acme.key")
+}
+
+fn probe(version: &str, command: &str, memory: &str) -> String {
+    format!(
+        r#"name = "probe"
+version = "{version}"
+provider = "acme"
+description = "a probe"
+[run]
+command = ["/bin/sh", "-c", "{command}"]
+[resources]
+cpu = {{ reserve = 0.05 }}
+memory = {{ reserve = "{memory}", limit = "64MiB" }}
+storage = {{ reserve = "16MiB" }}
+"#
+    )
+}
+
+/// Packs `manifest` on `gw`'s scratch space and signs it with `key`.
+fn signed(gw: &Gateway, dir: &str, manifest: &str, key: &std::path::Path) -> PathBuf {
+    let tar = gw.package_unsigned(dir, manifest, &[]);
+    let mut cmd = Command::new(SHG);
+    cmd.arg("sign").arg(&tar).arg("--key").arg(key);
+    let out = run_captured(cmd, &gw.work, Duration::from_secs(30));
+    assert!(out.ok(), "{out}");
+    tar
+}
+
+fn gateway_id(gw: &Gateway) -> String {
+    let text = std::fs::read_to_string(gw.dir.join("fleet/enrolled.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["gateway_id"].as_str().unwrap().to_string()
+}
+
+fn version_on(gw: &Gateway, name: &str) -> Option<(String, String)> {
+    gw.svc(name).map(|s| (s.version, s.state))
+}
+
+#[test]
+fn the_operator_deploys_to_a_label_subset_in_waves_and_a_bad_release_is_rolled_back() {
+    let ctl = Controller::start();
+    let lyon: Vec<Gateway> = (0..2)
+        .map(|_| {
+            Gateway::start_enrolled(
+                &ctl.url(),
+                &ctl.enroll_token("region=lyon,access=adsl"),
+                None,
+            )
+        })
+        .collect();
+    let paris = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=paris"), None);
+    let ids: Vec<String> = lyon.iter().map(gateway_id).collect();
+
+    // Inventory: every gateway online with its labels.
+    let rows = eventually("three gateways online", Duration::from_secs(30), || {
+        let rows = ctl.json(&["gateways"]);
+        (rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["online"] == true)
+            .count()
+            == 3)
+            .then_some(rows)
+    });
+    assert_eq!(rows.as_array().unwrap().len(), 3);
+    let selected = ctl.json(&["gateways", "--selector", "region=lyon"]);
+    let mut selected: Vec<String> = selected
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_string())
+        .collect();
+    selected.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(selected, expected);
+
+    // A provider publishes; nothing reaches a gateway before the operator approves.
+    let key = trust_acme(&ctl, &lyon[0].work);
+    let good = signed(
+        &lyon[0],
+        "probe-1",
+        &probe("1.0", "sleep 100000", "16MiB"),
+        &key,
+    );
+    let bad = signed(&lyon[0], "probe-2", &probe("2.0", "exit 3", "16MiB"), &key);
+    let acme = ctl
+        .fleet(&["token", "create", "--provider", "acme"])
+        .stdout
+        .trim()
+        .to_string();
+    for pkg in [&good, &bad] {
+        let mut cmd = Command::new(SHG);
+        cmd.args(["fleet", "--controller", &ctl.url(), "--ca-cert"])
+            .arg(ctl.ca())
+            .args(["--token", &acme, "publish"])
+            .arg(pkg);
+        let out = run_captured(cmd, &lyon[0].work, Duration::from_secs(60));
+        assert!(out.ok(), "{out}");
+    }
+    let refused = ctl.try_fleet(&["deploy", "probe:1.0", "--selector", "region=lyon"]);
+    assert!(!refused.ok());
+    assert!(refused.stderr.contains("not approved"), "{refused}");
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    ctl.fleet(&["approve", "probe", "2.0"]);
+
+    // 1.0 to the Lyon gateways, canary first.
+    let d = ctl.json(&[
+        "deploy",
+        "probe:1.0",
+        "--selector",
+        "region=lyon",
+        "--waves",
+        "1,100%",
+        "--soak",
+        "1s",
+    ]);
+    let id = d["id"].as_str().unwrap().to_string();
+    let reached = |d: &Value| {
+        d["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["wave"].is_null())
+            .count()
+    };
+    assert_eq!(reached(&d), 1, "only the canary at first: {d}");
+    let done = ctl.wait_deployment(&id, "done");
+    assert!(
+        done["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["outcome"] == "healthy"),
+        "{done}"
+    );
+    for gw in &lyon {
+        assert_eq!(
+            version_on(gw, "probe"),
+            Some(("1.0".into(), "running".into()))
+        );
+    }
+    assert_eq!(paris.svc("probe"), None, "paris is not region=lyon");
+
+    // The fleet's view of the service.
+    let services = ctl.json(&["services"]);
+    let probe_row = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "probe")
+        .cloned()
+        .unwrap();
+    assert_eq!(probe_row["gateways"], 2);
+    assert_eq!(probe_row["running"], 2);
+
+    // 2.0 exits at once: the canary fails, the deployment aborts before the second wave and
+    // the canary goes back to 1.0; the other gateway never sees 2.0.
+    let d = ctl.json(&[
+        "deploy",
+        "probe:2.0",
+        "--selector",
+        "region=lyon",
+        "--waves",
+        "1,100%",
+        "--soak",
+        "2s",
+    ]);
+    let id2 = d["id"].as_str().unwrap().to_string();
+    let canary = d["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| !t["wave"].is_null())
+        .unwrap()["gateway_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let aborted = ctl.wait_deployment(&id2, "aborted");
+    assert_eq!(reached(&aborted), 1, "no wave after the canary: {aborted}");
+    assert!(
+        aborted["reason"].as_str().unwrap().contains("failed"),
+        "{aborted}"
+    );
+    for gw in &lyon {
+        eventually("1.0 runs again", Duration::from_secs(60), || {
+            (version_on(gw, "probe") == Some(("1.0".into(), "running".into()))).then_some(())
+        });
+    }
+    let events = ctl.fleet(&["events"]).stdout;
+    assert!(events.contains("deployment-aborted"), "{events}");
+    assert!(
+        events.contains(&format!("{canary} failed")),
+        "the canary's failure is journaled: {events}"
+    );
+
+    // The provider sees its deployments; the gateways' inventory is the operator's.
+    let provider = ctl.https(Some(acme.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, _) = rt
+        .block_on(provider.raw("GET", "/v1/deployments", None))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = rt
+        .block_on(provider.raw("GET", "/v1/gateways", None))
+        .unwrap();
+    assert_eq!(status, 403);
+}
+
+#[test]
+fn a_gateway_refuses_what_does_not_fit_and_says_why() {
+    let ctl = Controller::start();
+    // 300 MiB of memory with 256 MiB kept back: 44 MiB for services.
+    let small = "[capacity]\nmemory = \"300MiB\"\n[reserve]\nmemory = \"256MiB\"\n";
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("model=small"), Some(small));
+    let key = trust_acme(&ctl, &gw.work);
+    let big = signed(
+        &gw,
+        "probe-big",
+        &probe("1.0", "sleep 100000", "60MiB"),
+        &key,
+    );
+    ctl.fleet(&["publish", big.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let d = ctl.json(&[
+        "deploy",
+        "probe",
+        "--gateways",
+        &gateway_id(&gw),
+        "--soak",
+        "1s",
+    ]);
+    let id = d["id"].as_str().unwrap().to_string();
+    let aborted = ctl.wait_deployment(&id, "aborted");
+    let target = &aborted["targets"][0];
+    assert_eq!(target["outcome"], "rolled-back", "{aborted}");
+    let events = ctl.fleet(&["events"]).stdout;
+    assert!(events.contains("refused"), "{events}");
+    assert!(
+        events.contains("memory"),
+        "the refusal names the resource: {events}"
+    );
+    assert_eq!(gw.svc("probe"), None, "nothing was forced onto the gateway");
+}
+
+#[test]
+fn gateways_ride_through_a_controller_outage_and_catch_up() {
+    let mut ctl = Controller::start();
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let key = trust_acme(&ctl, &gw.work);
+    let v1 = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    ctl.fleet(&["publish", v1.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let d = ctl.json(&[
+        "deploy",
+        "probe",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ]);
+    ctl.wait_deployment(d["id"].as_str().unwrap(), "done");
+    let pid = gw.svc("probe").unwrap().pid;
+
+    ctl.stop();
+    std::thread::sleep(Duration::from_secs(3));
+    // Cut off, the gateway keeps running its last desired state.
+    let during = gw.svc("probe").unwrap();
+    assert_eq!((during.state.as_str(), during.pid), ("running", pid));
+
+    ctl.spawn();
+    let v2 = signed(&gw, "probe-2", &probe("2.0", "sleep 100001", "16MiB"), &key);
+    ctl.fleet(&["publish", v2.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "2.0"]);
+    let d = ctl.json(&[
+        "deploy",
+        "probe:2.0",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ]);
+    ctl.wait_deployment(d["id"].as_str().unwrap(), "done");
+    assert_eq!(
+        version_on(&gw, "probe"),
+        Some(("2.0".into(), "running".into()))
+    );
+}
+
+#[test]
+fn hostile_enrollments_and_callers_get_clear_refusals_and_change_nothing() {
+    let ctl = Controller::start();
+    let token = ctl.enroll_token("region=lyon");
+    let gw = Gateway::start_enrolled(&ctl.url(), &token, None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let anonymous = ctl.https(None);
+    let csr = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    };
+    let enroll = |token: &str, csr: &str| {
+        let body = serde_json::json!({ "token": token, "csr": csr, "agent_version": "x" });
+        rt.block_on(anonymous.raw("POST", "/v1/enroll", Some(body.to_string().into_bytes())))
+            .unwrap()
+    };
+    // The token was used by the gateway: refused.
+    let (status, body) = enroll(&token, &csr);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("unknown, used or expired"));
+    // A forged one, of the right shape with the right CA: refused.
+    let fingerprint = token.rsplit('.').next().unwrap();
+    let forged = format!("shgjoin.{}.{fingerprint}", "ab".repeat(32));
+    assert_eq!(enroll(&forged, &csr).0, 401);
+    // A fresh token with a broken request: refused, and the token is not spent.
+    let fresh = ctl.enroll_token("region=paris");
+    assert_eq!(enroll(&fresh, "not a certificate request").0, 400);
+    let (status, _) = enroll(&fresh, &csr);
+    assert_eq!(status, 201);
+    // Malformed and oversized bodies.
+    let (status, _) = rt
+        .block_on(anonymous.raw("POST", "/v1/enroll", Some(b"{".to_vec())))
+        .unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = rt
+        .block_on(anonymous.raw("POST", "/v1/enroll", Some(vec![b' '; 8 << 20])))
+        .unwrap();
+    assert_eq!(status, 413);
+    // Without a credential nothing else answers.
+    let (status, _) = rt
+        .block_on(anonymous.raw("GET", "/v1/gateways", None))
+        .unwrap();
+    assert_eq!(status, 401);
+
+    // A gateway speaks for itself only: its certificate opens the sync, not the operator's
+    // calls.
+    let dir = gw.dir.join("fleet");
+    let as_gateway = api::Client::with_options(
+        &ctl.url(),
+        &api::Options {
+            ca_cert: Some(dir.join("ca.pem")),
+            client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (status, _) = rt
+        .block_on(as_gateway.raw("GET", "/v1/gateways", None))
+        .unwrap();
+    assert_eq!(status, 403);
+    let (status, _) = rt
+        .block_on(as_gateway.raw("GET", "/v1/sync/desired", None))
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // A provider cannot deploy another provider's service (it does not exist for it).
+    let rival = ctl
+        .fleet(&["token", "create", "--provider", "vodco"])
+        .stdout
+        .trim()
+        .to_string();
+    let as_rival = ctl.https(Some(rival));
+    let body = serde_json::json!({ "service": "acme/probe", "selector": { "region": "lyon" } });
+    let (status, _) = rt
+        .block_on(as_rival.raw(
+            "POST",
+            "/v1/deployments",
+            Some(body.to_string().into_bytes()),
+        ))
+        .unwrap();
+    assert!(status == 404 || status == 403, "{status}");
+
+    // Revoked: the gateway's certificate is refused at once.
+    let id = gateway_id(&gw);
+    ctl.fleet(&["revoke", &id]);
+    let (status, _) = rt
+        .block_on(as_gateway.raw("GET", "/v1/sync/desired", None))
+        .unwrap();
+    assert_eq!(status, 401);
+    let row = ctl.json(&["gateway", &id]);
+    assert_eq!(row["revoked"], true);
+    assert_eq!(row["online"], false);
+    assert_eq!(ctl.json(&["deployments"]).as_array().unwrap().len(), 0);
+}
