@@ -445,11 +445,6 @@ impl Client {
             error,
         };
         let file = tokio::fs::File::open(path).await.map_err(package_error)?;
-        if matches!(self.target, Target::Https { .. }) {
-            // A gateway refusing the token answers before reading the package and closes the
-            // connection under the upload; ask first, so the answer is the refusal itself.
-            self.gateway().await?;
-        }
         let meta = file.metadata().await.map_err(package_error)?;
         if !meta.is_file() {
             return Err(package_error(io::Error::new(
@@ -801,7 +796,7 @@ impl Client {
         content_type: Option<&'static str>,
     ) -> Result<Response<Incoming>, ClientError> {
         let request = describe(&method, &uri);
-        let stream = self.connect().await?;
+        let (stream, send_failure) = Sending::new(self.connect().await?);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http_error(&request, &e))?;
@@ -832,10 +827,21 @@ impl Client {
             request: request.clone(),
             reason: e.to_string(),
         })?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http_error(&request, &e))?;
+        let response = sender.send_request(req).await.map_err(|e| {
+            // The answer is what the caller needs; only without one does the broken upload
+            // explain the failure (the read side then merely saw the gateway hang up).
+            match send_failure.get() {
+                Some(sending) => ClientError::Http {
+                    request: request.clone(),
+                    reason: format!(
+                        "the gateway stopped taking the request ({sending}) and closed the \
+                         connection without an answer ({}); see the gateway's log for why",
+                        reason(&e)
+                    ),
+                },
+                None => http_error(&request, &e),
+            }
+        })?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -944,8 +950,15 @@ pub(crate) fn bad_response(request: &str, reason: String) -> ClientError {
     }
 }
 
-/// hyper's own message is terse ("error from user's Body stream"); the cause says what broke.
 pub(crate) fn http_error(request: &str, error: &hyper::Error) -> ClientError {
+    ClientError::Http {
+        request: request.to_string(),
+        reason: reason(error),
+    }
+}
+
+/// hyper's own message is terse ("error from user's Body stream"); the cause says what broke.
+fn reason(error: &hyper::Error) -> String {
     let mut reason = error.to_string();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
@@ -953,10 +966,7 @@ pub(crate) fn http_error(request: &str, error: &hyper::Error) -> ClientError {
         reason.push_str(&cause.to_string());
         source = cause.source();
     }
-    ClientError::Http {
-        request: request.to_string(),
-        reason,
-    }
+    reason
 }
 
 /// The start of a body, for error messages.
@@ -1085,6 +1095,124 @@ impl LineSplitter {
     /// What is left after the last newline.
     fn rest(self) -> Vec<u8> {
         self.buf
+    }
+}
+
+/// A connection that outlives a peer which stops taking the request: the gateway refuses an
+/// upload from its path and headers alone (404, 403, 409, a bad token), answers at once and
+/// hangs up without reading the package. Sending then fails with a broken pipe or a reset,
+/// and had that error reached hyper it would have ended the exchange in place of the answer
+/// already on its way. So such a failure is kept aside and sending simply stops, never to
+/// resume, while reading goes on: the answer arrives as usual, or the gateway's hang-up ends
+/// the exchange and the kept failure explains it.
+struct Sending {
+    io: Box<dyn Io>,
+    failure: SendFailure,
+}
+
+/// Why sending stopped, once it did; shared with the call that reports the outcome.
+type SendFailure = std::sync::Arc<std::sync::OnceLock<io::Error>>;
+
+impl Sending {
+    fn new(io: Box<dyn Io>) -> (Sending, SendFailure) {
+        let failure = SendFailure::default();
+        let sending = Sending {
+            io,
+            failure: SendFailure::clone(&failure),
+        };
+        (sending, failure)
+    }
+
+    /// Passes on the outcome of a write, flush or shutdown, unless it says the peer stopped
+    /// taking bytes: that is kept, and the operation never completes. No wake-up is due for
+    /// it: the reads hyper keeps polling wake the connection for the answer or the hang-up.
+    fn sent<T>(&mut self, outcome: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        match outcome {
+            Poll::Ready(Err(e)) if peer_gone(&e) => {
+                let _ = self.failure.set(e);
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.failure.get().is_some()
+    }
+}
+
+/// Whether a failed write means the peer hung up or stopped reading: its answer may then still
+/// be waiting to be read. Any other failure ends the call at once, as before.
+fn peer_gone(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+impl AsyncRead for Sending {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Sending {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.stopped() {
+            return Poll::Pending;
+        }
+        let outcome = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.sent(outcome)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.stopped() {
+            return Poll::Pending;
+        }
+        let outcome = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.sent(outcome)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.stopped() {
+            return Poll::Pending;
+        }
+        let outcome = Pin::new(&mut this.io).poll_flush(cx);
+        this.sent(outcome)
+    }
+
+    /// hyper shuts down once the exchange is over; with sending stopped there is nothing left
+    /// to send, not even TLS's goodbye, and waiting for it would keep the connection forever.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.stopped() {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Ready(Err(e)) if peer_gone(&e) => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
 
