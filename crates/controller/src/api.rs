@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -412,58 +412,18 @@ async fn package_file(
     Extension(who): Extension<Principal>,
     UrlPath((provider, name, version)): UrlPath<(String, String, String)>,
 ) -> ApiResult<Response> {
-    let path = ctx
+    let bytes = ctx
         .controller
-        .package_file(&who, &provider, &name, &version)
+        .package_bytes(&who, &provider, &name, &version)
         .await?;
-    let file = tokio::fs::File::open(&path)
-        .await
-        .map_err(|e| ControllerError::io(&path, e))?;
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let body = Body::from_stream(tokio_util_stream(file));
     Ok((
-        [
-            (
-                header::CONTENT_TYPE,
-                "application/vnd.oci.image.layout.v1+tar".to_string(),
-            ),
-            (header::CONTENT_LENGTH, len.to_string()),
-        ],
-        body,
+        [(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.layout.v1+tar",
+        )],
+        bytes,
     )
         .into_response())
-}
-
-/// A file as a stream of chunks.
-fn tokio_util_stream(
-    mut file: tokio::fs::File,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    use tokio::io::AsyncReadExt;
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            match file.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => {
-                    if tx
-                        .send(Ok(Bytes::copy_from_slice(&buf[..n])))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }
 
 async fn deployments(

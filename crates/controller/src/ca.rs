@@ -31,33 +31,41 @@ fn cert_error(what: &str, e: rcgen::Error) -> ControllerError {
 }
 
 impl Authority {
-    /// The CA under `dir` (`ca.pem`, `ca.key`), made now if missing.
-    pub fn open(dir: &Path) -> Result<Authority, ControllerError> {
-        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
-        if !cert_path.exists() || !key_path.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| ControllerError::io(dir, e))?;
-            let key = KeyPair::generate().map_err(|e| cert_error("making the CA key", e))?;
-            let mut params = CertificateParams::new(Vec::<String>::new())
-                .map_err(|e| cert_error("the CA's parameters", e))?;
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.distinguished_name = name("SHG fleet CA");
-            params.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
-            let cert = params
-                .self_signed(&key)
-                .map_err(|e| cert_error("signing the CA", e))?;
-            server::write_private(&key_path, key.serialize_pem().as_bytes())
-                .map_err(|e| ControllerError::Internal(e.to_string()))?;
-            std::fs::write(&cert_path, cert.pem())
-                .map_err(|e| ControllerError::io(&cert_path, e))?;
-        }
-        let ca_pem =
-            std::fs::read_to_string(&cert_path).map_err(|e| ControllerError::io(&cert_path, e))?;
-        let key_pem =
-            std::fs::read_to_string(&key_path).map_err(|e| ControllerError::io(&key_path, e))?;
+    /// The fleet's CA, kept in the database so that every controller process signs with the
+    /// same one; made by whichever process finds none (the others then read it).
+    pub async fn open(db: &crate::Db) -> Result<Authority, ControllerError> {
+        let read = || async {
+            db.fetch_optional(sqlx::query("SELECT cert, key FROM ca WHERE id = 1"))
+                .await
+                .map(|r| r.map(|r| (crate::db::str_of(&r, "cert"), crate::db::str_of(&r, "key"))))
+        };
+        let (ca_pem, key_pem) = match read().await? {
+            Some(found) => found,
+            None => {
+                let key = KeyPair::generate().map_err(|e| cert_error("making the CA key", e))?;
+                let mut params = CertificateParams::new(Vec::<String>::new())
+                    .map_err(|e| cert_error("the CA's parameters", e))?;
+                params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+                params.distinguished_name = name("SHG fleet CA");
+                params.key_usages = vec![
+                    KeyUsagePurpose::KeyCertSign,
+                    KeyUsagePurpose::CrlSign,
+                    KeyUsagePurpose::DigitalSignature,
+                ];
+                let cert = params
+                    .self_signed(&key)
+                    .map_err(|e| cert_error("signing the CA", e))?;
+                db.execute(
+                    sqlx::query("INSERT INTO ca (id, cert, key) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING")
+                        .bind(cert.pem())
+                        .bind(key.serialize_pem()),
+                )
+                .await?;
+                read()
+                    .await?
+                    .ok_or_else(|| ControllerError::Internal("the CA vanished".into()))?
+            }
+        };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| cert_error("the CA key", e))?;
         // The issuer as rcgen signs with it: same subject and key as the stored certificate.
         let issuer = CertificateParams::from_ca_cert_pem(&ca_pem)
@@ -72,6 +80,11 @@ impl Authority {
             issuer,
             key,
         })
+    }
+
+    /// Writes the CA certificate (not its key) to `path`, for clients to trust.
+    pub fn write_ca(&self, path: &Path) -> Result<(), ControllerError> {
+        std::fs::write(path, &self.ca_pem).map_err(|e| ControllerError::io(path, e))
     }
 
     /// The controller's TLS certificate chain and key under `dir` (`cert.pem`, `key.pem`),
@@ -167,12 +180,14 @@ pub use api::fleet::{enroll_token, parse_enroll_token};
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_gateway_certificate_names_the_gateway_and_serves_clients_only() {
+    #[tokio::test]
+    async fn a_gateway_certificate_names_the_gateway_and_serves_clients_only() {
         let dir = tempfile::tempdir().unwrap();
-        let ca = Authority::open(dir.path()).unwrap();
-        // The same CA comes back from disk.
-        let again = Authority::open(dir.path()).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+        let db = crate::Db::open(&url).await.unwrap();
+        let ca = Authority::open(&db).await.unwrap();
+        // The same CA comes back from the database.
+        let again = Authority::open(&db).await.unwrap();
         assert_eq!(ca.fingerprint, again.fingerprint);
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();

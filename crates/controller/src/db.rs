@@ -119,6 +119,15 @@ const MIGRATIONS: &[&str] = &[
         service TEXT,
         message TEXT NOT NULL
     )",
+    "CREATE TABLE ca (
+        id BIGINT PRIMARY KEY,
+        cert TEXT NOT NULL,
+        key TEXT NOT NULL
+    )",
+    "CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        data BYTEA NOT NULL
+    )",
     "CREATE TABLE audit (
         id {serial},
         time_ms BIGINT NOT NULL,

@@ -127,24 +127,18 @@ impl Controller {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&cfg.state_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| ControllerError::io(&cfg.state_dir, e))?;
-        let packages = cfg.state_dir.join("packages");
-        std::fs::create_dir_all(&packages).map_err(|e| ControllerError::io(&packages, e))?;
-        let ca = ca::Authority::open(&cfg.state_dir.join("ca"))?;
         let db = Db::open(&cfg.database_url()).await?;
+        let ca = ca::Authority::open(&db).await?;
+        // For clients to trust (`--ca-cert`); the key stays in the database.
+        let ca_dir = cfg.state_dir.join("ca");
+        std::fs::create_dir_all(&ca_dir).map_err(|e| ControllerError::io(&ca_dir, e))?;
+        ca.write_ca(&ca_dir.join("ca.pem"))?;
         Ok(Arc::new(Controller { cfg, db, ca }))
     }
 
     /// The CA's SHA-256, as enrollment tokens carry it.
     pub fn ca_fingerprint(&self) -> &str {
         &self.ca.fingerprint
-    }
-
-    /// Where the package files are kept: by digest, so one path per exact content.
-    fn package_path(&self, digest: &str) -> PathBuf {
-        self.cfg
-            .state_dir
-            .join("packages")
-            .join(digest.trim_start_matches("sha256:"))
     }
 
     /// The API socket, `STATE_DIR/api.sock`: root there is the operator.

@@ -2,7 +2,7 @@
 //! operator), verified and kept by digest, listed for the gateways once the operator approved
 //! them.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use realm::Principal;
 
@@ -182,13 +182,18 @@ impl Controller {
                 )));
             }
         }
-        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        let dest = self.package_path(&opened.digest);
-        if !dest.exists() {
-            let part = dest.with_extension("part");
-            std::fs::copy(file, &part).map_err(|e| ControllerError::io(&part, e))?;
-            std::fs::rename(&part, &dest).map_err(|e| ControllerError::io(&dest, e))?;
-        }
+        // The package itself goes into the database, so any controller process serves it.
+        let bytes = tokio::fs::read(file)
+            .await
+            .map_err(|e| ControllerError::io(file, e))?;
+        let size = bytes.len() as u64;
+        self.db
+            .execute(
+                sqlx::query("INSERT INTO blobs (digest, data) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING")
+                    .bind(opened.digest.clone())
+                    .bind(bytes),
+            )
+            .await?;
         self.db
             .execute(
                 sqlx::query(
@@ -298,16 +303,26 @@ impl Controller {
             })
     }
 
-    /// The file of a package `who` may fetch.
-    pub async fn package_file(
+    /// The bytes of a package `who` may fetch.
+    pub async fn package_bytes(
         &self,
         who: &Principal,
         provider: &str,
         name: &str,
         version: &str,
-    ) -> Result<PathBuf, ControllerError> {
+    ) -> Result<Vec<u8>, ControllerError> {
         let entry = self.package(who, provider, name, version).await?;
-        Ok(self.package_path(&entry.digest))
+        let row = self
+            .db
+            .fetch_optional(
+                sqlx::query("SELECT data FROM blobs WHERE digest = $1").bind(entry.digest.clone()),
+            )
+            .await?
+            .ok_or_else(|| {
+                ControllerError::Internal(format!("the blob of {} is missing", entry.digest))
+            })?;
+        sqlx::Row::try_get::<Vec<u8>, _>(&row, "data")
+            .map_err(|e| ControllerError::Database(e.to_string()))
     }
 
     /// The newest approved version of a service.

@@ -12,25 +12,124 @@ use serde_json::Value;
 
 use crate::harness::{eventually, run_captured, signal, wait_timeout, Gateway, Out, SHG};
 
+/// A throwaway PostgreSQL cluster (Debian's `postgresql`) on a free loopback port, owned by
+/// the `postgres` user, stopped and deleted at the end.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is installed (scripts/setup.sh installs Debian's postgresql)")
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|b| b.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql");
+        let dir = tempfile::Builder::new()
+            .prefix("shg-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let as_postgres = |args: &[&str]| {
+            let out = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .args(args)
+                .output()
+                .expect("runuser");
+            assert!(
+                out.status.success(),
+                "{args:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        let data = dir.path().join("data");
+        as_postgres(&[
+            bin.join("initdb").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+        ]);
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
+            dir.path().display()
+        );
+        as_postgres(&[
+            bin.join("pg_ctl").to_str().unwrap(),
+            "-D",
+            data.to_str().unwrap(),
+            "-o",
+            &options,
+            "-l",
+            dir.path().join("log").to_str().unwrap(),
+            "-w",
+            "start",
+        ]);
+        Postgres { dir, bin, port }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
 /// A fleet controller on a private state directory and a free loopback port.
 struct Controller {
     dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
+    database: Option<String>,
     child: Option<Child>,
 }
 
 impl Controller {
     fn start() -> Controller {
+        Controller::start_on(None)
+    }
+
+    /// A controller on `database` (PostgreSQL), or on its embedded SQLite.
+    fn start_on(database: Option<String>) -> Controller {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        Controller::start_at(addr, database)
+    }
+
+    /// A controller on `addr` (another replica taking over an address, say).
+    fn start_at(addr: std::net::SocketAddr, database: Option<String>) -> Controller {
         let dir = tempfile::Builder::new()
             .prefix("shg-ctl-")
             .tempdir_in("/tmp")
             .unwrap();
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
         let mut c = Controller {
             dir,
             addr,
+            database,
             child: None,
         };
         c.spawn();
@@ -43,10 +142,14 @@ impl Controller {
             .append(true)
             .open(self.dir.path().join("controller.log"))
             .unwrap();
-        let child = Command::new(SHG)
-            .args(["controller", "run", "--state-dir"])
+        let mut cmd = Command::new(SHG);
+        cmd.args(["controller", "run", "--state-dir"])
             .arg(self.dir.path().join("state"))
-            .args(["--listen", &self.addr.to_string()])
+            .args(["--listen", &self.addr.to_string()]);
+        if let Some(url) = &self.database {
+            cmd.args(["--database", url]);
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -216,7 +319,70 @@ fn version_on(gw: &Gateway, name: &str) -> Option<(String, String)> {
 
 #[test]
 fn the_operator_deploys_to_a_label_subset_in_waves_and_a_bad_release_is_rolled_back() {
-    let ctl = Controller::start();
+    waves_and_rollback(Controller::start());
+}
+
+#[test]
+fn the_same_on_postgresql() {
+    let pg = Postgres::start();
+    waves_and_rollback(Controller::start_on(Some(pg.url())));
+}
+
+/// Two controller processes over one PostgreSQL: a change made through one reaches a gateway
+/// long-polling the other at once, and the gateway moves to a third process (taking over the
+/// first one's address) without noticing.
+#[test]
+fn replicas_over_one_postgresql_share_everything() {
+    let pg = Postgres::start();
+    let mut a = Controller::start_on(Some(pg.url()));
+    let b = Controller::start_on(Some(pg.url()));
+    // Enrolled through b's token, syncing with a.
+    let gw = Gateway::start_enrolled(&a.url(), &b.enroll_token("region=lyon"), None);
+    let key = trust_acme(&b, &gw.work);
+    let v1 = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    a.fleet(&["publish", v1.to_str().unwrap()]);
+    b.fleet(&["approve", "probe", "1.0"]);
+    let d = b.json(&[
+        "deploy",
+        "probe",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ]);
+    let id = d["id"].as_str().unwrap().to_string();
+    a.wait_deployment(&id, "done");
+    assert_eq!(
+        version_on(&gw, "probe"),
+        Some(("1.0".into(), "running".into()))
+    );
+
+    // Replica a goes; c comes up on its address with nothing of its own.
+    let addr = a.addr;
+    a.stop();
+    let c = Controller::start_at(addr, Some(pg.url()));
+    let v2 = signed(&gw, "probe-2", &probe("2.0", "sleep 100001", "16MiB"), &key);
+    b.fleet(&["publish", v2.to_str().unwrap()]);
+    c.fleet(&["approve", "probe", "2.0"]);
+    let d = b.json(&[
+        "deploy",
+        "probe:2.0",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ]);
+    c.wait_deployment(d["id"].as_str().unwrap(), "done");
+    assert_eq!(
+        version_on(&gw, "probe"),
+        Some(("2.0".into(), "running".into()))
+    );
+    let row = c.json(&["gateway", &gateway_id(&gw)]);
+    assert_eq!(row["online"], true);
+    drop(a);
+}
+
+fn waves_and_rollback(ctl: Controller) {
     let lyon: Vec<Gateway> = (0..2)
         .map(|_| {
             Gateway::start_enrolled(
