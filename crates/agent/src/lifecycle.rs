@@ -85,6 +85,20 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
     }
 }
 
+/// The one guard against acting on a service an install or an update is still changing: a
+/// start, stop, removal or another update waits until it is done (or rolled back).
+pub(crate) fn refuse_while_changing(rec: &ServiceRecord) -> Result<(), AgentError> {
+    let doing = match rec.phase {
+        Phase::Installing => "installed",
+        Phase::Updating => "updated",
+        Phase::Installed | Phase::Removing => return Ok(()),
+    };
+    Err(AgentError::Conflict(format!(
+        "`{}` is being {doing}; wait for that to finish",
+        rec.name
+    )))
+}
+
 pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, AgentError> {
     manifest::parse(&rec.manifest, "shg-service.toml")
         .map_err(|e| AgentError::Internal(format!("stored manifest of `{}`: {e}", rec.name)))
@@ -288,14 +302,10 @@ impl Agent {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let rec = self.store().get(name)?;
-        if rec.phase != Phase::Installed {
+        refuse_while_changing(&rec)?;
+        if rec.phase == Phase::Removing {
             return Err(AgentError::Conflict(format!(
-                "`{name}` is being {}; wait for it to finish",
-                match rec.phase {
-                    Phase::Installing => "installed",
-                    Phase::Updating => "updated",
-                    _ => "removed",
-                }
+                "`{name}` is being removed; wait for that to finish"
             )));
         }
         if rec.state == RunState::Stopping {
@@ -314,7 +324,7 @@ impl Agent {
         }
         if rec.desired != Desired::Running {
             // A stopped service gave its reservation back; it must fit again to run.
-            let _admission = self.admission_lock.lock().await;
+            let _admission = self.admission.lock.lock().await;
             self.check_stoppable(name, stop)?;
             self.admit_beside(&manifest_of(&rec)?, rec.priority, Check::Run, true, stop)?;
             self.give_up_reservations(stop)?;
@@ -328,39 +338,6 @@ impl Agent {
         self.stop_to_make_room(name, stop).await?;
         let rec = self.launch(name).await?;
         Ok(summary(&rec))
-    }
-
-    /// Refuses a list of services to stop that names the requester, or a service that holds
-    /// no reservation to give up.
-    pub(crate) fn check_stoppable(
-        &self,
-        requester: &str,
-        stop: &[String],
-    ) -> Result<(), AgentError> {
-        for name in stop {
-            if name == requester {
-                return Err(AgentError::BadRequest(format!(
-                    "`{name}` cannot make room for itself; drop it from the services to stop"
-                )));
-            }
-            let rec = self.store().get(name)?;
-            if rec.phase != Phase::Installed || rec.desired != Desired::Running {
-                return Err(AgentError::BadRequest(format!(
-                    "`{name}` is not running, so stopping it frees nothing; drop it from the services to stop"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Records that the services in `stop` no longer hold their reservation; the caller holds
-    /// the admission lock and stops them next ([`Agent::stop_to_make_room`]).
-    pub(crate) fn give_up_reservations(&self, stop: &[String]) -> Result<(), AgentError> {
-        for name in stop {
-            self.store()
-                .update(name, None, |r| r.desired = Desired::Stopped)?;
-        }
-        Ok(())
     }
 
     /// Stops the services that gave up their reservation for `requester`, and says why.
@@ -390,19 +367,6 @@ impl Agent {
         Ok(())
     }
 
-    /// `shg start --dry-run`: whether the service would be admitted, changing nothing.
-    pub fn check_start(&self, name: &str) -> Result<api::Verdict, AgentError> {
-        let rec = self.store().get(name)?;
-        if rec.desired != Desired::Running {
-            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, false)?;
-        }
-        Ok(api::Verdict {
-            service: name.to_string(),
-            admitted: true,
-            message: format!("`{name}` would be admitted: its reservation fits"),
-        })
-    }
-
     /// Creates and starts the container; the caller holds the service's lock.
     pub(crate) async fn launch(self: &Arc<Self>, name: &str) -> Result<ServiceRecord, AgentError> {
         let sl = self.layout.service(name);
@@ -413,7 +377,7 @@ impl Agent {
         // After a reboot, or if an operator unmounted it by hand.
         self.mount_volume(name)?;
         self.mount_rootfs(name, &rec.image_digest)?;
-        let shares = self.gateway.available().cpu.max(1) * 1024 / 1000;
+        let shares = self.admission.gateway.available().cpu.max(1) * 1024 / 1000;
         if let Err(e) = runtime::cgroup::set_parent_weight(
             &self.cfg.cgroup_root,
             &self.cfg.cgroup_parent,
@@ -707,16 +671,7 @@ impl Agent {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if matches!(rec.phase, Phase::Installing | Phase::Updating) {
-                return Err(AgentError::Conflict(format!(
-                    "`{name}` is being {}; wait for that to finish",
-                    if rec.phase == Phase::Installing {
-                        "installed"
-                    } else {
-                        "updated"
-                    }
-                )));
-            }
+            refuse_while_changing(&rec)?;
             let Some(pid) = rec.pid else {
                 let note = match &cause {
                     Some(c) => c.note(),

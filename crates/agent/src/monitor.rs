@@ -154,7 +154,7 @@ impl Agent {
                 if let Some((before, _)) = inner.host {
                     let busy = host.cpu_busy_ns.saturating_sub(before.cpu_busy_ns);
                     let total = host.cpu_total_ns.saturating_sub(before.cpu_total_ns);
-                    let cores = self.gateway.capacity.cpu;
+                    let cores = self.admission.gateway.capacity.cpu;
                     if total > 0 {
                         inner.host_cpu =
                             Some((busy as u128 * cores as u128 / total as u128) as u64);
@@ -199,7 +199,7 @@ impl Agent {
         {
             return None;
         }
-        let allowed = self.gateway.available().memory;
+        let allowed = self.admission.gateway.available().memory;
         let used: u64 = inner
             .services
             .values()

@@ -20,7 +20,7 @@ use state::{now_ms, Desired, Health, Note, Phase, RunState};
 
 use crate::auth::{Principal, ServiceAction};
 use crate::capacity::Check;
-use crate::lifecycle::manifest_of;
+use crate::lifecycle::{manifest_of, refuse_while_changing};
 use crate::pidfd::PidFd;
 use crate::{Agent, AgentError};
 
@@ -50,7 +50,7 @@ impl Agent {
         let staging = self
             .layout
             .tmp()
-            .join(format!("update-{}", crate::install::unique()));
+            .join(format!("update-{}", crate::layout::unique()));
         let result = self
             .update_from(who, name, upload, &staging, allow_unsigned, window, source)
             .await;
@@ -115,7 +115,7 @@ impl Agent {
         {
             // The new reservation with the service's own given back; from here until the
             // switch the record holds the larger of both.
-            let _admission = self.admission_lock.lock().await;
+            let _admission = self.admission.lock.lock().await;
             self.admit(&manifest, rec.priority, Check::Volume, true)?;
             if rec.desired == Desired::Running {
                 self.admit(&manifest, rec.priority, Check::Run, true)?;
@@ -191,7 +191,7 @@ impl Agent {
             };
             let manifest = manifest::parse(&previous.manifest, "shg-service.toml")
                 .map_err(|e| AgentError::Internal(format!("previous manifest of `{name}`: {e}")))?;
-            let _admission = self.admission_lock.lock().await;
+            let _admission = self.admission.lock.lock().await;
             if admit {
                 self.admit(&manifest, rec.priority, Check::Volume, true)?;
                 if rec.desired == Desired::Running {
@@ -226,44 +226,16 @@ impl Agent {
 
     fn ready_for_switch(&self, rec: &state::ServiceRecord) -> Result<(), AgentError> {
         let name = &rec.name;
+        refuse_while_changing(rec)?;
         match rec.phase {
-            Phase::Installed if rec.state == RunState::Stopping => Err(AgentError::Conflict(
-                format!("`{name}` is stopping; try again once `shg ps` shows it stopped"),
-            )),
-            Phase::Installed => Ok(()),
-            Phase::Updating => Err(AgentError::Conflict(format!(
-                "`{name}` is being updated; wait for that to finish"
+            Phase::Removing => Err(AgentError::Conflict(format!(
+                "`{name}` is being removed; wait for that to finish"
             ))),
-            Phase::Installing | Phase::Removing => Err(AgentError::Conflict(format!(
-                "`{name}` is being installed or removed; wait for that to finish"
+            _ if rec.state == RunState::Stopping => Err(AgentError::Conflict(format!(
+                "`{name}` is stopping; try again once `shg ps` shows it stopped"
             ))),
+            _ => Ok(()),
         }
-    }
-
-    /// Unpacks a release into `services/NAME/releases/HEX` (through a partial directory and a
-    /// rename), unless it is there already (a release kept for rollback).
-    fn prepare_release(
-        &self,
-        manifest: &manifest::Manifest,
-        package: &image::Package,
-    ) -> Result<(), AgentError> {
-        let sl = self.layout.service(&manifest.name);
-        let dest = sl.release(&package.digest);
-        if dest.exists() {
-            return Ok(());
-        }
-        let partial = self.layout.tmp().join(format!(
-            "{}-{}.release",
-            manifest.name,
-            crate::layout::release_id(&package.digest)
-        ));
-        let _ = std::fs::remove_dir_all(&partial);
-        if let Err(e) = self.unpack_release(manifest, package, &partial) {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        std::fs::create_dir_all(sl.releases()).map_err(|e| AgentError::io(&sl.releases(), e))?;
-        std::fs::rename(&partial, &dest).map_err(|e| AgentError::io(&dest, e))
     }
 
     /// The update in progress did not switch: the service stays on its current release.
@@ -371,33 +343,6 @@ impl Agent {
             self.end_process(name, pid, &fd, timeout).await?;
         }
         self.on_exit(name, pid).await
-    }
-
-    /// Deletes the release directories the record no longer names (current, previous and an
-    /// update's next are kept).
-    pub(crate) fn prune_releases(&self, name: &str) {
-        let Ok(Some(rec)) = self.store().find(name) else {
-            return;
-        };
-        let keep: Vec<String> = std::iter::once(rec.image_digest.as_str())
-            .chain(rec.previous.iter().map(|p| p.image_digest.as_str()))
-            .chain(rec.next.iter().map(|n| n.image_digest.as_str()))
-            .map(crate::layout::release_id)
-            .collect();
-        let releases = self.layout.service(name).releases();
-        let Ok(entries) = std::fs::read_dir(&releases) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&id) {
-                let _ = runtime::overlay::unmount(&entry.path().join("rootfs"));
-                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(service = %name, "cannot delete release {id}: {e}");
-                }
-            }
-        }
-        self.collect_layers();
     }
 
     /// Watches a freshly switched release until its health window closes.
