@@ -362,21 +362,9 @@ impl Agent {
             tracing::warn!("cannot update the service network after removing `{name}`: {e}");
         }
         self.collect_layers();
-        self.remove_empty_cgroup_parent();
+        // Fails harmlessly while another service's cgroup is under it.
+        self.cgroups.remove_parent(&self.cfg.cgroup_parent);
         Ok(())
-    }
-
-    /// Removes this agent's parent cgroup in every hierarchy once no service uses it; rmdir
-    /// fails harmlessly while any child cgroup exists.
-    fn remove_empty_cgroup_parent(&self) {
-        let root = &self.cfg.cgroup_root;
-        let Ok(hierarchies) = std::fs::read_dir(root) else {
-            return;
-        };
-        for hierarchy in hierarchies.flatten() {
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cfg.cgroup_parent));
-        }
-        let _ = std::fs::remove_dir(root.join(&self.cfg.cgroup_parent));
     }
 
     pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {

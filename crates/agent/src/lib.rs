@@ -116,6 +116,8 @@ pub struct Agent {
     pub(crate) admission: capacity::Admission,
     /// The operator's other settings (memory pressure, catalog).
     pub(crate) settings: settings::Settings,
+    /// The host's cgroups (v1 or v2, detected once at open): samples and CPU weights.
+    pub(crate) cgroups: Box<dyn usage::Cgroups>,
     /// The last samples of what services and the host use.
     pub(crate) monitor: monitor::Monitor,
     /// The services' network, its lock and its traffic meter.
@@ -151,7 +153,7 @@ impl Agent {
             )));
         }
         let (gateway, settings) = settings::load(&layout.root)?;
-        let monitor = monitor::Monitor::new(&cfg.cgroup_root);
+        let cgroups = usage::detect(&cfg.cgroup_root);
         let link = network::ops::Link {
             down: gateway.capacity.bandwidth_down,
             up: gateway.capacity.bandwidth_up,
@@ -177,7 +179,8 @@ impl Agent {
             locks: Mutex::new(HashMap::new()),
             admission: capacity::Admission::new(gateway),
             settings,
-            monitor,
+            cgroups,
+            monitor: monitor::Monitor::default(),
             net: networking::Networking::new(net),
             layers: releases::Layers::new(layers),
             catalog_lock: tokio::sync::Mutex::new(()),

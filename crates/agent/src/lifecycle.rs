@@ -378,11 +378,10 @@ impl Agent {
         self.mount_volume(name)?;
         self.mount_rootfs(name, &rec.image_digest)?;
         let shares = self.admission.gateway.available().cpu.max(1) * 1024 / 1000;
-        if let Err(e) = runtime::cgroup::set_parent_weight(
-            &self.cfg.cgroup_root,
-            &self.cfg.cgroup_parent,
-            shares,
-        ) {
+        if let Err(e) = self
+            .cgroups
+            .set_parent_weight(&self.cfg.cgroup_parent, shares)
+        {
             tracing::warn!("cannot weight the services' parent cgroup: {e}");
         }
         runtime::spec::write_bundle(
@@ -791,17 +790,29 @@ impl Agent {
             let manifest = manifest_of(&rec)?;
             let shares = runtime::spec::cpu_shares(manifest.resources.cpu.reserve, priority);
             let oom = runtime::spec::oom_score_adj(priority);
-            if let Err(e) = runtime::cgroup::apply_priority(
-                &self.cfg.cgroup_root,
-                &self.cfg.cgroup_parent,
-                name,
-                shares,
-                oom,
-            ) {
+            if let Err(e) = self.apply_priority(name, shares, oom) {
                 tracing::warn!(service = %name, "priority recorded, applied at next start: {e}");
             }
         }
         Ok(summary(&rec))
+    }
+
+    /// Sets the CPU weight of the running service's cgroup and the OOM score of each of its
+    /// processes.
+    fn apply_priority(&self, name: &str, shares: u64, oom_score_adj: i32) -> std::io::Result<()> {
+        let parent = &self.cfg.cgroup_parent;
+        self.cgroups.set_weight(parent, name, shares)?;
+        for pid in self.cgroups.procs(parent, name)? {
+            // A process may exit meanwhile; that is fine.
+            let _ = std::fs::write(
+                self.cfg
+                    .proc_root
+                    .join(pid.to_string())
+                    .join("oom_score_adj"),
+                oom_score_adj.to_string(),
+            );
+        }
+        Ok(())
     }
 
     /// `shg restart`.

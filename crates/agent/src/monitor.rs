@@ -6,7 +6,6 @@
 //! so it is the agent that chooses, by the household's ranking, and not the kernel at random.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,8 @@ const THROTTLE_EVENT_EVERY: Duration = Duration::from_secs(60);
 const EVICTION_SETTLE: Duration = Duration::from_secs(10);
 
 /// The sampler's memory: the last sample of each running service and of the host.
+#[derive(Default)]
 pub(crate) struct Monitor {
-    reader: Box<dyn usage::CgroupReader>,
     inner: Mutex<Inner>,
 }
 
@@ -62,19 +61,8 @@ pub(crate) struct Eviction {
 }
 
 impl Monitor {
-    pub(crate) fn new(cgroup_root: &Path) -> Monitor {
-        Monitor {
-            reader: usage::detect(cgroup_root),
-            inner: Mutex::new(Inner::default()),
-        }
-    }
-
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn version(&self) -> &'static str {
-        self.reader.version()
     }
 
     /// The last sample of `name` if it belongs to the run whose init is `pid`.
@@ -128,11 +116,7 @@ impl Agent {
                 .retain(|name, _| running.iter().any(|r| &r.name == name));
             for rec in running {
                 let pid = rec.pid.unwrap_or_default();
-                let Ok(sample) = self
-                    .monitor
-                    .reader
-                    .sample(&self.cfg.cgroup_parent, &rec.name)
-                else {
+                let Ok(sample) = self.cgroups.sample(&self.cfg.cgroup_parent, &rec.name) else {
                     continue;
                 };
                 let t = inner
@@ -175,8 +159,7 @@ impl Agent {
     /// may have reported some already).
     pub(crate) fn report_final_ooms(&self, name: &str, pid: i32, limit: Option<u64>) -> u64 {
         let counted = self
-            .monitor
-            .reader
+            .cgroups
             .sample(&self.cfg.cgroup_parent, name)
             .ok()
             .and_then(|s| s.oom_kills)
