@@ -139,7 +139,7 @@ impl Agent {
         })?;
         // Installs, removals and recovery keep the bridge, rules and /etc files current; a
         // start only rebuilds them when the bridge went away behind the agent's back.
-        if !network::ops::link_exists(&net.names.bridge()) {
+        if !net.link_exists(&net.names.bridge()) {
             self.refresh_network()?;
         }
         Ok(Some(runtime::net::Attach {
