@@ -122,7 +122,7 @@ impl Agent {
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
             if let Err(cleanup) =
-                tokio::task::block_in_place(|| self.rollback_install(&name, &e.to_string()))
+                crate::host::blocking(|| self.rollback_install(&name, &e.to_string()))
             {
                 tracing::error!(service = %name, "rolling back the install failed: {cleanup}");
             }
@@ -246,12 +246,10 @@ impl Agent {
             let path = partial.join(dir);
             std::fs::create_dir_all(&path).map_err(|e| AgentError::io(&path, e))?;
         }
-        let data = partial.join("data");
-        nix::unistd::chown(&data, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| AgentError::io(&data, e.into()))?;
         let storage = &manifest.resources.storage;
-        runtime::volume::create(
+        self.host.mounts.create_volume(
             &partial.join("volume.img"),
+            &partial.join("data"),
             runtime::volume::size_for(storage.reserve, storage.limit),
             uid,
             gid,
@@ -301,7 +299,7 @@ impl Agent {
 
     /// Undoes a half-done install: files, container and record.
     pub(crate) fn rollback_install(&self, name: &str, why: &str) -> Result<(), AgentError> {
-        let _ = runtime::container::remove_stale(name, &self.layout.containers());
+        let _ = self.host.containers.delete(name);
         self.unmount_volumes(name)?;
         for dir in [self.layout.partial(name), self.layout.service(name).dir] {
             if dir.exists() {
@@ -343,11 +341,11 @@ impl Agent {
         }
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        tokio::task::block_in_place(|| self.finish_remove(name))
+        crate::host::blocking(|| self.finish_remove(name))
     }
 
     pub(crate) fn finish_remove(&self, name: &str) -> Result<(), AgentError> {
-        runtime::container::remove_stale(name, &self.layout.containers())?;
+        self.host.containers.delete(name)?;
         self.unmount_volumes(name)?;
         for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
             if dir.exists() {
@@ -363,7 +361,7 @@ impl Agent {
         }
         self.collect_layers();
         // Fails harmlessly while another service's cgroup is under it.
-        self.cgroups.remove_parent(&self.cfg.cgroup_parent);
+        self.host.cgroups.remove_parent(&self.cfg.cgroup_parent);
         Ok(())
     }
 
@@ -390,5 +388,170 @@ impl Agent {
             },
             events: events.into_iter().map(crate::event_view).collect(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Install, removal and their recovery on the fake host: what is recorded, journaled,
+    //! reserved and left on disk.
+
+    use state::Phase;
+
+    use crate::host::fake::Bench;
+    use crate::{AgentError, InstallOptions, Principal};
+
+    const SMALL: &str = "[resources]\nmemory = { reserve = \"64MiB\" }\n\
+        storage = { reserve = \"32MiB\" }\n";
+
+    fn unsigned(start: bool) -> InstallOptions {
+        InstallOptions {
+            start,
+            allow_unsigned: true,
+            ..InstallOptions::default()
+        }
+    }
+
+    fn journal(agent: &crate::Agent, name: &str) -> Vec<String> {
+        let events = agent.store().events(0, Some(name), 1000).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_missing_from_the_image_rolls_the_install_back() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package("web", "1.0.0", SMALL);
+        // The same package, whose manifest names a command the image lacks.
+        let broken = bench.dir.path().join("src-web-1.0.0/shg-service.toml");
+        let text = std::fs::read_to_string(&broken).unwrap();
+        std::fs::write(&broken, text.replace("/bin/app", "/bin/nope")).unwrap();
+        image::pack(&bench.dir.path().join("src-web-1.0.0"), &package).unwrap();
+
+        let err = agent
+            .install(&Principal::Operator, &package, &unsigned(true))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::BadManifest(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`/bin/nope` does not exist in the image"),
+            "{err}"
+        );
+        assert!(agent.store().find("web").unwrap().is_none());
+        assert_eq!(journal(&agent, "web"), ["installing", "install-failed"]);
+        assert!(!bench.state_dir().join("services/web").exists());
+        assert!(!bench.state_dir().join("tmp/web.partial").exists());
+        assert!(bench.mounts.mounted_below(&bench.state_dir()).is_empty());
+        assert!(bench.containers.created().is_empty());
+        let view = agent.capacity().unwrap();
+        assert_eq!(view.reserved["storage"], 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_install_that_does_not_fit_is_refused_before_anything_is_written() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package(
+            "nas",
+            "1.0.0",
+            "[resources]\nstorage = { reserve = \"2GiB\" }\n",
+        );
+        let err = agent
+            .install(&Principal::Operator, &package, &unsigned(false))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Refused(_)), "{err}");
+        assert!(agent.store().find("nas").unwrap().is_none());
+        assert_eq!(journal(&agent, "nas"), ["admission-refused"]);
+        assert!(!bench.state_dir().join("services/nas").exists());
+        assert!(bench.mounts.log().is_empty(), "nothing unpacked or mounted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_stops_the_service_and_unmounts_before_deleting() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package("web", "1.0.0", SMALL);
+        agent
+            .install(&Principal::Operator, &package, &unsigned(true))
+            .await
+            .unwrap();
+        let pid = bench.containers.pid("web").unwrap();
+        let dir = bench.state_dir().join("services/web");
+        assert_eq!(bench.mounts.mounted_below(&dir).len(), 2);
+
+        agent.remove("web").await.unwrap();
+        assert_eq!(
+            bench.containers.signals(),
+            [(pid, nix::sys::signal::Signal::SIGTERM)]
+        );
+        assert!(agent.store().find("web").unwrap().is_none());
+        let journal = journal(&agent, "web");
+        assert_eq!(journal[3..], ["removing", "stopping", "stopped", "removed"]);
+        assert!(bench.mounts.mounted_below(&dir).is_empty());
+        assert!(!dir.exists());
+        let view = agent.capacity().unwrap();
+        assert_eq!(
+            (
+                view.reserved["memory"].clone(),
+                view.reserved["storage"].clone()
+            ),
+            (0.into(), 0.into())
+        );
+        // The layers no release names any more are collected.
+        let layers = std::fs::read_dir(bench.state_dir().join("layers/sha256")).unwrap();
+        assert_eq!(layers.count(), 0);
+    }
+
+    #[test]
+    fn recovery_rolls_back_an_install_and_finishes_a_removal() {
+        let bench = Bench::new();
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        rt().block_on(async {
+            let agent = bench.open();
+            for name in ["web", "old"] {
+                let package = bench.package(name, "1.0.0", SMALL);
+                agent
+                    .install(&Principal::Operator, &package, &unsigned(false))
+                    .await
+                    .unwrap();
+            }
+            // What an agent that died half-way leaves: `web` marked installing with its
+            // files still in tmp/, `old` marked removing.
+            let partial = bench.state_dir().join("tmp/web.partial");
+            std::fs::rename(bench.state_dir().join("services/web"), &partial).unwrap();
+            agent
+                .store()
+                .update("web", None, |r| r.phase = Phase::Installing)
+                .unwrap();
+            agent
+                .store()
+                .update("old", None, |r| r.phase = Phase::Removing)
+                .unwrap();
+        });
+        rt().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            assert!(agent.list(&Principal::Operator).unwrap().is_empty());
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            let last = events.last().unwrap();
+            assert_eq!(last.kind, "install-failed");
+            assert_eq!(
+                last.message,
+                "install of `web` rolled back: the agent stopped during the install"
+            );
+            assert_eq!(journal(&agent, "old").last().unwrap(), "removed");
+            for dir in ["tmp/web.partial", "services/web", "services/old"] {
+                assert!(!bench.state_dir().join(dir).exists(), "{dir}");
+            }
+            assert!(bench.mounts.mounted_below(&bench.state_dir()).is_empty());
+        });
     }
 }

@@ -8,6 +8,7 @@ mod auth;
 mod capacity;
 mod error;
 mod health;
+mod host;
 mod install;
 mod layout;
 mod lifecycle;
@@ -116,8 +117,9 @@ pub struct Agent {
     pub(crate) admission: capacity::Admission,
     /// The operator's other settings (memory pressure, catalog).
     pub(crate) settings: settings::Settings,
-    /// The host's cgroups (v1 or v2, detected once at open): samples and CPU weights.
-    pub(crate) cgroups: Box<dyn usage::Cgroups>,
+    /// The container runtime, mounts, cgroups (v1 or v2, detected once at open) and
+    /// command-line tools: real ones, or fakes in the unit tests.
+    pub(crate) host: host::Host,
     /// The last samples of what services and the host use.
     pub(crate) monitor: monitor::Monitor,
     /// The services' network, its lock and its traffic meter.
@@ -131,6 +133,12 @@ pub struct Agent {
 impl Agent {
     /// Opens the state directory and database (creating them if needed).
     pub fn open(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let host = host::Host::system(&cfg);
+        Agent::open_on(cfg, host)
+    }
+
+    /// [`Agent::open`] on the given host.
+    pub(crate) fn open_on(cfg: Config, host: host::Host) -> Result<Arc<Agent>, AgentError> {
         let layout = Layout::new(&cfg.state_dir);
         for dir in [
             layout.root.clone(),
@@ -153,14 +161,18 @@ impl Agent {
             )));
         }
         let (gateway, settings) = settings::load(&layout.root)?;
-        let cgroups = usage::detect(&cfg.cgroup_root);
         let link = network::ops::Link {
             down: gateway.capacity.bandwidth_down,
             up: gateway.capacity.bandwidth_up,
             forward_down: gateway.system_reserve.bandwidth_down,
             forward_up: gateway.system_reserve.bandwidth_up,
         };
-        let network = network::Network::new(settings.network.clone(), &cfg.net_tag, link);
+        let network = network::Network::with_runner(
+            settings.network.clone(),
+            &cfg.net_tag,
+            link,
+            host.commands.clone(),
+        );
         let net = if settings.network.enabled {
             Some(network)
         } else {
@@ -179,7 +191,7 @@ impl Agent {
             locks: Mutex::new(HashMap::new()),
             admission: capacity::Admission::new(gateway),
             settings,
-            cgroups,
+            host,
             monitor: monitor::Monitor::default(),
             net: networking::Networking::new(net),
             layers: releases::Layers::new(layers),

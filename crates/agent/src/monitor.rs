@@ -116,7 +116,8 @@ impl Agent {
                 .retain(|name, _| running.iter().any(|r| &r.name == name));
             for rec in running {
                 let pid = rec.pid.unwrap_or_default();
-                let Ok(sample) = self.cgroups.sample(&self.cfg.cgroup_parent, &rec.name) else {
+                let Ok(sample) = self.host.cgroups.sample(&self.cfg.cgroup_parent, &rec.name)
+                else {
                     continue;
                 };
                 let t = inner
@@ -159,6 +160,7 @@ impl Agent {
     /// may have reported some already).
     pub(crate) fn report_final_ooms(&self, name: &str, pid: i32, limit: Option<u64>) -> u64 {
         let counted = self
+            .host
             .cgroups
             .sample(&self.cfg.cgroup_parent, name)
             .ok()

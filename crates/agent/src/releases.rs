@@ -64,10 +64,12 @@ impl Agent {
         };
         let check = self.layout.tmp().join(format!("check-{}", unique()));
         std::fs::create_dir_all(&check).map_err(|e| AgentError::io(&check, e))?;
-        let checked = runtime::overlay::mount(&lowers, &check)
+        let mounts = &self.host.mounts;
+        let checked = mounts
+            .mount_overlay(&lowers, &check)
             .map_err(AgentError::from)
             .and_then(|()| check_command(&check, &manifest.run.command[0]));
-        let _ = runtime::overlay::unmount(&check);
+        let _ = mounts.unmount_root(&check);
         let _ = std::fs::remove_dir(&check);
         checked
     }
@@ -80,7 +82,7 @@ impl Agent {
             return Ok(());
         };
         let rootfs = release.join("rootfs");
-        if runtime::overlay::is_mounted(&rootfs)? {
+        if self.host.mounts.is_mounted(&rootfs)? {
             return Ok(());
         }
         // The file lists the top layer first; the overlay wants the base first.
@@ -94,7 +96,9 @@ impl Agent {
         for dir in [&upper, &work] {
             std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
         }
-        runtime::overlay::mount_with_upper(&lowers, &upper, &work, &rootfs)?;
+        self.host
+            .mounts
+            .mount_root(&lowers, &upper, &work, &rootfs)?;
         Ok(())
     }
 
@@ -141,7 +145,7 @@ impl Agent {
         if !sl.volume().exists() {
             return Ok(());
         }
-        runtime::volume::mount(&sl.volume(), &sl.data())?;
+        self.host.mounts.mount_volume(&sl.volume(), &sl.data())?;
         Ok(())
     }
 
@@ -149,8 +153,8 @@ impl Agent {
     /// a mounted volume.
     pub(crate) fn unmount_volumes(&self, name: &str) -> Result<(), AgentError> {
         for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
-            for mount in runtime::volume::mounts_below(&dir)? {
-                runtime::volume::unmount(&mount)?;
+            for mount in self.host.mounts.mounts_below(&dir)? {
+                self.host.mounts.unmount_volume(&mount)?;
             }
         }
         Ok(())
@@ -200,7 +204,7 @@ impl Agent {
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().into_owned();
             if !keep.contains(&id) {
-                let _ = runtime::overlay::unmount(&entry.path().join("rootfs"));
+                let _ = self.host.mounts.unmount_root(&entry.path().join("rootfs"));
                 if let Err(e) = std::fs::remove_dir_all(entry.path()) {
                     tracing::warn!(service = %name, "cannot delete release {id}: {e}");
                 }

@@ -62,7 +62,7 @@ impl Agent {
         };
         Ok(StatsView {
             sampled_at_ms,
-            cgroups: self.cgroups.version().to_string(),
+            cgroups: self.host.cgroups.version().to_string(),
             gateway: matches!(who, Principal::Operator | Principal::Home).then_some(gateway),
             services,
         })

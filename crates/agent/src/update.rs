@@ -21,7 +21,6 @@ use state::{now_ms, Desired, Health, Note, Phase, RunState};
 use crate::auth::{Principal, ServiceAction};
 use crate::capacity::Check;
 use crate::lifecycle::{manifest_of, refuse_while_changing};
-use crate::pidfd::PidFd;
 use crate::{Agent, AgentError};
 
 /// How long a new release must stay up (and become healthy, when it has a check) before the
@@ -333,14 +332,14 @@ impl Agent {
             };
             self.store()
                 .update(name, None, |r| r.state = RunState::Stopping)?;
-            let fd = PidFd::open_verified(&self.cfg.proc_root, pid, rec.pid_start);
+            let fd = self.host.containers.open_verified(pid, rec.pid_start);
             if let Some(fd) = &fd {
                 fd.signal(Signal::SIGTERM);
             }
             (pid, fd, manifest_of(&rec)?.run.stop_timeout)
         };
         if let Some(fd) = fd {
-            self.end_process(name, pid, &fd, timeout).await?;
+            self.end_process(name, pid, &*fd, timeout).await?;
         }
         self.on_exit(name, pid).await
     }
@@ -433,5 +432,140 @@ impl Agent {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Updates and rollbacks on the fake host: which release runs, what is kept on disk, and
+    //! the health window's own rollback.
+
+    use std::time::Duration;
+
+    use nix::sys::signal::Signal;
+    use state::RunState;
+
+    use crate::host::fake::Bench;
+    use crate::{Agent, InstallOptions, Principal};
+
+    const SMALL: &str = "[resources]\nmemory = { reserve = \"64MiB\" }\n\
+        storage = { reserve = \"32MiB\" }\n[restart]\npolicy = \"on-failure\"\n";
+
+    fn journal(agent: &Agent, name: &str) -> Vec<String> {
+        let events = agent.store().events(0, Some(name), 1000).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    fn releases(bench: &Bench) -> usize {
+        let dir = bench.state_dir().join("services/web/releases");
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    /// `web` 1.0.0 installed and running, and the package of 2.0.0.
+    async fn running_v1(bench: &Bench) -> (std::sync::Arc<Agent>, std::path::PathBuf) {
+        let agent = bench.open();
+        let opts = InstallOptions {
+            start: true,
+            allow_unsigned: true,
+            ..InstallOptions::default()
+        };
+        let v1 = bench.package("web", "1.0.0", SMALL);
+        agent
+            .install(&Principal::Operator, &v1, &opts)
+            .await
+            .unwrap();
+        (agent, bench.package("web", "2.0.0", SMALL))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_switches_releases_keeps_the_previous_and_rolls_back_by_hand() {
+        let bench = Bench::new();
+        let (agent, v2) = running_v1(&bench).await;
+        let old = bench.containers.pid("web").unwrap();
+
+        // The window is judged on the wall clock, which the paused test clock does not move:
+        // a short one.
+        let window = Duration::from_millis(30);
+        let detail = agent
+            .update(&Principal::Operator, "web", &v2, true, window, None)
+            .await
+            .unwrap();
+        assert_eq!(detail.summary.version, "2.0.0");
+        assert_eq!(detail.summary.state, "running");
+        assert_eq!(detail.previous_version.as_deref(), Some("1.0.0"));
+        assert_eq!(bench.containers.signals(), [(old, Signal::SIGTERM)]);
+        assert_ne!(bench.containers.pid("web"), Some(old));
+        assert_eq!(releases(&bench), 2, "the current and the previous release");
+
+        for _ in 0..1000 {
+            if journal(&agent, "web").last().unwrap() == "update-done" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(journal(&agent, "web").last().unwrap(), "update-done");
+        assert!(agent
+            .store()
+            .get("web")
+            .unwrap()
+            .probation_until_ms
+            .is_none());
+
+        let detail = agent.rollback("web").await.unwrap();
+        assert_eq!(detail.summary.version, "1.0.0");
+        assert_eq!(detail.summary.state, "running");
+        assert_eq!(detail.previous_version.as_deref(), Some("2.0.0"));
+        assert_eq!(releases(&bench), 2);
+        let journal = journal(&agent, "web");
+        for kind in [
+            "updating",
+            "updated",
+            "update-done",
+            "rolling-back",
+            "rolled-back",
+        ] {
+            assert!(journal.contains(&kind.to_string()), "{kind}: {journal:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_fails_in_its_health_window_is_rolled_back_by_the_agent() {
+        let bench = Bench::new();
+        let (agent, v2) = running_v1(&bench).await;
+        agent
+            .update(
+                &Principal::Operator,
+                "web",
+                &v2,
+                true,
+                Duration::from_secs(30),
+                None,
+            )
+            .await
+            .unwrap();
+        let new = bench.containers.pid("web").unwrap();
+        bench.containers.exit(new, 1);
+
+        for _ in 0..1000 {
+            let rec = agent.store().get("web").unwrap();
+            if rec.version == "1.0.0" && rec.state == RunState::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rec = agent.store().get("web").unwrap();
+        assert_eq!(
+            (rec.version.as_str(), rec.state),
+            ("1.0.0", RunState::Running)
+        );
+        let events = agent.store().events(0, Some("web"), 100).unwrap();
+        let back = events.iter().find(|e| e.kind == "rolled-back").unwrap();
+        assert!(
+            back.message
+                .contains("by itself: version 2.0.0 failed within its health window"),
+            "{}",
+            back.message
+        );
     }
 }
