@@ -59,10 +59,10 @@ impl Agent {
         let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+            .map_err(AgentError::Task)?
+            .map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         let name = manifest.name.clone();
         crate::auth::check_install(who, &name, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
@@ -117,7 +117,7 @@ impl Agent {
             agent.refresh_network()
         })
         .await
-        .map_err(|e| AgentError::Internal(e.to_string()))
+        .map_err(AgentError::Task)
         .and_then(|r| r);
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
@@ -205,11 +205,11 @@ impl Agent {
         let (up, st) = (upload.to_path_buf(), staging.clone());
         let opened = tokio::task::spawn_blocking(move || image::open(&up, &st))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+            .map_err(AgentError::Task)?;
         let _ = std::fs::remove_dir_all(&staging);
-        let package = opened.map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        let package = opened.map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {

@@ -182,8 +182,7 @@ impl Agent {
             }
             None
         };
-        let layers = image::LayerStore::open(&layout.layers())
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let layers = image::LayerStore::open(&layout.layers()).map_err(AgentError::Layers)?;
         Ok(Arc::new(Agent {
             cfg,
             layout,

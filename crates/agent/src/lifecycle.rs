@@ -99,8 +99,13 @@ pub(crate) fn refuse_while_changing(rec: &ServiceRecord) -> Result<(), AgentErro
 }
 
 pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, AgentError> {
-    manifest::parse(&rec.manifest, "shg-service.toml")
-        .map_err(|e| AgentError::Internal(format!("stored manifest of `{}`: {e}", rec.name)))
+    manifest::parse(&rec.manifest, "shg-service.toml").map_err(|source| {
+        AgentError::StoredManifest {
+            which: "stored",
+            name: rec.name.clone(),
+            source,
+        }
+    })
 }
 
 fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
@@ -414,11 +419,7 @@ impl Agent {
         };
         let pid = match self.host.containers.create(&create).await {
             Ok(pid) => pid,
-            Err(CreateError::Helper(e)) => {
-                return Err(AgentError::Internal(format!(
-                    "cannot run the runtime helper: {e}"
-                )))
-            }
+            Err(CreateError::Helper(e)) => return Err(AgentError::Helper(e)),
             Err(CreateError::Refused(why)) => {
                 let reason = format!("cannot start `{name}`: {why}");
                 self.store().update(

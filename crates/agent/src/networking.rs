@@ -15,10 +15,6 @@ use state::{Phase, ServiceRecord};
 use crate::lifecycle::manifest_of;
 use crate::{Agent, AgentError};
 
-fn net_error(e: network::NetError) -> AgentError {
-    AgentError::Internal(format!("service networking: {e}"))
-}
-
 /// The services' network, and what guards it.
 pub(crate) struct Networking {
     /// `None` when `[network] enabled = false`.
@@ -80,8 +76,8 @@ impl Agent {
             net.teardown();
             return Ok(());
         }
-        net.ensure_base().map_err(net_error)?;
-        net.apply_rules(&members).map_err(net_error)?;
+        net.ensure_base().map_err(AgentError::Network)?;
+        net.apply_rules(&members).map_err(AgentError::Network)?;
         for m in &members {
             self.write_net_files(net, m, &members)?;
         }

@@ -52,7 +52,7 @@ impl Agent {
                 .layers
                 .store
                 .ensure(package)
-                .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+                .map_err(AgentError::Image)?;
             let names: Vec<String> = lowers
                 .iter()
                 .rev()

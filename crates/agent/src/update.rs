@@ -72,10 +72,10 @@ impl Agent {
         let (up, st) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&up, &st))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+            .map_err(AgentError::Task)?
+            .map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         if manifest.name != name {
             return Err(AgentError::BadPackage(format!(
                 "the package is `{}`, not `{name}`: an update keeps the service's name; install `{}` as a service of its own",
@@ -140,7 +140,7 @@ impl Agent {
         let (m, p) = (manifest.clone(), package.clone());
         let prepared = tokio::task::spawn_blocking(move || agent.prepare_release(&m, &p))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
+            .map_err(AgentError::Task)
             .and_then(|r| r);
         if let Err(e) = prepared {
             self.abandon_update(name, &format!("preparing it failed: {e}"))?;
@@ -188,8 +188,14 @@ impl Agent {
                     "`{name}` has no previous release to go back to: it was not updated since its install"
                 )));
             };
-            let manifest = manifest::parse(&previous.manifest, "shg-service.toml")
-                .map_err(|e| AgentError::Internal(format!("previous manifest of `{name}`: {e}")))?;
+            let manifest =
+                manifest::parse(&previous.manifest, "shg-service.toml").map_err(|source| {
+                    AgentError::StoredManifest {
+                        which: "previous",
+                        name: name.to_string(),
+                        source,
+                    }
+                })?;
             let _admission = self.admission.lock.lock().await;
             if admit {
                 self.admit(&manifest, rec.priority, Check::Volume, true)?;
@@ -301,7 +307,7 @@ impl Agent {
         let agent = self.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || agent.refresh_network())
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
+            .map_err(AgentError::Task)
             .and_then(|r| r)
         {
             tracing::warn!(service = %name, "network refresh after the switch failed: {e}");
