@@ -1195,6 +1195,71 @@ mod tests {
         assert_eq!(reserved(&agent), (256, 64));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_by_the_oom_killer_is_journaled_from_the_cgroup_before_it_goes() {
+        let bench = Bench::new();
+        // The service's cgroup on a v2 host, as the kernel leaves it after one OOM kill.
+        let parent = crate::Config::new(bench.state_dir()).unwrap().cgroup_parent;
+        let root = bench.dir.path().join("cgroup");
+        let cgroup = root.join(parent).join("web");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(cgroup.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        let agent = bench.open();
+        assert_eq!(agent.host.cgroups.version(), "v2");
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+
+        let pid = bench.containers.pid("web").unwrap();
+        bench.containers.killed(pid, 9);
+        let rec = until(&agent, "web", "backoff", |r| r.state == RunState::Backoff).await;
+        assert!(rec
+            .reason
+            .unwrap()
+            .starts_with("it was killed (SIGKILL) by the kernel: out of memory after"),);
+        let events = agent.store().events(0, Some("web"), 100).unwrap();
+        let oom = events.iter().find(|e| e.kind == "oom-killed").unwrap();
+        assert_eq!(
+            oom.message,
+            "the kernel killed a process of `web` for lack of memory: it reached the memory it may use"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_priority_reaches_the_running_service_at_once() {
+        let bench = Bench::new();
+        let parent = crate::Config::new(bench.state_dir()).unwrap().cgroup_parent;
+        let root = bench.dir.path().join("cgroup");
+        let cgroup = root.join(&parent).join("web");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.join(&parent).join("cpu.weight"), "100\n").unwrap();
+        std::fs::write(cgroup.join("cpu.weight"), "100\n").unwrap();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        // At every start the services' parent is weighted by the 2 cores they may reserve.
+        let two_cores = usage::shares_to_weight(2 * 1024).to_string();
+        assert_eq!(read(&root.join(&parent).join("cpu.weight")), two_cores);
+
+        let pid = bench.containers.pid("web").unwrap();
+        std::fs::write(cgroup.join("cgroup.procs"), format!("{pid}\n")).unwrap();
+        let proc_dir = bench.dir.path().join("proc").join(pid.to_string());
+        std::fs::create_dir_all(&proc_dir).unwrap();
+
+        let summary = agent.set_priority("web", 100).await.unwrap();
+        assert_eq!(summary.priority, 100);
+        let shares = runtime::spec::cpu_shares(0.5, 100);
+        assert_eq!(
+            read(&cgroup.join("cpu.weight")),
+            usage::shares_to_weight(shares).to_string()
+        );
+        assert_eq!(
+            read(&proc_dir.join("oom_score_adj")),
+            runtime::spec::oom_score_adj(100).to_string()
+        );
+        assert_eq!(journal(&agent, "web").last().unwrap(), "priority");
+    }
+
     /// A runtime of its own for each agent of a recovery test: dropping it ends every task
     /// of that agent, as the agent's death would.
     fn runtime() -> tokio::runtime::Runtime {

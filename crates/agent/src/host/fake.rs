@@ -79,6 +79,11 @@ impl FakeContainers {
         finish(&mut lock(&self.state), pid, code, None);
     }
 
+    /// The service's command is ended by `signal` (the kernel's OOM killer sends 9).
+    pub(crate) fn killed(&self, pid: i32, signal: i32) {
+        finish(&mut lock(&self.state), pid, 128 + signal, Some(signal));
+    }
+
     /// The next create fails, the helper saying `why`.
     pub(crate) fn refuse_next(&self, why: &str) {
         lock(&self.state).refuse_next = Some(why.to_string());
