@@ -150,7 +150,7 @@ impl Agent {
                 client_cert_sha256: Some(fingerprint),
             });
         }
-        let token = realm::new_token().map_err(AgentError::internal)?;
+        let token = realm::new_token().map_err(AgentError::Credential)?;
         let id = self
             .store()
             .add_token(realm, provider, &realm::token_hash(&token))?;

@@ -1,230 +1,39 @@
-//! The gateway's capacity and the admission of services against it.
+//! Admission: whether a service's reservation fits beside those that hold theirs, checked
+//! and taken under one lock, for every way a service comes to hold one (install, start,
+//! update, rollback) — the storage, the rest, and its published ports.
 //!
-//! Capacity comes from `STATE/gateway.toml` when the operator wrote one, else from the host
-//! (cores, memory, the state directory's filesystem) with a default link speed. A service holds
-//! its reservation while it should run (`desired = running`); admission is checked when a
-//! service asks to run: install with start, and start.
-//!
-//! ```toml
-//! [capacity]            # every key optional; detected from the host when absent
-//! cpu = 2.0             # cores
-//! memory = "4GiB"
-//! storage = "32GiB"
-//! bandwidth_down = "100Mbit"
-//! bandwidth_up = "20Mbit"
-//!
-//! [reserve]             # kept back for routing, the agent itself and headroom
-//! cpu = 0.25
-//! memory = "256MiB"
-//! storage = "1GiB"
-//! bandwidth_down = "10Mbit"
-//! bandwidth_up = "2Mbit"
-//!
-//! [providers.acme]      # optional caps: the most one provider may reserve in total
-//! memory = "512MiB"
-//!
-//! [pressure]            # when the agent stops services to free memory
-//! memory_free_min = "64MiB"   # evict when the host has less memory free than this
-//!
-//! [network]             # the services' network: see the `network` crate
-//! lan = "br-lan"
-//! ```
-//!
-//! The bandwidth capacity is the link's: HTB shapes every service's traffic under it, and the
-//! bandwidth reserve is the guaranteed share of the gateway's own LAN↔WAN forwarding.
-//!
-//! Services are also evicted when together they use more memory than capacity less the
-//! system reserve.
+//! A service holds its CPU, memory and bandwidth reservation while it should run
+//! (`desired = running`), and its storage while it is installed: [`holders`] is the one place
+//! that says so. The gateway's capacity comes from `gateway.toml` (see [`crate::settings`]).
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
 
 use admission::{Amounts, Gateway, Holder, Resource};
-use serde::Deserialize;
 use state::{Desired, Phase, ServiceRecord};
 
-use crate::AgentError;
+use network::Member;
 
-/// File name of the operator's gateway configuration inside the state directory.
-pub const CONFIG_FILE: &str = "gateway.toml";
+use crate::auth::Principal;
+use crate::lifecycle::manifest_of;
+use crate::{Agent, AgentError};
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    capacity: RawAmounts,
-    #[serde(default)]
-    reserve: Option<RawAmounts>,
-    #[serde(default)]
-    providers: BTreeMap<String, RawAmounts>,
-    #[serde(default)]
-    pressure: RawPressure,
-    #[serde(default)]
-    network: network::config::RawNetwork,
-    #[serde(default)]
-    catalog: Option<CatalogConfig>,
+/// The gateway's capacity, and the lock under which an admission check and the record change
+/// that takes the reservation happen together.
+pub(crate) struct Admission {
+    /// Capacity, system reserve and provider caps, read at start.
+    pub(crate) gateway: Gateway,
+    /// Held from an admission check until the reservation is recorded, so two services can
+    /// never both take the last free share.
+    pub(crate) lock: tokio::sync::Mutex<()>,
 }
 
-/// `[catalog]`: where the app-store catalog's TUF metadata is, and the root this gateway pins.
-/// With it, every install and update must also be listed there (`catalog::Catalog::admit`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CatalogConfig {
-    /// The catalog's `metadata/` directory (as published, or synced from the controller).
-    pub metadata: std::path::PathBuf,
-    /// Its `targets/` directory.
-    pub targets: std::path::PathBuf,
-    /// The catalog's root metadata, installed on this gateway out of band (`1.root.json`).
-    pub root: std::path::PathBuf,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPressure {
-    memory_free_min: Option<String>,
-}
-
-/// The operator's settings beside the capacity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
-    /// Below this much free host memory (MemAvailable) the agent evicts a service.
-    pub memory_free_min: u64,
-    /// The `[network]` table (see the `network` crate).
-    pub network: network::Config,
-    /// The `[catalog]` table: the app store this gateway installs from, if any.
-    pub catalog: Option<CatalogConfig>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAmounts {
-    cpu: Option<f64>,
-    memory: Option<String>,
-    storage: Option<String>,
-    bandwidth_down: Option<String>,
-    bandwidth_up: Option<String>,
-}
-
-impl RawAmounts {
-    /// Fills `into` with what is given; `table` names the TOML table in errors.
-    fn apply(&self, table: &str, into: &mut Amounts) -> Result<(), String> {
-        if let Some(cores) = self.cpu {
-            if !(cores.is_finite() && cores >= 0.0) {
-                return Err(format!("{table}.cpu: {cores} is not a number of cores"));
-            }
-            into.cpu = (cores * 1000.0).round() as u64;
+impl Admission {
+    pub(crate) fn new(gateway: Gateway) -> Admission {
+        Admission {
+            gateway,
+            lock: tokio::sync::Mutex::new(()),
         }
-        let sizes = [
-            (&self.memory, Resource::Memory, "memory"),
-            (&self.storage, Resource::Storage, "storage"),
-        ];
-        for (value, resource, key) in sizes {
-            if let Some(text) = value {
-                let v =
-                    manifest::units::parse_size(text).map_err(|e| format!("{table}.{key}: {e}"))?;
-                into.set(resource, v);
-            }
-        }
-        let rates = [
-            (
-                &self.bandwidth_down,
-                Resource::BandwidthDown,
-                "bandwidth_down",
-            ),
-            (&self.bandwidth_up, Resource::BandwidthUp, "bandwidth_up"),
-        ];
-        for (value, resource, key) in rates {
-            if let Some(text) = value {
-                let v = manifest::units::parse_bandwidth(text)
-                    .map_err(|e| format!("{table}.{key}: {e}"))?;
-                into.set(resource, v);
-            }
-        }
-        Ok(())
     }
-}
-
-/// What the host has, as far as the agent can tell without being told.
-fn detected(state_dir: &Path) -> Amounts {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as u64)
-        .unwrap_or(1);
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<u64>().ok())
-        })
-        .map(|kib| kib * 1024)
-        .unwrap_or(0);
-    let storage = nix::sys::statvfs::statvfs(state_dir)
-        .map(|s| s.blocks() * s.fragment_size())
-        .unwrap_or(0);
-    Amounts {
-        cpu: cores * 1000,
-        memory,
-        storage,
-        // A link speed cannot be detected from here; a typical home line until configured.
-        bandwidth_down: 100_000_000,
-        bandwidth_up: 20_000_000,
-    }
-}
-
-/// The default system reserve: a quarter core, 256 MiB, 1 GiB of disk, a tenth of the link.
-fn default_reserve(capacity: &Amounts) -> Amounts {
-    Amounts {
-        cpu: 250.min(capacity.cpu),
-        memory: (256u64 << 20).min(capacity.memory),
-        storage: (1u64 << 30).min(capacity.storage),
-        bandwidth_down: capacity.bandwidth_down / 10,
-        bandwidth_up: capacity.bandwidth_up / 10,
-    }
-}
-
-/// Reads `STATE/gateway.toml` (if present) over the detected capacity.
-pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
-    let path = state_dir.join(CONFIG_FILE);
-    let raw: RawConfig = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .map_err(|e| AgentError::BadRequest(format!("{}: {}", path.display(), e.message())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RawConfig::default(),
-        Err(e) => return Err(AgentError::io(&path, e)),
-    };
-    let bad = |e: String| AgentError::BadRequest(format!("{}: {e}", path.display()));
-    let mut capacity = detected(state_dir);
-    raw.capacity.apply("capacity", &mut capacity).map_err(bad)?;
-    let mut system_reserve = default_reserve(&capacity);
-    if let Some(reserve) = &raw.reserve {
-        reserve.apply("reserve", &mut system_reserve).map_err(bad)?;
-    }
-    let mut provider_caps = BTreeMap::new();
-    for (provider, caps) in &raw.providers {
-        let mut amounts = Amounts::UNLIMITED;
-        caps.apply(&format!("providers.{provider}"), &mut amounts)
-            .map_err(bad)?;
-        provider_caps.insert(provider.clone(), amounts);
-    }
-    let memory_free_min = match &raw.pressure.memory_free_min {
-        Some(text) => manifest::units::parse_size(text)
-            .map_err(|e| bad(format!("pressure.memory_free_min: {e}")))?,
-        // A quarter of what is kept back for the system, at most 64 MiB.
-        None => (system_reserve.memory / 4).min(64 << 20),
-    };
-    let network = network::Config::from_raw(&raw.network).map_err(|e| bad(e.to_string()))?;
-    Ok((
-        Gateway {
-            capacity,
-            system_reserve,
-            provider_caps,
-        },
-        Settings {
-            memory_free_min,
-            network,
-            catalog: raw.catalog.clone(),
-        },
-    ))
 }
 
 /// What a manifest reserves, in admission's units.
@@ -330,56 +139,194 @@ pub fn check(
     })
 }
 
+impl Agent {
+    /// Checks that `manifest` may hold the `check` part of its reservation beside the services
+    /// that hold theirs now; a refusal is journaled (when `journal`) and says what is short
+    /// and what would make room.
+    pub(crate) fn admit(
+        &self,
+        manifest: &manifest::Manifest,
+        priority: i32,
+        check: Check,
+        journal: bool,
+    ) -> Result<(), AgentError> {
+        self.admit_beside(manifest, priority, check, journal, &[])
+    }
+
+    /// [`Agent::admit`] as if the services in `stopping` had given their reservation back.
+    pub(crate) fn admit_beside(
+        &self,
+        manifest: &manifest::Manifest,
+        priority: i32,
+        check: Check,
+        journal: bool,
+        stopping: &[String],
+    ) -> Result<(), AgentError> {
+        let records = self.store().list()?;
+        self::check(
+            &self.admission.gateway,
+            &records,
+            manifest,
+            priority,
+            check,
+            stopping,
+        )
+        .map_err(|refusal| {
+            if journal {
+                // The service's provider reads its journal too: no rival's names in it.
+                let mut told = refusal.clone();
+                told.redact_for(&manifest.provider);
+                let _ = self.store().record(
+                    Some(&manifest.name),
+                    state::Note::new("admission-refused", told.to_string()),
+                );
+            }
+            AgentError::Refused(Box::new(refusal))
+        })
+    }
+
+    /// Capacity, reserve, what is reserved and what is free, per resource.
+    pub fn capacity(&self) -> Result<api::CapacityView, AgentError> {
+        let records = self.store().list()?;
+        let reserved = reserved(&records);
+        let available = self.admission.gateway.available();
+        let json = |a: &Amounts| serde_json::to_value(a).unwrap_or_default();
+        Ok(api::CapacityView {
+            capacity: json(&self.admission.gateway.capacity),
+            system_reserve: json(&self.admission.gateway.system_reserve),
+            available: json(&available),
+            reserved: json(&reserved),
+            free: json(&available.sub(&reserved)),
+            tenants: self.tenants(&records),
+        })
+    }
+
+    /// Per provider with a cap or an installed service: the cap (None where uncapped) and
+    /// what its services hold.
+    fn tenants(&self, records: &[ServiceRecord]) -> BTreeMap<String, api::Tenant> {
+        let mut providers: BTreeSet<String> = records.iter().map(|r| r.provider.clone()).collect();
+        providers.extend(self.admission.gateway.provider_caps.keys().cloned());
+        providers
+            .into_iter()
+            .map(|p| {
+                let cap = api::AmountsCap {
+                    cpu: self.admission.gateway.cap(&p, Resource::Cpu),
+                    memory: self.admission.gateway.cap(&p, Resource::Memory),
+                    storage: self.admission.gateway.cap(&p, Resource::Storage),
+                    bandwidth_down: self.admission.gateway.cap(&p, Resource::BandwidthDown),
+                    bandwidth_up: self.admission.gateway.cap(&p, Resource::BandwidthUp),
+                };
+                let held: Vec<ServiceRecord> = records
+                    .iter()
+                    .filter(|r| r.provider == p)
+                    .cloned()
+                    .collect();
+                let reserved = serde_json::to_value(reserved(&held)).unwrap_or_default();
+                (p, api::Tenant { cap, reserved })
+            })
+            .collect()
+    }
+
+    /// Refuses a list of services to stop that names the requester, or a service that holds
+    /// no reservation to give up.
+    pub(crate) fn check_stoppable(
+        &self,
+        requester: &str,
+        stop: &[String],
+    ) -> Result<(), AgentError> {
+        for name in stop {
+            if name == requester {
+                return Err(AgentError::BadRequest(format!(
+                    "`{name}` cannot make room for itself; drop it from the services to stop"
+                )));
+            }
+            let rec = self.store().get(name)?;
+            if rec.phase != Phase::Installed || rec.desired != Desired::Running {
+                return Err(AgentError::BadRequest(format!(
+                    "`{name}` is not running, so stopping it frees nothing; drop it from the services to stop"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the services in `stop` no longer hold their reservation; the caller holds
+    /// the admission lock and stops them next ([`Agent::stop_to_make_room`]).
+    pub(crate) fn give_up_reservations(&self, stop: &[String]) -> Result<(), AgentError> {
+        for name in stop {
+            self.store()
+                .update(name, None, |r| r.desired = Desired::Stopped)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses a manifest whose published ports the gateway keeps or another installed
+    /// service publishes on the same side. `who` sees a rival provider's service unnamed.
+    pub(crate) fn check_ports(
+        &self,
+        who: &Principal,
+        manifest: &manifest::Manifest,
+    ) -> Result<(), AgentError> {
+        let Some(net) = &self.net.network else {
+            return Ok(());
+        };
+        let mut reserved = net.cfg.reserved_ports.clone();
+        if let Some(port) = self.cfg.api_port {
+            reserved.push(port);
+        }
+        let records = self.store().list()?;
+        let others: Vec<Member> = records
+            .iter()
+            // An update republishes the service's own ports.
+            .filter(|r| r.name != manifest.name)
+            .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot.unwrap_or(0))))
+            .collect();
+        let Some(conflict) =
+            network::plan::port_conflict(&Member::new(manifest, 0), &others, &reserved)
+        else {
+            return Ok(());
+        };
+        let Some(holder) = &conflict.holder else {
+            return Err(AgentError::Conflict(format!(
+                "cannot install `{}`: {conflict}",
+                manifest.name
+            )));
+        };
+        let rival = match who {
+            Principal::Provider(caller) => records
+                .iter()
+                .any(|r| r.name == *holder && r.provider != *caller),
+            _ => false,
+        };
+        let shown = if rival {
+            "another provider's service".to_string()
+        } else {
+            format!("`{holder}`")
+        };
+        let message = format!(
+            "cannot install `{}`: {}",
+            manifest.name,
+            conflict.message(Some(&shown))
+        );
+        Err(AgentError::Conflict(message))
+    }
+
+    /// `shg start --dry-run`: whether the service would be admitted, changing nothing.
+    pub fn check_start(&self, name: &str) -> Result<api::Verdict, AgentError> {
+        let rec = self.store().get(name)?;
+        if rec.desired != Desired::Running {
+            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, false)?;
+        }
+        Ok(api::Verdict {
+            service: name.to_string(),
+            admitted: true,
+            message: format!("`{name}` would be admitted: its reservation fits"),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn config_overrides_detection_and_caps_providers() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            "[capacity]\ncpu = 2.0\nmemory = \"1GiB\"\n[reserve]\nmemory = \"128MiB\"\n[providers.acme]\nmemory = \"256MiB\"\n",
-        )
-        .unwrap();
-        let (gw, _) = load(dir.path()).unwrap();
-        assert_eq!(gw.capacity.cpu, 2000);
-        assert_eq!(gw.capacity.memory, 1 << 30);
-        assert_eq!(gw.system_reserve.memory, 128 << 20);
-        assert_eq!(gw.cap("acme", Resource::Memory), Some(256 << 20));
-        assert_eq!(
-            gw.cap("acme", Resource::Cpu),
-            None,
-            "what a cap leaves out stays uncapped"
-        );
-    }
-
-    #[test]
-    fn a_bad_config_names_the_file_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join(CONFIG_FILE),
-            "[capacity]\nmemory = \"lots\"\n",
-        )
-        .unwrap();
-        let err = load(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("gateway.toml") && err.contains("capacity.memory"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn without_a_config_the_host_is_measured() {
-        let dir = tempfile::tempdir().unwrap();
-        let (gw, _) = load(dir.path()).unwrap();
-        assert!(gw.capacity.cpu >= 1000 && gw.capacity.memory > 0);
-        assert!(
-            gw.available().memory < gw.capacity.memory,
-            "a system reserve is kept"
-        );
-    }
-
     mod lifecycles {
         //! The agent's admission rules over random lifecycles: storage held from install to
         //! removal, the rest while a service should run, rooms made by stopping others.

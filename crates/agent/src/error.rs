@@ -56,6 +56,47 @@ pub enum AgentError {
     /// The container runtime failed.
     #[error(transparent)]
     Runtime(#[from] runtime::RuntimeError),
+    /// The package's image is unreadable, tampered with or unsafe.
+    #[error("package refused: {0}")]
+    Image(#[source] image::ImageError),
+    /// The package's manifest breaks a rule.
+    #[error("manifest refused: {0}")]
+    Manifest(#[source] manifest::ManifestError),
+    /// No signature on the package verifies under a key the operator trusts for it.
+    #[error("package refused: {0}")]
+    Signature(#[source] trust::TrustError),
+    /// The gateway's catalog could not be read and verified (`loading`), or does not list the
+    /// package with this digest.
+    #[error("{}{source}", if *.loading { "the gateway's catalog refused: " } else { "" })]
+    Catalog {
+        loading: bool,
+        #[source]
+        source: catalog::CatalogError,
+    },
+    /// A manifest the agent stored itself (`which`: the current or the previous release's)
+    /// no longer parses: the database was changed behind the agent's back, or by a newer one.
+    #[error("{which} manifest of `{name}`: {source}")]
+    StoredManifest {
+        which: &'static str,
+        name: String,
+        #[source]
+        source: manifest::ManifestError,
+    },
+    /// The shared layer store could not be opened.
+    #[error("{0}")]
+    Layers(#[source] image::ImageError),
+    /// The runtime helper (`shg runtime …`) could not be run at all.
+    #[error("cannot run the runtime helper: {0}")]
+    Helper(#[source] std::io::Error),
+    /// The service network could not be set up or changed.
+    #[error("service networking: {0}")]
+    Network(#[source] network::NetError),
+    /// A task of the agent's panicked or was cancelled.
+    #[error("a task of the agent failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    /// No random token could be made.
+    #[error("cannot make a token: {0}")]
+    Credential(#[source] realm::CredentialError),
     /// Anything else: a bug or a host failure.
     #[error("{0}")]
     Internal(String),
@@ -82,5 +123,50 @@ impl From<state::StateError> for AgentError {
             state::StateError::Exists(name) => AgentError::Exists(name),
             state::StateError::Db { .. } => AgentError::Store(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn typed_errors_keep_their_sentence_and_their_source() {
+        let bad = manifest::parse("name = 1", "shg-service.toml").unwrap_err();
+        let said = bad.to_string();
+        let e = AgentError::Manifest(bad);
+        assert_eq!(e.to_string(), format!("manifest refused: {said}"));
+        assert!(e.source().is_some_and(|s| s.to_string() == said));
+
+        let listed = || catalog::CatalogError::NotListed {
+            service: "camera".into(),
+            version: "1.0.0".into(),
+            digest: "sha256:00".into(),
+        };
+        let loading = AgentError::Catalog {
+            loading: true,
+            source: listed(),
+        };
+        assert!(loading
+            .to_string()
+            .starts_with("the gateway's catalog refused: the catalog does not list `camera`"));
+        let admitting = AgentError::Catalog {
+            loading: false,
+            source: listed(),
+        };
+        assert!(admitting
+            .to_string()
+            .starts_with("the catalog does not list `camera`"));
+        assert!(admitting.source().is_some());
+
+        let helper = AgentError::Helper(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(helper
+            .to_string()
+            .starts_with("cannot run the runtime helper: No such file or directory"));
+        assert!(helper
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|e| e.raw_os_error() == Some(libc::ENOENT)));
     }
 }

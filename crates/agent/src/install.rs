@@ -5,7 +5,7 @@
 //! A removal is marked `removing` before anything is deleted. So after a crash at any point
 //! the next start knows what to do: roll the install back, finish the removal.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use api::{ServiceDetail, ServicePaths};
@@ -15,7 +15,8 @@ use state::{Desired, Note, Phase, ServiceRecord};
 
 use crate::auth::Principal;
 use crate::capacity::Check;
-use crate::lifecycle::{manifest_of, summary};
+use crate::layout::unique;
+use crate::lifecycle::{manifest_of, refuse_while_changing, summary};
 use crate::{Agent, AgentError};
 
 /// How to install a package.
@@ -58,10 +59,10 @@ impl Agent {
         let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+            .map_err(AgentError::Task)?
+            .map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         let name = manifest.name.clone();
         crate::auth::check_install(who, &name, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
@@ -72,7 +73,7 @@ impl Agent {
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
         // From the admission check until the record holds the reservation.
-        let admission = self.admission_lock.lock().await;
+        let admission = self.admission.lock.lock().await;
         if self.store().find(&name)?.is_some() {
             return Err(AgentError::Exists(name));
         }
@@ -116,12 +117,12 @@ impl Agent {
             agent.refresh_network()
         })
         .await
-        .map_err(|e| AgentError::Internal(e.to_string()))
+        .map_err(AgentError::Task)
         .and_then(|r| r);
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
             if let Err(cleanup) =
-                tokio::task::block_in_place(|| self.rollback_install(&name, &e.to_string()))
+                crate::host::blocking(|| self.rollback_install(&name, &e.to_string()))
             {
                 tracing::error!(service = %name, "rolling back the install failed: {cleanup}");
             }
@@ -204,11 +205,11 @@ impl Agent {
         let (up, st) = (upload.to_path_buf(), staging.clone());
         let opened = tokio::task::spawn_blocking(move || image::open(&up, &st))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+            .map_err(AgentError::Task)?;
         let _ = std::fs::remove_dir_all(&staging);
-        let package = opened.map_err(|e| AgentError::BadPackage(e.to_string()))?;
+        let package = opened.map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {
@@ -245,12 +246,10 @@ impl Agent {
             let path = partial.join(dir);
             std::fs::create_dir_all(&path).map_err(|e| AgentError::io(&path, e))?;
         }
-        let data = partial.join("data");
-        nix::unistd::chown(&data, Some(uid.into()), Some(gid.into()))
-            .map_err(|e| AgentError::io(&data, e.into()))?;
         let storage = &manifest.resources.storage;
-        runtime::volume::create(
+        self.host.mounts.create_volume(
             &partial.join("volume.img"),
+            &partial.join("data"),
             runtime::volume::size_for(storage.reserve, storage.limit),
             uid,
             gid,
@@ -265,127 +264,6 @@ impl Agent {
         }
         std::fs::rename(&partial, &service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
         self.mount_volume(name)
-    }
-
-    /// Lays out a release in `release` (created, must not exist): its layers are ensured in
-    /// the shared layer store and named in `release/layers`; `release/rootfs` is where their
-    /// overlay is mounted ([`Agent::mount_rootfs`]). The command is checked in a temporary
-    /// read-only mount first.
-    pub(crate) fn unpack_release(
-        &self,
-        manifest: &Manifest,
-        package: &image::Package,
-        release: &Path,
-    ) -> Result<(), AgentError> {
-        let rootfs = release.join("rootfs");
-        std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
-        let lowers = {
-            let _held = self.layers_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let lowers = self
-                .layers
-                .ensure(package)
-                .map_err(|e| AgentError::BadPackage(e.to_string()))?;
-            let names: Vec<String> = lowers
-                .iter()
-                .rev()
-                .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
-                .collect();
-            let list = release.join("layers");
-            std::fs::write(&list, names.join("\n") + "\n").map_err(|e| AgentError::io(&list, e))?;
-            lowers
-        };
-        let check = self.layout.tmp().join(format!("check-{}", unique()));
-        std::fs::create_dir_all(&check).map_err(|e| AgentError::io(&check, e))?;
-        let checked = runtime::overlay::mount(&lowers, &check)
-            .map_err(AgentError::from)
-            .and_then(|()| check_command(&check, &manifest.run.command[0]));
-        let _ = runtime::overlay::unmount(&check);
-        let _ = std::fs::remove_dir(&check);
-        checked
-    }
-
-    /// Mounts the overlay root of the release `digest` of `name`, unless it is mounted already
-    /// or the release was unpacked whole by an older agent.
-    pub(crate) fn mount_rootfs(&self, name: &str, digest: &str) -> Result<(), AgentError> {
-        let release = self.layout.service(name).release(digest);
-        let Ok(list) = std::fs::read_to_string(release.join("layers")) else {
-            return Ok(());
-        };
-        let rootfs = release.join("rootfs");
-        if runtime::overlay::is_mounted(&rootfs)? {
-            return Ok(());
-        }
-        // The file lists the top layer first; the overlay wants the base first.
-        let lowers: Vec<PathBuf> = list
-            .lines()
-            .filter(|l| !l.is_empty())
-            .rev()
-            .map(|hex| self.layers.root().join("sha256").join(hex))
-            .collect();
-        let (upper, work) = (release.join("upper"), release.join("work"));
-        for dir in [&upper, &work] {
-            std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
-        }
-        runtime::overlay::mount_with_upper(&lowers, &upper, &work, &rootfs)?;
-        Ok(())
-    }
-
-    /// Deletes the layers no release (installed, or being installed or updated) names.
-    pub(crate) fn collect_layers(&self) {
-        let _held = self.layers_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut lists = Vec::new();
-        for base in [self.layout.services(), self.layout.tmp()] {
-            for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
-                let dir = entry.path();
-                // A release being unpacked by an update: tmp/NAME-ID.release/layers.
-                lists.push(dir.join("layers"));
-                let releases = std::fs::read_dir(dir.join("releases"));
-                for release in releases.into_iter().flatten().flatten() {
-                    lists.push(release.path().join("layers"));
-                }
-            }
-        }
-        let mut keep = std::collections::BTreeSet::new();
-        for list in lists {
-            if let Ok(text) = std::fs::read_to_string(&list) {
-                keep.extend(
-                    text.lines()
-                        .filter(|l| !l.is_empty())
-                        .map(|hex| format!("sha256:{hex}")),
-                );
-            }
-        }
-        match self.layers.gc(&keep) {
-            Ok(report) if report.removed > 0 => tracing::info!(
-                "removed {} unused image layers ({} bytes)",
-                report.removed,
-                report.bytes
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!("cannot collect unused image layers: {e}"),
-        }
-    }
-
-    /// Mounts the service's data volume on its data directory unless it is mounted already.
-    /// A service installed before volumes existed keeps its plain directory.
-    pub(crate) fn mount_volume(&self, name: &str) -> Result<(), AgentError> {
-        let sl = self.layout.service(name);
-        if !sl.volume().exists() {
-            return Ok(());
-        }
-        runtime::volume::mount(&sl.volume(), &sl.data())?;
-        Ok(())
-    }
-
-    /// Unmounts everything under a service's directories, so deleting them never reaches into
-    /// a mounted volume.
-    fn unmount_volumes(&self, name: &str) -> Result<(), AgentError> {
-        for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
-            for mount in runtime::volume::mounts_below(&dir)? {
-                runtime::volume::unmount(&mount)?;
-            }
-        }
-        Ok(())
     }
 
     /// The container spec of `m`'s release `digest`.
@@ -421,7 +299,7 @@ impl Agent {
 
     /// Undoes a half-done install: files, container and record.
     pub(crate) fn rollback_install(&self, name: &str, why: &str) -> Result<(), AgentError> {
-        let _ = runtime::container::remove_stale(name, &self.layout.containers());
+        let _ = self.host.containers.delete(name);
         self.unmount_volumes(name)?;
         for dir in [self.layout.partial(name), self.layout.service(name).dir] {
             if dir.exists() {
@@ -448,16 +326,7 @@ impl Agent {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if matches!(rec.phase, Phase::Installing | Phase::Updating) {
-                return Err(AgentError::Conflict(format!(
-                    "`{name}` is being {}; wait for that to finish",
-                    if rec.phase == Phase::Installing {
-                        "installed"
-                    } else {
-                        "updated"
-                    }
-                )));
-            }
+            refuse_while_changing(&rec)?;
             self.store().update(
                 name,
                 Some(Note::new("removing", format!("removing `{name}`"))),
@@ -472,11 +341,11 @@ impl Agent {
         }
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        tokio::task::block_in_place(|| self.finish_remove(name))
+        crate::host::blocking(|| self.finish_remove(name))
     }
 
     pub(crate) fn finish_remove(&self, name: &str) -> Result<(), AgentError> {
-        runtime::container::remove_stale(name, &self.layout.containers())?;
+        self.host.containers.delete(name)?;
         self.unmount_volumes(name)?;
         for dir in [self.layout.service(name).dir, self.layout.partial(name)] {
             if dir.exists() {
@@ -491,21 +360,9 @@ impl Agent {
             tracing::warn!("cannot update the service network after removing `{name}`: {e}");
         }
         self.collect_layers();
-        self.remove_empty_cgroup_parent();
+        // Fails harmlessly while another service's cgroup is under it.
+        self.host.cgroups.remove_parent(&self.cfg.cgroup_parent);
         Ok(())
-    }
-
-    /// Removes this agent's parent cgroup in every hierarchy once no service uses it; rmdir
-    /// fails harmlessly while any child cgroup exists.
-    fn remove_empty_cgroup_parent(&self) {
-        let root = &self.cfg.cgroup_root;
-        let Ok(hierarchies) = std::fs::read_dir(root) else {
-            return;
-        };
-        for hierarchy in hierarchies.flatten() {
-            let _ = std::fs::remove_dir(hierarchy.path().join(&self.cfg.cgroup_parent));
-        }
-        let _ = std::fs::remove_dir(root.join(&self.cfg.cgroup_parent));
     }
 
     pub fn detail(&self, name: &str) -> Result<ServiceDetail, AgentError> {
@@ -534,108 +391,167 @@ impl Agent {
     }
 }
 
-/// A name for temporary files that no other request uses at the same time.
-pub(crate) fn unique() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Refuses a command that does not exist, or is not executable, inside the image.
-/// Symlinks resolve inside `rootfs`, as they will in the container.
-fn check_command(rootfs: &Path, command: &str) -> Result<(), AgentError> {
-    let missing = |why: &str| {
-        AgentError::BadManifest(format!(
-            "shg-service.toml: run.command: `{command}` {why} in the image; add it to rootfs/ or fix the path"
-        ))
-    };
-    let resolved =
-        resolve_in_root(rootfs, Path::new(command)).ok_or_else(|| missing("does not exist"))?;
-    let meta = std::fs::metadata(&resolved).map_err(|_| missing("does not exist"))?;
-    use std::os::unix::fs::PermissionsExt;
-    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
-        return Err(missing("is not an executable file"));
-    }
-    Ok(())
-}
-
-/// Resolves `path` as the container would see it, never leaving `root`.
-fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
-    let mut parts: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut hops = 0;
-    while let Some(part) = pending.pop() {
-        if part == ".." {
-            parts.pop();
-            continue;
-        }
-        let candidate: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&part);
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                hops += 1;
-                if hops > 40 {
-                    return None;
-                }
-                let target = std::fs::read_link(&candidate).ok()?;
-                if target.is_absolute() {
-                    parts.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => parts.push(part),
-            Err(_) => return None,
-        }
-    }
-    Some(root.join(parts.iter().collect::<PathBuf>()))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    //! Install, removal and their recovery on the fake host: what is recorded, journaled,
+    //! reserved and left on disk.
 
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("bin")).unwrap();
-        std::fs::write(root.join("bin/busybox"), b"x").unwrap();
-        std::os::unix::fs::symlink("/bin/busybox", root.join("bin/sh")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", root.join("bin/escape")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, Path::new("/bin/sh")),
-            Some(root.join("bin/busybox"))
+    use state::Phase;
+
+    use crate::host::fake::Bench;
+    use crate::{AgentError, InstallOptions, Principal};
+
+    const SMALL: &str = "[resources]\nmemory = { reserve = \"64MiB\" }\n\
+        storage = { reserve = \"32MiB\" }\n";
+
+    fn unsigned(start: bool) -> InstallOptions {
+        InstallOptions {
+            start,
+            allow_unsigned: true,
+            ..InstallOptions::default()
+        }
+    }
+
+    fn journal(agent: &crate::Agent, name: &str) -> Vec<String> {
+        let events = agent.store().events(0, Some(name), 1000).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_missing_from_the_image_rolls_the_install_back() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package("web", "1.0.0", SMALL);
+        // The same package, whose manifest names a command the image lacks.
+        let broken = bench.dir.path().join("src-web-1.0.0/shg-service.toml");
+        let text = std::fs::read_to_string(&broken).unwrap();
+        std::fs::write(&broken, text.replace("/bin/app", "/bin/nope")).unwrap();
+        image::pack(&bench.dir.path().join("src-web-1.0.0"), &package).unwrap();
+
+        let err = agent
+            .install(&Principal::Operator, &package, &unsigned(true))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::BadManifest(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`/bin/nope` does not exist in the image"),
+            "{err}"
         );
-        // `..` past the root stays at the root, as in the container.
-        assert_eq!(resolve_in_root(root, Path::new("/bin/escape")), None);
-        assert_eq!(resolve_in_root(root, Path::new("/nope")), None);
+        assert!(agent.store().find("web").unwrap().is_none());
+        assert_eq!(journal(&agent, "web"), ["installing", "install-failed"]);
+        assert!(!bench.state_dir().join("services/web").exists());
+        assert!(!bench.state_dir().join("tmp/web.partial").exists());
+        assert!(bench.mounts.mounted_below(&bench.state_dir()).is_empty());
+        assert!(bench.containers.created().is_empty());
+        let view = agent.capacity().unwrap();
+        assert_eq!(view.reserved["storage"], 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_install_that_does_not_fit_is_refused_before_anything_is_written() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package(
+            "nas",
+            "1.0.0",
+            "[resources]\nstorage = { reserve = \"2GiB\" }\n",
+        );
+        let err = agent
+            .install(&Principal::Operator, &package, &unsigned(false))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AgentError::Refused(_)), "{err}");
+        assert!(agent.store().find("nas").unwrap().is_none());
+        assert_eq!(journal(&agent, "nas"), ["admission-refused"]);
+        assert!(!bench.state_dir().join("services/nas").exists());
+        assert!(bench.mounts.log().is_empty(), "nothing unpacked or mounted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_stops_the_service_and_unmounts_before_deleting() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package("web", "1.0.0", SMALL);
+        agent
+            .install(&Principal::Operator, &package, &unsigned(true))
+            .await
+            .unwrap();
+        let pid = bench.containers.pid("web").unwrap();
+        let dir = bench.state_dir().join("services/web");
+        assert_eq!(bench.mounts.mounted_below(&dir).len(), 2);
+
+        agent.remove("web").await.unwrap();
+        assert_eq!(
+            bench.containers.signals(),
+            [(pid, nix::sys::signal::Signal::SIGTERM)]
+        );
+        assert!(agent.store().find("web").unwrap().is_none());
+        let journal = journal(&agent, "web");
+        assert_eq!(journal[3..], ["removing", "stopping", "stopped", "removed"]);
+        assert!(bench.mounts.mounted_below(&dir).is_empty());
+        assert!(!dir.exists());
+        let view = agent.capacity().unwrap();
+        assert_eq!(
+            (
+                view.reserved["memory"].clone(),
+                view.reserved["storage"].clone()
+            ),
+            (0.into(), 0.into())
+        );
+        // The layers no release names any more are collected.
+        let layers = std::fs::read_dir(bench.state_dir().join("layers/sha256")).unwrap();
+        assert_eq!(layers.count(), 0);
     }
 
     #[test]
-    fn a_missing_command_is_refused_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let err = check_command(dir.path(), "/bin/httpd").unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("`/bin/httpd` does not exist in the image"),
-            "{err}"
-        );
+    fn recovery_rolls_back_an_install_and_finishes_a_removal() {
+        let bench = Bench::new();
+        let rt = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap()
+        };
+        rt().block_on(async {
+            let agent = bench.open();
+            for name in ["web", "old"] {
+                let package = bench.package(name, "1.0.0", SMALL);
+                agent
+                    .install(&Principal::Operator, &package, &unsigned(false))
+                    .await
+                    .unwrap();
+            }
+            // What an agent that died half-way leaves: `web` marked installing with its
+            // files still in tmp/, `old` marked removing.
+            let partial = bench.state_dir().join("tmp/web.partial");
+            std::fs::rename(bench.state_dir().join("services/web"), &partial).unwrap();
+            agent
+                .store()
+                .update("web", None, |r| r.phase = Phase::Installing)
+                .unwrap();
+            agent
+                .store()
+                .update("old", None, |r| r.phase = Phase::Removing)
+                .unwrap();
+        });
+        rt().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            assert!(agent.list(&Principal::Operator).unwrap().is_empty());
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            let last = events.last().unwrap();
+            assert_eq!(last.kind, "install-failed");
+            assert_eq!(
+                last.message,
+                "install of `web` rolled back: the agent stopped during the install"
+            );
+            assert_eq!(journal(&agent, "old").last().unwrap(), "removed");
+            for dir in ["tmp/web.partial", "services/web", "services/old"] {
+                assert!(!bench.state_dir().join(dir).exists(), "{dir}");
+            }
+            assert!(bench.mounts.mounted_below(&bench.state_dir()).is_empty());
+        });
     }
 }

@@ -137,3 +137,14 @@ impl ServiceLayout {
         self.dir.join("status")
     }
 }
+
+/// A name for temporary files that no other request uses at the same time.
+pub(crate) fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}

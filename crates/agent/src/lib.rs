@@ -8,12 +8,15 @@ mod auth;
 mod capacity;
 mod error;
 mod health;
+mod host;
 mod install;
 mod layout;
 mod lifecycle;
 mod monitor;
 mod networking;
 mod pidfd;
+mod releases;
+mod settings;
 mod shelf;
 mod signatures;
 mod stats;
@@ -102,33 +105,27 @@ impl Config {
     }
 }
 
-/// The agent: shared by the API handlers and the supervising tasks.
+/// The agent: shared by the API handlers and the supervising tasks. Each concern keeps the
+/// lock that guards it beside what it guards.
 pub struct Agent {
     pub(crate) cfg: Config,
     pub(crate) layout: Layout,
     pub(crate) store: Mutex<Store>,
     /// One lock per service: operations on a service run one at a time.
     pub(crate) locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Capacity, system reserve and provider caps, read at start.
-    pub(crate) gateway: admission::Gateway,
-    /// Held from an admission check until the reservation is recorded, so two services can
-    /// never both take the last free share.
-    pub(crate) admission_lock: tokio::sync::Mutex<()>,
-    /// The operator's other settings (memory pressure).
-    pub(crate) settings: capacity::Settings,
+    /// The gateway's capacity and the admission lock.
+    pub(crate) admission: capacity::Admission,
+    /// The operator's other settings (memory pressure, catalog).
+    pub(crate) settings: settings::Settings,
+    /// The container runtime, mounts, cgroups (v1 or v2, detected once at open) and
+    /// command-line tools: real ones, or fakes in the unit tests.
+    pub(crate) host: host::Host,
     /// The last samples of what services and the host use.
     pub(crate) monitor: monitor::Monitor,
-    /// The services' network; `None` when `[network] enabled = false`.
-    pub(crate) net: Option<network::Network>,
-    /// One network change at a time (two first starts would both make the bridge).
-    pub(crate) net_lock: Mutex<()>,
-    /// The last reading of the services' traffic counters.
-    pub(crate) traffic: Mutex<networking::TrafficMeter>,
-    /// Image layers, each unpacked once and shared by every release that has it.
-    pub(crate) layers: image::LayerStore,
-    /// Held from unpacking a release's layers until its `layers` file names them, and by the
-    /// collection of unreferenced layers.
-    pub(crate) layers_lock: Mutex<()>,
+    /// The services' network, its lock and its traffic meter.
+    pub(crate) net: networking::Networking,
+    /// Image layers shared by the releases, and the lock of their collection.
+    pub(crate) layers: releases::Layers,
     /// One catalog check at a time: they share the datastore of versions seen.
     pub(crate) catalog_lock: tokio::sync::Mutex<()>,
 }
@@ -136,6 +133,12 @@ pub struct Agent {
 impl Agent {
     /// Opens the state directory and database (creating them if needed).
     pub fn open(cfg: Config) -> Result<Arc<Agent>, AgentError> {
+        let host = host::Host::system(&cfg);
+        Agent::open_on(cfg, host)
+    }
+
+    /// [`Agent::open`] on the given host.
+    pub(crate) fn open_on(cfg: Config, host: host::Host) -> Result<Arc<Agent>, AgentError> {
         let layout = Layout::new(&cfg.state_dir);
         for dir in [
             layout.root.clone(),
@@ -157,15 +160,19 @@ impl Agent {
                 layout.database().display()
             )));
         }
-        let (gateway, settings) = capacity::load(&layout.root)?;
-        let monitor = monitor::Monitor::new(&cfg.cgroup_root);
+        let (gateway, settings) = settings::load(&layout.root)?;
         let link = network::ops::Link {
             down: gateway.capacity.bandwidth_down,
             up: gateway.capacity.bandwidth_up,
             forward_down: gateway.system_reserve.bandwidth_down,
             forward_up: gateway.system_reserve.bandwidth_up,
         };
-        let network = network::Network::new(settings.network.clone(), &cfg.net_tag, link);
+        let network = network::Network::with_runner(
+            settings.network.clone(),
+            &cfg.net_tag,
+            link,
+            host.commands.clone(),
+        );
         let net = if settings.network.enabled {
             Some(network)
         } else {
@@ -175,22 +182,18 @@ impl Agent {
             }
             None
         };
-        let layers = image::LayerStore::open(&layout.layers())
-            .map_err(|e| AgentError::Internal(e.to_string()))?;
+        let layers = image::LayerStore::open(&layout.layers()).map_err(AgentError::Layers)?;
         Ok(Arc::new(Agent {
             cfg,
             layout,
             store: Mutex::new(store),
             locks: Mutex::new(HashMap::new()),
-            gateway,
-            admission_lock: tokio::sync::Mutex::new(()),
+            admission: capacity::Admission::new(gateway),
             settings,
-            monitor,
-            net,
-            net_lock: Mutex::new(()),
-            traffic: Mutex::new(Default::default()),
-            layers,
-            layers_lock: Mutex::new(()),
+            host,
+            monitor: monitor::Monitor::default(),
+            net: networking::Networking::new(net),
+            layers: releases::Layers::new(layers),
             catalog_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -208,91 +211,6 @@ impl Agent {
 
     pub fn state_dir(&self) -> &Path {
         &self.layout.root
-    }
-
-    /// Checks that `manifest` may hold the `check` part of its reservation beside the services
-    /// that hold theirs now; a refusal is journaled (when `journal`) and says what is short
-    /// and what would make room.
-    pub(crate) fn admit(
-        &self,
-        manifest: &manifest::Manifest,
-        priority: i32,
-        check: capacity::Check,
-        journal: bool,
-    ) -> Result<(), AgentError> {
-        self.admit_beside(manifest, priority, check, journal, &[])
-    }
-
-    /// [`Agent::admit`] as if the services in `stopping` had given their reservation back.
-    pub(crate) fn admit_beside(
-        &self,
-        manifest: &manifest::Manifest,
-        priority: i32,
-        check: capacity::Check,
-        journal: bool,
-        stopping: &[String],
-    ) -> Result<(), AgentError> {
-        let records = self.store().list()?;
-        capacity::check(&self.gateway, &records, manifest, priority, check, stopping).map_err(
-            |refusal| {
-                if journal {
-                    // The service's provider reads its journal too: no rival's names in it.
-                    let mut told = refusal.clone();
-                    told.redact_for(&manifest.provider);
-                    let _ = self.store().record(
-                        Some(&manifest.name),
-                        state::Note::new("admission-refused", told.to_string()),
-                    );
-                }
-                AgentError::Refused(Box::new(refusal))
-            },
-        )
-    }
-
-    /// Capacity, reserve, what is reserved and what is free, per resource.
-    pub fn capacity(&self) -> Result<api::CapacityView, AgentError> {
-        let records = self.store().list()?;
-        let reserved = capacity::reserved(&records);
-        let available = self.gateway.available();
-        let json = |a: &admission::Amounts| serde_json::to_value(a).unwrap_or_default();
-        Ok(api::CapacityView {
-            capacity: json(&self.gateway.capacity),
-            system_reserve: json(&self.gateway.system_reserve),
-            available: json(&available),
-            reserved: json(&reserved),
-            free: json(&available.sub(&reserved)),
-            tenants: self.tenants(&records),
-        })
-    }
-
-    /// Per provider with a cap or an installed service: the cap (None where uncapped) and
-    /// what its services hold.
-    fn tenants(
-        &self,
-        records: &[state::ServiceRecord],
-    ) -> std::collections::BTreeMap<String, api::Tenant> {
-        let mut providers: std::collections::BTreeSet<String> =
-            records.iter().map(|r| r.provider.clone()).collect();
-        providers.extend(self.gateway.provider_caps.keys().cloned());
-        providers
-            .into_iter()
-            .map(|p| {
-                let cap = api::AmountsCap {
-                    cpu: self.gateway.cap(&p, admission::Resource::Cpu),
-                    memory: self.gateway.cap(&p, admission::Resource::Memory),
-                    storage: self.gateway.cap(&p, admission::Resource::Storage),
-                    bandwidth_down: self.gateway.cap(&p, admission::Resource::BandwidthDown),
-                    bandwidth_up: self.gateway.cap(&p, admission::Resource::BandwidthUp),
-                };
-                let held: Vec<state::ServiceRecord> = records
-                    .iter()
-                    .filter(|r| r.provider == p)
-                    .cloned()
-                    .collect();
-                let reserved = serde_json::to_value(capacity::reserved(&held)).unwrap_or_default();
-                (p, api::Tenant { cap, reserved })
-            })
-            .collect()
     }
 }
 
@@ -323,7 +241,7 @@ impl Agent {
     pub fn upload_path(&self) -> PathBuf {
         self.layout
             .tmp()
-            .join(format!("upload-{}.tar", install::unique()))
+            .join(format!("upload-{}.tar", layout::unique()))
     }
 
     /// The newest event id of the journal.

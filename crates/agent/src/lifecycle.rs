@@ -13,11 +13,10 @@ use manifest::RestartPolicy;
 use nix::sys::signal::{kill, Signal};
 
 use nix::unistd::Pid;
-use runtime::process;
 use state::{now_ms, Desired, Health, Note, Phase, RunState, ServiceRecord};
 
 use crate::capacity::Check;
-use crate::pidfd::{self, PidFd};
+use crate::host::{Create, CreateError, Process};
 use crate::{Agent, AgentError, Layout};
 
 /// Failures in a row after which a restarting service shows as `crash-loop`.
@@ -85,9 +84,28 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
     }
 }
 
+/// The one guard against acting on a service an install or an update is still changing: a
+/// start, stop, removal or another update waits until it is done (or rolled back).
+pub(crate) fn refuse_while_changing(rec: &ServiceRecord) -> Result<(), AgentError> {
+    let doing = match rec.phase {
+        Phase::Installing => "installed",
+        Phase::Updating => "updated",
+        Phase::Installed | Phase::Removing => return Ok(()),
+    };
+    Err(AgentError::Conflict(format!(
+        "`{}` is being {doing}; wait for that to finish",
+        rec.name
+    )))
+}
+
 pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, AgentError> {
-    manifest::parse(&rec.manifest, "shg-service.toml")
-        .map_err(|e| AgentError::Internal(format!("stored manifest of `{}`: {e}", rec.name)))
+    manifest::parse(&rec.manifest, "shg-service.toml").map_err(|source| {
+        AgentError::StoredManifest {
+            which: "stored",
+            name: rec.name.clone(),
+            source,
+        }
+    })
 }
 
 fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {
@@ -143,10 +161,10 @@ impl Agent {
         let owned = rec.name.clone();
         let name = owned.as_str();
         match rec.phase {
-            Phase::Installing => tokio::task::block_in_place(|| {
+            Phase::Installing => crate::host::blocking(|| {
                 self.rollback_install(name, "the agent stopped during the install")
             }),
-            Phase::Removing => tokio::task::block_in_place(|| self.finish_remove(name)),
+            Phase::Removing => crate::host::blocking(|| self.finish_remove(name)),
             Phase::Updating => {
                 // Not switched yet: the service is on its current release. Its container
                 // may still run (adopted below) or have been stopped for the switch.
@@ -186,20 +204,18 @@ impl Agent {
         let name = rec.name.as_str();
         match rec.pid {
             Some(pid)
-                if process::is_alive(&self.cfg.proc_root, pid)
-                    && process::start_time(&self.cfg.proc_root, pid) == rec.pid_start =>
+                if self.host.containers.is_alive(pid)
+                    && self.host.containers.start_time(pid) == rec.pid_start =>
             {
                 self.adopt(&rec, pid, "kept running while the agent was down")
             }
             Some(pid) => self.on_exit(name, pid).await,
             None => {
                 // The agent may have died between creating a container and recording it.
-                let found = runtime::container::load(name, &self.layout.containers())
-                    .and_then(|c| c.pid())
-                    .map(|p| p.as_raw())
-                    .filter(|&p| process::is_alive(&self.cfg.proc_root, p));
+                let containers = &self.host.containers;
+                let found = containers.pid_of(name).filter(|&p| containers.is_alive(p));
                 if let Some(pid) = found {
-                    let start = process::start_time(&self.cfg.proc_root, pid);
+                    let start = containers.start_time(pid);
                     let rec = self.store().update(name, None, |r| {
                         r.pid = Some(pid);
                         r.pid_start = start;
@@ -208,7 +224,7 @@ impl Agent {
                     })?;
                     return self.adopt(&rec, pid, "was started just before the agent stopped");
                 }
-                let _ = runtime::container::remove_stale(name, &self.layout.containers());
+                let _ = self.host.containers.delete(name);
                 let restart = rec.desired == Desired::Running
                     && matches!(
                         rec.state,
@@ -234,7 +250,7 @@ impl Agent {
             Some(name),
             Note::new("adopted", format!("`{name}` {why}; re-adopted (pid {pid})")),
         )?;
-        tokio::task::block_in_place(|| self.shape_service(rec));
+        crate::host::blocking(|| self.shape_service(rec));
         self.watch(name, pid);
         if rec.desired == Desired::Stopped {
             let agent = self.clone();
@@ -288,14 +304,10 @@ impl Agent {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let rec = self.store().get(name)?;
-        if rec.phase != Phase::Installed {
+        refuse_while_changing(&rec)?;
+        if rec.phase == Phase::Removing {
             return Err(AgentError::Conflict(format!(
-                "`{name}` is being {}; wait for it to finish",
-                match rec.phase {
-                    Phase::Installing => "installed",
-                    Phase::Updating => "updated",
-                    _ => "removed",
-                }
+                "`{name}` is being removed; wait for that to finish"
             )));
         }
         if rec.state == RunState::Stopping {
@@ -304,7 +316,7 @@ impl Agent {
             )));
         }
         if let Some(pid) = rec.pid {
-            if process::is_alive(&self.cfg.proc_root, pid) {
+            if self.host.containers.is_alive(pid) {
                 return Ok(summary(&rec));
             }
             // Its init ended but the exit is not handled yet: let that finish first.
@@ -314,7 +326,7 @@ impl Agent {
         }
         if rec.desired != Desired::Running {
             // A stopped service gave its reservation back; it must fit again to run.
-            let _admission = self.admission_lock.lock().await;
+            let _admission = self.admission.lock.lock().await;
             self.check_stoppable(name, stop)?;
             self.admit_beside(&manifest_of(&rec)?, rec.priority, Check::Run, true, stop)?;
             self.give_up_reservations(stop)?;
@@ -328,39 +340,6 @@ impl Agent {
         self.stop_to_make_room(name, stop).await?;
         let rec = self.launch(name).await?;
         Ok(summary(&rec))
-    }
-
-    /// Refuses a list of services to stop that names the requester, or a service that holds
-    /// no reservation to give up.
-    pub(crate) fn check_stoppable(
-        &self,
-        requester: &str,
-        stop: &[String],
-    ) -> Result<(), AgentError> {
-        for name in stop {
-            if name == requester {
-                return Err(AgentError::BadRequest(format!(
-                    "`{name}` cannot make room for itself; drop it from the services to stop"
-                )));
-            }
-            let rec = self.store().get(name)?;
-            if rec.phase != Phase::Installed || rec.desired != Desired::Running {
-                return Err(AgentError::BadRequest(format!(
-                    "`{name}` is not running, so stopping it frees nothing; drop it from the services to stop"
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// Records that the services in `stop` no longer hold their reservation; the caller holds
-    /// the admission lock and stops them next ([`Agent::stop_to_make_room`]).
-    pub(crate) fn give_up_reservations(&self, stop: &[String]) -> Result<(), AgentError> {
-        for name in stop {
-            self.store()
-                .update(name, None, |r| r.desired = Desired::Stopped)?;
-        }
-        Ok(())
     }
 
     /// Stops the services that gave up their reservation for `requester`, and says why.
@@ -390,19 +369,6 @@ impl Agent {
         Ok(())
     }
 
-    /// `shg start --dry-run`: whether the service would be admitted, changing nothing.
-    pub fn check_start(&self, name: &str) -> Result<api::Verdict, AgentError> {
-        let rec = self.store().get(name)?;
-        if rec.desired != Desired::Running {
-            self.admit(&manifest_of(&rec)?, rec.priority, Check::Run, false)?;
-        }
-        Ok(api::Verdict {
-            service: name.to_string(),
-            admitted: true,
-            message: format!("`{name}` would be admitted: its reservation fits"),
-        })
-    }
-
     /// Creates and starts the container; the caller holds the service's lock.
     pub(crate) async fn launch(self: &Arc<Self>, name: &str) -> Result<ServiceRecord, AgentError> {
         let sl = self.layout.service(name);
@@ -413,19 +379,19 @@ impl Agent {
         // After a reboot, or if an operator unmounted it by hand.
         self.mount_volume(name)?;
         self.mount_rootfs(name, &rec.image_digest)?;
-        let shares = self.gateway.available().cpu.max(1) * 1024 / 1000;
-        if let Err(e) = runtime::cgroup::set_parent_weight(
-            &self.cfg.cgroup_root,
-            &self.cfg.cgroup_parent,
-            shares,
-        ) {
+        let shares = self.admission.gateway.available().cpu.max(1) * 1024 / 1000;
+        if let Err(e) = self
+            .host
+            .cgroups
+            .set_parent_weight(&self.cfg.cgroup_parent, shares)
+        {
             tracing::warn!("cannot weight the services' parent cgroup: {e}");
         }
         runtime::spec::write_bundle(
             &sl.bundle(),
             &self.service_spec(&manifest, &rec.image_digest, rec.priority),
         )?;
-        let attach = match tokio::task::block_in_place(|| self.attach_for(&rec)) {
+        let attach = match crate::host::blocking(|| self.attach_for(&rec)) {
             Ok(attach) => attach,
             Err(e) => {
                 let reason = format!("cannot start `{name}`: {e}");
@@ -444,44 +410,32 @@ impl Agent {
         // container to adopt instead of assuming there is none.
         self.store()
             .update(name, None, |r| r.state = RunState::Starting)?;
-        let mut helper = tokio::process::Command::new(&self.cfg.shg_binary);
-        helper
-            .arg("runtime")
-            .arg("create")
-            .arg(name)
-            .arg("--state-root")
-            .arg(self.layout.containers())
-            .arg("--bundle")
-            .arg(sl.bundle())
-            .arg("--log-dir")
-            .arg(sl.logs())
-            .arg("--status-file")
-            .arg(sl.status());
-        if let Some(attach) = &attach {
-            helper.arg("--net").arg(attach.to_arg());
-        }
-        let output = helper
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| AgentError::Internal(format!("cannot run the runtime helper: {e}")))?;
-        let pid = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse::<i32>()
-            .ok();
-        let Some(pid) = pid.filter(|_| output.status.success()) else {
-            let why = String::from_utf8_lossy(&output.stderr).trim().to_string();
-            let reason = format!("cannot start `{name}`: {why}");
-            self.store()
-                .update(name, Some(Note::new("start-failed", reason.clone())), |r| {
-                    r.state = RunState::Failed;
-                    r.pid = None;
-                    r.reason = Some(reason.clone());
-                })?;
-            return Err(AgentError::StartFailed(reason));
+        let create = Create {
+            name: name.to_string(),
+            bundle: sl.bundle(),
+            log_dir: sl.logs(),
+            status_file: sl.status(),
+            attach,
         };
-        let pid_start = process::start_time(&self.cfg.proc_root, pid);
-        tokio::task::block_in_place(|| self.shape_service(&rec));
+        let pid = match self.host.containers.create(&create).await {
+            Ok(pid) => pid,
+            Err(CreateError::Helper(e)) => return Err(AgentError::Helper(e)),
+            Err(CreateError::Refused(why)) => {
+                let reason = format!("cannot start `{name}`: {why}");
+                self.store().update(
+                    name,
+                    Some(Note::new("start-failed", reason.clone())),
+                    |r| {
+                        r.state = RunState::Failed;
+                        r.pid = None;
+                        r.reason = Some(reason.clone());
+                    },
+                )?;
+                return Err(AgentError::StartFailed(reason));
+            }
+        };
+        let pid_start = self.host.containers.start_time(pid);
+        crate::host::blocking(|| self.shape_service(&rec));
         let has_health = manifest.health.is_some();
         let rec = self.store().update(
             name,
@@ -512,15 +466,15 @@ impl Agent {
         let agent = self.clone();
         let owned = name.to_string();
         tokio::spawn(async move {
-            match PidFd::open(pid) {
-                Ok(fd) => fd.exited().await,
+            match agent.host.containers.open(pid) {
+                Ok(process) => process.exited().await,
                 // Already gone.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                 // No pidfd (descriptor limit, old kernel): watch /proc instead. A failure to
                 // watch must never pass for an exit.
                 Err(e) => {
                     tracing::warn!(service = %owned, "no pidfd ({e}); polling /proc instead");
-                    while runtime::process::is_alive(&agent.cfg.proc_root, pid) {
+                    while agent.host.containers.is_alive(pid) {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                 }
@@ -537,7 +491,7 @@ impl Agent {
     pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
         // Reap first, whatever the record says: an init that is no longer the service's (a
         // start raced a stop) must not stay a zombie.
-        pidfd::reap(pid);
+        self.host.containers.reap(pid);
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let Some(rec) = self.store().find(name)? else {
@@ -552,10 +506,10 @@ impl Agent {
         // Read from the cgroup, so before the container (and its cgroup) is deleted.
         let ooms = self.report_final_ooms(name, pid, limit);
         // Deleting the container also removes its cgroup; it never forks.
-        if let Err(e) = runtime::container::remove_stale(name, &self.layout.containers()) {
+        if let Err(e) = self.host.containers.delete(name) {
             tracing::warn!(service = %name, "cannot delete the container: {e}");
         }
-        tokio::task::block_in_place(|| self.unshape_service(&rec));
+        crate::host::blocking(|| self.unshape_service(&rec));
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);
         if ooms > 0 && status.as_ref().is_some_and(|s| s.signal == Some(9)) {
@@ -707,16 +661,7 @@ impl Agent {
             let lock = self.lock_of(name);
             let _guard = lock.lock().await;
             let rec = self.store().get(name)?;
-            if matches!(rec.phase, Phase::Installing | Phase::Updating) {
-                return Err(AgentError::Conflict(format!(
-                    "`{name}` is being {}; wait for that to finish",
-                    if rec.phase == Phase::Installing {
-                        "installed"
-                    } else {
-                        "updated"
-                    }
-                )));
-            }
+            refuse_while_changing(&rec)?;
             let Some(pid) = rec.pid else {
                 let note = match &cause {
                     Some(c) => c.note(),
@@ -745,7 +690,7 @@ impl Agent {
             })?;
             // Signals go through a pidfd checked against the recorded start time, so a PID
             // reused by another process is never signalled.
-            let fd = PidFd::open_verified(&self.cfg.proc_root, pid, rec.pid_start);
+            let fd = self.host.containers.open_verified(pid, rec.pid_start);
             if let Some(fd) = &fd {
                 fd.signal(Signal::SIGTERM);
             }
@@ -753,7 +698,7 @@ impl Agent {
         };
         if let Some(fd) = fd {
             let timeout = manifest_of(&self.store().get(name)?)?.run.stop_timeout;
-            self.end_process(name, pid, &fd, timeout).await?;
+            self.end_process(name, pid, &*fd, timeout).await?;
         }
         self.on_exit(name, pid).await?;
         Ok(summary(&self.store().get(name)?))
@@ -765,7 +710,7 @@ impl Agent {
         &self,
         name: &str,
         pid: i32,
-        fd: &PidFd,
+        fd: &dyn Process,
         timeout: Duration,
     ) -> Result<(), AgentError> {
         if self.gone(fd, pid, timeout).await {
@@ -793,17 +738,17 @@ impl Agent {
 
     /// Whether `pid` ends within `timeout`: its pidfd turns readable, or /proc shows it gone
     /// or a zombie (checked too, so a missed wake-up cannot pass for a live process).
-    async fn gone(&self, fd: &PidFd, pid: i32, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
+    async fn gone(&self, fd: &dyn Process, pid: i32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if tokio::time::timeout(Duration::from_millis(100), fd.exited())
                 .await
                 .is_ok()
-                || !process::is_alive(&self.cfg.proc_root, pid)
+                || !self.host.containers.is_alive(pid)
             {
                 return true;
             }
-            if std::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline {
                 return false;
             }
         }
@@ -836,17 +781,29 @@ impl Agent {
             let manifest = manifest_of(&rec)?;
             let shares = runtime::spec::cpu_shares(manifest.resources.cpu.reserve, priority);
             let oom = runtime::spec::oom_score_adj(priority);
-            if let Err(e) = runtime::cgroup::apply_priority(
-                &self.cfg.cgroup_root,
-                &self.cfg.cgroup_parent,
-                name,
-                shares,
-                oom,
-            ) {
+            if let Err(e) = self.apply_priority(name, shares, oom) {
                 tracing::warn!(service = %name, "priority recorded, applied at next start: {e}");
             }
         }
         Ok(summary(&rec))
+    }
+
+    /// Sets the CPU weight of the running service's cgroup and the OOM score of each of its
+    /// processes.
+    fn apply_priority(&self, name: &str, shares: u64, oom_score_adj: i32) -> std::io::Result<()> {
+        let parent = &self.cfg.cgroup_parent;
+        self.host.cgroups.set_weight(parent, name, shares)?;
+        for pid in self.host.cgroups.procs(parent, name)? {
+            // A process may exit meanwhile; that is fine.
+            let _ = std::fs::write(
+                self.cfg
+                    .proc_root
+                    .join(pid.to_string())
+                    .join("oom_score_adj"),
+                oom_score_adj.to_string(),
+            );
+        }
+        Ok(())
     }
 
     /// `shg restart`.
@@ -860,8 +817,9 @@ impl Agent {
     pub async fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
         // Uploads and unpacked-but-unregistered installs of a dead agent are garbage (a root
         // it mounted to check a command first comes off).
-        for mount in runtime::volume::mounts_below(&self.layout.tmp()).unwrap_or_default() {
-            let _ = runtime::overlay::unmount(&mount);
+        let mounts = &self.host.mounts;
+        for mount in mounts.mounts_below(&self.layout.tmp()).unwrap_or_default() {
+            let _ = mounts.unmount_root(&mount);
         }
         if let Ok(entries) = std::fs::read_dir(self.layout.tmp()) {
             for entry in entries.flatten() {
@@ -881,7 +839,7 @@ impl Agent {
         }
         // The bridge, rules and hosts files before any service starts; running services
         // keep their veths and get their classes back when adopted.
-        if let Err(e) = tokio::task::block_in_place(|| self.refresh_network()) {
+        if let Err(e) = crate::host::blocking(|| self.refresh_network()) {
             tracing::error!("cannot set up the service network: {e}");
         }
         let records = self.store().list()?;
@@ -902,5 +860,546 @@ impl Agent {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Start, stop, exit handling, restarts and recovery, on the fake host: what `shg ps`,
+    //! `shg events` and `shg capacity` would show.
+
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nix::sys::signal::Signal;
+    use state::{Desired, RunState, ServiceRecord};
+
+    use crate::host::fake::Bench;
+    use crate::{Agent, AgentError, InstallOptions, Principal};
+
+    /// Half a core, 256 MiB and 64 MiB of storage; restarted when it fails.
+    const ON_FAILURE: &str = "[resources]\ncpu = { reserve = 0.5 }\n\
+        memory = { reserve = \"256MiB\" }\nstorage = { reserve = \"64MiB\" }\n\
+        [restart]\npolicy = \"on-failure\"\n";
+
+    const MIB: u64 = 1 << 20;
+
+    /// Installs `name` from a fresh package as the operator, unsigned, started or not.
+    async fn install(bench: &Bench, agent: &Arc<Agent>, name: &str, extra: &str, start: bool) {
+        let package = bench.package(name, "1.0.0", extra);
+        let opts = InstallOptions {
+            start,
+            allow_unsigned: true,
+            ..InstallOptions::default()
+        };
+        agent
+            .install(&Principal::Operator, &package, &opts)
+            .await
+            .unwrap();
+    }
+
+    /// The record of `name` once `done` holds for it (the paused clock runs on meanwhile).
+    async fn until(
+        agent: &Agent,
+        name: &str,
+        what: &str,
+        done: impl Fn(&ServiceRecord) -> bool,
+    ) -> ServiceRecord {
+        for _ in 0..20_000 {
+            if let Some(rec) = agent.store().find(name).unwrap() {
+                if done(&rec) {
+                    return rec;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "`{name}` never got {what}: {:?}",
+            agent.store().find(name).unwrap()
+        );
+    }
+
+    /// The kinds of `name`'s journal entries, oldest first.
+    fn journal(agent: &Agent, name: &str) -> Vec<String> {
+        let events = agent.store().events(0, Some(name), 1000).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    /// What `shg ps` shows as the state of `name`.
+    fn shown(agent: &Agent, name: &str) -> String {
+        let list = agent.list(&Principal::Operator).unwrap();
+        list.into_iter().find(|s| s.name == name).unwrap().state
+    }
+
+    /// Memory and storage reserved on the gateway, in MiB.
+    fn reserved(agent: &Agent) -> (u64, u64) {
+        let view = agent.capacity().unwrap();
+        let mib = |key: &str| view.reserved[key].as_u64().unwrap() / MIB;
+        (mib("memory"), mib("storage"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_installed_and_started_service_runs_and_holds_its_reservation() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+
+        let rec = agent.store().get("web").unwrap();
+        assert_eq!(rec.pid, bench.containers.pid("web"));
+        assert_eq!(rec.pid_start, bench.containers.start_of(rec.pid.unwrap()));
+        assert_eq!(shown(&agent, "web"), "running");
+        assert_eq!(
+            journal(&agent, "web"),
+            ["installing", "installed", "started"]
+        );
+        assert_eq!(reserved(&agent), (256, 64));
+        // The command was checked in a mount of its own, gone again; the volume and the
+        // release's root are mounted for the run.
+        assert_eq!(
+            bench.mounts.verbs(),
+            [
+                "mount overlay",
+                "unmount root",
+                "create volume",
+                "mount volume",
+                "mount root"
+            ]
+        );
+        let services = bench.state_dir().join("services");
+        assert_eq!(bench.mounts.mounted_below(&services).len(), 2);
+        assert!(bench
+            .mounts
+            .mounted_below(&bench.state_dir().join("tmp"))
+            .is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_is_restarted_after_a_back_off_and_a_clean_exit_is_not() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+        let first = bench.containers.pid("web").unwrap();
+
+        bench.containers.exit(first, 3);
+        let waiting = until(&agent, "web", "backoff", |r| r.state == RunState::Backoff).await;
+        assert_eq!(waiting.exit_code, Some(3));
+        let reason = waiting.reason.unwrap();
+        assert!(
+            reason.starts_with("it exited with code 3 after")
+                && reason.ends_with("restarting in 0.5s (failure 1 in a row)"),
+            "{reason}"
+        );
+        assert_eq!(
+            reserved(&agent),
+            (256, 64),
+            "a service waiting to restart keeps its reservation"
+        );
+
+        let again = until(&agent, "web", "restarted", |r| r.pid.is_some()).await;
+        assert_ne!(again.pid, Some(first));
+        assert_eq!(again.restarts, 1);
+        assert_eq!(shown(&agent, "web"), "running");
+        assert_eq!(bench.containers.created(), ["web", "web"]);
+        assert_eq!(
+            bench.containers.deleted(),
+            ["web"],
+            "the ended container is deleted"
+        );
+
+        bench.containers.exit(again.pid.unwrap(), 0);
+        let done = until(&agent, "web", "exited", |r| r.state == RunState::Exited).await;
+        assert_eq!(
+            done.reason.as_deref(),
+            Some("it exited with code 0; restart policy `on-failure` leaves it stopped")
+        );
+        assert_eq!(done.desired, Desired::Running);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            bench.containers.created().len(),
+            2,
+            "no restart after success"
+        );
+        assert_eq!(
+            journal(&agent, "web"),
+            [
+                "installing",
+                "installed",
+                "started",
+                "exited",
+                "restarting",
+                "started",
+                "exited"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_a_row_become_a_crash_loop_with_a_growing_delay() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let always = ON_FAILURE.replace("on-failure", "always");
+        install(&bench, &agent, "web", &always, true).await;
+        let mut delays = Vec::new();
+        for failure in 1..=5u32 {
+            let pid = bench.containers.pid("web").unwrap();
+            bench.containers.exit(pid, 0);
+            let rec = until(&agent, "web", "its exit handled", |r| r.failures == failure).await;
+            delays.push(
+                rec.reason
+                    .unwrap()
+                    .split("restarting in ")
+                    .nth(1)
+                    .unwrap()
+                    .to_string(),
+            );
+            if failure < 5 {
+                until(&agent, "web", "restarted", |r| r.pid.is_some()).await;
+            } else {
+                assert_eq!(rec.state, RunState::CrashLoop);
+                assert_eq!(shown(&agent, "web"), "crash-loop");
+            }
+        }
+        let delays: Vec<&str> = delays
+            .iter()
+            .map(|d| d.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(delays, ["0.5s", "1.0s", "2.0s", "4.0s", "8.0s"]);
+        let journal = journal(&agent, "web");
+        assert_eq!(journal.iter().filter(|k| *k == "crash-loop").count(), 1);
+        // A crash loop keeps trying.
+        until(&agent, "web", "restarted once more", |r| r.pid.is_some()).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_sends_sigterm_and_gives_the_reservation_back_but_the_storage() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+        let pid = bench.containers.pid("web").unwrap();
+
+        let summary = agent.stop("web").await.unwrap();
+        assert_eq!(summary.state, "stopped");
+        assert_eq!(summary.desired, "stopped");
+        assert_eq!(bench.containers.signals(), [(pid, Signal::SIGTERM)]);
+        assert_eq!(reserved(&agent), (0, 64), "the data volume stays");
+        let journal = journal(&agent, "web");
+        assert_eq!(journal[journal.len() - 2..], ["stopping", "stopped"]);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(
+            bench.containers.created().len(),
+            1,
+            "a stop is not a failure"
+        );
+
+        // Started again, it must fit again, and does.
+        let summary = agent.start("web").await.unwrap();
+        assert_eq!(summary.state, "running");
+        assert_eq!(reserved(&agent), (256, 64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_ignores_sigterm_is_killed_after_its_stop_timeout() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        bench.containers.ignore_sigterm();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+        let pid = bench.containers.pid("web").unwrap();
+
+        let started = tokio::time::Instant::now();
+        let summary = agent.stop("web").await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "its stop_timeout"
+        );
+        assert_eq!(summary.state, "stopped");
+        assert_eq!(
+            bench.containers.signals(),
+            [(pid, Signal::SIGTERM), (pid, Signal::SIGKILL)]
+        );
+        let rec = agent.store().get("web").unwrap();
+        assert!(rec.pid.is_none());
+        let events = agent.store().events(0, Some("web"), 100).unwrap();
+        let killed = events.iter().find(|e| e.kind == "killed").unwrap();
+        assert_eq!(
+            killed.message,
+            "`web` did not stop within 2s of SIGTERM; sending SIGKILL"
+        );
+        assert!(events
+            .last()
+            .unwrap()
+            .message
+            .contains("was killed (SIGKILL)"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_that_does_not_fit_is_refused_until_the_household_makes_room() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let big = ON_FAILURE.replace("256MiB", "600MiB");
+        install(&bench, &agent, "vod", &big, true).await;
+        install(&bench, &agent, "camera", &big, false).await;
+        assert_eq!(reserved(&agent), (600, 128));
+
+        let err = agent.start("camera").await.unwrap_err();
+        let AgentError::Refused(refusal) = &err else {
+            panic!("not refused: {err}");
+        };
+        assert!(err.to_string().contains("memory"), "{err}");
+        assert!(refusal.to_string().contains("vod"), "{refusal}");
+        assert_eq!(
+            journal(&agent, "camera").last().unwrap(),
+            "admission-refused"
+        );
+        assert_eq!(shown(&agent, "camera"), "created");
+        assert_eq!(
+            bench.containers.created(),
+            ["vod"],
+            "a refusal starts nothing"
+        );
+
+        let vod = bench.containers.pid("vod").unwrap();
+        let summary = agent
+            .start_making_room("camera", &["vod".to_string()])
+            .await
+            .unwrap();
+        assert_eq!(summary.state, "running");
+        assert_eq!(bench.containers.signals(), [(vod, Signal::SIGTERM)]);
+        let stopped = agent.store().get("vod").unwrap();
+        assert_eq!(stopped.desired, Desired::Stopped);
+        assert!(stopped
+            .reason
+            .unwrap()
+            .contains("was stopped to make room for `camera`"));
+        assert_eq!(reserved(&agent), (600, 128));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_container_the_runtime_cannot_start_leaves_the_service_failed_with_its_words() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, false).await;
+        bench
+            .containers
+            .refuse_next("cannot set up its network: no bridge");
+
+        let err = agent.start("web").await.unwrap_err();
+        assert!(matches!(err, AgentError::StartFailed(_)), "{err}");
+        let rec = agent.store().get("web").unwrap();
+        assert_eq!(rec.state, RunState::Failed);
+        assert_eq!(
+            rec.reason.as_deref(),
+            Some("cannot start `web`: cannot set up its network: no bridge")
+        );
+        assert_eq!(journal(&agent, "web").last().unwrap(), "start-failed");
+        // Still wanted running: it holds its reservation until stopped.
+        assert_eq!(reserved(&agent), (256, 64));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_by_the_oom_killer_is_journaled_from_the_cgroup_before_it_goes() {
+        let bench = Bench::new();
+        // The service's cgroup on a v2 host, as the kernel leaves it after one OOM kill.
+        let parent = crate::Config::new(bench.state_dir()).unwrap().cgroup_parent;
+        let root = bench.dir.path().join("cgroup");
+        let cgroup = root.join(parent).join("web");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(cgroup.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        let agent = bench.open();
+        assert_eq!(agent.host.cgroups.version(), "v2");
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+
+        let pid = bench.containers.pid("web").unwrap();
+        bench.containers.killed(pid, 9);
+        let rec = until(&agent, "web", "backoff", |r| r.state == RunState::Backoff).await;
+        assert!(rec
+            .reason
+            .unwrap()
+            .starts_with("it was killed (SIGKILL) by the kernel: out of memory after"),);
+        let events = agent.store().events(0, Some("web"), 100).unwrap();
+        let oom = events.iter().find(|e| e.kind == "oom-killed").unwrap();
+        assert_eq!(
+            oom.message,
+            "the kernel killed a process of `web` for lack of memory: it reached the memory it may use"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_priority_reaches_the_running_service_at_once() {
+        let bench = Bench::new();
+        let parent = crate::Config::new(bench.state_dir()).unwrap().cgroup_parent;
+        let root = bench.dir.path().join("cgroup");
+        let cgroup = root.join(&parent).join("web");
+        std::fs::create_dir_all(&cgroup).unwrap();
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::write(root.join(&parent).join("cpu.weight"), "100\n").unwrap();
+        std::fs::write(cgroup.join("cpu.weight"), "100\n").unwrap();
+        let agent = bench.open();
+        install(&bench, &agent, "web", ON_FAILURE, true).await;
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        // At every start the services' parent is weighted by the 2 cores they may reserve.
+        let two_cores = usage::shares_to_weight(2 * 1024).to_string();
+        assert_eq!(read(&root.join(&parent).join("cpu.weight")), two_cores);
+
+        let pid = bench.containers.pid("web").unwrap();
+        std::fs::write(cgroup.join("cgroup.procs"), format!("{pid}\n")).unwrap();
+        let proc_dir = bench.dir.path().join("proc").join(pid.to_string());
+        std::fs::create_dir_all(&proc_dir).unwrap();
+
+        let summary = agent.set_priority("web", 100).await.unwrap();
+        assert_eq!(summary.priority, 100);
+        let shares = runtime::spec::cpu_shares(0.5, 100);
+        assert_eq!(
+            read(&cgroup.join("cpu.weight")),
+            usage::shares_to_weight(shares).to_string()
+        );
+        assert_eq!(
+            read(&proc_dir.join("oom_score_adj")),
+            runtime::spec::oom_score_adj(100).to_string()
+        );
+        assert_eq!(journal(&agent, "web").last().unwrap(), "priority");
+    }
+
+    /// A runtime of its own for each agent of a recovery test: dropping it ends every task
+    /// of that agent, as the agent's death would.
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    }
+
+    /// Installs and starts `web` with an agent that then dies; returns its init's PID.
+    fn left_by_a_dead_agent(bench: &Bench) -> i32 {
+        let before = runtime();
+        before.block_on(async {
+            let agent = bench.open();
+            install(bench, &agent, "web", ON_FAILURE, true).await;
+        });
+        drop(before);
+        bench.containers.pid("web").unwrap()
+    }
+
+    #[test]
+    fn a_service_that_kept_running_is_adopted_and_watched_again() {
+        let bench = Bench::new();
+        let pid = left_by_a_dead_agent(&bench);
+        runtime().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            assert_eq!(journal(&agent, "web").last().unwrap(), "adopted");
+            let rec = agent.store().get("web").unwrap();
+            assert_eq!((rec.pid, rec.state), (Some(pid), RunState::Running));
+            assert_eq!(
+                bench.containers.created().len(),
+                1,
+                "adopted, not restarted"
+            );
+
+            // The new agent watches it: its failure is handled by the restart policy.
+            bench.containers.exit(pid, 1);
+            let again = until(&agent, "web", "restarted", |r| {
+                r.pid.is_some() && r.pid != Some(pid)
+            })
+            .await;
+            assert_eq!(again.restarts, 1);
+        });
+    }
+
+    #[test]
+    fn a_service_that_ended_while_the_agent_was_down_follows_its_restart_policy() {
+        let bench = Bench::new();
+        let pid = left_by_a_dead_agent(&bench);
+        bench.containers.exit(pid, 2);
+        runtime().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            let journal = journal(&agent, "web");
+            assert!(!journal.contains(&"adopted".to_string()), "{journal:?}");
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            assert_eq!(events.last().unwrap().message, "`web` exited with code 2");
+            let again = until(&agent, "web", "restarted", |r| r.pid.is_some()).await;
+            assert_ne!(again.pid, Some(pid));
+            assert_eq!(bench.containers.created().len(), 2);
+        });
+    }
+
+    #[test]
+    fn a_pid_whose_start_time_differs_is_not_adopted() {
+        let bench = Bench::new();
+        let pid = left_by_a_dead_agent(&bench);
+        runtime().block_on(async {
+            let agent = bench.open();
+            // As if the init had ended and another process had been given its PID.
+            agent
+                .store()
+                .update("web", None, |r| r.pid_start = Some(1))
+                .unwrap();
+            agent.recover().await.unwrap();
+            let journal = journal(&agent, "web");
+            assert!(!journal.contains(&"adopted".to_string()), "{journal:?}");
+            assert!(bench.containers.signals().is_empty(), "never signalled");
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            assert!(events
+                .iter()
+                .any(|e| e.kind == "exited" && e.message.contains("recording an exit status")));
+            let again = until(&agent, "web", "restarted", |r| r.pid.is_some()).await;
+            assert_ne!(again.pid, Some(pid));
+        });
+    }
+
+    #[test]
+    fn a_container_created_just_before_the_agent_died_is_found_and_adopted() {
+        let bench = Bench::new();
+        runtime().block_on(async {
+            let agent = bench.open();
+            install(&bench, &agent, "web", ON_FAILURE, false).await;
+        });
+        let status = bench.state_dir().join("services/web/status");
+        let (pid, start) = bench.containers.left_running("web", &status);
+        runtime().block_on(async {
+            let agent = bench.open();
+            // The start was recorded up to `starting`, not its PID.
+            agent
+                .store()
+                .update("web", None, |r| {
+                    r.desired = Desired::Running;
+                    r.state = RunState::Starting;
+                })
+                .unwrap();
+            agent.recover().await.unwrap();
+            let rec = agent.store().get("web").unwrap();
+            assert_eq!((rec.pid, rec.pid_start), (Some(pid), Some(start)));
+            assert_eq!(shown(&agent, "web"), "running");
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            assert_eq!(
+                events.last().unwrap().message,
+                format!("`web` was started just before the agent stopped; re-adopted (pid {pid})")
+            );
+            assert!(bench.containers.created().is_empty());
+        });
+    }
+
+    #[test]
+    fn a_service_that_was_to_start_is_started_by_recovery() {
+        let bench = Bench::new();
+        runtime().block_on(async {
+            let agent = bench.open();
+            install(&bench, &agent, "web", ON_FAILURE, false).await;
+            agent
+                .store()
+                .update("web", None, |r| {
+                    r.desired = Desired::Running;
+                    r.state = RunState::Backoff;
+                })
+                .unwrap();
+        });
+        runtime().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            assert_eq!(shown(&agent, "web"), "running");
+            assert_eq!(bench.containers.created(), ["web"]);
+        });
     }
 }

@@ -6,7 +6,6 @@
 //! so it is the agent that chooses, by the household's ranking, and not the kernel at random.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +20,8 @@ const THROTTLE_EVENT_EVERY: Duration = Duration::from_secs(60);
 const EVICTION_SETTLE: Duration = Duration::from_secs(10);
 
 /// The sampler's memory: the last sample of each running service and of the host.
+#[derive(Default)]
 pub(crate) struct Monitor {
-    reader: Box<dyn usage::CgroupReader>,
     inner: Mutex<Inner>,
 }
 
@@ -62,19 +61,8 @@ pub(crate) struct Eviction {
 }
 
 impl Monitor {
-    pub(crate) fn new(cgroup_root: &Path) -> Monitor {
-        Monitor {
-            reader: usage::detect(cgroup_root),
-            inner: Mutex::new(Inner::default()),
-        }
-    }
-
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn version(&self) -> &'static str {
-        self.reader.version()
     }
 
     /// The last sample of `name` if it belongs to the run whose init is `pid`.
@@ -128,10 +116,7 @@ impl Agent {
                 .retain(|name, _| running.iter().any(|r| &r.name == name));
             for rec in running {
                 let pid = rec.pid.unwrap_or_default();
-                let Ok(sample) = self
-                    .monitor
-                    .reader
-                    .sample(&self.cfg.cgroup_parent, &rec.name)
+                let Ok(sample) = self.host.cgroups.sample(&self.cfg.cgroup_parent, &rec.name)
                 else {
                     continue;
                 };
@@ -154,7 +139,7 @@ impl Agent {
                 if let Some((before, _)) = inner.host {
                     let busy = host.cpu_busy_ns.saturating_sub(before.cpu_busy_ns);
                     let total = host.cpu_total_ns.saturating_sub(before.cpu_total_ns);
-                    let cores = self.gateway.capacity.cpu;
+                    let cores = self.admission.gateway.capacity.cpu;
                     if total > 0 {
                         inner.host_cpu =
                             Some((busy as u128 * cores as u128 / total as u128) as u64);
@@ -175,8 +160,8 @@ impl Agent {
     /// may have reported some already).
     pub(crate) fn report_final_ooms(&self, name: &str, pid: i32, limit: Option<u64>) -> u64 {
         let counted = self
-            .monitor
-            .reader
+            .host
+            .cgroups
             .sample(&self.cfg.cgroup_parent, name)
             .ok()
             .and_then(|s| s.oom_kills)
@@ -199,7 +184,7 @@ impl Agent {
         {
             return None;
         }
-        let allowed = self.gateway.available().memory;
+        let allowed = self.admission.gateway.available().memory;
         let used: u64 = inner
             .services
             .values()

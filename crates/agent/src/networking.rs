@@ -1,22 +1,38 @@
 //! The agent's side of service networking (crate `network` does the work): which installed
-//! services are on the network and where, published-port admission, and the hooks the
-//! lifecycle calls at install, start, exit and removal.
+//! services are on the network and where, and the hooks the lifecycle calls at install,
+//! start, exit and removal. (Published ports are admitted with the rest, in `capacity`.)
 //!
 //! The nftables table and the hosts files follow the *installed* services (addresses are
 //! fixed from install to removal); veths and HTB classes follow the *running* ones.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use network::{Member, Network};
 use state::{Phase, ServiceRecord};
 
-use crate::auth::Principal;
 use crate::lifecycle::manifest_of;
 use crate::{Agent, AgentError};
 
-fn net_error(e: network::NetError) -> AgentError {
-    AgentError::Internal(format!("service networking: {e}"))
+/// The services' network, and what guards it.
+pub(crate) struct Networking {
+    /// `None` when `[network] enabled = false`.
+    pub(crate) network: Option<Network>,
+    /// One network change at a time (two first starts would both make the bridge).
+    pub(crate) lock: Mutex<()>,
+    /// The last reading of the services' traffic counters.
+    pub(crate) traffic: Mutex<TrafficMeter>,
+}
+
+impl Networking {
+    pub(crate) fn new(network: Option<Network>) -> Networking {
+        Networking {
+            network,
+            lock: Mutex::new(()),
+            traffic: Mutex::new(TrafficMeter::default()),
+        }
+    }
 }
 
 /// A service's bandwidth as HTB sees it.
@@ -43,76 +59,25 @@ impl Agent {
 
     /// The address of a service, when the gateway gives services a network.
     pub(crate) fn address_of(&self, rec: &ServiceRecord) -> Option<String> {
-        let net = self.net.as_ref()?;
+        let net = self.net.network.as_ref()?;
         Some(net.cfg.address(rec.slot?).to_string())
-    }
-
-    /// Refuses a manifest whose published ports the gateway keeps or another installed
-    /// service publishes on the same side. `who` sees a rival provider's service unnamed.
-    pub(crate) fn check_ports(
-        &self,
-        who: &Principal,
-        manifest: &manifest::Manifest,
-    ) -> Result<(), AgentError> {
-        let Some(net) = &self.net else {
-            return Ok(());
-        };
-        let mut reserved = net.cfg.reserved_ports.clone();
-        if let Some(port) = self.cfg.api_port {
-            reserved.push(port);
-        }
-        let records = self.store().list()?;
-        let others: Vec<Member> = records
-            .iter()
-            // An update republishes the service's own ports.
-            .filter(|r| r.name != manifest.name)
-            .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot.unwrap_or(0))))
-            .collect();
-        let Some(conflict) =
-            network::plan::port_conflict(&Member::new(manifest, 0), &others, &reserved)
-        else {
-            return Ok(());
-        };
-        let Some(holder) = &conflict.holder else {
-            return Err(AgentError::Conflict(format!(
-                "cannot install `{}`: {conflict}",
-                manifest.name
-            )));
-        };
-        let rival = match who {
-            Principal::Provider(caller) => records
-                .iter()
-                .any(|r| r.name == *holder && r.provider != *caller),
-            _ => false,
-        };
-        let shown = if rival {
-            "another provider's service".to_string()
-        } else {
-            format!("`{holder}`")
-        };
-        let message = format!(
-            "cannot install `{}`: {}",
-            manifest.name,
-            conflict.message(Some(&shown))
-        );
-        Err(AgentError::Conflict(message))
     }
 
     /// Brings the network in line with the installed services: the bridge and shaping
     /// devices, the firewall and NAT rules, every service's hosts file. With no service
     /// left, takes it all away. Blocking.
     pub(crate) fn refresh_network(&self) -> Result<(), AgentError> {
-        let Some(net) = &self.net else {
+        let Some(net) = &self.net.network else {
             return Ok(());
         };
-        let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.net.lock.lock().unwrap_or_else(|p| p.into_inner());
         let members = self.members()?;
         if members.is_empty() {
             net.teardown();
             return Ok(());
         }
-        net.ensure_base().map_err(net_error)?;
-        net.apply_rules(&members).map_err(net_error)?;
+        net.ensure_base().map_err(AgentError::Network)?;
+        net.apply_rules(&members).map_err(AgentError::Network)?;
         for m in &members {
             self.write_net_files(net, m, &members)?;
         }
@@ -144,7 +109,7 @@ impl Agent {
 
     /// The files bound into the service's /etc.
     pub(crate) fn etc_files(&self, name: &str) -> Vec<(String, PathBuf)> {
-        if self.net.is_none() {
+        if self.net.network.is_none() {
             return Vec::new();
         }
         let dir = self.layout.service(name).net();
@@ -159,7 +124,7 @@ impl Agent {
         &self,
         rec: &ServiceRecord,
     ) -> Result<Option<runtime::net::Attach>, AgentError> {
-        let Some(net) = &self.net else {
+        let Some(net) = &self.net.network else {
             return Ok(None);
         };
         let slot = rec.slot.ok_or_else(|| {
@@ -170,7 +135,7 @@ impl Agent {
         })?;
         // Installs, removals and recovery keep the bridge, rules and /etc files current; a
         // start only rebuilds them when the bridge went away behind the agent's back.
-        if !network::ops::link_exists(&net.names.bridge()) {
+        if !net.link_exists(&net.names.bridge()) {
             self.refresh_network()?;
         }
         Ok(Some(runtime::net::Attach {
@@ -184,14 +149,14 @@ impl Agent {
 
     /// Gives a running service its bandwidth classes. Blocking.
     pub(crate) fn shape_service(&self, rec: &ServiceRecord) {
-        let (Some(net), Some(slot)) = (&self.net, rec.slot) else {
+        let (Some(net), Some(slot)) = (&self.net.network, rec.slot) else {
             return;
         };
         let Ok(manifest) = manifest_of(rec) else {
             return;
         };
         let shaped = {
-            let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _one_at_a_time = self.net.lock.lock().unwrap_or_else(|p| p.into_inner());
             net.shape(slot, &shape_of(&manifest))
         };
         if let Err(e) = shaped {
@@ -208,8 +173,8 @@ impl Agent {
 
     /// Takes a stopped service's classes and veth away. Blocking.
     pub(crate) fn unshape_service(&self, rec: &ServiceRecord) {
-        if let (Some(net), Some(slot)) = (&self.net, rec.slot) {
-            let _one_at_a_time = self.net_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some(net), Some(slot)) = (&self.net.network, rec.slot) {
+            let _one_at_a_time = self.net.lock.lock().unwrap_or_else(|p| p.into_inner());
             net.unshape(slot);
         }
     }
@@ -280,11 +245,11 @@ impl Agent {
     /// Every HTB class's traffic now, by class minor (a service's slot; 1 for the link);
     /// empty without networking. Blocking (two `tc` runs).
     pub(crate) fn traffic(&self) -> HashMap<u32, ClassTraffic> {
-        let Some(net) = &self.net else {
+        let Some(net) = &self.net.network else {
             return HashMap::new();
         };
         let bytes = net.class_bytes();
-        let mut meter = self.traffic.lock().unwrap_or_else(|p| p.into_inner());
+        let mut meter = self.net.traffic.lock().unwrap_or_else(|p| p.into_inner());
         meter.update(std::time::Instant::now(), bytes)
     }
 }

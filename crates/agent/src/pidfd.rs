@@ -32,19 +32,6 @@ impl PidFd {
         Ok(PidFd(registered.map_err(|e| e.into_parts().1)?))
     }
 
-    /// Opens a pidfd for `pid` only if it is still the process that started at `start`
-    /// (clock ticks since boot); the check comes after the open, so the descriptor cannot
-    /// name a later process that reused the PID.
-    pub fn open_verified(
-        proc_root: &std::path::Path,
-        pid: i32,
-        start: Option<u64>,
-    ) -> Option<PidFd> {
-        let fd = PidFd::open(pid).ok()?;
-        let same = start.is_some() && runtime::process::start_time(proc_root, pid) == start;
-        same.then_some(fd)
-    }
-
     /// Resolves when the process has exited (a zombie counts as exited).
     pub async fn exited(&self) {
         // A pidfd turns readable once, at exit, and stays so.

@@ -23,7 +23,7 @@ impl Agent {
                 let staging = self
                     .layout
                     .tmp()
-                    .join(format!("catalog-{}", crate::install::unique()));
+                    .join(format!("catalog-{}", crate::layout::unique()));
                 let opened = image::open(&e.path(), &staging);
                 let _ = std::fs::remove_dir_all(&staging);
                 let m = manifest::parse(&opened.ok()?.manifest_toml, "shg-service.toml").ok()?;

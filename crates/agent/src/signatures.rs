@@ -115,11 +115,9 @@ impl Agent {
         ) {
             Ok(key) => Ok(Some(key)),
             // A forged or broken signature is refused even in development.
-            Err(e @ trust::TrustError::BadSignature { .. }) => {
-                Err(AgentError::Untrusted(e.to_string()))
-            }
+            Err(e @ trust::TrustError::BadSignature { .. }) => Err(AgentError::Signature(e)),
             Err(_) if allow_unsigned => Ok(None),
-            Err(e) => Err(AgentError::Untrusted(e.to_string())),
+            Err(e) => Err(AgentError::Signature(e)),
         }
     }
 }
@@ -141,10 +139,16 @@ impl Agent {
         let datastore = self.layout.root.join("catalog");
         let catalog = catalog::Catalog::load(&cfg.metadata, &cfg.targets, &cfg.root, &datastore)
             .await
-            .map_err(|e| AgentError::Untrusted(format!("the gateway's catalog refused: {e}")))?;
+            .map_err(|source| AgentError::Catalog {
+                loading: true,
+                source,
+            })?;
         let entry = catalog
             .admit(&manifest.name, &manifest.version, &package.digest)
-            .map_err(|e| AgentError::Untrusted(e.to_string()))?;
+            .map_err(|source| AgentError::Catalog {
+                loading: false,
+                source,
+            })?;
         if entry.provider != manifest.provider {
             return Err(AgentError::Untrusted(format!(
                 "the catalog lists `{}` {} under provider `{}`, but the package is provider `{}`'s; the two must agree",

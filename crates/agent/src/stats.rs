@@ -44,11 +44,11 @@ impl Agent {
             .sum();
         let reserved = capacity::reserved(&records);
         let totals = |r: Resource, used: Option<u64>| ResourceTotals {
-            capacity: self.gateway.capacity.get(r),
-            system_reserve: self.gateway.system_reserve.get(r),
+            capacity: self.admission.gateway.capacity.get(r),
+            system_reserve: self.admission.gateway.system_reserve.get(r),
             reserved: reserved.get(r),
             used,
-            free: self.gateway.available().sub(&reserved).get(r),
+            free: self.admission.gateway.available().sub(&reserved).get(r),
         };
         let gateway = GatewayUse {
             cpu: totals(Resource::Cpu, host_cpu),
@@ -62,7 +62,7 @@ impl Agent {
         };
         Ok(StatsView {
             sampled_at_ms,
-            cgroups: self.monitor.version().to_string(),
+            cgroups: self.host.cgroups.version().to_string(),
             gateway: matches!(who, Principal::Operator | Principal::Home).then_some(gateway),
             services,
         })

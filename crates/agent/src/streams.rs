@@ -104,7 +104,7 @@ impl Agent {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| AgentError::Internal(format!("cannot run the runtime helper: {e}")))?;
+            .map_err(AgentError::Helper)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
         let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take())
         else {

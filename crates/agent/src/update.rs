@@ -20,8 +20,7 @@ use state::{now_ms, Desired, Health, Note, Phase, RunState};
 
 use crate::auth::{Principal, ServiceAction};
 use crate::capacity::Check;
-use crate::lifecycle::manifest_of;
-use crate::pidfd::PidFd;
+use crate::lifecycle::{manifest_of, refuse_while_changing};
 use crate::{Agent, AgentError};
 
 /// How long a new release must stay up (and become healthy, when it has a check) before the
@@ -50,7 +49,7 @@ impl Agent {
         let staging = self
             .layout
             .tmp()
-            .join(format!("update-{}", crate::install::unique()));
+            .join(format!("update-{}", crate::layout::unique()));
         let result = self
             .update_from(who, name, upload, &staging, allow_unsigned, window, source)
             .await;
@@ -73,10 +72,10 @@ impl Agent {
         let (up, st) = (upload.to_path_buf(), staging.to_path_buf());
         let package = tokio::task::spawn_blocking(move || image::open(&up, &st))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))?
-            .map_err(|e| AgentError::BadPackage(e.to_string()))?;
+            .map_err(AgentError::Task)?
+            .map_err(AgentError::Image)?;
         let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(|e| AgentError::BadManifest(e.to_string()))?;
+            .map_err(AgentError::Manifest)?;
         if manifest.name != name {
             return Err(AgentError::BadPackage(format!(
                 "the package is `{}`, not `{name}`: an update keeps the service's name; install `{}` as a service of its own",
@@ -115,7 +114,7 @@ impl Agent {
         {
             // The new reservation with the service's own given back; from here until the
             // switch the record holds the larger of both.
-            let _admission = self.admission_lock.lock().await;
+            let _admission = self.admission.lock.lock().await;
             self.admit(&manifest, rec.priority, Check::Volume, true)?;
             if rec.desired == Desired::Running {
                 self.admit(&manifest, rec.priority, Check::Run, true)?;
@@ -141,7 +140,7 @@ impl Agent {
         let (m, p) = (manifest.clone(), package.clone());
         let prepared = tokio::task::spawn_blocking(move || agent.prepare_release(&m, &p))
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
+            .map_err(AgentError::Task)
             .and_then(|r| r);
         if let Err(e) = prepared {
             self.abandon_update(name, &format!("preparing it failed: {e}"))?;
@@ -189,9 +188,15 @@ impl Agent {
                     "`{name}` has no previous release to go back to: it was not updated since its install"
                 )));
             };
-            let manifest = manifest::parse(&previous.manifest, "shg-service.toml")
-                .map_err(|e| AgentError::Internal(format!("previous manifest of `{name}`: {e}")))?;
-            let _admission = self.admission_lock.lock().await;
+            let manifest =
+                manifest::parse(&previous.manifest, "shg-service.toml").map_err(|source| {
+                    AgentError::StoredManifest {
+                        which: "previous",
+                        name: name.to_string(),
+                        source,
+                    }
+                })?;
+            let _admission = self.admission.lock.lock().await;
             if admit {
                 self.admit(&manifest, rec.priority, Check::Volume, true)?;
                 if rec.desired == Desired::Running {
@@ -226,44 +231,16 @@ impl Agent {
 
     fn ready_for_switch(&self, rec: &state::ServiceRecord) -> Result<(), AgentError> {
         let name = &rec.name;
+        refuse_while_changing(rec)?;
         match rec.phase {
-            Phase::Installed if rec.state == RunState::Stopping => Err(AgentError::Conflict(
-                format!("`{name}` is stopping; try again once `shg ps` shows it stopped"),
-            )),
-            Phase::Installed => Ok(()),
-            Phase::Updating => Err(AgentError::Conflict(format!(
-                "`{name}` is being updated; wait for that to finish"
+            Phase::Removing => Err(AgentError::Conflict(format!(
+                "`{name}` is being removed; wait for that to finish"
             ))),
-            Phase::Installing | Phase::Removing => Err(AgentError::Conflict(format!(
-                "`{name}` is being installed or removed; wait for that to finish"
+            _ if rec.state == RunState::Stopping => Err(AgentError::Conflict(format!(
+                "`{name}` is stopping; try again once `shg ps` shows it stopped"
             ))),
+            _ => Ok(()),
         }
-    }
-
-    /// Unpacks a release into `services/NAME/releases/HEX` (through a partial directory and a
-    /// rename), unless it is there already (a release kept for rollback).
-    fn prepare_release(
-        &self,
-        manifest: &manifest::Manifest,
-        package: &image::Package,
-    ) -> Result<(), AgentError> {
-        let sl = self.layout.service(&manifest.name);
-        let dest = sl.release(&package.digest);
-        if dest.exists() {
-            return Ok(());
-        }
-        let partial = self.layout.tmp().join(format!(
-            "{}-{}.release",
-            manifest.name,
-            crate::layout::release_id(&package.digest)
-        ));
-        let _ = std::fs::remove_dir_all(&partial);
-        if let Err(e) = self.unpack_release(manifest, package, &partial) {
-            let _ = std::fs::remove_dir_all(&partial);
-            return Err(e);
-        }
-        std::fs::create_dir_all(sl.releases()).map_err(|e| AgentError::io(&sl.releases(), e))?;
-        std::fs::rename(&partial, &dest).map_err(|e| AgentError::io(&dest, e))
     }
 
     /// The update in progress did not switch: the service stays on its current release.
@@ -330,7 +307,7 @@ impl Agent {
         let agent = self.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || agent.refresh_network())
             .await
-            .map_err(|e| AgentError::Internal(e.to_string()))
+            .map_err(AgentError::Task)
             .and_then(|r| r)
         {
             tracing::warn!(service = %name, "network refresh after the switch failed: {e}");
@@ -361,43 +338,16 @@ impl Agent {
             };
             self.store()
                 .update(name, None, |r| r.state = RunState::Stopping)?;
-            let fd = PidFd::open_verified(&self.cfg.proc_root, pid, rec.pid_start);
+            let fd = self.host.containers.open_verified(pid, rec.pid_start);
             if let Some(fd) = &fd {
                 fd.signal(Signal::SIGTERM);
             }
             (pid, fd, manifest_of(&rec)?.run.stop_timeout)
         };
         if let Some(fd) = fd {
-            self.end_process(name, pid, &fd, timeout).await?;
+            self.end_process(name, pid, &*fd, timeout).await?;
         }
         self.on_exit(name, pid).await
-    }
-
-    /// Deletes the release directories the record no longer names (current, previous and an
-    /// update's next are kept).
-    pub(crate) fn prune_releases(&self, name: &str) {
-        let Ok(Some(rec)) = self.store().find(name) else {
-            return;
-        };
-        let keep: Vec<String> = std::iter::once(rec.image_digest.as_str())
-            .chain(rec.previous.iter().map(|p| p.image_digest.as_str()))
-            .chain(rec.next.iter().map(|n| n.image_digest.as_str()))
-            .map(crate::layout::release_id)
-            .collect();
-        let releases = self.layout.service(name).releases();
-        let Ok(entries) = std::fs::read_dir(&releases) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let id = entry.file_name().to_string_lossy().into_owned();
-            if !keep.contains(&id) {
-                let _ = runtime::overlay::unmount(&entry.path().join("rootfs"));
-                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                    tracing::warn!(service = %name, "cannot delete release {id}: {e}");
-                }
-            }
-        }
-        self.collect_layers();
     }
 
     /// Watches a freshly switched release until its health window closes.
@@ -488,5 +438,140 @@ impl Agent {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Updates and rollbacks on the fake host: which release runs, what is kept on disk, and
+    //! the health window's own rollback.
+
+    use std::time::Duration;
+
+    use nix::sys::signal::Signal;
+    use state::RunState;
+
+    use crate::host::fake::Bench;
+    use crate::{Agent, InstallOptions, Principal};
+
+    const SMALL: &str = "[resources]\nmemory = { reserve = \"64MiB\" }\n\
+        storage = { reserve = \"32MiB\" }\n[restart]\npolicy = \"on-failure\"\n";
+
+    fn journal(agent: &Agent, name: &str) -> Vec<String> {
+        let events = agent.store().events(0, Some(name), 1000).unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    fn releases(bench: &Bench) -> usize {
+        let dir = bench.state_dir().join("services/web/releases");
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    /// `web` 1.0.0 installed and running, and the package of 2.0.0.
+    async fn running_v1(bench: &Bench) -> (std::sync::Arc<Agent>, std::path::PathBuf) {
+        let agent = bench.open();
+        let opts = InstallOptions {
+            start: true,
+            allow_unsigned: true,
+            ..InstallOptions::default()
+        };
+        let v1 = bench.package("web", "1.0.0", SMALL);
+        agent
+            .install(&Principal::Operator, &v1, &opts)
+            .await
+            .unwrap();
+        (agent, bench.package("web", "2.0.0", SMALL))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_switches_releases_keeps_the_previous_and_rolls_back_by_hand() {
+        let bench = Bench::new();
+        let (agent, v2) = running_v1(&bench).await;
+        let old = bench.containers.pid("web").unwrap();
+
+        // The window is judged on the wall clock, which the paused test clock does not move:
+        // a short one.
+        let window = Duration::from_millis(30);
+        let detail = agent
+            .update(&Principal::Operator, "web", &v2, true, window, None)
+            .await
+            .unwrap();
+        assert_eq!(detail.summary.version, "2.0.0");
+        assert_eq!(detail.summary.state, "running");
+        assert_eq!(detail.previous_version.as_deref(), Some("1.0.0"));
+        assert_eq!(bench.containers.signals(), [(old, Signal::SIGTERM)]);
+        assert_ne!(bench.containers.pid("web"), Some(old));
+        assert_eq!(releases(&bench), 2, "the current and the previous release");
+
+        for _ in 0..1000 {
+            if journal(&agent, "web").last().unwrap() == "update-done" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(journal(&agent, "web").last().unwrap(), "update-done");
+        assert!(agent
+            .store()
+            .get("web")
+            .unwrap()
+            .probation_until_ms
+            .is_none());
+
+        let detail = agent.rollback("web").await.unwrap();
+        assert_eq!(detail.summary.version, "1.0.0");
+        assert_eq!(detail.summary.state, "running");
+        assert_eq!(detail.previous_version.as_deref(), Some("2.0.0"));
+        assert_eq!(releases(&bench), 2);
+        let journal = journal(&agent, "web");
+        for kind in [
+            "updating",
+            "updated",
+            "update-done",
+            "rolling-back",
+            "rolled-back",
+        ] {
+            assert!(journal.contains(&kind.to_string()), "{kind}: {journal:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_release_that_fails_in_its_health_window_is_rolled_back_by_the_agent() {
+        let bench = Bench::new();
+        let (agent, v2) = running_v1(&bench).await;
+        agent
+            .update(
+                &Principal::Operator,
+                "web",
+                &v2,
+                true,
+                Duration::from_secs(30),
+                None,
+            )
+            .await
+            .unwrap();
+        let new = bench.containers.pid("web").unwrap();
+        bench.containers.exit(new, 1);
+
+        for _ in 0..1000 {
+            let rec = agent.store().get("web").unwrap();
+            if rec.version == "1.0.0" && rec.state == RunState::Running {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rec = agent.store().get("web").unwrap();
+        assert_eq!(
+            (rec.version.as_str(), rec.state),
+            ("1.0.0", RunState::Running)
+        );
+        let events = agent.store().events(0, Some("web"), 100).unwrap();
+        let back = events.iter().find(|e| e.kind == "rolled-back").unwrap();
+        assert!(
+            back.message
+                .contains("by itself: version 2.0.0 failed within its health window"),
+            "{}",
+            back.message
+        );
     }
 }

@@ -41,9 +41,17 @@ pub fn problem(e: AgentError) -> Problem {
         AgentError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
         AgentError::NoToken(_) | AgentError::NoTrust(_) => StatusCode::NOT_FOUND,
+        AgentError::Image(_) | AgentError::Manifest(_) => StatusCode::BAD_REQUEST,
+        AgentError::Signature(_) | AgentError::Catalog { .. } => StatusCode::FORBIDDEN,
         AgentError::Io { .. }
         | AgentError::Store(_)
         | AgentError::Runtime(_)
+        | AgentError::StoredManifest { .. }
+        | AgentError::Layers(_)
+        | AgentError::Helper(_)
+        | AgentError::Network(_)
+        | AgentError::Task(_)
+        | AgentError::Credential(_)
         | AgentError::Internal(_) => {
             return Problem::internal("the gateway agent", &e);
         }
@@ -51,9 +59,11 @@ pub fn problem(e: AgentError) -> Problem {
     let code = match &e {
         AgentError::NotFound(_) | AgentError::NoToken(_) | AgentError::NoTrust(_) => "not-found",
         AgentError::Exists(_) | AgentError::Conflict(_) => "conflict",
-        AgentError::BadPackage(_) => "bad-package",
-        AgentError::Untrusted(_) => "untrusted-package",
-        AgentError::BadManifest(_) => "bad-manifest",
+        AgentError::BadPackage(_) | AgentError::Image(_) => "bad-package",
+        AgentError::Untrusted(_) | AgentError::Signature(_) | AgentError::Catalog { .. } => {
+            "untrusted-package"
+        }
+        AgentError::BadManifest(_) | AgentError::Manifest(_) => "bad-manifest",
         AgentError::BadRequest(_) => "bad-request",
         AgentError::Busy(_) => "unavailable",
         AgentError::Refused(_) => "admission-refused",
@@ -62,6 +72,12 @@ pub fn problem(e: AgentError) -> Problem {
         AgentError::Io { .. }
         | AgentError::Store(_)
         | AgentError::Runtime(_)
+        | AgentError::StoredManifest { .. }
+        | AgentError::Layers(_)
+        | AgentError::Helper(_)
+        | AgentError::Network(_)
+        | AgentError::Task(_)
+        | AgentError::Credential(_)
         | AgentError::Internal(_) => "internal",
     };
     let detail = match &e {
@@ -172,7 +188,7 @@ async fn stats(
     check(&who, GatewayAction::Read)?;
     let stats = tokio::task::spawn_blocking(move || agent.stats(&who))
         .await
-        .map_err(AgentError::internal)??;
+        .map_err(AgentError::Task)??;
     Ok(Json(stats))
 }
 
@@ -183,7 +199,7 @@ async fn metrics(
     check(&who, GatewayAction::Read)?;
     let text = tokio::task::spawn_blocking(move || agent.metrics(&who))
         .await
-        .map_err(AgentError::internal)??;
+        .map_err(AgentError::Task)??;
     Ok((
         [(
             header::CONTENT_TYPE,

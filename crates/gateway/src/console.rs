@@ -76,7 +76,7 @@ async fn catalog(
 ) -> Result<Json<Vec<api::ShelfEntry>>, ApiError> {
     let entries = tokio::task::spawn_blocking(move || agent.shelf(&who))
         .await
-        .map_err(AgentError::internal)??;
+        .map_err(AgentError::Task)??;
     Ok(Json(entries))
 }
 
@@ -89,7 +89,7 @@ async fn catalog_package(
 ) -> Result<Response, ApiError> {
     let path = tokio::task::spawn_blocking(move || agent.shelf_package(&who, &file))
         .await
-        .map_err(AgentError::internal)??;
+        .map_err(AgentError::Task)??;
     let bytes = tokio::fs::read(&path)
         .await
         .map_err(|e| AgentError::io(&path, e))?;

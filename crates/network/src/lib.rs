@@ -16,7 +16,8 @@
 //!   (rate = its reservation, ceil = its limit) and class `1:fffe` for the gateway's own
 //!   LAN↔WAN forwarding (rate = the operator's reserve).
 //!
-//! The pure part ([`plan`]) decides what the rules are; [`ops`] runs `ip`, `tc` and `nft`.
+//! The pure part ([`plan`]) decides what the rules are; [`ops`] runs `ip`, `tc` and `nft`
+//! through a [`command::Runner`] (a fake one in tests).
 
 pub mod config;
 pub mod ops;
@@ -29,8 +30,16 @@ pub use plan::{Member, Names};
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     /// A tool (`ip`, `tc`, `nft`) failed.
-    #[error("{what} failed: {reason}")]
-    Command { what: String, reason: String },
+    #[error(transparent)]
+    Command(#[from] command::CommandError),
+    /// A kernel setting under /proc/sys could not be written.
+    #[error("writing {value} to {path} failed: {source}")]
+    Sysctl {
+        path: String,
+        value: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// The `[network]` table of gateway.toml is wrong.
     #[error("gateway.toml [network] {field}: {reason}")]
     Config { field: String, reason: String },

@@ -1,9 +1,10 @@
 //! Making the network so: `ip`, `tc` and `nft`, run as commands (the same tools an operator
-//! uses to look at what the agent did). Every step is idempotent, so an agent restarted over
+//! uses to look at what the agent did) through a [`command::Runner`]. Every step is idempotent, so an agent restarted over
 //! a running gateway re-adopts what is there instead of failing on it.
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use command::Runner;
 
 use crate::plan::{self, Member, Names};
 use crate::{Config, NetError};
@@ -33,71 +34,12 @@ const FORWARD_CLASS: &str = "fffe";
 /// The smallest rate HTB is given (it refuses 0).
 const MIN_RATE: u64 = 8_000;
 
-fn command_text(program: &str, args: &[&str]) -> String {
-    format!("`{program} {}`", args.join(" "))
-}
-
-/// Runs `program args…`, feeding `input` on stdin; its stdout on success.
-fn run_with(program: &str, args: &[&str], input: Option<&str>) -> Result<String, NetError> {
-    let fail = |reason: String| NetError::Command {
-        what: command_text(program, args),
-        reason,
-    };
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("cannot run it: {e} (is it installed?)")))?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|e| fail(format!("cannot feed it: {e}")))?;
-    }
-    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(fail(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
-    run_with(program, args, None)
-}
-
-/// Runs a command whose failure means "already so" (deleting what is gone).
-fn run_quiet(program: &str, args: &[&str]) {
-    let _ = run(program, args);
-}
-
 fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
-    std::fs::write(path, value).map_err(|e| NetError::Command {
-        what: format!("writing {value} to {path}"),
-        reason: e.to_string(),
+    std::fs::write(path, value).map_err(|e| NetError::Sysctl {
+        path: path.to_string(),
+        value: value.to_string(),
+        source: e,
     })
-}
-
-/// Whether an interface of that name exists in this network namespace.
-pub fn link_exists(name: &str) -> bool {
-    run("ip", &["link", "show", "dev", name]).is_ok()
-}
-
-/// The interface of the default IPv4 route, if there is one.
-pub fn default_route_interface() -> Option<String> {
-    let text = run("ip", &["-j", "-4", "route", "show", "default"]).ok()?;
-    let routes: serde_json::Value = serde_json::from_str(&text).ok()?;
-    routes
-        .as_array()?
-        .iter()
-        .find_map(|r| r.get("dev")?.as_str().map(String::from))
 }
 
 fn rate(bits: u64) -> String {
@@ -116,46 +58,108 @@ fn burst(bits: u64) -> String {
     (bits / 8 / 250).max(3_200).to_string()
 }
 
-/// Makes or changes HTB class `classid` under `parent` on `dev`: `rate` guaranteed, up to
-/// `ceil`, with a quantum and bursts in proportion.
-fn htb_class(
-    dev: &str,
-    parent: &str,
-    classid: &str,
-    rate_bits: u64,
-    ceil: u64,
-) -> Result<(), NetError> {
-    let (r, c) = (rate(rate_bits), rate(ceil));
-    let (quantum, burst, cburst) = (quantum(rate_bits), burst(rate_bits), burst(ceil));
-    run(
-        "tc",
-        &[
-            "class", "replace", "dev", dev, "parent", parent, "classid", classid, "htb", "rate",
-            &r, "ceil", &c, "quantum", &quantum, "burst", &burst, "cburst", &cburst,
-        ],
-    )
-    .map(|_| ())
-}
-
 /// One agent's network.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Network {
     pub cfg: Config,
     pub names: Names,
     pub link: Link,
     /// The WAN interface: configured, or the default route's when the agent started.
     wan: Option<String>,
+    /// Runs `ip`, `tc` and `nft`.
+    runner: Arc<dyn Runner>,
+}
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("cfg", &self.cfg)
+            .field("names", &self.names)
+            .field("link", &self.link)
+            .field("wan", &self.wan)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Network {
+    /// The network of the agent tagged `tag`, made with this host's tools.
     pub fn new(cfg: Config, tag: &str, link: Link) -> Network {
-        let wan = cfg.wan.clone().or_else(default_route_interface);
-        Network {
+        Network::with_runner(cfg, tag, link, Arc::new(command::System))
+    }
+
+    /// The same, with the tools run by `runner`.
+    pub fn with_runner(cfg: Config, tag: &str, link: Link, runner: Arc<dyn Runner>) -> Network {
+        let mut net = Network {
             cfg,
             names: Names::new(tag),
             link,
-            wan,
-        }
+            wan: None,
+            runner,
+        };
+        net.wan = net
+            .cfg
+            .wan
+            .clone()
+            .or_else(|| net.default_route_interface());
+        net
+    }
+
+    /// Runs `program args…`, feeding `input` on stdin; its stdout on success.
+    fn run_with(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&str>,
+    ) -> Result<String, NetError> {
+        Ok(self.runner.run(program, args, input)?)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<String, NetError> {
+        self.run_with(program, args, None)
+    }
+
+    /// Runs a command whose failure means "already so" (deleting what is gone).
+    fn run_quiet(&self, program: &str, args: &[&str]) {
+        let _ = self.run(program, args);
+    }
+
+    /// Whether an interface of that name exists in this network namespace.
+    pub fn link_exists(&self, name: &str) -> bool {
+        self.run("ip", &["link", "show", "dev", name]).is_ok()
+    }
+
+    /// The interface of the default IPv4 route, if there is one.
+    fn default_route_interface(&self) -> Option<String> {
+        let text = self
+            .run("ip", &["-j", "-4", "route", "show", "default"])
+            .ok()?;
+        let routes: serde_json::Value = serde_json::from_str(&text).ok()?;
+        routes
+            .as_array()?
+            .iter()
+            .find_map(|r| r.get("dev")?.as_str().map(String::from))
+    }
+
+    /// Makes or changes HTB class `classid` under `parent` on `dev`: `rate` guaranteed, up to
+    /// `ceil`, with a quantum and bursts in proportion.
+    fn htb_class(
+        &self,
+        dev: &str,
+        parent: &str,
+        classid: &str,
+        rate_bits: u64,
+        ceil: u64,
+    ) -> Result<(), NetError> {
+        let (r, c) = (rate(rate_bits), rate(ceil));
+        let (quantum, burst, cburst) = (quantum(rate_bits), burst(rate_bits), burst(ceil));
+        self.run(
+            "tc",
+            &[
+                "class", "replace", "dev", dev, "parent", parent, "classid", classid, "htb",
+                "rate", &r, "ceil", &c, "quantum", &quantum, "burst", &burst, "cburst", &cburst,
+            ],
+        )
+        .map(|_| ())
     }
 
     pub fn wan(&self) -> Option<&str> {
@@ -174,18 +178,18 @@ impl Network {
     /// The bridge, forwarding, and the two shaping devices. Safe to call again.
     pub fn ensure_base(&self) -> Result<(), NetError> {
         let bridge = self.names.bridge();
-        if !link_exists(&bridge) {
-            run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        if !self.link_exists(&bridge) {
+            self.run("ip", &["link", "add", &bridge, "type", "bridge"])?;
         }
         // A bridge without an address of its own takes its lowest port's, so its MAC would
         // change as services come and go, and every service's ARP entry for the gateway
         // would go stale. A fixed, locally administered one from the tag.
-        run(
+        self.run(
             "ip",
             &["link", "set", &bridge, "address", &self.names.bridge_mac()],
         )?;
         let cidr = format!("{}/24", self.cfg.gateway_address());
-        run("ip", &["addr", "replace", &cidr, "dev", &bridge])?;
+        self.run("ip", &["addr", "replace", &cidr, "dev", &bridge])?;
         // The bridge answers ARP for every service (its ports are isolated), sends no ICMP
         // redirects (that would invite services to talk past the firewall), and routes.
         for (path, value) in [
@@ -205,20 +209,20 @@ impl Network {
         ] {
             write_sysctl(&path, value)?;
         }
-        run("ip", &["link", "set", &bridge, "up"])?;
+        self.run("ip", &["link", "set", &bridge, "up"])?;
 
         let (down, up) = (self.names.ifb_down(), self.names.ifb_up());
         for (ifb, cap, forward) in [
             (&down, self.link.down, self.link.forward_down),
             (&up, self.link.up, self.link.forward_up),
         ] {
-            if !link_exists(ifb) {
-                run("ip", &["link", "add", ifb, "type", "ifb"])?;
+            if !self.link_exists(ifb) {
+                self.run("ip", &["link", "add", ifb, "type", "ifb"])?;
             }
-            run("ip", &["link", "set", ifb, "up"])?;
-            let qdiscs = run("tc", &["-j", "qdisc", "show", "dev", ifb, "root"])?;
+            self.run("ip", &["link", "set", ifb, "up"])?;
+            let qdiscs = self.run("tc", &["-j", "qdisc", "show", "dev", ifb, "root"])?;
             if !qdiscs.contains("\"htb\"") {
-                run(
+                self.run(
                     "tc",
                     &[
                         "qdisc",
@@ -234,8 +238,8 @@ impl Network {
                     ],
                 )?;
             }
-            htb_class(ifb, "1:", "1:1", cap, cap)?;
-            htb_class(
+            self.htb_class(ifb, "1:", "1:1", cap, cap)?;
+            self.htb_class(
                 ifb,
                 "1:1",
                 &format!("1:{FORWARD_CLASS}"),
@@ -243,7 +247,7 @@ impl Network {
                 cap,
             )?;
         }
-        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
+        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| self.link_exists(l)) {
             // LAN hosts' traffic through the gateway shares the link with the services: it
             // is fed to the same trees, into the forwarding class.
             self.redirect(lan, Some(LAN_PREF))?;
@@ -254,9 +258,9 @@ impl Network {
     /// Feeds what `dev` sends into the download tree and what it receives into the upload
     /// tree (a clsact qdisc with two mirred filters).
     fn redirect(&self, dev: &str, pref: Option<u32>) -> Result<(), NetError> {
-        let qdiscs = run("tc", &["-j", "qdisc", "show", "dev", dev])?;
+        let qdiscs = self.run("tc", &["-j", "qdisc", "show", "dev", dev])?;
         if !qdiscs.contains("\"clsact\"") {
-            run("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
+            self.run("tc", &["qdisc", "add", "dev", dev, "clsact"])?;
         }
         let pref = pref.map(|p| p.to_string());
         for (direction, ifb) in [
@@ -265,12 +269,15 @@ impl Network {
         ] {
             let mut args = vec!["filter", "add", "dev", dev, direction];
             if let Some(pref) = &pref {
-                run_quiet(
+                self.run_quiet(
                     "tc",
                     &["filter", "del", "dev", dev, direction, "pref", pref],
                 );
                 args.extend(["pref", pref.as_str()]);
-            } else if run("tc", &["filter", "show", "dev", dev, direction])?.contains("mirred") {
+            } else if self
+                .run("tc", &["filter", "show", "dev", dev, direction])?
+                .contains("mirred")
+            {
                 continue;
             }
             args.extend([
@@ -288,7 +295,7 @@ impl Network {
                 "dev",
                 ifb.as_str(),
             ]);
-            run("tc", &args)?;
+            self.run("tc", &args)?;
         }
         Ok(())
     }
@@ -297,7 +304,8 @@ impl Network {
     /// services), in one transaction.
     pub fn apply_rules(&self, members: &[Member]) -> Result<(), NetError> {
         let script = plan::ruleset(&self.cfg, &self.names, self.wan(), members);
-        run_with("nft", &["-f", "-"], Some(&script)).map(|_| ())
+        self.run_with("nft", &["-f", "-"], Some(&script))
+            .map(|_| ())
     }
 
     /// Gives the service in `slot` (its veth is on the bridge) its HTB classes and feeds its
@@ -324,20 +332,20 @@ impl Network {
         ] {
             let ceil = limit.unwrap_or(cap).min(cap);
             let r = reserve.min(ceil);
-            htb_class(&ifb, "1:1", &class, r, ceil)?;
+            self.htb_class(&ifb, "1:1", &class, r, ceil)?;
             // fq_codel keeps a bulk flow from queueing in front of the service's other
             // flows, where the kernel has it; HTB's default FIFO otherwise.
-            let _ = run(
+            let _ = self.run(
                 "tc",
                 &[
                     "qdisc", "replace", "dev", &ifb, "parent", &class, "fq_codel",
                 ],
             );
-            run_quiet(
+            self.run_quiet(
                 "tc",
                 &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref],
             );
-            run(
+            self.run(
                 "tc",
                 &[
                     "filter", "add", "dev", &ifb, "parent", "1:", "pref", &pref, "protocol", "ip",
@@ -353,21 +361,21 @@ impl Network {
         let class = format!("1:{slot:x}");
         let pref = slot.to_string();
         for ifb in [self.names.ifb_down(), self.names.ifb_up()] {
-            run_quiet(
+            self.run_quiet(
                 "tc",
                 &["filter", "del", "dev", &ifb, "parent", "1:", "pref", &pref],
             );
-            run_quiet("tc", &["class", "del", "dev", &ifb, "classid", &class]);
+            self.run_quiet("tc", &["class", "del", "dev", &ifb, "classid", &class]);
         }
         let host_if = self.names.host_if(slot);
-        if link_exists(&host_if) {
-            run_quiet("ip", &["link", "del", &host_if]);
+        if self.link_exists(&host_if) {
+            self.run_quiet("ip", &["link", "del", &host_if]);
         }
     }
 
     /// Removes everything the agent made: table, veths, bridge, shaping devices, LAN filters.
     pub fn teardown(&self) {
-        run_quiet("nft", &["delete", "table", "inet", &self.names.table()]);
+        self.run_quiet("nft", &["delete", "table", "inet", &self.names.table()]);
         // Services' veths too (when networking is switched off under running services).
         let veth = format!("shv{}", self.names.tag);
         let veths = self.present().into_iter().filter(|n| n.starts_with(&veth));
@@ -377,23 +385,24 @@ impl Network {
             self.names.ifb_up(),
         ];
         for dev in veths.chain(devices) {
-            if link_exists(&dev) {
-                run_quiet("ip", &["link", "del", &dev]);
+            if self.link_exists(&dev) {
+                self.run_quiet("ip", &["link", "del", &dev]);
             }
         }
-        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| link_exists(l)) {
+        if let Some(lan) = self.cfg.lan.as_deref().filter(|l| self.link_exists(l)) {
             let pref = LAN_PREF.to_string();
             for direction in ["egress", "ingress"] {
-                run_quiet(
+                self.run_quiet(
                     "tc",
                     &["filter", "del", "dev", lan, direction, "pref", &pref],
                 );
             }
             let left = ["egress", "ingress"].iter().any(|d| {
-                run("tc", &["filter", "show", "dev", lan, d]).is_ok_and(|t| !t.trim().is_empty())
+                self.run("tc", &["filter", "show", "dev", lan, d])
+                    .is_ok_and(|t| !t.trim().is_empty())
             });
             if !left {
-                run_quiet("tc", &["qdisc", "del", "dev", lan, "clsact"]);
+                self.run_quiet("tc", &["qdisc", "del", "dev", lan, "clsact"]);
             }
         }
     }
@@ -402,7 +411,7 @@ impl Network {
     /// interface names and the table.
     pub fn present(&self) -> Vec<String> {
         let mut found = Vec::new();
-        if let Ok(text) = run("ip", &["-j", "link", "show"]) {
+        if let Ok(text) = self.run("ip", &["-j", "link", "show"]) {
             let links: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             for l in links.as_array().into_iter().flatten() {
                 if let Some(name) = l.get("ifname").and_then(|n| n.as_str()) {
@@ -412,7 +421,10 @@ impl Network {
                 }
             }
         }
-        if run("nft", &["list", "table", "inet", &self.names.table()]).is_ok() {
+        if self
+            .run("nft", &["list", "table", "inet", &self.names.table()])
+            .is_ok()
+        {
             found.push(format!("nft table inet {}", self.names.table()));
         }
         found
@@ -426,7 +438,7 @@ impl Network {
             .iter()
             .enumerate()
         {
-            let Ok(text) = run("tc", &["-s", "class", "show", "dev", ifb]) else {
+            let Ok(text) = self.run("tc", &["-s", "class", "show", "dev", ifb]) else {
                 continue;
             };
             for (minor, bytes) in parse_class_bytes(&text) {
@@ -469,6 +481,147 @@ pub fn parse_class_bytes(text: &str) -> std::collections::HashMap<u32, u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use command::Recorder;
+
+    const LINK: Link = Link {
+        down: 100_000_000,
+        up: 20_000_000,
+        forward_down: 10_000_000,
+        forward_up: 2_000_000,
+    };
+
+    /// A network on a fake runner; the WAN is configured, so making it runs nothing.
+    fn network() -> (Network, Arc<Recorder>) {
+        let fake = Arc::new(Recorder::new());
+        let cfg = Config {
+            wan: Some("wan0".into()),
+            ..Config::default()
+        };
+        let net = Network::with_runner(cfg, "0000beef", LINK, fake.clone());
+        (net, fake)
+    }
+
+    #[test]
+    fn the_wan_is_the_default_routes_interface_unless_configured() {
+        let fake = Arc::new(Recorder::new());
+        fake.answer(
+            "ip -j -4 route show default",
+            r#"[{"dst":"default","gateway":"192.0.2.1","dev":"eth9"}]"#,
+        );
+        let net = Network::with_runner(Config::default(), "0000beef", LINK, fake.clone());
+        assert_eq!(net.wan(), Some("eth9"));
+        assert_eq!(fake.lines(), ["ip -j -4 route show default"]);
+        let (configured, fake) = network();
+        assert_eq!(configured.wan(), Some("wan0"));
+        assert!(fake.calls().is_empty());
+    }
+
+    #[test]
+    fn the_rules_go_to_nft_in_one_transaction() {
+        let (net, fake) = network();
+        net.apply_rules(&[]).unwrap();
+        let calls = fake.calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].line(), "nft -f -");
+        let script = calls[0].stdin.as_deref().unwrap();
+        assert_eq!(
+            script,
+            plan::ruleset(&net.cfg, &net.names, Some("wan0"), &[])
+        );
+    }
+
+    #[test]
+    fn a_service_is_shaped_on_both_trees_and_unshaped_again() {
+        let (net, fake) = network();
+        let shape = Shape {
+            down_rate: 8_000_000,
+            down_ceil: None,
+            up_rate: 1_000_000,
+            up_ceil: Some(4_000_000),
+        };
+        net.shape(3, &shape).unwrap();
+        let lines = fake.lines();
+        let classes: Vec<&String> = lines.iter().filter(|l| l.starts_with("tc class")).collect();
+        assert_eq!(classes.len(), 2, "{lines:#?}");
+        assert!(classes[0].starts_with(
+            "tc class replace dev shgd0000beef parent 1:1 classid 1:3 htb rate 8000000bit ceil 100000000bit"
+        ));
+        assert!(classes[1].starts_with(
+            "tc class replace dev shgu0000beef parent 1:1 classid 1:3 htb rate 1000000bit ceil 4000000bit"
+        ));
+        assert!(lines
+            .iter()
+            .any(|l| l.ends_with("match ip dst 10.77.0.3/32 flowid 1:3")));
+        assert!(lines
+            .iter()
+            .any(|l| l.ends_with("match ip src 10.77.0.3/32 flowid 1:3")));
+        // Its veth's traffic is fed to both trees.
+        assert!(lines
+            .iter()
+            .any(|l| l.contains("dev shv0000beef3 egress") && l.ends_with("dev shgd0000beef")));
+
+        let fake_lines_before = fake.lines().len();
+        net.unshape(3);
+        let after: Vec<String> = fake.lines().split_off(fake_lines_before);
+        assert!(after.contains(&"tc class del dev shgd0000beef classid 1:3".to_string()));
+        assert!(after.contains(&"tc class del dev shgu0000beef classid 1:3".to_string()));
+        assert!(
+            after.contains(&"ip link del shv0000beef3".to_string()),
+            "{after:#?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_tool_names_its_command_and_what_it_said() {
+        let (net, fake) = network();
+        fake.fail(
+            "tc class replace",
+            "RTNETLINK answers: No such file or directory",
+        );
+        let err = net
+            .shape(
+                3,
+                &Shape {
+                    down_rate: 1,
+                    down_ceil: None,
+                    up_rate: 1,
+                    up_ceil: None,
+                },
+            )
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("`tc class replace dev shgd0000beef parent 1:1 classid 1:3 htb")
+                && text.ends_with("failed: RTNETLINK answers: No such file or directory"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn teardown_takes_away_the_table_veths_and_devices_of_this_agent_only() {
+        let (net, fake) = network();
+        fake.answer(
+            "ip -j link show",
+            r#"[{"ifname":"lo"},{"ifname":"shgb0000beef"},{"ifname":"shv0000beef2"},{"ifname":"shv1111beef2"},{"ifname":"shgd0000beef"}]"#,
+        );
+        net.teardown();
+        let lines = fake.lines();
+        assert_eq!(lines[0], "nft delete table inet shg_0000beef");
+        for dev in [
+            "shv0000beef2",
+            "shgb0000beef",
+            "shgd0000beef",
+            "shgu0000beef",
+        ] {
+            assert!(
+                lines.contains(&format!("ip link del {dev}")),
+                "{dev}: {lines:#?}"
+            );
+        }
+        assert!(!lines
+            .iter()
+            .any(|l| l.contains("shv1111beef2") && l.contains("del")));
+    }
 
     #[test]
     fn class_bytes_come_from_tc_text() {

@@ -2,6 +2,8 @@
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
+use command::{CommandError, Runner};
+
 /// Brings `lo` up in the network namespace of `pid`. Moves the calling thread into that
 /// namespace for good: call it only from a thread (or process) that ends soon after.
 pub fn loopback_up(pid: i32) -> std::io::Result<()> {
@@ -69,79 +71,126 @@ impl Attach {
     }
 }
 
-fn ip(args: &[&str], input: Option<&str>) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("ip")
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(std::io::Error::other(format!(
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
-
 /// Sets up the network namespace of `pid`: its loopback, and with `attach` a veth to the
 /// bridge with the service's address and default route. Moves the calling thread into that
 /// namespace for good: call it only from a process that ends soon after.
 pub fn setup(pid: i32, attach: Option<&Attach>) -> std::io::Result<()> {
+    setup_with(&command::System, pid, attach)
+}
+
+/// [`setup`], with `ip` and `bridge` run by `runner`.
+pub fn setup_with(runner: &dyn Runner, pid: i32, attach: Option<&Attach>) -> std::io::Result<()> {
     if let Some(a) = attach {
-        let pid_text = pid.to_string();
-        // A veth left by a service that died with the agent down would block the name.
-        let _ = ip(&["link", "del", &a.host_if], None);
-        ip(
-            &[
-                "link", "add", &a.host_if, "type", "veth", "peer", "name", &a.peer_if, "netns",
-                &pid_text,
-            ],
-            None,
-        )?;
-        ip(&["link", "set", &a.host_if, "master", &a.bridge], None)?;
-        // Isolated before it is up: not one frame may pass between two services at layer 2.
-        let isolated = std::process::Command::new("bridge")
-            .args(["link", "set", "dev", &a.host_if, "isolated", "on"])
-            .status()?;
-        if !isolated.success() {
-            let _ = ip(&["link", "del", &a.host_if], None);
-            return Err(std::io::Error::other(format!(
-                "`bridge link set dev {} isolated on` failed",
-                a.host_if
-            )));
-        }
-        ip(&["link", "set", &a.host_if, "up"], None)?;
+        plug(runner, pid, a).map_err(std::io::Error::other)?;
     }
     loopback_up(pid)?;
     if let Some(a) = attach {
         // Now inside the service's namespace (loopback_up moved us there).
-        let script = format!(
-            "link set {peer} name eth0\naddr add {addr}/24 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
-            peer = a.peer_if,
-            addr = a.address,
-            gw = a.gateway
-        );
-        ip(&["-batch", "-"], Some(&script))?;
+        address(runner, a).map_err(std::io::Error::other)?;
     }
     Ok(())
+}
+
+/// From the host's side: a veth with one end on the bridge (isolated, then up) and the other
+/// in the namespace of `pid`.
+fn plug(runner: &dyn Runner, pid: i32, a: &Attach) -> Result<(), CommandError> {
+    let ip = |args: &[&str]| runner.run("ip", args, None).map(|_| ());
+    let pid_text = pid.to_string();
+    // A veth left by a service that died with the agent down would block the name.
+    let _ = ip(&["link", "del", &a.host_if]);
+    ip(&[
+        "link", "add", &a.host_if, "type", "veth", "peer", "name", &a.peer_if, "netns", &pid_text,
+    ])?;
+    ip(&["link", "set", &a.host_if, "master", &a.bridge])?;
+    // Isolated before it is up: not one frame may pass between two services at layer 2.
+    if let Err(e) = runner.run(
+        "bridge",
+        &["link", "set", "dev", &a.host_if, "isolated", "on"],
+        None,
+    ) {
+        let _ = ip(&["link", "del", &a.host_if]);
+        return Err(e);
+    }
+    ip(&["link", "set", &a.host_if, "up"])
+}
+
+/// From inside the service's namespace: the peer becomes `eth0`, with the service's address
+/// and the gateway as its default route, in one `ip -batch`.
+fn address(runner: &dyn Runner, a: &Attach) -> Result<(), CommandError> {
+    let script = format!(
+        "link set {peer} name eth0\naddr add {addr}/24 dev eth0\nlink set eth0 up\nroute add default via {gw}\n",
+        peer = a.peer_if,
+        addr = a.address,
+        gw = a.gateway
+    );
+    runner
+        .run("ip", &["-batch", "-"], Some(&script))
+        .map(|_| ())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use command::Recorder;
+
+    fn attach() -> Attach {
+        Attach {
+            bridge: "shgb0000beef".into(),
+            host_if: "shv0000beef3".into(),
+            peer_if: "shp0000beef3".into(),
+            address: "10.77.0.3".parse().unwrap(),
+            gateway: "10.77.0.1".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn the_veth_is_isolated_on_the_bridge_before_it_is_up() {
+        let fake = Recorder::new();
+        plug(&fake, 4242, &attach()).unwrap();
+        assert_eq!(
+            fake.lines(),
+            [
+                "ip link del shv0000beef3",
+                "ip link add shv0000beef3 type veth peer name shp0000beef3 netns 4242",
+                "ip link set shv0000beef3 master shgb0000beef",
+                "bridge link set dev shv0000beef3 isolated on",
+                "ip link set shv0000beef3 up",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_veth_that_cannot_be_isolated_is_taken_away() {
+        let fake = Recorder::new();
+        fake.fail(
+            "bridge link set",
+            "RTNETLINK answers: Operation not supported",
+        );
+        let err = plug(&fake, 4242, &attach()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`bridge link set dev shv0000beef3 isolated on` failed: RTNETLINK answers: Operation not supported"
+        );
+        let lines = fake.lines();
+        assert_eq!(lines.last().unwrap(), "ip link del shv0000beef3");
+        assert!(
+            !lines.iter().any(|l| l.ends_with(" up")),
+            "never up: {lines:#?}"
+        );
+    }
+
+    #[test]
+    fn inside_the_peer_becomes_eth0_with_the_address_and_route() {
+        let fake = Recorder::new();
+        address(&fake, &attach()).unwrap();
+        let calls = fake.calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].line(), "ip -batch -");
+        assert_eq!(
+            calls[0].stdin.as_deref(),
+            Some("link set shp0000beef3 name eth0\naddr add 10.77.0.3/24 dev eth0\nlink set eth0 up\nroute add default via 10.77.0.1\n")
+        );
+    }
 
     #[test]
     fn attach_survives_the_helper_argument() {

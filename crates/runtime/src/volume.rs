@@ -7,8 +7,8 @@
 //! reservation (up to the limit, which is the image's size) uses free host space, as any thin
 //! provisioning does.
 
+use command::Runner;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::RuntimeError;
 
@@ -24,6 +24,17 @@ pub fn size_for(reserve: u64, limit: Option<u64>) -> u64 {
 /// Makes a sparse image of `size` bytes at `image` holding an empty ext4 filesystem whose root
 /// directory belongs to `uid:gid`. No blocks are reserved for root: the cap is the cap.
 pub fn create(image: &Path, size: u64, uid: u32, gid: u32) -> Result<(), RuntimeError> {
+    create_with(&command::System, image, size, uid, gid)
+}
+
+/// [`create`], with `mkfs.ext4` run by `runner`.
+pub fn create_with(
+    runner: &dyn Runner,
+    image: &Path,
+    size: u64,
+    uid: u32,
+    gid: u32,
+) -> Result<(), RuntimeError> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -34,34 +45,54 @@ pub fn create(image: &Path, size: u64, uid: u32, gid: u32) -> Result<(), Runtime
     // Little overhead, so the service can use nearly all of its cap: no blocks kept for
     // root, no room kept for growing the filesystem, a journal of 1/64 of the size (1 to
     // 64 MiB), one inode per 16 KiB.
-    let journal_mib = (size >> 26).clamp(1, 64);
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-L", "shg-data", "-i", "16384"])
-        .args(["-O", "^resize_inode", "-J"])
-        .arg(format!("size={journal_mib}"))
-        .arg("-E")
-        .arg(format!("root_owner={uid}:{gid},nodiscard"))
-        .arg(image))
-    .map_err(|reason| RuntimeError::Volume {
-        path: image.to_path_buf(),
-        reason: format!("mkfs.ext4 failed: {reason}; is e2fsprogs installed?"),
-    })
+    let journal = format!("size={}", (size >> 26).clamp(1, 64));
+    let owner = format!("root_owner={uid}:{gid},nodiscard");
+    let path = image.to_string_lossy();
+    let args = [
+        "-q",
+        "-F",
+        "-m",
+        "0",
+        "-L",
+        "shg-data",
+        "-i",
+        "16384",
+        "-O",
+        "^resize_inode",
+        "-J",
+        &journal,
+        "-E",
+        &owner,
+        &path,
+    ];
+    runner
+        .run("mkfs.ext4", &args, None)
+        .map_err(|e| RuntimeError::Volume {
+            path: image.to_path_buf(),
+            reason: format!("mkfs.ext4 failed: {}; is e2fsprogs installed?", e.reason()),
+        })?;
+    Ok(())
 }
 
 /// Mounts `image` on `target` through a loop device (released again on unmount). Does nothing
 /// when something is already mounted there.
 pub fn mount(image: &Path, target: &Path) -> Result<(), RuntimeError> {
+    mount_with(&command::System, image, target)
+}
+
+/// [`mount`], with `mount` run by `runner`.
+pub fn mount_with(runner: &dyn Runner, image: &Path, target: &Path) -> Result<(), RuntimeError> {
     if is_mounted(target)? {
         return Ok(());
     }
-    run(Command::new("mount")
-        .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
-        .arg(image)
-        .arg(target))
-    .map_err(|reason| RuntimeError::Volume {
-        path: image.to_path_buf(),
-        reason: format!("cannot mount on {}: {reason}", target.display()),
-    })?;
+    let (from, to) = (image.to_string_lossy(), target.to_string_lossy());
+    let args = ["-t", "ext4", "-o", "loop,nosuid,nodev,noatime", &from, &to];
+    runner
+        .run("mount", &args, None)
+        .map_err(|e| RuntimeError::Volume {
+            path: image.to_path_buf(),
+            reason: format!("cannot mount on {}: {}", target.display(), e.reason()),
+        })?;
     // mkfs leaves a lost+found the service has no use for; fsck recreates it when needed.
     let _ = std::fs::remove_dir(target.join("lost+found"));
     Ok(())
@@ -136,23 +167,6 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Runs a command to completion; its stderr (or exit status) is the error.
-fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    Err(if stderr.is_empty() {
-        out.status.to_string()
-    } else {
-        stderr
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +185,59 @@ mod tests {
         );
         assert_eq!(unescape("a\\134b"), "a\\b");
         assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn the_volume_is_an_ext4_image_owned_by_the_service_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("volume.img");
+        let fake = command::Recorder::new();
+        create_with(&fake, &image, 256 << 20, 1000, 100).unwrap();
+        assert_eq!(
+            std::fs::metadata(&image).unwrap().len(),
+            256 << 20,
+            "sparse, full size"
+        );
+        assert_eq!(
+            fake.lines(),
+            [format!(
+                "mkfs.ext4 -q -F -m 0 -L shg-data -i 16384 -O ^resize_inode -J size=4 -E root_owner=1000:100,nodiscard {}",
+                image.display()
+            )]
+        );
+        // An image is made once: a second one at the same path is refused, not overwritten.
+        assert!(create_with(&fake, &image, MIN_SIZE, 0, 0).is_err());
+    }
+
+    #[test]
+    fn a_failed_mkfs_says_what_to_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = command::Recorder::new();
+        fake.fail("mkfs.ext4", "mkfs.ext4: not found");
+        let err = create_with(&fake, &dir.path().join("v.img"), MIN_SIZE, 0, 0).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.ends_with("mkfs.ext4 failed: mkfs.ext4: not found; is e2fsprogs installed?"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_volume_is_loop_mounted_without_devices_or_set_id_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (image, target) = (dir.path().join("v.img"), dir.path().join("data"));
+        std::fs::create_dir_all(target.join("lost+found")).unwrap();
+        let fake = command::Recorder::new();
+        mount_with(&fake, &image, &target).unwrap();
+        assert_eq!(
+            fake.lines(),
+            [format!(
+                "mount -t ext4 -o loop,nosuid,nodev,noatime {} {}",
+                image.display(),
+                target.display()
+            )]
+        );
+        assert!(!target.join("lost+found").exists());
     }
 
     #[test]

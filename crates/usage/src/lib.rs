@@ -1,5 +1,6 @@
 //! Resource usage of the agent's services, read from their cgroups (v1 or v2 behind one
-//! [`CgroupReader`]), and of the host as a whole, read from `/proc`.
+//! [`CgroupReader`]), and of the host as a whole, read from `/proc`; and the few cgroup settings
+//! the agent changes itself (CPU weights), through the same [`Cgroups`], detected once.
 //!
 //! The agent samples every service once a second, so reading must stay well under 1% of one core
 //! for 50 services: each file is read once into a per-thread buffer that is reused from sample to
@@ -79,9 +80,58 @@ pub trait CgroupReader: Send + Sync {
     fn version(&self) -> &'static str;
 }
 
+/// A host's cgroups as the agent uses them: what services use ([`CgroupReader`]), and the CPU
+/// weights it gives them while they run. One implementation per layout ([`V1`], [`V2`]), picked
+/// once by [`detect`], so no call probes the layout again.
+///
+/// Weights are given as v1 `cpu.shares` (1024 = one core); v2 writes them as `cpu.weight`
+/// ([`shares_to_weight`]). Names are checked as for [`CgroupReader::sample`].
+pub trait Cgroups: CgroupReader {
+    /// Gives the parent cgroup of all services the CPU weight of `shares`, creating it in the
+    /// v1 cpu hierarchy if needed: the services as a whole then compete with the host's other
+    /// cgroups in proportion to the cores they may reserve, and a reservation holds even when
+    /// something outside SHG spins. Does nothing where the host has no such file (a v2 parent
+    /// whose cpu controller is not enabled yet, a v1 host without the cpu controller).
+    fn set_parent_weight(&self, parent: &str, shares: u64) -> io::Result<()>;
+
+    /// Sets the CPU weight of a running service's cgroup. `Err(NotFound)` when the service has
+    /// no cpu cgroup (it is not running, or the controller is not enabled for it).
+    fn set_weight(&self, parent: &str, name: &str, shares: u64) -> io::Result<()>;
+
+    /// The processes in a service's cgroup (`cgroup.procs` of its cpu cgroup).
+    fn procs(&self, parent: &str, name: &str) -> io::Result<Vec<i32>>;
+
+    /// Removes the parent cgroup in every hierarchy, once no service uses it: `rmdir` fails
+    /// harmlessly while any child cgroup exists, and so does this, silently.
+    fn remove_parent(&self, parent: &str);
+}
+
+/// v1 shares (2..=262144) to v2 weight (1..=10000), as the OCI runtimes convert them.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+/// Reads `cgroup.procs` in `dir`: one PID a line.
+fn read_procs(dir: &Path) -> io::Result<Vec<i32>> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// The error of a write to a service whose cpu cgroup is not there.
+fn no_cpu_cgroup(root: &Path, parent: &str, name: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!(
+            "no cpu cgroup `{parent}/{name}` under {}: the service is not running, or the cpu \
+             controller is not enabled for it",
+            root.display()
+        ),
+    )
+}
+
 /// Picks [`V2`] when `root/cgroup.controllers` exists (a pure v2 mount at `root`), else [`V1`]
 /// (a v1 or hybrid layout, whose v2 part has no controllers worth reading).
-pub fn detect(root: &Path) -> Box<dyn CgroupReader> {
+pub fn detect(root: &Path) -> Box<dyn Cgroups> {
     if root.join("cgroup.controllers").exists() {
         Box::new(V2::new(root))
     } else {
@@ -174,6 +224,17 @@ mod tests {
             let err = check_names(parent, name).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{parent}/{name}");
         }
+    }
+
+    #[test]
+    fn weight_conversion_keeps_the_ends() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(
+            shares_to_weight(0),
+            1,
+            "below the range is the least weight"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::scratch::{self, Scratch};
-use crate::{check_names, parse, CgroupReader, CgroupSample};
+use crate::{check_names, no_cpu_cgroup, parse, read_procs, CgroupReader, CgroupSample, Cgroups};
 
 /// Reads one controller's files of the service's cgroup into the sample.
 type ReadController = fn(&mut Scratch, &mut CgroupSample);
@@ -13,6 +13,7 @@ type ReadController = fn(&mut Scratch, &mut CgroupSample);
 /// `root/pids` and `root/blkio`, each holding the service's cgroup at `<parent>/<name>`.
 #[derive(Debug, Clone)]
 pub struct V1 {
+    root: PathBuf,
     memory: Option<PathBuf>,
     cpu: Option<PathBuf>,
     cpuacct: Option<PathBuf>,
@@ -34,6 +35,7 @@ impl V1 {
                 .find(|d| d.is_dir())
         };
         Self {
+            root: root.to_path_buf(),
             memory: find(&["memory"]),
             cpu: find(&["cpu", "cpu,cpuacct", "cpuacct,cpu"]),
             cpuacct: find(&["cpuacct", "cpu,cpuacct", "cpuacct,cpu"]),
@@ -80,6 +82,52 @@ impl CgroupReader for V1 {
 
     fn version(&self) -> &'static str {
         "v1"
+    }
+}
+
+impl V1 {
+    /// The service's cgroup in the cpu hierarchy, if it has one there.
+    fn cpu_cgroup(&self, parent: &str, name: &str) -> io::Result<PathBuf> {
+        check_names(parent, name)?;
+        self.cpu
+            .as_ref()
+            .map(|cpu| cpu.join(parent).join(name))
+            .filter(|dir| dir.join("cpu.shares").exists())
+            .ok_or_else(|| no_cpu_cgroup(&self.root, parent, name))
+    }
+}
+
+impl Cgroups for V1 {
+    fn set_parent_weight(&self, parent: &str, shares: u64) -> io::Result<()> {
+        check_names(parent, "weight")?;
+        let Some(cpu) = self.cpu.as_ref().filter(|c| c.join("cpu.shares").exists()) else {
+            return Ok(());
+        };
+        let dir = cpu.join(parent);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("cpu.shares"), shares.clamp(2, 262_144).to_string())
+    }
+
+    fn set_weight(&self, parent: &str, name: &str, shares: u64) -> io::Result<()> {
+        let dir = self.cpu_cgroup(parent, name)?;
+        std::fs::write(dir.join("cpu.shares"), shares.to_string())
+    }
+
+    fn procs(&self, parent: &str, name: &str) -> io::Result<Vec<i32>> {
+        read_procs(&self.cpu_cgroup(parent, name)?)
+    }
+
+    fn remove_parent(&self, parent: &str) {
+        if check_names(parent, "parent").is_err() {
+            return;
+        }
+        // The runtime makes the parent in every hierarchy mounted, not only those read here.
+        let Ok(hierarchies) = std::fs::read_dir(&self.root) else {
+            return;
+        };
+        for hierarchy in hierarchies.flatten() {
+            let _ = std::fs::remove_dir(hierarchy.path().join(parent));
+        }
     }
 }
 
@@ -208,6 +256,57 @@ mod tests {
             io_read_bytes: Some(8_388_608),
             io_write_bytes: Some(4096),
         }
+    }
+
+    #[test]
+    fn weights_land_in_the_cpu_hierarchy() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "cpu,cpuacct/cpu.shares", "1024\n");
+        write(root.path(), "cpu,cpuacct/shg/camera/cpu.shares", "1024\n");
+        write(
+            root.path(),
+            "cpu,cpuacct/shg/camera/cgroup.procs",
+            "41\n42\n",
+        );
+        let cgroups = V1::new(root.path());
+        cgroups.set_weight("shg", "camera", 512).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(read("cpu,cpuacct/shg/camera/cpu.shares"), "512");
+        assert_eq!(cgroups.procs("shg", "camera").unwrap(), [41, 42]);
+        // The parent gets its weight, clamped to what the kernel takes.
+        cgroups.set_parent_weight("shg", 1_000_000).unwrap();
+        assert_eq!(read("cpu,cpuacct/shg/cpu.shares"), "262144");
+        // A service that is not running has no cgroup to weight.
+        let err = cgroups.set_weight("shg", "ghost", 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("shg/ghost"), "{err}");
+    }
+
+    #[test]
+    fn the_parent_is_made_in_the_cpu_hierarchy_and_removed_from_all() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "cpu/cpu.shares", "1024\n");
+        std::fs::create_dir_all(root.path().join("memory/shg")).unwrap();
+        std::fs::create_dir_all(root.path().join("freezer/shg")).unwrap();
+        let cgroups = V1::new(root.path());
+        cgroups.set_parent_weight("shg", 1792).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("cpu/shg/cpu.shares")).unwrap(),
+            "1792"
+        );
+        // On cgroupfs the control files go with the directory; in this fake tree they are
+        // plain files, which rmdir would refuse.
+        std::fs::remove_file(root.path().join("cpu/shg/cpu.shares")).unwrap();
+        cgroups.remove_parent("shg");
+        for hierarchy in ["cpu", "memory", "freezer"] {
+            assert!(
+                !root.path().join(hierarchy).join("shg").exists(),
+                "{hierarchy}"
+            );
+        }
+        // Without the cpu controller there is nothing to weight: not an error.
+        let bare = tempfile::tempdir().unwrap();
+        V1::new(bare.path()).set_parent_weight("shg", 1792).unwrap();
     }
 
     #[test]

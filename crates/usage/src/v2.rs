@@ -4,7 +4,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::scratch::{self, Scratch};
-use crate::{check_names, parse, CgroupReader, CgroupSample};
+use crate::{
+    check_names, no_cpu_cgroup, parse, read_procs, shares_to_weight, CgroupReader, CgroupSample,
+    Cgroups,
+};
 
 /// Reads cgroup v2: the service's cgroup is `root/<parent>/<name>`.
 ///
@@ -41,6 +44,37 @@ impl CgroupReader for V2 {
 
     fn version(&self) -> &'static str {
         "v2"
+    }
+}
+
+impl Cgroups for V2 {
+    fn set_parent_weight(&self, parent: &str, shares: u64) -> io::Result<()> {
+        check_names(parent, "weight")?;
+        let file = self.root.join(parent).join("cpu.weight");
+        if file.exists() {
+            std::fs::write(file, shares_to_weight(shares).to_string())?;
+        }
+        Ok(())
+    }
+
+    fn set_weight(&self, parent: &str, name: &str, shares: u64) -> io::Result<()> {
+        check_names(parent, name)?;
+        let file = self.root.join(parent).join(name).join("cpu.weight");
+        if !file.exists() {
+            return Err(no_cpu_cgroup(&self.root, parent, name));
+        }
+        std::fs::write(file, shares_to_weight(shares).to_string())
+    }
+
+    fn procs(&self, parent: &str, name: &str) -> io::Result<Vec<i32>> {
+        check_names(parent, name)?;
+        read_procs(&self.root.join(parent).join(name))
+    }
+
+    fn remove_parent(&self, parent: &str) {
+        if check_names(parent, "parent").is_ok() {
+            let _ = std::fs::remove_dir(self.root.join(parent));
+        }
     }
 }
 
@@ -128,6 +162,40 @@ mod tests {
         write(&cgroup, "pids.current", "3\n");
         write(&cgroup, "pids.max", "64\n");
         write(&cgroup, "io.stat", IO_STAT);
+    }
+
+    #[test]
+    fn weights_are_written_as_cpu_weight() {
+        let root = tempfile::tempdir().unwrap();
+        full_tree(root.path());
+        write(root.path(), "shg/cpu.weight", "100\n");
+        write(root.path(), "shg/camera/cpu.weight", "100\n");
+        write(root.path(), "shg/camera/cgroup.procs", "7\n");
+        let cgroups = crate::detect(root.path());
+        assert_eq!(cgroups.version(), "v2");
+        cgroups.set_weight("shg", "camera", 1024).unwrap();
+        cgroups.set_parent_weight("shg", 1792).unwrap();
+        let read = |p: &str| std::fs::read_to_string(root.path().join(p)).unwrap();
+        assert_eq!(
+            read("shg/camera/cpu.weight"),
+            shares_to_weight(1024).to_string()
+        );
+        assert_eq!(read("shg/cpu.weight"), shares_to_weight(1792).to_string());
+        assert_eq!(cgroups.procs("shg", "camera").unwrap(), [7]);
+        let err = cgroups.set_weight("shg", "ghost", 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_parent_without_the_cpu_controller_is_left_alone_and_removed_when_empty() {
+        let root = tempfile::tempdir().unwrap();
+        write(root.path(), "cgroup.controllers", "cpu io memory pids\n");
+        std::fs::create_dir_all(root.path().join("shg")).unwrap();
+        let cgroups = crate::detect(root.path());
+        cgroups.set_parent_weight("shg", 1792).unwrap();
+        assert!(!root.path().join("shg/cpu.weight").exists());
+        cgroups.remove_parent("shg");
+        assert!(!root.path().join("shg").exists());
     }
 
     #[test]

@@ -1,0 +1,305 @@
+//! The agent's seams to the host, each behind a small trait: the container runtime and the
+//! processes it starts ([`Containers`]), the mounts of roots and data volumes ([`Mounts`]),
+//! the cgroups ([`usage::Cgroups`], v1 or v2 detected once) and the command-line tools
+//! ([`command::Runner`]). [`Host::system`] is the real host; the agent's unit tests run
+//! install, start, exit handling and recovery on fakes (`host::fake`), without root.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use nix::sys::signal::Signal;
+use runtime::RuntimeError;
+
+use crate::pidfd::{self, PidFd};
+use crate::{AgentError, Config, Layout};
+
+/// A future the traits return (they are used as trait objects).
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the runtime helper needs to create and start a service's container.
+#[derive(Debug, Clone)]
+pub(crate) struct Create {
+    pub name: String,
+    /// The OCI bundle, written just before.
+    pub bundle: PathBuf,
+    pub log_dir: PathBuf,
+    /// Where the init writes the exit status.
+    pub status_file: PathBuf,
+    /// The service's place on the bridge, when the gateway gives services a network.
+    pub attach: Option<runtime::net::Attach>,
+}
+
+/// Why a container was not created.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CreateError {
+    /// The runtime helper itself could not be run.
+    #[error("cannot run the runtime helper: {0}")]
+    Helper(#[source] io::Error),
+    /// The helper ran and said why the container did not start (its stderr).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The container runtime and the processes it starts.
+pub(crate) trait Containers: Send + Sync {
+    /// Creates and starts the container through the runtime helper (the agent never forks
+    /// from its own process); returns its init's PID.
+    fn create<'a>(&'a self, req: &'a Create) -> BoxFuture<'a, Result<i32, CreateError>>;
+
+    /// The init PID libcontainer recorded for the container of `name`, if it has one.
+    fn pid_of(&self, name: &str) -> Option<i32>;
+
+    /// Deletes the container of `name` (killing what is left of it) and its cgroup; nothing
+    /// to do when there is none. Never forks.
+    fn delete(&self, name: &str) -> Result<(), RuntimeError>;
+
+    /// Whether `pid` is alive and not a zombie.
+    fn is_alive(&self, pid: i32) -> bool;
+
+    /// The start time of `pid`, which tells it from a later process that reused the PID.
+    fn start_time(&self, pid: i32) -> Option<u64>;
+
+    /// A handle on the process `pid` now is; fails (ESRCH) when there is none.
+    fn open(&self, pid: i32) -> io::Result<Box<dyn Process>>;
+
+    /// Reaps `pid` if it is the agent's child; harmless when it is not.
+    fn reap(&self, pid: i32);
+
+    /// A handle on `pid` only if it is still the process that started at `start`; the check
+    /// comes after the open, so the handle cannot name a later process that reused the PID.
+    fn open_verified(&self, pid: i32, start: Option<u64>) -> Option<Box<dyn Process>> {
+        let process = self.open(pid).ok()?;
+        let same = start.is_some() && self.start_time(pid) == start;
+        same.then_some(process)
+    }
+}
+
+/// One process, held so that signals never reach a later one with the same PID.
+pub(crate) trait Process: Send + Sync {
+    fn signal(&self, signal: Signal);
+
+    /// Resolves when the process has exited (a zombie counts as exited).
+    fn exited(&self) -> BoxFuture<'_, ()>;
+}
+
+/// The mounts of release roots and data volumes.
+pub(crate) trait Mounts: Send + Sync {
+    /// A read-only overlay of `lowers` (base first) on the empty directory `target`.
+    fn mount_overlay(&self, lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError>;
+
+    /// The same with `upper` and `work` taking the runtime's mount points: a release's root.
+    fn mount_root(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<(), RuntimeError>;
+
+    /// Whether something is mounted on `target`.
+    fn is_mounted(&self, target: &Path) -> Result<bool, RuntimeError>;
+
+    /// Unmounts a root (detached lazily while busy); nothing to do when nothing is mounted.
+    fn unmount_root(&self, target: &Path) -> Result<(), RuntimeError>;
+
+    /// Makes a service's data volume: `image`, `size` bytes holding a filesystem whose root
+    /// is `uid:gid`'s, and `data`, its mount point, owned by them too.
+    fn create_volume(
+        &self,
+        image: &Path,
+        data: &Path,
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), AgentError>;
+
+    /// Mounts the volume `image` on `target`, unless something is mounted there already.
+    fn mount_volume(&self, image: &Path, target: &Path) -> Result<(), RuntimeError>;
+
+    /// Unmounts whatever is mounted on `target`.
+    fn unmount_volume(&self, target: &Path) -> Result<(), RuntimeError>;
+
+    /// Every mount point at or below `dir`, deepest first.
+    fn mounts_below(&self, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError>;
+}
+
+/// Everything the agent asks of the host.
+pub(crate) struct Host {
+    pub containers: Arc<dyn Containers>,
+    pub mounts: Arc<dyn Mounts>,
+    pub cgroups: Box<dyn usage::Cgroups>,
+    pub commands: Arc<dyn command::Runner>,
+}
+
+impl Host {
+    /// This host, as `cfg` describes it: its cgroup layout is detected here, once.
+    pub(crate) fn system(cfg: &Config) -> Host {
+        let commands: Arc<dyn command::Runner> = Arc::new(command::System);
+        Host {
+            containers: Arc::new(SystemContainers {
+                shg_binary: cfg.shg_binary.clone(),
+                state_root: Layout::new(&cfg.state_dir).containers(),
+                proc_root: cfg.proc_root.clone(),
+            }),
+            mounts: Arc::new(SystemMounts {
+                commands: commands.clone(),
+            }),
+            cgroups: usage::detect(&cfg.cgroup_root),
+            commands,
+        }
+    }
+}
+
+/// libcontainer through the runtime helper, pidfds and /proc.
+struct SystemContainers {
+    shg_binary: PathBuf,
+    /// libcontainer's state root, `STATE/containers`.
+    state_root: PathBuf,
+    proc_root: PathBuf,
+}
+
+impl Containers for SystemContainers {
+    fn create<'a>(&'a self, req: &'a Create) -> BoxFuture<'a, Result<i32, CreateError>> {
+        Box::pin(async move {
+            let mut helper = tokio::process::Command::new(&self.shg_binary);
+            helper
+                .arg("runtime")
+                .arg("create")
+                .arg(&req.name)
+                .arg("--state-root")
+                .arg(&self.state_root)
+                .arg("--bundle")
+                .arg(&req.bundle)
+                .arg("--log-dir")
+                .arg(&req.log_dir)
+                .arg("--status-file")
+                .arg(&req.status_file);
+            if let Some(attach) = &req.attach {
+                helper.arg("--net").arg(attach.to_arg());
+            }
+            let output = helper
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(CreateError::Helper)?;
+            let pid = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<i32>()
+                .ok();
+            match pid.filter(|_| output.status.success()) {
+                Some(pid) => Ok(pid),
+                None => Err(CreateError::Refused(
+                    String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                )),
+            }
+        })
+    }
+
+    fn pid_of(&self, name: &str) -> Option<i32> {
+        runtime::container::load(name, &self.state_root)
+            .and_then(|c| c.pid())
+            .map(|p| p.as_raw())
+    }
+
+    fn delete(&self, name: &str) -> Result<(), RuntimeError> {
+        runtime::container::remove_stale(name, &self.state_root)
+    }
+
+    fn is_alive(&self, pid: i32) -> bool {
+        runtime::process::is_alive(&self.proc_root, pid)
+    }
+
+    fn start_time(&self, pid: i32) -> Option<u64> {
+        runtime::process::start_time(&self.proc_root, pid)
+    }
+
+    fn open(&self, pid: i32) -> io::Result<Box<dyn Process>> {
+        Ok(Box::new(PidFd::open(pid)?))
+    }
+
+    fn reap(&self, pid: i32) {
+        pidfd::reap(pid);
+    }
+}
+
+impl Process for PidFd {
+    fn signal(&self, signal: Signal) {
+        PidFd::signal(self, signal);
+    }
+
+    fn exited(&self) -> BoxFuture<'_, ()> {
+        Box::pin(PidFd::exited(self))
+    }
+}
+
+/// overlayfs, loop-mounted ext4 images and /proc/self/mountinfo.
+struct SystemMounts {
+    commands: Arc<dyn command::Runner>,
+}
+
+impl Mounts for SystemMounts {
+    fn mount_overlay(&self, lowers: &[PathBuf], target: &Path) -> Result<(), RuntimeError> {
+        runtime::overlay::mount(lowers, target)
+    }
+
+    fn mount_root(
+        &self,
+        lowers: &[PathBuf],
+        upper: &Path,
+        work: &Path,
+        target: &Path,
+    ) -> Result<(), RuntimeError> {
+        runtime::overlay::mount_with_upper(lowers, upper, work, target)
+    }
+
+    fn is_mounted(&self, target: &Path) -> Result<bool, RuntimeError> {
+        runtime::overlay::is_mounted(target)
+    }
+
+    fn unmount_root(&self, target: &Path) -> Result<(), RuntimeError> {
+        runtime::overlay::unmount(target)
+    }
+
+    fn create_volume(
+        &self,
+        image: &Path,
+        data: &Path,
+        size: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<(), AgentError> {
+        nix::unistd::chown(data, Some(uid.into()), Some(gid.into()))
+            .map_err(|e| AgentError::io(data, e.into()))?;
+        runtime::volume::create_with(&*self.commands, image, size, uid, gid)?;
+        Ok(())
+    }
+
+    fn mount_volume(&self, image: &Path, target: &Path) -> Result<(), RuntimeError> {
+        runtime::volume::mount_with(&*self.commands, image, target)
+    }
+
+    fn unmount_volume(&self, target: &Path) -> Result<(), RuntimeError> {
+        runtime::volume::unmount(target)
+    }
+
+    fn mounts_below(&self, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
+        runtime::volume::mounts_below(dir)
+    }
+}
+
+/// Runs blocking work (a few `ip`/`tc` commands, file deletions) from async code: on the
+/// agent's multi-threaded runtime, without holding up the other tasks of this thread; inline
+/// on a single-threaded one (the unit tests, whose clock is paused).
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fake;
