@@ -39,6 +39,8 @@ pub enum GatewayAction {
     Install,
     /// Tokens and the audit log.
     Administer,
+    /// The household's subscriptions to the fleet's catalog.
+    Subscribe,
 }
 
 /// May `who` do `action` to a service of `provider` named `name`? A provider asking about
@@ -79,6 +81,9 @@ pub fn check_gateway(who: &Principal, action: GatewayAction) -> Result<(), Agent
         ))),
         (Principal::Provider(p), GatewayAction::Capacity) => Err(AgentError::Forbidden(format!(
             "the gateway's capacity and everyone's reservations are for the operator and the household; provider `{p}` sees its own services with `shg stats`"
+        ))),
+        (Principal::Provider(p), GatewayAction::Subscribe) => Err(AgentError::Forbidden(format!(
+            "subscriptions are the household's choice; provider `{p}` deploys through the fleet controller"
         ))),
         (Principal::Provider(_) | Principal::Home, GatewayAction::Administer) => {
             Err(AgentError::Forbidden(

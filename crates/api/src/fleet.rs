@@ -279,3 +279,22 @@ pub fn parse_enroll_token(token: &str) -> Option<(&str, &str)> {
     (prefix == TOKEN_PREFIX && parts.next().is_none() && hex64(secret) && hex64(fingerprint))
         .then_some((secret, fingerprint))
 }
+
+/// A gateway's subscriptions (`GET /v1/subscriptions` on the gateway).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Subscriptions {
+    /// The controller the gateway syncs with; None when it is not in a fleet.
+    pub controller: Option<String>,
+    pub gateway_id: Option<String>,
+    pub subscriptions: Vec<ServiceRef>,
+}
+
+/// Body of `POST /v1/subscriptions` on the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscribe {
+    pub name: String,
+    /// Needed only where several providers publish `name`.
+    #[serde(default)]
+    pub provider: Option<String>,
+}

@@ -462,7 +462,13 @@ impl Controller {
                 match opt_str(r, "previous_version") {
                     Some(v) => v,
                     None => {
-                        services.remove(&key);
+                        // Back to not having it, unless the household subscribed to it.
+                        if services
+                            .get(&key)
+                            .is_some_and(|s| s.cause.starts_with("deployment:"))
+                        {
+                            services.remove(&key);
+                        }
                         continue;
                     }
                 }

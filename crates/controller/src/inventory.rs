@@ -16,6 +16,36 @@ impl Controller {
     /// Takes a gateway's report about itself: its inventory, the outcome of each desired
     /// service, and its household's subscriptions.
     pub async fn report(&self, gateway: &str, report: &Report) -> Result<(), ControllerError> {
+        let before: Option<Report> = self
+            .db
+            .fetch_optional(
+                sqlx::query("SELECT report FROM gateways WHERE id = $1").bind(gateway.to_string()),
+            )
+            .await?
+            .and_then(|r| opt_str(&r, "report"))
+            .and_then(|t| serde_json::from_str(&t).ok());
+        // What a gateway could not bring about is news for the operator and the provider.
+        for o in report.outcomes.iter().filter(|o| o.result != "admitted") {
+            let known = before
+                .as_ref()
+                .is_some_and(|b| b.outcomes.iter().any(|p| p == o));
+            if !known {
+                self.db
+                    .event(
+                        &format!("service-{}", o.result),
+                        Some(gateway),
+                        Some((&o.provider, &o.name)),
+                        &format!(
+                            "{gateway}: `{}` {} {}: {}",
+                            o.name,
+                            o.version,
+                            o.result,
+                            o.reason.as_deref().unwrap_or("no reason given")
+                        ),
+                    )
+                    .await?;
+            }
+        }
         let text = serde_json::to_string(report).unwrap_or_default();
         self.db
             .execute(

@@ -113,6 +113,8 @@ impl IntoResponse for ApiError {
 pub struct Ctx {
     pub agent: Arc<Agent>,
     pub server: Arc<Server>,
+    /// The link to the fleet controller, when the gateway is in a fleet.
+    pub fleet: Option<Arc<crate::fleet::Link>>,
 }
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -123,6 +125,16 @@ pub const OPENAPI: &str = include_str!("../openapi.json");
 /// The gateway's router for callers arriving over `transport`: the API, `/openapi.json`
 /// and the web console. Tested in process: a request in, a response out.
 pub fn router(agent: Arc<Agent>, server: Arc<Server>, transport: Transport) -> Router {
+    router_in_fleet(agent, server, transport, None)
+}
+
+/// [`router`] of a gateway in a fleet: subscriptions and the catalog go to its controller.
+pub fn router_in_fleet(
+    agent: Arc<Agent>,
+    server: Arc<Server>,
+    transport: Transport,
+    fleet: Option<Arc<crate::fleet::Link>>,
+) -> Router {
     let guarded = Router::new()
         .route("/v1/gateway", get(gateway))
         .route("/v1/gateway/capacity", get(capacity))
@@ -145,11 +157,18 @@ pub fn router(agent: Arc<Agent>, server: Arc<Server>, transport: Transport) -> R
         .route("/v1/pull", post(pull))
         .route("/v1/trust", get(trust_list).post(trust_add))
         .route("/v1/trust/{key_id}", delete(trust_remove))
+        .route("/v1/subscriptions", get(subscriptions).post(subscribe))
+        .route("/v1/subscriptions/{name}", delete(unsubscribe))
+        .route("/v1/fleet/catalog", get(fleet_catalog))
         .route_layer(middleware::from_fn_with_state(
             (server.clone(), transport),
             server::authenticate,
         ));
-    let ctx = Ctx { agent, server };
+    let ctx = Ctx {
+        agent,
+        server,
+        fleet,
+    };
     Router::new()
         .merge(server::openapi_route(OPENAPI))
         .merge(guarded)
@@ -598,7 +617,7 @@ struct EventsQuery {
 /// `GET /v1/events`: the journal as a JSON list, or as a Server-Sent Events stream that
 /// follows it; either way only the events the caller may see.
 async fn events(
-    State(Ctx { agent, server }): State<Ctx>,
+    State(Ctx { agent, server, .. }): State<Ctx>,
     Extension(who): Extension<Principal>,
     Extension(credential): Extension<Credential>,
     headers: axum::http::HeaderMap,
@@ -681,7 +700,7 @@ fn log_json(line: &runtime::logfile::LogLine) -> Bytes {
 }
 
 async fn logs(
-    State(Ctx { agent, server }): State<Ctx>,
+    State(Ctx { agent, server, .. }): State<Ctx>,
     Extension(who): Extension<Principal>,
     Extension(credential): Extension<Credential>,
     UrlPath(name): UrlPath<String>,
@@ -735,6 +754,106 @@ async fn exec(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The gateway's link to its controller, or the refusal of a gateway in no fleet.
+fn link(ctx: &Ctx) -> Result<&Arc<crate::fleet::Link>, AgentError> {
+    ctx.fleet.as_ref().ok_or_else(|| {
+        AgentError::Conflict(
+            "this gateway is in no fleet: the catalog and subscriptions come from a fleet controller (`shg gateway run --controller URL --enroll-token TOKEN`)".into(),
+        )
+    })
+}
+
+/// `GET /v1/subscriptions`: what the household subscribed to from the fleet's catalog.
+async fn subscriptions(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<api::fleet::Subscriptions>> {
+    check(&who, GatewayAction::Subscribe)?;
+    Ok(Json(match &ctx.fleet {
+        None => api::fleet::Subscriptions::default(),
+        Some(link) => api::fleet::Subscriptions {
+            controller: Some(link.controller().to_string()),
+            gateway_id: Some(link.gateway_id().to_string()),
+            subscriptions: link.subscriptions(),
+        },
+    }))
+}
+
+/// `GET /v1/fleet/catalog`: the approved packages of the fleet's catalog.
+async fn fleet_catalog(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<api::fleet::CatalogEntry>>> {
+    check(&who, GatewayAction::Subscribe)?;
+    Ok(Json(link(&ctx)?.catalog().await?))
+}
+
+/// `POST /v1/subscriptions`: the household subscribes to a service of the fleet's catalog;
+/// the controller hears of it at once and makes it part of this gateway's desired state,
+/// and the gateway's own admission still decides whether it runs.
+async fn subscribe(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<api::fleet::Subscribe>, JsonRejection>,
+) -> ApiResult<Response> {
+    check(&who, GatewayAction::Subscribe)?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("subscription: {}", e.body_text())))?;
+    let link = link(&ctx)?;
+    let entries = link.catalog().await?;
+    let mut owners: Vec<String> = entries
+        .iter()
+        .filter(|e| e.name == req.name)
+        .filter(|e| req.provider.as_ref().is_none_or(|p| *p == e.provider))
+        .map(|e| e.provider.clone())
+        .collect();
+    owners.sort();
+    owners.dedup();
+    let provider = match owners.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(AgentError::NotFound(format!(
+                "`{}` is not in the fleet's catalog; `shg subscriptions --catalog` lists what is",
+                req.name
+            ))
+            .into())
+        }
+        several => {
+            return Err(AgentError::BadRequest(format!(
+                "`{}` is published by several providers ({}); say which with `--provider`",
+                req.name,
+                several.join(", ")
+            ))
+            .into())
+        }
+    };
+    let service = api::fleet::ServiceRef {
+        provider,
+        name: req.name,
+    };
+    link.subscribe(service.clone(), true);
+    Ok((StatusCode::CREATED, Json(service)).into_response())
+}
+
+/// `DELETE /v1/subscriptions/{name}`: the household leaves a service; the controller drops
+/// it from the desired state and the gateway removes it.
+async fn unsubscribe(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    check(&who, GatewayAction::Subscribe)?;
+    let link = link(&ctx)?;
+    let Some(service) = link.subscriptions().into_iter().find(|s| s.name == name) else {
+        return Err(AgentError::NotFound(format!(
+            "this household is not subscribed to `{name}`; `shg subscriptions` lists what it is"
+        ))
+        .into());
+    };
+    link.subscribe(service, false);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

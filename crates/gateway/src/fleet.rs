@@ -171,6 +171,11 @@ impl Link {
         &self.enrollment.gateway_id
     }
 
+    /// The controller's address.
+    pub fn controller(&self) -> &str {
+        &self.enrollment.controller
+    }
+
     fn managed(&self) -> std::sync::MutexGuard<'_, Managed> {
         self.managed.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use agent::{Agent, AgentError};
 
-pub use api::{problem, router, OPENAPI};
+pub use api::{problem, router, router_in_fleet, OPENAPI};
 pub use server::{Listen, Transport};
 
 /// How the agent's state answers the server's questions: who a credential is, where audit
@@ -77,7 +77,7 @@ pub fn run(
     rt.block_on(async move {
         let agent = Agent::open(cfg)?;
         let _lock = agent.start_up().await?;
-        if let Some(fleet) = fleet {
+        let link = if let Some(fleet) = fleet {
             let enrollment = fleet::enroll(
                 agent.state_dir(),
                 &fleet.controller,
@@ -88,8 +88,12 @@ pub fn run(
                 "shg gateway: syncing with {} as {}",
                 enrollment.controller, enrollment.gateway_id
             );
-            fleet::spawn(fleet::Link::new(agent.clone(), enrollment)?);
-        }
+            let link = fleet::Link::new(agent.clone(), enrollment)?;
+            fleet::spawn(link.clone());
+            Some(link)
+        } else {
+            None
+        };
         let server = server_for(&agent);
         let socket = agent.socket();
         let listener = server::bind_unix(&socket).map_err(AgentError::internal)?;
@@ -103,7 +107,12 @@ pub fn run(
                 .await
                 .map_err(|e| AgentError::BadRequest(e.to_string()))?;
             eprintln!("shg gateway: serving the API on https://{}", listen.addr);
-            let app = router(agent.clone(), server.clone(), Transport::Remote);
+            let app = router_in_fleet(
+                agent.clone(),
+                server.clone(),
+                Transport::Remote,
+                link.clone(),
+            );
             tokio::spawn(server::serve_tls(tcp, config, app, stop_rx.clone()));
         }
         tokio::spawn(async move {
@@ -131,7 +140,7 @@ pub fn run(
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             }
         };
-        let app = router(agent, server, Transport::Local);
+        let app = router_in_fleet(agent, server, Transport::Local, link);
         tokio::select! {
             result = server::serve_unix(listener, app, graceful) => {
                 result.map_err(|e| AgentError::Internal(format!("API server failed: {e}")))

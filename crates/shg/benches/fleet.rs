@@ -24,17 +24,23 @@ fn quick() -> bool {
 
 /// Enough descriptors for thousands of connections, here and in the controller we start.
 fn raise_fd_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: 200_000,
-        rlim_max: 200_000,
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
     };
-    // SAFETY: setrlimit with a valid struct; failure leaves the old limit, reported below.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        eprintln!(
-            "warning: cannot raise the descriptor limit: {}",
-            std::io::Error::last_os_error()
-        );
+    // SAFETY: getrlimit and setrlimit with a valid struct; a failure leaves the old limit,
+    // reported below.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            eprintln!(
+                "warning: cannot raise the descriptor limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
+    println!("  descriptors per process: {}", limit.rlim_cur);
 }
 
 struct Ctl {

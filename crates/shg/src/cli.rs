@@ -333,6 +333,27 @@ pub enum RemoteCommand {
     /// Show the audit log of every change made through the API (operator)
     Audit,
 
+    /// Subscribe the household to a service of the fleet's catalog (a gateway in a fleet)
+    Subscribe {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The provider, where several publish NAME
+        #[arg(long, value_name = "PROVIDER")]
+        provider: Option<String>,
+    },
+
+    /// Leave a service the household subscribed to; the gateway removes it
+    Unsubscribe {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+
+    /// Show the household's subscriptions, or with --catalog what the fleet's catalog offers
+    Subscriptions {
+        #[arg(long)]
+        catalog: bool,
+    },
+
     /// Manage which provider keys may publish which services (operator)
     Trust {
         #[command(subcommand)]

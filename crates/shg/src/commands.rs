@@ -773,6 +773,66 @@ async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
             let entries = client.audit(None).await?;
             show(&mut out, json, &entries, |out| output::audit(out, &entries))?;
         }
+        RemoteCommand::Subscribe { name, provider } => {
+            let service: api::fleet::ServiceRef = client
+                .send_json(
+                    "POST",
+                    "/v1/subscriptions",
+                    &api::fleet::Subscribe { name, provider },
+                )
+                .await?;
+            show(&mut out, json, &service, |out| {
+                writeln!(
+                    out,
+                    "subscribed to `{}` of {}; the fleet controller adds it to this gateway, whose admission decides whether it runs (`shg ps`)",
+                    service.name, service.provider
+                )
+            })?;
+        }
+        RemoteCommand::Unsubscribe { name } => {
+            client
+                .send_empty("DELETE", &format!("/v1/subscriptions/{name}"))
+                .await?;
+            if !json {
+                writeln!(out, "left `{name}`; the gateway removes it")?;
+            }
+        }
+        RemoteCommand::Subscriptions { catalog: true } => {
+            let entries: Vec<api::fleet::CatalogEntry> =
+                client.get_json("/v1/fleet/catalog").await?;
+            show(&mut out, json, &entries, |out| {
+                writeln!(
+                    out,
+                    "{:<16} {:<10} {:<10} DESCRIPTION",
+                    "NAME", "PROVIDER", "VERSION"
+                )?;
+                for e in &entries {
+                    writeln!(
+                        out,
+                        "{:<16} {:<10} {:<10} {}",
+                        e.name, e.provider, e.version, e.description
+                    )?;
+                }
+                Ok(())
+            })?;
+        }
+        RemoteCommand::Subscriptions { catalog: false } => {
+            let subs: api::fleet::Subscriptions = client.get_json("/v1/subscriptions").await?;
+            show(&mut out, json, &subs, |out| {
+                match &subs.controller {
+                    None => writeln!(out, "this gateway is in no fleet")?,
+                    Some(c) => writeln!(
+                        out,
+                        "in the fleet of {c} as {}",
+                        subs.gateway_id.as_deref().unwrap_or("?")
+                    )?,
+                }
+                for s in &subs.subscriptions {
+                    writeln!(out, "{} ({})", s.name, s.provider)?;
+                }
+                Ok(())
+            })?;
+        }
     }
     Ok(0)
 }

@@ -569,26 +569,49 @@ fn a_gateway_refuses_what_does_not_fit_and_says_why() {
         &key,
     );
     ctl.fleet(&["publish", big.to_str().unwrap()]);
-    ctl.fleet(&["approve", "probe", "1.0"]);
-    let d = ctl.json(&[
-        "deploy",
-        "probe",
-        "--gateways",
-        &gateway_id(&gw),
-        "--soak",
-        "1s",
-    ]);
-    let id = d["id"].as_str().unwrap().to_string();
-    let aborted = ctl.wait_deployment(&id, "aborted");
-    let target = &aborted["targets"][0];
-    assert_eq!(target["outcome"], "rolled-back", "{aborted}");
-    let events = ctl.fleet(&["events"]).stdout;
-    assert!(events.contains("refused"), "{events}");
+    // Not in the household's catalog before the operator approves it.
+    let early = gw.shg(&["subscribe", "probe"]);
     assert!(
-        events.contains("memory"),
-        "the refusal names the resource: {events}"
+        !early.ok() && early.stderr.contains("not in the fleet's catalog"),
+        "{early}"
     );
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let catalog = gw.shg_ok(&["subscriptions", "--catalog"]).stdout;
+    assert!(catalog.contains("probe"), "{catalog}");
+
+    // The household subscribes on its own gateway; the controller makes it part of the
+    // gateway's desired state; the gateway's admission refuses it, and says why.
+    gw.shg_ok(&["subscribe", "probe"]);
+    let id = gateway_id(&gw);
+    let outcome = eventually(
+        "the refusal reaches the controller",
+        Duration::from_secs(60),
+        || {
+            let inv = ctl.json(&["gateway", &id]);
+            inv["report"]["outcomes"]
+                .as_array()
+                .and_then(|o| o.iter().find(|o| o["name"] == "probe").cloned())
+        },
+    );
+    assert_eq!(outcome["result"], "refused", "{outcome}");
+    assert!(
+        outcome["reason"].as_str().unwrap().contains("memory"),
+        "the refusal names the resource: {outcome}"
+    );
+    let events = ctl.fleet(&["events"]).stdout;
+    assert!(events.contains("service-refused"), "{events}");
     assert_eq!(gw.svc("probe"), None, "nothing was forced onto the gateway");
+    let subs = gw.shg_ok(&["subscriptions", "--json"]).stdout;
+    assert!(subs.contains("\"probe\""), "{subs}");
+
+    // Deployed by the operator, the same refusal aborts the deployment.
+    let d = ctl.json(&["deploy", "probe", "--gateways", &id, "--soak", "1s"]);
+    let aborted = ctl.wait_deployment(d["id"].as_str().unwrap(), "aborted");
+    assert!(
+        aborted["reason"].as_str().unwrap().contains("memory"),
+        "{aborted}"
+    );
+    gw.shg_ok(&["unsubscribe", "probe"]);
 }
 
 #[test]

@@ -71,6 +71,11 @@ fn expected(op: &str, who: Who) -> Expect {
         // The trust policy: the operator's.
         ("listTrust" | "addTrust" | "removeTrust", Who::Operator) => Allowed,
         ("listTrust" | "addTrust" | "removeTrust", _) => Forbidden,
+        // Subscriptions are the household's (and the operator's).
+        (
+            "subscriptions" | "subscribe" | "unsubscribe" | "fleetCatalog",
+            Who::Owner | Who::Rival,
+        ) => Forbidden,
         // A pull names no provider until the image is in: any realm that may install.
         ("pull", _) => Allowed,
         // Capacity: operator and household.
@@ -239,7 +244,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        26 * 5,
+        30 * 5,
         "every operation of the document was checked"
     );
 }
@@ -508,7 +513,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         "schemathesis failed:\n{report}\n--- agent log\n{}",
         gw.agent_log()
     );
-    assert!(report.contains("26 selected / 26 total"), "{report}");
+    assert!(report.contains("30 selected / 30 total"), "{report}");
 }
 
 /// An upload refused before its body is read (here: a query that does not parse) still gets
