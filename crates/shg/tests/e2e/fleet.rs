@@ -760,3 +760,200 @@ fn hostile_enrollments_and_callers_get_clear_refusals_and_change_nothing() {
     assert_eq!(row["online"], false);
     assert_eq!(ctl.json(&["deployments"]).as_array().unwrap().len(), 0);
 }
+
+/// What a caller of the controller should get, by the rules of the realms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Allowed,
+    Forbidden,
+    Hidden,
+    Unauthorized,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Caller {
+    Operator,
+    Owner,
+    Rival,
+    Gateway,
+    Anonymous,
+}
+
+/// The controller's rules, per operation of its OpenAPI document, written out independently
+/// of its code.
+fn fleet_rule(op: &str, who: Caller) -> Expect {
+    use Caller::*;
+    use Expect::*;
+    if matches!(op, "openapi" | "enroll") {
+        return Allowed;
+    }
+    if who == Anonymous {
+        return Unauthorized;
+    }
+    match (op, who) {
+        // The gateway's own calls: only a gateway's certificate says which gateway it is.
+        ("desired" | "report", Gateway) => Allowed,
+        ("desired" | "report", _) => Forbidden,
+        (_, Operator) => Allowed,
+        // The approved catalog and its packages: every realm (a rival's package does not
+        // exist for a provider).
+        ("catalog", _) => Allowed,
+        ("getPackage", Owner | Gateway) => Allowed,
+        ("getPackage", Rival) => Hidden,
+        // Providers: their own packages, deployments, services and events.
+        (
+            "publish" | "listDeployments" | "deploy" | "fleetServices" | "events" | "metrics",
+            Owner | Rival,
+        ) => Allowed,
+        ("getDeployment" | "controlDeployment", Owner) => Allowed,
+        ("getDeployment" | "controlDeployment", Rival) => Hidden,
+        // Everything else is the operator's.
+        _ => Forbidden,
+    }
+}
+
+#[test]
+fn every_controller_operation_answers_each_realm_by_the_rules() {
+    let ctl = Controller::start();
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let key = trust_acme(&ctl, &gw.work);
+    let pkg = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    ctl.fleet(&["publish", pkg.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let deployment = ctl.json(&[
+        "deploy",
+        "probe",
+        "--selector",
+        "region=lyon",
+        "--waves",
+        "1",
+        "--soak",
+        "1h",
+    ]);
+    let deployment = deployment["id"].as_str().unwrap().to_string();
+    // A second gateway, enrolled by hand, to be looked at and revoked.
+    let victim = {
+        let token = ctl.enroll_token("region=paris");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let body = serde_json::json!({ "token": token, "csr": csr, "agent_version": "x" });
+        let (status, reply) = rt
+            .block_on(ctl.https(None).raw(
+                "POST",
+                "/v1/enroll",
+                Some(body.to_string().into_bytes()),
+            ))
+            .unwrap();
+        assert_eq!(status, 201);
+        let reply: Value = serde_json::from_slice(&reply).unwrap();
+        reply["gateway_id"].as_str().unwrap().to_string()
+    };
+    let token = |provider: &str| {
+        ctl.fleet(&["token", "create", "--provider", provider])
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let dir = gw.dir.join("fleet");
+    let mut callers = std::collections::BTreeMap::new();
+    callers.insert(
+        Caller::Operator,
+        api::Client::new(ctl.socket().to_str().unwrap()).unwrap(),
+    );
+    callers.insert(Caller::Owner, ctl.https(Some(token("acme"))));
+    callers.insert(Caller::Rival, ctl.https(Some(token("vodco"))));
+    callers.insert(
+        Caller::Gateway,
+        api::Client::with_options(
+            &ctl.url(),
+            &api::Options {
+                ca_cert: Some(dir.join("ca.pem")),
+                client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    callers.insert(Caller::Anonymous, ctl.https(None));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let doc: Value =
+        serde_json::from_str(include_str!("../../../controller/openapi.json")).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            for (&who, client) in &callers {
+                // Fresh objects to remove, for each caller.
+                let victim_token: Value = serde_json::from_str(
+                    &ctl.fleet(&["token", "create", "--provider", "victim", "--json"])
+                        .stdout,
+                )
+                .unwrap();
+                let keys = gw.work.join(format!("victim-{checked}"));
+                std::fs::create_dir_all(&keys).unwrap();
+                let mut gen = Command::new(SHG);
+                gen.args(["key", "gen", "victim", "--dir"]).arg(&keys);
+                assert!(run_captured(gen, &keys, Duration::from_secs(30)).ok());
+                let rule = ctl.json(&[
+                    "trust",
+                    "add",
+                    "--provider",
+                    "victim",
+                    keys.join("victim.pub").to_str().unwrap(),
+                ]);
+                let gateway_part = if path.starts_with("/v1/gateways") {
+                    victim.clone()
+                } else if path.starts_with("/v1/tokens") {
+                    victim_token["id"].to_string()
+                } else {
+                    deployment.clone()
+                };
+                let uri = path
+                    .replace("{id}", &gateway_part)
+                    .replace("{key_id}", rule["key_id"].as_str().unwrap())
+                    .replace("{provider}", "acme")
+                    .replace("{name}", "probe")
+                    .replace("{version}", "1.0")
+                    .replace("{action}", "pause");
+                let (status, reply) = rt
+                    .block_on(client.raw(&method.to_uppercase(), &uri, None))
+                    .unwrap_or_else(|e| panic!("{who:?} {method} {uri}: {e}"));
+                let want = fleet_rule(id, who);
+                let ok = match want {
+                    Expect::Allowed => ![401, 403, 404].contains(&status),
+                    Expect::Forbidden => status == 403,
+                    Expect::Hidden => status == 404,
+                    Expect::Unauthorized => status == 401,
+                };
+                assert!(
+                    ok,
+                    "{id} ({method} {uri}) as {who:?}: want {want:?}, got {status}: {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                // Put the deployment back where the matrix expects it.
+                if id == "controlDeployment" && status == 200 {
+                    ctl.fleet(&["resume", &deployment]);
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(
+        checked,
+        26 * 5,
+        "every operation of the document was checked"
+    );
+}
