@@ -957,3 +957,53 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
         "every operation of the document was checked"
     );
 }
+
+/// schemathesis (from PyPI, `scripts/test-tools.sh`) throws generated requests at every
+/// operation of the controller's document as the operator: no answer may be a server error.
+#[test]
+fn schemathesis_finds_no_server_error_in_the_controller() {
+    let schemathesis = "/opt/shg-test/venv/bin/schemathesis";
+    let ctl = Controller::start();
+    let _gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let token = ctl
+        .fleet(&["token", "create", "--operator"])
+        .stdout
+        .trim()
+        .to_string();
+    let out = Command::new(schemathesis)
+        .current_dir(ctl.dir.path())
+        .args([
+            "run",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../controller/openapi.json"),
+        ])
+        .args(["--url", &ctl.url()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg("--tls-verify")
+        .arg(ctl.ca())
+        .args([
+            "--checks",
+            "not_a_server_error",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "10",
+            "--rate-limit",
+            "15/s",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()
+        .expect("run schemathesis (scripts/test-tools.sh installs it)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{report}\n--- controller log\n{}",
+        ctl.log()
+    );
+    assert!(report.contains("26 selected / 26 total"), "{report}");
+}
