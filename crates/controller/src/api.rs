@@ -74,6 +74,8 @@ type ApiResult<T> = Result<T, ApiError>;
 pub struct Ctx {
     controller: Arc<Controller>,
     server: Arc<Server>,
+    /// Enrollments, all callers together: 500 a second, bursts of 1000.
+    enrollments: Arc<server::Limiter>,
 }
 
 /// The controller's router for callers arriving over `transport`.
@@ -110,9 +112,15 @@ pub fn router(controller: Arc<Controller>, server: Arc<Server>, transport: Trans
             (server.clone(), transport),
             server::authenticate,
         ));
-    let ctx = Ctx { controller, server };
+    let console = crate::console::router(server.clone(), transport);
+    let ctx = Ctx {
+        controller,
+        server,
+        enrollments: Arc::new(server::Limiter::new(500.0, 1000.0)),
+    };
     Router::new()
         .merge(server::openapi_route(OPENAPI))
+        .merge(console)
         .route("/v1/enroll", post(enroll))
         .merge(guarded)
         .fallback(server::no_such_path)
@@ -177,8 +185,9 @@ async fn enroll(
     State(ctx): State<Ctx>,
     body: Result<Json<api::fleet::EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
-    // Guessing tokens costs a rate-limited request each.
-    ctx.server.limiter.take("enroll")?;
+    // Guessing tokens costs a rate-limited request each (a token is 256 random bits, so
+    // the limit mostly keeps a mass first boot from eating the controller's CPU).
+    ctx.enrollments.take("enroll")?;
     let req = json_body(body, "enrollment request")?;
     let result = ctx.controller.enroll(&req).await;
     let status = match &result {

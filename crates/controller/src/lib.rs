@@ -11,6 +11,7 @@
 
 mod api;
 mod ca;
+mod console;
 mod db;
 mod deploy;
 mod enroll;

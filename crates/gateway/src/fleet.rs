@@ -110,7 +110,15 @@ pub async fn enroll(
             },
         )
         .await
-        .map_err(|e| AgentError::BadRequest(format!("enrolling with {controller}: {e}")))?;
+        .map_err(|e| match e {
+            // Refused: a new token is needed, trying again changes nothing.
+            api::ClientError::Api {
+                status: 400..=428 | 430..=499,
+                ..
+            } => AgentError::BadRequest(format!("enrolling with {controller}: {e}")),
+            // Out of reach, overloaded or rate-limited: worth another try.
+            e => AgentError::Busy(format!("enrolling with {controller}: {e}")),
+        })?;
     server::write_private(&dir.join("key.pem"), key.serialize_pem().as_bytes())
         .map_err(AgentError::internal)?;
     std::fs::write(dir.join("cert.pem"), &enrolled.certificate)
@@ -478,6 +486,27 @@ async fn package_digest(agent: &Agent, file: &Path) -> Result<String, AgentError
     .map_err(AgentError::internal)?
     .map_err(|e| AgentError::BadPackage(e.to_string()))?;
     Ok(opened.digest)
+}
+
+/// [`enroll`], tried again (with the sync's back-off) while the controller is out of reach or
+/// busy; a refusal (a used or unknown token, say) ends it at once.
+pub async fn enroll_patiently(
+    state_dir: &Path,
+    controller: &str,
+    token: Option<&str>,
+) -> Result<Enrollment, AgentError> {
+    let mut failures = 0;
+    loop {
+        match enroll(state_dir, controller, token).await {
+            Err(AgentError::Busy(why)) => {
+                failures += 1;
+                let wait = backoff(failures);
+                eprintln!("shg gateway: {why}; trying again in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The next wait after a failure: doubling from one second up to a minute, with up to half

@@ -78,7 +78,7 @@ pub fn run(
         let agent = Agent::open(cfg)?;
         let _lock = agent.start_up().await?;
         let link = if let Some(fleet) = fleet {
-            let enrollment = fleet::enroll(
+            let enrollment = fleet::enroll_patiently(
                 agent.state_dir(),
                 &fleet.controller,
                 fleet.enroll_token.as_deref(),

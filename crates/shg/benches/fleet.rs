@@ -150,18 +150,21 @@ async fn enroll(ctl: &Ctl, work: &Path, n: usize, offset: usize) -> Vec<Sim> {
             },
         )
         .unwrap();
-        let enrolled: api::fleet::Enrolled = pinned
-            .send_json(
-                "POST",
-                "/v1/enroll",
-                &api::fleet::EnrollRequest {
-                    token: token.token,
-                    csr,
-                    agent_version: "bench".into(),
-                },
-            )
-            .await
-            .unwrap();
+        let request = api::fleet::EnrollRequest {
+            token: token.token,
+            csr,
+            agent_version: "bench".into(),
+        };
+        // A fleet booting at once meets the enrollment rate limit: wait and try again.
+        let enrolled: api::fleet::Enrolled = loop {
+            match pinned.send_json("POST", "/v1/enroll", &request).await {
+                Ok(e) => break e,
+                Err(api::ClientError::Api { status: 429, .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(e) => panic!("enrolling gateway {i}: {e}"),
+            }
+        };
         let dir = work.join(format!("gw{}", i + offset));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();

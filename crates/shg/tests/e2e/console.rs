@@ -27,7 +27,7 @@ fn artifacts() -> PathBuf {
 }
 
 /// A chromedriver of our own and one headless Chromium session on it; both end on drop.
-struct Browser {
+pub(crate) struct Browser {
     port: u16,
     session: String,
     _driver: Background,
@@ -83,7 +83,7 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Val
 }
 
 impl Browser {
-    fn start() -> Browser {
+    pub(crate) fn start() -> Browser {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = probe.local_addr().unwrap().port();
         drop(probe);
@@ -136,13 +136,13 @@ impl Browser {
         }
     }
 
-    fn go(&self, url: &str) {
+    pub(crate) fn go(&self, url: &str) {
         self.cmd("POST", "/url", Some(json!({ "url": url })))
             .expect("navigate");
     }
 
     /// Runs `script` (a function body; a returned promise is awaited) in the page.
-    fn js(&self, script: &str) -> Value {
+    pub(crate) fn js(&self, script: &str) -> Value {
         self.cmd(
             "POST",
             "/execute/sync",
@@ -152,7 +152,7 @@ impl Browser {
     }
 
     /// Waits until `condition` (a JS expression) is true in the page.
-    fn wait(&self, what: &str, condition: &str) {
+    pub(crate) fn wait(&self, what: &str, condition: &str) {
         let script = format!("return !!({condition});");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -195,7 +195,7 @@ impl Browser {
     }
 
     /// Clicks `css` as a user would, once it is there, shown and enabled.
-    fn click(&self, css: &str) {
+    pub(crate) fn click(&self, css: &str) {
         self.wait(
             &format!("`{css}` to be clickable"),
             &format!(
@@ -208,7 +208,7 @@ impl Browser {
             .unwrap_or_else(|e| panic!("click `{css}`: {e}"));
     }
 
-    fn type_into(&self, css: &str, text: &str) {
+    pub(crate) fn type_into(&self, css: &str, text: &str) {
         let id = self.find(css);
         self.cmd(
             "POST",
@@ -227,7 +227,7 @@ impl Browser {
         .to_string()
     }
 
-    fn screenshot(&self, name: &str) -> PathBuf {
+    pub(crate) fn screenshot(&self, name: &str) -> PathBuf {
         let shot = self.cmd("GET", "/screenshot", None).expect("screenshot");
         let png = base64_decode(shot.as_str().expect("base64 PNG"));
         let path = artifacts().join(name);
@@ -246,7 +246,7 @@ impl Browser {
     }
 
     /// Logs in on the console's page with `token`, as a person would.
-    fn login(&self, base: &str, token: &str, realm: &str) {
+    pub(crate) fn login(&self, base: &str, token: &str, realm: &str) {
         self.go(&format!("{base}/"));
         self.wait(
             "the log-in form",
@@ -272,7 +272,7 @@ impl Browser {
         );
     }
 
-    fn logout(&self) {
+    pub(crate) fn logout(&self) {
         self.click("#logout");
         self.wait(
             "the log-in form",
@@ -282,7 +282,7 @@ impl Browser {
 
     /// The status of `fetch(path, {method})` from the page, with the session cookie and
     /// without the CSRF header.
-    fn fetch_status(&self, method: &str, path: &str) -> u64 {
+    pub(crate) fn fetch_status(&self, method: &str, path: &str) -> u64 {
         self.js(&format!(
             "return fetch({path:?}, {{method: {method:?}, credentials: 'same-origin'}}).then(r => r.status);"
         ))

@@ -1007,3 +1007,111 @@ fn schemathesis_finds_no_server_error_in_the_controller() {
     );
     assert!(report.contains("26 selected / 26 total"), "{report}");
 }
+
+/// The fleet console in headless Chromium: the operator filters gateways by label, follows a
+/// deployment's waves and approves a package; a provider sees only its own.
+#[test]
+fn the_fleet_console_shows_the_fleet_and_approves() {
+    use crate::console::Browser;
+    let ctl = Controller::start();
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let _paris = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=paris"), None);
+    let key = trust_acme(&ctl, &gw.work);
+    let v1 = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    let v2 = signed(&gw, "probe-2", &probe("2.0", "sleep 100001", "16MiB"), &key);
+    ctl.fleet(&["publish", v1.to_str().unwrap()]);
+    ctl.fleet(&["publish", v2.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let d = ctl.json(&[
+        "deploy",
+        "probe",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ]);
+    let id = d["id"].as_str().unwrap().to_string();
+    ctl.wait_deployment(&id, "done");
+    let operator = ctl
+        .fleet(&["token", "create", "--operator"])
+        .stdout
+        .trim()
+        .to_string();
+    let acme = ctl
+        .fleet(&["token", "create", "--provider", "acme"])
+        .stdout
+        .trim()
+        .to_string();
+    let vodco = ctl
+        .fleet(&["token", "create", "--provider", "vodco"])
+        .stdout
+        .trim()
+        .to_string();
+    let base = ctl.url();
+    let browser = Browser::start();
+
+    browser.login(&base, &operator, "operator");
+    browser.wait(
+        "both gateways",
+        "document.querySelectorAll('#gateways tbody tr').length === 2",
+    );
+    browser.type_into("#selector", "region=lyon");
+    browser.wait(
+        "the Lyon gateway alone",
+        &format!(
+            "document.querySelectorAll('#gateways tbody tr').length === 1 && !!document.querySelector('#gateways tr[data-gateway=\"{}\"]')",
+            gateway_id(&gw)
+        ),
+    );
+    browser.wait(
+        "the deployment, done, with its gateway healthy",
+        &format!(
+            "(() => {{ const d = document.querySelector('[data-deployment=\"{id}\"]'); return d && d.textContent.includes('done') && d.querySelector('td.healthy'); }})()"
+        ),
+    );
+    browser.wait(
+        "the service across the fleet",
+        "(() => { const r = document.querySelector('#services tr[data-service=\"acme/probe\"]'); return r && r.children[3].textContent === '1'; })()",
+    );
+    browser.screenshot("fleet-operator.png");
+    browser.click("#catalog tr[data-package=\"acme/probe/2.0\"] button.approve");
+    browser.wait(
+        "2.0 approved",
+        "document.querySelector('#catalog tr[data-package=\"acme/probe/2.0\"] td.healthy')",
+    );
+    let catalog = ctl.json(&["catalog"]);
+    assert!(catalog
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["version"] == "2.0" && e["approved"] == true));
+    // The cookie alone changes nothing.
+    assert_eq!(
+        browser.fetch_status("POST", &format!("/v1/deployments/{id}/cancel")),
+        403
+    );
+    browser.logout();
+
+    // The provider: its deployment and service, no gateways, no approve button.
+    browser.login(&base, &acme, "provider");
+    browser.wait(
+        "its deployment",
+        &format!("!!document.querySelector('[data-deployment=\"{id}\"]')"),
+    );
+    assert_eq!(
+        browser.js("return document.getElementById('gateways-panel').hidden;"),
+        true
+    );
+    assert_eq!(
+        browser.js("return document.querySelectorAll('#catalog button.approve').length;"),
+        0
+    );
+    browser.logout();
+    // A rival sees nothing of acme's.
+    browser.login(&base, &vodco, "provider");
+    browser.wait(
+        "an empty fleet",
+        "document.querySelectorAll('#catalog tbody tr').length === 0 && document.querySelectorAll('.deployment').length === 0",
+    );
+    browser.screenshot("fleet-rival.png");
+}
