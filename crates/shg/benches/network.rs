@@ -8,6 +8,7 @@
 //! 2. CPU cost per Gbit of a service's traffic through the shaped path (veth → IFB → HTB →
 //!    NAT) against the same path with the IFB redirect taken out.
 //!
+//! `SHG_BENCH_QUICK=1` runs the same steps with windows of 2 s.
 //! Needs root, iperf3, nftables, busybox-static (scripts/setup.sh installs them).
 
 use std::path::{Path, PathBuf};
@@ -15,11 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::scaled;
 
 const GW: &str = "shgbench-gw";
 const WAN: &str = "shgbench-wan";
 const LAN: &str = "shgbench-lan";
-const WINDOW: Duration = Duration::from_secs(20);
 
 fn main() {
     // SAFETY: geteuid has no preconditions.
@@ -27,6 +28,10 @@ fn main() {
         eprintln!("network bench: needs root (namespaces, containers); skipped");
         return;
     }
+    common::announce("network");
+    // The accuracy window, and how long each iperf3 run lasts.
+    let window = scaled(Duration::from_secs(20), Duration::from_secs(2));
+    let iperf_secs = scaled(10, 2);
     let shg = PathBuf::from(env!("CARGO_BIN_EXE_shg"));
     let _lab = Lab::new();
     let state = tempfile::Builder::new()
@@ -62,15 +67,15 @@ fn main() {
         agent.shg(&["install", pkg.to_str().unwrap()]);
     }
     let flood = spawn_in(LAN, &["python3", "-c", FLOOD, "203.0.113.2", "5003"]);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(scaled(Duration::from_secs(3), Duration::from_secs(1)));
     let tag = agent.tag();
     let before = (read_counter(), htb_bytes(&tag));
     let started = Instant::now();
-    std::thread::sleep(WINDOW);
+    std::thread::sleep(window);
     let after = (read_counter(), htb_bytes(&tag));
     let secs = started.elapsed().as_secs_f64();
-    kill(flood);
-    kill(counter);
+    drop(flood);
+    drop(counter);
 
     println!("shaping accuracy: 100 Mbit/s uplink, every class saturated, {secs:.1} s window");
     println!("  class        reserved   goodput (ratio)     on the wire, HTB (ratio)");
@@ -95,6 +100,12 @@ fn main() {
             good / reserved,
             wire / reserved
         );
+        // Every class is saturated: one that moved nothing means its sender, the counter or
+        // the HTB class is missing, and its ratios would be meaningless.
+        assert!(
+            good > 0.0 && wire > 0.0,
+            "class {name} moved nothing in the window (goodput {good:.2}, HTB {wire:.2} Mbit/s); is its sender running and its class 1:{class:x} in the upload tree?"
+        );
     }
     for name in ["twenty", "sixty"] {
         agent.shg(&["remove", name]);
@@ -117,20 +128,22 @@ fn main() {
     let pid = agent.pid_of("blaster");
     let server = spawn_in(WAN, &["iperf3", "-s", "-p", "5201"]);
     std::thread::sleep(Duration::from_millis(500));
-    let shaped = iperf_cpu(pid);
+    let shaped = iperf_cpu(pid, iperf_secs);
     // Unshaped: the same path without the redirect into the IFB and its HTB tree.
     let veth = format!("shv{tag}2");
     run_in(GW, &["tc", "qdisc", "del", "dev", &veth, "clsact"]);
-    let unshaped = iperf_cpu(pid);
-    kill(server);
+    let unshaped = iperf_cpu(pid, iperf_secs);
+    drop(server);
     agent.shg(&["remove", "blaster"]);
     agent.stop();
 
-    println!("forwarding cost, service -> WAN host through the gateway (iperf3, 10 s, all CPUs)");
+    println!(
+        "forwarding cost, service -> WAN host through the gateway (iperf3, {iperf_secs} s, all CPUs)"
+    );
     for (what, (gbits, cpu_s)) in [("shaped (IFB + HTB)", shaped), ("unshaped", unshaped)] {
         println!(
             "  {what:<20} {:>6.2} Gbit/s  {:>6.3} CPU-s per Gbit",
-            gbits / 10.0,
+            gbits / iperf_secs as f64,
             cpu_s / gbits
         );
     }
@@ -202,9 +215,9 @@ fn htb_bytes(tag: &str) -> std::collections::HashMap<u32, u64> {
     network::ops::parse_class_bytes(&text)
 }
 
-/// Runs iperf3 for 10 s from the service's network namespace to the WAN host; returns the
+/// Runs iperf3 for `secs` from the service's network namespace to the WAN host; returns the
 /// Gbit received and the CPU seconds the whole machine spent meanwhile.
-fn iperf_cpu(pid: i32) -> (f64, f64) {
+fn iperf_cpu(pid: i32, secs: u32) -> (f64, f64) {
     let busy_before = busy_seconds();
     let out = Command::new("nsenter")
         .arg(format!("--net=/proc/{pid}/ns/net"))
@@ -215,7 +228,7 @@ fn iperf_cpu(pid: i32) -> (f64, f64) {
             "-p",
             "5201",
             "-t",
-            "10",
+            &secs.to_string(),
             "-J",
         ])
         .output()
@@ -225,6 +238,11 @@ fn iperf_cpu(pid: i32) -> (f64, f64) {
     let bytes = report["end"]["sum_received"]["bytes"]
         .as_f64()
         .unwrap_or(0.0);
+    assert!(
+        bytes > 0.0,
+        "iperf3 from the service's namespace (PID {pid}) to the WAN host received nothing: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     (bytes * 8.0 / 1e9, busy)
 }
 
@@ -284,14 +302,28 @@ impl Drop for Lab {
     }
 }
 
-fn spawn_in(ns: &str, args: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn in namespace")
+/// A helper process in one of the lab's namespaces, killed when dropped (also when the bench
+/// fails halfway), so no sender or receiver outlives the bench.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `args` in namespace `ns` (`ip netns exec` execs it: the child is the process).
+fn spawn_in(ns: &str, args: &[&str]) -> Spawned {
+    Spawned(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn in namespace"),
+    )
 }
 
 fn run_in(ns: &str, args: &[&str]) -> String {
@@ -303,12 +335,8 @@ fn run_in(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn kill(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// An agent in the gateway namespace.
+/// An agent in the gateway namespace; dropped (also when the bench fails halfway), it removes
+/// its services and stops, so no container, veth or HTB class outlives the bench.
 struct Agent {
     child: Child,
     shg: PathBuf,
@@ -390,10 +418,14 @@ impl Agent {
             .expect("the agent's bridge")
     }
 
-    fn stop(mut self) {
-        // SAFETY: kill with a PID of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        common::remove_all_and_stop(&self.shg, &self.state.join("api.sock"), &mut self.child);
     }
 }
 

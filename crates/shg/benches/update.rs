@@ -7,11 +7,14 @@
 //! 3. time from the new version failing (its `exited` event in the journal) to the old version
 //!    healthy again after the agent's own rollback (seen in `shg ps`).
 //!
+//! `SHG_BENCH_QUICK=1` runs the same steps with one update and rollback and two services on
+//! the shared base.
 //! Needs root, busybox-static, docker-registry, skopeo and umoci (scripts/setup.sh).
 //! Run: `cargo bench -p shg --bench update`.
 
 #[allow(dead_code)]
 mod common;
+use common::scaled;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,14 +22,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const RUNS: usize = 5;
-
 fn main() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("update bench: needs root (it starts containers); skipped");
         return;
     }
+    common::announce("update");
+    let runs = scaled(5, 1);
     let shg = PathBuf::from(env!("CARGO_BIN_EXE_shg"));
     let state = tempfile::Builder::new()
         .prefix("shg-bench-")
@@ -66,6 +69,16 @@ fn main() {
         copies as f64 / store as f64
     );
 
+    // What the figures are about: a failure here is a regression, not noise.
+    assert!(
+        downloaded > 0 && downloaded < full / 2,
+        "the update of one small layer downloaded {downloaded} bytes of a {full}-byte image: the CLI's blob cache fetched layers it already held again (or nothing at all)"
+    );
+    assert!(
+        store < copies,
+        "the layer store takes {store} bytes for {services} services on one base, no less than {copies} bytes of separate roots: the base layer is not shared"
+    );
+
     let busybox = samples::find_busybox().expect("busybox-static");
     let health = "[health]\nexec = [\"/bin/sh\", \"-c\", \"test -f /tmp/ok\"]\ninterval = \"1s\"\nretries = 1\n";
     let release = |version: &str, body: &str| {
@@ -98,7 +111,7 @@ fn main() {
 
     let mut to_healthy = Vec::new();
     let mut to_old = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         // 1.0.0 → 2.0.0 (or back): time until the new version is healthy.
         let (next, version) = if run % 2 == 0 {
             (&good[1], "2.0.0")
@@ -135,7 +148,7 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    println!("update and rollback times ({RUNS} runs, medians; health checked every 1s):");
+    println!("update and rollback times ({runs} runs, medians; health checked every 1s):");
     println!(
         "  `shg update` → new version healthy            {:>8.0} ms",
         median(to_healthy)
@@ -239,9 +252,9 @@ fn layer_saving(
     agent.shg(&["remove", "layered"]);
 
     // N services, each the base plus a small layer of its own, pulled by the gateway.
-    const N: usize = 5;
+    let n = scaled(5, 2);
     let mut names = Vec::new();
-    for i in 1..=N {
+    for i in 1..=n {
         let name = format!("shared-{i}");
         image(&name, &name, "1.0.0");
         let reference = push(&name, &name, "1.0.0");
@@ -265,7 +278,7 @@ fn layer_saving(
     for name in &names {
         agent.shg(&["remove", name]);
     }
-    (downloaded, full, (N, store, copies))
+    (downloaded, full, (n, store, copies))
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -458,9 +471,15 @@ impl Agent {
         }
     }
 
-    fn stop(mut self) {
-        // SAFETY: kill with the PID of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Dropped (also when the bench fails halfway), the agent removes its services and stops, so
+/// no container, mount or cgroup outlives the bench.
+impl Drop for Agent {
+    fn drop(&mut self) {
+        common::remove_all_and_stop(&self.shg, &self.socket, &mut self.child);
     }
 }
