@@ -127,7 +127,8 @@ pub struct Status {
 }
 
 /// Delay and jitter need netem, which this kind of kernel may lack.
-pub const NOTE: &str = "access links are shaped (HTB) but have no added delay, jitter or loss: netem is not used";
+pub const NOTE: &str =
+    "access links are shaped (HTB) but have no added delay, jitter or loss: netem is not used";
 
 impl Lab {
     /// Loads the lab from its state file under `base`.
@@ -238,7 +239,10 @@ impl Lab {
                 &["-n", wan, "link", "add", &region.name, "type", "bridge"],
             )?;
             let cidr = format!("{}/16", region.router);
-            self.run("ip", &["-n", wan, "addr", "add", &cidr, "dev", &region.name])?;
+            self.run(
+                "ip",
+                &["-n", wan, "addr", "add", &cidr, "dev", &region.name],
+            )?;
             self.run("ip", &["-n", wan, "link", "set", &region.name, "up"])?;
         }
         for gw in &plan.gateways {
@@ -265,11 +269,20 @@ impl Lab {
             Duration::from_secs(30),
             || self.fleet(&["catalog"]).is_ok(),
         )
-        .map_err(|e| LabError(format!("{e}; its log: {}", self.log_path("controller").display())))?;
+        .map_err(|e| {
+            LabError(format!(
+                "{e}; its log: {}",
+                self.log_path("controller").display()
+            ))
+        })?;
 
         // The gateways: enrolled with one-time tokens carrying their labels.
         for gw in &plan.gateways {
-            let token = self.fleet(&["enroll-token", "--labels", &gw.labels(&plan.link, &plan.name)])?;
+            let token = self.fleet(&[
+                "enroll-token",
+                "--labels",
+                &gw.labels(&plan.link, &plan.name),
+            ])?;
             let token = token.trim().to_string();
             std::fs::create_dir_all(&gw.state_dir)
                 .map_err(|e| io_error(&gw.state_dir, "create", e))?;
@@ -304,7 +317,10 @@ impl Lab {
                 || enrolled.exists() && self.shg_at(gw, &["ps"]).is_ok(),
             )
             .map_err(|e| {
-                LabError(format!("{e}; its log: {}", self.log_path(&gw.name).display()))
+                LabError(format!(
+                    "{e}; its log: {}",
+                    self.log_path(&gw.name).display()
+                ))
             })?;
         }
         Ok(())
@@ -320,7 +336,14 @@ impl Lab {
     fn forwarding(&self, netns: &str) -> Result<(), LabError> {
         self.run(
             "ip",
-            &["netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+            &[
+                "netns",
+                "exec",
+                netns,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ],
         )
         .map(|_| ())
     }
@@ -340,22 +363,31 @@ impl Lab {
         self.run(
             "ip",
             &[
-                "link", "add", plan::WAN_IF, "netns", ns, "type", "veth", "peer", "name",
-                &gw.name, "netns", wan,
+                "link",
+                "add",
+                plan::WAN_IF,
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &gw.name,
+                "netns",
+                wan,
             ],
         )?;
         self.run(
             "ip",
-            &["-n", wan, "link", "set", &gw.name, "master", &gw.region, "up"],
+            &[
+                "-n", wan, "link", "set", &gw.name, "master", &gw.region, "up",
+            ],
         )?;
         let cidr = format!("{}/16", gw.wan_address);
         self.run("ip", &["-n", ns, "addr", "add", &cidr, "dev", plan::WAN_IF])?;
         self.run("ip", &["-n", ns, "link", "set", plan::WAN_IF, "up"])?;
         let router = gw.router.to_string();
-        self.run(
-            "ip",
-            &["-n", ns, "route", "add", "default", "via", &router],
-        )?;
+        self.run("ip", &["-n", ns, "route", "add", "default", "via", &router])?;
 
         self.record(Object::Link {
             netns: ns.into(),
@@ -364,15 +396,31 @@ impl Lab {
         self.run(
             "ip",
             &[
-                "link", "add", plan::LAN_IF, "netns", ns, "type", "veth", "peer", "name",
-                plan::HOST_IF, "netns", lan,
+                "link",
+                "add",
+                plan::LAN_IF,
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                plan::HOST_IF,
+                "netns",
+                lan,
             ],
         )?;
         let gw_lan = format!("{}/24", plan::LAN_GATEWAY);
         let host_lan = format!("{}/24", plan::LAN_HOST);
-        self.run("ip", &["-n", ns, "addr", "add", &gw_lan, "dev", plan::LAN_IF])?;
+        self.run(
+            "ip",
+            &["-n", ns, "addr", "add", &gw_lan, "dev", plan::LAN_IF],
+        )?;
         self.run("ip", &["-n", ns, "link", "set", plan::LAN_IF, "up"])?;
-        self.run("ip", &["-n", lan, "addr", "add", &host_lan, "dev", plan::HOST_IF])?;
+        self.run(
+            "ip",
+            &["-n", lan, "addr", "add", &host_lan, "dev", plan::HOST_IF],
+        )?;
         self.run("ip", &["-n", lan, "link", "set", plan::HOST_IF, "up"])?;
         let lan_gw = plan::LAN_GATEWAY.to_string();
         self.run(
@@ -453,7 +501,9 @@ impl Lab {
             .append(true)
             .open(&log_path)
             .map_err(|e| io_error(&log_path, "open", e))?;
-        let err = log.try_clone().map_err(|e| io_error(&log_path, "open", e))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| io_error(&log_path, "open", e))?;
         // nsenter execs in place: the child's PID is the agent's. A process group of its own,
         // so a ^C at the terminal that ran `shg lab up` does not reach it.
         let mut cmd = Command::new("nsenter");
@@ -503,7 +553,10 @@ impl Lab {
     /// `shg ARGS…` against gateway `gw`'s agent, on its socket.
     fn shg_at(&self, gw: &plan::Gateway, args: &[&str]) -> Result<String, LabError> {
         let socket = gw.socket();
-        self.shg_cmd(args, &[("SHG_GATEWAY", socket.to_str().unwrap_or_default())])
+        self.shg_cmd(
+            args,
+            &[("SHG_GATEWAY", socket.to_str().unwrap_or_default())],
+        )
     }
 
     fn shg_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String, LabError> {
@@ -608,11 +661,9 @@ impl Lab {
         let plan = &self.state.plan;
         let (name, lan) = match target.split_once('/') {
             Some((name, "lan")) => (name, true),
-            Some(_) => {
-                return Err(LabError(format!(
-                    "`{target}` is not a place in the lab: use GATEWAY (gw1) or GATEWAY/lan (gw1/lan)"
-                )))
-            }
+            Some(_) => return Err(LabError(format!(
+                "`{target}` is not a place in the lab: use GATEWAY (gw1) or GATEWAY/lan (gw1/lan)"
+            ))),
             None => (target, false),
         };
         let gw = plan.gateway(name).ok_or_else(|| {
@@ -626,6 +677,12 @@ impl Lab {
             LabError("no command given: `shg lab exec GATEWAY -- COMMAND [ARGS…]`".into())
         })?;
         let netns = if lan { &gw.lan_netns } else { &gw.netns };
+        // `shg` there is this lab's own binary, whether or not one is on PATH.
+        let program = if program == "shg" {
+            self.shg.display().to_string()
+        } else {
+            program.clone()
+        };
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{netns}"))
             .arg("--")
@@ -770,7 +827,10 @@ impl Lab {
             .collect();
         for name in names {
             self.shg_at(gw, &["remove", &name]).map_err(|e| {
-                LabError(format!("cannot remove `{name}` from gateway `{}`: {e}", gw.name))
+                LabError(format!(
+                    "cannot remove `{name}` from gateway `{}`: {e}",
+                    gw.name
+                ))
             })?;
         }
         Ok(())
@@ -810,11 +870,17 @@ pub fn gateway_toml(link: &Link) -> String {
 }
 
 /// Polls `check` every 100 ms for up to `timeout`.
-fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<(), LabError> {
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<(), LabError> {
     let deadline = Instant::now() + timeout;
     while !check() {
         if Instant::now() >= deadline {
-            return Err(LabError(format!("timed out after {timeout:?} waiting for {what}")));
+            return Err(LabError(format!(
+                "timed out after {timeout:?} waiting for {what}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -883,7 +949,10 @@ fn remove_cgroup_tree(dir: &Path, problems: &mut Vec<String>) {
     }
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
     for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     }
     for _ in 0..100 {
         if std::fs::remove_dir(dir).is_ok() || !dir.exists() {

@@ -36,10 +36,14 @@ pub struct Link {
 /// A rate: a number with an optional unit `kbit`, `mbit` or `gbit` (default mbit).
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let t = text.trim().to_ascii_lowercase();
-    let (number, scale) = [("gbit", 1_000_000_000), ("mbit", 1_000_000), ("kbit", 1_000)]
-        .iter()
-        .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n.to_string(), *scale)))
-        .unwrap_or((t.clone(), 1_000_000));
+    let (number, scale) = [
+        ("gbit", 1_000_000_000),
+        ("mbit", 1_000_000),
+        ("kbit", 1_000),
+    ]
+    .iter()
+    .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n.to_string(), *scale)))
+    .unwrap_or((t.clone(), 1_000_000));
     let value: f64 = number.trim().parse().map_err(|_| {
         format!("`{text}` is not a rate: give a number of Mbit/s or one with kbit, mbit or gbit (e.g. 8, 512kbit)")
     })?;
@@ -271,20 +275,39 @@ mod tests {
         assert_eq!((custom.down, custom.up), (20_000_000, 512_000));
         assert_eq!(custom.name, "20/512kbit");
         assert_eq!(parse_rate("1.5gbit").unwrap(), 1_500_000_000);
-        assert!(parse_link("dialup").unwrap_err().contains("adsl, vdsl, ftth"));
+        assert!(parse_link("dialup")
+            .unwrap_err()
+            .contains("adsl, vdsl, ftth"));
         assert!(parse_rate("0").unwrap_err().contains("out of range"));
         assert!(parse_rate("fast").unwrap_err().contains("not a rate"));
     }
 
     #[test]
     fn gateways_go_round_robin_over_regions_with_addresses_in_theirs() {
-        let p = plan("t1", Path::new("/run/shg-lab"), 5, 2, parse_link("adsl").unwrap()).unwrap();
+        let p = plan(
+            "t1",
+            Path::new("/run/shg-lab"),
+            5,
+            2,
+            parse_link("adsl").unwrap(),
+        )
+        .unwrap();
         let regions: Vec<&str> = p.gateways.iter().map(|g| g.region.as_str()).collect();
         assert_eq!(regions, ["r1", "r2", "r1", "r2", "r1"]);
-        let addrs: Vec<String> = p.gateways.iter().map(|g| g.wan_address.to_string()).collect();
+        let addrs: Vec<String> = p
+            .gateways
+            .iter()
+            .map(|g| g.wan_address.to_string())
+            .collect();
         assert_eq!(
             addrs,
-            ["100.65.0.2", "100.66.0.2", "100.65.0.3", "100.66.0.3", "100.65.0.4"]
+            [
+                "100.65.0.2",
+                "100.66.0.2",
+                "100.65.0.3",
+                "100.66.0.3",
+                "100.65.0.4"
+            ]
         );
         assert_eq!(p.gateways[1].router, Ipv4Addr::new(100, 66, 0, 1));
         assert_eq!(p.regions[1].router, Ipv4Addr::new(100, 66, 0, 1));
@@ -294,7 +317,10 @@ mod tests {
         assert_eq!(p.gateways[0].state_dir, Path::new("/run/shg-lab/t1/gw1"));
         assert_eq!(p.state_file(), Path::new("/run/shg-lab/t1/lab.json"));
         assert_eq!(p.namespaces().last().unwrap(), "shglab-t1-wan");
-        assert_eq!(p.gateways[0].labels(&p.link, "t1"), "region=r1,link=adsl,lab=t1");
+        assert_eq!(
+            p.gateways[0].labels(&p.link, "t1"),
+            "region=r1,link=adsl,lab=t1"
+        );
     }
 
     #[test]
@@ -307,16 +333,29 @@ mod tests {
     fn bad_parameters_are_refused_with_the_rule() {
         let link = parse_link("adsl").unwrap();
         let base = Path::new("/x");
-        assert!(plan("Bad_Name", base, 1, 1, link.clone()).unwrap_err().contains("lowercase"));
-        assert!(plan("ok", base, 0, 1, link.clone()).unwrap_err().contains("1 to"));
-        assert!(plan("ok", base, 1, 64, link).unwrap_err().contains("regions"));
+        assert!(plan("Bad_Name", base, 1, 1, link.clone())
+            .unwrap_err()
+            .contains("lowercase"));
+        assert!(plan("ok", base, 0, 1, link.clone())
+            .unwrap_err()
+            .contains("1 to"));
+        assert!(plan("ok", base, 1, 64, link)
+            .unwrap_err()
+            .contains("regions"));
     }
 
     #[test]
     fn the_cgroup_parent_is_the_agents() {
         // Agent::Config::new's hash of "/run/shg-lab/t1/gw1"; the shg crate checks the two
         // stay equal against the agent itself.
-        let p = plan("t1", Path::new("/run/shg-lab"), 1, 1, parse_link("adsl").unwrap()).unwrap();
+        let p = plan(
+            "t1",
+            Path::new("/run/shg-lab"),
+            1,
+            1,
+            parse_link("adsl").unwrap(),
+        )
+        .unwrap();
         assert!(p.gateways[0].cgroup_parent().starts_with("shg-"));
         assert_eq!(p.gateways[0].cgroup_parent().len(), 12);
     }
