@@ -169,6 +169,17 @@ impl Lab {
 
     /// Records `object` in the state file before it is made.
     fn record(&mut self, object: Object) -> Result<(), LabError> {
+        // For the tests of a half-made lab: `SHG_LAB_FAIL_AT=N` fails the N-th object.
+        if let Some(n) = std::env::var("SHG_LAB_FAIL_AT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+        {
+            if self.state.objects.len() + 1 >= n {
+                return Err(LabError(format!(
+                    "stopped before {object:?} as SHG_LAB_FAIL_AT={n} asks (a test's injected failure)"
+                )));
+            }
+        }
         if !self.state.objects.contains(&object) {
             self.state.objects.push(object);
         }
@@ -661,9 +672,11 @@ impl Lab {
         let plan = &self.state.plan;
         let (name, lan) = match target.split_once('/') {
             Some((name, "lan")) => (name, true),
-            Some(_) => return Err(LabError(format!(
+            Some(_) => {
+                return Err(LabError(format!(
                 "`{target}` is not a place in the lab: use GATEWAY (gw1) or GATEWAY/lan (gw1/lan)"
-            ))),
+            )))
+            }
             None => (target, false),
         };
         let gw = plan.gateway(name).ok_or_else(|| {
