@@ -128,7 +128,10 @@ fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 fn rate(bits: u64) -> String {
-    if bits >= 1_000_000 && bits % 1_000_000 == 0 {
+    // `is_multiple_of` needs Rust 1.87 and the workspace supports 1.85.
+    #[allow(clippy::manual_is_multiple_of)]
+    let whole_mbit = bits >= 1_000_000 && bits % 1_000_000 == 0;
+    if whole_mbit {
         format!("{}Mbit/s", bits / 1_000_000)
     } else {
         format!("{}kbit/s", bits / 1_000)
@@ -160,4 +163,17 @@ fn table(out: &mut impl Write, status: &lab::Status) -> io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_lab_names_each_agents_cgroup_parent_as_the_agent_does() {
+        let link = lab::plan::parse_link("adsl").unwrap();
+        let plan = lab::plan::plan("t1", std::path::Path::new("/run/shg-lab"), 3, 2, link).unwrap();
+        for gw in &plan.gateways {
+            let agent = agent::Config::new(gw.state_dir.clone()).unwrap();
+            assert_eq!(gw.cgroup_parent(), agent.cgroup_parent);
+        }
+    }
 }
