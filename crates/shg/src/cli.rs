@@ -136,6 +136,19 @@ pub enum Command {
         command: crate::fleet::FleetCommand,
     },
 
+    /// An emulated ISP on this machine: a controller and gateways in network namespaces
+    /// behind shaped access links, with a LAN behind each (needs root)
+    Lab {
+        /// Where labs keep their state file, logs and the agents' state
+        #[arg(long, global = true, value_name = "DIR", default_value = lab::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// The lab's name (several labs may run side by side)
+        #[arg(long, global = true, value_name = "NAME", default_value = lab::DEFAULT_NAME)]
+        name: String,
+        #[command(subcommand)]
+        command: crate::lab::LabCommand,
+    },
+
     #[command(flatten)]
     Remote(RemoteCommand),
 

@@ -81,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(crate::fleet::run(&client, command, cli.json))
         }
+        Command::Lab { dir, name, command } => crate::lab::run(dir, name, command, cli.json),
         Command::Demo { state_dir, listen } => daemon::demo(state_dir, listen).map(|()| 0),
         Command::Completions { shell } => {
             use clap::CommandFactory;

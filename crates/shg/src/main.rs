@@ -5,6 +5,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod fleet;
+mod lab;
 mod output;
 
 use std::io;

@@ -15,6 +15,7 @@ mod fleet;
 mod harness;
 mod health;
 mod isolation;
+mod lab;
 mod lifecycle;
 mod logs;
 mod monitor;

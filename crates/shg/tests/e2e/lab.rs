@@ -1,0 +1,340 @@
+//! The lab, end to end: `shg lab up` makes an emulated ISP with a controller and enrolled
+//! gateways in namespaces, `status`, `exec` and a bulk transfer show it works and that the
+//! access link is shaped, and `shg lab down` leaves nothing behind, also after its processes
+//! were killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{run_captured, Out, SHG};
+
+/// A lab under a private directory with a name of this run's, downed when dropped even if
+/// the test fails.
+struct TestLab {
+    name: String,
+    dir: tempfile::TempDir,
+}
+
+impl TestLab {
+    fn new(tag: &str) -> TestLab {
+        let dir = tempfile::Builder::new()
+            .prefix("shg-e2e-lab-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        TestLab {
+            name: format!("e{}{tag}", std::process::id()),
+            dir,
+        }
+    }
+
+    fn base(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn lab_dir(&self) -> PathBuf {
+        self.base().join(&self.name)
+    }
+
+    fn shg(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new(SHG);
+        cmd.arg("lab")
+            .arg("--dir")
+            .arg(self.base())
+            .args(["--name", &self.name])
+            .args(args)
+            .env_remove("SHG_GATEWAY")
+            .env_remove("SHG_CONTROLLER");
+        let scratch = tempfile::tempdir().unwrap();
+        run_captured(cmd, scratch.path(), Duration::from_secs(120))
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let out = self.shg(args);
+        assert!(out.ok(), "`shg lab {}` failed:\n{out}", args.join(" "));
+        out
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.ok(&["status", "--json"]).stdout).unwrap()
+    }
+
+    fn namespaces(&self) -> Vec<String> {
+        let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|n| n.starts_with(&format!("shglab-{}-", self.name)))
+            .map(String::from)
+            .collect()
+    }
+
+    /// Processes whose command line mentions the lab's directory.
+    fn processes(&self) -> Vec<String> {
+        let dir = self.lab_dir().display().to_string();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(&dir) {
+                found.push(text);
+            }
+        }
+        found
+    }
+
+    /// Asserts nothing of the lab is left: namespaces (and so their interfaces, bridges,
+    /// tables and queues), processes, files, cgroups, mounts.
+    fn assert_gone(&self, cgroups: &[String]) {
+        assert_eq!(self.namespaces(), Vec::<String>::new(), "namespaces left");
+        assert_eq!(self.processes(), Vec::<String>::new(), "processes left");
+        assert!(
+            !self.lab_dir().exists(),
+            "{} left",
+            self.lab_dir().display()
+        );
+        let host_links = Command::new("ip").args(["-br", "link"]).output().unwrap();
+        let host_links = String::from_utf8_lossy(&host_links.stdout);
+        for l in host_links.lines() {
+            let name = l.split_whitespace().next().unwrap_or_default();
+            assert!(
+                !["wan0", "lan0"].contains(&name.split('@').next().unwrap_or_default()),
+                "a lab interface reached the host: {l}"
+            );
+        }
+        let tables = Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&tables.stdout).contains("shglab"),
+            "the lab's NAT table reached the host"
+        );
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo.contains(&self.lab_dir().display().to_string()),
+            "mounts left under the lab"
+        );
+        for cg in cgroups {
+            let left: Vec<_> = std::fs::read_dir("/sys/fs/cgroup")
+                .unwrap()
+                .flatten()
+                .map(|h| h.path().join(cg))
+                .chain([Path::new("/sys/fs/cgroup").join(cg)])
+                .filter(|p| p.exists())
+                .collect();
+            assert!(left.is_empty(), "cgroups left: {left:?}");
+        }
+    }
+}
+
+impl Drop for TestLab {
+    fn drop(&mut self) {
+        if self.lab_dir().join("lab.json").exists() {
+            let out = self.shg(&["down"]);
+            if !out.ok() && !std::thread::panicking() {
+                panic!("shg lab down failed:\n{out}");
+            }
+        }
+    }
+}
+
+fn cgroups_of(status: &Value) -> Vec<String> {
+    status["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            // The agent's cgroup parent is named from its state directory, as lab's plan has it.
+            let dir =
+                PathBuf::from(status["dir"].as_str().unwrap()).join(g["name"].as_str().unwrap());
+            let hash = dir
+                .as_os_str()
+                .as_encoded_bytes()
+                .iter()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+                }) as u32;
+            format!("shg-{hash:08x}")
+        })
+        .collect()
+}
+
+#[test]
+fn a_lab_of_three_adsl_gateways_in_two_regions_comes_up_is_shaped_and_goes_without_a_trace() {
+    let lab = TestLab::new("a");
+    let up = lab.ok(&["up", "--gateways", "3", "--regions", "2", "--link", "adsl"]);
+    assert!(
+        up.stdout.contains("netem"),
+        "the lab says what it leaves out:\n{up}"
+    );
+
+    let status = lab.status();
+    let gateways = status["gateways"].as_array().unwrap();
+    assert_eq!(gateways.len(), 3);
+    let regions: Vec<&str> = gateways
+        .iter()
+        .map(|g| g["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["r1", "r2", "r1"]);
+    for g in gateways {
+        assert_eq!(g["controller"], "online", "{status:#}");
+        assert_eq!(g["link"], "adsl");
+        // A few hundred of them must fit on a 24 GiB machine: well under 64 MiB each.
+        let rss = g["rss_kib"].as_u64().unwrap();
+        assert!(rss < 64 * 1024, "an agent holds {rss} KiB");
+    }
+    // The controller's own view, by label.
+    let ctl = lab.ok(&[
+        "exec",
+        "gw1",
+        "--",
+        "shg",
+        "fleet",
+        "gateways",
+        "--selector",
+        "region=r1",
+        "--json",
+    ]);
+    let rows: Vec<Value> = serde_json::from_str(&ctl.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{ctl}");
+
+    let ps = lab.ok(&["exec", "gw1", "--", "shg", "ps"]);
+    assert!(ps.stdout.contains("no services"), "{ps}");
+    let addr = lab.ok(&["exec", "gw1/lan", "--", "ip", "addr"]);
+    assert!(addr.stdout.contains("192.168.1.2/24"), "{addr}");
+    let wan = lab.ok(&["exec", "gw2", "--", "ip", "addr"]);
+    assert!(wan.stdout.contains("100.66.0.2/16"), "{wan}");
+
+    // Downlink: the router sends to a household device through the gateway's NAT for 3 s.
+    let wan_ns = format!("shglab-{}-wan", lab.name);
+    let port = "5201";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &wan_ns, "iperf3", "-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    let client = lab.shg(&[
+        "exec",
+        "gw1/lan",
+        "--",
+        "iperf3",
+        "-c",
+        "100.64.0.1",
+        "-p",
+        port,
+        "-R",
+        "-t",
+        "3",
+        "-J",
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(client.ok(), "{client}");
+    let result: Value = serde_json::from_str(&client.stdout).unwrap();
+    let bits = result["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap();
+    // 8 Mbit/s nominal: near it, and nowhere near the gigabits of an unshaped veth.
+    assert!(
+        (4_000_000.0..12_000_000.0).contains(&bits),
+        "ADSL downlink gave {bits} bit/s"
+    );
+
+    let cgroups = cgroups_of(&status);
+    let down = lab.ok(&["down"]);
+    assert!(down.stdout.contains("down"), "{down}");
+    lab.assert_gone(&cgroups);
+    // Once more: nothing to do, and says so.
+    assert!(lab.ok(&["down"]).stdout.contains("no lab"));
+}
+
+#[test]
+fn down_after_the_labs_processes_were_killed_still_leaves_nothing() {
+    let lab = TestLab::new("k");
+    lab.ok(&["up", "--gateways", "2", "--link", "20/5"]);
+    let status = lab.status();
+    let mut pids: Vec<i64> = status["gateways"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["pid"].as_i64().unwrap())
+        .collect();
+    pids.push(status["controller_pid"].as_i64().unwrap());
+    for pid in &pids {
+        let ok = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let after = lab.status();
+    assert!(after["gateways"][0]["pid"].is_null(), "{after:#}");
+    assert_eq!(after["gateways"][0]["controller"], "unknown");
+    let cgroups = cgroups_of(&status);
+    lab.ok(&["down"]);
+    lab.assert_gone(&cgroups);
+}
+
+#[test]
+fn a_lab_taken_by_something_else_is_refused_before_anything_is_made() {
+    let lab = TestLab::new("f");
+    // Something else holds the name of the second gateway's namespace: `up` refuses before
+    // making anything, and says how to get out.
+    let taken = format!("shglab-{}-gw2", lab.name);
+    let made = Command::new("ip")
+        .args(["netns", "add", &taken])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let out = lab.shg(&["up", "--gateways", "2"]);
+    let _ = Command::new("ip").args(["netns", "del", &taken]).status();
+    assert!(!out.ok(), "{out}");
+    assert!(
+        out.stderr.contains(&taken) && out.stderr.contains("ip netns del"),
+        "{out}"
+    );
+    lab.assert_gone(&[]);
+}
+
+#[test]
+fn a_lab_that_fails_half_way_is_undone() {
+    // Past the namespaces and links of both gateways, the controller started, gw1's agent
+    // started: the failure comes with gw2's agent.
+    for fail_at in [6, 12, 19] {
+        let lab = TestLab::new(&format!("h{fail_at}"));
+        let mut cmd = Command::new(SHG);
+        cmd.arg("lab")
+            .arg("--dir")
+            .arg(lab.base())
+            .args([
+                "--name",
+                &lab.name,
+                "up",
+                "--gateways",
+                "2",
+                "--regions",
+                "2",
+            ])
+            .env("SHG_LAB_FAIL_AT", fail_at.to_string());
+        let scratch = tempfile::tempdir().unwrap();
+        let out = run_captured(cmd, scratch.path(), Duration::from_secs(120));
+        assert!(!out.ok(), "{out}");
+        assert!(
+            out.stderr.contains("everything it made was undone"),
+            "{out}"
+        );
+        let cgroups = cgroups_of(&serde_json::json!({
+            "dir": lab.lab_dir().display().to_string(),
+            "gateways": [{"name": "gw1"}, {"name": "gw2"}],
+        }));
+        lab.assert_gone(&cgroups);
+    }
+}
