@@ -24,6 +24,7 @@ mod registry;
 mod resources;
 mod restart;
 mod runc;
+mod standard;
 mod storage;
 mod trust;
 mod update;
