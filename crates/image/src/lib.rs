@@ -2,7 +2,9 @@
 //!
 //! A package is an OCI image (image-spec v1.1) stored as an OCI image layout in a tar file.
 //! The service manifest (`shg-service.toml`) travels as the image config label
-//! [`MANIFEST_LABEL`]; this crate treats it as opaque text.
+//! [`MANIFEST_LABEL`], or, for a standard image built by other tools, beside the image
+//! ([`open_with`]; the package is then identified by the [`pair_digest`] of both); this crate
+//! treats it as opaque text.
 //!
 //! Security model: [`open`] trusts nothing in the tar. It extracts only `oci-layout`,
 //! `index.json` and `blobs/sha256/<hex>`, hashes every blob against its name and checks the
