@@ -158,7 +158,18 @@ mod tests {
         assert_eq!(detail.manifest["run"]["command"][0], "/bin/app");
         assert_eq!(detail.manifest["ports"][0]["port"], 8080);
         assert_eq!(detail.manifest["ports"][0]["publish"], "none");
-        assert_ne!(detail.image_digest, "", "the pair digest names the release");
+        // The release is named by the pair of image and manifest.
+        let peek = image::open_with(
+            &image,
+            &bench.dir.path().join("peek"),
+            Some(&beside("1.0.0")),
+        )
+        .unwrap();
+        let of_text = image::manifest_digest(&beside("1.0.0"));
+        assert_eq!(
+            detail.image_digest,
+            image::pair_digest(&peek.image_digest, &of_text)
+        );
     }
 
     #[tokio::test(start_paused = true)]
