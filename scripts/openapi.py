@@ -24,7 +24,8 @@ schemas={
  "TrustRequest": obj({"provider":S,"public_key":dict(S,description="The text of the provider's .pub file (`shg-ed25519 PROVIDER BASE64`)"),
     "services":dict(arr(S),description="Patterns of service names the key may publish (`camera`, `cam-*`); empty or absent: any")},["provider","public_key"]),
  "PullRequest": obj({"reference":dict(S,description="REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"),"start":dict(B,description="Start it once installed (default true)"),
-    "allow_unsigned":dict(B,description="Operator only: install without a trusted signature")},["reference"]),
+    "allow_unsigned":dict(B,description="Operator only: install without a trusted signature"),
+    "manifest":dict(S,description="The text of shg-service.toml, for an image without the org.shg.manifest label (a standard image): the manifest given beside it, completed from the image's config; the signature must cover the image and this manifest together")},["reference"]),
  "TrustRule": obj({"key_id":S,"provider":S,"services":arr(S),"public_key":S,"added_ms":I}),
  "ServiceRef": obj({"provider":S,"name":S}),
  "Subscriptions": obj({"controller":dict(nul(S),description="The fleet controller the gateway syncs with; null in no fleet"),
@@ -83,6 +84,8 @@ def resp(code, desc, schema=None, ctype="application/json", more=()):
     return r
 name={"name":"name","in":"path","required":True,"schema":{"type":"string","pattern":"^[a-z][a-z0-9-]{0,62}$"},"description":"Service name","example":"camera"}
 def q(n,schema,desc): return {"name":n,"in":"query","required":False,"schema":schema,"description":desc}
+manifest_header={"name":"X-SHG-Manifest","in":"header","required":False,"schema":{"type":"string","format":"byte","maxLength":87400},
+  "description":"For an image without the org.shg.manifest label (a standard image, as docker, podman or buildah build it): the bytes of its shg-service.toml, base64 (standard alphabet, padded), at most 64 KiB before encoding. The image's config (Entrypoint and Cmd, Env, User, WorkingDir, ExposedPorts) fills in what the manifest's [run] leaves out. The signature must cover the image and this manifest together (`shg sign IMAGE --manifest FILE`). Without it, the package's label is its manifest"}
 conflict=err("Not possible in the service's current state, or the name is taken")
 refused={"description":"Admission refused (`admission-refused`, the refusal in `detail`) or a conflict","content":{"application/json":{"schema":ref("ErrorBody")}}}
 
@@ -94,11 +97,11 @@ paths={
  "/metrics":{"get":{"operationId":"metrics","summary":"Prometheus metrics, scoped to the caller's realm","responses":resp("200","Prometheus text format 0.0.4",{"type":"string"},"text/plain")}},
  "/v1/services":{
    "get":{"operationId":"listServices","summary":"The services the caller sees","responses":resp("200","Services",arr(ref("ServiceSummary")))},
-   "post":{"operationId":"install","summary":"Install a package (an OCI image layout tar, sent as application/octet-stream), and start it unless start=false",
+   "post":{"operationId":"install","summary":"Install a package (an OCI image layout tar, sent as application/octet-stream; a standard image with its manifest in X-SHG-Manifest), and start it unless start=false",
      "parameters":[q("start",B,"Start it once installed (default true)"),q("dry_run",B,"Only say whether it would be admitted"),
                    q("stop",S,"Services (comma-separated) the caller agreed to stop to make room"),
                    q("allow_unsigned",B,"Operator only, for local development: install without a trusted signature"),
-                   q("source",S,"The registry reference the package was pulled from (kept for updates by version)")],
+                   q("source",S,"The registry reference the package was pulled from (kept for updates by version)"),manifest_header],
      "requestBody":{"required":True,"content":{"application/octet-stream":{"schema":{"type":"string","format":"binary"}}}},
      "responses":dict(resp("201","Installed",ref("ServiceDetail")),**{"200":{"description":"Dry run: it would be admitted","content":{"application/json":{"schema":ref("Verdict")}}},"409":refused,"413":err("The package is larger than the agent accepts")})}},
  "/v1/services/{name}":{"parameters":[name],
@@ -113,7 +116,7 @@ paths={
    "requestBody":{"required":True,"content":{"application/json":{"schema":ref("PriorityRequest")}}},"responses":resp("200","Ranked",ref("ServiceSummary"))}},
  "/v1/services/{name}/update":{"parameters":[name],"post":{"operationId":"update","summary":"Switch the service to a new package (same name and provider), keeping the current release for a rollback; the agent rolls back by itself if the new one fails within the health window",
    "parameters":[q("allow_unsigned",B,"Operator only: accept a package no trusted key signed"),q("window_s",{"type":"integer","minimum":0,"maximum":3600},"Seconds the new release must stay up and healthy (default 30)"),
-                 q("source",S,"The registry reference the package was pulled from")],
+                 q("source",S,"The registry reference the package was pulled from"),manifest_header],
    "requestBody":{"required":True,"content":{"application/octet-stream":{"schema":{"type":"string","format":"binary"}}}},
    "responses":dict(resp("200","Switched; the health window runs on",ref("ServiceDetail")),**{"409":refused,"413":err("The package is larger than the agent accepts")})}},
  "/v1/services/{name}/rollback":{"parameters":[name],"post":{"operationId":"rollback","summary":"Back to the release the last update replaced",

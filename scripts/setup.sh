@@ -21,6 +21,7 @@ packages=(
   docker-registry   # a real OCI registry on loopback: installs by reference, pulls on the gateway
   skopeo            # pushes packages into it
   umoci             # builds a plain OCI image the way other tools do
+  buildah           # builds a standard image from a FROM scratch Containerfile (vfs storage)
   postgresql        # the fleet controller's tests run on a throwaway PostgreSQL cluster too
 )
 missing=()

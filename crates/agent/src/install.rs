@@ -30,6 +30,9 @@ pub struct InstallOptions {
     pub allow_unsigned: bool,
     /// The registry reference the package was pulled from, kept for `shg update NAME VERSION`.
     pub source: Option<String>,
+    /// The service manifest given beside the image (`--manifest FILE`): how a standard image
+    /// without the `org.shg.manifest` label installs.
+    pub manifest: Option<String>,
 }
 
 impl Agent {
@@ -56,13 +59,9 @@ impl Agent {
         opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         let (start, stop) = (opts.start, &opts.stop[..]);
-        let (upload, staging_owned) = (upload.to_path_buf(), staging.to_path_buf());
-        let package = tokio::task::spawn_blocking(move || image::open(&upload, &staging_owned))
-            .await
-            .map_err(AgentError::Task)?
-            .map_err(AgentError::Image)?;
-        let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(AgentError::Manifest)?;
+        let (package, manifest) = self
+            .open_package(upload, staging, opts.manifest.as_deref())
+            .await?;
         let name = manifest.name.clone();
         crate::auth::check_install(who, &name, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
@@ -200,16 +199,12 @@ impl Agent {
         who: &Principal,
         upload: &Path,
         allow_unsigned: bool,
+        beside: Option<&str>,
     ) -> Result<api::Verdict, AgentError> {
         let staging = self.layout.tmp().join(format!("check-{}", unique()));
-        let (up, st) = (upload.to_path_buf(), staging.clone());
-        let opened = tokio::task::spawn_blocking(move || image::open(&up, &st))
-            .await
-            .map_err(AgentError::Task)?;
+        let opened = self.open_package(upload, &staging, beside).await;
         let _ = std::fs::remove_dir_all(&staging);
-        let package = opened.map_err(AgentError::Image)?;
-        let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(AgentError::Manifest)?;
+        let (package, manifest) = opened?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {

@@ -14,6 +14,7 @@ mod layout;
 mod lifecycle;
 mod monitor;
 mod networking;
+mod package;
 mod pidfd;
 mod releases;
 mod settings;

@@ -101,21 +101,23 @@ impl Agent {
                 })
             })
             .collect();
-        let signatures: Vec<trust::Signature> = package
-            .annotations
-            .iter()
-            .filter_map(|(k, v)| trust::Signature::from_annotation(k, v))
-            .collect();
-        match trust::check(
+        // The package's digest covers the manifest given beside a standard image too, and
+        // only signatures made for that manifest count.
+        match trust::check_annotations(
             &rules,
             &manifest.name,
             &manifest.provider,
             &package.digest,
-            &signatures,
+            package.manifest_digest.as_deref(),
+            &package.annotations,
         ) {
             Ok(key) => Ok(Some(key)),
-            // A forged or broken signature is refused even in development.
-            Err(e @ trust::TrustError::BadSignature { .. }) => Err(AgentError::Signature(e)),
+            // A forged or broken signature, or one for another manifest beside the image, is
+            // refused even in development: what was signed is not what came.
+            Err(
+                e @ (trust::TrustError::BadSignature { .. }
+                | trust::TrustError::OtherManifest { .. }),
+            ) => Err(AgentError::Signature(e)),
             Err(_) if allow_unsigned => Ok(None),
             Err(e) => Err(AgentError::Signature(e)),
         }

@@ -34,14 +34,17 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(3600);
 const PROBATION_TICK: Duration = Duration::from_millis(200);
 
 impl Agent {
-    /// `shg update NAME PACKAGE`: switches `name` to the package at `upload`, keeping the
-    /// current release for a rollback. Returns once the new release is started; its health
-    /// window runs on in the background.
+    /// `shg update NAME PACKAGE`: switches `name` to the package at `upload` (with its service
+    /// manifest `beside` it, for a standard image), keeping the current release for a
+    /// rollback. Returns once the new release is started; its health window runs on in the
+    /// background.
+    #[allow(clippy::too_many_arguments)]
     pub async fn update(
         self: &Arc<Self>,
         who: &Principal,
         name: &str,
         upload: &Path,
+        beside: Option<&str>,
         allow_unsigned: bool,
         window: Duration,
         source: Option<String>,
@@ -51,7 +54,16 @@ impl Agent {
             .tmp()
             .join(format!("update-{}", crate::layout::unique()));
         let result = self
-            .update_from(who, name, upload, &staging, allow_unsigned, window, source)
+            .update_from(
+                who,
+                name,
+                upload,
+                beside,
+                &staging,
+                allow_unsigned,
+                window,
+                source,
+            )
             .await;
         let _ = std::fs::remove_dir_all(&staging);
         result
@@ -63,19 +75,14 @@ impl Agent {
         who: &Principal,
         name: &str,
         upload: &Path,
+        beside: Option<&str>,
         staging: &Path,
         allow_unsigned: bool,
         window: Duration,
         source: Option<String>,
     ) -> Result<ServiceDetail, AgentError> {
         self.access(who, name, ServiceAction::Run)?;
-        let (up, st) = (upload.to_path_buf(), staging.to_path_buf());
-        let package = tokio::task::spawn_blocking(move || image::open(&up, &st))
-            .await
-            .map_err(AgentError::Task)?
-            .map_err(AgentError::Image)?;
-        let manifest = manifest::parse(&package.manifest_toml, "shg-service.toml (in the package)")
-            .map_err(AgentError::Manifest)?;
+        let (package, manifest) = self.open_package(upload, staging, beside).await?;
         if manifest.name != name {
             return Err(AgentError::BadPackage(format!(
                 "the package is `{}`, not `{name}`: an update keeps the service's name; install `{}` as a service of its own",
@@ -493,7 +500,7 @@ mod tests {
         // a short one.
         let window = Duration::from_millis(30);
         let detail = agent
-            .update(&Principal::Operator, "web", &v2, true, window, None)
+            .update(&Principal::Operator, "web", &v2, None, true, window, None)
             .await
             .unwrap();
         assert_eq!(detail.summary.version, "2.0.0");
@@ -544,6 +551,7 @@ mod tests {
                 &Principal::Operator,
                 "web",
                 &v2,
+                None,
                 true,
                 Duration::from_secs(30),
                 None,

@@ -292,7 +292,7 @@ impl Client {
         } else {
             "/v1/services?start=false"
         };
-        self.upload(path, uri).await
+        self.upload(path, uri, None).await
     }
 
     /// `POST /v1/services` with every install option.
@@ -301,8 +301,8 @@ impl Client {
         path: &Path,
         params: &InstallParams,
     ) -> Result<ServiceDetail, ClientError> {
-        self.upload(path, &format!("/v1/services{}", params.query(false).0))
-            .await
+        let uri = format!("/v1/services{}", params.query(false).0);
+        self.upload(path, &uri, params.manifest.as_deref()).await
     }
 
     /// `POST /v1/services?dry_run=true` with every install option.
@@ -311,8 +311,8 @@ impl Client {
         path: &Path,
         params: &InstallParams,
     ) -> Result<crate::Verdict, ClientError> {
-        self.upload(path, &format!("/v1/services{}", params.query(true).0))
-            .await
+        let uri = format!("/v1/services{}", params.query(true).0);
+        self.upload(path, &uri, params.manifest.as_deref()).await
     }
 
     /// `POST /v1/services/{name}/update`: switches `name` to the package at `path`; the
@@ -334,7 +334,7 @@ impl Client {
             query.push("source", source);
         }
         let uri = format!("/v1/services/{}/update{}", segment(name), query.0);
-        self.upload(path, &uri).await
+        self.upload(path, &uri, params.manifest.as_deref()).await
     }
 
     /// `POST /v1/services/{name}/rollback`: back to the release the last update replaced.
@@ -389,7 +389,7 @@ impl Client {
         stop: &[String],
     ) -> Result<ServiceDetail, ClientError> {
         let uri = format!("/v1/services?stop={}", stop_list(stop));
-        self.upload(path, &uri).await
+        self.upload(path, &uri, None).await
     }
 
     /// `POST /v1/services/{name}/start?stop=A,B`.
@@ -409,7 +409,7 @@ impl Client {
     /// `POST /v1/services?dry_run=true`: whether the package would be admitted; changes
     /// nothing. A refusal is a [`ClientError::Api`] with code `admission-refused`.
     pub async fn check_install(&self, path: &Path) -> Result<crate::Verdict, ClientError> {
-        self.upload(path, "/v1/services?dry_run=true").await
+        self.upload(path, "/v1/services?dry_run=true", None).await
     }
 
     /// `POST /v1/services/{name}/start?dry_run=true`.
@@ -435,10 +435,13 @@ impl Client {
             .await
     }
 
+    /// POSTs the package file at `path` to `uri`, streamed from disk, with the service
+    /// `manifest` given beside it (in [`crate::MANIFEST_HEADER`]) when there is one.
     async fn upload<T: serde::de::DeserializeOwned>(
         &self,
         path: &Path,
         uri: &str,
+        manifest: Option<&str>,
     ) -> Result<T, ClientError> {
         let package_error = |error| ClientError::Package {
             path: path.to_path_buf(),
@@ -458,8 +461,38 @@ impl Client {
             remaining: meta.len(),
             buf: vec![0; UPLOAD_CHUNK].into_boxed_slice(),
         };
-        self.json(Method::POST, uri, body, Some("application/octet-stream"))
-            .await
+        let header = match manifest {
+            None => None,
+            Some(text) if text.len() > crate::MAX_MANIFEST => {
+                return Err(ClientError::BadRequest {
+                    request: describe(&Method::POST, &uri),
+                    reason: format!(
+                        "the service manifest is {} bytes; the gateway takes at most {} beside an image",
+                        text.len(),
+                        crate::MAX_MANIFEST
+                    ),
+                })
+            }
+            Some(text) => {
+                use base64::Engine as _;
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                let value = HeaderValue::from_str(&encoded).expect("base64 is a valid header value");
+                Some((crate::MANIFEST_HEADER, value))
+            }
+        };
+        let request = describe(&Method::POST, &uri);
+        let response = self
+            .call_with(
+                Method::POST,
+                uri,
+                body,
+                Some("application/octet-stream"),
+                header,
+            )
+            .await?;
+        let bytes = collect(&request, response.into_body()).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| bad_response(&request, format!("{e}; the body was: {}", snippet(&bytes))))
     }
 
     /// `POST /v1/services/{name}/start`.
@@ -795,6 +828,18 @@ impl Client {
         body: ReqBody,
         content_type: Option<&'static str>,
     ) -> Result<Response<Incoming>, ClientError> {
+        self.call_with(method, uri, body, content_type, None).await
+    }
+
+    /// [`Client::call`] with one more header.
+    async fn call_with(
+        &self,
+        method: Method,
+        uri: String,
+        body: ReqBody,
+        content_type: Option<&'static str>,
+        header: Option<(&'static str, HeaderValue)>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let request = describe(&method, &uri);
         let (stream, send_failure) = Sending::new(self.connect().await?);
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -819,6 +864,9 @@ impl Client {
         }
         if let Some(content_type) = content_type {
             builder = builder.header(CONTENT_TYPE, content_type);
+        }
+        if let Some((name, value)) = header {
+            builder = builder.header(name, value);
         }
         if let ReqBody::File { remaining, .. } = &body {
             builder = builder.header(CONTENT_LENGTH, HeaderValue::from(*remaining));
@@ -1021,6 +1069,9 @@ pub struct InstallParams {
     pub allow_unsigned: bool,
     /// The registry reference the package came from.
     pub source: Option<String>,
+    /// The text of the service manifest given beside a standard image (`--manifest FILE`),
+    /// sent in [`crate::MANIFEST_HEADER`].
+    pub manifest: Option<String>,
 }
 
 impl InstallParams {
@@ -1052,6 +1103,8 @@ pub struct UpdateParams {
     /// Seconds the new release has to prove itself; the agent's default when `None`.
     pub window_s: Option<u64>,
     pub source: Option<String>,
+    /// The service manifest given beside a standard image, as for [`InstallParams`].
+    pub manifest: Option<String>,
 }
 
 impl Query {
@@ -1531,6 +1584,50 @@ mod tests {
         );
         assert!(head.contains("content-length: 200000\r\n"), "{head}");
         assert_eq!(&request[head_end..], &content[..]);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_beside_the_image_travels_base64_in_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let package = dir.path().join("image.tar");
+        std::fs::write(&package, b"the image").unwrap();
+        let server = serve(fixed(
+            "200 OK",
+            "application/json",
+            b"{\"service\":\"web\",\"admitted\":true,\"message\":\"ok\"}",
+        ));
+        let manifest = "name = \"web\"\nversion = \"1.0.0\"\nprovider = \"acme\"\n";
+        let params = InstallParams {
+            start: true,
+            manifest: Some(manifest.into()),
+            ..InstallParams::default()
+        };
+        client(&server)
+            .check_install_with(&package, &params)
+            .await
+            .unwrap();
+        let request = server.request.await.unwrap();
+        let head_end = request.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+        use base64::Engine as _;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(manifest);
+        assert!(
+            head.contains(&format!("{}: {encoded}\r\n", crate::MANIFEST_HEADER)),
+            "{head}"
+        );
+        // The body is the image, untouched.
+        assert_eq!(&request[head_end..], b"the image");
+
+        let too_big = InstallParams {
+            manifest: Some("#".repeat(crate::MAX_MANIFEST + 1)),
+            ..InstallParams::default()
+        };
+        let err = Client::new("/nonexistent.sock")
+            .unwrap()
+            .install_with(&package, &too_big)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 65536"), "{err}");
     }
 
     #[tokio::test]

@@ -12,6 +12,13 @@ pub mod types;
 pub use client::{Client, ClientError, InstallParams, Options, UpdateParams};
 pub use types::*;
 
+/// The request header that carries the service manifest given beside a standard image on
+/// `POST /v1/services` and `POST /v1/services/{name}/update`: the bytes of `shg-service.toml`,
+/// base64 (standard alphabet, padded). The body stays the package as it is.
+pub const MANIFEST_HEADER: &str = "x-shg-manifest";
+/// The longest service manifest the gateway takes beside an image (64 KiB, before base64).
+pub const MAX_MANIFEST: usize = 64 << 10;
+
 /// Where the agent keeps its state, and its socket, unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/shg";
 /// The socket's file name inside the state directory.

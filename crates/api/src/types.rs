@@ -299,6 +299,10 @@ pub struct PullRequest {
     /// Operator only, for local development: install without a trusted signature.
     #[serde(default)]
     pub allow_unsigned: bool,
+    /// The text of the service manifest, for an image without the `org.shg.manifest` label
+    /// (a standard image): what `--manifest FILE` gives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 fn yes() -> bool {

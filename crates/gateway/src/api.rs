@@ -15,7 +15,7 @@ use agent::{Agent, AgentError, GatewayAction, Principal, ServiceAction};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Extension, Json, Router};
@@ -297,17 +297,66 @@ fn stop_list(q: &Option<String>) -> Vec<String> {
         .collect()
 }
 
+/// The service manifest given beside a standard image: the [`api::MANIFEST_HEADER`] header,
+/// base64 of the file's bytes, which must be UTF-8 text of at most [`api::MAX_MANIFEST`]
+/// bytes. `None` without the header (the package carries its manifest as a label).
+fn manifest_beside(headers: &HeaderMap) -> Result<Option<String>, AgentError> {
+    use base64::Engine as _;
+    let Some(value) = headers.get(api::MANIFEST_HEADER) else {
+        return Ok(None);
+    };
+    let way_out = "send the bytes of shg-service.toml base64-encoded (standard alphabet, padded)";
+    let bad = |why: String| {
+        AgentError::BadRequest(format!(
+            "the {} header {why}; {way_out}",
+            api::MANIFEST_HEADER
+        ))
+    };
+    // Base64 of the largest manifest, and a little slack for stray whitespace.
+    let limit = api::MAX_MANIFEST.div_ceil(3) * 4 + 16;
+    if value.len() > limit {
+        return Err(bad(format!(
+            "holds more than a manifest of {} bytes",
+            api::MAX_MANIFEST
+        )));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| bad("is not ASCII".into()))?
+        .trim();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| bad(format!("is not base64 ({e})")))?;
+    if bytes.len() > api::MAX_MANIFEST {
+        return Err(bad(format!(
+            "holds {} bytes, more than the {} a manifest may have",
+            bytes.len(),
+            api::MAX_MANIFEST
+        )));
+    }
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| bad("does not decode to UTF-8 text".into()))
+}
+
 async fn install(
     State(Ctx { agent, .. }): State<Ctx>,
     Extension(who): Extension<Principal>,
     Query(q): Query<InstallQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     check(&who, GatewayAction::Install)?;
+    let beside = manifest_beside(&headers)?;
     let upload = receive(&agent, body).await?;
     if q.dry_run.unwrap_or(false) {
         let verdict = agent
-            .check_install(&who, &upload.0, q.allow_unsigned.unwrap_or(false))
+            .check_install(
+                &who,
+                &upload.0,
+                q.allow_unsigned.unwrap_or(false),
+                beside.as_deref(),
+            )
             .await
             .map_err(|e| redact(&who, e))?;
         return Ok(Json(verdict).into_response());
@@ -331,6 +380,7 @@ async fn install(
                 stop,
                 allow_unsigned: q.allow_unsigned.unwrap_or(false),
                 source: source_of(&q.source)?,
+                manifest: beside,
             },
         )
         .await
@@ -360,9 +410,11 @@ async fn update(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<UpdateQuery>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<api::ServiceDetail>> {
     agent.access(&who, &name, ServiceAction::Run)?;
+    let beside = manifest_beside(&headers)?;
     let window = match q.window_s {
         None => agent::DEFAULT_WINDOW,
         Some(s) if s <= agent::MAX_WINDOW.as_secs() => std::time::Duration::from_secs(s),
@@ -381,6 +433,7 @@ async fn update(
             &who,
             &name,
             &upload.0,
+            beside.as_deref(),
             q.allow_unsigned.unwrap_or(false),
             window,
             source,
@@ -401,6 +454,7 @@ async fn pull(
     let opts = agent::InstallOptions {
         start: req.start,
         allow_unsigned: req.allow_unsigned,
+        manifest: req.manifest,
         ..Default::default()
     };
     let detail = agent

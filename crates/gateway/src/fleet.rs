@@ -402,6 +402,7 @@ impl Link {
                     &Principal::Operator,
                     &want.name,
                     &file,
+                    None,
                     false,
                     agent::DEFAULT_WINDOW,
                     None,

@@ -80,6 +80,10 @@ pub enum ImageError {
     #[error("invalid package: {reason}")]
     Layout { reason: String },
 
+    /// A standard image (no `org.shg.manifest` label) came without a service manifest beside it.
+    #[error("the image {digest} has no org.shg.manifest label, so it says nothing of how SHG runs it: give its service manifest beside it (`shg install IMAGE --manifest shg-service.toml`; over the API the X-SHG-Manifest header), or build an SHG package with `shg pack`")]
+    Unlabelled { digest: String },
+
     /// A layer uses a media type we cannot unpack.
     #[error("layer {layer}: media type {media_type:?} is not supported; use application/vnd.oci.image.layer.v1.tar+gzip")]
     UnsupportedMediaType { layer: String, media_type: String },

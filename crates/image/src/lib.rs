@@ -2,7 +2,9 @@
 //!
 //! A package is an OCI image (image-spec v1.1) stored as an OCI image layout in a tar file.
 //! The service manifest (`shg-service.toml`) travels as the image config label
-//! [`MANIFEST_LABEL`]; this crate treats it as opaque text.
+//! [`MANIFEST_LABEL`], or, for a standard image built by other tools, beside the image
+//! ([`open_with`]; the package is then identified by the [`pair_digest`] of both); this crate
+//! treats it as opaque text.
 //!
 //! Security model: [`open`] trusts nothing in the tar. It extracts only `oci-layout`,
 //! `index.json` and `blobs/sha256/<hex>`, hashes every blob against its name and checks the
@@ -49,8 +51,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub use error::{EntryProblem, ImageError};
-pub use open::open;
-pub use pack::{annotate, pack, MANIFEST_FILE, ROOTFS_DIR};
+pub use open::{open, open_with};
+pub use pack::{annotate, pack, pack_image, MANIFEST_FILE, ROOTFS_DIR};
 pub use size::{measure, measure_layer, Allowance, Budget, LayerSize, BLOCK};
 pub use store::{disk_usage, GcReport, LayerStore};
 pub use unpack::{unpack, unpack_layer, unpack_within};
@@ -61,12 +63,45 @@ pub const MANIFEST_LABEL: &str = "org.shg.manifest";
 /// Largest `index.json`, image manifest or image config we read (4 MiB).
 pub const MAX_JSON: u64 = 4 << 20;
 
-/// A package opened and verified by [`open`], its blobs staged in `dir`.
+/// Domain tag of the text a [`pair_digest`] hashes; no image manifest (JSON) starts so.
+const PAIR_TAG: &str = "shg image+manifest v1\n";
+
+/// The digest (`sha256:…`) of a service manifest's text, byte for byte as given.
+pub fn manifest_digest(text: &str) -> String {
+    oci::digest_of(text.as_bytes())
+}
+
+/// The identity of an image installed with a service manifest beside it: the sha256 of
+///
+/// ```text
+/// shg image+manifest v1\n
+/// IMAGE_DIGEST\n
+/// MANIFEST_DIGEST\n
+/// ```
+///
+/// where `IMAGE_DIGEST` is the image manifest's digest and `MANIFEST_DIGEST` the
+/// [`manifest_digest`] of the service manifest, both `sha256:<64 lowercase hex>`. A provider
+/// signs this digest as it signs a labelled package's, so its signature covers the image and
+/// the manifest together and neither can be swapped for another.
+pub fn pair_digest(image_digest: &str, manifest_digest: &str) -> String {
+    oci::digest_of(format!("{PAIR_TAG}{image_digest}\n{manifest_digest}\n").as_bytes())
+}
+
+/// A package opened and verified by [`open`] or [`open_with`], its blobs staged in `dir`.
 #[derive(Debug, Clone)]
 pub struct Package {
-    /// Digest of the image manifest (`sha256:…`): the identity of the package.
+    /// The identity of the package, what signatures and the catalog cover and releases are
+    /// named after: the image manifest's digest (`sha256:…`) for a package carrying its
+    /// service manifest as a label; for an image with its manifest given beside it, the
+    /// [`pair_digest`] of the two.
     pub digest: String,
-    /// Text of the `org.shg.manifest` label, unparsed.
+    /// Digest of the image manifest, which covers its config and every layer: the image as a
+    /// registry names it.
+    pub image_digest: String,
+    /// For a manifest given beside the image, its [`manifest_digest`]; `None` for the label.
+    pub manifest_digest: Option<String>,
+    /// Text of the service manifest, unparsed: the `org.shg.manifest` label, or the text
+    /// given beside the image.
     pub manifest_toml: String,
     /// The whole image config.
     pub config: serde_json::Value,

@@ -80,6 +80,10 @@ pub struct ImageConfig {
 pub struct ContainerConfig {
     #[serde(rename = "Labels", default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Everything else (`Entrypoint`, `Cmd`, `Env`, …): read by whoever runs the image, not
+    /// here; written only by [`crate::pack_image`].
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,6 +219,7 @@ mod tests {
             os: "linux".into(),
             config: ContainerConfig {
                 labels: Some([("k".to_string(), "v".to_string())].into()),
+                other: Default::default(),
             },
             rootfs: RootFs {
                 kind: "layers".into(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use tar::EntryType;
 
 use crate::oci::{self, Descriptor, HashWriter, ImageConfig, Index, Manifest, OciLayout};
-use crate::{ImageError, Layer, Package, MANIFEST_LABEL, MAX_JSON};
+use crate::{pair_digest, ImageError, Layer, Package, MANIFEST_LABEL, MAX_JSON};
 
 /// What a path in the outer tar may name.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +43,24 @@ fn outer_name(raw: &[u8]) -> Option<OuterName> {
 ///
 /// `staging` may exist but must not already hold a `blobs` directory. The returned
 /// [`Package`] points into it; the caller removes it when done.
+///
+/// The service manifest is the config's [`MANIFEST_LABEL`]; an image without it is refused
+/// ([`ImageError::Unlabelled`]). For a standard image with its manifest beside it, see
+/// [`open_with`].
 pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
+    open_with(tar_path, staging, None)
+}
+
+/// [`open`], with the service manifest given `beside` the image rather than read from its
+/// label: any OCI image then installs, a standard one built by docker, podman or buildah
+/// included. Its label, if it has one, is ignored, and the package's identity
+/// ([`Package::digest`]) is the [`pair_digest`] of the image and that manifest, so a
+/// signature over it covers both.
+pub fn open_with(
+    tar_path: &Path,
+    staging: &Path,
+    beside: Option<&str>,
+) -> Result<Package, ImageError> {
     let file = File::open(tar_path).map_err(|e| ImageError::io("open", tar_path, e))?;
     fs::create_dir_all(staging).map_err(|e| ImageError::io("create", staging, e))?;
     let blob_dir = staging.join("blobs/sha256");
@@ -190,13 +207,26 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
             manifest.layers.len()
         )));
     }
-    let manifest_toml = config
-        .config
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(MANIFEST_LABEL))
-        .cloned()
-        .ok_or_else(|| ImageError::layout(format!("the image config has no {MANIFEST_LABEL} label; it is not an SHG service package, build it with `shg pack`")))?;
+    let image_digest = manifest_desc.digest.clone();
+    let (manifest_toml, digest, manifest_digest) = match beside {
+        Some(text) => {
+            let of_text = crate::manifest_digest(text);
+            let pair = pair_digest(&image_digest, &of_text);
+            (text.to_string(), pair, Some(of_text))
+        }
+        None => {
+            let label = config
+                .config
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANIFEST_LABEL))
+                .cloned()
+                .ok_or_else(|| ImageError::Unlabelled {
+                    digest: image_digest.clone(),
+                })?;
+            (label, image_digest.clone(), None)
+        }
+    };
 
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for (i, (desc, diff_id)) in manifest
@@ -227,7 +257,9 @@ pub fn open(tar_path: &Path, staging: &Path) -> Result<Package, ImageError> {
     }
 
     Ok(Package {
-        digest: manifest_desc.digest.clone(),
+        digest,
+        image_digest,
+        manifest_digest,
         manifest_toml,
         config: config_value,
         layers,

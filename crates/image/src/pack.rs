@@ -54,21 +54,56 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
         }
         Err(e) => return Err(ImageError::io("read", manifest_path, e)),
     };
-    if !fs::metadata(&rootfs).map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(ImageError::MissingSource { path: rootfs });
+    let config = oci::ContainerConfig {
+        labels: Some([(MANIFEST_LABEL.to_string(), manifest_text)].into()),
+        other: Default::default(),
+    };
+    let what = format!("the image config holding {}", manifest_path.display());
+    write_image(&rootfs, config, &what, out, mtime)
+}
+
+/// Packs the directory `rootfs` as a standard OCI image, as other image builders write one:
+/// one gzip layer, no [`MANIFEST_LABEL`], and `config` (`Entrypoint`, `Cmd`, `Env`, `User`,
+/// `WorkingDir`, `ExposedPorts`, …) as the image config's `config`. Deterministic like
+/// [`pack`]. Such an image installs with its service manifest given beside it
+/// ([`crate::open_with`]); this is how tests make one without an image builder.
+pub fn pack_image(
+    rootfs: &Path,
+    config: serde_json::Map<String, serde_json::Value>,
+    out: &Path,
+) -> Result<String, ImageError> {
+    let mtime = source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+    let config = oci::ContainerConfig {
+        labels: None,
+        other: config,
+    };
+    write_image(rootfs, config, "the image config", out, mtime)
+}
+
+/// Writes the layout tar of an image of one layer made from `rootfs`; `what` names the
+/// config in errors.
+fn write_image(
+    rootfs: &Path,
+    container: oci::ContainerConfig,
+    what: &str,
+    out: &Path,
+    mtime: u64,
+) -> Result<String, ImageError> {
+    if !fs::metadata(rootfs).map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(ImageError::MissingSource {
+            path: rootfs.to_path_buf(),
+        });
     }
 
     let scratch =
         tempfile::tempdir().map_err(|e| ImageError::io("create", std::env::temp_dir(), e))?;
     let layer_path = scratch.path().join("layer");
-    let (layer_digest, layer_size, diff_id) = write_layer(&rootfs, &layer_path, mtime)?;
+    let (layer_digest, layer_size, diff_id) = write_layer(rootfs, &layer_path, mtime)?;
 
     let config = ImageConfig {
         architecture: "amd64".into(),
         os: "linux".into(),
-        config: oci::ContainerConfig {
-            labels: Some([(MANIFEST_LABEL.to_string(), manifest_text)].into()),
-        },
+        config: container,
         rootfs: RootFs {
             kind: "layers".into(),
             diff_ids: vec![diff_id],
@@ -77,7 +112,7 @@ pub(crate) fn pack_at(dir: &Path, out: &Path, mtime: u64) -> Result<String, Imag
     let config_json = to_json(&config);
     if config_json.len() as u64 > MAX_JSON {
         return Err(ImageError::TooLarge {
-            what: format!("the image config holding {}", manifest_path.display()),
+            what: what.to_string(),
             size: config_json.len() as u64,
             limit: MAX_JSON,
         });

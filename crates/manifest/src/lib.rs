@@ -5,7 +5,10 @@
 //! the exact field (`ports[1].port`, `resources.memory.limit`) and unknown fields are refused at
 //! every level with the list of allowed ones. The first error found is returned.
 
+mod defaults;
 pub mod units;
+
+pub use defaults::{complete, ImageDefaults};
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -246,7 +249,17 @@ pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
 
 /// Parses and checks manifest text; `origin` (usually [`FILE_NAME`]) starts every message.
 pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
-    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+    let table = table_of(text, origin)?;
+    manifest(&table).map_err(|Bad { field, reason }| ManifestError::Invalid {
+        origin: origin.to_string(),
+        field,
+        reason,
+    })
+}
+
+/// The TOML table of `text`; a syntax error names the line and column.
+fn table_of(text: &str, origin: &str) -> Result<Table, ManifestError> {
+    text.parse().map_err(|e: toml::de::Error| {
         let mut offset = e.span().map_or(0, |span| span.start).min(text.len());
         while !text.is_char_boundary(offset) {
             offset -= 1;
@@ -261,11 +274,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Manifest, ManifestError> {
             column,
             message,
         }
-    })?;
-    manifest(&table).map_err(|Bad { field, reason }| ManifestError::Invalid {
-        origin: origin.to_string(),
-        field,
-        reason,
     })
 }
 
@@ -392,9 +400,7 @@ fn run(t: &Table) -> R<Run> {
     if let Some(env_table) = get_table(t, "run", "env")? {
         for (key, value) in env_table {
             let field = join("run.env", key);
-            let valid = key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
+            if !valid_env_name(key) {
                 bail!(
                     field,
                     "{key:?} is not a valid variable name; \
@@ -444,6 +450,12 @@ fn run(t: &Table) -> R<Run> {
         workdir: workdir.map(str::to_string),
         stop_timeout: get_duration(t, "run", "stop_timeout")?.unwrap_or(Duration::from_secs(10)),
     })
+}
+
+/// Letters, digits and '_', not starting with a digit.
+fn valid_env_name(key: &str) -> bool {
+    key.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn parse_user(text: &str) -> Result<User, String> {

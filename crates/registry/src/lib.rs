@@ -431,6 +431,43 @@ async fn resolve(
     Ok((manifest, digest))
 }
 
+/// The digest of the image `reference` names and its config (the JSON document), fetched
+/// without its layers and checked against its digest and size: what `shg sign IMAGE
+/// --manifest` checks a manifest against before signing the pair.
+pub async fn image_config(reference: &Reference) -> Result<(String, Vec<u8>), RegistryError> {
+    let mut conn = connect(reference)?;
+    let repo = reference.repository.clone();
+    let (manifest, digest) = resolve(&mut conn, reference).await?;
+    let json: serde_json::Value =
+        serde_json::from_slice(&manifest).map_err(|e| conn.fail(format!("manifest: {e}")))?;
+    let blob = json["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let size = json["config"]["size"].as_u64().unwrap_or(u64::MAX);
+    if !blob.starts_with("sha256:") || size > MAX_MANIFEST as u64 {
+        return Err(conn.fail(format!(
+            "the image manifest names a config {blob:?} of {size} bytes; expected a sha256 digest and at most {MAX_MANIFEST} bytes"
+        )));
+    }
+    let answer = conn.get(&format!("/v2/{repo}/blobs/{blob}"), &[]).await?;
+    if answer.status != StatusCode::OK {
+        return Err(conn.fail(format!(
+            "the registry answered {} for the image config {blob}",
+            answer.status
+        )));
+    }
+    let bytes = collect(answer.body, MAX_MANIFEST)
+        .await
+        .map_err(|e| conn.fail(format!("image config {blob}: {e}")))?;
+    if format!("sha256:{}", sha256_hex(&bytes)) != blob || bytes.len() as u64 != size {
+        return Err(conn.fail(format!(
+            "the image config {blob} does not match its digest and size"
+        )));
+    }
+    Ok((digest, bytes))
+}
+
 /// Pulls `reference` into `out` (an OCI layout tar), keeping blobs in `cache`; `progress` is
 /// told how many blob bytes are there. Returns the manifest's digest.
 pub async fn pull(

@@ -100,13 +100,20 @@ pub enum Command {
     },
 
     /// Sign a package file, or an image in an OCI registry (the signature is stored beside it)
+    ///
+    /// With --manifest, sign a standard image (one built by docker, podman or buildah, without
+    /// the org.shg.manifest label) together with the service manifest it installs with: the
+    /// signature covers both, so neither can be swapped.
     Sign {
-        /// Package file, or registry reference (`registry.example:5000/acme/camera:1.2`)
+        /// Package or image file, or registry reference (`registry.example:5000/acme/camera:1.2`)
         #[arg(value_name = "FILE|REFERENCE")]
         target: String,
         /// The provider's secret key (from `shg key gen`)
         #[arg(long, value_name = "KEY_FILE")]
         key: PathBuf,
+        /// The shg-service.toml the image installs with (`shg install IMAGE --manifest FILE`)
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
     },
 
     /// Run the gateway agent
@@ -185,9 +192,12 @@ pub struct MakeRoom {
 #[derive(Debug, Subcommand)]
 pub enum RemoteCommand {
     /// Install a service package on the gateway and start it
+    ///
+    /// A standard OCI image (built by docker, podman or buildah, without the org.shg.manifest
+    /// label) installs with its service manifest given beside it: --manifest FILE.
     Install {
-        /// Package file written by `shg pack`, or an image in an OCI registry
-        /// (`registry.example:5000/acme/camera:1.2`, `…@sha256:HEX`), pulled first
+        /// Package file written by `shg pack` (or an OCI image layout tar), or an image in an
+        /// OCI registry (`registry.example:5000/acme/camera:1.2`, `…@sha256:HEX`), pulled first
         #[arg(value_name = "FILE|REFERENCE")]
         file: PathBuf,
         /// Install only; start it later with `shg start NAME`
@@ -206,6 +216,10 @@ pub enum RemoteCommand {
         /// own blob cache) instead of this command uploading it
         #[arg(long, conflicts_with_all = ["dry_run", "make_room"])]
         pull_on_gateway: bool,
+        /// The service manifest (shg-service.toml) of a standard image, one without the
+        /// org.shg.manifest label; the image's config fills in what its [run] leaves out
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
     },
 
     /// Update a service to a new version, keeping the current one for a rollback
@@ -229,6 +243,9 @@ pub enum RemoteCommand {
         /// Operator only, for local development: accept a package no trusted key signed
         #[arg(long)]
         allow_unsigned: bool,
+        /// The service manifest (shg-service.toml) of a standard image, as for `shg install`
+        #[arg(long, value_name = "FILE")]
+        manifest: Option<PathBuf>,
     },
 
     /// Go back to the version the last update replaced

@@ -28,12 +28,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("cannot start the async runtime")?;
             runtime.block_on(catalog_command(command, cli.json))
         }
-        Command::Sign { target, key } => {
+        Command::Sign {
+            target,
+            key,
+            manifest,
+        } => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(sign(&target, &key, cli.json))
+            runtime.block_on(sign(&target, &key, manifest.as_deref(), cli.json))
         }
         Command::Gateway {
             command:
@@ -269,12 +273,18 @@ fn sign_file(file: &Path, key: &trust::SecretKey) -> anyhow::Result<(String, Str
     Ok((manifest.name, digest))
 }
 
-/// `shg sign FILE|REFERENCE --key KEY`.
-async fn sign(target: &str, key_path: &Path, json: bool) -> anyhow::Result<i32> {
+/// `shg sign FILE|REFERENCE --key KEY [--manifest FILE]`.
+async fn sign(
+    target: &str,
+    key_path: &Path,
+    manifest_path: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<i32> {
     let key = secret_key(key_path)?;
+    let beside = manifest_path.map(read_manifest).transpose()?;
     let path = Path::new(target);
-    let (what, digest) = match registry::Reference::parse(target) {
-        Some(reference) if !path.exists() => {
+    let (what, digest) = match (registry::Reference::parse(target), &beside) {
+        (Some(reference), None) if !path.exists() => {
             let digest = registry::push_signatures(&reference, |digest| {
                 let (k, v) = key.sign(digest).annotation();
                 [(k, v)].into_iter().collect()
@@ -282,25 +292,127 @@ async fn sign(target: &str, key_path: &Path, json: bool) -> anyhow::Result<i32> 
             .await?;
             (reference.to_string(), digest)
         }
-        _ => {
+        (Some(reference), Some(text)) if !path.exists() => {
+            let digest = sign_image_in_registry(&reference, text, &key).await?;
+            (reference.to_string(), digest)
+        }
+        (_, None) => {
             let (name, digest) = sign_file(path, &key)?;
             (format!("{} ({name})", path.display()), digest)
         }
+        (_, Some(text)) => {
+            let (name, digest) = sign_image_file(path, text, &key)?;
+            (format!("{} ({name})", path.display()), digest)
+        }
     };
+    let manifest_digest = beside.as_deref().map(image::manifest_digest);
     let signed = serde_json::json!({
         "signed": what,
         "digest": digest,
+        "manifest_digest": manifest_digest,
+        "signed_digest": manifest_digest.as_deref().map(|m| image::pair_digest(&digest, m)).unwrap_or_else(|| digest.clone()),
         "key_id": key.public().id(),
     });
     show(&mut io::stdout().lock(), json, &signed, |out| {
+        let with = match (manifest_path, &manifest_digest) {
+            (Some(p), Some(d)) => format!(" and {} ({d})", p.display()),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "signed {what} ({digest}) with key {} of {}",
+            "signed {what} ({digest}){with} with key {} of {}",
             key.public().id(),
             key.provider()
         )
     })?;
     Ok(0)
+}
+
+/// The text of a service manifest given beside a standard image (`--manifest FILE`).
+fn read_manifest(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the service manifest {}", path.display()))?;
+    if text.len() > api::MAX_MANIFEST {
+        bail!(
+            "{} is {} bytes; a service manifest beside an image may have at most {}",
+            path.display(),
+            text.len(),
+            api::MAX_MANIFEST
+        );
+    }
+    Ok(text)
+}
+
+/// Checks the manifest `text` given beside the image whose config is `config` as the gateway
+/// will (completed from the image's config, then every rule), and that `key` is its
+/// provider's. Returns the manifest.
+fn check_pair(
+    config: &serde_json::Value,
+    text: &str,
+    key: &trust::SecretKey,
+    what: &str,
+) -> anyhow::Result<manifest::Manifest> {
+    let origin = "shg-service.toml (beside the image)";
+    let defaults = manifest::ImageDefaults::from_image_config(config)
+        .map_err(|e| anyhow::anyhow!("cannot sign {what}: {e}"))?;
+    let completed = manifest::complete(text, origin, &defaults)
+        .with_context(|| format!("cannot sign {what}"))?;
+    let manifest =
+        manifest::parse(&completed, origin).with_context(|| format!("cannot sign {what}"))?;
+    if manifest.provider != key.provider() {
+        bail!(
+            "cannot sign {what}: its manifest is provider `{}`'s; the key is provider `{}`'s, and the gateway would refuse the signature",
+            manifest.provider,
+            key.provider()
+        );
+    }
+    Ok(manifest)
+}
+
+/// Signs the image file `file` together with the manifest `text` given beside it: the
+/// signature over their pair digest goes into its `index.json` (the file's digest stays).
+fn sign_image_file(
+    file: &Path,
+    text: &str,
+    key: &trust::SecretKey,
+) -> anyhow::Result<(String, String)> {
+    let staging = tempfile::tempdir().context("cannot make a temporary directory")?;
+    let package = image::open_with(file, &staging.path().join("p"), Some(text))
+        .with_context(|| format!("cannot sign {}", file.display()))?;
+    let manifest = check_pair(&package.config, text, key, &file.display().to_string())?;
+    let of_text = image::manifest_digest(text);
+    let digest = image::annotate(file, |digest| {
+        let pair = image::pair_digest(digest, &of_text);
+        let (k, v) = key.sign(&pair).annotation_for(Some(&of_text));
+        [(k, v)].into_iter().collect()
+    })?;
+    Ok((manifest.name, digest))
+}
+
+/// Signs the image `reference` names together with the manifest `text` given beside it; the
+/// signature is stored beside the image. Returns the image's digest.
+async fn sign_image_in_registry(
+    reference: &registry::Reference,
+    text: &str,
+    key: &trust::SecretKey,
+) -> anyhow::Result<String> {
+    let (digest, config) = registry::image_config(reference).await?;
+    let config: serde_json::Value = serde_json::from_slice(&config)
+        .with_context(|| format!("cannot sign {reference}: its image config is not JSON"))?;
+    check_pair(&config, text, key, &reference.to_string())?;
+    // By digest from here: the image checked is the image signed, wherever the tag moves.
+    let pinned = registry::Reference {
+        reference: digest.clone(),
+        ..reference.clone()
+    };
+    let of_text = image::manifest_digest(text);
+    registry::push_signatures(&pinned, |digest| {
+        let pair = image::pair_digest(digest, &of_text);
+        let (k, v) = key.sign(&pair).annotation_for(Some(&of_text));
+        [(k, v)].into_iter().collect()
+    })
+    .await?;
+    Ok(digest)
 }
 
 /// `shg pack DIR -o FILE [--sign KEY]`: check the manifest, then build the package.
@@ -422,7 +534,9 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
             room,
             allow_unsigned,
             pull_on_gateway,
+            manifest,
         } => {
+            let manifest = manifest.as_deref().map(read_manifest).transpose()?;
             if pull_on_gateway {
                 let reference = file.to_string_lossy().into_owned();
                 if registry::Reference::parse(&reference).is_none() {
@@ -433,6 +547,7 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                         reference: reference.clone(),
                         start: !no_start,
                         allow_unsigned,
+                        manifest,
                     })
                     .await?;
                 let s = &d.summary;
@@ -457,6 +572,7 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                 stop: Vec::new(),
                 allow_unsigned,
                 source,
+                manifest,
             };
             let result = install(client, &package, &params, dry_run, room, json).await;
             if let Some(package) = pulled {
@@ -469,7 +585,9 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
             target,
             window,
             allow_unsigned,
+            manifest,
         } => {
+            let manifest = manifest.as_deref().map(read_manifest).transpose()?;
             let window_s = window.as_deref().map(parse_window).transpose()?;
             let (package, source) = update_package(client, &name, target.as_deref()).await?;
             if source.is_some() {
@@ -479,6 +597,7 @@ async fn remote(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                 allow_unsigned,
                 window_s,
                 source,
+                manifest,
             };
             let result = client.update(&name, &package, &params).await;
             if let Some(package) = pulled {

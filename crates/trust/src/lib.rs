@@ -16,6 +16,14 @@
 //! ```
 //!
 //! A key's id is the first 16 hex digits of the SHA-256 of its public key.
+//!
+//! A standard OCI image (one without the `org.shg.manifest` label) installs with its
+//! `shg-service.toml` given beside it. The provider then signs the *pair*: the digest signed
+//! is `image::pair_digest` of the image manifest's digest and the manifest's, and the
+//! signature travels under `org.shg.signature.KEYID.HEX`, HEX being the sha256 of the
+//! manifest it was made with ([`Signature::annotation_for`]), so one image may carry
+//! signatures for several manifests and a gateway picks those for the one it was given
+//! ([`check_annotations`]).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -230,8 +238,20 @@ impl Signature {
         )
     }
 
+    /// The annotation that carries it for a package whose service manifest has the digest
+    /// `manifest_digest` (`sha256:HEX`) and came beside the image: `org.shg.signature.KEYID.HEX`.
+    /// For a package carrying its manifest as a label (`None`), [`Signature::annotation`].
+    pub fn annotation_for(&self, manifest_digest: Option<&str>) -> (String, String) {
+        let (key, value) = self.annotation();
+        match manifest_digest {
+            None => (key, value),
+            Some(d) => (format!("{key}.{}", d.trim_start_matches("sha256:")), value),
+        }
+    }
+
     /// The signature an annotation carries, `None` if the annotation is not one or is
-    /// malformed (a malformed signature counts as no signature).
+    /// malformed (a malformed signature counts as no signature). Signatures made for a
+    /// manifest beside the image are not this kind: see [`check_annotations`].
     pub fn from_annotation(key: &str, value: &str) -> Option<Signature> {
         let key_id = key.strip_prefix(ANNOTATION_PREFIX)?;
         if key_id.len() != 16 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -242,6 +262,68 @@ impl Signature {
             bytes: B64.decode(value).ok()?,
         })
     }
+}
+
+/// The signatures among `annotations` made for the package at hand: for a labelled package
+/// (`manifest_digest` `None`) `org.shg.signature.KEYID`; for an image with the manifest
+/// `manifest_digest` beside it, `org.shg.signature.KEYID.HEX` of that manifest. Also the ids
+/// of keys whose signatures are for the same image with another manifest.
+pub fn signatures_for(
+    annotations: &std::collections::BTreeMap<String, String>,
+    manifest_digest: Option<&str>,
+) -> (Vec<Signature>, Vec<String>) {
+    let wanted = manifest_digest.map(|d| d.trim_start_matches("sha256:"));
+    let mut mine = Vec::new();
+    let mut others = Vec::new();
+    for (key, value) in annotations {
+        let Some(rest) = key.strip_prefix(ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let (key_id, for_manifest) = match rest.split_once('.') {
+            Some((id, hex)) => (id, Some(hex)),
+            None => (rest, None),
+        };
+        let Some(sig) = Signature::from_annotation(&format!("{ANNOTATION_PREFIX}{key_id}"), value)
+        else {
+            continue;
+        };
+        match (wanted, for_manifest) {
+            (None, None) => mine.push(sig),
+            (Some(w), Some(m)) if w.eq_ignore_ascii_case(m) => mine.push(sig),
+            (Some(_), Some(_)) => others.push(sig.key_id),
+            // A label's signature says nothing of a manifest beside the image, and a pair's
+            // nothing of the label.
+            _ => {}
+        }
+    }
+    (mine, others)
+}
+
+/// [`check`] with the signatures [`signatures_for`] finds in `annotations`. An image with a
+/// manifest beside it that carries signatures only for other manifests is refused as such
+/// ([`TrustError::OtherManifest`]): the manifest was changed after signing.
+pub fn check_annotations(
+    rules: &[Rule],
+    service: &str,
+    provider: &str,
+    digest: &str,
+    manifest_digest: Option<&str>,
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<String, TrustError> {
+    let (signatures, others) = signatures_for(annotations, manifest_digest);
+    if signatures.is_empty() && manifest_digest.is_some() {
+        let (service, provider) = (service.to_string(), provider.to_string());
+        return Err(if others.is_empty() {
+            TrustError::UnsignedPair { service, provider }
+        } else {
+            TrustError::OtherManifest {
+                service,
+                provider,
+                key_ids: others,
+            }
+        });
+    }
+    check(rules, service, provider, digest, &signatures)
 }
 
 /// One rule of the operator's trust policy: a provider's key and the service names it may
@@ -289,6 +371,14 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 pub enum TrustError {
     #[error("package `{service}` of provider `{provider}` is unsigned: this gateway installs only packages signed by a key its operator trusts; sign it with `shg pack DIR --sign {provider}.key` (or `shg sign REFERENCE --key {provider}.key` in a registry), or, for local development only, have the operator install it with `--allow-unsigned`")]
     Unsigned { service: String, provider: String },
+    #[error("package `{service}` of provider `{provider}` is an image with its manifest beside it, and no signature covers that pair: this gateway installs only what a key its operator trusts signed; the provider signs the image and this manifest together with `shg sign IMAGE --manifest shg-service.toml --key {provider}.key`, or, for local development only, the operator installs it with `--allow-unsigned`")]
+    UnsignedPair { service: String, provider: String },
+    #[error("the image of `{service}` is signed by {} with another shg-service.toml, not the one given beside it: the manifest was changed after signing (or belongs to another version), and is refused; install it with the manifest the provider signed, or have provider `{provider}` sign this one with `shg sign IMAGE --manifest shg-service.toml --key {provider}.key`", keys(.key_ids))]
+    OtherManifest {
+        service: String,
+        provider: String,
+        key_ids: Vec<String>,
+    },
     #[error("the signature of key {key_id} on `{service}` does not match the package {digest}: the package was changed after it was signed, or the signature is forged; it is refused")]
     BadSignature {
         service: String,
@@ -429,6 +519,58 @@ mod tests {
         assert_eq!(Signature::from_annotation(&k, &v), Some(sig));
         assert_eq!(Signature::from_annotation("org.shg.other", &v), None);
         assert_eq!(Signature::from_annotation(&k, "%%%"), None);
+    }
+
+    #[test]
+    fn a_pair_signature_is_found_only_for_its_own_manifest() {
+        let key = SecretKey::generate("acme").unwrap();
+        let rules = vec![rule(&key, &[])];
+        let m1 = format!("sha256:{}", "1".repeat(64));
+        let m2 = format!("sha256:{}", "2".repeat(64));
+        // What image::pair_digest would give for the image and each manifest.
+        let (pair1, pair2) = (DIGEST.replace('0', "a"), DIGEST.replace('0', "b"));
+        let label = key.sign(DIGEST).annotation();
+        let sig1 = key.sign(&pair1).annotation_for(Some(&m1));
+        assert_eq!(sig1.0, format!("{}.{}", label.0, "1".repeat(64)));
+        let annotations: std::collections::BTreeMap<_, _> =
+            [label.clone(), sig1.clone()].into_iter().collect();
+
+        // The label's signature is the labelled package's only; the pair's, the pair's only.
+        let (mine, others) = signatures_for(&annotations, None);
+        assert_eq!((mine.len(), others.len()), (1, 0));
+        let id = key.public().id();
+        assert_eq!(
+            check_annotations(&rules, "cam", "acme", DIGEST, None, &annotations),
+            Ok(id.clone())
+        );
+        assert_eq!(
+            check_annotations(&rules, "cam", "acme", &pair1, Some(&m1), &annotations),
+            Ok(id.clone())
+        );
+        // Another manifest beside the same image: refused as such, naming the key.
+        let err =
+            check_annotations(&rules, "cam", "acme", &pair2, Some(&m2), &annotations).unwrap_err();
+        assert!(matches!(err, TrustError::OtherManifest { .. }), "{err}");
+        assert!(err.to_string().contains(&id), "{err}");
+        assert!(err.to_string().contains("--manifest"), "{err}");
+        // No pair signature at all: the sentence says how to sign a pair.
+        let only_label: std::collections::BTreeMap<_, _> = [label].into_iter().collect();
+        let err =
+            check_annotations(&rules, "cam", "acme", &pair1, Some(&m1), &only_label).unwrap_err();
+        assert!(matches!(err, TrustError::UnsignedPair { .. }), "{err}");
+        assert!(
+            err.to_string().contains("shg sign IMAGE --manifest"),
+            "{err}"
+        );
+        // A pair signature moved onto another manifest's key does not verify.
+        let moved: std::collections::BTreeMap<_, _> = [(
+            format!("{}.{}", key.sign(DIGEST).annotation().0, "2".repeat(64)),
+            sig1.1,
+        )]
+        .into_iter()
+        .collect();
+        let err = check_annotations(&rules, "cam", "acme", &pair2, Some(&m2), &moved).unwrap_err();
+        assert!(matches!(err, TrustError::BadSignature { .. }), "{err}");
     }
 
     #[test]

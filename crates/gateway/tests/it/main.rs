@@ -267,6 +267,75 @@ async fn malformed_requests_get_json_errors_and_change_nothing() {
     assert!(gw.agent.list_tokens().unwrap().is_empty());
 }
 
+/// A standard image (no label) as buildah writes one, in `dir`.
+fn standard_image(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/app"), "#!/bin/sh\n").unwrap();
+    let config = serde_json::json!({ "Entrypoint": ["/bin/app"], "Env": ["MODE=prod"] });
+    let tar = dir.join("image.tar");
+    image::pack_image(&root, config.as_object().unwrap().clone(), &tar).unwrap();
+    tar
+}
+
+fn upload(path: &str, package: &[u8], manifest: Option<&str>) -> Request<Body> {
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some(m) = manifest {
+        req = req.header(api::MANIFEST_HEADER, m);
+    }
+    req.body(Body::from(package.to_vec())).unwrap()
+}
+
+#[tokio::test]
+async fn a_standard_image_comes_with_its_manifest_in_a_header() {
+    use base64::Engine as _;
+    let gw = gateway();
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::read(standard_image(dir.path())).unwrap();
+    let path = "/v1/services?dry_run=true&allow_unsigned=true";
+
+    // Without the header, the image says nothing of how to run it: both ways out are named.
+    let answer = call(&gw.local, upload(path, &image, None)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json["code"], "bad-package");
+    let message = answer.json["message"].as_str().unwrap();
+    assert!(
+        message.contains("--manifest") && message.contains("X-SHG-Manifest"),
+        "{message}"
+    );
+
+    // A header that is not base64 of text is named, with what to send instead.
+    for bad in ["not base64!", "//79"] {
+        let answer = call(&gw.local, upload(path, &image, Some(bad))).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{bad}");
+        let message = answer.json["message"].as_str().unwrap();
+        assert!(
+            message.contains("x-shg-manifest header") && message.contains("base64-encoded"),
+            "{message}"
+        );
+    }
+
+    // With it, the manifest needs no [run]: the image's Entrypoint is the command.
+    let manifest = "name = \"web\"\nversion = \"1.0.0\"\nprovider = \"acme\"\n";
+    let encoded = base64::engine::general_purpose::STANDARD.encode(manifest);
+    let answer = call(&gw.local, upload(path, &image, Some(&encoded))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(answer.json["service"], "web");
+    assert_eq!(answer.json["admitted"], true);
+    // Unsigned, it is refused without the development override, saying how to sign the pair.
+    let answer = call(
+        &gw.local,
+        upload("/v1/services?dry_run=true", &image, Some(&encoded)),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    let message = answer.json["message"].as_str().unwrap();
+    assert!(message.contains("shg sign IMAGE --manifest"), "{message}");
+}
+
 #[tokio::test]
 async fn the_openapi_document_is_served_without_a_token() {
     let gw = gateway();

@@ -101,6 +101,8 @@ fn package(dir: &Path, layers: Vec<(Vec<u8>, &str, String)>) -> Package {
         .collect();
     Package {
         digest: format!("sha256:{}", "1".repeat(64)),
+        image_digest: format!("sha256:{}", "1".repeat(64)),
+        manifest_digest: None,
         manifest_toml: String::new(),
         config: serde_json::Value::Null,
         layers,

@@ -95,6 +95,9 @@ pub fn package_of(dir: &Path, layers: &[Vec<u8>]) -> Package {
         .collect();
     Package {
         digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000".into(),
+        image_digest: "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+            .into(),
+        manifest_digest: None,
         manifest_toml: String::new(),
         config: serde_json::Value::Null,
         layers,

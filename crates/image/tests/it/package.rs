@@ -463,3 +463,83 @@ fn annotations_are_added_without_changing_the_package() {
     assert_eq!(package.digest, digest);
     assert_eq!(package.annotations, add);
 }
+
+/// A standard image: no label, the way docker, podman or buildah write one.
+fn standard_image(t: &Path) -> PathBuf {
+    let root = t.join("std-rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::write(root.join("bin/app"), "#!/bin/sh\n").unwrap();
+    let config = serde_json::json!({
+        "Entrypoint": ["/bin/app"],
+        "Cmd": ["serve"],
+        "Env": ["PATH=/bin"],
+    });
+    let out = t.join("std.tar");
+    image::pack_image(&root, config.as_object().unwrap().clone(), &out).unwrap();
+    out
+}
+
+#[test]
+fn a_standard_image_needs_its_manifest_beside_it_and_names_both_ways_out() {
+    let t = tempfile::tempdir().unwrap();
+    let tar = standard_image(t.path());
+    let err = open(&tar, &t.path().join("s1")).unwrap_err();
+    assert!(matches!(err, ImageError::Unlabelled { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("--manifest shg-service.toml"), "{text}");
+    assert!(text.contains("X-SHG-Manifest"), "{text}");
+    assert!(text.contains("shg pack"), "{text}");
+
+    let p = image::open_with(&tar, &t.path().join("s2"), Some(TOML)).unwrap();
+    assert_eq!(p.manifest_toml, TOML);
+    let of_text = image::manifest_digest(TOML);
+    assert_eq!(p.manifest_digest.as_deref(), Some(of_text.as_str()));
+    assert_eq!(p.digest, image::pair_digest(&p.image_digest, &of_text));
+    assert_ne!(p.digest, p.image_digest);
+    // The image's own config is kept for whoever runs it.
+    assert_eq!(p.config["config"]["Entrypoint"][0], "/bin/app");
+    assert_eq!(p.config["config"]["Cmd"][0], "serve");
+    assert!(p.config["config"].get("Labels").is_none(), "{}", p.config);
+}
+
+#[test]
+fn the_pair_digest_changes_with_either_half_and_is_spelled_out() {
+    let image = format!("sha256:{}", "a".repeat(64));
+    let manifest = image::manifest_digest("name = \"x\"\n");
+    // sha256 of the documented text, computed independently.
+    let text = format!("shg image+manifest v1\n{image}\n{manifest}\n");
+    assert_eq!(
+        image::pair_digest(&image, &manifest),
+        format!("sha256:{}", sha256_hex(text.as_bytes()))
+    );
+    assert_eq!(
+        manifest,
+        format!("sha256:{}", sha256_hex(b"name = \"x\"\n"))
+    );
+    let other_image = format!("sha256:{}", "b".repeat(64));
+    let other_manifest = image::manifest_digest("name = \"y\"\n");
+    let pair = image::pair_digest(&image, &manifest);
+    assert_ne!(pair, image::pair_digest(&other_image, &manifest));
+    assert_ne!(pair, image::pair_digest(&image, &other_manifest));
+}
+
+#[test]
+fn a_manifest_beside_a_labelled_package_takes_the_place_of_its_label() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = source(t.path());
+    let tar = t.path().join("p.tar");
+    let digest = pack(&dir, &tar).unwrap();
+    let beside = "name = \"other\"\nversion = \"9.9.9\"\n";
+    let p = image::open_with(&tar, &t.path().join("s"), Some(beside)).unwrap();
+    assert_eq!(p.manifest_toml, beside);
+    assert_eq!(p.image_digest, digest);
+    assert_ne!(
+        p.digest, digest,
+        "the label's signatures cannot vouch for another manifest"
+    );
+    let labelled = open(&tar, &t.path().join("s2")).unwrap();
+    assert_eq!(
+        (labelled.digest.as_str(), labelled.manifest_digest),
+        (digest.as_str(), None)
+    );
+}

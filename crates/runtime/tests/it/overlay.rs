@@ -100,6 +100,8 @@ fn package(dir: &Path, layers: &[Vec<u8>]) -> Package {
         .collect();
     Package {
         digest: format!("sha256:{}", "0".repeat(64)),
+        image_digest: format!("sha256:{}", "0".repeat(64)),
+        manifest_digest: None,
         manifest_toml: String::new(),
         config: serde_json::Value::Null,
         layers,

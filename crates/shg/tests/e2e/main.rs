@@ -25,6 +25,7 @@ mod registry;
 mod resources;
 mod restart;
 mod runc;
+mod standard;
 mod storage;
 mod trust;
 mod update;

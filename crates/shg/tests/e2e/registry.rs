@@ -8,14 +8,14 @@ use std::time::Duration;
 use crate::harness::{eventually, run_captured, Gateway, Out, SHG};
 
 /// A registry on a free loopback port, stopped when dropped.
-struct Registry {
+pub(crate) struct Registry {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     data: PathBuf,
 }
 
 impl Registry {
-    fn start(work: &Path) -> Registry {
+    pub(crate) fn start(work: &Path) -> Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -50,7 +50,7 @@ impl Registry {
     }
 
     /// Copies the OCI layout tar `package` into the registry as `repo:tag` with skopeo.
-    fn push(&self, package: &Path, repo: &str, tag: &str, scratch: &Path) {
+    pub(crate) fn push(&self, package: &Path, repo: &str, tag: &str, scratch: &Path) {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--dest-tls-verify=false"])
             .arg(format!("oci-archive:{}", package.display()))
