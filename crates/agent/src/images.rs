@@ -495,7 +495,7 @@ mod tests {
         let src = bench.dir.path().join("src-other-1.0.0/shg-service.toml");
         let text = std::fs::read_to_string(&src).unwrap();
         std::fs::write(&src, text.replace("\"acme\"", "\"beta\"")).unwrap();
-        image::pack(&src.parent().unwrap(), &other).unwrap();
+        image::pack(src.parent().unwrap(), &other).unwrap();
         install(&agent, &other).await.unwrap();
     }
 

@@ -5,8 +5,10 @@
 //! Releases are unpacked beside the running one (an install through `tmp/NAME.partial`, an
 //! update through `tmp/NAME-HEX.release`), kept for the current version, the previous one and
 //! an update's next, and pruned once the record names them no longer; a layer no release
-//! names is collected. The data volume is mounted on `data/` and unmounted before anything
-//! under the service's directory is deleted.
+//! names is collected (after a removal, a prune, an install's rollback, and at every start).
+//! The layers are unpacked within the budget admitted for them (see [`crate::images`]). The
+//! data volume is mounted on `data/` and unmounted before anything under the service's
+//! directory is deleted.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
