@@ -500,6 +500,27 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_install_under_way_counts_for_its_provider_until_its_release_names_its_layers() {
+        let bench = Bench::with_config(ACME_64K);
+        let agent = bench.open();
+        let tar = bench.package_with_file("big", "1.0.0", "", "srv/blob", 40 * KIB);
+        let staging = bench.dir.path().join("staging");
+        let package = image::open(&tar, &staging).unwrap();
+        let manifest = manifest::parse(&package.manifest_toml, "test").unwrap();
+        let sizes = agent.measure_image(&manifest, &package).await.unwrap();
+        // Admitted and not laid out yet: what another install of `acme` sees.
+        let pending = agent.images.hold("big", "acme", &sizes);
+        let web = bench.package_with_file("web", "1.0.0", "", "srv/blob", 20 * KIB);
+        let err = install(&agent, &web).await.unwrap_err().to_string();
+        assert!(
+            err.contains("more than the 8 KiB left of the 64 KiB"),
+            "{err}"
+        );
+        drop(pending);
+        install(&agent, &web).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn an_update_is_charged_beside_the_release_it_replaces_not_the_one_pruned() {
         // Two 12 KiB releases fit in 28 KiB; three would not.
         let bench = Bench::with_config("[providers.acme]\nimages = \"28KiB\"\n");

@@ -794,4 +794,47 @@ mod tests {
         documented.sort();
         assert_eq!(routed, documented);
     }
+
+    /// An image over its allowance is refused like a reservation that does not fit: 409,
+    /// `admission-refused`, the sentence, and what unpacks to how much against what.
+    #[test]
+    fn an_image_too_large_is_an_admission_refusal_with_its_sizes() {
+        let source = image::ImageError::OverAllowance {
+            what: "layer sha256:ab".into(),
+            size: 3000 << 20,
+            at_least: true,
+            limit: 16 << 20,
+            allowance: image::Allowance::Storage {
+                service: "zeros".into(),
+                reserve: 16 << 20,
+            },
+        };
+        let p = problem(AgentError::ImageTooLarge {
+            service: "zeros".into(),
+            source,
+        });
+        assert_eq!(
+            (p.status, p.code),
+            (StatusCode::CONFLICT, "admission-refused")
+        );
+        assert_eq!(
+            p.message,
+            "cannot admit `zeros`: layer sha256:ab unpacks to at least 3000 MiB, more than the \
+             16 MiB of storage `zeros` reserves; raise `resources.storage` in shg-service.toml \
+             or ask the operator for a larger image allowance"
+        );
+        assert_eq!(
+            p.detail.unwrap(),
+            serde_json::json!({
+                "service": "zeros",
+                "image": {
+                    "layers": "layer sha256:ab",
+                    "size": 3000u64 << 20,
+                    "at_least": true,
+                    "limit": 16u64 << 20,
+                    "allowance": { "kind": "storage", "of": "zeros", "bytes": 16u64 << 20 },
+                },
+            })
+        );
+    }
 }
