@@ -31,6 +31,15 @@ pub enum AgentError {
     /// Admission control refused: a reservation does not fit.
     #[error("{0}")]
     Refused(Box<admission::Refusal>),
+    /// The service's image layers take more unpacked than its allowance (the storage it
+    /// reserves, or its provider's image allowance): refused from their tar headers before
+    /// anything was written, or cut off where a layer wrote more than they said.
+    #[error("cannot admit `{service}`: {source}")]
+    ImageTooLarge {
+        service: String,
+        #[source]
+        source: image::ImageError,
+    },
     /// The container runtime could not start the service.
     #[error("{0}")]
     StartFailed(String),

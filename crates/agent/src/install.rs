@@ -15,6 +15,7 @@ use state::{Desired, Note, Phase, ServiceRecord};
 
 use crate::auth::Principal;
 use crate::capacity::Check;
+use crate::images::Admitted;
 use crate::layout::unique;
 use crate::lifecycle::{manifest_of, refuse_while_changing, summary};
 use crate::{Agent, AgentError};
@@ -68,6 +69,7 @@ impl Agent {
         if !opts.allow_unsigned {
             self.check_catalog(&manifest, &package).await?;
         }
+        let sizes = self.measure_image(&manifest, &package).await?;
 
         let lock = self.lock_of(&name);
         let _guard = lock.lock().await;
@@ -78,6 +80,7 @@ impl Agent {
         }
         let prio = state::DEFAULT_PRIORITY;
         self.admit(&manifest, prio, Check::Volume, true)?;
+        let admitted = self.admit_image(&manifest, &sizes, true)?;
         self.check_ports(who, &manifest)?;
         if start {
             self.check_stoppable(&name, stop)?;
@@ -108,16 +111,19 @@ impl Agent {
             ),
         )?;
 
+        // Its layers count for its provider until its release names them.
+        let pending = self.images.hold(&name, &manifest.provider, &admitted.sizes);
         drop(admission);
         let agent = self.clone();
         let prepared = tokio::task::spawn_blocking(move || {
-            agent.prepare(&manifest, &package)?;
+            agent.prepare(&manifest, &package, &admitted)?;
             // Its address, its firewall paths, and the hosts files of those importing it.
             agent.refresh_network()
         })
         .await
         .map_err(AgentError::Task)
         .and_then(|r| r);
+        drop(pending);
         if let Err(e) = prepared {
             // The install's own error is what the user needs; a failed clean-up is logged.
             if let Err(cleanup) =
@@ -202,9 +208,24 @@ impl Agent {
         beside: Option<&str>,
     ) -> Result<api::Verdict, AgentError> {
         let staging = self.layout.tmp().join(format!("check-{}", unique()));
-        let opened = self.open_package(upload, &staging, beside).await;
+        let result = self
+            .check_install_from(who, upload, &staging, allow_unsigned, beside)
+            .await;
         let _ = std::fs::remove_dir_all(&staging);
-        let (package, manifest) = opened?;
+        result
+    }
+
+    /// [`Agent::check_install`] with the package's blobs in `staging`, where the layers are
+    /// measured from.
+    async fn check_install_from(
+        self: &Arc<Self>,
+        who: &Principal,
+        upload: &Path,
+        staging: &Path,
+        allow_unsigned: bool,
+        beside: Option<&str>,
+    ) -> Result<api::Verdict, AgentError> {
+        let (package, manifest) = self.open_package(upload, staging, beside).await?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {
@@ -213,7 +234,9 @@ impl Agent {
         if self.store().find(&manifest.name)?.is_some() {
             return Err(AgentError::Exists(manifest.name));
         }
+        let sizes = self.measure_image(&manifest, &package).await?;
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Volume, false)?;
+        self.admit_image(&manifest, &sizes, false)?;
         self.check_ports(who, &manifest)?;
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Run, false)?;
         Ok(api::Verdict {
@@ -227,14 +250,19 @@ impl Agent {
     }
 
     /// Unpacks and lays out a service in `tmp/NAME.partial`, then renames it into place.
-    fn prepare(&self, manifest: &Manifest, package: &image::Package) -> Result<(), AgentError> {
+    fn prepare(
+        &self,
+        manifest: &Manifest,
+        package: &image::Package,
+        admitted: &Admitted,
+    ) -> Result<(), AgentError> {
         let name = &manifest.name;
         let partial = self.layout.partial(name);
         let _ = std::fs::remove_dir_all(&partial);
         let release = partial
             .join("releases")
             .join(crate::layout::release_id(&package.digest));
-        self.unpack_release(manifest, package, &release)?;
+        self.unpack_release(manifest, package, &release, admitted)?;
 
         let (uid, gid) = manifest.run.user.map(|u| (u.uid, u.gid)).unwrap_or((0, 0));
         for dir in ["data", "logs", "bundle"] {
@@ -311,6 +339,9 @@ impl Agent {
         if let Err(e) = self.refresh_network() {
             tracing::warn!("cannot update the service network after undoing `{name}`: {e}");
         }
+        // The layers it ensured before it failed (one refused mid-package leaves those
+        // before it) are no release's now.
+        self.collect_layers();
         Ok(())
     }
 
@@ -441,6 +472,8 @@ mod tests {
         assert!(bench.containers.created().is_empty());
         let view = agent.capacity().unwrap();
         assert_eq!(view.reserved["storage"], 0);
+        // The layers it ensured are no release's: the rollback collects them.
+        assert!(bench.stored_layers().is_empty());
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,8 @@
 //!   services/NAME/
 //!     releases/HEX/     one per kept release (HEX: 16 hex digits of its image digest):
 //!       layers          the release's layer directories, top first, one HEX a line
+//!       sizes           what its layers take unpacked, from their tar headers: HEX BYTES
+//!                       a line (what an image allowance is charged; see `images`)
 //!       rootfs/         the release's root: an overlay of those shared layers, mounted
 //!                       while the release may run (read-only in the container)
 //!       upper/ work/    the overlay's own writable part: only the mount points the

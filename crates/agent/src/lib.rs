@@ -9,6 +9,7 @@ mod capacity;
 mod error;
 mod health;
 mod host;
+mod images;
 mod install;
 mod layout;
 mod lifecycle;
@@ -127,6 +128,9 @@ pub struct Agent {
     pub(crate) net: networking::Networking,
     /// Image layers shared by the releases, and the lock of their collection.
     pub(crate) layers: releases::Layers,
+    /// The layers of installs and updates admitted but not laid out yet, counted against
+    /// their provider's image allowance.
+    pub(crate) images: images::Images,
     /// One catalog check at a time: they share the datastore of versions seen.
     pub(crate) catalog_lock: tokio::sync::Mutex<()>,
 }
@@ -195,6 +199,7 @@ impl Agent {
             monitor: monitor::Monitor::default(),
             net: networking::Networking::new(net),
             layers: releases::Layers::new(layers),
+            images: images::Images::default(),
             catalog_lock: tokio::sync::Mutex::new(()),
         }))
     }

@@ -813,7 +813,8 @@ impl Agent {
     }
 
     /// Picks up after the previous agent: finishes or rolls back half-done installs and
-    /// removals, re-adopts services that kept running, and handles those that ended meanwhile.
+    /// removals, re-adopts services that kept running, handles those that ended meanwhile,
+    /// and collects the image layers no release names.
     pub async fn recover(self: &Arc<Self>) -> Result<(), AgentError> {
         // Uploads and unpacked-but-unregistered installs of a dead agent are garbage (a root
         // it mounted to check a command first comes off).
@@ -859,6 +860,9 @@ impl Agent {
                 );
             }
         }
+        // A layer no release names (its install killed after the layers were ensured, say)
+        // has nothing left to be collected by: nothing else would ever remove it.
+        crate::host::blocking(|| self.collect_layers());
         Ok(())
     }
 }
@@ -1401,5 +1405,27 @@ mod tests {
             assert_eq!(shown(&agent, "web"), "running");
             assert_eq!(bench.containers.created(), ["web"]);
         });
+    }
+
+    #[test]
+    fn recovery_collects_the_layers_no_release_names_and_keeps_the_named_ones() {
+        let bench = Bench::new();
+        left_by_a_dead_agent(&bench);
+        let named = bench.stored_layers();
+        assert_eq!(named.len(), 1, "{named:?}");
+        // What an agent killed between ensuring a layer and naming it in a release leaves
+        // (its install rolled back, its `layers` file gone with tmp/): a whole layer that no
+        // `layers` file names.
+        let orphan = "ab".repeat(32);
+        let dir = bench.state_dir().join("layers/sha256").join(&orphan);
+        std::fs::create_dir_all(dir.join("bin")).unwrap();
+        std::fs::write(dir.join("bin/app"), "left behind").unwrap();
+        runtime().block_on(async {
+            let agent = bench.open();
+            agent.recover().await.unwrap();
+            assert_eq!(journal(&agent, "web").last().unwrap(), "adopted");
+        });
+        assert_eq!(bench.stored_layers(), named, "only the named layer stays");
+        assert!(!dir.exists());
     }
 }

@@ -5,14 +5,17 @@
 //! Releases are unpacked beside the running one (an install through `tmp/NAME.partial`, an
 //! update through `tmp/NAME-HEX.release`), kept for the current version, the previous one and
 //! an update's next, and pruned once the record names them no longer; a layer no release
-//! names is collected. The data volume is mounted on `data/` and unmounted before anything
-//! under the service's directory is deleted.
+//! names is collected (after a removal, a prune, an install's rollback, and at every start).
+//! The layers are unpacked within the budget admitted for them (see [`crate::images`]). The
+//! data volume is mounted on `data/` and unmounted before anything under the service's
+//! directory is deleted.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use manifest::Manifest;
 
+use crate::images::{sizes_text, Admitted};
 use crate::layout::unique;
 use crate::{Agent, AgentError};
 
@@ -35,14 +38,16 @@ impl Layers {
 
 impl Agent {
     /// Lays out a release in `release` (created, must not exist): its layers are ensured in
-    /// the shared layer store and named in `release/layers`; `release/rootfs` is where their
-    /// overlay is mounted ([`Agent::mount_rootfs`]). The command is checked in a temporary
-    /// read-only mount first.
+    /// the shared layer store, held to the budget `admitted` by [`Agent::admit_image`], and
+    /// named in `release/layers` (what they take in `release/sizes`); `release/rootfs` is
+    /// where their overlay is mounted ([`Agent::mount_rootfs`]). The command is checked in a
+    /// temporary read-only mount first.
     pub(crate) fn unpack_release(
         &self,
         manifest: &Manifest,
         package: &image::Package,
         release: &Path,
+        admitted: &Admitted,
     ) -> Result<(), AgentError> {
         let rootfs = release.join("rootfs");
         std::fs::create_dir_all(&rootfs).map_err(|e| AgentError::io(&rootfs, e))?;
@@ -51,13 +56,23 @@ impl Agent {
             let lowers = self
                 .layers
                 .store
-                .ensure(package)
-                .map_err(AgentError::Image)?;
+                .ensure_within(package, &admitted.budget)
+                .map_err(|e| match e {
+                    // More than its headers said, or than was admitted: the same refusal.
+                    image::ImageError::OverAllowance { .. } => AgentError::ImageTooLarge {
+                        service: manifest.name.clone(),
+                        source: e,
+                    },
+                    e => AgentError::Image(e),
+                })?;
             let names: Vec<String> = lowers
                 .iter()
                 .rev()
                 .filter_map(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
                 .collect();
+            let sizes = release.join("sizes");
+            std::fs::write(&sizes, sizes_text(&admitted.sizes))
+                .map_err(|e| AgentError::io(&sizes, e))?;
             let list = release.join("layers");
             std::fs::write(&list, names.join("\n") + "\n").map_err(|e| AgentError::io(&list, e))?;
             lowers
@@ -166,6 +181,7 @@ impl Agent {
         &self,
         manifest: &manifest::Manifest,
         package: &image::Package,
+        admitted: &Admitted,
     ) -> Result<(), AgentError> {
         let sl = self.layout.service(&manifest.name);
         let dest = sl.release(&package.digest);
@@ -178,7 +194,7 @@ impl Agent {
             crate::layout::release_id(&package.digest)
         ));
         let _ = std::fs::remove_dir_all(&partial);
-        if let Err(e) = self.unpack_release(manifest, package, &partial) {
+        if let Err(e) = self.unpack_release(manifest, package, &partial, admitted) {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
         }

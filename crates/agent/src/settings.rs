@@ -21,6 +21,7 @@
 //!
 //! [providers.acme]      # optional caps: the most one provider may reserve in total
 //! memory = "512MiB"
+//! images = "2GiB"       # optional: what the layers of its services may take unpacked
 //!
 //! [pressure]            # when the agent stops services to free memory
 //! memory_free_min = "64MiB"   # evict when the host has less memory free than this
@@ -34,6 +35,10 @@
 //!
 //! Services are also evicted when together they use more memory than capacity less the
 //! system reserve.
+//!
+//! A provider's `images` is its image allowance: with one, the layers of all its services'
+//! releases, each distinct layer once, count against it instead of against each service's
+//! storage reservation (see [`crate::images`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,7 +59,7 @@ struct RawConfig {
     #[serde(default)]
     reserve: Option<RawAmounts>,
     #[serde(default)]
-    providers: BTreeMap<String, RawAmounts>,
+    providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pressure: RawPressure,
     #[serde(default)]
@@ -91,6 +96,8 @@ pub struct Settings {
     pub network: network::Config,
     /// The `[catalog]` table: the app store this gateway installs from, if any.
     pub catalog: Option<CatalogConfig>,
+    /// `[providers.NAME] images`: the image allowance of each provider that has one, in bytes.
+    pub images: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -101,6 +108,31 @@ struct RawAmounts {
     storage: Option<String>,
     bandwidth_down: Option<String>,
     bandwidth_up: Option<String>,
+}
+
+/// `[providers.NAME]`: caps on what the provider reserves, and its image allowance.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    cpu: Option<f64>,
+    memory: Option<String>,
+    storage: Option<String>,
+    bandwidth_down: Option<String>,
+    bandwidth_up: Option<String>,
+    images: Option<String>,
+}
+
+impl RawProvider {
+    /// The caps, without the image allowance (which no reservation is held to).
+    fn caps(&self) -> RawAmounts {
+        RawAmounts {
+            cpu: self.cpu,
+            memory: self.memory.clone(),
+            storage: self.storage.clone(),
+            bandwidth_down: self.bandwidth_down.clone(),
+            bandwidth_up: self.bandwidth_up.clone(),
+        }
+    }
 }
 
 impl RawAmounts {
@@ -198,11 +230,17 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
         reserve.apply("reserve", &mut system_reserve).map_err(bad)?;
     }
     let mut provider_caps = BTreeMap::new();
-    for (provider, caps) in &raw.providers {
+    let mut images = BTreeMap::new();
+    for (provider, raw) in &raw.providers {
+        let table = format!("providers.{provider}");
         let mut amounts = Amounts::UNLIMITED;
-        caps.apply(&format!("providers.{provider}"), &mut amounts)
-            .map_err(bad)?;
+        raw.caps().apply(&table, &mut amounts).map_err(bad)?;
         provider_caps.insert(provider.clone(), amounts);
+        if let Some(text) = &raw.images {
+            let bytes = manifest::units::parse_size(text)
+                .map_err(|e| bad(format!("{table}.images: {e}")))?;
+            images.insert(provider.clone(), bytes);
+        }
     }
     let memory_free_min = match &raw.pressure.memory_free_min {
         Some(text) => manifest::units::parse_size(text)
@@ -221,6 +259,7 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
             memory_free_min,
             network,
             catalog: raw.catalog.clone(),
+            images,
         },
     ))
 }
@@ -247,6 +286,29 @@ mod tests {
             None,
             "what a cap leaves out stays uncapped"
         );
+    }
+
+    #[test]
+    fn a_provider_may_have_an_image_allowance_and_nothing_else_may() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join(CONFIG_FILE);
+        std::fs::write(
+            &config,
+            "[providers.acme]\nimages = \"2GiB\"\n[providers.beta]\nmemory = \"1GiB\"\n",
+        )
+        .unwrap();
+        let (gw, settings) = load(dir.path()).unwrap();
+        assert_eq!(settings.images, BTreeMap::from([("acme".into(), 2 << 30)]));
+        assert_eq!(gw.cap("acme", Resource::Storage), None, "not a storage cap");
+        assert_eq!(gw.cap("beta", Resource::Memory), Some(1 << 30));
+
+        std::fs::write(&config, "[providers.acme]\nimages = \"lots\"\n").unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("providers.acme.images"), "{err}");
+        // The allowance is a provider's: the gateway's capacity has none.
+        std::fs::write(&config, "[capacity]\nimages = \"2GiB\"\n").unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("images"), "{err}");
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Agent {
         if !allow_unsigned {
             self.check_catalog(&manifest, &package).await?;
         }
+        let sizes = self.measure_image(&manifest, &package).await?;
 
         let lock = self.lock_of(name);
         let guard = lock.lock().await;
@@ -118,7 +119,7 @@ impl Agent {
             signer,
             source,
         };
-        {
+        let (admitted, pending) = {
             // The new reservation with the service's own given back; from here until the
             // switch the record holds the larger of both.
             let _admission = self.admission.lock.lock().await;
@@ -126,6 +127,7 @@ impl Agent {
             if rec.desired == Desired::Running {
                 self.admit(&manifest, rec.priority, Check::Run, true)?;
             }
+            let admitted = self.admit_image(&manifest, &sizes, true)?;
             self.check_ports(who, &manifest)?;
             self.store().update(
                 name,
@@ -141,14 +143,19 @@ impl Agent {
                     r.next = Some(next.clone());
                 },
             )?;
-        }
+            // Its layers count for its provider until the new release names them.
+            let pending = self.images.hold(name, &manifest.provider, &admitted.sizes);
+            (admitted, pending)
+        };
         let started = Instant::now();
         let agent = self.clone();
         let (m, p) = (manifest.clone(), package.clone());
-        let prepared = tokio::task::spawn_blocking(move || agent.prepare_release(&m, &p))
-            .await
-            .map_err(AgentError::Task)
-            .and_then(|r| r);
+        let prepared =
+            tokio::task::spawn_blocking(move || agent.prepare_release(&m, &p, &admitted))
+                .await
+                .map_err(AgentError::Task)
+                .and_then(|r| r);
+        drop(pending);
         if let Err(e) = prepared {
             self.abandon_update(name, &format!("preparing it failed: {e}"))?;
             return Err(e);

@@ -38,6 +38,9 @@ pub fn problem(e: AgentError) -> Problem {
         AgentError::Conflict(_) => StatusCode::CONFLICT,
         AgentError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
         AgentError::Refused(_) => StatusCode::CONFLICT,
+        // Like a storage refusal: the package is sound, it does not fit what the service or
+        // its provider may hold now (a larger reservation or allowance lets it in).
+        AgentError::ImageTooLarge { .. } => StatusCode::CONFLICT,
         AgentError::StartFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         AgentError::Forbidden(_) => StatusCode::FORBIDDEN,
         AgentError::NoToken(_) | AgentError::NoTrust(_) => StatusCode::NOT_FOUND,
@@ -66,7 +69,7 @@ pub fn problem(e: AgentError) -> Problem {
         AgentError::BadManifest(_) | AgentError::Manifest(_) => "bad-manifest",
         AgentError::BadRequest(_) => "bad-request",
         AgentError::Busy(_) => "unavailable",
-        AgentError::Refused(_) => "admission-refused",
+        AgentError::Refused(_) | AgentError::ImageTooLarge { .. } => "admission-refused",
         AgentError::StartFailed(_) => "start-failed",
         AgentError::Forbidden(_) => "forbidden",
         AgentError::Io { .. }
@@ -82,9 +85,38 @@ pub fn problem(e: AgentError) -> Problem {
     };
     let detail = match &e {
         AgentError::Refused(refusal) => serde_json::to_value(refusal).ok(),
+        AgentError::ImageTooLarge { service, source } => image_detail(service, source),
         _ => None,
     };
     Problem::new(status, code, e.to_string()).with_detail(detail)
+}
+
+/// The `detail` of an image refusal: what unpacks to how much, against which allowance.
+fn image_detail(service: &str, e: &image::ImageError) -> Option<serde_json::Value> {
+    let image::ImageError::OverAllowance {
+        what,
+        size,
+        at_least,
+        limit,
+        allowance,
+    } = e
+    else {
+        return None;
+    };
+    let (kind, holder) = match allowance {
+        image::Allowance::Storage { service, .. } => ("storage", service),
+        image::Allowance::Provider { provider, .. } => ("provider", provider),
+    };
+    Some(serde_json::json!({
+        "service": service,
+        "image": {
+            "layers": what,
+            "size": size,
+            "at_least": at_least,
+            "limit": limit,
+            "allowance": { "kind": kind, "of": holder, "bytes": allowance.bytes() },
+        },
+    }))
 }
 
 /// An [`AgentError`] or a [`Problem`] on its way to the client.
@@ -934,5 +966,48 @@ mod tests {
             doc["paths"].as_object().unwrap().keys().cloned().collect();
         documented.sort();
         assert_eq!(routed, documented);
+    }
+
+    /// An image over its allowance is refused like a reservation that does not fit: 409,
+    /// `admission-refused`, the sentence, and what unpacks to how much against what.
+    #[test]
+    fn an_image_too_large_is_an_admission_refusal_with_its_sizes() {
+        let source = image::ImageError::OverAllowance {
+            what: "layer sha256:ab".into(),
+            size: 3000 << 20,
+            at_least: true,
+            limit: 16 << 20,
+            allowance: image::Allowance::Storage {
+                service: "zeros".into(),
+                reserve: 16 << 20,
+            },
+        };
+        let p = problem(AgentError::ImageTooLarge {
+            service: "zeros".into(),
+            source,
+        });
+        assert_eq!(
+            (p.status, p.code),
+            (StatusCode::CONFLICT, "admission-refused")
+        );
+        assert_eq!(
+            p.message,
+            "cannot admit `zeros`: layer sha256:ab unpacks to at least 3000 MiB, more than the \
+             16 MiB of storage `zeros` reserves; raise `resources.storage` in shg-service.toml \
+             or ask the operator for a larger image allowance"
+        );
+        assert_eq!(
+            p.detail.unwrap(),
+            serde_json::json!({
+                "service": "zeros",
+                "image": {
+                    "layers": "layer sha256:ab",
+                    "size": 3000u64 << 20,
+                    "at_least": true,
+                    "limit": 16u64 << 20,
+                    "allowance": { "kind": "storage", "of": "zeros", "bytes": 16u64 << 20 },
+                },
+            })
+        );
     }
 }

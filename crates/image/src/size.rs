@@ -162,11 +162,9 @@ impl Budget {
                     .iter()
                     .map(|s| format!("{} {}", s.digest, human(s.bytes)))
                     .collect();
-                format!(
-                    "the {} layers not yet on the gateway ({})",
-                    many.len(),
-                    each.join(", ")
-                )
+                // Which layers count is the caller's rule (all of a service's, or those its
+                // provider does not hold yet): "counted" fits both.
+                format!("the {} layers counted ({})", many.len(), each.join(", "))
             }
         };
         Err(ImageError::OverAllowance {

@@ -380,9 +380,19 @@ const GATEWAY: &str = "[capacity]\ncpu = 2.0\nmemory = \"1GiB\"\nstorage = \"1Gi
 
 impl Bench {
     pub(crate) fn new() -> Bench {
+        Bench::with_config("")
+    }
+
+    /// A bench whose `gateway.toml` has `extra` after the bench's own tables (a
+    /// `[providers.NAME]` table, say).
+    pub(crate) fn with_config(extra: &str) -> Bench {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("state")).unwrap();
-        std::fs::write(dir.path().join("state/gateway.toml"), GATEWAY).unwrap();
+        std::fs::write(
+            dir.path().join("state/gateway.toml"),
+            format!("{GATEWAY}{extra}"),
+        )
+        .unwrap();
         let commands = Arc::new(command::Recorder::new());
         // No table of a previous run: nothing for the switched-off network to tear down.
         commands.fail("nft list", "Error: No such file or directory");
@@ -432,5 +442,41 @@ impl Bench {
         let out = self.dir.path().join(format!("{name}-{version}.tar"));
         image::pack(&src, &out).unwrap();
         out
+    }
+
+    /// [`Bench::package`] with one more file in its root, `path`, of `len` bytes: a sparse
+    /// file, all zeros, which the package stores at its full length.
+    pub(crate) fn package_with_file(
+        &self,
+        name: &str,
+        version: &str,
+        extra: &str,
+        path: &str,
+        len: u64,
+    ) -> PathBuf {
+        let out = self.package(name, version, extra);
+        let src = self.dir.path().join(format!("src-{name}-{version}"));
+        let file = src.join("rootfs").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::File::create(&file).unwrap().set_len(len).unwrap();
+        image::pack(&src, &out).unwrap();
+        out
+    }
+
+    /// The layer directories in the store, by hex.
+    pub(crate) fn stored_layers(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.state_dir().join("layers/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// What the store's `tmp/` holds: partial unpacks.
+    pub(crate) fn partial_layers(&self) -> usize {
+        std::fs::read_dir(self.state_dir().join("layers/tmp"))
+            .unwrap()
+            .count()
     }
 }

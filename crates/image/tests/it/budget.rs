@@ -508,10 +508,10 @@ fn a_check_counts_each_new_layer_once_and_names_them() {
     assert_eq!(
         err.to_string(),
         format!(
-            "the 2 layers not yet on the gateway ({} 4 MiB, {} 3 MiB) unpack to 7 MiB, more than \
-             the 4 MiB left of the 16 MiB image allowance of provider `acme`; ask the operator \
-             for a larger image allowance, or remove services of the provider whose layers no \
-             other service shares",
+            "the 2 layers counted ({} 4 MiB, {} 3 MiB) unpack to 7 MiB, more than the 4 MiB \
+             left of the 16 MiB image allowance of provider `acme`; ask the operator for a \
+             larger image allowance, or remove services of the provider whose layers no other \
+             service shares",
             layer(2, 0).digest,
             layer(3, 0).digest
         )

@@ -119,13 +119,15 @@ fn services_outlive_an_agent_crash_and_are_readopted() {
 #[test]
 fn an_install_cut_short_by_a_crash_is_rolled_back() {
     let mut gw = Gateway::start();
-    let manifest = "name = \"bulky\"\nversion = \"1.0.0\"\nprovider = \"e2e\"\n\n[run]\ncommand = [\"/bin/sleep\", \"1000000\"]\n";
+    // Its image counts against the storage it reserves.
+    let manifest = "name = \"bulky\"\nversion = \"1.0.0\"\nprovider = \"e2e\"\n\n[run]\ncommand = [\"/bin/sleep\", \"1000000\"]\n\n[resources]\nstorage = { reserve = \"512MiB\" }\n";
     let dir = gw.package_dir("bulky", manifest, &[]);
-    // Unpacking 64 MiB (decompressing, hashing and writing it) takes seconds: the crash window.
+    // Unpacking 256 MiB (decompressing, hashing, writing and syncing it) takes a second or
+    // more: the crash window.
     // Zeros keep the package small and quick to build; only the unpacked size matters here.
     std::fs::File::create(dir.join("rootfs/blob"))
         .unwrap()
-        .set_len(64 << 20)
+        .set_len(256 << 20)
         .unwrap();
     let tar = gw.work.join("bulky.tar");
     let packed = Command::new(SHG)

@@ -199,3 +199,85 @@ fn services_sharing_a_layer_store_it_once_and_the_last_removal_collects_it() {
         "mounts left: {left}"
     );
 }
+
+#[test]
+fn an_image_that_unpacks_past_the_storage_it_reserves_is_refused_from_its_headers() {
+    let gw = Gateway::start();
+    let manifest = "name = \"zeros\"\nversion = \"1.0.0\"\nprovider = \"e2e\"\n\n\
+         [run]\ncommand = [\"/bin/sleep\", \"100000\"]\n\n\
+         [resources]\nstorage = { reserve = \"16MiB\" }\n";
+    let dir = gw.package_dir("zeros", manifest, &[]);
+    // 3000 MiB that take no disk here: a hole, which `shg pack` reads, and stores, as
+    // 3000 MiB of zeros. They deflate to a few MB of package.
+    fs::create_dir_all(dir.join("rootfs/srv")).unwrap();
+    let truncated = std::process::Command::new("truncate")
+        .args(["-s", "3000M"])
+        .arg(dir.join("rootfs/srv/zeros"))
+        .status()
+        .expect("run truncate");
+    assert!(truncated.success());
+    let tar = gw.work.join("zeros.tar");
+    let key = gw.trusted_key("e2e");
+    gw.shg_ok(&[
+        "pack",
+        dir.to_str().unwrap(),
+        "-o",
+        tar.to_str().unwrap(),
+        "--sign",
+        key.to_str().unwrap(),
+    ]);
+    let packed = fs::metadata(&tar).unwrap().len();
+    assert!(packed < 8 << 20, "the package is {packed} bytes");
+    // The layer's header declares the whole 3000 MiB: counting stops right after it.
+    let staging = gw.work.join("zeros-staging");
+    let package = image::open(&tar, &staging).unwrap();
+    let size = image::measure_layer(&package.layers[0], Some(16 << 20)).unwrap();
+    assert!(!size.complete);
+    assert!(
+        (3000 << 20..3004 << 20).contains(&size.file_bytes),
+        "the busybox files and 3000 MiB of zeros: {size:?}"
+    );
+
+    for args in [vec!["install", "--dry-run"], vec!["install"]] {
+        let mut args = args;
+        args.push(tar.to_str().unwrap());
+        let out = gw.shg(&args);
+        assert!(!out.ok(), "{out}");
+        let said = out.stderr.clone();
+        assert!(
+            said.starts_with("error: cannot admit `zeros`: layer sha256:"),
+            "{out}"
+        );
+        let mib: u64 = said
+            .split("unpacks to at least ")
+            .nth(1)
+            .and_then(|rest| rest.split(" MiB").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no size in the refusal: {out}"));
+        assert!((3000..3004).contains(&mib), "{out}");
+        assert!(
+            said.contains(
+                "more than the 16 MiB of storage `zeros` reserves; raise `resources.storage` \
+                 in shg-service.toml or ask the operator for a larger image allowance \
+                 (HTTP 409, admission-refused)"
+            ),
+            "{out}"
+        );
+    }
+
+    // Nothing was written: no layer (not even a partial one), no service, no upload left.
+    assert!(stored_layers(&gw).is_empty(), "{:?}", stored_layers(&gw));
+    assert_eq!(fs::read_dir(gw.dir.join("layers/tmp")).unwrap().count(), 0);
+    assert!(!gw.service_dir("zeros").exists());
+    assert_eq!(fs::read_dir(gw.dir.join("tmp")).unwrap().count(), 0);
+    assert!(gw.ps().is_empty());
+    let events = gw.events("zeros");
+    assert_eq!(events.len(), 1, "the dry run journals nothing: {events:#?}");
+    assert_eq!(events[0].0, "admission-refused");
+    assert!(
+        events[0]
+            .1
+            .contains("more than the 16 MiB of storage `zeros` reserves"),
+        "{events:#?}"
+    );
+}

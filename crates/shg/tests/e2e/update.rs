@@ -186,11 +186,13 @@ fn an_agent_killed_during_an_update_leaves_one_release_and_the_next_start_finish
     gw.shg_ok(&["install", v1.to_str().unwrap()]);
     gw.wait_running("app");
 
-    // A release slow to unpack (64 MiB of zeros): killed while it is prepared.
-    let dir = gw.package_dir("app-2", &app("2.0.0", SERVE, ""), &[]);
+    // A release slow to unpack (256 MiB of zeros, which count against the storage it
+    // reserves): killed while it is prepared.
+    let reserve = "[resources]\nstorage = { reserve = \"512MiB\" }\n";
+    let dir = gw.package_dir("app-2", &app("2.0.0", SERVE, reserve), &[]);
     std::fs::File::create(dir.join("rootfs/blob"))
         .unwrap()
-        .set_len(64 << 20)
+        .set_len(256 << 20)
         .unwrap();
     let v2 = gw.work.join("app-2.tar");
     let key = gw.trusted_key("acme");
