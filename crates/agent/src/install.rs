@@ -277,7 +277,7 @@ impl Agent {
             uid,
             gid,
         )?;
-        // The bundle names the final paths: it is renamed into place below.
+        // Checked here, so a malformed bundle fails before anything is in place…
         let spec = self.service_spec(manifest, &package.digest, state::DEFAULT_PRIORITY);
         spec::write_bundle(&partial.join("bundle"), &spec)?;
         let service = self.layout.service(name);
@@ -286,6 +286,11 @@ impl Agent {
             std::fs::remove_dir_all(&service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
         }
         std::fs::rename(&partial, &service.dir).map_err(|e| AgentError::io(&service.dir, e))?;
+        // …and written again now that the release is where its root is looked for, so the
+        // bundle of a service installed without starting names its release's root (before,
+        // it named the old single `rootfs` and `runc run` of it failed).
+        let spec = self.service_spec(manifest, &package.digest, state::DEFAULT_PRIORITY);
+        spec::write_bundle(&service.bundle(), &spec)?;
         self.mount_volume(name)
     }
 
@@ -474,6 +479,27 @@ mod tests {
         assert_eq!(view.reserved["storage"], 0);
         // The layers it ensured are no release's: the rollback collects them.
         assert!(bench.stored_layers().is_empty());
+    }
+
+    /// Regression: the bundle of a service installed without starting named the old single
+    /// `services/NAME/rootfs`, which releases no longer have, so `runc run` of it failed.
+    #[tokio::test(start_paused = true)]
+    async fn the_bundle_of_a_service_installed_without_starting_names_its_release_root() {
+        let bench = Bench::new();
+        let agent = bench.open();
+        let package = bench.package("web", "1.0.0", SMALL);
+        agent
+            .install(&Principal::Operator, &package, &unsigned(false))
+            .await
+            .unwrap();
+        let config = bench.state_dir().join("services/web/bundle/config.json");
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        let root = config["root"]["path"].as_str().unwrap();
+        assert!(
+            root.contains("/services/web/releases/") && root.ends_with("/rootfs"),
+            "{root}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
