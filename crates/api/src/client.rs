@@ -895,25 +895,31 @@ impl Client {
         }
         let status = response.status();
         let bytes = collect(&request, response.into_body()).await?;
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(ErrorBody {
-                code,
-                message,
-                detail,
-            }) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code,
-                message,
-                detail,
-            }),
-            Err(_) => Err(bad_response(
-                &request,
-                format!(
-                    "status {status} without an error object: {}",
-                    snippet(&bytes)
-                ),
-            )),
-        }
+        Err(error_answer(&request, status, &bytes))
+    }
+}
+
+/// A non-2xx answer as an error: the API's own `{code, message, detail}`, or the body itself
+/// when the server sent something else.
+pub(crate) fn error_answer(request: &str, status: hyper::StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(ErrorBody {
+            code,
+            message,
+            detail,
+        }) => ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+            detail,
+        },
+        Err(_) => bad_response(
+            request,
+            format!(
+                "status {status} without an error object: {}",
+                snippet(bytes)
+            ),
+        ),
     }
 }
 

@@ -11,8 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::client::{bad_response, collect, describe, http_error, snippet, ReqBody};
-use crate::{Client, ClientError, ErrorBody};
+use crate::client::{bad_response, collect, describe, error_answer, http_error, snippet, ReqBody};
+use crate::{Client, ClientError};
 
 fn method_of(method: &str, uri: &str) -> Result<Method, ClientError> {
     Method::from_bytes(method.as_bytes()).map_err(|e| ClientError::BadRequest {
@@ -194,21 +194,6 @@ impl Client {
             })?;
             return Ok(Some((tag, value)));
         }
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(ErrorBody {
-                code,
-                message,
-                detail,
-            }) => Err(ClientError::Api {
-                status: status.as_u16(),
-                code,
-                message,
-                detail,
-            }),
-            Err(_) => Err(bad_response(
-                &request,
-                format!("status {status}: {}", snippet(&bytes)),
-            )),
-        }
+        Err(error_answer(&request, status, &bytes))
     }
 }

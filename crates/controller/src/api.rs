@@ -32,7 +32,15 @@ const MAX_PACKAGE: u64 = 2 << 30;
 
 /// What a controller error tells the client; an exhaustive match.
 pub fn problem(e: ControllerError) -> Problem {
-    let (status, code) = match &e {
+    match kind(&e) {
+        (StatusCode::INTERNAL_SERVER_ERROR, _) => Problem::internal("the fleet controller", &e),
+        (status, code) => Problem::new(status, code, e.to_string()),
+    }
+}
+
+/// The status and stable code of each error.
+fn kind(e: &ControllerError) -> (StatusCode, &'static str) {
+    match e {
         ControllerError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request"),
         ControllerError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
         ControllerError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -42,9 +50,8 @@ pub fn problem(e: ControllerError) -> Problem {
         ControllerError::BadPackage(_) => (StatusCode::BAD_REQUEST, "bad-package"),
         ControllerError::Io { .. }
         | ControllerError::Database(_)
-        | ControllerError::Internal(_) => return Problem::internal("the fleet controller", &e),
-    };
-    Problem::new(status, code, e.to_string())
+        | ControllerError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    }
 }
 
 /// A controller error or a problem on its way to the client.
@@ -192,7 +199,7 @@ async fn enroll(
     let result = ctx.controller.enroll(&req).await;
     let status = match &result {
         Ok(_) => 201,
-        Err(e) => problem_status(e),
+        Err(e) => kind(e).0.as_u16(),
     };
     let label = match &result {
         Ok(e) => format!("gateway:{}", e.gateway_id),
@@ -207,20 +214,6 @@ async fn enroll(
         tracing::error!("cannot write the audit log: {e}");
     }
     Ok((StatusCode::CREATED, Json(result?)).into_response())
-}
-
-fn problem_status(e: &ControllerError) -> u16 {
-    match e {
-        ControllerError::BadRequest(_) | ControllerError::BadPackage(_) => 400,
-        ControllerError::Unauthorized(_) => 401,
-        ControllerError::Forbidden(_) => 403,
-        ControllerError::NotFound(_) => 404,
-        ControllerError::Conflict(_) => 409,
-        ControllerError::TooLarge(_) => 413,
-        ControllerError::Io { .. }
-        | ControllerError::Database(_)
-        | ControllerError::Internal(_) => 500,
-    }
 }
 
 #[derive(Deserialize)]

@@ -214,47 +214,21 @@ pub fn run(cfg: Config) -> Result<(), ControllerError> {
             tokio::spawn(listen_for_changes(controller.db.clone(), url.clone()));
         }
         tokio::spawn(deploy::judge(controller.clone()));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let remote = router(
             controller.clone(),
             server.clone(),
             server::Transport::Remote,
         );
-        tokio::spawn(server::serve_tls(tcp, tls, remote, stop_rx.clone()));
         eprintln!(
             "shg controller: serving the API on {} and https://{} (CA sha256 {})",
             socket.display(),
             controller.cfg.listen,
             controller.ca_fingerprint()
         );
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            let _ = stop_tx.send(true);
-        });
-        let mut rx = stop_rx.clone();
-        let graceful = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let deadline = {
-            let mut rx = stop_rx;
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        };
         let local = router(controller, server, server::Transport::Local);
-        tokio::select! {
-            result = server::serve_unix(unix, local, graceful) => {
-                result.map_err(|e| ControllerError::Internal(format!("API server failed: {e}")))
-            }
-            _ = deadline => Ok(()),
-        }
+        server::serve_until_signal(unix, local, Some((tcp, tls, remote)))
+            .await
+            .map_err(|e| ControllerError::Internal(format!("API server failed: {e}")))
     })
 }
 

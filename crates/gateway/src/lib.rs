@@ -99,53 +99,28 @@ pub fn run(
         let listener = server::bind_unix(&socket).map_err(AgentError::internal)?;
         tracing::info!(socket = %socket.display(), "gateway agent ready");
         eprintln!("shg gateway: serving the API on {}", socket.display());
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some(listen) = listen {
-            let config = server::tls_config(agent.state_dir(), &listen)
-                .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-            let tcp = server::bind_tcp(listen.addr)
-                .await
-                .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-            eprintln!("shg gateway: serving the API on https://{}", listen.addr);
-            let app = router_in_fleet(
-                agent.clone(),
-                server.clone(),
-                Transport::Remote,
-                link.clone(),
-            );
-            tokio::spawn(server::serve_tls(tcp, config, app, stop_rx.clone()));
-        }
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = tokio::signal::ctrl_c() => {},
-            }
-            let _ = stop_tx.send(true);
-        });
-        let graceful = {
-            let mut rx = stop_rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
+        let remote = match listen {
+            None => None,
+            Some(listen) => {
+                let config = server::tls_config(agent.state_dir(), &listen)
+                    .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+                let tcp = server::bind_tcp(listen.addr)
+                    .await
+                    .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+                eprintln!("shg gateway: serving the API on https://{}", listen.addr);
+                let app = router_in_fleet(
+                    agent.clone(),
+                    server.clone(),
+                    Transport::Remote,
+                    link.clone(),
+                );
+                Some((tcp, config, app))
             }
         };
-        // Streams such as `shg logs -f` never end by themselves: give requests a moment to
-        // finish, then exit anyway. The services keep running either way.
-        let deadline = {
-            let mut rx = stop_rx;
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-            }
-        };
+        // The services keep running after the agent exits.
         let app = router_in_fleet(agent, server, Transport::Local, link);
-        tokio::select! {
-            result = server::serve_unix(listener, app, graceful) => {
-                result.map_err(|e| AgentError::Internal(format!("API server failed: {e}")))
-            }
-            _ = deadline => Ok(()),
-        }
+        server::serve_until_signal(listener, app, remote)
+            .await
+            .map_err(|e| AgentError::Internal(format!("API server failed: {e}")))
     })
 }

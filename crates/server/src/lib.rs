@@ -21,8 +21,8 @@ use std::sync::Arc;
 pub use auth::{authenticate, Credential, Watched};
 pub use limit::Limiter;
 pub use listen::{
-    bind_tcp, bind_unix, serve_tls, serve_unix, tls_config, write_private, ClientCert, Listen,
-    ListenError,
+    bind_tcp, bind_unix, serve_tls, serve_unix, serve_until_signal, tls_config, write_private,
+    ClientCert, Listen, ListenError,
 };
 pub use problem::{json_errors, no_such_path, openapi_route, Problem};
 pub use realm::Principal;

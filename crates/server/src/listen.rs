@@ -306,3 +306,42 @@ async fn linger(tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>) {
     })
     .await;
 }
+
+/// Serves `local` on the Unix socket and, if given, `remote` over TLS, until SIGTERM or
+/// SIGINT. Streams such as a followed log never end by themselves: requests get two seconds
+/// to finish, then the server returns anyway.
+pub async fn serve_until_signal(
+    unix: UnixListener,
+    local: Router,
+    remote: Option<(TcpListener, Arc<rustls::ServerConfig>, Router)>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some((tcp, config, app)) = remote {
+        tokio::spawn(serve_tls(tcp, config, app, stop_rx.clone()));
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        let _ = stop_tx.send(true);
+    });
+    let graceful = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let deadline = {
+        let mut rx = stop_rx;
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    };
+    tokio::select! {
+        result = serve_unix(unix, local, graceful) => result,
+        _ = deadline => Ok(()),
+    }
+}
