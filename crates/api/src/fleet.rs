@@ -189,6 +189,25 @@ pub struct DeployRequest {
     pub soak_s: Option<u64>,
 }
 
+/// Where a provider may deploy its services (`GET /v1/policy`): the gateways matching any
+/// of `selectors` (an empty selector matches every gateway; no selector, none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployPolicy {
+    pub provider: String,
+    pub selectors: Vec<BTreeMap<String, String>>,
+    /// When the operator last set it (Unix milliseconds).
+    pub set_ms: i64,
+}
+
+/// Body of `PUT /v1/policy/{provider}` (operator only).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// Label selectors; a gateway matching any of them is open to the provider's
+    /// deployments. `[{}]` opens every gateway; `[]` none.
+    pub selectors: Vec<BTreeMap<String, String>>,
+}
+
 /// One gateway of a deployment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeploymentTarget {

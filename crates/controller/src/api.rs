@@ -14,7 +14,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{middleware, Extension, Json, Router};
 use futures_util::StreamExt;
 use realm::Principal;
@@ -104,6 +104,11 @@ pub fn router(controller: Arc<Controller>, server: Arc<Server>, transport: Trans
         .route(
             "/v1/packages/{provider}/{name}/{version}/approve",
             post(approve),
+        )
+        .route("/v1/policy", get(policy_list))
+        .route(
+            "/v1/policy/{provider}",
+            put(policy_set).delete(policy_clear),
         )
         .route("/v1/catalog", get(catalog))
         .route("/v1/deployments", get(deployments).post(deploy))
@@ -334,6 +339,35 @@ async fn trust_remove(
 ) -> ApiResult<StatusCode> {
     operator(&who)?;
     ctx.controller.remove_trust(&key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn policy_list(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<Vec<api::fleet::DeployPolicy>>> {
+    operator_or_provider(&who)?;
+    Ok(Json(ctx.controller.policies(&who).await?))
+}
+
+async fn policy_set(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath(provider): UrlPath<String>,
+    body: Result<Json<api::fleet::PolicyRequest>, JsonRejection>,
+) -> ApiResult<Json<api::fleet::DeployPolicy>> {
+    operator(&who)?;
+    let req = json_body(body, "policy")?;
+    Ok(Json(ctx.controller.set_policy(&provider, &req).await?))
+}
+
+async fn policy_clear(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath(provider): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    operator(&who)?;
+    ctx.controller.clear_policy(&provider).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -135,6 +135,11 @@ const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         status BIGINT NOT NULL
     )",
+    "CREATE TABLE deploy_policy (
+        provider TEXT PRIMARY KEY,
+        selectors TEXT NOT NULL,
+        set_ms BIGINT NOT NULL
+    )",
 ];
 
 /// A query ready to run.

@@ -108,6 +108,19 @@ impl Controller {
                 "no enrolled gateway matches; `shg fleet gateways --selector k=v` shows which would".into(),
             ));
         }
+        if let Principal::Provider(p) = who {
+            let labels: BTreeMap<&str, &BTreeMap<String, String>> = all
+                .iter()
+                .map(|g| (g.row.id.as_str(), &g.row.labels))
+                .collect();
+            self.check_policy(
+                p,
+                targets
+                    .iter()
+                    .filter_map(|t| labels.get(t.as_str()).map(|l| (t.as_str(), *l))),
+            )
+            .await?;
+        }
         let waves = if req.waves.is_empty() {
             vec!["100%".to_string()]
         } else {

@@ -17,6 +17,7 @@ mod deploy;
 mod enroll;
 mod inventory;
 mod packages;
+mod policy;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

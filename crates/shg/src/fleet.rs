@@ -125,6 +125,34 @@ pub enum FleetCommand {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Where each provider may deploy its own services (set and clear: operator)
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Open the gateways matching any of the selectors to a provider's deployments (replaces
+    /// its policy)
+    Set {
+        #[arg(long, value_name = "NAME")]
+        provider: String,
+        /// Labels a gateway must hold (region=lyon,model=x); repeat for "or"
+        #[arg(long, value_name = "K=V,…", required_unless_present = "everywhere")]
+        selector: Vec<String>,
+        /// Every gateway of the fleet
+        #[arg(long, conflicts_with = "selector")]
+        everywhere: bool,
+    },
+    /// Show where each provider may deploy (a provider sees its own)
+    List,
+    /// Close every gateway to a provider's deployments
+    Clear {
+        #[arg(long, value_name = "NAME")]
+        provider: String,
+    },
 }
 
 /// `k=v,k2=v2` as a map.
@@ -628,6 +656,59 @@ pub async fn run(client: &Client, command: FleetCommand, json: bool) -> anyhow::
                 client
                     .send_empty("DELETE", &format!("/v1/trust/{}", encode(&key_id)))
                     .await?;
+            }
+        },
+        FleetCommand::Policy { command } => match command {
+            PolicyCommand::Set {
+                provider,
+                selector,
+                everywhere,
+            } => {
+                let selectors = if everywhere {
+                    vec![BTreeMap::new()]
+                } else {
+                    selector
+                        .iter()
+                        .map(|s| labels(Some(s)))
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                };
+                let req = api::fleet::PolicyRequest { selectors };
+                let uri = format!("/v1/policy/{}", encode(&provider));
+                let policy: api::fleet::DeployPolicy = client.send_json("PUT", &uri, &req).await?;
+                if json {
+                    print(&mut out, &policy)?;
+                } else {
+                    writeln!(
+                        out,
+                        "provider `{}` may deploy to gateways matching {}",
+                        policy.provider,
+                        output::selectors(&policy.selectors)
+                    )?;
+                }
+            }
+            PolicyCommand::List => {
+                let policies: Vec<api::fleet::DeployPolicy> = client.get_json("/v1/policy").await?;
+                if json {
+                    print(&mut out, &policies)?;
+                } else {
+                    writeln!(out, "{:<20} MAY DEPLOY TO", "PROVIDER")?;
+                    for p in &policies {
+                        writeln!(
+                            out,
+                            "{:<20} {}",
+                            p.provider,
+                            output::selectors(&p.selectors)
+                        )?;
+                    }
+                }
+            }
+            PolicyCommand::Clear { provider } => {
+                client
+                    .send_empty("DELETE", &format!("/v1/policy/{}", encode(&provider)))
+                    .await?;
+                if !json {
+                    writeln!(out, "provider `{provider}` may no longer deploy")?;
+                }
             }
         },
         FleetCommand::Token { command } => match command {

@@ -65,6 +65,28 @@ pub fn services(out: &mut impl Write, services: &[ServiceSummary]) -> io::Result
 }
 
 /// `shg trust list`.
+/// A deployment policy's selectors as a user types them: `region=lyon or model=x`, `*` for
+/// every gateway, `nothing` for none.
+pub fn selectors(selectors: &[std::collections::BTreeMap<String, String>]) -> String {
+    if selectors.is_empty() {
+        return "nothing".into();
+    }
+    selectors
+        .iter()
+        .map(|s| {
+            if s.is_empty() {
+                "*".to_string()
+            } else {
+                s.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
 pub fn trust_rules(out: &mut impl Write, rules: &[api::TrustRule]) -> io::Result<()> {
     if rules.is_empty() {
         return writeln!(

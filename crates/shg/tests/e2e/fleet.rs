@@ -553,6 +553,72 @@ fn waves_and_rollback(ctl: Controller) {
         .block_on(provider.raw("GET", "/v1/gateways", None))
         .unwrap();
     assert_eq!(status, 403);
+
+    // A provider deploys its own service only where the operator's policy lets it.
+    let as_acme = |args: &[&str]| {
+        let mut cmd = Command::new(SHG);
+        cmd.args(["fleet", "--controller", &ctl.url(), "--ca-cert"])
+            .arg(ctl.ca())
+            .args(["--token", &acme])
+            .args(args);
+        run_captured(cmd, &lyon[0].work, Duration::from_secs(60))
+    };
+    let deploy_lyon = [
+        "deploy",
+        "probe:1.0",
+        "--selector",
+        "region=lyon",
+        "--soak",
+        "1s",
+    ];
+    let refused = as_acme(&deploy_lyon);
+    assert!(!refused.ok(), "{refused}");
+    assert!(
+        refused.stderr.contains("has not opened any gateway")
+            && refused
+                .stderr
+                .contains("shg fleet policy set --provider acme"),
+        "{refused}"
+    );
+    let before = ctl.json(&["deployments"]).as_array().unwrap().len();
+    ctl.fleet(&[
+        "policy",
+        "set",
+        "--provider",
+        "acme",
+        "--selector",
+        "region=lyon",
+    ]);
+    let refused = as_acme(&["deploy", "probe:1.0", "--gateways", &gateway_id(&paris)]);
+    assert!(!refused.ok(), "{refused}");
+    assert!(
+        refused
+            .stderr
+            .contains("outside where the operator lets provider `acme` deploy")
+            && refused.stderr.contains("region=lyon"),
+        "{refused}"
+    );
+    assert_eq!(
+        ctl.json(&["deployments"]).as_array().unwrap().len(),
+        before,
+        "a refused deployment leaves no row"
+    );
+    let mut list = deploy_lyon.to_vec();
+    list.push("--json");
+    let out = as_acme(&list);
+    assert!(out.ok(), "{out}");
+    let d: Value = serde_json::from_str(&out.stdout).unwrap();
+    ctl.wait_deployment(d["id"].as_str().unwrap(), "done");
+    let mine = as_acme(&["policy", "list", "--json"]);
+    let mine: Value = serde_json::from_str(&mine.stdout).unwrap();
+    assert_eq!(mine[0]["provider"], "acme");
+    assert_eq!(mine[0]["selectors"][0]["region"], "lyon");
+    assert!(!as_acme(&["policy", "set", "--provider", "acme", "--everywhere"]).ok());
+    ctl.fleet(&["policy", "clear", "--provider", "acme"]);
+    assert!(
+        !as_acme(&deploy_lyon).ok(),
+        "a cleared policy closes every gateway"
+    );
 }
 
 #[test]
@@ -807,6 +873,7 @@ fn fleet_rule(op: &str, who: Caller) -> Expect {
         ) => Allowed,
         ("getDeployment" | "controlDeployment", Owner) => Allowed,
         ("getDeployment" | "controlDeployment", Rival) => Hidden,
+        ("listPolicy", Owner | Rival) => Allowed,
         // Everything else is the operator's.
         _ => Forbidden,
     }
@@ -831,6 +898,7 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
         "1h",
     ]);
     let deployment = deployment["id"].as_str().unwrap().to_string();
+    ctl.fleet(&["policy", "set", "--provider", "acme", "--everywhere"]);
     // A second gateway, enrolled by hand, to be looked at and revoked.
     let victim = {
         let token = ctl.enroll_token("region=paris");
@@ -943,9 +1011,12 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
                     "{id} ({method} {uri}) as {who:?}: want {want:?}, got {status}: {}",
                     String::from_utf8_lossy(&reply)
                 );
-                // Put the deployment back where the matrix expects it.
+                // Put the deployment and the policy back where the matrix expects them.
                 if id == "controlDeployment" && status == 200 {
                     ctl.fleet(&["resume", &deployment]);
+                }
+                if id == "clearPolicy" && status == 204 {
+                    ctl.fleet(&["policy", "set", "--provider", "acme", "--everywhere"]);
                 }
                 checked += 1;
             }
@@ -953,7 +1024,7 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        26 * 5,
+        29 * 5,
         "every operation of the document was checked"
     );
 }
@@ -1005,7 +1076,7 @@ fn schemathesis_finds_no_server_error_in_the_controller() {
         "schemathesis failed:\n{report}\n--- controller log\n{}",
         ctl.log()
     );
-    assert!(report.contains("26 selected / 26 total"), "{report}");
+    assert!(report.contains("29 selected / 29 total"), "{report}");
 }
 
 /// The fleet console in headless Chromium: the operator filters gateways by label, follows a
