@@ -638,17 +638,28 @@ async fn desired(
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = controller.db.subscribe();
     loop {
-        changes.borrow_and_update();
-        let desired = controller.desired(&gateway).await?;
-        if known.as_deref() != Some(desired.etag.as_str()) {
-            let etag = desired.etag.clone();
-            return Ok(([(header::ETAG, etag)], Json(desired)).into_response());
+        // The generation is read before the state is computed, so a change made meanwhile
+        // leaves the memo stale for that generation only.
+        let generation = *changes.borrow_and_update();
+        if !controller
+            .memo
+            .unchanged(&gateway, generation, known.as_deref())
+        {
+            let desired = controller.desired(&gateway).await?;
+            controller
+                .memo
+                .remember(&gateway, generation, &desired.etag);
+            if known.as_deref() != Some(desired.etag.as_str()) {
+                let etag = desired.etag.clone();
+                return Ok(([(header::ETAG, etag)], Json(desired)).into_response());
+            }
         }
         let timed_out = tokio::time::timeout_at(deadline, changes.changed())
             .await
             .is_err();
         if timed_out {
-            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, desired.etag)]).into_response());
+            let etag = known.unwrap_or_default();
+            return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
         }
     }
 }

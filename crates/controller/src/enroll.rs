@@ -263,6 +263,7 @@ impl Controller {
 
     /// Revokes a gateway: its certificate is refused from the next request on.
     pub async fn revoke(&self, id: &str) -> Result<(), ControllerError> {
+        self.memo.forget(id);
         let n = self
             .db
             .execute(

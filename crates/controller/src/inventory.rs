@@ -47,12 +47,14 @@ impl Controller {
             }
         }
         let text = serde_json::to_string(report).unwrap_or_default();
+        let now = now_ms();
+        self.memo.contacted(gateway, now);
         self.db
             .execute(
                 sqlx::query(
                     "UPDATE gateways SET last_contact_ms = $1, agent_version = $2, report = $3 WHERE id = $4 AND revoked_ms IS NULL",
                 )
-                .bind(now_ms())
+                .bind(now)
                 .bind(report.agent_version.clone())
                 .bind(text)
                 .bind(gateway.to_string()),
@@ -70,10 +72,14 @@ impl Controller {
 
     /// Notes that a gateway is in contact (a long-poll).
     pub async fn touch(&self, gateway: &str) -> Result<(), ControllerError> {
+        let now = now_ms();
+        if !self.memo.contact_due(gateway, now) {
+            return Ok(());
+        }
         self.db
             .execute(
                 sqlx::query("UPDATE gateways SET last_contact_ms = $1 WHERE id = $2")
-                    .bind(now_ms())
+                    .bind(now)
                     .bind(gateway.to_string()),
             )
             .await?;

@@ -16,6 +16,7 @@ mod db;
 mod deploy;
 mod enroll;
 mod inventory;
+mod memo;
 mod packages;
 mod policy;
 
@@ -119,6 +120,7 @@ pub struct Controller {
     pub cfg: Config,
     pub db: Db,
     ca: ca::Authority,
+    memo: memo::Memo,
 }
 
 impl Controller {
@@ -135,7 +137,12 @@ impl Controller {
         let ca_dir = cfg.state_dir.join("ca");
         std::fs::create_dir_all(&ca_dir).map_err(|e| ControllerError::io(&ca_dir, e))?;
         ca.write_ca(&ca_dir.join("ca.pem"))?;
-        Ok(Arc::new(Controller { cfg, db, ca }))
+        Ok(Arc::new(Controller {
+            cfg,
+            db,
+            ca,
+            memo: memo::Memo::default(),
+        }))
     }
 
     /// The CA's SHA-256, as enrollment tokens carry it.
@@ -167,6 +174,11 @@ impl server::Authority for Authority {
         status: u16,
     ) -> server::BoxFuture<'a, ()> {
         Box::pin(async move {
+            // A gateway's routine report is no one's decision: only its failures are kept,
+            // or a fleet would write millions of rows an hour.
+            if action == "POST /v1/sync/report" && status < 400 {
+                return;
+            }
             if let Err(e) = self.0.db.audit(principal, action, status).await {
                 tracing::error!("cannot write the audit log: {e}");
             }

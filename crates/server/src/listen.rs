@@ -126,6 +126,12 @@ pub fn tls_config(
         .with_single_cert(chain, key)
         .map_err(|e| ListenError::Certificate(format!("the TLS certificate and key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Stateless resumption: a client coming back (a gateway's next sync) skips the
+    // certificate signatures and checks of a full handshake, however many clients there are
+    // (the default in-memory session cache holds 256). The ticket keys live in memory only
+    // and rotate; a resumed session keeps the client certificate it was made with.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|e| ListenError::Certificate(format!("TLS session tickets: {e}")))?;
     Ok(Arc::new(config))
 }
 
