@@ -135,11 +135,26 @@ impl Flow for io::Result<()> {
     }
 }
 
-/// A handle on one gateway agent. Cheap to clone; it holds no connection.
+/// A handle on one gateway agent. Cheap to clone; it holds no connection, but for the one a
+/// long-poll ended on (see [`Client::poll_json`]), which its clones share.
 #[derive(Debug, Clone)]
 pub struct Client {
     target: Target,
     token: Option<String>,
+    pub(crate) poll_conn: PollConn,
+}
+
+/// A connection's sending half, ready for its next request.
+pub(crate) type Sender = hyper::client::conn::http1::SendRequest<ReqBody>;
+
+/// The connection the last long-poll ended on, kept for the next one.
+#[derive(Clone, Default)]
+pub(crate) struct PollConn(pub(crate) std::sync::Arc<std::sync::Mutex<Option<Sender>>>);
+
+impl std::fmt::Debug for PollConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PollConn")
+    }
 }
 
 #[derive(Clone)]
@@ -228,6 +243,7 @@ impl Client {
         Ok(Client {
             target,
             token: options.token.clone().filter(|t| !t.is_empty()),
+            poll_conn: PollConn::default(),
         })
     }
 

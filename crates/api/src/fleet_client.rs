@@ -2,6 +2,7 @@
 //! package file up or down, and the long-poll of a desired state (`If-None-Match`, 304).
 
 use std::path::Path;
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG, HOST, IF_NONE_MATCH};
@@ -11,7 +12,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::client::{bad_response, collect, describe, error_answer, http_error, snippet, ReqBody};
+use crate::client::{
+    bad_response, collect, describe, error_answer, http_error, snippet, ReqBody, Sender,
+};
 use crate::{Client, ClientError};
 
 fn method_of(method: &str, uri: &str) -> Result<Method, ClientError> {
@@ -139,19 +142,48 @@ impl Client {
 
     /// `GET uri` with `If-None-Match: etag`: the new ETag and JSON, or None when the server
     /// says 304 (nothing changed while it held the request).
+    ///
+    /// The connection is kept for the next poll (a gateway polls in a loop, and a handshake
+    /// per poll would be most of the controller's work); one that the server closed meanwhile
+    /// is replaced by a new one, once.
     pub async fn poll_json<T: DeserializeOwned>(
         &self,
         uri: &str,
         etag: Option<&str>,
     ) -> Result<Option<(String, T)>, ClientError> {
+        let kept = self
+            .poll_conn
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(mut sender) = kept {
+            let ready = tokio::time::timeout(Duration::from_secs(1), sender.ready()).await;
+            if matches!(ready, Ok(Ok(()))) {
+                match self.poll_on(sender, uri, etag).await {
+                    Err(ClientError::Http { .. }) => {} // closed under us: once more, anew
+                    done => return done,
+                }
+            }
+        }
         let request = describe(&Method::GET, uri);
         let stream = self.connect().await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| http_error(&request, &e))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
+        self.poll_on(sender, uri, etag).await
+    }
+
+    async fn poll_on<T: DeserializeOwned>(
+        &self,
+        mut sender: Sender,
+        uri: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(String, T)>, ClientError> {
+        let request = describe(&Method::GET, uri);
         let mut builder = Request::builder()
             .method(Method::GET)
             .uri(uri)
@@ -185,6 +217,8 @@ impl Client {
             .get(CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
         let bytes = collect(&request, response.into_body()).await?;
+        // The whole answer is read: the connection may carry the next poll.
+        *self.poll_conn.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender);
         if status == StatusCode::NOT_MODIFIED {
             return Ok(None);
         }

@@ -135,6 +135,7 @@ const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL,
         status BIGINT NOT NULL
     )",
+    "ALTER TABLE gateways ADD COLUMN report_digest TEXT",
     "CREATE TABLE deploy_policy (
         provider TEXT PRIMARY KEY,
         selectors TEXT NOT NULL,
@@ -246,6 +247,12 @@ impl Db {
     /// PostgreSQL) in any other controller process.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The number of changes announced so far, here or by another process: anything
+    /// remembered at one generation may be stale at the next.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
     }
 
     /// Wakes this process's long-polls (called for changes announced by another process).

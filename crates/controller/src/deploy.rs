@@ -510,7 +510,8 @@ impl Controller {
             trust: self.trust_rules().await?,
             services: services.into_values().collect(),
         };
-        // The tag covers what the gateway acts on, not why.
+        // The tag covers what the gateway acts on and why: a new deployment of the version a
+        // gateway already runs reaches it too, so that its next report (at once) judges it.
         let mut hash = Sha256::new();
         for t in &desired.trust {
             hash.update(format!(
@@ -522,8 +523,8 @@ impl Controller {
         }
         for s in &desired.services {
             hash.update(format!(
-                "{}|{}|{}|{}\n",
-                s.provider, s.name, s.version, s.digest
+                "{}|{}|{}|{}|{}\n",
+                s.provider, s.name, s.version, s.digest, s.cause
             ));
         }
         desired.etag = format!("\"{}\"", &hex::encode(hash.finalize())[..32]);

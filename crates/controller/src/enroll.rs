@@ -37,6 +37,10 @@ impl Controller {
     /// enrolled gateway's certificate SHA-256; None when unknown or revoked.
     pub async fn principal(&self, stored: &str) -> Result<Option<Principal>, ControllerError> {
         if let Some(fingerprint) = stored.strip_prefix(realm::CERT_PREFIX) {
+            let generation = self.db.generation();
+            if let Some(id) = self.memo.gateway(fingerprint, generation) {
+                return Ok(Some(Principal::Gateway(id)));
+            }
             let row = self
                 .db
                 .fetch_optional(
@@ -46,7 +50,11 @@ impl Controller {
                     .bind(fingerprint.to_string()),
                 )
                 .await?;
-            return Ok(row.map(|r| Principal::Gateway(str_of(&r, "id"))));
+            let id = row.map(|r| str_of(&r, "id"));
+            if let Some(id) = &id {
+                self.memo.remember_gateway(fingerprint, generation, id);
+            }
+            return Ok(id.map(Principal::Gateway));
         }
         let row = self
             .db

@@ -12,10 +12,63 @@ use crate::{Controller, ControllerError};
 /// The largest report a gateway may send.
 pub const MAX_REPORT: usize = 4 << 20;
 
+/// The SHA-256 of what the controller decides from in a report — each service's version, state
+/// and health, the outcomes and the subscriptions — leaving out the use and free figures,
+/// which change at every report and decide nothing.
+fn decisions_digest(report: &Report) -> String {
+    use sha2::{Digest, Sha256};
+    let services: Vec<(&str, &str, &str, &str, &str)> = report
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.provider.as_str(),
+                s.name.as_str(),
+                s.version.as_str(),
+                s.state.as_str(),
+                s.health.as_str(),
+            )
+        })
+        .collect();
+    let doc = serde_json::json!([
+        report.agent_version,
+        services,
+        report.outcomes,
+        report.subscriptions
+    ]);
+    hex::encode(Sha256::digest(doc.to_string().as_bytes()))
+}
+
 impl Controller {
     /// Takes a gateway's report about itself: its inventory, the outcome of each desired
     /// service, and its household's subscriptions.
+    ///
+    /// A report that decides nothing new — the same decisions' digest as the last one this
+    /// process carried out, stored as the gateway's last (no other replica took a different
+    /// one since), with no change in between — is one conditional write of the new figures.
     pub async fn report(&self, gateway: &str, report: &Report) -> Result<(), ControllerError> {
+        let generation = self.db.generation();
+        let digest = decisions_digest(report);
+        let text = serde_json::to_string(report).unwrap_or_default();
+        let now = now_ms();
+        self.memo.contacted(gateway, now);
+        if self.memo.judged(gateway, generation, &digest) {
+            let n = self
+                .db
+                .execute(
+                    sqlx::query(
+                        "UPDATE gateways SET last_contact_ms = $1, report = $2 WHERE id = $3 AND revoked_ms IS NULL AND report_digest = $4",
+                    )
+                    .bind(now)
+                    .bind(text.clone())
+                    .bind(gateway.to_string())
+                    .bind(digest.clone()),
+                )
+                .await?;
+            if n == 1 {
+                return Ok(());
+            }
+        }
         let before: Option<Report> = self
             .db
             .fetch_optional(
@@ -46,17 +99,15 @@ impl Controller {
                     .await?;
             }
         }
-        let text = serde_json::to_string(report).unwrap_or_default();
-        let now = now_ms();
-        self.memo.contacted(gateway, now);
         self.db
             .execute(
                 sqlx::query(
-                    "UPDATE gateways SET last_contact_ms = $1, agent_version = $2, report = $3 WHERE id = $4 AND revoked_ms IS NULL",
+                    "UPDATE gateways SET last_contact_ms = $1, agent_version = $2, report = $3, report_digest = $4 WHERE id = $5 AND revoked_ms IS NULL",
                 )
                 .bind(now)
                 .bind(report.agent_version.clone())
                 .bind(text)
+                .bind(digest.clone())
                 .bind(gateway.to_string()),
             )
             .await?;
@@ -67,6 +118,7 @@ impl Controller {
         if changed {
             self.db.announce().await;
         }
+        self.memo.remember_judged(gateway, generation, &digest);
         Ok(())
     }
 

@@ -99,7 +99,7 @@ impl Config {
             listen,
             database: None,
             offline_after_ms: 90_000,
-            long_poll: std::time::Duration::from_secs(30),
+            long_poll: std::time::Duration::from_secs(60),
             tick: std::time::Duration::from_secs(1),
         }
     }

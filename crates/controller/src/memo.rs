@@ -5,7 +5,9 @@
 //! the queries it spares. The ETag of a gateway's desired state is kept with the change
 //! generation it was computed at (`Db::subscribe`: bumped by every change the gateways follow,
 //! here or, through `LISTEN/NOTIFY`, in another replica); once the generation moves, or after
-//! [`ETAG_LIFE`] whatever happened, it is computed again.
+//! [`ETAG_LIFE`] whatever happened, it is computed again. The same holds for which gateway a
+//! certificate stands for (a revocation is a change) and for the last report whose decisions
+//! (deployment outcomes, subscriptions, refusals) this process carried out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -22,25 +24,68 @@ pub const CONTACT_EVERY_MS: i64 = 10_000;
 pub struct Memo {
     etags: Mutex<HashMap<String, (u64, Instant, String)>>,
     contacts: Mutex<HashMap<String, i64>>,
+    /// Enrolled gateways by certificate fingerprint.
+    gateways: Mutex<HashMap<String, (u64, Instant, String)>>,
+    /// The digest of each gateway's last report whose decisions this process carried out.
+    judged: Mutex<HashMap<String, (u64, Instant, String)>>,
+}
+
+/// A value kept with the generation and time it was learnt, valid while both hold.
+fn fresh<'a>(
+    map: &'a HashMap<String, (u64, Instant, String)>,
+    key: &str,
+    generation: u64,
+) -> Option<&'a str> {
+    map.get(key)
+        .filter(|(g, at, _)| *g == generation && at.elapsed() < ETAG_LIFE)
+        .map(|(_, _, v)| v.as_str())
+}
+
+fn keep(
+    map: &Mutex<HashMap<String, (u64, Instant, String)>>,
+    key: &str,
+    generation: u64,
+    value: &str,
+) {
+    map.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        key.to_string(),
+        (generation, Instant::now(), value.to_string()),
+    );
 }
 
 impl Memo {
+    /// The gateway id of an unrevoked certificate, if learnt at `generation` (a revocation
+    /// is a change, so it ends every entry).
+    pub fn gateway(&self, fingerprint: &str, generation: u64) -> Option<String> {
+        let map = self.gateways.lock().unwrap_or_else(|e| e.into_inner());
+        fresh(&map, fingerprint, generation).map(String::from)
+    }
+
+    pub fn remember_gateway(&self, fingerprint: &str, generation: u64, id: &str) {
+        keep(&self.gateways, fingerprint, generation, id);
+    }
+
+    /// Whether this process carried out the decisions of a report with `digest` from
+    /// `gateway` at `generation`.
+    pub fn judged(&self, gateway: &str, generation: u64, digest: &str) -> bool {
+        let map = self.judged.lock().unwrap_or_else(|e| e.into_inner());
+        fresh(&map, gateway, generation) == Some(digest)
+    }
+
+    pub fn remember_judged(&self, gateway: &str, generation: u64, digest: &str) {
+        keep(&self.judged, gateway, generation, digest);
+    }
+
     /// Whether `gateway`'s desired state is known to still carry `etag` at `generation`.
     pub fn unchanged(&self, gateway: &str, generation: u64, etag: Option<&str>) -> bool {
         let Some(etag) = etag else { return false };
         let etags = self.etags.lock().unwrap_or_else(|e| e.into_inner());
-        etags.get(gateway).is_some_and(|(g, at, known)| {
-            *g == generation && at.elapsed() < ETAG_LIFE && known == etag
-        })
+        fresh(&etags, gateway, generation) == Some(etag)
     }
 
     /// Remembers the ETag computed for `gateway` at `generation` (read before computing).
     pub fn remember(&self, gateway: &str, generation: u64, etag: &str) {
-        let mut etags = self.etags.lock().unwrap_or_else(|e| e.into_inner());
-        etags.insert(
-            gateway.to_string(),
-            (generation, Instant::now(), etag.to_string()),
-        );
+        keep(&self.etags, gateway, generation, etag);
     }
 
     /// Whether a contact of `gateway` at `now_ms` should be written (and notes it if so).
@@ -63,10 +108,15 @@ impl Memo {
 
     /// Forgets a gateway (revoked).
     pub fn forget(&self, gateway: &str) {
-        self.etags
+        for map in [&self.etags, &self.judged] {
+            map.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(gateway);
+        }
+        self.gateways
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(gateway);
+            .retain(|_, (_, _, id)| id != gateway);
         self.contacts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -90,6 +140,20 @@ mod tests {
         assert!(!memo.unchanged("other", 1, Some("\"a\"")));
         memo.forget("gw");
         assert!(!memo.unchanged("gw", 1, Some("\"a\"")));
+    }
+
+    #[test]
+    fn a_certificate_is_known_until_the_next_change_or_a_revocation() {
+        let memo = Memo::default();
+        memo.remember_gateway("f1", 3, "gw-1");
+        assert_eq!(memo.gateway("f1", 3).as_deref(), Some("gw-1"));
+        assert_eq!(memo.gateway("f1", 4), None);
+        memo.forget("gw-1");
+        assert_eq!(memo.gateway("f1", 3), None);
+        memo.remember_judged("gw-1", 3, "d");
+        assert!(memo.judged("gw-1", 3, "d"));
+        assert!(!memo.judged("gw-1", 3, "e"));
+        assert!(!memo.judged("gw-1", 4, "d"));
     }
 
     #[test]

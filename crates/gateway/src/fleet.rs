@@ -521,10 +521,19 @@ fn backoff(failures: u32) -> Duration {
     base + base.mul_f64(jitter as f64 / 65535.0 / 2.0)
 }
 
+/// How long the controller may hold a long-poll of the desired state: a connected gateway
+/// hears of a change at once, and otherwise asks about once a minute (on the same connection).
+const POLL_WAIT_S: u64 = 55;
+
+/// A gateway whose journal and services did not move still reports this often: the fleet's
+/// sync interval, which also refreshes its use figures at the controller.
+const HEARTBEAT: Duration = Duration::from_secs(60);
+
 /// Runs the sync for as long as the gateway runs: one task long-polls the desired state and
 /// applies it, another reports whenever the journal moved (at most once a second, at least
-/// every 30 s).
+/// every [`HEARTBEAT`]).
 pub fn spawn(link: Arc<Link>) {
+    let poll_uri = format!("/v1/sync/desired?wait={POLL_WAIT_S}");
     let poller = link.clone();
     tokio::spawn(async move {
         let mut etag: Option<String> = None;
@@ -532,7 +541,7 @@ pub fn spawn(link: Arc<Link>) {
         loop {
             match poller
                 .client
-                .poll_json::<Desired>("/v1/sync/desired?wait=25", etag.as_deref())
+                .poll_json::<Desired>(&poll_uri, etag.as_deref())
                 .await
             {
                 Ok(Some((tag, desired))) => {
@@ -553,7 +562,7 @@ pub fn spawn(link: Arc<Link>) {
     });
     tokio::spawn(async move {
         let mut last_seen = String::new();
-        let mut last_sent = tokio::time::Instant::now() - Duration::from_secs(60);
+        let mut last_sent = tokio::time::Instant::now() - HEARTBEAT;
         let mut failures = 0u32;
         loop {
             let nudged = tokio::time::timeout(Duration::from_secs(1), link.nudge.notified())
@@ -571,7 +580,7 @@ pub fn spawn(link: Arc<Link>) {
                     .map(|s| (&s.name, &s.version, &s.state, &s.health))
                     .collect::<Vec<_>>()
             );
-            let due = nudged || seen != last_seen || last_sent.elapsed() >= Duration::from_secs(30);
+            let due = nudged || seen != last_seen || last_sent.elapsed() >= HEARTBEAT;
             if !due {
                 continue;
             }

@@ -275,11 +275,16 @@ fn main() {
             for _ in 0..32 {
                 let (sims, queue, etags) = (sims.clone(), queue.clone(), etags.clone());
                 workers.push(tokio::spawn(async move {
-                    let report = report();
+                    let mut report = report();
                     loop {
                         let i = queue.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         if i >= syncs {
                             return;
+                        }
+                        // Use moves at every report, as on a real gateway.
+                        for (k, s) in report.services.iter_mut().enumerate() {
+                            s.cpu_millicores = Some(((i * 7 + k * 13) % 90) as u64);
+                            s.memory_bytes = Some((20 << 20) + (i % 4096) as u64 * 1024);
                         }
                         let sim = &sims[i % sims.len()];
                         sim.client

@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -234,14 +234,19 @@ impl Controller {
     }
 
     fn wait_deployment(&self, id: &str, state: &str) -> Value {
-        eventually(
-            &format!("deployment {id} is {state}"),
-            Duration::from_secs(90),
-            || {
-                let d = self.deployment(id);
-                (d["state"] == state).then_some(d)
-            },
-        )
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let d = self.deployment(id);
+            if d["state"] == state {
+                return d;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for deployment {id} to be {state}: {d:#}\n--- controller log\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
