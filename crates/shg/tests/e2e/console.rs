@@ -31,6 +31,9 @@ pub(crate) struct Browser {
     port: u16,
     session: String,
     _driver: Background,
+    /// chromedriver's and Chromium's TMPDIR: their profile and scoped directories go here
+    /// and are removed after both ended (fields drop in order), not left behind in /tmp.
+    _tmp: tempfile::TempDir,
 }
 
 /// One HTTP/1.1 exchange with chromedriver on the loopback.
@@ -87,8 +90,10 @@ impl Browser {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = probe.local_addr().unwrap().port();
         drop(probe);
+        let tmp = tempfile::tempdir().expect("a temporary directory for Chromium");
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -119,6 +124,7 @@ impl Browser {
             port,
             session,
             _driver: driver,
+            _tmp: tmp,
         }
     }
 
