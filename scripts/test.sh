@@ -3,6 +3,8 @@
 # The end-to-end tests start real containers, so this runs as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# rustup's cargo, also when this runs from a shell that did not read the profile (cron, CI).
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 if [ "$(id -u)" -ne 0 ]; then
   echo "test: the tests start real containers and need root; run: sudo $0" >&2
   exit 1
