@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # rustup's cargo, also when this runs from a shell that did not read the profile (cron, CI).
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+for d in "${CARGO_HOME:-${HOME:-/root}/.cargo}/bin" /root/.cargo/bin; do [ -x "$d/cargo" ] && PATH="$d:$PATH"; done; export PATH
 if [ "$(id -u)" -ne 0 ]; then
   echo "test: the tests start real containers and need root; run: sudo $0" >&2
   exit 1
