@@ -16,7 +16,7 @@ def obj(props, required=None, extra=False):
 
 schemas={
  "ErrorBody": obj({"code":S,"message":S,"detail":{"type":"object"}}, ["code","message"]),
- "ServiceSummary": obj({"name":S,"provider":S,"version":S,"state":S,"health":S,"pid":nul({"type":"integer","format":"int32"}),
+ "ServiceSummary": obj({"name":S,"id":dict(S,description="PROVIDER/NAME: the service's identity on the gateway, unique whoever asks; two providers may each have a service of the same name"),"provider":S,"version":S,"state":S,"health":S,"pid":nul({"type":"integer","format":"int32"}),
     "desired":S,"restarts":I,"priority":{"type":"integer","minimum":0,"maximum":100},"exit_code":nul({"type":"integer","format":"int32"}),
     "started_at_ms":nul(I),"reason":nul(S),
     "signed_by":dict(nul(S),description="Id of the trusted provider key whose signature admitted the package; null when unsigned"),
@@ -63,7 +63,7 @@ schemas={
 }
 # nullable $ref needs allOf in 3.0
 schemas["StatsView"]["properties"]["gateway"]={"allOf":[ref("GatewayUse")],"nullable":True}
-detail=obj({"name":S,"provider":S,"version":S,"state":S,"health":S,"pid":nul({"type":"integer","format":"int32"}),
+detail=obj({"name":S,"id":dict(S,description="PROVIDER/NAME: the service's identity on the gateway, unique whoever asks; two providers may each have a service of the same name"),"provider":S,"version":S,"state":S,"health":S,"pid":nul({"type":"integer","format":"int32"}),
     "desired":S,"restarts":I,"priority":{"type":"integer","minimum":0,"maximum":100},"exit_code":nul({"type":"integer","format":"int32"}),
     "started_at_ms":nul(I),"reason":nul(S),"signed_by":nul(S),"unsigned":B,"description":S,"image_digest":S,"installed_at_ms":I,"manifest":{"type":"object"},
     "address":dict(nul(S),description="The service's IPv4 address on the gateway's service network; null when networking is off"),
@@ -82,12 +82,12 @@ def resp(code, desc, schema=None, ctype="application/json", more=()):
     for k in ["400","401","403","404","429","500"]:
         r.setdefault(k,E[k])
     return r
-name={"name":"name","in":"path","required":True,"schema":{"type":"string","pattern":"^[a-z][a-z0-9-]{0,62}$"},"description":"Service name","example":"camera"}
+name={"name":"name","in":"path","required":True,"schema":{"type":"string","pattern":"^([a-z][a-z0-9-]{0,62}/)?[a-z][a-z0-9-]{0,62}$"},"description":"The service: its name where the caller sees only one service of that name, else its id PROVIDER/NAME (the slash percent-encoded, %2F)","example":"camera"}
 def q(n,schema,desc): return {"name":n,"in":"query","required":False,"schema":schema,"description":desc}
 manifest_header={"name":"X-SHG-Manifest","in":"header","required":False,"schema":{"type":"string","format":"byte","maxLength":87400},
   "description":"For an image without the org.shg.manifest label (a standard image, as docker, podman or buildah build it): the bytes of its shg-service.toml, base64 (standard alphabet, padded), at most 64 KiB before encoding. The image's config (Entrypoint and Cmd, Env, User, WorkingDir, ExposedPorts) fills in what the manifest's [run] leaves out. The signature must cover the image and this manifest together (`shg sign IMAGE --manifest FILE`). Without it, the package's label is its manifest"}
 conflict=err("Not possible in the service's current state, or the name is taken")
-refused={"description":"Admission refused (`admission-refused`, the refusal in `detail`) or a conflict","content":{"application/json":{"schema":ref("ErrorBody")}}}
+refused={"description":"Admission refused (`admission-refused`, the refusal in `detail`; for an image over its allowance, its sizes) or a conflict","content":{"application/json":{"schema":ref("ErrorBody")}}}
 
 paths={
  "/openapi.json":{"get":{"operationId":"openapi","summary":"This document","security":[],"responses":{"200":{"description":"The OpenAPI document","content":{"application/json":{"schema":{"type":"object"}}}}}}},
@@ -128,7 +128,7 @@ paths={
    "requestBody":{"required":True,"content":{"application/json":{"schema":ref("ExecRequest")}}},
    "responses":dict(resp("200","Frames: 1 byte stream (1 stdout, 2 stderr, 3 exit), 4 bytes length, payload",{"type":"string","format":"binary"},"application/vnd.shg.exec-frames"),**{"409":conflict})}},
  "/v1/events":{"get":{"operationId":"events","summary":"The journal, filtered to what the caller sees; a Server-Sent Events stream with follow=true or Accept: text/event-stream",
-   "parameters":[q("since",{"type":"integer","format":"int64"},"Only events after this id"),q("service",S,"Only this service's events"),
+   "parameters":[q("since",{"type":"integer","format":"int64"},"Only events after this id"),q("service",S,"Only this service's events: its name, or its id PROVIDER/NAME"),
                  q("limit",{"type":"integer","minimum":0},"At most this many (default 200, at most 10000)"),q("follow",B,"Stream new events as they happen")],
    "responses":{**resp("200","Events",arr(ref("Event"))),}}},
  "/v1/tokens":{

@@ -261,6 +261,61 @@ impl Agent {
         Ok((last, visible))
     }
 
+    /// The key of the service `who` means by `name`: `PROVIDER/NAME`, or the bare name when
+    /// the services `who` sees hold only one of that name. A service `who` does not see is
+    /// `NotFound`, exactly like a missing one; a bare name two visible providers share is a
+    /// `BadRequest` listing both ids.
+    ///
+    /// A key `PROVIDER+NAME` (as admission names the holders it would stop) is taken as the
+    /// id `PROVIDER/NAME`.
+    pub fn resolve(&self, who: &Principal, name: &str) -> Result<String, AgentError> {
+        let (provider, bare) = match name.split_once(['/', '+']) {
+            Some((provider, bare)) => (Some(provider), bare),
+            None => (None, name),
+        };
+        let matches: Vec<state::ServiceRecord> = self
+            .store()
+            .list()?
+            .into_iter()
+            .filter(|r| who.sees(&r.provider))
+            .filter(|r| manifest::bare_name(&r.name) == bare)
+            .filter(|r| provider.is_none_or(|p| p == r.provider))
+            .collect();
+        match &matches[..] {
+            [] => Err(AgentError::NotFound(name.to_string())),
+            [one] => Ok(one.name.clone()),
+            several => {
+                let ids: Vec<String> = several
+                    .iter()
+                    .map(|r| format!("`{}/{bare}`", r.provider))
+                    .collect();
+                Err(AgentError::BadRequest(format!(
+                    "`{bare}` names services of {} providers ({}); say which one as PROVIDER/NAME",
+                    several.len(),
+                    ids.join(", ")
+                )))
+            }
+        }
+    }
+
+    /// The key a new service of `provider` named `name` is kept under: its name, unless
+    /// another provider's service holds it already (then `PROVIDER+NAME`). `Exists` when
+    /// `provider` has a service of that name.
+    pub(crate) fn new_key(&self, provider: &str, name: &str) -> Result<String, AgentError> {
+        let records = self.store().list()?;
+        if records
+            .iter()
+            .any(|r| r.provider == provider && manifest::bare_name(&r.name) == name)
+        {
+            return Err(AgentError::Exists(format!("{provider}/{name}")));
+        }
+        Ok(if records.iter().any(|r| r.name == name) {
+            manifest::service_key(provider, name)
+        } else {
+            name.to_string()
+        })
+    }
+
     /// The record of `name` if `who` may do `action` to it; `NotFound` when it does not exist
     /// for that caller.
     pub fn access(

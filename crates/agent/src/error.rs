@@ -7,8 +7,8 @@ pub enum AgentError {
     /// No such service.
     #[error("no service named `{0}` is installed; `shg ps` lists the installed services")]
     NotFound(String),
-    /// The name is taken.
-    #[error("a service named `{0}` is already installed; remove it first with `shg remove {0}`")]
+    /// The caller's provider has a service of that name (`PROVIDER/NAME`) already.
+    #[error("service `{0}` is already installed; remove it first with `shg remove {0}`")]
     Exists(String),
     /// The package is unreadable, tampered with or unsafe.
     #[error("package refused: {0}")]

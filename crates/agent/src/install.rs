@@ -60,24 +60,25 @@ impl Agent {
         opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         let (start, stop) = (opts.start, &opts.stop[..]);
-        let (package, manifest) = self
+        let (package, mut manifest) = self
             .open_package(upload, staging, opts.manifest.as_deref())
             .await?;
-        let name = manifest.name.clone();
-        crate::auth::check_install(who, &name, &manifest.provider)?;
+        let bare = manifest.name.clone();
+        crate::auth::check_install(who, &bare, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, opts.allow_unsigned)?;
         if !opts.allow_unsigned {
             self.check_catalog(&manifest, &package).await?;
         }
         let sizes = self.measure_image(&manifest, &package).await?;
 
-        let lock = self.lock_of(&name);
+        let lock = self.lock_of(&bare);
         let _guard = lock.lock().await;
         // From the admission check until the record holds the reservation.
         let admission = self.admission.lock.lock().await;
-        if self.store().find(&name)?.is_some() {
-            return Err(AgentError::Exists(name));
-        }
+        // From here on the service goes by its key (its name unless another provider's
+        // service holds that name), as every record-derived manifest does.
+        let name = self.new_key(&manifest.provider, &bare)?;
+        manifest.name = name.clone();
         let prio = state::DEFAULT_PRIORITY;
         self.admit(&manifest, prio, Check::Volume, true)?;
         let admitted = self.admit_image(&manifest, &sizes, true)?;
@@ -105,7 +106,7 @@ impl Agent {
             Note::new(
                 "installing",
                 format!(
-                    "installing `{name}` {} from provider `{}` ({})",
+                    "installing `{bare}` {} from provider `{}` ({})",
                     manifest.version, manifest.provider, package.digest
                 ),
             ),
@@ -225,15 +226,14 @@ impl Agent {
         allow_unsigned: bool,
         beside: Option<&str>,
     ) -> Result<api::Verdict, AgentError> {
-        let (package, manifest) = self.open_package(upload, staging, beside).await?;
+        let (package, mut manifest) = self.open_package(upload, staging, beside).await?;
         crate::auth::check_install(who, &manifest.name, &manifest.provider)?;
         self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {
             self.check_catalog(&manifest, &package).await?;
         }
-        if self.store().find(&manifest.name)?.is_some() {
-            return Err(AgentError::Exists(manifest.name));
-        }
+        let bare = manifest.name.clone();
+        manifest.name = self.new_key(&manifest.provider, &bare)?;
         let sizes = self.measure_image(&manifest, &package).await?;
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Volume, false)?;
         self.admit_image(&manifest, &sizes, false)?;
@@ -241,10 +241,10 @@ impl Agent {
         self.admit(&manifest, state::DEFAULT_PRIORITY, Check::Run, false)?;
         Ok(api::Verdict {
             message: format!(
-                "`{}` {} would be admitted: its reservation fits",
-                manifest.name, manifest.version
+                "`{bare}` {} would be admitted: its reservation fits",
+                manifest.version
             ),
-            service: manifest.name,
+            service: bare,
             admitted: true,
         })
     }

@@ -292,7 +292,8 @@ pub(crate) fn event_view(e: state::EventRecord) -> api::Event {
     api::Event {
         id: e.id,
         time_ms: e.time_ms,
-        service: e.service,
+        // A key `PROVIDER+NAME` is shown as the service's id, `PROVIDER/NAME`.
+        service: e.service.map(|s| s.replacen('+', "/", 1)),
         kind: e.kind,
         message: e.message,
     }

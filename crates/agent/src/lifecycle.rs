@@ -67,7 +67,8 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
         Phase::Installed => rec.state.as_str(),
     };
     ServiceSummary {
-        name: rec.name.clone(),
+        name: manifest::bare_name(&rec.name).to_string(),
+        id: format!("{}/{}", rec.provider, manifest::bare_name(&rec.name)),
         provider: rec.provider.clone(),
         version: rec.version.clone(),
         state,
@@ -98,14 +99,21 @@ pub(crate) fn refuse_while_changing(rec: &ServiceRecord) -> Result<(), AgentErro
     )))
 }
 
+/// The manifest a record was installed with.
+///
+/// Its `name` is the record's key, which is what the agent's own code goes by (directories,
+/// container, cgroup, locks): the service's own name, or `PROVIDER+NAME` when another
+/// provider's service held that name first ([`manifest::service_key`]).
 pub(crate) fn manifest_of(rec: &ServiceRecord) -> Result<manifest::Manifest, AgentError> {
-    manifest::parse(&rec.manifest, "shg-service.toml").map_err(|source| {
+    let mut m = manifest::parse(&rec.manifest, "shg-service.toml").map_err(|source| {
         AgentError::StoredManifest {
             which: "stored",
             name: rec.name.clone(),
             source,
         }
-    })
+    })?;
+    m.name = rec.name.clone();
+    Ok(m)
 }
 
 fn describe_exit(status: &Option<runtime::init::ExitStatus>) -> String {

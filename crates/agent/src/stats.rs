@@ -263,7 +263,7 @@ impl Agent {
             .count_events(&rec.name, "oom-killed", rec.installed_at_ms)?;
         let millicores = |cores: f64| (cores * 1000.0).round() as u64;
         Ok(ServiceUse {
-            name: rec.name.clone(),
+            name: manifest::bare_name(&rec.name).to_string(),
             provider: rec.provider.clone(),
             state: summary(rec).state,
             priority: rec.priority,

@@ -82,18 +82,21 @@ impl Agent {
         source: Option<String>,
     ) -> Result<ServiceDetail, AgentError> {
         self.access(who, name, ServiceAction::Run)?;
-        let (package, manifest) = self.open_package(upload, staging, beside).await?;
-        if manifest.name != name {
+        let (package, mut manifest) = self.open_package(upload, staging, beside).await?;
+        let bare = manifest::bare_name(name);
+        if manifest.name != bare {
             return Err(AgentError::BadPackage(format!(
-                "the package is `{}`, not `{name}`: an update keeps the service's name; install `{}` as a service of its own",
+                "the package is `{}`, not `{bare}`: an update keeps the service's name; install `{}` as a service of its own",
                 manifest.name, manifest.name
             )));
         }
-        crate::auth::check_install(who, name, &manifest.provider)?;
+        crate::auth::check_install(who, bare, &manifest.provider)?;
         let signer = self.verify_signature(who, &manifest, &package, allow_unsigned)?;
         if !allow_unsigned {
             self.check_catalog(&manifest, &package).await?;
         }
+        // Checked under its own name; from here on it goes by the record's key.
+        manifest.name = name.to_string();
         let sizes = self.measure_image(&manifest, &package).await?;
 
         let lock = self.lock_of(name);
@@ -202,7 +205,7 @@ impl Agent {
                     "`{name}` has no previous release to go back to: it was not updated since its install"
                 )));
             };
-            let manifest =
+            let mut manifest =
                 manifest::parse(&previous.manifest, "shg-service.toml").map_err(|source| {
                     AgentError::StoredManifest {
                         which: "previous",
@@ -210,6 +213,7 @@ impl Agent {
                         source,
                     }
                 })?;
+            manifest.name = name.to_string();
             let _admission = self.admission.lock.lock().await;
             if admit {
                 self.admit(&manifest, rec.priority, Check::Volume, true)?;

@@ -1450,6 +1450,7 @@ mod tests {
     fn summary(name: &str) -> ServiceSummary {
         ServiceSummary {
             name: name.into(),
+            id: format!("acme/{name}"),
             provider: "acme".into(),
             version: "1.0.0".into(),
             state: "running".into(),

@@ -5,7 +5,12 @@ use serde::{Deserialize, Serialize};
 /// One service as `GET /v1/services` lists it and `shg ps --json` prints it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSummary {
+    /// The service's own name; two providers may each have one of the same name.
     pub name: String,
+    /// `PROVIDER/NAME`: the service's identity on the gateway, unique whoever asks. A command
+    /// or URL may use the bare name where the caller sees only one service of that name.
+    #[serde(default)]
+    pub id: String,
     pub provider: String,
     pub version: String,
     /// `installing`, `created`, `starting`, `running`, `stopping`, `stopped`, `exited`,

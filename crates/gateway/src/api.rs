@@ -274,6 +274,7 @@ async fn detail(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceDetail>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Read)?;
     Ok(Json(agent.detail(&name)?))
 }
@@ -319,13 +320,18 @@ struct StartQuery {
     stop: Option<String>,
 }
 
-/// `stop=a,b` as a list; absent or empty is no list.
-fn stop_list(q: &Option<String>) -> Vec<String> {
+/// `stop=a,b` as a list of the keys of the services the caller means; absent or empty is no
+/// list.
+fn stop_list(
+    agent: &Agent,
+    who: &Principal,
+    q: &Option<String>,
+) -> Result<Vec<String>, AgentError> {
     q.as_deref()
         .unwrap_or("")
         .split(',')
         .filter(|n| !n.is_empty())
-        .map(String::from)
+        .map(|n| agent.resolve(who, n))
         .collect()
 }
 
@@ -393,7 +399,7 @@ async fn install(
             .map_err(|e| redact(&who, e))?;
         return Ok(Json(verdict).into_response());
     }
-    let stop = stop_list(&q.stop);
+    let stop = stop_list(&agent, &who, &q.stop)?;
     if !stop.is_empty() && q.start == Some(false) {
         return Err(AgentError::BadRequest(
             "`stop` makes room for a service to run; it cannot go with `start=false`".into(),
@@ -445,6 +451,7 @@ async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<api::ServiceDetail>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Run)?;
     let beside = manifest_beside(&headers)?;
     let window = match q.window_s {
@@ -501,6 +508,7 @@ async fn rollback(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceDetail>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Run)?;
     Ok(Json(
         agent.rollback(&name).await.map_err(|e| redact(&who, e))?,
@@ -543,11 +551,12 @@ async fn start(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<StartQuery>,
 ) -> ApiResult<Response> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Run)?;
     if q.dry_run.unwrap_or(false) {
         return Ok(Json(agent.check_start(&name).map_err(|e| redact(&who, e))?).into_response());
     }
-    let stop = stop_list(&q.stop);
+    let stop = stop_list(&agent, &who, &q.stop)?;
     for other in &stop {
         agent.access(&who, other, ServiceAction::Run)?;
     }
@@ -574,6 +583,7 @@ async fn stop(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Run)?;
     Ok(Json(agent.stop(&name).await?))
 }
@@ -583,6 +593,7 @@ async fn restart(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Run)?;
     Ok(Json(
         agent.restart(&name).await.map_err(|e| redact(&who, e))?,
@@ -594,6 +605,7 @@ async fn remove(
     Extension(who): Extension<Principal>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Remove)?;
     agent.remove(&name).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -605,6 +617,7 @@ async fn set_priority(
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::PriorityRequest>, JsonRejection>,
 ) -> ApiResult<Json<api::ServiceSummary>> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Priority)?;
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
@@ -712,6 +725,14 @@ async fn events(
     check(&who, GatewayAction::Read)?;
     // No existence check on `service`: a removed service still has its history, and a
     // provider asking about a rival's gets the same empty answer as for a name never used.
+    // A service the caller sees is found by its name or id; any other name is taken as the
+    // key it would have had.
+    let mut q = q;
+    q.service = q.service.map(|s| {
+        agent
+            .resolve(&who, &s)
+            .unwrap_or_else(|_| s.replacen('/', "+", 1))
+    });
     if !(server::sse::wanted(&headers) || q.follow.unwrap_or(false)) {
         let limit = q.limit.unwrap_or(200).min(10_000);
         let events = agent.events_for(&who, q.since.unwrap_or(0), q.service.as_deref(), limit)?;
@@ -792,6 +813,7 @@ async fn logs(
     UrlPath(name): UrlPath<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
+    let name = agent.resolve(&who, &name)?;
     let (lines, mut follower) = agent.logs(&who, &name, q.tail)?;
     let headers = [(header::CONTENT_TYPE, "application/x-ndjson")];
     if !q.follow.unwrap_or(false) {
@@ -830,6 +852,7 @@ async fn exec(
     UrlPath(name): UrlPath<String>,
     body: Result<Json<api::ExecRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let name = agent.resolve(&who, &name)?;
     agent.access(&who, &name, ServiceAction::Exec)?;
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("exec request: {}", e.body_text())))?;

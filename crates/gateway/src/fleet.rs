@@ -233,9 +233,11 @@ impl Link {
             .list(&who)?
             .into_iter()
             .map(|s| {
-                let used = stats
-                    .as_ref()
-                    .and_then(|st| st.services.iter().find(|u| u.name == s.name));
+                let used = stats.as_ref().and_then(|st| {
+                    st.services
+                        .iter()
+                        .find(|u| u.name == s.name && u.provider == s.provider)
+                });
                 ReportedService {
                     provider: s.provider,
                     name: s.name,
@@ -298,12 +300,12 @@ impl Link {
             .collect();
         let installed = self.agent.list(&Principal::Operator).unwrap_or_default();
         for (key, want) in &wanted {
-            let have = installed.iter().find(|s| s.name == key.name);
+            // Another provider's service of the same name is no obstacle: each is known by
+            // its provider and name.
+            let have = installed
+                .iter()
+                .find(|s| s.name == key.name && s.provider == key.provider);
             let result = match have {
-                Some(s) if s.provider != key.provider => Err(AgentError::Conflict(format!(
-                    "a service named `{}` of another provider is installed on this gateway",
-                    key.name
-                ))),
                 Some(s) if s.version == want.version => continue,
                 _ => self.bring(want, have.is_some()).await,
             };
@@ -357,7 +359,12 @@ impl Link {
                 .iter()
                 .any(|s| s.name == key.name && s.provider == key.provider);
             if mine {
-                if let Err(e) = self.agent.remove(&key.name).await {
+                let id = format!("{}/{}", key.provider, key.name);
+                let removed = match self.agent.resolve(&Principal::Operator, &id) {
+                    Ok(service) => self.agent.remove(&service).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = removed {
                     tracing::warn!("fleet: cannot remove `{}`: {e}", key.name);
                     continue;
                 }
@@ -397,10 +404,12 @@ impl Link {
             )));
         }
         if installed {
+            let id = format!("{}/{}", want.provider, want.name);
+            let service = self.agent.resolve(&Principal::Operator, &id)?;
             self.agent
                 .update(
                     &Principal::Operator,
-                    &want.name,
+                    &service,
                     &file,
                     None,
                     false,

@@ -930,6 +930,19 @@ fn check_path(path: &str, field: &str, what: &str) -> R<()> {
     Ok(())
 }
 
+/// The key a service of `provider` named `name` is kept under on the host when another
+/// provider's service already holds the bare name: `PROVIDER+NAME`. Names have no `+`, so such
+/// a key never meets a bare one, and it is safe as a directory, cgroup and container id.
+pub fn service_key(provider: &str, name: &str) -> String {
+    format!("{provider}+{name}")
+}
+
+/// The service's own name inside its host key (see [`service_key`]): `probe` for both
+/// `probe` and `acme+probe`.
+pub fn bare_name(key: &str) -> &str {
+    key.split_once('+').map_or(key, |(_, name)| name)
+}
+
 /// Whether `name` is a valid service or provider name (see [`check_name`]).
 pub fn valid_name(name: &str) -> bool {
     check_name(name, "name").is_ok()

@@ -56,7 +56,11 @@ impl Names {
 /// One installed service as the network sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
+    /// The service's own name (what its importers resolve).
     pub name: String,
+    /// Its key on the host (its directory): the name, or `PROVIDER+NAME` when another
+    /// provider's service held the name first (`manifest::service_key`).
+    pub key: String,
     pub provider: String,
     /// Its address is `.slot` of the subnet; fixed from install to removal.
     pub slot: u8,
@@ -68,7 +72,8 @@ pub struct Member {
 impl Member {
     pub fn new(manifest: &Manifest, slot: u8) -> Member {
         Member {
-            name: manifest.name.clone(),
+            name: manifest::bare_name(&manifest.name).to_string(),
+            key: manifest.name.clone(),
             provider: manifest.provider.clone(),
             slot,
             ports: manifest.ports.clone(),
@@ -336,13 +341,13 @@ pub fn port_conflict(new: &Member, others: &[Member], reserved: &[u16]) -> Optio
         if reserved.contains(&p.port) {
             return Some(conflict(None));
         }
-        let holder = others.iter().filter(|o| o.name != new.name).find(|o| {
+        let holder = others.iter().filter(|o| o.key != new.key).find(|o| {
             o.ports
                 .iter()
                 .any(|q| q.publish == p.publish && q.port == p.port && q.protocol == p.protocol)
         });
         if let Some(holder) = holder {
-            return Some(conflict(Some(holder.name.clone())));
+            return Some(conflict(Some(holder.key.clone())));
         }
     }
     None
@@ -355,6 +360,7 @@ mod tests {
     fn member(name: &str, provider: &str, slot: u8, ports: &[(u16, Publish)]) -> Member {
         Member {
             name: name.into(),
+            key: name.into(),
             provider: provider.into(),
             slot,
             ports: ports

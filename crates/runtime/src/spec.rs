@@ -51,7 +51,8 @@ pub const READONLY_PATHS: &[&str] = &[
 /// Everything the runtime needs to know about one service to build its bundle.
 #[derive(Debug, Clone)]
 pub struct ServiceSpec {
-    /// Service name: container id, hostname and cgroup leaf.
+    /// The service's key: container id and cgroup leaf; its name (after a `PROVIDER+`, when
+    /// the key has one) is the hostname.
     pub name: String,
     /// The cgroup under which every service of this agent lives (`shg` by default).
     pub cgroup_parent: String,
@@ -215,7 +216,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
             "noNewPrivileges": true,
         },
         "root": { "path": spec.rootfs, "readonly": true },
-        "hostname": spec.name,
+        "hostname": spec.name.split_once('+').map_or(&spec.name[..], |(_, name)| name),
         "mounts": mounts(spec),
         "linux": {
             "cgroupsPath": cgroup_path(&spec.cgroup_parent, &spec.name),

@@ -596,6 +596,7 @@ mod tests {
     fn summary(name: &str, reason: Option<&str>) -> ServiceSummary {
         ServiceSummary {
             name: name.into(),
+            id: format!("acme/{name}"),
             provider: "acme".into(),
             version: "1.0.0".into(),
             state: if reason.is_some() {

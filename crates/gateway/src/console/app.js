@@ -169,12 +169,18 @@ async function refresh() {
   }
 }
 
+// How the console names a service: its name, or PROVIDER/NAME when two providers each have
+// one of that name (a service, or its use in `stats`).
+function label(s) {
+  return services.filter((x) => x.name === s.name).length > 1 ? s.provider + '/' + s.name : s.name;
+}
+
 function record() {
   for (const u of stats.services) {
-    const h = history.get(u.name) || [];
+    const h = history.get(label(u)) || [];
     h.push({ cpu: u.cpu.used, mem: u.memory.used });
     if (h.length > HISTORY) h.shift();
-    history.set(u.name, h);
+    history.set(label(u), h);
   }
 }
 
@@ -260,8 +266,8 @@ function card(name) {
     c.down.setAttribute('aria-label', 'Move ' + name + ' down');
   }
   if (realm !== 'operator') {
-    c.start = act('Start', 'start', () => api('POST', '/v1/services/' + name + '/start'));
-    c.stop = act('Stop', 'stop', () => api('POST', '/v1/services/' + name + '/stop'));
+    c.start = act('Start', 'start', () => api('POST', '/v1/services/' + encodeURIComponent(name) + '/start'));
+    c.stop = act('Stop', 'stop', () => api('POST', '/v1/services/' + encodeURIComponent(name) + '/stop'));
   }
   if (realm === 'home') {
     c.remove = act('Remove', 'remove danger', async () => {
@@ -270,13 +276,13 @@ function card(name) {
         c.remove.textContent = 'Really remove? Its data goes too';
         return;
       }
-      await api('DELETE', '/v1/services/' + name);
+      await api('DELETE', '/v1/services/' + encodeURIComponent(name));
       notice('Removed ' + name + '.');
     });
   }
   if (realm === 'provider') {
     act('Logs', 'show-logs', async () => {
-      const text = await api('GET', '/v1/services/' + name + '/logs?tail=50');
+      const text = await api('GET', '/v1/services/' + encodeURIComponent(name) + '/logs?tail=50');
       const lines = String(text || '').split('\n').filter(Boolean).map((l) => {
         try { const e = JSON.parse(l); return new Date(e.time_ms).toLocaleTimeString() + ' ' + e.text; } catch (_) { return l; }
       });
@@ -303,7 +309,7 @@ async function run(button, fn) {
 function renderServices() {
   const list = ordered();
   const box = $('services');
-  const names = new Set(list.map((s) => s.name));
+  const names = new Set(list.map(label));
   for (const [name, c] of cards) if (!names.has(name)) { c.root.remove(); cards.delete(name); }
   if (!list.length) {
     box.replaceChildren(el('p', { class: 'hint', text: 'No services installed.' }));
@@ -311,8 +317,8 @@ function renderServices() {
   }
   box.querySelectorAll('p.hint').forEach((p) => p.remove());
   list.forEach((s, i) => {
-    const c = card(s.name);
-    const u = (stats && stats.services.find((x) => x.name === s.name)) || null;
+    const c = card(label(s));
+    const u = (stats && stats.services.find((x) => x.name === s.name && x.provider === s.provider)) || null;
     c.meta.textContent = s.provider + ' · ' + s.version + ' · priority ' + s.priority;
     c.state.textContent = s.state;
     c.state.dataset.state = s.state;
@@ -328,7 +334,7 @@ function renderServices() {
         if (use) b.set(use.used, use.reserve, use.limit, rate);
       }
     }
-    drawChart(c.chart, history.get(s.name) || [], u);
+    drawChart(c.chart, history.get(label(s)) || [], u);
     const running = s.desired === 'running';
     if (c.start) c.start.hidden = running;
     if (c.stop) c.stop.hidden = !running;
@@ -410,7 +416,7 @@ function renderEvents() {
 // the order to hold; when there is no room between 0 and 100, spreads them evenly.
 async function move(name, dir) {
   const list = ordered();
-  const i = list.findIndex((s) => s.name === name);
+  const i = list.findIndex((s) => label(s) === name);
   const j = i + dir;
   if (i < 0 || j < 0 || j >= list.length) return;
   [list[i], list[j]] = [list[j], list[i]];
@@ -432,11 +438,11 @@ async function move(name, dir) {
   }
   for (let k = 0; k < list.length; k++) {
     if (p[k] !== list[k].priority) {
-      await api('POST', '/v1/services/' + list[k].name + '/priority', JSON.stringify({ priority: p[k] }), 'application/json');
+      await api('POST', '/v1/services/' + encodeURIComponent(label(list[k])) + '/priority', JSON.stringify({ priority: p[k] }), 'application/json');
     }
   }
   notice(name + ' moved ' + (dir < 0 ? 'up' : 'down') + ': under pressure it is now ' +
-    (dir < 0 ? 'kept before' : 'stopped before') + ' ' + list[dir < 0 ? j + 1 : j - 1].name + '.');
+    (dir < 0 ? 'kept before' : 'stopped before') + ' ' + label(list[dir < 0 ? j + 1 : j - 1]) + '.');
 }
 
 // --- installing ---

@@ -172,7 +172,7 @@ fn bad_requests_are_refused_and_change_nothing() {
         &gw,
         &before,
         &["install", duplicate.to_str().unwrap()],
-        &["`steady`", "already installed"],
+        &["/steady`", "already installed", "shg remove "],
     );
 
     let nocmd = gw.package("ghost", &minimal("ghost", r#"["/bin/nope"]"#, ""), &[]);

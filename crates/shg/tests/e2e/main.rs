@@ -27,5 +27,6 @@ mod restart;
 mod runc;
 mod standard;
 mod storage;
+mod tenants;
 mod trust;
 mod update;
