@@ -84,7 +84,9 @@ impl Agent {
                 "shg_service_up",
                 "1 when the service's container runs",
                 l,
-                Some(u64::from(s.cpu.used.is_some() || s.memory.used.is_some())),
+                // From the record, not the monitor's sample: a service that has just started
+                // is up before the monitor's next round measures it.
+                Some(u64::from(s.state == "running")),
             );
             m.gauge(
                 "shg_service_priority",
