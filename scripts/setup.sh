@@ -23,6 +23,8 @@ packages=(
   umoci             # builds a plain OCI image the way other tools do
   buildah           # builds a standard image from a FROM scratch Containerfile (vfs storage)
   postgresql        # the fleet controller's tests run on a throwaway PostgreSQL cluster too
+  mosquitto         # the MQTT broker between the USP agent and a USP controller in its tests
+  mosquitto-clients # mosquitto_pub/sub: the USP tests send it malformed records
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Installs the test-only tools that do not come from Debian: schemathesis (PyPI), in its own
-# virtual environment under /opt/shg-test. Run as root; safe to run again.
+# Installs the test-only tools that do not come from Debian, under /opt/shg-test. Run as root;
+# safe to run again.
+# - schemathesis (PyPI), in its own virtual environment: fuzzes the API against its document.
+# - usp-js (npm): a USP controller no one here wrote, driving the gateway's USP agent.
 set -euo pipefail
+
+apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 venv=/opt/shg-test/venv
 version=4.32.5
-if [ -x "$venv/bin/schemathesis" ] && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; then
-  exit 0
+if ! { [ -x "$venv/bin/schemathesis" ] && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; }; then
+  if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
+    apt_install python3-venv
+  fi
+  echo "test-tools: installing schemathesis $version into $venv"
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$version"
 fi
-if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+
+node=/opt/shg-test/node
+usp_js=0.5.1
+if ! grep -qs "\"version\": \"$usp_js\"" "$node/node_modules/usp-js/package.json"; then
+  # Debian's nodejs and npm, unless a node with its npm is there already.
+  command -v npm >/dev/null || apt_install nodejs npm
+  echo "test-tools: installing usp-js $usp_js into $node"
+  mkdir -p "$node"
+  npm install --silent --no-audit --no-fund --prefix "$node" "usp-js@$usp_js" >/dev/null
 fi
-echo "test-tools: installing schemathesis $version into $venv"
-rm -rf "$venv"
-/usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$version"

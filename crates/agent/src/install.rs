@@ -168,6 +168,20 @@ impl Agent {
         opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         crate::auth::check_gateway(who, crate::auth::GatewayAction::Install)?;
+        let (tar, source) = self.pull(reference).await?;
+        let opts = InstallOptions {
+            source: Some(source),
+            ..opts.clone()
+        };
+        let result = self.install(who, &tar, &opts).await;
+        let _ = std::fs::remove_file(&tar);
+        result
+    }
+
+    /// Pulls `reference` from its registry into the agent's blob cache (`STATE/cache`) and
+    /// makes a package file of it in the agent's scratch directory: the caller installs or
+    /// updates from it, then deletes it. Returns the file and the reference as parsed.
+    pub async fn pull(&self, reference: &str) -> Result<(PathBuf, String), AgentError> {
         let parsed = registry::Reference::parse(reference).ok_or_else(|| {
             AgentError::BadRequest(format!(
                 "`{reference}` is not an image reference: write REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"
@@ -177,22 +191,13 @@ impl Agent {
         let pulled = registry::pull(&parsed, &self.layout.root.join("cache"), &tar, &mut |_| {})
             .await
             .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
+        let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
         let result = match pulled {
-            Ok(_) => {
-                let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
-                if size > self.cfg.max_package {
-                    Err(AgentError::BadPackage(format!(
-                        "{reference} is larger than the {} MiB the gateway accepts",
-                        self.cfg.max_package >> 20
-                    )))
-                } else {
-                    let opts = InstallOptions {
-                        source: Some(parsed.to_string()),
-                        ..opts.clone()
-                    };
-                    self.install(who, &tar, &opts).await
-                }
-            }
+            Ok(_) if size > self.cfg.max_package => Err(AgentError::BadPackage(format!(
+                "{reference} is larger than the {} MiB the gateway accepts",
+                self.cfg.max_package >> 20
+            ))),
+            Ok(_) => return Ok((tar, parsed.to_string())),
             Err(e) => Err(e),
         };
         let _ = std::fs::remove_file(&tar);

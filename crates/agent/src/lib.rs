@@ -29,6 +29,7 @@ pub use auth::{check_gateway, check_install, check_service, GatewayAction, Servi
 pub use install::InstallOptions;
 pub use lifecycle::StateLock;
 pub use realm::Principal;
+pub use settings::UspConfig;
 pub use streams::LogFollower;
 pub use update::{DEFAULT_WINDOW, MAX_WINDOW};
 
@@ -215,6 +216,12 @@ impl Agent {
         locks.entry(name.to_string()).or_default().clone()
     }
 
+    /// The `[usp]` table of `gateway.toml`, if the operator wrote one.
+    pub fn usp_config(&self) -> Option<&UspConfig> {
+        self.settings.usp.as_ref()
+    }
+
+    /// The state directory.
     pub fn state_dir(&self) -> &Path {
         &self.layout.root
     }

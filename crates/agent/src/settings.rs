@@ -28,6 +28,14 @@
 //!
 //! [network]             # the services' network: see the `network` crate
 //! lan = "br-lan"
+//!
+//! [usp]                 # optional: a TR-369 (USP) agent for the ISP's USP controller
+//! endpoint_id = "os::SHG-gw1"            # this gateway's USP endpoint
+//! broker = "mqtt://broker.isp:1883"      # or mqtts://HOST:PORT (TLS)
+//! topic = "usp/agent/os::SHG-gw1"        # optional: where the agent listens (this default)
+//! controller_id = "self::isp-controller" # the only controller it answers
+//! controller_topic = "usp/controller"    # where the controller listens
+//! # optional: ca_cert, client_cert, client_key (PEM files), username, password_file
 //! ```
 //!
 //! The bandwidth capacity is the link's: HTB shapes every service's traffic under it, and the
@@ -66,6 +74,96 @@ struct RawConfig {
     network: network::config::RawNetwork,
     #[serde(default)]
     catalog: Option<CatalogConfig>,
+    #[serde(default)]
+    usp: Option<UspConfig>,
+}
+
+/// `[usp]`: the gateway's TR-369 agent (the `usp` crate) and the one USP controller it obeys,
+/// as the operator's realm, over the MQTT message transfer protocol.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UspConfig {
+    /// This agent's USP endpoint id (`AUTHORITY-SCHEME::ID`, e.g. `os::SHG-gw1`).
+    pub endpoint_id: String,
+    /// The message transfer protocol: only `mqtt` (the default).
+    #[serde(default = "default_mtp")]
+    pub mtp: String,
+    /// `mqtt://HOST:PORT`, or `mqtts://HOST:PORT` for TLS.
+    pub broker: String,
+    /// The MQTT topic the agent subscribes to (default `usp/agent/ENDPOINT_ID`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// The controller's endpoint id: records from any other endpoint are dropped.
+    pub controller_id: String,
+    /// The topic the controller subscribes to: responses and notifications go there.
+    pub controller_topic: String,
+    /// For `mqtts://`: the CA that signed the broker's certificate (PEM).
+    #[serde(default)]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// For `mqtts://` with client certificates: the gateway's certificate and key (PEM).
+    #[serde(default)]
+    pub client_cert: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<std::path::PathBuf>,
+    /// The broker login, if it asks for one; the password is read from a file, never from
+    /// `gateway.toml` itself.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+fn default_mtp() -> String {
+    "mqtt".to_string()
+}
+
+impl UspConfig {
+    /// The topic the agent listens on.
+    pub fn topic(&self) -> String {
+        self.topic
+            .clone()
+            .unwrap_or_else(|| format!("usp/agent/{}", self.endpoint_id))
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.mtp != "mqtt" {
+            return Err(format!(
+                "usp.mtp: `{}` is not supported; SHG's USP agent speaks MQTT (`mtp = \"mqtt\"`)",
+                self.mtp
+            ));
+        }
+        for (key, id) in [
+            ("usp.endpoint_id", &self.endpoint_id),
+            ("usp.controller_id", &self.controller_id),
+        ] {
+            let ok = id.split_once("::").is_some_and(|(scheme, rest)| {
+                !scheme.is_empty() && !rest.is_empty() && !id.contains(char::is_whitespace)
+            });
+            if !ok {
+                return Err(format!(
+                    "{key}: `{id}` is not a USP endpoint id; write AUTHORITY-SCHEME::ID (e.g. `os::SHG-gw1`)"
+                ));
+            }
+        }
+        if !(self.broker.starts_with("mqtt://") || self.broker.starts_with("mqtts://")) {
+            return Err(format!(
+                "usp.broker: `{}` is not an MQTT URL; write mqtt://HOST:PORT or mqtts://HOST:PORT",
+                self.broker
+            ));
+        }
+        let topics = [Some(self.topic()), Some(self.controller_topic.clone())];
+        for topic in topics.iter().flatten() {
+            if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                return Err(format!(
+                    "usp: `{topic}` is not a topic to publish to; leave out the wildcards `+` and `#`"
+                ));
+            }
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err("usp: give client_cert and client_key together, or neither".into());
+        }
+        Ok(())
+    }
 }
 
 /// `[catalog]`: where the app-store catalog's TUF metadata is, and the root this gateway pins.
@@ -98,6 +196,8 @@ pub struct Settings {
     pub catalog: Option<CatalogConfig>,
     /// `[providers.NAME] images`: the image allowance of each provider that has one, in bytes.
     pub images: BTreeMap<String, u64>,
+    /// The `[usp]` table: the TR-369 agent, if the operator wants one.
+    pub usp: Option<UspConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,6 +349,9 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
         None => (system_reserve.memory / 4).min(64 << 20),
     };
     let network = network::Config::from_raw(&raw.network).map_err(|e| bad(e.to_string()))?;
+    if let Some(usp) = &raw.usp {
+        usp.check().map_err(bad)?;
+    }
     Ok((
         Gateway {
             capacity,
@@ -260,6 +363,7 @@ pub fn load(state_dir: &Path) -> Result<(Gateway, Settings), AgentError> {
             network,
             catalog: raw.catalog.clone(),
             images,
+            usp: raw.usp.clone(),
         },
     ))
 }

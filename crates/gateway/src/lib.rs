@@ -77,6 +77,8 @@ pub fn run(
     rt.block_on(async move {
         let agent = Agent::open(cfg)?;
         let _lock = agent.start_up().await?;
+        // The ISP's USP controller, when `gateway.toml` names one.
+        usp::spawn(&agent);
         let link = if let Some(fleet) = fleet {
             let enrollment = fleet::enroll_patiently(
                 agent.state_dir(),

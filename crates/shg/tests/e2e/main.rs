@@ -30,3 +30,4 @@ mod storage;
 mod tenants;
 mod trust;
 mod update;
+mod usp;
