@@ -373,6 +373,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_usp_table_is_checked_when_the_gateway_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join(CONFIG_FILE);
+        let usp = "[usp]\nendpoint_id = \"os::SHG-1\"\nbroker = \"mqtt://b:1883\"\n\
+                   controller_id = \"self::ctl\"\ncontroller_topic = \"usp/ctl\"\n";
+        std::fs::write(&config, usp).unwrap();
+        let (_, settings) = load(dir.path()).unwrap();
+        let usp_cfg = settings.usp.unwrap();
+        assert_eq!(usp_cfg.topic(), "usp/agent/os::SHG-1");
+        assert_eq!(usp_cfg.mtp, "mqtt");
+        for (change, words) in [
+            (("mqtt://b:1883", "stomp://b:61613"), "not an MQTT URL"),
+            (("os::SHG-1", "SHG-1"), "not a USP endpoint id"),
+            (("usp/ctl", "usp/#"), "wildcards"),
+        ] {
+            std::fs::write(&config, usp.replace(change.0, change.1)).unwrap();
+            let err = load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(words) && err.contains("gateway.toml"), "{err}");
+        }
+        std::fs::write(&config, format!("{usp}mtp = \"stomp\"\n")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("usp.mtp") && err.contains("MQTT"), "{err}");
+        std::fs::write(&config, format!("{usp}password = \"hunter2\"\n")).unwrap();
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("password"),
+            "no secrets in gateway.toml: {err}"
+        );
+    }
+
+    #[test]
     fn config_overrides_detection_and_caps_providers() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

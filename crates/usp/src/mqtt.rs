@@ -34,11 +34,13 @@ pub(crate) async fn run(usp: Arc<Usp>, mut out: UnboundedReceiver<Vec<u8>>) {
         }
     });
     let mut up = false;
+    let mut failures = 0u32;
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 tracing::info!(broker = %usp.cfg.broker, %topic, "USP: connected");
                 up = true;
+                failures = 0;
                 if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
                     tracing::error!("USP: cannot subscribe to {topic}: {e}");
                 }
@@ -51,9 +53,12 @@ pub(crate) async fn run(usp: Arc<Usp>, mut out: UnboundedReceiver<Vec<u8>>) {
             Err(e) => {
                 if up {
                     tracing::warn!(broker = %usp.cfg.broker, "USP: lost the broker: {e}; reconnecting");
-                } else {
-                    tracing::debug!(broker = %usp.cfg.broker, "USP: broker unreachable: {e}");
+                } else if failures % 60 == 0 {
+                    // The first failure, then once a minute: a broker the agent never
+                    // reaches (a wrong address, a certificate it cannot verify) is told.
+                    tracing::warn!(broker = %usp.cfg.broker, "USP: cannot reach the broker: {e}; retrying every second");
                 }
+                failures += 1;
                 up = false;
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

@@ -19,40 +19,81 @@ const AGENT_TOPIC: &str = "usp/agent/e2e";
 const CONTROLLER_ID: &str = "self::e2e-controller";
 const CONTROLLER_TOPIC: &str = "usp/controller/e2e";
 
-/// A mosquitto broker on a free loopback port, stopped when dropped.
+/// A mosquitto broker on a free loopback port (and, with TLS, a second port where it speaks
+/// only TLS under a test CA), stopped when dropped.
 struct Broker {
     child: Child,
     port: u16,
+    /// The TLS port and the CA's certificate file.
+    tls: Option<(u16, PathBuf)>,
     _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Broker {
     fn start() -> Broker {
+        Broker::start_with(false)
+    }
+
+    fn start_with(tls: bool) -> Broker {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        let port = free_port();
+        let mut conf = format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             listener {port} 127.0.0.1\n"
+        );
+        let tls = tls.then(|| {
+            let ca_key = rcgen::KeyPair::generate().unwrap();
+            let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let ca = ca.self_signed(&ca_key).unwrap();
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            let file = |name: &str, pem: String| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, pem).unwrap();
+                path
+            };
+            let ca_file = file("ca.pem", ca.pem());
+            let cert_file = file("broker.pem", cert.pem());
+            let key_file = file("broker.key", key.serialize_pem());
+            let tls_port = free_port();
+            conf.push_str(&format!(
+                "listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+                ca_file.display(),
+                cert_file.display(),
+                key_file.display()
+            ));
+            (tls_port, ca_file)
+        });
+        let conf_file = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_file, conf).unwrap();
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf_file)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto (scripts/setup.sh installs it)");
-        crate::harness::eventually("mosquitto to listen", Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+        for port in std::iter::once(port).chain(tls.as_ref().map(|t| t.0)) {
+            crate::harness::eventually("mosquitto to listen", Duration::from_secs(10), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+        }
         Broker {
             child,
             port,
+            tls,
             _dir: dir,
         }
     }
@@ -66,8 +107,12 @@ impl Drop for Broker {
 }
 
 fn config(port: u16) -> String {
+    config_for(&format!("mqtt://127.0.0.1:{port}"))
+}
+
+fn config_for(broker: &str) -> String {
     format!(
-        "[usp]\nendpoint_id = \"{AGENT_ID}\"\nbroker = \"mqtt://127.0.0.1:{port}\"\n\
+        "[usp]\nendpoint_id = \"{AGENT_ID}\"\nbroker = \"{broker}\"\n\
          topic = \"{AGENT_TOPIC}\"\ncontroller_id = \"{CONTROLLER_ID}\"\n\
          controller_topic = \"{CONTROLLER_TOPIC}\"\n"
     )
@@ -93,6 +138,7 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
     let broker = Broker::start();
     let gw = Gateway::start_with_config(Some(&config(broker.port)));
     let package = gw.package("probe", &sleeper("probe"), &[]);
+    let update = gw.package("probe-2", &sleeper("probe").replace("1.0.0", "2.0.0"), &[]);
     wait_for_agent(&broker);
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/usp/controller.js");
@@ -104,7 +150,8 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
         .env("AGENT_TOPIC", AGENT_TOPIC)
         .env("CONTROLLER_ID", CONTROLLER_ID)
         .env("CONTROLLER_TOPIC", CONTROLLER_TOPIC)
-        .env("PACKAGE_URL", format!("file://{}", package.display()));
+        .env("PACKAGE_URL", format!("file://{}", package.display()))
+        .env("UPDATE_URL", format!("file://{}", update.display()));
     let out = run_captured(cmd, &gw.work, Duration::from_secs(180));
     let steps: BTreeMap<String, Value> = out
         .stdout
@@ -142,6 +189,9 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
         idle.is_some() && active > idle,
         "the controller was told of Idle, then Active: {changes:?}"
     );
+
+    assert_eq!(steps["updated"]["version"], "2.0.0", "{context}");
+    assert_eq!(steps["updated"]["status"], "Active", "{context}");
 
     let bad = &steps["bad"]["bad"];
     let err = |k: &str| {
@@ -190,7 +240,7 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
         .iter()
         .find(|e| e["OperationPerformed"] == "Uninstall")
         .unwrap();
-    assert_eq!(uninstall["Version"], "1.0.0", "{uninstall}");
+    assert_eq!(uninstall["Version"], "2.0.0", "{uninstall}");
     assert_eq!(
         uninstall["UUID"], events[0]["UUID"],
         "the same unit: {events:?}"
@@ -214,6 +264,7 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
     assert!(
         audit.contains("usp:self::e2e-controller")
             && audit.contains("Device.SoftwareModules.InstallDU()")
+            && audit.contains("Update()")
             && audit.contains("Uninstall()"),
         "every change is in the audit log under the controller's name:\n{audit}"
     );
@@ -304,6 +355,54 @@ fn malformed_oversized_and_foreign_records_change_nothing_and_the_agent_keeps_se
         audit.contains("self::intruder"),
         "the refused endpoint is in the audit log:\n{audit}"
     );
+}
+
+#[test]
+fn the_agent_reaches_a_tls_broker_and_refuses_one_it_cannot_verify() {
+    let broker = Broker::start_with(true);
+    let (tls_port, ca) = broker.tls.clone().unwrap();
+    let gw = Gateway::start_with_config(Some(&format!(
+        "{}ca_cert = \"{}\"\n",
+        config_for(&format!("mqtts://localhost:{tls_port}")),
+        ca.display()
+    )));
+    // The test's own tools use the plain listener; the agent is only on the TLS one.
+    wait_for_agent(&broker);
+    drop(gw);
+
+    // A CA that did not sign the broker's certificate: the agent never connects.
+    let other = tempfile::tempdir().unwrap();
+    let wrong_ca = other.path().join("other-ca.pem");
+    std::fs::write(
+        &wrong_ca,
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+            .unwrap()
+            .cert
+            .pem(),
+    )
+    .unwrap();
+    let gw = Gateway::start_with_config(Some(&format!(
+        "{}ca_cert = \"{}\"\n",
+        config_for(&format!("mqtts://localhost:{tls_port}")),
+        wrong_ca.display()
+    )));
+    std::thread::sleep(Duration::from_secs(3));
+    let answers = exchange(
+        &broker,
+        &[get_record(AGENT_ID, CONTROLLER_ID, "unverified")],
+        1,
+        3,
+    );
+    assert!(
+        answers.is_empty(),
+        "an unverified broker got the agent: {answers:?}"
+    );
+    let log = gw.agent_log();
+    assert!(
+        log.contains("USP: cannot reach the broker") && log.contains("certificate"),
+        "the operator is told why:\n{log}"
+    );
+    assert!(gw.ps().is_empty());
 }
 
 /// A record of a Get of `Device.LocalAgent.EndpointID` with message id `id`.

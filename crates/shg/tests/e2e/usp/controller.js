@@ -1,7 +1,7 @@
 // A USP controller that no one here wrote (usp-js, from npm) driving an SHG gateway through
 // mosquitto, step by step. Each step prints one JSON line; tests/e2e/usp.rs checks them.
 // Environment: BROKER_PORT, AGENT_ID, AGENT_TOPIC, CONTROLLER_ID, CONTROLLER_TOPIC,
-// PACKAGE_URL (file:///… of a signed package).
+// PACKAGE_URL and UPDATE_URL (file:///… of signed packages, versions 1.0.0 and 2.0.0).
 const connect = require("usp-js").default;
 
 const env = (k) => {
@@ -79,6 +79,13 @@ async function main() {
   await until("a change to Active", () => changes.find((c) => c.paramValue === "Active" && c.paramPath.startsWith(path)));
   say("changes", { changes });
 
+  // Update() is asynchronous too; the new release must stay up for the health window.
+  const du = path.replace("ExecutionUnit", "DeploymentUnit");
+  const [update, clearUpdate] = await usp.operate(`${du}Update()`, { ID: "update" });
+  const updated = await update({ URL: env("UPDATE_URL") });
+  await clearUpdate();
+  say("updated", { updated, version: await usp.get(`${du}Version`), status: await usp.get(`${path}Status`) });
+
   // Bad input: each refused with a USP error, nothing changed.
   const bad = {};
   bad.state = await setState({ RequestedState: "Sleeping" }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
@@ -90,12 +97,11 @@ async function main() {
   bad.after = await usp.get(`${path}Status`);
   say("bad", { bad });
 
-  const du = path.replace("ExecutionUnit", "DeploymentUnit");
   const [uninstall, clearUninstall] = await usp.operate(`${du}Uninstall()`, { ID: "uninstall" });
   const removed = await uninstall({});
   await clearUninstall();
   say("uninstalled", { removed, units: await usp.instances("Device.SoftwareModules.DeploymentUnit.") });
-  await until("two DUStateChange! events", () => events.length >= 2 && events);
+  await until("four DUStateChange! events", () => events.length >= 4 && events);
   say("events", { events, created });
 
   await clearChanges();
