@@ -139,6 +139,15 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
     let gw = Gateway::start_with_config(Some(&config(broker.port)));
     let package = gw.package("probe", &sleeper("probe"), &[]);
     let update = gw.package("probe-2", &sleeper("probe").replace("1.0.0", "2.0.0"), &[]);
+    let unsigned = gw.package_unsigned("rogue", &sleeper("rogue"), &[]);
+    let too_big = gw.package(
+        "hog",
+        &format!(
+            "{}\n[resources]\nmemory = {{ reserve = \"4096GiB\" }}\n",
+            sleeper("hog")
+        ),
+        &[],
+    );
     wait_for_agent(&broker);
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/e2e/usp/controller.js");
@@ -151,7 +160,9 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
         .env("CONTROLLER_ID", CONTROLLER_ID)
         .env("CONTROLLER_TOPIC", CONTROLLER_TOPIC)
         .env("PACKAGE_URL", format!("file://{}", package.display()))
-        .env("UPDATE_URL", format!("file://{}", update.display()));
+        .env("UPDATE_URL", format!("file://{}", update.display()))
+        .env("UNSIGNED_URL", format!("file://{}", unsigned.display()))
+        .env("TOO_BIG_URL", format!("file://{}", too_big.display()));
     let out = run_captured(cmd, &gw.work, Duration::from_secs(180));
     let steps: BTreeMap<String, Value> = out
         .stdout
@@ -213,6 +224,11 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
     assert!(
         err("install").contains("/nonexistent/package.tar"),
         "names the package: {bad}"
+    );
+    assert!(err("unsigned").contains("is unsigned"), "{bad}");
+    assert!(
+        err("tooBig").contains("memory") && err("tooBig").contains("short"),
+        "admission's sentence: {bad}"
     );
     assert_eq!(bad["after"], "Active", "nothing changed: {bad}");
 

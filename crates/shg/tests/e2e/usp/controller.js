@@ -1,7 +1,8 @@
 // A USP controller that no one here wrote (usp-js, from npm) driving an SHG gateway through
 // mosquitto, step by step. Each step prints one JSON line; tests/e2e/usp.rs checks them.
 // Environment: BROKER_PORT, AGENT_ID, AGENT_TOPIC, CONTROLLER_ID, CONTROLLER_TOPIC,
-// PACKAGE_URL and UPDATE_URL (file:///… of signed packages, versions 1.0.0 and 2.0.0).
+// PACKAGE_URL and UPDATE_URL (file:///… of signed packages, versions 1.0.0 and 2.0.0),
+// UNSIGNED_URL and TOO_BIG_URL (one unsigned, one reserving more memory than there is).
 const connect = require("usp-js").default;
 
 const env = (k) => {
@@ -93,6 +94,8 @@ async function main() {
   bad.set = await usp.set(`${path}RequestedState`, "Idle").then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   const [badInstall, clearBad] = await usp.operate("Device.SoftwareModules.InstallDU()", { ID: "bad-install" });
   bad.install = await badInstall({ URL: "file:///nonexistent/package.tar" }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
+  bad.unsigned = await badInstall({ URL: env("UNSIGNED_URL") }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
+  bad.tooBig = await badInstall({ URL: env("TOO_BIG_URL") }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   await clearBad();
   bad.after = await usp.get(`${path}Status`);
   say("bad", { bad });
@@ -101,7 +104,7 @@ async function main() {
   const removed = await uninstall({});
   await clearUninstall();
   say("uninstalled", { removed, units: await usp.instances("Device.SoftwareModules.DeploymentUnit.") });
-  await until("four DUStateChange! events", () => events.length >= 4 && events);
+  await until("six DUStateChange! events", () => events.length >= 6 && events);
   say("events", { events, created });
 
   await clearChanges();
