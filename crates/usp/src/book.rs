@@ -33,6 +33,33 @@ pub struct Book {
     units: BTreeMap<String, u32>,
     next_subscription: u32,
     pub subscriptions: Vec<Subscription>,
+    /// Asynchronous commands still running (`Device.LocalAgent.Request.{i}.`): each is
+    /// listed from its `Operate` until its completion is notified, not kept across restarts.
+    #[serde(skip)]
+    pub requests: Vec<Request>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub instance: u32,
+    pub originator: String,
+    pub command: String,
+    pub command_key: String,
+}
+
+impl Request {
+    pub fn path(&self) -> String {
+        format!("Device.LocalAgent.Request.{}.", self.instance)
+    }
+
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("Originator", self.originator.clone()),
+            ("Command", self.command.clone()),
+            ("CommandKey", self.command_key.clone()),
+            ("Status", "Active".into()),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -96,6 +123,7 @@ impl Book {
                 .filter(|s| s.persistent)
                 .cloned()
                 .collect(),
+            requests: Vec::new(),
         };
         let tmp = self.file.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&kept)

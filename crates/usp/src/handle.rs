@@ -478,6 +478,7 @@ impl Usp {
                 .and_then(|i| i.parse::<u32>().ok())
                 .and_then(|i| snap.units.get(&i).cloned());
             let job = Job {
+                request: 0,
                 command: name.clone(),
                 object: target.clone(),
                 service: unit,
@@ -490,6 +491,13 @@ impl Usp {
                     .next_request
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                     + 1;
+                self.book().requests.push(crate::book::Request {
+                    instance: n,
+                    originator: self.cfg.controller_id.clone(),
+                    command: executed.clone(),
+                    command_key: op.command_key.clone(),
+                });
+                let job = Job { request: n, ..job };
                 let usp = self.clone();
                 tokio::spawn(async move { usp.run_async(job).await });
                 results.push(
@@ -520,7 +528,8 @@ impl Usp {
         self.audit(&format!("USP {executed}"), status_of(&done));
         self.wake.notify_one();
         let (complete, event) = {
-            let book = self.book();
+            let mut book = self.book();
+            book.requests.retain(|r| r.instance != job.request);
             let pick = |kind: &str, path: &str| -> Vec<String> {
                 book.subscriptions
                     .iter()
@@ -720,6 +729,8 @@ impl Usp {
 
 /// One command on one object.
 struct Job {
+    /// The `Device.LocalAgent.Request.{i}` of an asynchronous command.
+    request: u32,
     command: String,
     object: String,
     /// The service (`provider/name`) of the unit the command is on.

@@ -48,7 +48,10 @@ pub struct Usp {
     wake: tokio::sync::Notify,
     /// At most this many messages handled at once.
     busy: tokio::sync::Semaphore,
+    /// The last `Device.LocalAgent.Request.{i}` instance number given.
     next_request: std::sync::atomic::AtomicU32,
+    /// The last notification message id given.
+    next_message: std::sync::atomic::AtomicU64,
 }
 
 /// Starts the USP agent of `agent` if `gateway.toml` has a `[usp]` table: it connects to the
@@ -66,6 +69,7 @@ pub fn spawn(agent: &Arc<Agent>) {
         wake: tokio::sync::Notify::new(),
         busy: tokio::sync::Semaphore::new(8),
         next_request: std::sync::atomic::AtomicU32::new(0),
+        next_message: std::sync::atomic::AtomicU64::new(0),
     });
     eprintln!(
         "shg gateway: USP agent {} on {} (controller {})",
@@ -98,7 +102,7 @@ impl Usp {
     fn notify(&self, body: rusp_lib::usp::Body) {
         let id = format!(
             "shg-notify-{}",
-            self.next_request
+            self.next_message
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         match MsgBuilder::new().with_msg_id(id).with_body(body).build() {

@@ -93,10 +93,14 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
                 "SubscriptionNumberOfEntries",
                 book.subscriptions.len().to_string(),
             ),
+            ("RequestNumberOfEntries", book.requests.len().to_string()),
         ],
     );
     for sub in &book.subscriptions {
         put(&sub.path(), sub.params());
+    }
+    for request in &book.requests {
+        put(&request.path(), request.params());
     }
 
     book.forget_except(services.iter().map(|s| s.id.as_str()));

@@ -173,6 +173,16 @@ fn a_usp_controller_installs_lists_stops_starts_and_uninstalls_a_service_through
     let context = format!("{out}\n--- agent ---\n{}", gw.agent_log());
     assert!(out.ok() && steps.contains_key("done"), "{context}");
 
+    let dm = steps["supported"]["dm"].to_string();
+    for name in [
+        "Device.SoftwareModules.ExecutionUnit.{i}.",
+        "InstallDU()",
+        "SetRequestedState()",
+        "DUStateChange!",
+        "X_SHG_RestartCount",
+    ] {
+        assert!(dm.contains(name), "GetSupportedDM lists {name}: {dm}");
+    }
     let ee = &steps["exec-env"]["ee"];
     assert_eq!(ee["Status"], "Up", "{context}");
     let memory: u64 = ee["AllocatedMemory"].as_str().unwrap().parse().unwrap();

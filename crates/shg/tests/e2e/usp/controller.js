@@ -37,6 +37,12 @@ async function main() {
 
   const ee = await usp.get("Device.SoftwareModules.ExecEnv.1.");
   say("exec-env", { ee });
+  const dm = await usp.supportedDM("Device.SoftwareModules.", {
+    returnCommands: true,
+    returnEvents: true,
+    returnParams: true,
+  });
+  say("supported", { dm });
 
   // Every status change of every execution unit, as notifications.
   const changes = [];
@@ -91,6 +97,9 @@ async function main() {
   const bad = {};
   bad.state = await setState({ RequestedState: "Sleeping" }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   bad.path = await usp.get("Device.SoftwareModules.Colour").then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
+  bad.type = await usp
+    .set("Device.LocalAgent.Subscription.*.Enable", "maybe")
+    .then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   bad.set = await usp.set(`${path}RequestedState`, "Idle").then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   const [badInstall, clearBad] = await usp.operate("Device.SoftwareModules.InstallDU()", { ID: "bad-install" });
   bad.install = await badInstall({ URL: "file:///nonexistent/package.tar" }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
@@ -98,6 +107,7 @@ async function main() {
   bad.tooBig = await badInstall({ URL: env("TOO_BIG_URL") }).then((r) => ({ ok: r }), (e) => ({ err: failure(e) }));
   await clearBad();
   bad.after = await usp.get(`${path}Status`);
+  bad.enabled = await usp.get("Device.LocalAgent.Subscription.*.Enable");
   say("bad", { bad });
 
   const [uninstall, clearUninstall] = await usp.operate(`${du}Uninstall()`, { ID: "uninstall" });
