@@ -53,7 +53,7 @@ pub(crate) async fn run(usp: Arc<Usp>, mut out: UnboundedReceiver<Vec<u8>>) {
             Err(e) => {
                 if up {
                     tracing::warn!(broker = %usp.cfg.broker, "USP: lost the broker: {e}; reconnecting");
-                } else if failures % 60 == 0 {
+                } else if failures.is_multiple_of(60) {
                     // The first failure, then once a minute: a broker the agent never
                     // reaches (a wrong address, a certificate it cannot verify) is told.
                     tracing::warn!(broker = %usp.cfg.broker, "USP: cannot reach the broker: {e}; retrying every second");
