@@ -9,6 +9,7 @@
 //! its processes were killed. The names and addresses come from [`plan`], pure and tested;
 //! the steps run `ip`, `tc`, `nft` and `kill` through a [`command::Runner`].
 
+pub mod demo;
 pub mod plan;
 
 use std::path::{Path, PathBuf};
@@ -561,6 +562,65 @@ impl Lab {
         self.shg_cmd(&all, &[])
     }
 
+    /// `shg ARGS…` against the gateway named `name` (`gw1`), on its socket, as the operator
+    /// or as the holder of `token`.
+    pub fn shg_on(
+        &self,
+        name: &str,
+        args: &[&str],
+        token: Option<&str>,
+    ) -> Result<String, LabError> {
+        let gw = self.gateway(name)?;
+        let socket = gw.socket();
+        let mut env = vec![("SHG_GATEWAY", socket.to_str().unwrap_or_default())];
+        if let Some(token) = token {
+            env.push(("SHG_TOKEN", token));
+        }
+        self.shg_cmd(args, &env)
+    }
+
+    /// `shg ARGS…` with no gateway or controller in particular (`pack`, `sign`, `key gen`).
+    pub fn shg(&self, args: &[&str]) -> Result<String, LabError> {
+        self.shg_cmd(args, &[])
+    }
+
+    fn gateway(&self, name: &str) -> Result<&plan::Gateway, LabError> {
+        let plan = &self.state.plan;
+        plan.gateway(name).ok_or_else(|| {
+            LabError(format!(
+                "lab `{}` has no gateway `{name}`: it has gw1 to gw{} (`shg lab status`)",
+                plan.name,
+                plan.gateways.len()
+            ))
+        })
+    }
+
+    /// The fleet's id of the gateway named `name`, once it enrolled.
+    pub fn gateway_id(&self, name: &str) -> Result<String, LabError> {
+        let gw = self.gateway(name)?;
+        let file = gw.state_dir.join("fleet/enrolled.json");
+        std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["gateway_id"].as_str().map(String::from))
+            .ok_or_else(|| {
+                LabError(format!(
+                    "{name} has not enrolled yet ({} is missing)",
+                    file.display()
+                ))
+            })
+    }
+
+    /// Cuts the gateway's access link (its far end, in the ISP's router, goes down) or
+    /// brings it back; the gateway and its services keep running.
+    pub fn link(&self, name: &str, up: bool) -> Result<(), LabError> {
+        let gw = self.gateway(name)?.clone();
+        let wan = self.state.plan.wan_netns.clone();
+        let state = if up { "up" } else { "down" };
+        self.run("ip", &["-n", &wan, "link", "set", &gw.name, state])?;
+        Ok(())
+    }
+
     /// `shg ARGS…` against gateway `gw`'s agent, on its socket.
     fn shg_at(&self, gw: &plan::Gateway, args: &[&str]) -> Result<String, LabError> {
         let socket = gw.socket();
@@ -573,8 +633,8 @@ impl Lab {
     fn shg_cmd(&self, args: &[&str], env: &[(&str, &str)]) -> Result<String, LabError> {
         let out = Command::new(&self.shg)
             .args(args)
-            .envs(env.iter().copied())
             .env_remove("SHG_TOKEN")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .map_err(|e| LabError(format!("cannot run {}: {e}", self.shg.display())))?;
@@ -679,13 +739,7 @@ impl Lab {
             }
             None => (target, false),
         };
-        let gw = plan.gateway(name).ok_or_else(|| {
-            LabError(format!(
-                "lab `{}` has no gateway `{name}`: it has gw1 to gw{} (`shg lab status`)",
-                plan.name,
-                plan.gateways.len()
-            ))
-        })?;
+        let gw = self.gateway(name)?;
         let (program, rest) = argv.split_first().ok_or_else(|| {
             LabError("no command given: `shg lab exec GATEWAY -- COMMAND [ARGS…]`".into())
         })?;

@@ -38,6 +38,17 @@ pub enum LabCommand {
         )]
         command: Vec<String>,
     },
+    /// Cut a gateway's access link, or bring it back (the gateway keeps running)
+    Link {
+        #[arg(value_name = "GATEWAY")]
+        gateway: String,
+        #[arg(value_name = "up|down", value_parser = ["up", "down"])]
+        state: String,
+    },
+    /// Run the papers' demonstration over the lab (needs two gateways in the first region
+    /// and a second region: `shg lab up --gateways 3 --regions 2`); each step says what it
+    /// does and checks what follows
+    Demo,
     /// Undo everything the lab made (also after a failed `up` or killed processes)
     Down,
 }
@@ -106,6 +117,17 @@ pub fn run(dir: PathBuf, name: String, command: LabCommand, json: bool) -> anyho
                 .status()
                 .with_context(|| format!("cannot run `{}` in {target}", command.join(" ")))?;
             Ok(status.code().unwrap_or(128))
+        }
+        LabCommand::Link { gateway, state } => {
+            let lab = lab::Lab::load(&dir, &name, shg_binary()?)?;
+            lab.link(&gateway, state == "up")?;
+            writeln!(out, "{gateway}: access link {state}")?;
+            Ok(0)
+        }
+        LabCommand::Demo => {
+            let lab = lab::Lab::load(&dir, &name, shg_binary()?)?;
+            lab::demo::Demo::new(&lab, &mut out).run()?;
+            Ok(0)
         }
         LabCommand::Down => {
             let mut lab = match lab::Lab::load(&dir, &name, shg_binary()?) {
