@@ -15,11 +15,11 @@ use crate::{Lab, LabError};
 const SETTLE: Duration = Duration::from_secs(120);
 
 /// The demo's provider and its service.
-const PROVIDER: &str = "acme";
-const SERVICE: &str = "probe";
+pub const PROVIDER: &str = "acme";
+pub const SERVICE: &str = "probe";
 
 /// A manifest of `probe`: prints that it is alive every second, restarted whatever happens.
-fn probe(version: &str, command: &str) -> String {
+pub fn probe(version: &str, command: &str) -> String {
     format!(
         r#"name = "{SERVICE}"
 version = "{version}"
@@ -463,9 +463,11 @@ impl<'a> Demo<'a> {
     }
 
     /// The provider's signing key (made once), `WORK/PROVIDER.key` beside its `.pub`.
-    fn key(&self, provider: &str) -> Result<PathBuf, LabError> {
+    pub fn key(&self, provider: &str) -> Result<PathBuf, LabError> {
         let key = self.work.join(format!("{provider}.key"));
         if !key.exists() {
+            std::fs::create_dir_all(&self.work)
+                .map_err(|e| LabError(format!("{}: {e}", self.work.display())))?;
             self.lab
                 .shg(&["key", "gen", provider, "--dir", &path(&self.work)])?;
         }
@@ -473,7 +475,7 @@ impl<'a> Demo<'a> {
     }
 
     /// Packs `manifest` over a busybox root and signs it with `key`.
-    fn package(&self, name: &str, manifest: &str, key: &Path) -> Result<PathBuf, LabError> {
+    pub fn package(&self, name: &str, manifest: &str, key: &Path) -> Result<PathBuf, LabError> {
         let dir = self.work.join(name);
         let busybox = samples::find_busybox().map_err(|e| LabError(e.to_string()))?;
         samples::busybox_rootfs(&dir.join("rootfs"), &busybox)
