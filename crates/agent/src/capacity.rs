@@ -135,6 +135,16 @@ pub fn check(
             // Stopping a service keeps its volume: only removing one frees storage.
             refusal.way_out = admission::WayOut::Remove;
         }
+        // Services by the names people give them back (`stop=` takes either).
+        refusal.service = manifest::bare_name(&refusal.service).to_string();
+        for s in &mut refusal.shortages {
+            for h in &mut s.holders {
+                h.name = manifest::shown_key(&h.name);
+            }
+        }
+        for name in refusal.proposal.iter_mut().flatten() {
+            *name = manifest::shown_key(name);
+        }
         refusal
     })
 }
@@ -289,7 +299,7 @@ impl Agent {
         let Some(holder) = &conflict.holder else {
             return Err(AgentError::Conflict(format!(
                 "cannot install `{}`: {conflict}",
-                manifest.name
+                manifest::bare_name(&manifest.name)
             )));
         };
         let rival = match who {
@@ -301,11 +311,11 @@ impl Agent {
         let shown = if rival {
             "another provider's service".to_string()
         } else {
-            format!("`{holder}`")
+            format!("`{}`", manifest::shown_key(holder))
         };
         let message = format!(
             "cannot install `{}`: {}",
-            manifest.name,
+            manifest::bare_name(&manifest.name),
             conflict.message(Some(&shown))
         );
         Err(AgentError::Conflict(message))

@@ -943,6 +943,12 @@ pub fn bare_name(key: &str) -> &str {
     key.split_once('+').map_or(key, |(_, name)| name)
 }
 
+/// How a person reads a host key: `probe` for `probe`, `acme/probe` for `acme+probe` (the
+/// id every command accepts).
+pub fn shown_key(key: &str) -> String {
+    key.replacen('+', "/", 1)
+}
+
 /// Whether `name` is a valid service or provider name (see [`check_name`]).
 pub fn valid_name(name: &str) -> bool {
     check_name(name, "name").is_ok()
