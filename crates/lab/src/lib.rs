@@ -79,6 +79,9 @@ pub enum Object {
 pub struct State {
     pub plan: Plan,
     pub objects: Vec<Object>,
+    /// Whether the kernel has netem, so the links have their profile's delay and jitter.
+    #[serde(default)]
+    pub netem: bool,
 }
 
 /// A lab, made or being made.
@@ -219,6 +222,7 @@ impl Lab {
                     path: plan.dir.clone(),
                 }],
                 plan,
+                netem: false,
             },
             runner,
             shg,
@@ -238,6 +242,18 @@ impl Lab {
         let plan = self.state.plan.clone();
         let wan = plan.wan_netns.as_str();
         self.add_netns(wan)?;
+        // netem, where the kernel has it: tried on the new namespace's loopback.
+        self.state.netem = plan.link.delay_us > 0
+            && self
+                .run(
+                    "tc",
+                    &[
+                        "-n", wan, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+                    ],
+                )
+                .and_then(|_| self.run("tc", &["-n", wan, "qdisc", "del", "dev", "lo", "root"]))
+                .is_ok();
+        self.save()?;
         let ctl = format!("{}/32", plan::CONTROLLER_ADDR);
         self.run("ip", &["-n", wan, "addr", "add", &ctl, "dev", "lo"])?;
         self.forwarding(wan)?;
@@ -486,6 +502,20 @@ impl Lab {
                 "htb", "rate", &rate, "ceil", &rate, "burst", &burst, "cburst", &burst,
             ],
         )?;
+        let link = &self.state.plan.link;
+        if self.state.netem && link.delay_us > 0 {
+            let (delay, jitter) = (
+                format!("{}us", link.delay_us),
+                format!("{}us", link.jitter_us),
+            );
+            self.run(
+                "tc",
+                &[
+                    "-n", netns, "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
+                    "netem", "delay", &delay, &jitter,
+                ],
+            )?;
+        }
         Ok(())
     }
 
@@ -721,8 +751,24 @@ impl Lab {
             controller_socket: plan.controller_socket(),
             controller_pid,
             controller_rss_kib: controller_pid.and_then(rss_kib),
-            note: NOTE.to_string(),
+            note: self.note(),
             gateways,
+        }
+    }
+
+    /// What the links emulate, and what they leave out.
+    pub fn note(&self) -> String {
+        let link = &self.state.plan.link;
+        if self.state.netem && link.delay_us > 0 {
+            format!(
+                "access links are shaped (HTB) with a netem delay of {:.1} ms ± {:.1} ms each way; no loss is added",
+                link.delay_us as f64 / 1000.0,
+                link.jitter_us as f64 / 1000.0
+            )
+        } else if link.delay_us > 0 {
+            NOTE.to_string()
+        } else {
+            "access links are shaped (HTB); a DOWN/UP link has no delay, jitter or loss".to_string()
         }
     }
 
@@ -1066,6 +1112,42 @@ mod tests {
         let text = serde_json::to_string(&o).unwrap();
         assert!(text.contains("\"kind\":\"process\""), "{text}");
         assert_eq!(serde_json::from_str::<Object>(&text).unwrap(), o);
+    }
+
+    #[test]
+    fn with_netem_a_link_gets_its_profiles_delay_under_the_rate_and_says_so() {
+        let recorder = Arc::new(command::Recorder::new());
+        let plan = plan::plan(
+            "t",
+            Path::new("/run/shg-lab"),
+            1,
+            1,
+            plan::parse_link("adsl").unwrap(),
+        )
+        .unwrap();
+        let mut lab = Lab {
+            state: State {
+                plan,
+                objects: Vec::new(),
+                netem: false,
+            },
+            runner: recorder.clone(),
+            shg: PathBuf::from("/bin/false"),
+        };
+        lab.shape("ns", "wan0", 1_000_000).unwrap();
+        assert!(!recorder.lines().iter().any(|l| l.contains("netem")));
+        assert!(lab.note().contains("netem is not used"), "{}", lab.note());
+
+        lab.state.netem = true;
+        lab.shape("ns", "wan0", 1_000_000).unwrap();
+        let lines = recorder.lines();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("parent 1:1 handle 10: netem delay 15000us 3000us")),
+            "{lines:#?}"
+        );
+        assert!(lab.note().contains("15.0 ms ± 3.0 ms"), "{}", lab.note());
     }
 
     #[test]

@@ -31,6 +31,12 @@ pub struct Link {
     pub name: String,
     pub down: u64,
     pub up: u64,
+    /// One-way delay and its jitter, in microseconds: added with netem where the kernel has
+    /// it (the named profiles' typical access-line figures; none for DOWN/UP).
+    #[serde(default)]
+    pub delay_us: u64,
+    #[serde(default)]
+    pub jitter_us: u64,
 }
 
 /// A rate: a number with an optional unit `kbit`, `mbit` or `gbit` (default mbit).
@@ -58,15 +64,17 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
 
 /// `adsl` (8/1 Mbit/s), `vdsl` (50/10), `ftth` (1000/500), or `DOWN/UP`.
 pub fn parse_link(text: &str) -> Result<Link, String> {
-    let named = |name: &str, down: u64, up: u64| Link {
+    let named = |name: &str, down: u64, up: u64, delay_us: u64, jitter_us: u64| Link {
         name: name.to_string(),
         down: down * 1_000_000,
         up: up * 1_000_000,
+        delay_us,
+        jitter_us,
     };
     match text {
-        "adsl" => Ok(named("adsl", 8, 1)),
-        "vdsl" => Ok(named("vdsl", 50, 10)),
-        "ftth" => Ok(named("ftth", 1000, 500)),
+        "adsl" => Ok(named("adsl", 8, 1, 15_000, 3_000)),
+        "vdsl" => Ok(named("vdsl", 50, 10, 8_000, 2_000)),
+        "ftth" => Ok(named("ftth", 1000, 500, 2_000, 500)),
         other => {
             let (down, up) = other.split_once('/').ok_or_else(|| {
                 format!("`{other}` is not a link: use adsl, vdsl, ftth or DOWN/UP (e.g. 20/5, 512kbit/128kbit)")
@@ -75,6 +83,8 @@ pub fn parse_link(text: &str) -> Result<Link, String> {
                 name: format!("{}/{}", down.trim(), up.trim()),
                 down: parse_rate(down)?,
                 up: parse_rate(up)?,
+                delay_us: 0,
+                jitter_us: 0,
             })
         }
     }
