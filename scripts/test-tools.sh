@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test-only tools that do not come from Debian, under /opt/shg-test. Run as root;
 # safe to run again.
-# - schemathesis (PyPI), in its own virtual environment: fuzzes the API against its document.
+# - schemathesis (PyPI), in its own virtual environment: fuzzes the API against its document;
+#   tuspy beside it, the household's tus client in the cloud proxy's test.
 # - usp-js (npm): a USP controller no one here wrote, driving the gateway's USP agent.
 set -euo pipefail
 
@@ -12,14 +13,16 @@ apt_install() {
 
 venv=/opt/shg-test/venv
 version=4.32.5
-if ! { [ -x "$venv/bin/schemathesis" ] && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version"; }; then
+tuspy=1.1.0
+if ! { [ -x "$venv/bin/schemathesis" ] && "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$version" \
+       && "$venv/bin/pip" show tuspy 2>/dev/null | grep -q "^Version: $tuspy"; }; then
   if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
     apt_install python3-venv
   fi
-  echo "test-tools: installing schemathesis $version into $venv"
+  echo "test-tools: installing schemathesis $version and tuspy $tuspy into $venv"
   rm -rf "$venv"
   /usr/bin/python3 -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$version"
+  "$venv/bin/pip" install -q --disable-pip-version-check "schemathesis==$version" "tuspy==$tuspy"
 fi
 
 node=/opt/shg-test/node

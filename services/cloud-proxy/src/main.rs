@@ -24,7 +24,11 @@ fn run() -> Result<(), String> {
             "--listen" => listen = Some(value),
             "--data" => data = Some(PathBuf::from(value)),
             "--cloud" => cloud = Some(sender::Cloud::parse(&value)?),
-            "--max-size" => max_size = value.parse().map_err(|_| format!("`{value}` is not a size in bytes"))?,
+            "--max-size" => {
+                max_size = value
+                    .parse()
+                    .map_err(|_| format!("`{value}` is not a size in bytes"))?
+            }
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -37,7 +41,8 @@ fn run() -> Result<(), String> {
         ("cloud", Some(_)) => return Err("the cloud takes no --cloud".into()),
         (other, _) => return Err(format!("unknown mode `{other}`")),
     };
-    let store = tus::Store::open(&data, max_size).map_err(|e| format!("{}: {e}", data.display()))?;
+    let store =
+        tus::Store::open(&data, max_size).map_err(|e| format!("{}: {e}", data.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -47,7 +52,10 @@ fn run() -> Result<(), String> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        eprintln!("cloud-proxy {mode}: tus on http://{listen}/files/, uploads in {}", data.display());
+        eprintln!(
+            "cloud-proxy {mode}: tus on http://{listen}/files/, uploads in {}",
+            data.display()
+        );
         if let Some(cloud) = cloud {
             tokio::spawn(sender::run(store.clone(), cloud));
         }

@@ -87,7 +87,10 @@ pub async fn run(store: Arc<Store>, cloud: Cloud) {
         for meta in store.all() {
             if store.offset(&meta.id) == meta.length && meta.sent < meta.length {
                 if let Err(e) = send(&store, &cloud, meta.clone()).await {
-                    eprintln!("cloud-proxy: upload {} paused at the cloud: {e}; retrying", meta.id);
+                    eprintln!(
+                        "cloud-proxy: upload {} paused at the cloud: {e}; retrying",
+                        meta.id
+                    );
                 }
             }
         }
@@ -106,7 +109,9 @@ async fn send(store: &Store, cloud: &Cloud, mut meta: Meta) -> Result<(), String
             if !meta.metadata.is_empty() {
                 headers.push(("Upload-Metadata", meta.metadata.clone()));
             }
-            let (status, answer) = cloud.call("POST", &cloud.path, &headers, Bytes::new()).await?;
+            let (status, answer) = cloud
+                .call("POST", &cloud.path, &headers, Bytes::new())
+                .await?;
             let location = answer
                 .get("Location")
                 .and_then(|v| v.to_str().ok())
@@ -148,10 +153,18 @@ async fn send(store: &Store, cloud: &Cloud, mut meta: Meta) -> Result<(), String
             .map_err(|e| e.to_string())?;
         let headers = [
             ("Upload-Offset", offset.to_string()),
-            ("Content-Type", "application/offset+octet-stream".to_string()),
+            (
+                "Content-Type",
+                "application/offset+octet-stream".to_string(),
+            ),
         ];
         let (status, answer) = cloud
-            .call("PATCH", &path, &headers, Bytes::copy_from_slice(&buf[..want]))
+            .call(
+                "PATCH",
+                &path,
+                &headers,
+                Bytes::copy_from_slice(&buf[..want]),
+            )
             .await?;
         offset = answer
             .get("Upload-Offset")
@@ -161,7 +174,10 @@ async fn send(store: &Store, cloud: &Cloud, mut meta: Meta) -> Result<(), String
         meta.sent = offset;
         store.save(&meta).await.map_err(|e| e.to_string())?;
     }
-    eprintln!("cloud-proxy: upload {} is in the cloud ({} bytes)", meta.id, meta.length);
+    eprintln!(
+        "cloud-proxy: upload {} is in the cloud ({} bytes)",
+        meta.id, meta.length
+    );
     Ok(())
 }
 
@@ -172,7 +188,10 @@ mod tests {
     #[test]
     fn cloud_urls_parse() {
         let c = Cloud::parse("http://203.0.113.2:8080/files/").unwrap();
-        assert_eq!((c.host.as_str(), c.port, c.path.as_str()), ("203.0.113.2", 8080, "/files/"));
+        assert_eq!(
+            (c.host.as_str(), c.port, c.path.as_str()),
+            ("203.0.113.2", 8080, "/files/")
+        );
         assert!(Cloud::parse("https://x/").is_err());
     }
 }

@@ -155,14 +155,8 @@ fn decode_base64(text: &str) -> Option<String> {
 /// The tus routes under `/files/`, and `GET /uploads` (the household's progress view).
 pub fn router(store: Arc<Store>) -> Router {
     Router::new()
-        .route(
-            "/files/",
-            on(MethodFilter::OPTIONS, options).post(create),
-        )
-        .route(
-            "/files/{id}",
-            on(MethodFilter::HEAD, head).patch(append),
-        )
+        .route("/files/", on(MethodFilter::OPTIONS, options).post(create))
+        .route("/files/{id}", on(MethodFilter::HEAD, head).patch(append))
         .route("/uploads", axum::routing::get(progress))
         .with_state(store)
 }
@@ -326,7 +320,10 @@ async fn append(
     // What arrived is kept, whole, for the client to resume after.
     let _ = file.sync_data().await;
     if let Some(why) = broken {
-        return refuse(StatusCode::BAD_REQUEST, format!("the upload stopped at {at}: {why}"));
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("the upload stopped at {at}: {why}"),
+        );
     }
     if at == meta.length {
         store.complete.notify_one();

@@ -992,3 +992,152 @@ fn a_service_stays_connected_while_other_services_come_and_go() {
         gw.agent_log()
     );
 }
+
+/// The household's upload through tuspy (a tus client from PyPI), as a script run in the LAN.
+const TUS_UPLOAD: &str = r#"
+import sys
+from tusclient import client
+c = client.TusClient(sys.argv[2])
+u = c.uploader(sys.argv[1], chunk_size=1 << 20, metadata={"filename": "attachment.bin"})
+u.upload()
+print("uploaded", u.url, flush=True)
+"#;
+
+/// The cloud proxy (services/cloud-proxy), installed as the mailbox provider's package: the
+/// household uploads 12 MiB with a real tus client over the LAN while the WAN link is down and
+/// is done; the gateway sends the file to the cloud on the WAN side once the link is back,
+/// within its upload limit, survives its own process being killed halfway, and the cloud ends
+/// up with every byte.
+#[test]
+fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link_and_a_crash() {
+    let venv_python = "/opt/shg-test/venv/bin/python";
+    let binary = PathBuf::from(crate::harness::SHG).with_file_name("cloud-proxy");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
+        binary.display()
+    );
+    let mut lab = Lab::new("cp");
+    let gw = lab.gateway("[capacity]\nbandwidth_down = \"100Mbit\"\nbandwidth_up = \"100Mbit\"\n");
+
+    // The provider's cloud, on the WAN host.
+    let cloud_dir = lab.scratch.path().join("cloud");
+    let cloud_log = std::fs::File::create(lab.scratch.path().join("cloud.log")).unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &lab.wan])
+        .arg(&binary)
+        .args(["cloud", "--listen", "0.0.0.0:8080", "--data"])
+        .arg(&cloud_dir)
+        .stdout(cloud_log.try_clone().unwrap())
+        .stderr(cloud_log)
+        .spawn()
+        .unwrap();
+    lab.background.push(child);
+
+    // The package: the static binary, stripped, in a small root.
+    let stripped = gw.work.join("cloud-proxy.stripped");
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strip: {out:?}");
+    let bytes = std::fs::read(&stripped).unwrap();
+    let rest = format!(
+        "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
+         storage = {{ reserve = \"48MiB\" }}\nbandwidth_up = {{ reserve = \"8Mbit\", limit = \"16Mbit\" }}\n\n\
+         [restart]\npolicy = \"always\"\n",
+        ports(&[(1080, "lan")])
+    );
+    let command = [
+        "/bin/cloud-proxy",
+        "gateway",
+        "--listen",
+        "0.0.0.0:1080",
+        "--data",
+        "/data/uploads",
+        "--cloud",
+        &format!("http://{WAN_HOST}:8080/files/"),
+        "--max-size",
+        "33554432",
+    ];
+    let files: [Extra; 1] = [("bin/cloud-proxy", bytes.as_slice(), 0o755)];
+    gw.install(
+        "cloud-proxy",
+        &manifest("cloud-proxy", "mailbox", &command, &rest),
+        &files,
+    );
+    gw.wait_running("cloud-proxy");
+
+    // The WAN link is down while the household uploads: it still finishes, at LAN speed.
+    lab.run_ok(&lab.wan, &["ip", "link", "set", "eth0", "down"]);
+    let attachment = lab.scratch.path().join("attachment.bin");
+    let data: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&attachment, &data).unwrap();
+    let url = format!("http://{GW_LAN}:1080/files/");
+    let upload = lab.run(
+        &lab.lan,
+        &[
+            venv_python,
+            "-c",
+            TUS_UPLOAD,
+            attachment.to_str().unwrap(),
+            &url,
+        ],
+    );
+    assert!(
+        upload.ok() && upload.stdout.contains("uploaded"),
+        "tuspy could not upload:\n{upload}\n{}",
+        diagnose(&lab, &gw, "cloud-proxy")
+    );
+    let progress = |lab: &Lab| -> serde_json::Value {
+        let out = lab.run(
+            &lab.lan,
+            &["curl", "-s", &format!("http://{GW_LAN}:1080/uploads")],
+        );
+        serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    let first = progress(&lab);
+    assert_eq!(first[0]["received"], data.len() as u64, "{first}");
+    assert_eq!(
+        first[0]["sent"], 0,
+        "nothing left while the WAN is down: {first}"
+    );
+    assert_eq!(first[0]["name"], "attachment.bin");
+
+    // The link comes back: sending starts; the service is killed halfway and restarts.
+    let started = Instant::now();
+    lab.run_ok(&lab.wan, &["ip", "link", "set", "eth0", "up"]);
+    eventually("some bytes in the cloud", Duration::from_secs(60), || {
+        let p = progress(&lab);
+        (p[0]["sent"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    let before = gw.svc("cloud-proxy").unwrap();
+    crate::harness::signal(before.pid.unwrap(), "KILL");
+    eventually("the proxy restarted", Duration::from_secs(30), || {
+        gw.svc("cloud-proxy")
+            .filter(|s| s.state == "running" && s.pid != before.pid)
+    });
+    let done = eventually("every byte in the cloud", Duration::from_secs(120), || {
+        let p = progress(&lab);
+        (p[0]["done"] == true).then_some(p)
+    });
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(done[0]["sent"], data.len() as u64, "{done}");
+    let stored: Vec<PathBuf> = std::fs::read_dir(&cloud_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "part"))
+        .collect();
+    assert_eq!(stored.len(), 1, "one upload in the cloud: {stored:?}");
+    assert!(
+        std::fs::read(&stored[0]).unwrap() == data,
+        "the cloud's copy differs from the household's file"
+    );
+    // 12 MiB at a 16 Mbit/s upload limit takes at least 6 s.
+    assert!(took > 5.0, "the upload limit did not hold: {took:.1} s");
+}
