@@ -172,11 +172,11 @@ fn refuse(status: StatusCode, why: String) -> Response {
     tus((status, why).into_response())
 }
 
-/// Every request but OPTIONS must speak tus 1.0.0.
-fn check_version(headers: &HeaderMap) -> Result<(), Response> {
+/// Every request but OPTIONS must speak tus 1.0.0: the refusal of one that does not.
+fn wrong_version(headers: &HeaderMap) -> Option<Response> {
     match headers.get("Tus-Resumable").and_then(|v| v.to_str().ok()) {
-        Some(VERSION) => Ok(()),
-        other => Err(refuse(
+        Some(VERSION) => None,
+        other => Some(refuse(
             StatusCode::PRECONDITION_FAILED,
             format!("this server speaks tus {VERSION}; the request said {other:?}"),
         )),
@@ -197,7 +197,7 @@ async fn options(State(store): State<Arc<Store>>) -> Response {
 }
 
 async fn create(State(store): State<Arc<Store>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = wrong_version(&headers) {
         return r;
     }
     let Some(length) = header_u64(&headers, "Upload-Length") else {
@@ -264,7 +264,7 @@ async fn append(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if let Err(r) = check_version(&headers) {
+    if let Some(r) = wrong_version(&headers) {
         return r;
     }
     let Some(meta) = store.meta(&id) else {
