@@ -1141,3 +1141,151 @@ fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link
     // 12 MiB at a 16 Mbit/s upload limit takes at least 6 s.
     assert!(took > 5.0, "the upload limit did not hold: {took:.1} s");
 }
+
+/// Collects what the provider's endpoint is sent: each POST body, a line, in `argv[2]`.
+const REPORT_SINK: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[2], "ab") as f:
+            f.write(body + b"\n")
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), H)
+print("ready", flush=True)
+s.serve_forever()
+"#;
+
+/// The home automation service (services/home-automation) as voltwise's package: the home's
+/// devices, played by Debian's mosquitto clients on the LAN, publish their power to the
+/// broker it embeds; a plug above the household's limit is told `off`; the household reads
+/// the page on the LAN; the provider on the WAN side gets totals only; the broker is not
+/// reachable from the WAN.
+#[test]
+fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
+    let binary = PathBuf::from(crate::harness::SHG).with_file_name("automation");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
+        binary.display()
+    );
+    let mut lab = Lab::new("ha");
+    let gw = lab.gateway("");
+    let reports = lab.scratch.path().join("reports");
+    let sink = lab.spawn_python(
+        &lab.wan.clone(),
+        REPORT_SINK,
+        &["9000", reports.to_str().unwrap()],
+    );
+    eventually("the provider's endpoint", Duration::from_secs(10), || {
+        std::fs::read_to_string(&sink)
+            .unwrap_or_default()
+            .contains("ready")
+            .then_some(())
+    });
+
+    let stripped = gw.work.join("automation.stripped");
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strip: {out:?}");
+    let bytes = std::fs::read(&stripped).unwrap();
+    let rest = format!(
+        "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
+         storage = {{ reserve = \"48MiB\" }}\n\n[restart]\npolicy = \"always\"\n",
+        ports(&[(1883, "lan"), (8088, "lan")])
+    );
+    let command = [
+        "/bin/automation",
+        "--data",
+        "/data",
+        "--limit-w",
+        "2000",
+        "--report",
+        &format!("http://{WAN_HOST}:9000/readings"),
+        "--report-every",
+        "1",
+    ];
+    let files: [Extra; 1] = [("bin/automation", bytes.as_slice(), 0o755)];
+    gw.install(
+        "automation",
+        &manifest("automation", "voltwise", &command, &rest),
+        &files,
+    );
+    gw.wait_running("automation");
+    eventually("the broker on the LAN", Duration::from_secs(20), || {
+        lab.connect(&lab.lan, GW_LAN, 1883).ok()
+    });
+
+    // The plug listens for its orders; the devices report.
+    let orders = lab.scratch.path().join("orders");
+    let file = std::fs::File::create(&orders).unwrap();
+    let plug = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.lan,
+            "mosquitto_sub",
+            "-h",
+            GW_LAN,
+            "-p",
+            "1883",
+        ])
+        .args(["-t", "home/plug1/set", "-C", "1", "-W", "30"])
+        .stdout(file)
+        .spawn()
+        .unwrap();
+    lab.background.push(plug);
+    std::thread::sleep(Duration::from_millis(500));
+    for (device, watts) in [("fridge", "120"), ("plug1", "2500")] {
+        lab.run_ok(
+            &lab.lan,
+            &[
+                "mosquitto_pub",
+                "-h",
+                GW_LAN,
+                "-p",
+                "1883",
+                "-t",
+                &format!("home/{device}/power"),
+                "-m",
+                watts,
+            ],
+        );
+    }
+    eventually(
+        "the plug told to switch off",
+        Duration::from_secs(20),
+        || (std::fs::read_to_string(&orders).unwrap_or_default().trim() == "off").then_some(()),
+    );
+
+    let page = lab.run_ok(&lab.lan, &["curl", "-s", &format!("http://{GW_LAN}:8088/")]);
+    assert!(page.contains("<td>plug1</td><td>2500 W</td>"), "{page}");
+    assert!(page.contains("plug1: switched off"), "{page}");
+
+    let sent = eventually("a report to the provider", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&reports).unwrap_or_default();
+        text.contains("\"total_w\":2620").then_some(text)
+    });
+    assert!(
+        !sent.contains("plug1") && !sent.contains("fridge"),
+        "no device's reading leaves the home by default: {sent}"
+    );
+    let history = std::fs::read_to_string(gw.service_dir("automation").join("data/history.csv"))
+        .unwrap_or_default();
+    assert_eq!(
+        history.lines().count(),
+        2,
+        "the history is kept at home: {history}"
+    );
+    assert!(
+        lab.connect(&lab.wan, GW_WAN, 1883).is_err(),
+        "the home's broker is not reachable from the WAN"
+    );
+}
