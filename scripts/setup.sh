@@ -24,7 +24,8 @@ packages=(
   buildah           # builds a standard image from a FROM scratch Containerfile (vfs storage)
   postgresql        # the fleet controller's tests run on a throwaway PostgreSQL cluster too
   mosquitto         # the MQTT broker between the USP agent and a USP controller in its tests
-  mosquitto-clients # mosquitto_pub/sub: the USP tests send it malformed records
+  mosquitto-clients # mosquitto_pub/sub: the USP tests send it malformed records; devices on a LAN
+  ffmpeg            # a camera's frames for the surveillance service's test
 )
 missing=()
 for p in "${packages[@]}"; do

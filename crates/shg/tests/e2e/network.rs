@@ -1289,3 +1289,170 @@ fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
         "the home's broker is not reachable from the WAN"
     );
 }
+
+/// Remote surveillance (services/surveillance) as acme's package: a camera on the LAN (frames
+/// made by ffmpeg, pushed with curl) sends pictures; the service keeps the newest three, sees
+/// motion when the picture changes, shows the latest on the LAN; on the WAN side it shows
+/// nothing until the household sets a password on the LAN page, then only behind that login.
+#[test]
+fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behind_a_login() {
+    let binary = PathBuf::from(crate::harness::SHG).with_file_name("surveillance");
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
+        binary.display()
+    );
+    let lab = Lab::new("sv");
+    let gw = lab.gateway("");
+    let stripped = gw.work.join("surveillance.stripped");
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strip: {out:?}");
+    let bytes = std::fs::read(&stripped).unwrap();
+    let rest = format!(
+        "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
+         storage = {{ reserve = \"48MiB\" }}\n\n[restart]\npolicy = \"always\"\n",
+        ports(&[(8090, "lan"), (8091, "wan")])
+    );
+    let command = ["/bin/surveillance", "--data", "/data", "--keep", "3"];
+    let files: [Extra; 1] = [("bin/surveillance", bytes.as_slice(), 0o755)];
+    gw.install(
+        "camera-rec",
+        &manifest("camera-rec", "acme", &command, &rest),
+        &files,
+    );
+    gw.wait_running("camera-rec");
+    eventually("the recorder on the LAN", Duration::from_secs(20), || {
+        lab.connect(&lab.lan, GW_LAN, 8090).ok()
+    });
+
+    // The camera: two different frames from ffmpeg's test sources.
+    let frames = lab.scratch.path();
+    for (name, source) in [
+        ("still", "testsrc=size=320x240:rate=1"),
+        ("moved", "color=c=red:size=320x240"),
+    ] {
+        let out = Command::new("ffmpeg")
+            .args([
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                source,
+                "-frames:v",
+                "1",
+            ])
+            .arg(frames.join(format!("{name}.jpg")))
+            .output()
+            .expect("ffmpeg (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "ffmpeg: {out:?}");
+    }
+    let lan_url = format!("http://{GW_LAN}:8090");
+    let push = |name: &str| {
+        let file = frames.join(format!("{name}.jpg"));
+        lab.run_ok(
+            &lab.lan,
+            &[
+                "curl",
+                "-sf",
+                "-T",
+                file.to_str().unwrap(),
+                &format!("{lan_url}/snapshot"),
+            ],
+        );
+    };
+    for name in ["still", "still", "still", "moved", "moved"] {
+        push(name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let events: serde_json::Value =
+        serde_json::from_str(&lab.run_ok(&lab.lan, &["curl", "-s", &format!("{lan_url}/events")]))
+            .unwrap();
+    assert_eq!(
+        events.as_array().map(Vec::len),
+        Some(1),
+        "one motion: {events}"
+    );
+    let kept = std::fs::read_dir(gw.service_dir("camera-rec").join("data/pictures"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 3, "the newest three pictures are kept");
+    let page = lab.run_ok(&lab.lan, &["curl", "-s", &format!("{lan_url}/")]);
+    assert!(
+        page.contains("latest.jpg") && page.contains("motion"),
+        "{page}"
+    );
+
+    // The WAN side: nothing before a password, then only with it.
+    let wan_url = format!("http://{GW_WAN}:8091/latest.jpg");
+    let code = |args: &[&str]| -> String {
+        let mut all = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        all.extend_from_slice(args);
+        all.push(&wan_url);
+        lab.run_ok(&lab.wan, &all)
+    };
+    assert_eq!(
+        code(&[]),
+        "403",
+        "remote viewing is off before the household sets a password"
+    );
+    lab.run_ok(
+        &lab.lan,
+        &[
+            "curl",
+            "-sf",
+            "--data-binary",
+            "correct horse",
+            &format!("{lan_url}/password"),
+        ],
+    );
+    assert_eq!(code(&[]), "401");
+    assert_eq!(code(&["-u", "household:wrong password"]), "401");
+    assert_eq!(code(&["-u", "household:correct horse"]), "200");
+    let picture = lab.scratch.path().join("remote.jpg");
+    lab.run_ok(
+        &lab.wan,
+        &[
+            "curl",
+            "-sf",
+            "-u",
+            "household:correct horse",
+            "-o",
+            picture.to_str().unwrap(),
+            &wan_url,
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&picture).unwrap(),
+        std::fs::read(frames.join("moved.jpg")).unwrap(),
+        "the remote viewer sees the latest picture"
+    );
+    // The camera's side and the password are the LAN's: not on the WAN port, nor its own.
+    assert!(
+        lab.connect(&lab.wan, GW_WAN, 8090).is_err(),
+        "the LAN port is not on the WAN"
+    );
+    let put = lab.run(
+        &lab.wan,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-u",
+            "household:correct horse",
+            "-T",
+            frames.join("still.jpg").to_str().unwrap(),
+            &format!("http://{GW_WAN}:8091/snapshot"),
+        ],
+    );
+    assert_ne!(put.stdout, "201", "no pictures from the WAN side");
+}
