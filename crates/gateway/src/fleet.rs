@@ -406,7 +406,8 @@ impl Link {
         if installed {
             let id = format!("{}/{}", want.provider, want.name);
             let service = self.agent.resolve(&Principal::Operator, &id)?;
-            self.agent
+            let updated = self
+                .agent
                 .update(
                     &Principal::Operator,
                     &service,
@@ -416,7 +417,18 @@ impl Link {
                     agent::DEFAULT_WINDOW,
                     None,
                 )
-                .await?;
+                .await;
+            match updated {
+                Ok(_) => {}
+                // It got there meanwhile: the service was rolling back to this very release
+                // (its own health window) when the desired state was read.
+                Err(AgentError::Conflict(_))
+                    if self
+                        .agent
+                        .detail(&service)
+                        .is_ok_and(|d| d.image_digest == want.digest) => {}
+                Err(e) => return Err(e),
+            }
         } else {
             self.agent
                 .install(
