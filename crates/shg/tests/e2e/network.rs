@@ -993,6 +993,31 @@ fn a_service_stays_connected_while_other_services_come_and_go() {
     );
 }
 
+/// What a running service uses now, as `shg stats` shows it (memory working set, bytes on its
+/// volume), waiting for the monitor's first sample of it; printed, so a run reports the
+/// services' use against their reservations.
+fn use_of(gw: &Gateway, name: &str, when: &str) -> (u64, u64) {
+    let (memory, storage) = eventually(&format!("{name}'s use"), Duration::from_secs(20), || {
+        let stats: serde_json::Value =
+            serde_json::from_str(&gw.shg_ok(&["stats", "--json"]).stdout).ok()?;
+        let s = stats["services"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == name)?
+            .clone();
+        Some((
+            s["memory"]["used"].as_u64()?,
+            s["storage"]["used"].as_u64().unwrap_or(0),
+        ))
+    });
+    eprintln!(
+        "{name} {when}: memory {:.1} MiB, storage {:.1} MiB",
+        memory as f64 / 1048576.0,
+        storage as f64 / 1048576.0
+    );
+    (memory, storage)
+}
+
 /// The household's upload through tuspy (a tus client from PyPI), as a script run in the LAN.
 const TUS_UPLOAD: &str = r#"
 import sys
@@ -1093,6 +1118,102 @@ fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link
         "tuspy could not upload:\n{upload}\n{}",
         diagnose(&lab, &gw, "cloud-proxy")
     );
+    // Bad input: a PATCH at the wrong offset, a truncated one, a wrong content type; each
+    // refused, the upload kept as it was, the service still serving.
+    let created = lab.run_ok(
+        &lab.lan,
+        &[
+            "curl",
+            "-s",
+            "-i",
+            "-X",
+            "POST",
+            "-H",
+            "Tus-Resumable: 1.0.0",
+            "-H",
+            "Upload-Length: 100",
+            &url,
+        ],
+    );
+    let location = created
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.to_string())
+        })
+        .unwrap_or_else(|| panic!("no Location: {created}"))
+        .trim()
+        .to_string();
+    let upload_url = format!("http://{GW_LAN}:1080{location}");
+    let status = |extra: &[&str]| -> String {
+        let mut all = vec![
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+        ];
+        all.extend_from_slice(extra);
+        all.push(&upload_url);
+        lab.run(&lab.lan, &all).stdout
+    };
+    let tus = [
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Content-Type: application/offset+octet-stream",
+    ];
+    let mut wrong_offset = tus.to_vec();
+    wrong_offset.extend(["-H", "Upload-Offset: 50", "--data-binary", "abc"]);
+    assert_eq!(status(&wrong_offset), "409");
+    let mut wrong_type = vec![
+        "-H",
+        "Tus-Resumable: 1.0.0",
+        "-H",
+        "Upload-Offset: 0",
+        "--data-binary",
+        "abc",
+    ];
+    wrong_type.extend(["-H", "Content-Type: text/plain"]);
+    assert_eq!(status(&wrong_type), "415");
+    let mut too_long = tus.to_vec();
+    let big = "x".repeat(200);
+    too_long.extend(["-H", "Upload-Offset: 0", "--data-binary", big.as_str()]);
+    assert_eq!(status(&too_long), "400", "more bytes than declared");
+    // A truncated PATCH: the connection closes after 10 of the 60 bytes it announced.
+    lab.run(
+        &lab.lan,
+        &[
+            PYTHON,
+            "-c",
+            &format!(
+                "import socket\ns=socket.create_connection(('{GW_LAN}',1080))\n\
+             s.sendall(b'PATCH {location} HTTP/1.1\\r\\nHost: x\\r\\nTus-Resumable: 1.0.0\\r\\n\
+             Content-Type: application/offset+octet-stream\\r\\nUpload-Offset: 0\\r\\n\
+             Content-Length: 60\\r\\n\\r\\n0123456789')\ns.close()\n"
+            ),
+        ],
+    );
+    let head = eventually("the truncated part kept", Duration::from_secs(10), || {
+        let out = lab.run_ok(
+            &lab.lan,
+            &[
+                "curl",
+                "-s",
+                "-I",
+                "-H",
+                "Tus-Resumable: 1.0.0",
+                &upload_url,
+            ],
+        );
+        out.contains("upload-offset: 10").then_some(out)
+    });
+    assert!(head.contains("upload-length: 100"), "{head}");
+
     let progress = |lab: &Lab| -> serde_json::Value {
         let out = lab.run(
             &lab.lan,
@@ -1100,21 +1221,34 @@ fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link
         );
         serde_json::from_str(&out.stdout).unwrap_or(serde_json::Value::Null)
     };
-    let first = progress(&lab);
-    assert_eq!(first[0]["received"], data.len() as u64, "{first}");
+    let all = progress(&lab);
+    let first = all
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "attachment.bin").cloned())
+        .unwrap_or_else(|| panic!("the attachment is not listed: {all}"));
+    assert_eq!(first["received"], data.len() as u64, "{first}");
     assert_eq!(
-        first[0]["sent"], 0,
+        first["sent"], 0,
         "nothing left while the WAN is down: {first}"
     );
-    assert_eq!(first[0]["name"], "attachment.bin");
+    let (memory, storage) = use_of(&gw, "cloud-proxy", "holding a 12 MiB upload");
+    assert!(memory < 64 << 20, "under its 64 MiB limit: {memory}");
+    assert!(storage < 48 << 20, "within its 48 MiB volume: {storage}");
+    let id = first["id"].as_str().unwrap().to_string();
+    let attachment_of = move |p: &serde_json::Value| -> serde_json::Value {
+        p.as_array()
+            .and_then(|a| a.iter().find(|u| u["id"] == id.as_str()).cloned())
+            .unwrap_or(serde_json::Value::Null)
+    };
 
     // The link comes back: sending starts; the service is killed halfway and restarts.
     let started = Instant::now();
     lab.run_ok(&lab.wan, &["ip", "link", "set", "eth0", "up"]);
     eventually("some bytes in the cloud", Duration::from_secs(60), || {
-        let p = progress(&lab);
-        (p[0]["sent"].as_u64().unwrap_or(0) > 0).then_some(())
+        let p = attachment_of(&progress(&lab));
+        (p["sent"].as_u64().unwrap_or(0) > 0).then_some(())
     });
+    use_of(&gw, "cloud-proxy", "sending to the cloud");
     let before = gw.svc("cloud-proxy").unwrap();
     crate::harness::signal(before.pid.unwrap(), "KILL");
     eventually("the proxy restarted", Duration::from_secs(30), || {
@@ -1122,18 +1256,22 @@ fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link
             .filter(|s| s.state == "running" && s.pid != before.pid)
     });
     let done = eventually("every byte in the cloud", Duration::from_secs(120), || {
-        let p = progress(&lab);
-        (p[0]["done"] == true).then_some(p)
+        let p = attachment_of(&progress(&lab));
+        (p["done"] == true).then_some(p)
     });
     let took = started.elapsed().as_secs_f64();
-    assert_eq!(done[0]["sent"], data.len() as u64, "{done}");
+    assert_eq!(done["sent"], data.len() as u64, "{done}");
     let stored: Vec<PathBuf> = std::fs::read_dir(&cloud_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "part"))
         .collect();
-    assert_eq!(stored.len(), 1, "one upload in the cloud: {stored:?}");
+    assert_eq!(
+        stored.len(),
+        1,
+        "one upload in the cloud (not the broken one): {stored:?}"
+    );
     assert!(
         std::fs::read(&stored[0]).unwrap() == data,
         "the cloud's copy differs from the household's file"
@@ -1265,24 +1403,82 @@ fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
         || (std::fs::read_to_string(&orders).unwrap_or_default().trim() == "off").then_some(()),
     );
 
+    // Bad input: bytes that are no MQTT packet, a payload that is no number; the broker and
+    // the rule go on.
+    lab.run(
+        &lab.lan,
+        &[PYTHON, "-c", &format!(
+            "import socket\ns=socket.create_connection(('{GW_LAN}',1883))\n\
+             s.sendall(bytes(range(256))*8)\ntry:\n    s.recv(64)\nexcept OSError:\n    pass\ns.close()\n"
+        )],
+    );
+    lab.run_ok(
+        &lab.lan,
+        &[
+            "mosquitto_pub",
+            "-h",
+            GW_LAN,
+            "-p",
+            "1883",
+            "-t",
+            "home/oven/power",
+            "-m",
+            "lots",
+        ],
+    );
+    lab.run_ok(
+        &lab.lan,
+        &[
+            "mosquitto_pub",
+            "-h",
+            GW_LAN,
+            "-p",
+            "1883",
+            "-t",
+            "home/oven/power",
+            "-m",
+            "900",
+        ],
+    );
+    let state = eventually(
+        "the oven's reading after the garbage",
+        Duration::from_secs(10),
+        || {
+            let out = lab.run_ok(
+                &lab.lan,
+                &["curl", "-s", &format!("http://{GW_LAN}:8088/api/home")],
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (v["devices"]["oven"]["watts"] == 900.0).then_some(v)
+        },
+    );
+    assert_eq!(state["rejected"], 1, "the bad payload was dropped: {state}");
+    assert_eq!(
+        gw.svc("automation").unwrap().restarts,
+        0,
+        "never taken down"
+    );
+    let (memory, _) = use_of(&gw, "automation", "with three devices");
+    assert!(memory < 64 << 20, "under its 64 MiB limit: {memory}");
+
     let page = lab.run_ok(&lab.lan, &["curl", "-s", &format!("http://{GW_LAN}:8088/")]);
     assert!(page.contains("<td>plug1</td><td>2500 W</td>"), "{page}");
     assert!(page.contains("plug1: switched off"), "{page}");
 
     let sent = eventually("a report to the provider", Duration::from_secs(20), || {
         let text = std::fs::read_to_string(&reports).unwrap_or_default();
-        text.contains("\"total_w\":2620").then_some(text)
+        text.contains("\"total_w\":3520").then_some(text)
     });
     assert!(
-        !sent.contains("plug1") && !sent.contains("fridge"),
+        !sent.contains("plug1") && !sent.contains("fridge") && !sent.contains("oven"),
         "no device's reading leaves the home by default: {sent}"
     );
     let history = std::fs::read_to_string(gw.service_dir("automation").join("data/history.csv"))
         .unwrap_or_default();
     assert_eq!(
         history.lines().count(),
-        2,
-        "the history is kept at home: {history}"
+        3,
+        "the history is kept at home, the bad payload not in it: {history}"
     );
     assert!(
         lab.connect(&lab.wan, GW_WAN, 1883).is_err(),
@@ -1314,7 +1510,7 @@ fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behin
     assert!(out.status.success(), "strip: {out:?}");
     let bytes = std::fs::read(&stripped).unwrap();
     let rest = format!(
-        "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
+        "{}[resources]\nmemory = {{ reserve = \"24MiB\", limit = \"64MiB\" }}\n\
          storage = {{ reserve = \"48MiB\" }}\n\n[restart]\npolicy = \"always\"\n",
         ports(&[(8090, "lan"), (8091, "wan")])
     );
@@ -1371,6 +1567,53 @@ fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behin
         push(name);
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Bad input: a picture that is no JPEG, and one larger than the recorder takes.
+    let not_jpeg = lab.scratch.path().join("not.jpg");
+    std::fs::write(&not_jpeg, b"GIF89a not a jpeg").unwrap();
+    let refused = lab.run(
+        &lab.lan,
+        &[
+            "curl",
+            "-s",
+            "-w",
+            " %{http_code}",
+            "-T",
+            not_jpeg.to_str().unwrap(),
+            &format!("{lan_url}/snapshot"),
+        ],
+    );
+    assert!(
+        refused.stdout.ends_with(" 400") && refused.stdout.contains("not a JPEG"),
+        "{refused}"
+    );
+    let huge = lab.scratch.path().join("huge.jpg");
+    let mut bytes_huge = vec![0xff, 0xd8];
+    bytes_huge.resize(20 << 20, 0);
+    std::fs::write(&huge, &bytes_huge).unwrap();
+    let refused = lab.run(
+        &lab.lan,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-T",
+            huge.to_str().unwrap(),
+            &format!("{lan_url}/snapshot"),
+        ],
+    );
+    assert_eq!(refused.stdout, "413", "{refused}");
+    assert_eq!(
+        gw.svc("camera-rec").unwrap().restarts,
+        0,
+        "never taken down"
+    );
+    let (memory, storage) = use_of(&gw, "camera-rec", "after pictures and refusals");
+    assert!(memory < 64 << 20, "under its 64 MiB limit: {memory}");
+    assert!(storage < 48 << 20, "within its volume: {storage}");
+
     let events: serde_json::Value =
         serde_json::from_str(&lab.run_ok(&lab.lan, &["curl", "-s", &format!("{lan_url}/events")]))
             .unwrap();
