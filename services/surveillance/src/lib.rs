@@ -156,6 +156,35 @@ impl Recorder {
     }
 }
 
+/// Failed remote logins: after `MAX_FAILURES` within a minute, every attempt is refused until
+/// the oldest of them is a minute old (guessing the household's password from the WAN stays
+/// slow).
+#[derive(Debug, Default)]
+pub struct Throttle {
+    failures: VecDeque<u64>,
+}
+
+pub const MAX_FAILURES: usize = 5;
+const WINDOW_MS: u64 = 60_000;
+
+impl Throttle {
+    /// Whether an attempt may be judged now.
+    pub fn allowed(&mut self, now_ms: u64) -> bool {
+        while self
+            .failures
+            .front()
+            .is_some_and(|t| now_ms.saturating_sub(*t) >= WINDOW_MS)
+        {
+            self.failures.pop_front();
+        }
+        self.failures.len() < MAX_FAILURES
+    }
+
+    pub fn failed(&mut self, now_ms: u64) {
+        self.failures.push_back(now_ms);
+    }
+}
+
 /// The stored form of a password: SHA-256 over a fixed context and the password.
 fn hash_password(password: &str) -> String {
     hex::encode(Sha256::digest(
@@ -231,6 +260,18 @@ mod tests {
             r.record(&[0xff, 0xd8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 9),
             Err(Refused::TooLarge(12))
         );
+    }
+
+    #[test]
+    fn guessing_is_slowed_to_five_tries_a_minute() {
+        let mut t = Throttle::default();
+        for i in 0..MAX_FAILURES as u64 {
+            assert!(t.allowed(i));
+            t.failed(i);
+        }
+        assert!(!t.allowed(10), "the sixth try within the minute is refused");
+        assert!(!t.allowed(59_999));
+        assert!(t.allowed(60_000), "the oldest failure is a minute old");
     }
 
     #[test]

@@ -13,11 +13,18 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Json, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use surveillance::{basic_password, Recorder};
+use surveillance::{basic_password, Recorder, Throttle};
 
 const USAGE: &str = "usage: surveillance --data DIR [--lan 0.0.0.0:8090] [--wan 0.0.0.0:8091] [--keep 100] [--max-bytes 16777216]";
 
 type Shared = Arc<Mutex<Recorder>>;
+
+/// The recorder and the WAN side's failed logins.
+#[derive(Clone)]
+struct Remote {
+    recorder: Shared,
+    throttle: Arc<Mutex<Throttle>>,
+}
 
 fn main() {
     if let Err(e) = run() {
@@ -71,7 +78,13 @@ fn run() -> Result<(), String> {
         .route("/", get(page))
         .route("/latest.jpg", get(latest))
         .route("/events", get(events))
-        .layer(axum::middleware::from_fn_with_state(shared.clone(), login))
+        .layer(axum::middleware::from_fn_with_state(
+            Remote {
+                recorder: shared.clone(),
+                throttle: Arc::new(Mutex::new(Throttle::default())),
+            },
+            login,
+        ))
         .with_state(shared);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -137,21 +150,32 @@ async fn password(State(s): State<Shared>, body: Bytes) -> Response {
     }
 }
 
-/// The WAN side's gate: the household's password, or nothing.
+/// The WAN side's gate: the household's password, or nothing; five wrong tries a minute.
 async fn login(
-    State(s): State<Shared>,
+    State(remote): State<Remote>,
     headers: HeaderMap,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let now = now_ms();
+    if !remote
+        .throttle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allowed(now)
+    {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "60")],
+            "too many wrong passwords; try again in a minute",
+        )
+            .into_response();
+    }
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(basic_password);
-    let verdict = {
-        let r = lock(&s);
-        r.check_password(given.as_deref().unwrap_or(""))
-    };
+    let verdict = lock(&remote.recorder).check_password(given.as_deref().unwrap_or(""));
     match (verdict, given) {
         (None, _) => (
             StatusCode::FORBIDDEN,
@@ -159,11 +183,20 @@ async fn login(
         )
             .into_response(),
         (Some(true), Some(_)) => next.run(request).await,
-        _ => (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Basic realm=\"camera\"")],
-            "log in with the household's password",
-        )
-            .into_response(),
+        (Some(_), given) => {
+            if given.is_some() {
+                remote
+                    .throttle
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .failed(now);
+            }
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Basic realm=\"camera\"")],
+                "log in with the household's password",
+            )
+                .into_response()
+        }
     }
 }

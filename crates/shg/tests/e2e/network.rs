@@ -1698,4 +1698,9 @@ fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behin
         ],
     );
     assert_ne!(put.stdout, "201", "no pictures from the WAN side");
+    // Guessing is slow: after five wrong passwords in a minute even the right one waits.
+    for _ in 0..4 {
+        assert_eq!(code(&["-u", "household:guess"]), "401");
+    }
+    assert_eq!(code(&["-u", "household:correct horse"]), "429");
 }
