@@ -136,6 +136,40 @@ impl Usp {
         }
     }
 
+    /// `Device.Boot!` to the subscriptions that survived the restart and ask for it (an
+    /// agent start is the gateway's boot as the controller sees it).
+    fn boot(&self) {
+        let ids: Vec<String> = self
+            .book()
+            .subscriptions
+            .iter()
+            .filter(|s| {
+                s.enable
+                    && s.notif_type == "Event"
+                    && s.references()
+                        .iter()
+                        .any(|r| r == "Device.Boot!" || r == "Device.")
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        let args: std::collections::HashMap<String, String> = [
+            ("Cause", "LocalReboot"),
+            ("CommandKey", ""),
+            ("FirmwareUpdated", "false"),
+            ("ParameterMap", "{}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        for id in ids {
+            self.notify_subscriber(NotifyBuilder::new(id).with_event(
+                "Device.".to_string(),
+                "Boot!".to_string(),
+                args.clone(),
+            ));
+        }
+    }
+
     fn audit(&self, action: &str, status: u16) {
         let who = format!("usp:{}", self.cfg.controller_id);
         if let Err(e) = self.agent.audit(&who, action, status) {

@@ -34,6 +34,7 @@ pub(crate) async fn run(usp: Arc<Usp>, mut out: UnboundedReceiver<Vec<u8>>) {
         }
     });
     let mut up = false;
+    let mut booted = false;
     let mut failures = 0u32;
     loop {
         match events.poll().await {
@@ -43,6 +44,11 @@ pub(crate) async fn run(usp: Arc<Usp>, mut out: UnboundedReceiver<Vec<u8>>) {
                 failures = 0;
                 if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
                     tracing::error!("USP: cannot subscribe to {topic}: {e}");
+                }
+                // Once per start of the agent, on its first connection.
+                if !booted {
+                    booted = true;
+                    usp.boot();
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {

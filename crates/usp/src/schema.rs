@@ -101,7 +101,10 @@ pub const OBJECTS: &[Object] = &[
         add_delete: false,
         params: &[],
         commands: &[],
-        events: &[],
+        events: &[Event {
+            name: "Boot!",
+            args: &["Cause", "CommandKey", "FirmwareUpdated", "ParameterMap"],
+        }],
     },
     Object {
         path: "Device.DeviceInfo.",

@@ -461,7 +461,39 @@ fn exchange(
     expect: usize,
     wait_s: u64,
 ) -> Vec<(String, rusp_lib::usp::Msg)> {
-    let dir = tempfile::tempdir().unwrap();
+    listen(broker, expect, wait_s, || {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, record) in records.iter().enumerate() {
+            let file = dir.path().join(format!("r{i}"));
+            std::fs::write(&file, record).unwrap();
+            let status = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &broker.port.to_string(),
+                    "-t",
+                    AGENT_TOPIC,
+                    "-q",
+                    "1",
+                    "-f",
+                ])
+                .arg(&file)
+                .status()
+                .unwrap();
+            assert!(status.success(), "mosquitto_pub");
+        }
+    })
+}
+
+/// Listens on the controller's topic while `action` runs, and collects up to `expect`
+/// records the agent sends within `wait_s` seconds, decoded.
+fn listen(
+    broker: &Broker,
+    expect: usize,
+    wait_s: u64,
+    action: impl FnOnce(),
+) -> Vec<(String, rusp_lib::usp::Msg)> {
     let sub = Command::new("mosquitto_sub")
         .args([
             "-h",
@@ -485,26 +517,7 @@ fn exchange(
         .expect("mosquitto_sub (scripts/setup.sh installs mosquitto-clients)");
     // mosquitto_sub subscribes right after it connects.
     std::thread::sleep(Duration::from_millis(500));
-    for (i, record) in records.iter().enumerate() {
-        let file = dir.path().join(format!("r{i}"));
-        std::fs::write(&file, record).unwrap();
-        let status = Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &broker.port.to_string(),
-                "-t",
-                AGENT_TOPIC,
-                "-q",
-                "1",
-                "-f",
-            ])
-            .arg(&file)
-            .status()
-            .unwrap();
-        assert!(status.success(), "mosquitto_pub");
-    }
+    action();
     let out = sub.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -526,4 +539,71 @@ fn exchange(
             ))
         })
         .collect()
+}
+
+/// A persistent subscription survives the agent's restart, and the restart is told to the
+/// controller as `Device.Boot!`.
+#[test]
+fn a_persistent_subscription_survives_a_restart_and_hears_boot() {
+    use rusp_lib::usp_builder::{AddBuilder, CreateObjectBuilder};
+    let broker = Broker::start();
+    let mut gw = Gateway::start_with_config(Some(&config(broker.port)));
+    wait_for_agent(&broker);
+    let body = AddBuilder::new()
+        .with_create_objs(vec![CreateObjectBuilder::new(
+            "Device.LocalAgent.Subscription.".into(),
+        )
+        .with_param_settings(vec![
+            ("Enable".into(), "true".into(), true),
+            ("ID".into(), "boot-watch".into(), true),
+            ("NotifType".into(), "Event".into(), true),
+            ("ReferenceList".into(), "Device.Boot!".into(), true),
+            ("Persistent".into(), "true".into(), true),
+        ])])
+        .build()
+        .unwrap();
+    let msg = MsgBuilder::new()
+        .with_msg_id("add-boot".into())
+        .with_body(body)
+        .build()
+        .unwrap();
+    let add = RecordBuilder::new()
+        .with_version("1.3".into())
+        .with_to_id(AGENT_ID.into())
+        .with_from_id(CONTROLLER_ID.into())
+        .with_no_session_context_payload(&msg)
+        .build()
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let answers = exchange(&broker, &[add], 1, 10);
+    let added = answers.iter().any(|(_, m)| {
+        matches!(
+            m.body.as_ref().map(|b| &b.msg_body),
+            Some(OneOfmsg_body::response(r)) if matches!(r.resp_type, OneOfresp_type::add_resp(_))
+        )
+    });
+    assert!(added, "the subscription was added: {answers:?}");
+
+    let heard = listen(&broker, 1, 30, || {
+        gw.stop_agent();
+        gw.restart_agent();
+    });
+    let boot = heard
+        .iter()
+        .find_map(|(_, m)| match &m.body.as_ref()?.msg_body {
+            OneOfmsg_body::request(r) => match &r.req_type {
+                rusp_lib::usp::mod_Request::OneOfreq_type::notify(n) => Some(n.clone()),
+                _ => None,
+            },
+            _ => None,
+        });
+    let boot =
+        boot.unwrap_or_else(|| panic!("no Boot! after the restart: {heard:?}\n{}", gw.agent_log()));
+    assert_eq!(boot.subscription_id, "boot-watch");
+    let text = format!("{boot:?}");
+    assert!(
+        text.contains("Boot!") && text.contains("LocalReboot"),
+        "{text}"
+    );
 }
