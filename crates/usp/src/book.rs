@@ -37,6 +37,9 @@ pub struct Book {
     /// listed from its `Operate` until its completion is notified, not kept across restarts.
     #[serde(skip)]
     pub requests: Vec<Request>,
+    /// Each service's description and source, by id, for the version they were read at.
+    #[serde(skip)]
+    pub described: BTreeMap<String, (String, String, Option<String>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +127,7 @@ impl Book {
                 .cloned()
                 .collect(),
             requests: Vec::new(),
+            described: BTreeMap::new(),
         };
         let tmp = self.file.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&kept)
@@ -151,6 +155,7 @@ impl Book {
         let present: BTreeSet<&str> = ids.collect();
         let before = self.units.len();
         self.units.retain(|id, _| present.contains(id.as_str()));
+        self.described.retain(|id, _| present.contains(id.as_str()));
         self.dirty |= self.units.len() != before;
     }
 

@@ -887,17 +887,7 @@ fn get_supported_dm(g: GetSupportedDM) -> Reply {
         .map(|path| {
             let r = GSDMReqObjectResultBuilder::new(path.clone())
                 .with_data_model_inst_uri("urn:broadband-forum-org:tr-181-2-16-0-usp".into());
-            let generic = path
-                .split('.')
-                .map(|s| {
-                    if !s.is_empty() && (s == "*" || s.bytes().all(|b| b.is_ascii_digit())) {
-                        "{i}"
-                    } else {
-                        s
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(".");
+            let generic = schema::generic(&path);
             if model::check_syntax(&path).is_err()
                 || !path.ends_with('.')
                 || !model::supported(&path)

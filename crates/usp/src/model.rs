@@ -65,6 +65,7 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
     let services = agent.list(&who)?;
     let stats = agent.stats(&who)?;
     let mut snap = Snapshot::default();
+    let mut units = BTreeMap::new();
     let mut put = |path: &str, params: Vec<(&str, String)>| {
         snap.objects.insert(
             path.to_string(),
@@ -108,7 +109,25 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
     for s in &services {
         let i = book.unit(&s.id);
         let key = agent.resolve(&who, &s.id)?;
-        let detail = agent.detail(&key)?;
+        // What only the detail view has (it reads the service's journal too): once per
+        // release, not at every round of the watcher.
+        let (description, source) = match book.described.get(&s.id) {
+            Some((version, description, source)) if *version == s.version => {
+                (description.clone(), source.clone())
+            }
+            _ => {
+                let detail = agent.detail(&key)?;
+                book.described.insert(
+                    s.id.clone(),
+                    (
+                        s.version.clone(),
+                        detail.description.clone(),
+                        detail.source.clone(),
+                    ),
+                );
+                (detail.description, detail.source)
+            }
+        };
         let used = stats
             .services
             .iter()
@@ -148,8 +167,8 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
                     .into(),
                 ),
                 ("Resolved", "true".into()),
-                ("URL", detail.source.clone().unwrap_or_default()),
-                ("Description", detail.description.clone()),
+                ("URL", source.clone().unwrap_or_default()),
+                ("Description", description.clone()),
                 ("Vendor", s.provider.clone()),
                 ("Version", s.version.clone()),
                 ("ExecutionUnitList", eu.clone()),
@@ -186,7 +205,7 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
                 ("RunLevel", "0".into()),
                 ("Vendor", s.provider.clone()),
                 ("Version", s.version.clone()),
-                ("Description", detail.description.clone()),
+                ("Description", description.clone()),
                 ("DiskSpaceInUse", kib(used.and_then(|u| u.storage.used))),
                 ("MemoryInUse", kib(used.and_then(|u| u.memory.used))),
                 ("References", String::new()),
@@ -211,21 +230,12 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
                 ),
             ],
         );
-        snap.units.insert(i, s.id.clone());
+        units.insert(i, s.id.clone());
     }
     let gw = stats
         .gateway
         .ok_or_else(|| AgentError::Internal("the operator sees no gateway totals".into()))?;
     let allocated = |t: &api::ResourceTotals| t.capacity.saturating_sub(t.system_reserve);
-    let mut put = |path: &str, params: Vec<(&str, String)>| {
-        snap.objects.insert(
-            path.to_string(),
-            params
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        );
-    };
     put(
         SM,
         vec![
@@ -275,6 +285,7 @@ pub fn snapshot(agent: &Agent, endpoint_id: &str, book: &mut Book) -> Result<Sna
             ),
         ],
     );
+    snap.units = units;
     Ok(snap)
 }
 
@@ -337,17 +348,7 @@ pub fn under(pattern: &str, object: &str) -> bool {
 
 /// Whether `pattern` is a path of the supported model, instance numbers and `*` aside.
 pub fn supported(pattern: &str) -> bool {
-    let generic = segments(pattern)
-        .iter()
-        .map(|s| {
-            if *s == "*" || s.bytes().all(|b| b.is_ascii_digit()) {
-                "{i}"
-            } else {
-                s
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(".");
+    let generic = schema::generic(pattern.strip_suffix('.').unwrap_or(pattern));
     let (object, table) = (format!("{generic}."), format!("{generic}.{{i}}."));
     schema::OBJECTS
         .iter()

@@ -298,21 +298,25 @@ pub const OBJECTS: &[Object] = &[
     },
 ];
 
-/// The supported object of an instantiated object path (`…ExecutionUnit.3.` →
-/// `…ExecutionUnit.{i}.`), if any.
-pub fn object_of(path: &str) -> Option<&'static Object> {
-    let generic: Vec<&str> = path
-        .trim_end_matches('.')
-        .split('.')
+/// A path with its instance numbers and `*` as `{i}`, the form [`OBJECTS`] names paths in
+/// (`Device.SoftwareModules.ExecutionUnit.3.` → `Device.SoftwareModules.ExecutionUnit.{i}.`).
+pub fn generic(path: &str) -> std::string::String {
+    path.split('.')
         .map(|s| {
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            if !s.is_empty() && (s == "*" || s.bytes().all(|b| b.is_ascii_digit())) {
                 "{i}"
             } else {
                 s
             }
         })
-        .collect();
-    let generic = format!("{}.", generic.join("."));
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The supported object of an instantiated object path (`…ExecutionUnit.3.` →
+/// `…ExecutionUnit.{i}.`), if any.
+pub fn object_of(path: &str) -> Option<&'static Object> {
+    let generic = generic(path);
     OBJECTS.iter().find(|o| o.path == generic)
 }
 

@@ -993,6 +993,26 @@ fn a_service_stays_connected_while_other_services_come_and_go() {
     );
 }
 
+/// A service's binary from this workspace (built beside `shg` by `cargo build --workspace`,
+/// as scripts/test.sh does), and its bytes stripped of debug information, to pack.
+fn service_binary(gw: &Gateway, name: &str) -> (PathBuf, Vec<u8>) {
+    let binary = PathBuf::from(crate::harness::SHG).with_file_name(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
+        binary.display()
+    );
+    let stripped = gw.work.join(format!("{name}.stripped"));
+    let out = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "strip: {out:?}");
+    (binary, std::fs::read(&stripped).unwrap())
+}
+
 /// What a running service uses now, as `shg stats` shows it (memory working set, bytes on its
 /// volume), waiting for the monitor's first sample of it; printed, so a run reports the
 /// services' use against their reservations.
@@ -1036,14 +1056,9 @@ print("uploaded", u.url, flush=True)
 #[test]
 fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link_and_a_crash() {
     let venv_python = "/opt/shg-test/venv/bin/python";
-    let binary = PathBuf::from(crate::harness::SHG).with_file_name("cloud-proxy");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
-        binary.display()
-    );
     let mut lab = Lab::new("cp");
     let gw = lab.gateway("[capacity]\nbandwidth_down = \"100Mbit\"\nbandwidth_up = \"100Mbit\"\n");
+    let (binary, bytes) = service_binary(&gw, "cloud-proxy");
 
     // The provider's cloud, on the WAN host.
     let cloud_dir = lab.scratch.path().join("cloud");
@@ -1060,15 +1075,6 @@ fn the_cloud_proxy_takes_an_upload_on_the_lan_and_sends_it_on_through_a_cut_link
     lab.background.push(child);
 
     // The package: the static binary, stripped, in a small root.
-    let stripped = gw.work.join("cloud-proxy.stripped");
-    let out = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&binary)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "strip: {out:?}");
-    let bytes = std::fs::read(&stripped).unwrap();
     let rest = format!(
         "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
          storage = {{ reserve = \"48MiB\" }}\nbandwidth_up = {{ reserve = \"8Mbit\", limit = \"16Mbit\" }}\n\n\
@@ -1304,12 +1310,6 @@ s.serve_forever()
 /// reachable from the WAN.
 #[test]
 fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
-    let binary = PathBuf::from(crate::harness::SHG).with_file_name("automation");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
-        binary.display()
-    );
     let mut lab = Lab::new("ha");
     let gw = lab.gateway("");
     let reports = lab.scratch.path().join("reports");
@@ -1325,15 +1325,7 @@ fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
             .then_some(())
     });
 
-    let stripped = gw.work.join("automation.stripped");
-    let out = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&binary)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "strip: {out:?}");
-    let bytes = std::fs::read(&stripped).unwrap();
+    let (_, bytes) = service_binary(&gw, "automation");
     let rest = format!(
         "{}[resources]\nmemory = {{ reserve = \"16MiB\", limit = \"64MiB\" }}\n\
          storage = {{ reserve = \"48MiB\" }}\n\n[restart]\npolicy = \"always\"\n",
@@ -1492,23 +1484,9 @@ fn home_automation_switches_a_plug_off_and_only_totals_leave_the_home() {
 /// nothing until the household sets a password on the LAN page, then only behind that login.
 #[test]
 fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behind_a_login() {
-    let binary = PathBuf::from(crate::harness::SHG).with_file_name("surveillance");
-    assert!(
-        binary.exists(),
-        "{} is missing: `cargo build --workspace` builds it (scripts/test.sh does)",
-        binary.display()
-    );
     let lab = Lab::new("sv");
     let gw = lab.gateway("");
-    let stripped = gw.work.join("surveillance.stripped");
-    let out = Command::new("strip")
-        .arg("-o")
-        .arg(&stripped)
-        .arg(&binary)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "strip: {out:?}");
-    let bytes = std::fs::read(&stripped).unwrap();
+    let (_, bytes) = service_binary(&gw, "surveillance");
     let rest = format!(
         "{}[resources]\nmemory = {{ reserve = \"24MiB\", limit = \"64MiB\" }}\n\
          storage = {{ reserve = \"48MiB\" }}\n\n[restart]\npolicy = \"always\"\n",

@@ -303,24 +303,8 @@ fn malformed_oversized_and_foreign_records_change_nothing_and_the_agent_keeps_se
     wait_for_agent(&broker);
 
     let garbage = b"\xff\xfe this is not a USP record".to_vec();
-    let not_a_msg = RecordBuilder::new()
-        .with_version("1.3".into())
-        .with_to_id(AGENT_ID.into())
-        .with_from_id(CONTROLLER_ID.into())
-        .with_no_session_context_payload_bytes(b"\x0a\xff\xff\xff".to_vec())
-        .build()
-        .unwrap()
-        .to_vec()
-        .unwrap();
-    let oversized = RecordBuilder::new()
-        .with_version("1.3".into())
-        .with_to_id(AGENT_ID.into())
-        .with_from_id(CONTROLLER_ID.into())
-        .with_no_session_context_payload_bytes(vec![0x0a; 200 << 10])
-        .build()
-        .unwrap()
-        .to_vec()
-        .unwrap();
+    let not_a_msg = record(AGENT_ID, CONTROLLER_ID, b"\x0a\xff\xff\xff".to_vec());
+    let oversized = record(AGENT_ID, CONTROLLER_ID, vec![0x0a; 200 << 10]);
     let foreign = get_record(AGENT_ID, "self::intruder", "foreign");
     let after = get_record(AGENT_ID, CONTROLLER_ID, "after");
     let answers = exchange(
@@ -442,11 +426,16 @@ fn get_record(to: &str, from: &str, id: &str) -> Vec<u8> {
         .with_body(body)
         .build()
         .unwrap();
+    record(to, from, msg.to_vec().unwrap())
+}
+
+/// A USP 1.3 record from `from` to `to` carrying `payload` (an encoded message, or not).
+fn record(to: &str, from: &str, payload: Vec<u8>) -> Vec<u8> {
     RecordBuilder::new()
         .with_version("1.3".into())
         .with_to_id(to.into())
         .with_from_id(from.into())
-        .with_no_session_context_payload(&msg)
+        .with_no_session_context_payload_bytes(payload)
         .build()
         .unwrap()
         .to_vec()
@@ -567,15 +556,7 @@ fn a_persistent_subscription_survives_a_restart_and_hears_boot() {
         .with_body(body)
         .build()
         .unwrap();
-    let add = RecordBuilder::new()
-        .with_version("1.3".into())
-        .with_to_id(AGENT_ID.into())
-        .with_from_id(CONTROLLER_ID.into())
-        .with_no_session_context_payload(&msg)
-        .build()
-        .unwrap()
-        .to_vec()
-        .unwrap();
+    let add = record(AGENT_ID, CONTROLLER_ID, msg.to_vec().unwrap());
     let answers = exchange(&broker, &[add], 1, 10);
     let added = answers.iter().any(|(_, m)| {
         matches!(
