@@ -80,7 +80,7 @@ pub enum AgentError {
     Catalog {
         loading: bool,
         #[source]
-        source: catalog::CatalogError,
+        source: Box<catalog::CatalogError>,
     },
     /// A manifest the agent stored itself (`which`: the current or the previous release's)
     /// no longer parses: the database was changed behind the agent's back, or by a newer one.
@@ -149,24 +149,25 @@ mod tests {
         assert!(e.source().is_some_and(|s| s.to_string() == said));
 
         let listed = || catalog::CatalogError::NotListed {
+            provider: "acme".into(),
             service: "camera".into(),
             version: "1.0.0".into(),
             digest: "sha256:00".into(),
         };
         let loading = AgentError::Catalog {
             loading: true,
-            source: listed(),
+            source: Box::new(listed()),
         };
         assert!(loading
             .to_string()
-            .starts_with("the gateway's catalog refused: the catalog does not list `camera`"));
+            .starts_with("the gateway's catalog refused: the catalog does not list `acme/camera`"));
         let admitting = AgentError::Catalog {
             loading: false,
-            source: listed(),
+            source: Box::new(listed()),
         };
         assert!(admitting
             .to_string()
-            .starts_with("the catalog does not list `camera`"));
+            .starts_with("the catalog does not list `acme/camera`"));
         assert!(admitting.source().is_some());
 
         let helper = AgentError::Helper(std::io::Error::from_raw_os_error(libc::ENOENT));

@@ -168,7 +168,7 @@ impl Agent {
         opts: &InstallOptions,
     ) -> Result<ServiceDetail, AgentError> {
         crate::auth::check_gateway(who, crate::auth::GatewayAction::Install)?;
-        let (tar, source) = self.pull(reference).await?;
+        let (tar, source) = self.pull(reference, None).await?;
         let opts = InstallOptions {
             source: Some(source),
             ..opts.clone()
@@ -181,16 +181,26 @@ impl Agent {
     /// Pulls `reference` from its registry into the agent's blob cache (`STATE/cache`) and
     /// makes a package file of it in the agent's scratch directory: the caller installs or
     /// updates from it, then deletes it. Returns the file and the reference as parsed.
-    pub async fn pull(&self, reference: &str) -> Result<(PathBuf, String), AgentError> {
+    ///
+    /// With `tls`, the registry is reached over HTTPS with those settings (its roots, a client
+    /// certificate) whatever its address: how the gateway pulls from its fleet controller.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Result<(PathBuf, String), AgentError> {
         let parsed = registry::Reference::parse(reference).ok_or_else(|| {
             AgentError::BadRequest(format!(
                 "`{reference}` is not an image reference: write REGISTRY/REPOSITORY[:TAG|@sha256:HEX]"
             ))
         })?;
         let tar = self.layout.tmp().join(format!("pull-{}.tar", unique()));
-        let pulled = registry::pull(&parsed, &self.layout.root.join("cache"), &tar, &mut |_| {})
-            .await
-            .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
+        let cache = self.layout.root.join("cache");
+        let pulled = match tls {
+            Some(tls) => registry::pull_with_tls(&parsed, tls, &cache, &tar, &mut |_| {}).await,
+            None => registry::pull(&parsed, &cache, &tar, &mut |_| {}).await,
+        }
+        .map_err(|e| AgentError::BadPackage(format!("cannot pull: {e}")));
         let size = std::fs::metadata(&tar).map(|m| m.len()).unwrap_or(0);
         let result = match pulled {
             Ok(_) if size > self.cfg.max_package => Err(AgentError::BadPackage(format!(

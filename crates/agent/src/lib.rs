@@ -29,7 +29,7 @@ pub use auth::{check_gateway, check_install, check_service, GatewayAction, Servi
 pub use install::InstallOptions;
 pub use lifecycle::StateLock;
 pub use realm::Principal;
-pub use settings::UspConfig;
+pub use settings::{CatalogConfig, UspConfig};
 pub use streams::LogFollower;
 pub use update::{DEFAULT_WINDOW, MAX_WINDOW};
 
@@ -132,8 +132,9 @@ pub struct Agent {
     /// The layers of installs and updates admitted but not laid out yet, counted against
     /// their provider's image allowance.
     pub(crate) images: images::Images,
-    /// One catalog check at a time: they share the datastore of versions seen.
-    pub(crate) catalog_lock: tokio::sync::Mutex<()>,
+    /// The catalog installs must be listed in (`[catalog]`, or the fleet controller's), behind
+    /// one lock: checks share the datastore of versions seen.
+    pub(crate) catalog: tokio::sync::Mutex<Option<CatalogConfig>>,
 }
 
 impl Agent {
@@ -189,6 +190,7 @@ impl Agent {
             None
         };
         let layers = image::LayerStore::open(&layout.layers()).map_err(AgentError::Layers)?;
+        let settings_catalog = settings.catalog.clone();
         Ok(Arc::new(Agent {
             cfg,
             layout,
@@ -201,7 +203,7 @@ impl Agent {
             net: networking::Networking::new(net),
             layers: releases::Layers::new(layers),
             images: images::Images::default(),
-            catalog_lock: tokio::sync::Mutex::new(()),
+            catalog: tokio::sync::Mutex::new(settings_catalog),
         }))
     }
 

@@ -1,7 +1,7 @@
 //! The operator's trust policy and the signature check every install and update passes.
 
 use crate::auth::Principal;
-use crate::{Agent, AgentError};
+use crate::{Agent, AgentError, CatalogConfig};
 
 impl Agent {
     /// Adds (or replaces) the rule for a provider's key.
@@ -125,39 +125,54 @@ impl Agent {
 }
 
 impl Agent {
-    /// The catalog's half of the two-key rule: with `[catalog]` in gateway.toml, the package
-    /// must be listed there, under its provider, with exactly this digest. The metadata is
-    /// verified from the pinned root at every check, and the versions seen are remembered in
-    /// `STATE/catalog` (rollback protection across restarts).
+    /// The catalog's half of the two-key rule: with a catalog (`[catalog]` in gateway.toml, or
+    /// the fleet controller's once enrolled), the package must be listed there, under its
+    /// provider, with exactly this digest. The metadata is verified from the pinned root at
+    /// every check, and the versions seen are remembered in `STATE/catalog` (rollback
+    /// protection across restarts).
     pub(crate) async fn check_catalog(
         &self,
         manifest: &manifest::Manifest,
         package: &image::Package,
     ) -> Result<(), AgentError> {
-        let Some(cfg) = &self.settings.catalog else {
+        let cfg = self.catalog.lock().await;
+        let Some(cfg) = cfg.as_ref() else {
             return Ok(());
         };
-        let _one_at_a_time = self.catalog_lock.lock().await;
+        let catalog = self.load_catalog(cfg).await?;
+        catalog
+            .admit(
+                &manifest.provider,
+                &manifest.name,
+                &manifest.version,
+                &package.digest,
+            )
+            .map_err(|source| AgentError::Catalog {
+                loading: false,
+                source: Box::new(source),
+            })?;
+        Ok(())
+    }
+
+    /// Makes `cfg` the catalog every install and update must be listed in, once it loads:
+    /// verified from its pinned root, and not older than any catalog this gateway has seen.
+    /// A catalog that does not load changes nothing. Returns the publication's version.
+    pub async fn use_catalog(&self, cfg: CatalogConfig) -> Result<u64, AgentError> {
+        let mut current = self.catalog.lock().await;
+        let catalog = self.load_catalog(&cfg).await?;
+        *current = Some(cfg);
+        Ok(catalog.version())
+    }
+
+    /// Loads the catalog `cfg` names; the caller holds the catalog lock.
+    async fn load_catalog(&self, cfg: &CatalogConfig) -> Result<catalog::Catalog, AgentError> {
         let datastore = self.layout.root.join("catalog");
-        let catalog = catalog::Catalog::load(&cfg.metadata, &cfg.targets, &cfg.root, &datastore)
+        catalog::Catalog::load(&cfg.metadata, &cfg.targets, &cfg.root, &datastore)
             .await
             .map_err(|source| AgentError::Catalog {
                 loading: true,
-                source,
-            })?;
-        let entry = catalog
-            .admit(&manifest.name, &manifest.version, &package.digest)
-            .map_err(|source| AgentError::Catalog {
-                loading: false,
-                source,
-            })?;
-        if entry.provider != manifest.provider {
-            return Err(AgentError::Untrusted(format!(
-                "the catalog lists `{}` {} under provider `{}`, but the package is provider `{}`'s; the two must agree",
-                manifest.name, manifest.version, entry.provider, manifest.provider
-            )));
-        }
-        Ok(())
+                source: Box::new(source),
+            })
     }
 }
 

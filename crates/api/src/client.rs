@@ -940,7 +940,10 @@ pub(crate) fn error_answer(request: &str, status: hyper::StatusCode, bytes: &[u8
 }
 
 /// TLS settings trusting `ca_cert` (PEM), or the system's roots without one.
-fn tls_config(
+/// The TLS settings a client of `target` uses with `options` (its roots, a pinned CA, a
+/// client certificate): for other HTTPS clients of the same server, such as the gateway's
+/// pulls from its controller's registry.
+pub fn tls_config(
     target: &str,
     options: &Options,
 ) -> Result<std::sync::Arc<rustls::ClientConfig>, ClientError> {

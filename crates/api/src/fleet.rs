@@ -45,6 +45,33 @@ pub struct Enrolled {
     /// The CA (PEM): what the gateway trusts the controller by from now on.
     pub ca: String,
     pub labels: BTreeMap<String, String>,
+    /// The fleet catalog's TUF root (`1.root.json`), which the gateway pins: from then on it
+    /// installs only what that catalog lists (and its provider signed).
+    #[serde(default)]
+    pub catalog_root: String,
+}
+
+/// Whether `name` is a TUF metadata file of a catalog repository (`N.root.json`,
+/// `timestamp.json`, `N.snapshot.json`, `N.targets.json`), and so a safe file name.
+pub fn catalog_metadata_name(name: &str) -> bool {
+    if name == "timestamp.json" {
+        return true;
+    }
+    let Some((n, role)) = name.split_once('.') else {
+        return false;
+    };
+    !n.is_empty()
+        && n.len() <= 20
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && ["root.json", "snapshot.json", "targets.json"].contains(&role)
+}
+
+/// `GET /v1/catalog/metadata`: the fleet catalog's current publication, each TUF metadata
+/// file (`N.root.json`, `timestamp.json`, `N.snapshot.json`, `N.targets.json`) by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CatalogMetadata {
+    pub version: u64,
+    pub files: BTreeMap<String, String>,
 }
 
 /// One gateway, as `shg fleet gateways` lists it.
@@ -136,6 +163,9 @@ pub struct Desired {
     pub trust: Vec<crate::TrustRule>,
     /// What should run, by provider and name.
     pub services: Vec<DesiredService>,
+    /// The fleet catalog's publication that lists them (`GET /v1/catalog/metadata`).
+    #[serde(default)]
+    pub catalog_version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

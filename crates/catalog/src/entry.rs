@@ -1,4 +1,4 @@
-//! Catalog entries: how a package becomes a TUF target (`NAME/VERSION`, the image manifest's
+//! Catalog entries: how a package becomes a TUF target (`PROVIDER/NAME/VERSION`, the image manifest's
 //! bytes, the custom fields) and how a verified target becomes an [`Entry`] again.
 
 use std::collections::HashMap;
@@ -49,9 +49,10 @@ struct Custom {
     reference: Option<String>,
 }
 
-/// The TUF target name of a service version.
-pub(crate) fn target_name(service: &str, version: &str) -> String {
-    format!("{service}/{version}")
+/// The TUF target name of a provider's service version: providers may use the same service
+/// names without meeting in the catalog.
+pub(crate) fn target_name(provider: &str, service: &str, version: &str) -> String {
+    format!("{provider}/{service}/{version}")
 }
 
 /// `sha256:HEX` of `bytes`.
@@ -138,10 +139,10 @@ pub(crate) fn from_target(name: &str, target: &Target) -> Result<Entry, String> 
     let custom: Custom = serde_json::from_value(custom).map_err(|e| {
         format!("its custom fields are not {{service, version, provider, reference}}: {e}")
     })?;
-    if name != target_name(&custom.service, &custom.version) {
+    if name != target_name(&custom.provider, &custom.service, &custom.version) {
         return Err(format!(
-            "its custom fields say `{}` {}, its name says otherwise",
-            custom.service, custom.version
+            "its custom fields say `{}/{}` {}, its name says otherwise",
+            custom.provider, custom.service, custom.version
         ));
     }
     let checks = [
@@ -187,7 +188,7 @@ mod tests {
     #[test]
     fn a_target_reads_back_as_the_entry_it_was_made_from() {
         let new = new_entry();
-        let entry = from_target("camera/1.2.0", &to_target(&new)).unwrap();
+        let entry = from_target("acme/camera/1.2.0", &to_target(&new)).unwrap();
         assert_eq!(entry.service, "camera");
         assert_eq!(entry.version, "1.2.0");
         assert_eq!(entry.provider, "acme");
@@ -199,7 +200,7 @@ mod tests {
     #[test]
     fn custom_fields_that_contradict_the_name_are_refused() {
         let target = to_target(&new_entry());
-        let problem = from_target("vod/1.2.0", &target).unwrap_err();
+        let problem = from_target("acme/vod/1.2.0", &target).unwrap_err();
         assert!(problem.contains("its name says otherwise"), "{problem}");
     }
 

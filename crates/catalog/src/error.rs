@@ -14,10 +14,12 @@ use tough::TransportErrorKind;
 pub enum CatalogError {
     /// The catalog has no entry for this service version.
     #[error(
-        "the catalog does not list `{service}` {version} ({digest}): the gateway installs only \
-         what its catalog lists; ask the operator to publish it"
+        "the catalog does not list `{provider}/{service}` {version} ({digest}): the gateway \
+         installs only what its catalog lists; ask the operator to publish it"
     )]
     NotListed {
+        /// Provider of the package offered.
+        provider: String,
         /// Service name asked for.
         service: String,
         /// Version asked for.
@@ -28,11 +30,13 @@ pub enum CatalogError {
 
     /// The catalog lists this service version as another package.
     #[error(
-        "the catalog lists `{service}` {version} as {listed}, not {digest}: the gateway installs \
-         only the exact package the catalog lists; install the listed build, or ask the operator \
-         to publish this one"
+        "the catalog lists `{provider}/{service}` {version} as {listed}, not {digest}: the \
+         gateway installs only the exact package the catalog lists; install the listed build, or \
+         ask the operator to publish this one"
     )]
     DigestMismatch {
+        /// Provider of the package offered.
+        provider: String,
         /// Service name asked for.
         service: String,
         /// Version asked for.
@@ -252,8 +256,12 @@ pub enum PublishError {
     },
 
     /// One publication lists a service version twice.
-    #[error("`{service}` {version} appears twice in one publication: list each version once")]
+    #[error(
+        "`{provider}/{service}` {version} appears twice in one publication: list each version once"
+    )]
     Duplicate {
+        /// Provider name.
+        provider: String,
         /// Service name.
         service: String,
         /// Version.
@@ -261,8 +269,12 @@ pub enum PublishError {
     },
 
     /// `remove` of an entry the catalog does not list.
-    #[error("the catalog does not list `{service}` {version}: there is nothing to remove")]
+    #[error(
+        "the catalog does not list `{provider}/{service}` {version}: there is nothing to remove"
+    )]
     NotListed {
+        /// Provider name.
+        provider: String,
         /// Service name.
         service: String,
         /// Version.

@@ -17,7 +17,7 @@ use crate::error::{self, CatalogError};
 #[derive(Debug, Clone)]
 pub struct Catalog {
     repository: tough::Repository,
-    entries: BTreeMap<(String, String), Entry>,
+    entries: BTreeMap<(String, String, String), Entry>,
     version: u64,
     expires: jiff::Timestamp,
     expiring_role: String,
@@ -78,7 +78,14 @@ impl Catalog {
                     problem,
                 }
             })?;
-            entries.insert((entry.service.clone(), entry.version.clone()), entry);
+            entries.insert(
+                (
+                    entry.provider.clone(),
+                    entry.service.clone(),
+                    entry.version.clone(),
+                ),
+                entry,
+            );
         }
         let (expires, expiring_role) = [
             (repository.root().signed.expires, "root"),
@@ -98,34 +105,47 @@ impl Catalog {
         })
     }
 
-    /// Every entry, ordered by service and version.
+    /// Every entry, ordered by provider, service and version.
     pub fn entries(&self) -> Vec<Entry> {
         self.entries.values().cloned().collect()
     }
 
-    /// The entry for `service` `version`, if the catalog lists it.
-    pub fn find(&self, service: &str, version: &str) -> Option<Entry> {
+    /// The entry for `provider`'s `service` `version`, if the catalog lists it.
+    pub fn find(&self, provider: &str, service: &str, version: &str) -> Option<Entry> {
         self.entries
-            .get(&(service.to_string(), version.to_string()))
+            .get(&(
+                provider.to_string(),
+                service.to_string(),
+                version.to_string(),
+            ))
             .cloned()
     }
 
-    /// Admits the package `digest` (`sha256:HEX` of its image manifest) as `service` `version`
-    /// only if the catalog lists exactly that, and only while the catalog has not expired.
+    /// Admits the package `digest` (`sha256:HEX` of its image manifest) as `provider`'s
+    /// `service` `version` only if the catalog lists exactly that, and only while the catalog
+    /// has not expired.
     ///
     /// The catalog is half of the decision: the caller must also check that the package is
-    /// signed by the returned entry's `provider`.
-    pub fn admit(&self, service: &str, version: &str, digest: &str) -> Result<Entry, CatalogError> {
+    /// signed by `provider`.
+    pub fn admit(
+        &self,
+        provider: &str,
+        service: &str,
+        version: &str,
+        digest: &str,
+    ) -> Result<Entry, CatalogError> {
         self.check_fresh()?;
-        let entry = self
-            .find(service, version)
-            .ok_or_else(|| CatalogError::NotListed {
-                service: service.into(),
-                version: version.into(),
-                digest: digest.into(),
-            })?;
+        let entry =
+            self.find(provider, service, version)
+                .ok_or_else(|| CatalogError::NotListed {
+                    provider: provider.into(),
+                    service: service.into(),
+                    version: version.into(),
+                    digest: digest.into(),
+                })?;
         if !entry.digest.eq_ignore_ascii_case(digest) {
             return Err(CatalogError::DigestMismatch {
+                provider: provider.into(),
                 service: service.into(),
                 version: version.into(),
                 digest: digest.into(),
@@ -135,29 +155,32 @@ impl Catalog {
         Ok(entry)
     }
 
-    /// Reads the image manifest of `service` `version` from the targets directory, verified
-    /// against the length and sha256 the catalog lists.
-    pub async fn manifest(&self, service: &str, version: &str) -> Result<Vec<u8>, CatalogError> {
+    /// Reads the image manifest of `provider`'s `service` `version` from the targets
+    /// directory, verified against the length and sha256 the catalog lists.
+    pub async fn manifest(
+        &self,
+        provider: &str,
+        service: &str,
+        version: &str,
+    ) -> Result<Vec<u8>, CatalogError> {
         self.check_fresh()?;
-        if self.find(service, version).is_none() {
-            return Err(CatalogError::NotListed {
-                service: service.into(),
-                version: version.into(),
-                digest: "any digest".into(),
-            });
+        let not_listed = || CatalogError::NotListed {
+            provider: provider.into(),
+            service: service.into(),
+            version: version.into(),
+            digest: "any digest".into(),
+        };
+        if self.find(provider, service, version).is_none() {
+            return Err(not_listed());
         }
-        let name = TargetName::new(entry::target_name(service, version))
+        let name = TargetName::new(entry::target_name(provider, service, version))
             .map_err(|e| error::from_target_read(e, service, version))?;
         let stream = self
             .repository
             .read_target(&name)
             .await
             .map_err(|e| error::from_target_read(e, service, version))?
-            .ok_or_else(|| CatalogError::NotListed {
-                service: service.into(),
-                version: version.into(),
-                digest: "any digest".into(),
-            })?;
+            .ok_or_else(not_listed)?;
         stream
             .into_vec()
             .await

@@ -141,8 +141,9 @@ pub async fn publish(
     let mut seen = HashSet::new();
     for new in entries {
         validate(new)?;
-        if !seen.insert((&new.service, &new.version)) {
+        if !seen.insert((&new.provider, &new.service, &new.version)) {
             return Err(PublishError::Duplicate {
+                provider: new.provider.clone(),
                 service: new.service.clone(),
                 version: new.version.clone(),
             });
@@ -153,7 +154,7 @@ pub async fn publish(
     for new in entries {
         editor
             .add_target(
-                entry::target_name(&new.service, &new.version),
+                entry::target_name(&new.provider, &new.service, &new.version),
                 entry::to_target(new),
             )
             .map_err(|e| tough_error("add a target", &e))?;
@@ -162,22 +163,25 @@ pub async fn publish(
     Ok(version.get())
 }
 
-/// Removes `service` `version` from the catalog and writes the next publication, which
+/// Removes `provider`'s `service` `version` from the catalog and writes the next publication, which
 /// expires at `expires`. The target file stays, since older publications still name it.
 /// Returns the new publication's version.
 pub async fn remove(
     repo_dir: &Path,
     keys_dir: &Path,
+    provider: &str,
     service: &str,
     version: &str,
     expires: SystemTime,
 ) -> Result<u64, PublishError> {
     let expires = to_timestamp(expires)?;
     let not_listed = || PublishError::NotListed {
+        provider: provider.into(),
         service: service.into(),
         version: version.into(),
     };
-    let name = TargetName::new(entry::target_name(service, version)).map_err(|_| not_listed())?;
+    let name = TargetName::new(entry::target_name(provider, service, version))
+        .map_err(|_| not_listed())?;
     let repo = load_own(repo_dir).await?;
     if !repo.targets().signed.targets.contains_key(&name) {
         return Err(not_listed());
@@ -326,12 +330,12 @@ async fn sign_and_write(
 }
 
 /// Writes `new`'s image manifest where tough looks for it with consistent snapshots:
-/// `targets/HEX.SERVICE/VERSION`. The name carries the hash, so an existing file with the right
+/// `targets/HEX.PROVIDER/SERVICE/VERSION`. The name carries the hash, so an existing file with the right
 /// content is left alone.
 fn write_target(targets: &Path, new: &NewEntry) -> Result<(), PublishError> {
     let digest = entry::digest_of(&new.manifest_json);
     let hex = digest.trim_start_matches("sha256:");
-    let dir = targets.join(format!("{hex}.{}", new.service));
+    let dir = targets.join(format!("{hex}.{}/{}", new.provider, new.service));
     let path = dir.join(&new.version);
     if fs::read(&path).is_ok_and(|existing| existing == new.manifest_json) {
         return Ok(());

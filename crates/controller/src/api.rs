@@ -111,6 +111,13 @@ pub fn router(controller: Arc<Controller>, server: Arc<Server>, transport: Trans
             put(policy_set).delete(policy_clear),
         )
         .route("/v1/catalog", get(catalog))
+        .route("/v1/catalog/metadata", get(catalog_metadata))
+        .route("/v2/", get(oci_base))
+        .route(
+            "/v2/{provider}/{name}/manifests/{reference}",
+            get(oci_manifest),
+        )
+        .route("/v2/{provider}/{name}/blobs/{digest}", get(oci_blob))
         .route("/v1/deployments", get(deployments).post(deploy))
         .route("/v1/deployments/{id}", get(deployment))
         .route("/v1/deployments/{id}/{action}", post(control))
@@ -439,6 +446,68 @@ async fn catalog(
     Extension(who): Extension<Principal>,
 ) -> ApiResult<Json<Vec<api::fleet::CatalogEntry>>> {
     Ok(Json(ctx.controller.catalog(&who).await?))
+}
+
+/// `GET /v1/catalog/metadata`: the fleet catalog's current TUF publication.
+async fn catalog_metadata(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+) -> ApiResult<Json<api::fleet::CatalogMetadata>> {
+    Ok(Json(ctx.controller.catalog_metadata(&who).await?))
+}
+
+/// `GET /v2/`: the OCI distribution API is here (read only).
+async fn oci_base() -> Response {
+    (
+        [("Docker-Distribution-API-Version", "registry/2.0")],
+        Json(serde_json::json!({})),
+    )
+        .into_response()
+}
+
+/// `GET /v2/{provider}/{name}/manifests/{reference}`: by version, digest or signature tag.
+async fn oci_manifest(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath((provider, name, reference)): UrlPath<(String, String, String)>,
+) -> ApiResult<Response> {
+    let manifest = ctx
+        .controller
+        .oci_manifest(&who, &provider, &name, &reference)
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE.as_str(), registry::MEDIA_MANIFEST),
+            ("Docker-Content-Digest", manifest.digest.as_str()),
+        ],
+        manifest.bytes,
+    )
+        .into_response())
+}
+
+/// `GET /v2/{provider}/{name}/blobs/{digest}`: a blob of a package the caller may pull.
+async fn oci_blob(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath((provider, name, digest)): UrlPath<(String, String, String)>,
+) -> ApiResult<Response> {
+    let bytes = ctx
+        .controller
+        .oci_blob(&who, &provider, &name, &digest)
+        .await?
+        .ok_or_else(|| {
+            ControllerError::NotFound(format!(
+                "no blob {digest} in `{provider}/{name}` for you; `shg fleet catalog` lists the packages you may pull"
+            ))
+        })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE.as_str(), "application/octet-stream"),
+            ("Docker-Content-Digest", digest.as_str()),
+        ],
+        bytes,
+    )
+        .into_response())
 }
 
 /// `GET /v1/packages/{provider}/{name}/{version}`: the package file, for the gateways (an

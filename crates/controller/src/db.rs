@@ -141,6 +141,32 @@ const MIGRATIONS: &[&str] = &[
         selectors TEXT NOT NULL,
         set_ms BIGINT NOT NULL
     )",
+    "CREATE TABLE oci_blobs (
+        digest TEXT PRIMARY KEY,
+        data BYTEA NOT NULL
+    )",
+    "CREATE TABLE package_blobs (
+        provider TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (provider, name, version, digest)
+    )",
+    "ALTER TABLE packages ADD COLUMN signatures TEXT",
+    "CREATE TABLE tuf_state (
+        id BIGINT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        approved BIGINT NOT NULL
+    )",
+    "CREATE TABLE tuf_keys (
+        role TEXT PRIMARY KEY,
+        pk8 BYTEA NOT NULL
+    )",
+    "CREATE TABLE tuf_files (
+        name TEXT PRIMARY KEY,
+        data BYTEA NOT NULL
+    )",
 ];
 
 /// A query ready to run.

@@ -509,10 +509,12 @@ impl Controller {
             etag: String::new(),
             trust: self.trust_rules().await?,
             services: services.into_values().collect(),
+            catalog_version: self.catalog_version().await?,
         };
         // The tag covers what the gateway acts on and why: a new deployment of the version a
         // gateway already runs reaches it too, so that its next report (at once) judges it.
         let mut hash = Sha256::new();
+        hash.update(format!("catalog {}\n", desired.catalog_version));
         for t in &desired.trust {
             hash.update(format!(
                 "{}|{}|{}\n",

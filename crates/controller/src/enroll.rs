@@ -266,6 +266,7 @@ impl Controller {
             certificate,
             ca: self.ca.ca_pem.clone(),
             labels,
+            catalog_root: self.catalog_root().await?,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The fleet controller: enrolls gateways and gives each its own identity (a key pair it made,
 //! a certificate from the controller's CA, mutual TLS from then on); keeps their inventory;
-//! holds the operator's trust policy and the catalog of approved packages; computes each
+//! holds the operator's trust policy and the catalog of approved packages (TUF metadata, the
+//! blobs served through the OCI distribution API); computes each
 //! gateway's desired state from the deployments and its household's subscriptions; and rolls
 //! deployments out in health-gated waves.
 //!
@@ -17,8 +18,10 @@ mod deploy;
 mod enroll;
 mod inventory;
 mod memo;
+mod oci;
 mod packages;
 mod policy;
+mod tuf;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -137,12 +140,14 @@ impl Controller {
         let ca_dir = cfg.state_dir.join("ca");
         std::fs::create_dir_all(&ca_dir).map_err(|e| ControllerError::io(&ca_dir, e))?;
         ca.write_ca(&ca_dir.join("ca.pem"))?;
-        Ok(Arc::new(Controller {
+        let controller = Controller {
             cfg,
             db,
             ca,
             memo: memo::Memo::default(),
-        }))
+        };
+        controller.open_catalog().await?;
+        Ok(Arc::new(controller))
     }
 
     /// The CA's SHA-256, as enrollment tokens carry it.
@@ -227,6 +232,7 @@ pub fn run(cfg: Config) -> Result<(), ControllerError> {
             tokio::spawn(listen_for_changes(controller.db.clone(), url.clone()));
         }
         tokio::spawn(deploy::judge(controller.clone()));
+        tokio::spawn(tuf::keep_fresh(controller.clone()));
         let remote = router(
             controller.clone(),
             server.clone(),

@@ -109,17 +109,20 @@ impl Controller {
             "tmp-{}",
             realm::random_hex(8).map_err(|e| ControllerError::Internal(e.to_string()))?
         ));
+        // The blobs are read from the staging directory, then it goes.
         let opened = {
             let (file, staging) = (file.to_path_buf(), staging.clone());
             tokio::task::spawn_blocking(move || {
-                let opened = image::open(&file, &staging);
+                let opened = image::open(&file, &staging)
+                    .map_err(|e| ControllerError::BadPackage(e.to_string()))
+                    .and_then(|p| crate::oci::blobs_of(&p).map(|blobs| (p, blobs)));
                 let _ = std::fs::remove_dir_all(&staging);
                 opened
             })
             .await
-            .map_err(|e| ControllerError::Internal(e.to_string()))?
-            .map_err(|e| ControllerError::BadPackage(e.to_string()))?
+            .map_err(|e| ControllerError::Internal(e.to_string()))??
         };
+        let (opened, (blobs, signature_artifact)) = opened;
         let manifest = manifest::parse(&opened.manifest_toml, "shg-service.toml")
             .map_err(|e| ControllerError::BadPackage(e.to_string()))?;
         match who {
@@ -182,7 +185,10 @@ impl Controller {
                 )));
             }
         }
-        // The package itself goes into the database, so any controller process serves it.
+        // The package itself goes into the database, so any controller process serves it:
+        // whole (`/v1/packages/…`) and as blobs (`/v2/…`, what the gateways pull).
+        self.store_blobs(&manifest.provider, &manifest.name, &manifest.version, blobs)
+            .await?;
         let bytes = tokio::fs::read(file)
             .await
             .map_err(|e| ControllerError::io(file, e))?;
@@ -197,7 +203,7 @@ impl Controller {
         self.db
             .execute(
                 sqlx::query(
-                    "INSERT INTO packages (provider, name, version, digest, size, signer, description, published_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    "INSERT INTO packages (provider, name, version, digest, size, signer, description, published_ms, signatures) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                      ON CONFLICT (provider, name, version) DO NOTHING",
                 )
                 .bind(manifest.provider.clone())
@@ -207,7 +213,8 @@ impl Controller {
                 .bind(size as i64)
                 .bind(signer.clone())
                 .bind(manifest.description.clone())
-                .bind(now_ms()),
+                .bind(now_ms())
+                .bind(signature_artifact),
             )
             .await?;
         self.db
@@ -248,6 +255,9 @@ impl Controller {
             .package(&Principal::Operator, provider, name, version)
             .await?;
         if n == 1 {
+            // Listed in the catalog before any gateway hears of it. Should this fail, the
+            // approval stands and the catalog's keeper publishes it within half a minute.
+            let listed = self.publish_catalog().await;
             self.db
                 .event(
                     "approved",
@@ -257,6 +267,7 @@ impl Controller {
                 )
                 .await?;
             self.db.announce().await;
+            listed?;
         }
         Ok(entry)
     }

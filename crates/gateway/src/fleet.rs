@@ -44,6 +44,14 @@ fn fleet_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("fleet")
 }
 
+/// The fleet catalog's root, pinned at enrollment (`STATE/fleet/catalog-root.json`).
+const CATALOG_ROOT: &str = "catalog-root.json";
+
+/// Where the fleet catalog's publications are kept: `STATE/fleet/tuf/metadata-VERSION/`.
+fn tuf_dir(fleet_dir: &Path) -> PathBuf {
+    fleet_dir.join("tuf")
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
@@ -125,6 +133,11 @@ pub async fn enroll(
         .map_err(|e| AgentError::io(&dir.join("cert.pem"), e))?;
     std::fs::write(dir.join("ca.pem"), &enrolled.ca)
         .map_err(|e| AgentError::io(&dir.join("ca.pem"), e))?;
+    // Pinned: from now on this gateway installs only what this catalog lists.
+    if !enrolled.catalog_root.is_empty() {
+        let root = dir.join(CATALOG_ROOT);
+        std::fs::write(&root, &enrolled.catalog_root).map_err(|e| AgentError::io(&root, e))?;
+    }
     let enrollment = Enrollment {
         controller: controller.to_string(),
         gateway_id: enrolled.gateway_id,
@@ -143,7 +156,11 @@ pub struct Link {
     agent: Arc<Agent>,
     enrollment: Enrollment,
     client: api::Client,
+    /// The same TLS settings for pulls from the controller's registry.
+    tls: Arc<rustls::ClientConfig>,
     dir: PathBuf,
+    /// The catalog publication the agent checks installs against (0: none yet).
+    catalog_version: std::sync::atomic::AtomicU64,
     /// What the last attempts at desired services came to, reported until replaced.
     outcomes: Mutex<BTreeMap<ServiceRef, Outcome>>,
     managed: Mutex<Managed>,
@@ -154,21 +171,23 @@ pub struct Link {
 impl Link {
     pub fn new(agent: Arc<Agent>, enrollment: Enrollment) -> Result<Arc<Link>, AgentError> {
         let dir = fleet_dir(agent.state_dir());
-        let client = api::Client::with_options(
-            &enrollment.controller,
-            &api::Options {
-                ca_cert: Some(dir.join("ca.pem")),
-                client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let options = api::Options {
+            ca_cert: Some(dir.join("ca.pem")),
+            client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
+            ..Default::default()
+        };
+        let client = api::Client::with_options(&enrollment.controller, &options)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let tls = api::client::tls_config(&enrollment.controller, &options)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
         let managed = read_json(&dir.join("managed.json")).unwrap_or_default();
         Ok(Arc::new(Link {
             agent,
             enrollment,
             client,
+            tls,
             dir,
+            catalog_version: std::sync::atomic::AtomicU64::new(0),
             outcomes: Mutex::new(BTreeMap::new()),
             managed: Mutex::new(managed),
             nudge: tokio::sync::Notify::new(),
@@ -192,6 +211,101 @@ impl Link {
         let managed = self.managed().clone();
         if let Err(e) = write_json(&self.dir.join("managed.json"), &managed) {
             tracing::warn!("cannot save the fleet's managed services: {e}");
+        }
+    }
+
+    /// Turns the two-key rule on: every install and update must be listed in the fleet's
+    /// catalog, as last synced (`STATE/fleet/tuf/`), verified from the root pinned at
+    /// enrollment. Until a publication has been synced, installs are refused. It replaces a
+    /// `[catalog]` of gateway.toml: an enrolled gateway has one app store, its controller's.
+    pub async fn start_catalog(&self) {
+        let root = self.dir.join(CATALOG_ROOT);
+        if !root.exists() {
+            tracing::warn!(
+                "fleet: no catalog root is pinned ({} is missing; this gateway enrolled before the catalog existed): installs are checked against signatures only; enroll again to pin it",
+                root.display()
+            );
+            return;
+        }
+        let newest = std::fs::read_dir(tuf_dir(&self.dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("metadata-")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0);
+        match self.agent.use_catalog(self.catalog_config(newest)).await {
+            Ok(version) => self
+                .catalog_version
+                .store(version, std::sync::atomic::Ordering::SeqCst),
+            Err(e) if newest == 0 => {
+                tracing::info!("fleet: the catalog is not synced yet, installs wait for it ({e})")
+            }
+            Err(e) => tracing::warn!("fleet: the synced catalog does not load: {e}"),
+        }
+    }
+
+    fn catalog_config(&self, version: u64) -> agent::CatalogConfig {
+        let tuf = tuf_dir(&self.dir);
+        agent::CatalogConfig {
+            metadata: tuf.join(format!("metadata-{version}")),
+            targets: tuf.join("targets"),
+            root: self.dir.join(CATALOG_ROOT),
+        }
+    }
+
+    /// Fetches the catalog's publication `version` (or newer) and hands it to the agent, which
+    /// takes it only if it verifies from the pinned root and is not older than what it saw.
+    async fn sync_catalog(&self, version: u64) -> Result<(), AgentError> {
+        use std::sync::atomic::Ordering;
+        if version <= self.catalog_version.load(Ordering::SeqCst)
+            || !self.dir.join(CATALOG_ROOT).exists()
+        {
+            return Ok(());
+        }
+        let metadata: api::fleet::CatalogMetadata = self
+            .client
+            .get_json("/v1/catalog/metadata")
+            .await
+            .map_err(|e| AgentError::Busy(format!("fetching the fleet's catalog: {e}")))?;
+        let tuf = tuf_dir(&self.dir);
+        let cfg = self.catalog_config(metadata.version);
+        let partial = tuf.join(format!("partial-{}", metadata.version));
+        let _ = std::fs::remove_dir_all(&partial);
+        for dir in [&partial, &cfg.targets] {
+            std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, e))?;
+        }
+        for (name, text) in &metadata.files {
+            if !api::fleet::catalog_metadata_name(name) {
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(AgentError::Untrusted(format!(
+                    "the controller's catalog holds a file named {name:?}, which is no TUF metadata file; nothing of it was used"
+                )));
+            }
+            let path = partial.join(name);
+            std::fs::write(&path, text).map_err(|e| AgentError::io(&path, e))?;
+        }
+        let _ = std::fs::remove_dir_all(&cfg.metadata);
+        std::fs::rename(&partial, &cfg.metadata).map_err(|e| AgentError::io(&cfg.metadata, e))?;
+        match self.agent.use_catalog(cfg).await {
+            Ok(loaded) => {
+                self.catalog_version.store(loaded, Ordering::SeqCst);
+                // Older publications are no longer read.
+                for entry in std::fs::read_dir(&tuf).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if name.starts_with("metadata-") && name != format!("metadata-{loaded}") {
+                        let _ = std::fs::remove_dir_all(entry.path());
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -285,6 +399,9 @@ impl Link {
     /// updated or removed), each attempt's outcome kept for the next report.
     async fn apply(&self, desired: &Desired) {
         self.apply_trust(desired);
+        if let Err(e) = self.sync_catalog(desired.catalog_version).await {
+            tracing::warn!("fleet: the catalog stays at the last publication that verified: {e}");
+        }
         let wanted: BTreeMap<ServiceRef, &api::fleet::DesiredService> = desired
             .services
             .iter()
@@ -378,31 +495,31 @@ impl Link {
         }
     }
 
-    /// Downloads the desired package from the controller, checks it is exactly the one the
-    /// controller listed, and installs or updates it (the agent checks its signature against
-    /// the trust policy and admits it, as for any package).
+    /// Pulls the desired package from the controller's registry by digest (so exactly the one
+    /// the controller listed), and installs or updates it: the agent checks its signature
+    /// against the trust policy and its listing in the fleet's catalog (the two-key rule) and
+    /// admits it, as for any package.
     async fn bring(
         &self,
         want: &api::fleet::DesiredService,
         installed: bool,
     ) -> Result<(), AgentError> {
-        let file = self.agent.upload_path();
-        let _delete = Delete(file.clone());
-        let uri = format!(
-            "/v1/packages/{}/{}/{}",
-            want.provider, want.name, want.version
+        let authority = self
+            .enrollment
+            .controller
+            .split_once("://")
+            .map_or(self.enrollment.controller.as_str(), |(_, rest)| rest)
+            .trim_end_matches('/');
+        let reference = format!(
+            "{authority}/{}/{}@{}",
+            want.provider, want.name, want.digest
         );
-        self.client
-            .download(&uri, &file)
+        let (file, _) = self
+            .agent
+            .pull(&reference, Some(self.tls.clone()))
             .await
-            .map_err(|e| AgentError::Busy(format!("downloading {uri} from the controller: {e}")))?;
-        let digest = package_digest(&self.agent, &file).await?;
-        if digest != want.digest {
-            return Err(AgentError::Untrusted(format!(
-                "the controller listed `{}` {} as {}, but served {digest}",
-                want.name, want.version, want.digest
-            )));
-        }
+            .map_err(|e| AgentError::Busy(format!("pulling from the controller: {e}")))?;
+        let _delete = Delete(file.clone());
         if installed {
             let id = format!("{}/{}", want.provider, want.name);
             let service = self.agent.resolve(&Principal::Operator, &id)?;
@@ -436,6 +553,7 @@ impl Link {
                     &file,
                     &InstallOptions {
                         start: true,
+                        source: Some(reference),
                         ..Default::default()
                     },
                 )
@@ -493,21 +611,6 @@ impl Drop for Delete {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
-}
-
-/// The digest of a package file (its image manifest's), verified as the agent verifies it.
-async fn package_digest(agent: &Agent, file: &Path) -> Result<String, AgentError> {
-    let staging = agent.upload_path().with_extension("open");
-    let (f, s) = (file.to_path_buf(), staging.clone());
-    let opened = tokio::task::spawn_blocking(move || {
-        let opened = image::open(&f, &s);
-        let _ = std::fs::remove_dir_all(&s);
-        opened
-    })
-    .await
-    .map_err(AgentError::internal)?
-    .map_err(|e| AgentError::BadPackage(e.to_string()))?;
-    Ok(opened.digest)
 }
 
 /// [`enroll`], tried again (with the sync's back-off) while the controller is out of reach or

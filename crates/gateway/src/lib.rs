@@ -91,6 +91,7 @@ pub fn run(
                 enrollment.controller, enrollment.gateway_id
             );
             let link = fleet::Link::new(agent.clone(), enrollment)?;
+            link.start_catalog().await;
             fleet::spawn(link.clone());
             Some(link)
         } else {

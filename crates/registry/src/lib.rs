@@ -21,7 +21,8 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 
-const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image manifest.
+pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 /// Media type of the layer holding a package's signatures (`{"digest", "annotations"}`).
 pub const SIGNATURE_MEDIA: &str = "application/vnd.shg.signature.v1+json";
@@ -476,7 +477,33 @@ pub async fn pull(
     out: &Path,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<String, RegistryError> {
-    let mut conn = connect(reference)?;
+    pull_over(connect(reference)?, reference, cache, out, progress).await
+}
+
+/// [`pull`] over HTTPS with `tls` (its own roots and client certificate), whatever the
+/// registry's address: how a gateway pulls from its fleet controller.
+pub async fn pull_with_tls(
+    reference: &Reference,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    cache: &Path,
+    out: &Path,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<String, RegistryError> {
+    let conn = Conn {
+        reference: reference.clone(),
+        tls: Some(tls),
+        token: None,
+    };
+    pull_over(conn, reference, cache, out, progress).await
+}
+
+async fn pull_over(
+    mut conn: Conn,
+    reference: &Reference,
+    cache: &Path,
+    out: &Path,
+    progress: &mut (dyn FnMut(Progress) + Send),
+) -> Result<String, RegistryError> {
     let repo = reference.repository.clone();
     let (manifest, digest) = resolve(&mut conn, reference).await?;
     let json: serde_json::Value =
@@ -716,6 +743,43 @@ async fn fetch_signatures(
     Ok(annotations)
 }
 
+/// A package's signatures as the artifact stored under [`signature_tag`]: an image manifest
+/// whose one layer is `{"digest": D, "annotations": {…}}`, with an empty config.
+pub struct SignatureArtifact {
+    /// The artifact's manifest, what the tag names.
+    pub manifest: Vec<u8>,
+    /// Its blobs (config, then the signatures document), each with its digest.
+    pub blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl SignatureArtifact {
+    /// The artifact carrying `annotations` for the image `digest`.
+    pub fn new(digest: &str, annotations: &BTreeMap<String, String>) -> SignatureArtifact {
+        let doc = serde_json::to_vec(
+            &serde_json::json!({ "digest": digest, "annotations": annotations }),
+        )
+        .expect("JSON serializes");
+        let config = b"{}".to_vec();
+        let config_digest = format!("sha256:{}", sha256_hex(&config));
+        let doc_digest = format!("sha256:{}", sha256_hex(&doc));
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": [{ "mediaType": SIGNATURE_MEDIA, "digest": doc_digest, "size": doc.len() }],
+        }))
+        .expect("JSON serializes");
+        SignatureArtifact {
+            manifest,
+            blobs: vec![(config_digest, config), (doc_digest, doc)],
+        }
+    }
+}
+
 /// Stores `annotations` (signatures) for the image `reference` names, beside the ones stored
 /// already, as the artifact [`signature_tag`] in its repository. Returns the image's digest.
 pub async fn push_signatures(
@@ -727,24 +791,11 @@ pub async fn push_signatures(
     let (_, digest) = resolve(&mut conn, reference).await?;
     let mut all = fetch_signatures(&mut conn, &repo, &digest).await?;
     all.extend(annotations(&digest));
-    let doc = serde_json::to_vec(&serde_json::json!({ "digest": digest, "annotations": all }))
-        .expect("JSON serializes");
-    let config = b"{}".to_vec();
-    let config_digest = format!("sha256:{}", sha256_hex(&config));
-    let doc_digest = format!("sha256:{}", sha256_hex(&doc));
-    push_blob(&mut conn, &repo, &config_digest, config.clone()).await?;
-    push_blob(&mut conn, &repo, &doc_digest, doc.clone()).await?;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_MANIFEST,
-        "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": config_digest,
-            "size": config.len(),
-        },
-        "layers": [{ "mediaType": SIGNATURE_MEDIA, "digest": doc_digest, "size": doc.len() }],
-    }))
-    .expect("JSON serializes");
+    let artifact = SignatureArtifact::new(&digest, &all);
+    for (blob_digest, bytes) in &artifact.blobs {
+        push_blob(&mut conn, &repo, blob_digest, bytes.clone()).await?;
+    }
+    let manifest = artifact.manifest;
     let path = format!("/v2/{repo}/manifests/{}", signature_tag(&digest));
     let len = manifest.len().to_string();
     let answer = conn

@@ -172,7 +172,23 @@ fn main() {
     lab.fleet(&["publish", pkg.to_str().unwrap()]).unwrap();
     lab.fleet(&["approve", lab::demo::SERVICE, "1.0"]).unwrap();
 
-    // Baseline: one device, the package already on it.
+    // Baseline: one device, the package already on it. The gateway installs only what its
+    // catalog lists: the approval reaches it with its next desired state.
+    let listed = Instant::now();
+    while lab
+        .shg_on(
+            "gw1",
+            &["install", "--dry-run", pkg.to_str().unwrap()],
+            None,
+        )
+        .is_err()
+    {
+        assert!(
+            listed.elapsed() < Duration::from_secs(30),
+            "gw1 never listed the approval"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let t = Instant::now();
     lab.shg_on("gw1", &["install", pkg.to_str().unwrap()], None)
         .expect("install on gw1");

@@ -682,7 +682,7 @@ impl Usp {
                     Some(path) => (std::path::PathBuf::from(path), false, None),
                     None => {
                         let (tar, parsed) = agent
-                            .pull(reference(&source))
+                            .pull(reference(&source), None)
                             .await
                             .map_err(command_error)?;
                         (tar, true, Some(parsed))

@@ -35,13 +35,21 @@ async fn a_published_package_is_admitted_and_its_entry_carries_the_custom_fields
     assert_eq!(entries[1].service, "vod");
     assert_eq!(entries[1].provider, "streamco");
     assert_eq!(entries[1].reference, None);
-    assert_eq!(catalog.find("camera", "1.0"), Some(expected.clone()));
+    assert_eq!(
+        catalog.find("acme", "camera", "1.0"),
+        Some(expected.clone())
+    );
 
     assert_eq!(
-        catalog.admit("camera", "1.0", &digest(&camera)).unwrap(),
+        catalog
+            .admit("acme", "camera", "1.0", &digest(&camera))
+            .unwrap(),
         expected
     );
-    assert_eq!(catalog.manifest("camera", "1.0").await.unwrap(), camera);
+    assert_eq!(
+        catalog.manifest("acme", "camera", "1.0").await.unwrap(),
+        camera
+    );
 }
 
 #[tokio::test]
@@ -54,7 +62,7 @@ async fn an_unlisted_service_or_version_is_refused() {
 
     for (service, version) in [("camera", "9.9"), ("backdoor", "1.0")] {
         let error = catalog
-            .admit(service, version, &digest(&camera))
+            .admit("acme", service, version, &digest(&camera))
             .unwrap_err();
         assert!(
             matches!(&error, CatalogError::NotListed { service: s, version: v, .. }
@@ -64,7 +72,7 @@ async fn an_unlisted_service_or_version_is_refused() {
         let message = error.to_string();
         assert!(
             message.starts_with(&format!(
-                "the catalog does not list `{service}` {version} (sha256:"
+                "the catalog does not list `acme/{service}` {version} (sha256:"
             )),
             "{message}"
         );
@@ -84,7 +92,9 @@ async fn a_listed_version_with_another_digest_is_refused() {
     let catalog = f.load().await.unwrap();
 
     let impostor = digest(&manifest("camera 1.0 with a backdoor"));
-    let error = catalog.admit("camera", "1.0", &impostor).unwrap_err();
+    let error = catalog
+        .admit("acme", "camera", "1.0", &impostor)
+        .unwrap_err();
     match &error {
         CatalogError::DigestMismatch {
             digest: d, listed, ..
@@ -111,9 +121,11 @@ async fn a_republished_version_replaces_the_old_digest() {
 
     let catalog = f.load().await.unwrap();
     assert_eq!(catalog.entries().len(), 1);
-    catalog.admit("camera", "1.0", &digest(&second)).unwrap();
+    catalog
+        .admit("acme", "camera", "1.0", &digest(&second))
+        .unwrap();
     assert!(matches!(
-        catalog.admit("camera", "1.0", &digest(&first)),
+        catalog.admit("acme", "camera", "1.0", &digest(&first)),
         Err(CatalogError::DigestMismatch { .. })
     ));
 }
@@ -130,6 +142,7 @@ async fn a_removed_entry_is_refused_after_the_next_publication() {
     let version = catalog::remove(
         &f.repo,
         &f.keys,
+        "acme",
         "camera",
         "1.0",
         crate::common::in_a_year(),
@@ -140,14 +153,15 @@ async fn a_removed_entry_is_refused_after_the_next_publication() {
 
     let catalog = f.load().await.unwrap();
     assert!(matches!(
-        catalog.admit("camera", "1.0", &digest(&camera)),
+        catalog.admit("acme", "camera", "1.0", &digest(&camera)),
         Err(CatalogError::NotListed { .. })
     ));
-    assert!(catalog.find("vod", "1").is_some());
+    assert!(catalog.find("streamco", "vod", "1").is_some());
 
     let again = catalog::remove(
         &f.repo,
         &f.keys,
+        "acme",
         "camera",
         "1.0",
         crate::common::in_a_year(),
@@ -166,13 +180,13 @@ async fn a_target_file_that_differs_from_the_catalog_is_not_read() {
     f.publish(&[entry("camera", "1.0", "acme", camera.clone())])
         .await;
     let hex = digest(&camera).trim_start_matches("sha256:").to_string();
-    let file = f.targets().join(format!("{hex}.camera")).join("1.0");
+    let file = f.targets().join(format!("{hex}.acme/camera")).join("1.0");
     let mut swapped = manifest("camera 1.0 swapped");
     swapped.truncate(camera.len());
     std::fs::write(&file, &swapped).unwrap();
 
     let catalog = f.load().await.unwrap();
-    let error = catalog.manifest("camera", "1.0").await.unwrap_err();
+    let error = catalog.manifest("acme", "camera", "1.0").await.unwrap_err();
     assert!(
         matches!(&error, CatalogError::Target { detail, .. } if detail.contains("differs from what the catalog lists")),
         "{error:?}"
@@ -241,5 +255,34 @@ async fn a_gateway_pointed_at_a_directory_without_metadata_says_what_is_missing(
     assert!(
         matches!(&error, CatalogError::MetadataMissing { file, dir } if file == "timestamp.json" && dir == &empty),
         "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn two_providers_list_the_same_service_name_side_by_side() {
+    let f = Fixture::new().await;
+    let theirs = manifest("acme probe");
+    let ours = manifest("rival probe");
+    f.publish(&[
+        entry("probe", "1.0", "acme", theirs.clone()),
+        entry("probe", "1.0", "rival", ours.clone()),
+    ])
+    .await;
+    let catalog = f.load().await.unwrap();
+    assert_eq!(catalog.entries().len(), 2);
+    catalog
+        .admit("acme", "probe", "1.0", &digest(&theirs))
+        .unwrap();
+    catalog
+        .admit("rival", "probe", "1.0", &digest(&ours))
+        .unwrap();
+    // Each provider's listing admits only its own build.
+    assert!(matches!(
+        catalog.admit("rival", "probe", "1.0", &digest(&theirs)),
+        Err(CatalogError::DigestMismatch { .. })
+    ));
+    assert_eq!(
+        catalog.manifest("rival", "probe", "1.0").await.unwrap(),
+        ours
     );
 }

@@ -22,14 +22,16 @@ async fn expired_metadata_is_refused_on_load_and_by_a_catalog_loaded_before() {
     .unwrap();
 
     let catalog = f.load().await.unwrap();
-    catalog.admit("camera", "1.0", &digest(&camera)).unwrap();
+    catalog
+        .admit("acme", "camera", "1.0", &digest(&camera))
+        .unwrap();
     assert!(catalog.expires() <= expires);
 
     // Wait past the expiry (whole seconds in the metadata).
     tokio::time::sleep(Duration::from_millis(3100)).await;
 
     let stale = catalog
-        .admit("camera", "1.0", &digest(&camera))
+        .admit("acme", "camera", "1.0", &digest(&camera))
         .unwrap_err();
     assert!(matches!(stale, CatalogError::Expired { .. }), "{stale:?}");
 
@@ -58,7 +60,7 @@ async fn expired_metadata_is_refused_on_load_and_by_a_catalog_loaded_before() {
     f.load()
         .await
         .unwrap()
-        .admit("camera", "1.0", &digest(&camera))
+        .admit("acme", "camera", "1.0", &digest(&camera))
         .unwrap();
 }
 

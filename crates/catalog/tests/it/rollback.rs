@@ -43,7 +43,8 @@ async fn older_metadata_than_the_datastore_remembers_is_refused_after_a_restart(
     let fresh = f.dir.path().join("fresh-datastore");
     let old = f.load_metadata(&publication_2, &fresh).await.unwrap();
     assert_eq!(old.version(), 2);
-    old.admit("camera", "1.0", &digest(&vulnerable)).unwrap();
+    old.admit("acme", "camera", "1.0", &digest(&vulnerable))
+        .unwrap();
 
     // And the remembering gateway still accepts the current publication.
     assert_eq!(f.load().await.unwrap().version(), 3);

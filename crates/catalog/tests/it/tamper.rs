@@ -23,7 +23,7 @@ async fn tampered_targets(backdoor: &[u8]) -> (Fixture, std::path::PathBuf) {
     let served = f.copy_metadata("served");
     let path = served.join("2.targets.json");
     let mut targets: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
-    let target = &mut targets["signed"]["targets"]["camera/1.0"];
+    let target = &mut targets["signed"]["targets"]["acme/camera/1.0"];
     target["hashes"]["sha256"] = digest(backdoor).trim_start_matches("sha256:").into();
     target["length"] = backdoor.len().into();
     fs::write(&path, serde_json::to_vec_pretty(&targets).unwrap()).unwrap();

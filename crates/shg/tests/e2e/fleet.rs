@@ -685,6 +685,103 @@ fn a_gateway_refuses_what_does_not_fit_and_says_why() {
     gw.shg_ok(&["unsubscribe", "probe"]);
 }
 
+/// The two-key rule: an enrolled gateway pins the controller's catalog root and installs
+/// only what that catalog lists *and* a trusted provider signed; it pulls by digest through the
+/// controller's OCI registry, so a blob altered in the controller's store is refused.
+#[test]
+fn an_enrolled_gateway_installs_only_what_the_catalog_lists_and_pulls_it_by_digest() {
+    let ctl = Controller::start();
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let root = std::fs::read_to_string(gw.dir.join("fleet/catalog-root.json")).unwrap();
+    let root: Value = serde_json::from_str(&root).unwrap();
+    assert_eq!(
+        root["signed"]["_type"], "root",
+        "the catalog root is pinned: {root}"
+    );
+    let key = trust_acme(&ctl, &gw.work);
+    let v1 = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    ctl.fleet(&["publish", v1.to_str().unwrap()]);
+
+    // A provider alone cannot push a package: signed and trusted, but not listed yet.
+    let early = gw.shg(&["install", v1.to_str().unwrap()]);
+    assert!(
+        !early.ok()
+            && early
+                .stderr
+                .contains("the catalog does not list `acme/probe` 1.0"),
+        "{early}"
+    );
+    assert_eq!(gw.svc("probe"), None);
+
+    // Approved, it is listed; the gateway hears of it with its desired state.
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    eventually(
+        "the approval reaches the gateway's catalog",
+        Duration::from_secs(30),
+        || {
+            gw.shg(&["install", "--dry-run", v1.to_str().unwrap()])
+                .ok()
+                .then_some(())
+        },
+    );
+    gw.shg_ok(&["install", v1.to_str().unwrap()]);
+    gw.shg_ok(&["remove", "probe"]);
+
+    // Deployed, it is pulled from the controller's registry by digest.
+    let id = gateway_id(&gw);
+    let d = ctl.json(&["deploy", "probe:1.0", "--gateways", &id, "--soak", "1s"]);
+    ctl.wait_deployment(d["id"].as_str().unwrap(), "done");
+    let detail: Value =
+        serde_json::from_str(&gw.shg_ok(&["inspect", "probe", "--json"]).stdout).unwrap();
+    let digest = ctl.json(&["catalog"])[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("/acme/probe@{digest}"))),
+        "{detail}"
+    );
+
+    // Version 2.0, its config altered in the controller's store after publication: the
+    // gateway refuses the blob by its digest, reports why and keeps running 1.0.
+    let v2 = signed(&gw, "probe-2", &probe("2.0", "sleep 100000", "16MiB"), &key);
+    ctl.fleet(&["publish", v2.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "2.0"]);
+    {
+        let db = rusqlite::Connection::open(ctl.dir.path().join("state/controller.db")).unwrap();
+        db.busy_timeout(Duration::from_secs(10)).unwrap();
+        let config: String = db
+            .query_row(
+                "SELECT b.digest FROM package_blobs b JOIN packages p USING (provider, name, version)
+                 WHERE b.version = '2.0' AND b.digest NOT IN (p.digest, p.signatures)
+                 AND b.digest NOT IN (SELECT digest FROM package_blobs WHERE version = '1.0')
+                 ORDER BY b.digest LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let changed = db
+            .execute(
+                "UPDATE oci_blobs SET data = CAST(upper(CAST(data AS TEXT)) AS BLOB) WHERE digest = ?1",
+                [&config],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let d = ctl.json(&["deploy", "probe:2.0", "--gateways", &id, "--soak", "1s"]);
+    let aborted = ctl.wait_deployment(d["id"].as_str().unwrap(), "aborted");
+    assert!(
+        aborted["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its digest"),
+        "{aborted}"
+    );
+    assert_eq!(version_on(&gw, "probe").unwrap().0, "1.0");
+}
+
 #[test]
 fn gateways_ride_through_a_controller_outage_and_catch_up() {
     let mut ctl = Controller::start();
@@ -869,8 +966,12 @@ fn fleet_rule(op: &str, who: Caller) -> Expect {
         // The approved catalog and its packages: every realm (a rival's package does not
         // exist for a provider).
         ("catalog", _) => Allowed,
-        ("getPackage", Owner | Gateway) => Allowed,
-        ("getPackage", Rival) => Hidden,
+        ("getPackage" | "getManifest" | "getBlob", Owner | Gateway) => Allowed,
+        ("getPackage" | "getManifest" | "getBlob", Rival) => Hidden,
+        // The registry's base answers anyone with a credential; the catalog's metadata
+        // (every provider's listings) is the gateways' and the operator's.
+        ("registryBase", _) => Allowed,
+        ("catalogMetadata", Gateway) => Allowed,
         // Providers: their own packages, deployments, services and events.
         (
             "publish" | "listDeployments" | "deploy" | "fleetServices" | "events" | "metrics",
@@ -903,6 +1004,10 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
         "1h",
     ]);
     let deployment = deployment["id"].as_str().unwrap().to_string();
+    let digest = ctl.json(&["catalog"])[0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     ctl.fleet(&["policy", "set", "--provider", "acme", "--everywhere"]);
     // A second gateway, enrolled by hand, to be looked at and revoked.
     let victim = {
@@ -1000,6 +1105,8 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
                     .replace("{provider}", "acme")
                     .replace("{name}", "probe")
                     .replace("{version}", "1.0")
+                    .replace("{reference}", "1.0")
+                    .replace("{digest}", &digest)
                     .replace("{action}", "pause");
                 // The gateway's own syncs and reports share its rate limit with the matrix's
                 // calls: a 429 (answered before any rule is looked at) is waited out.
@@ -1037,7 +1144,7 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        29 * 5,
+        33 * 5,
         "every operation of the document was checked"
     );
 }
@@ -1089,7 +1196,7 @@ fn schemathesis_finds_no_server_error_in_the_controller() {
         "schemathesis failed:\n{report}\n--- controller log\n{}",
         ctl.log()
     );
-    assert!(report.contains("29 selected / 29 total"), "{report}");
+    assert!(report.contains("33 selected / 33 total"), "{report}");
 }
 
 /// The fleet console in headless Chromium: the operator filters gateways by label, follows a
