@@ -51,6 +51,24 @@ pub struct Enrolled {
     pub catalog_root: String,
 }
 
+/// `POST /v1/sync/certificate`: a gateway's request for a new certificate (of a new key),
+/// authenticated with its current one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PEM certificate request of the gateway's new key.
+    pub csr: String,
+}
+
+/// The renewed certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renewed {
+    /// PEM, signed by the controller's CA.
+    pub certificate: String,
+    /// When it expires (ms since the epoch); the gateway renews it after two thirds.
+    pub expires_ms: i64,
+}
+
 /// Whether `name` is a TUF metadata file of a catalog repository (`N.root.json`,
 /// `timestamp.json`, `N.snapshot.json`, `N.targets.json`), and so a safe file name.
 pub fn catalog_metadata_name(name: &str) -> bool {

@@ -127,6 +127,7 @@ pub fn router(controller: Arc<Controller>, server: Arc<Server>, transport: Trans
         .route("/metrics", get(metrics))
         .route("/v1/sync/desired", get(desired))
         .route("/v1/sync/report", post(report))
+        .route("/v1/sync/certificate", post(renew_certificate))
         .route_layer(middleware::from_fn_with_state(
             (server.clone(), transport),
             server::authenticate,
@@ -446,6 +447,22 @@ async fn catalog(
     Extension(who): Extension<Principal>,
 ) -> ApiResult<Json<Vec<api::fleet::CatalogEntry>>> {
     Ok(Json(ctx.controller.catalog(&who).await?))
+}
+
+/// `POST /v1/sync/certificate`: a gateway renews its own certificate.
+async fn renew_certificate(
+    State(ctx): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<api::fleet::RenewRequest>, JsonRejection>,
+) -> ApiResult<Json<api::fleet::Renewed>> {
+    let Principal::Gateway(gateway) = &who else {
+        return Err(ControllerError::Forbidden(
+            "only a gateway renews its certificate, with the one it holds".into(),
+        )
+        .into());
+    };
+    let req = json_body(body, "certificate renewal")?;
+    Ok(Json(ctx.controller.renew_certificate(gateway, &req).await?))
 }
 
 /// `GET /v1/catalog/metadata`: the fleet catalog's current TUF publication.

@@ -114,12 +114,13 @@ impl Authority {
     }
 
     /// Signs a gateway's certificate request: the subject is `gateway_id` whatever the
-    /// request says, for client authentication only. Returns the certificate's PEM and its
-    /// SHA-256, the gateway's credential from now on.
+    /// request says, for client authentication only, valid from now for `validity`. Returns
+    /// the certificate's PEM and its SHA-256, the gateway's credential from now on.
     pub fn sign_gateway(
         &self,
         csr_pem: &str,
         gateway_id: &str,
+        validity: std::time::Duration,
     ) -> Result<(String, String), ControllerError> {
         let mut csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             ControllerError::BadRequest(format!(
@@ -131,6 +132,9 @@ impl Authority {
         csr.params.is_ca = IsCa::NoCa;
         csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        csr.params.not_before = now;
+        csr.params.not_after = now + validity;
         let cert = csr
             .signed_by(&self.issuer, &self.key)
             .map_err(|e| cert_error("signing the gateway's certificate", e))?;
@@ -193,7 +197,8 @@ mod tests {
         let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
         params.distinguished_name = name("the-controller-itself");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let (pem, fp) = again.sign_gateway(&csr, "gw-0001").unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        let (pem, fp) = again.sign_gateway(&csr, "gw-0001", day).unwrap();
         assert_eq!(realm::cert_fingerprint_pem(&pem).unwrap(), fp);
         let parsed = CertificateParams::from_ca_cert_pem(&pem).unwrap();
         let cn = parsed
@@ -206,11 +211,13 @@ mod tests {
             "{cn:?}"
         );
         assert!(parsed.subject_alt_names.is_empty());
+        let lifetime = parsed.not_after - parsed.not_before;
+        assert_eq!(lifetime.whole_seconds(), 86_400, "valid for the day asked");
         assert_eq!(
             parsed.extended_key_usages,
             vec![ExtendedKeyUsagePurpose::ClientAuth]
         );
-        assert!(again.sign_gateway("not a csr", "gw").is_err());
+        assert!(again.sign_gateway("not a csr", "gw", day).is_err());
     }
 
     #[test]

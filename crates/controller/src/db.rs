@@ -167,6 +167,9 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         data BYTEA NOT NULL
     )",
+    "ALTER TABLE gateways ADD COLUMN cert_expires_ms BIGINT",
+    "ALTER TABLE gateways ADD COLUMN previous_cert_sha256 TEXT",
+    "ALTER TABLE gateways ADD COLUMN previous_expires_ms BIGINT",
 ];
 
 /// A query ready to run.

@@ -38,21 +38,30 @@ impl Controller {
     pub async fn principal(&self, stored: &str) -> Result<Option<Principal>, ControllerError> {
         if let Some(fingerprint) = stored.strip_prefix(realm::CERT_PREFIX) {
             let generation = self.db.generation();
-            if let Some(id) = self.memo.gateway(fingerprint, generation) {
+            let now = now_ms();
+            if let Some(id) = self.memo.gateway(fingerprint, generation, now) {
                 return Ok(Some(Principal::Gateway(id)));
             }
             let row = self
                 .db
                 .fetch_optional(
+                    // The current certificate, or the one it replaced (until it expires: a
+                    // gateway that crashed before keeping its new certificate still gets in).
                     sqlx::query(
-                        "SELECT id FROM gateways WHERE cert_sha256 = $1 AND revoked_ms IS NULL",
+                        "SELECT id, CASE WHEN cert_sha256 = $1 THEN cert_expires_ms ELSE previous_expires_ms END AS expires_ms
+                         FROM gateways WHERE revoked_ms IS NULL AND (
+                            (cert_sha256 = $1 AND (cert_expires_ms IS NULL OR cert_expires_ms > $2))
+                            OR (previous_cert_sha256 = $1 AND previous_expires_ms > $2))",
                     )
-                    .bind(fingerprint.to_string()),
+                    .bind(fingerprint.to_string())
+                    .bind(now),
                 )
                 .await?;
-            let id = row.map(|r| str_of(&r, "id"));
-            if let Some(id) = &id {
-                self.memo.remember_gateway(fingerprint, generation, id);
+            let id = row.as_ref().map(|r| str_of(r, "id"));
+            if let (Some(id), Some(row)) = (&id, &row) {
+                let expires_ms = opt_i64(row, "expires_ms").unwrap_or(i64::MAX);
+                self.memo
+                    .remember_gateway(fingerprint, generation, id, expires_ms);
             }
             return Ok(id.map(Principal::Gateway));
         }
@@ -214,7 +223,8 @@ impl Controller {
             realm::random_hex(6).map_err(|e| ControllerError::Internal(e.to_string()))?
         );
         // Checked before the token is spent: a broken request does not cost the token.
-        let (certificate, cert_sha256) = self.ca.sign_gateway(&req.csr, &id)?;
+        let validity = self.cfg.gateway_cert_validity;
+        let (certificate, cert_sha256) = self.ca.sign_gateway(&req.csr, &id, validity)?;
         let now = now_ms();
         let used = self
             .db
@@ -243,11 +253,12 @@ impl Controller {
         self.db
             .execute(
                 sqlx::query(
-                    "INSERT INTO gateways (id, labels, cert_sha256, enrolled_ms, last_contact_ms, agent_version) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO gateways (id, labels, cert_sha256, cert_expires_ms, enrolled_ms, last_contact_ms, agent_version) VALUES ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id.clone())
                 .bind(serde_json::to_string(&labels).unwrap_or_default())
                 .bind(cert_sha256)
+                .bind(now + validity.as_millis() as i64)
                 .bind(now)
                 .bind(now)
                 .bind(req.agent_version.clone()),
@@ -267,6 +278,48 @@ impl Controller {
             ca: self.ca.ca_pem.clone(),
             labels,
             catalog_root: self.catalog_root().await?,
+        })
+    }
+
+    /// Renews `gateway`'s certificate: signs its new key's request for another validity
+    /// period. The certificate it replaces stays good until it expires, so a gateway that
+    /// crashed before keeping the new one is not locked out; revocation ends both.
+    pub async fn renew_certificate(
+        &self,
+        gateway: &str,
+        req: &api::fleet::RenewRequest,
+    ) -> Result<api::fleet::Renewed, ControllerError> {
+        let validity = self.cfg.gateway_cert_validity;
+        let (certificate, cert_sha256) = self.ca.sign_gateway(&req.csr, gateway, validity)?;
+        let expires_ms = now_ms() + validity.as_millis() as i64;
+        let n = self
+            .db
+            .execute(
+                sqlx::query(
+                    "UPDATE gateways SET previous_cert_sha256 = cert_sha256, previous_expires_ms = cert_expires_ms,
+                     cert_sha256 = $1, cert_expires_ms = $2 WHERE id = $3 AND revoked_ms IS NULL",
+                )
+                .bind(cert_sha256)
+                .bind(expires_ms)
+                .bind(gateway.to_string()),
+            )
+            .await?;
+        if n != 1 {
+            return Err(ControllerError::NotFound(format!(
+                "gateway {gateway} is not enrolled (or was revoked); enroll it again with a new token"
+            )));
+        }
+        self.db
+            .event(
+                "certificate-renewed",
+                Some(gateway),
+                None,
+                &format!("gateway {gateway} renewed its certificate"),
+            )
+            .await?;
+        Ok(api::fleet::Renewed {
+            certificate,
+            expires_ms,
         })
     }
 

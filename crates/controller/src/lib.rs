@@ -93,6 +93,8 @@ pub struct Config {
     pub long_poll: std::time::Duration,
     /// How often deployments are judged.
     pub tick: std::time::Duration,
+    /// How long a gateway's certificate is valid; gateways renew theirs after two thirds.
+    pub gateway_cert_validity: std::time::Duration,
 }
 
 impl Config {
@@ -104,6 +106,7 @@ impl Config {
             offline_after_ms: 90_000,
             long_poll: std::time::Duration::from_secs(60),
             tick: std::time::Duration::from_secs(1),
+            gateway_cert_validity: std::time::Duration::from_secs(365 * 24 * 3600),
         }
     }
 

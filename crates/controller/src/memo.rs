@@ -24,8 +24,8 @@ pub const CONTACT_EVERY_MS: i64 = 10_000;
 pub struct Memo {
     etags: Mutex<HashMap<String, (u64, Instant, String)>>,
     contacts: Mutex<HashMap<String, i64>>,
-    /// Enrolled gateways by certificate fingerprint.
-    gateways: Mutex<HashMap<String, (u64, Instant, String)>>,
+    /// Enrolled gateways by certificate fingerprint, with the certificate's expiry (ms).
+    gateways: Mutex<HashMap<String, (u64, Instant, String, i64)>>,
     /// The digest of each gateway's last report whose decisions this process carried out.
     judged: Mutex<HashMap<String, (u64, Instant, String)>>,
 }
@@ -56,13 +56,24 @@ fn keep(
 impl Memo {
     /// The gateway id of an unrevoked certificate, if learnt at `generation` (a revocation
     /// is a change, so it ends every entry).
-    pub fn gateway(&self, fingerprint: &str, generation: u64) -> Option<String> {
+    /// An expired certificate is forgotten at once.
+    pub fn gateway(&self, fingerprint: &str, generation: u64, now_ms: i64) -> Option<String> {
         let map = self.gateways.lock().unwrap_or_else(|e| e.into_inner());
-        fresh(&map, fingerprint, generation).map(String::from)
+        map.get(fingerprint)
+            .filter(|(g, at, _, expires_ms)| {
+                *g == generation && at.elapsed() < ETAG_LIFE && now_ms < *expires_ms
+            })
+            .map(|(_, _, id, _)| id.clone())
     }
 
-    pub fn remember_gateway(&self, fingerprint: &str, generation: u64, id: &str) {
-        keep(&self.gateways, fingerprint, generation, id);
+    pub fn remember_gateway(&self, fingerprint: &str, generation: u64, id: &str, expires_ms: i64) {
+        self.gateways
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                fingerprint.to_string(),
+                (generation, Instant::now(), id.to_string(), expires_ms),
+            );
     }
 
     /// Whether this process carried out the decisions of a report with `digest` from
@@ -116,7 +127,7 @@ impl Memo {
         self.gateways
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, (_, _, id)| id != gateway);
+            .retain(|_, (_, _, id, _)| id != gateway);
         self.contacts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -143,13 +154,14 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_is_known_until_the_next_change_or_a_revocation() {
+    fn a_certificate_is_known_until_the_next_change_its_expiry_or_a_revocation() {
         let memo = Memo::default();
-        memo.remember_gateway("f1", 3, "gw-1");
-        assert_eq!(memo.gateway("f1", 3).as_deref(), Some("gw-1"));
-        assert_eq!(memo.gateway("f1", 4), None);
+        memo.remember_gateway("f1", 3, "gw-1", 1_000);
+        assert_eq!(memo.gateway("f1", 3, 999).as_deref(), Some("gw-1"));
+        assert_eq!(memo.gateway("f1", 3, 1_000), None, "expired");
+        assert_eq!(memo.gateway("f1", 4, 999), None);
         memo.forget("gw-1");
-        assert_eq!(memo.gateway("f1", 3), None);
+        assert_eq!(memo.gateway("f1", 3, 999), None);
         memo.remember_judged("gw-1", 3, "d");
         assert!(memo.judged("gw-1", 3, "d"));
         assert!(!memo.judged("gw-1", 3, "e"));

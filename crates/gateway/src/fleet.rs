@@ -155,9 +155,8 @@ pub async fn enroll(
 pub struct Link {
     agent: Arc<Agent>,
     enrollment: Enrollment,
-    client: api::Client,
-    /// The same TLS settings for pulls from the controller's registry.
-    tls: Arc<rustls::ClientConfig>,
+    /// How the gateway reaches its controller: replaced when its certificate is renewed.
+    identity: std::sync::RwLock<Identity>,
     dir: PathBuf,
     /// The catalog publication the agent checks installs against (0: none yet).
     catalog_version: std::sync::atomic::AtomicU64,
@@ -171,21 +170,13 @@ pub struct Link {
 impl Link {
     pub fn new(agent: Arc<Agent>, enrollment: Enrollment) -> Result<Arc<Link>, AgentError> {
         let dir = fleet_dir(agent.state_dir());
-        let options = api::Options {
-            ca_cert: Some(dir.join("ca.pem")),
-            client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
-            ..Default::default()
-        };
-        let client = api::Client::with_options(&enrollment.controller, &options)
-            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
-        let tls = api::client::tls_config(&enrollment.controller, &options)
-            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        finish_renewal(&dir)?;
+        let identity = Identity::load(&dir, &enrollment.controller)?;
         let managed = read_json(&dir.join("managed.json")).unwrap_or_default();
         Ok(Arc::new(Link {
             agent,
             enrollment,
-            client,
-            tls,
+            identity: std::sync::RwLock::new(identity),
             dir,
             catalog_version: std::sync::atomic::AtomicU64::new(0),
             outcomes: Mutex::new(BTreeMap::new()),
@@ -196,6 +187,62 @@ impl Link {
 
     pub fn gateway_id(&self) -> &str {
         &self.enrollment.gateway_id
+    }
+
+    /// The API client, with the gateway's current certificate.
+    fn client(&self) -> api::Client {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .client
+            .clone()
+    }
+
+    /// The same TLS settings, for pulls from the controller's registry.
+    fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.identity
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tls
+            .clone()
+    }
+
+    /// Renews the gateway's certificate with a new key: the controller signs it, the gateway
+    /// keeps both (so that a crash half-way is finished at the next start) and uses them from
+    /// the next request on.
+    async fn renew(&self) -> Result<(), AgentError> {
+        let key = rcgen::KeyPair::generate().map_err(AgentError::internal)?;
+        let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&key))
+            .and_then(|r| r.pem())
+            .map_err(AgentError::internal)?;
+        let renewed: api::fleet::Renewed = self
+            .client()
+            .send_json(
+                "POST",
+                "/v1/sync/certificate",
+                &api::fleet::RenewRequest { csr },
+            )
+            .await
+            .map_err(|e| AgentError::Busy(format!("renewing the certificate: {e}")))?;
+        let dir = &self.dir;
+        let (cert_new, key_new) = (dir.join("cert.pem.new"), dir.join("key.pem.new"));
+        let (cert_tmp, key_tmp) = (dir.join("cert.pem.tmp"), dir.join("key.pem.tmp"));
+        std::fs::write(&cert_tmp, &renewed.certificate)
+            .and_then(|()| std::fs::rename(&cert_tmp, &cert_new))
+            .map_err(|e| AgentError::io(&cert_new, e))?;
+        server::write_private(&key_tmp, key.serialize_pem().as_bytes())
+            .map_err(AgentError::internal)?;
+        // From here on the new pair is the gateway's, even across a crash.
+        std::fs::rename(&key_tmp, &key_new).map_err(|e| AgentError::io(&key_new, e))?;
+        finish_renewal(dir)?;
+        let identity = Identity::load(dir, &self.enrollment.controller)?;
+        *self.identity.write().unwrap_or_else(|p| p.into_inner()) = identity;
+        tracing::info!(
+            "fleet: renewed the gateway's certificate; it expires at {} ms",
+            renewed.expires_ms
+        );
+        Ok(())
     }
 
     /// The controller's address.
@@ -270,7 +317,7 @@ impl Link {
             return Ok(());
         }
         let metadata: api::fleet::CatalogMetadata = self
-            .client
+            .client()
             .get_json("/v1/catalog/metadata")
             .await
             .map_err(|e| AgentError::Busy(format!("fetching the fleet's catalog: {e}")))?;
@@ -331,7 +378,7 @@ impl Link {
 
     /// The controller's catalog, as this gateway may read it (the approved packages).
     pub async fn catalog(&self) -> Result<Vec<api::fleet::CatalogEntry>, AgentError> {
-        self.client
+        self.client()
             .get_json("/v1/catalog")
             .await
             .map_err(|e| AgentError::Busy(format!("the fleet controller: {e}")))
@@ -390,7 +437,7 @@ impl Link {
                 return Ok(());
             }
         };
-        self.client
+        self.client()
             .send_json_empty("POST", "/v1/sync/report", &report)
             .await
     }
@@ -516,7 +563,7 @@ impl Link {
         );
         let (file, _) = self
             .agent
-            .pull(&reference, Some(self.tls.clone()))
+            .pull(&reference, Some(self.tls()))
             .await
             .map_err(|e| AgentError::Busy(format!("pulling from the controller: {e}")))?;
         let _delete = Delete(file.clone());
@@ -604,6 +651,54 @@ impl Link {
     }
 }
 
+/// The gateway's credentials as its clients use them.
+struct Identity {
+    client: api::Client,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl Identity {
+    fn load(dir: &Path, controller: &str) -> Result<Identity, AgentError> {
+        let options = api::Options {
+            ca_cert: Some(dir.join("ca.pem")),
+            client_cert: Some((dir.join("cert.pem"), dir.join("key.pem"))),
+            ..Default::default()
+        };
+        let client = api::Client::with_options(controller, &options)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        let tls = api::client::tls_config(controller, &options)
+            .map_err(|e| AgentError::BadRequest(e.to_string()))?;
+        Ok(Identity { client, tls })
+    }
+}
+
+/// Finishes a renewal a crash interrupted: once the new key is in place (`key.pem.new`), the
+/// new certificate (`cert.pem.new`, unless already moved) and the key replace the old ones.
+fn finish_renewal(dir: &Path) -> Result<(), AgentError> {
+    let (cert_new, key_new) = (dir.join("cert.pem.new"), dir.join("key.pem.new"));
+    if !key_new.exists() {
+        return Ok(());
+    }
+    if cert_new.exists() {
+        let cert = dir.join("cert.pem");
+        std::fs::rename(&cert_new, &cert).map_err(|e| AgentError::io(&cert, e))?;
+    }
+    let key = dir.join("key.pem");
+    std::fs::rename(&key_new, &key).map_err(|e| AgentError::io(&key, e))
+}
+
+/// When the certificate in `dir` is due for renewal: two thirds into its validity.
+fn renewal_due(dir: &Path) -> Option<std::time::SystemTime> {
+    let pem = std::fs::read_to_string(dir.join("cert.pem")).ok()?;
+    let cert = rcgen::CertificateParams::from_ca_cert_pem(&pem).ok()?;
+    let (from, to) = (
+        cert.not_before.unix_timestamp(),
+        cert.not_after.unix_timestamp(),
+    );
+    let due = u64::try_from(from + (to - from) * 2 / 3).ok()?;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(due))
+}
+
 /// Deletes a file when dropped.
 struct Delete(PathBuf);
 
@@ -658,13 +753,40 @@ const HEARTBEAT: Duration = Duration::from_secs(60);
 /// every [`HEARTBEAT`]).
 pub fn spawn(link: Arc<Link>) {
     let poll_uri = format!("/v1/sync/desired?wait={POLL_WAIT_S}");
+    let renewer = link.clone();
+    tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let Some(due) = renewal_due(&renewer.dir) else {
+                tracing::warn!(
+                    "fleet: cannot read the gateway's certificate in {}; it is not renewed",
+                    renewer.dir.display()
+                );
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                continue;
+            };
+            if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+                tokio::time::sleep(wait.min(Duration::from_secs(3600))).await;
+                continue;
+            }
+            match renewer.renew().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    tracing::warn!("fleet: {e}; trying again in {wait:?}");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    });
     let poller = link.clone();
     tokio::spawn(async move {
         let mut etag: Option<String> = None;
         let mut failures = 0u32;
         loop {
             match poller
-                .client
+                .client()
                 .poll_json::<Desired>(&poll_uri, etag.as_deref())
                 .await
             {

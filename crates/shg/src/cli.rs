@@ -537,6 +537,10 @@ pub enum ControllerCommand {
         /// controller processes in front of one database
         #[arg(long, env = "SHG_DATABASE", hide_env_values = true, value_name = "URL")]
         database: Option<String>,
+        /// How long a gateway's certificate is valid (e.g. 365d, 12h); gateways renew theirs
+        /// when two thirds of it have passed
+        #[arg(long, value_name = "SPAN", default_value = "365d")]
+        gateway_cert_validity: String,
     },
 }
 

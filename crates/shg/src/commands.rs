@@ -67,8 +67,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     state_dir,
                     listen,
                     database,
+                    gateway_cert_validity,
                 },
-        } => daemon::controller_run(state_dir, listen, database).map(|()| 0),
+        } => daemon::controller_run(
+            state_dir,
+            listen,
+            database,
+            parse_span(&gateway_cert_validity)?,
+        )
+        .map(|()| 0),
         Command::Fleet {
             controller,
             command,

@@ -168,10 +168,12 @@ pub fn controller_run(
     state_dir: PathBuf,
     listen: std::net::SocketAddr,
     database: Option<String>,
+    gateway_cert_validity: std::time::Duration,
 ) -> anyhow::Result<()> {
     init_logging();
     let mut cfg = controller::Config::new(state_dir, listen);
     cfg.database = database;
+    cfg.gateway_cert_validity = gateway_cert_validity;
     controller::run(cfg)?;
     Ok(())
 }

@@ -77,7 +77,7 @@ fn only_what_the_catalog_lists_and_a_trusted_key_signed_installs() {
 
     // Signed by a trusted key, but not in the catalog: an arbitrary package.
     let out = gw.shg(&["install", v1.to_str().unwrap()]);
-    refused(&out, "the catalog does not list `app` 1.0.0");
+    refused(&out, "the catalog does not list `acme/app` 1.0.0");
     assert!(gw.svc("app").is_none());
 
     repo.publish(&[&v1], "7d");
@@ -103,7 +103,7 @@ fn only_what_the_catalog_lists_and_a_trusted_key_signed_installs() {
     // An update must be listed too.
     let v2 = gw.package("app-2", &app("2.0.0", "second"), &[]);
     let out = gw.shg(&["update", "app", v2.to_str().unwrap(), "--window", "1s"]);
-    refused(&out, "the catalog does not list `app` 2.0.0");
+    refused(&out, "the catalog does not list `acme/app` 2.0.0");
     repo.publish(&[&v2], "7d");
     gw.shg_ok(&["update", "app", v2.to_str().unwrap(), "--window", "1s"]);
     assert_eq!(gw.wait_running("app").version, "2.0.0");

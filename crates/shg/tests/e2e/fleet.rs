@@ -104,12 +104,23 @@ struct Controller {
     dir: tempfile::TempDir,
     addr: std::net::SocketAddr,
     database: Option<String>,
+    /// More arguments for `shg controller run`.
+    args: Vec<String>,
     child: Option<Child>,
 }
 
 impl Controller {
     fn start() -> Controller {
         Controller::start_on(None)
+    }
+
+    /// A controller on its embedded SQLite, run with more arguments.
+    fn start_with(args: &[&str]) -> Controller {
+        let mut c = Controller::start();
+        c.stop();
+        c.args = args.iter().map(|a| a.to_string()).collect();
+        c.spawn();
+        c
     }
 
     /// A controller on `database` (PostgreSQL), or on its embedded SQLite.
@@ -130,6 +141,7 @@ impl Controller {
             dir,
             addr,
             database,
+            args: Vec::new(),
             child: None,
         };
         c.spawn();
@@ -149,6 +161,7 @@ impl Controller {
         if let Some(url) = &self.database {
             cmd.args(["--database", url]);
         }
+        cmd.args(&self.args);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -782,6 +795,69 @@ fn an_enrolled_gateway_installs_only_what_the_catalog_lists_and_pulls_it_by_dige
     assert_eq!(version_on(&gw, "probe").unwrap().0, "1.0");
 }
 
+/// A gateway renews its certificate two thirds into its validity and keeps syncing with the
+/// new one; the certificate it replaced ends when it expires.
+#[test]
+fn a_gateway_renews_its_certificate_and_the_old_one_expires() {
+    let ctl = Controller::start_with(&["--gateway-cert-validity", "15s"]);
+    let gw = Gateway::start_enrolled(&ctl.url(), &ctl.enroll_token("region=lyon"), None);
+    let dir = gw.dir.join("fleet");
+    let first = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+    let (old_cert, old_key) = (gw.work.join("old-cert.pem"), gw.work.join("old-key.pem"));
+    std::fs::copy(dir.join("cert.pem"), &old_cert).unwrap();
+    std::fs::copy(dir.join("key.pem"), &old_key).unwrap();
+    let old = api::Client::with_options(
+        &ctl.url(),
+        &api::Options {
+            ca_cert: Some(dir.join("ca.pem")),
+            client_cert: Some((old_cert, old_key)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = |client: &api::Client| {
+        rt.block_on(client.raw("GET", "/v1/catalog", None))
+            .unwrap()
+            .0
+    };
+    assert_eq!(status(&old), 200);
+
+    eventually(
+        "the certificate is renewed",
+        Duration::from_secs(30),
+        || (std::fs::read_to_string(dir.join("cert.pem")).unwrap() != first).then_some(()),
+    );
+    assert!(!dir.join("key.pem.new").exists() && !dir.join("cert.pem.new").exists());
+
+    // The gateway keeps syncing with its new certificate: a deployment reaches it.
+    let key = trust_acme(&ctl, &gw.work);
+    let v1 = signed(&gw, "probe-1", &probe("1.0", "sleep 100000", "16MiB"), &key);
+    ctl.fleet(&["publish", v1.to_str().unwrap()]);
+    ctl.fleet(&["approve", "probe", "1.0"]);
+    let d = ctl.json(&[
+        "deploy",
+        "probe",
+        "--gateways",
+        &gateway_id(&gw),
+        "--soak",
+        "1s",
+    ]);
+    ctl.wait_deployment(d["id"].as_str().unwrap(), "done");
+
+    // The replaced certificate ends with its validity.
+    eventually(
+        "the old certificate is refused",
+        Duration::from_secs(60),
+        || (status(&old) == 401).then_some(()),
+    );
+    let events = ctl.fleet(&["events"]).stdout;
+    assert!(events.contains("certificate-renewed"), "{events}");
+}
+
 #[test]
 fn gateways_ride_through_a_controller_outage_and_catch_up() {
     let mut ctl = Controller::start();
@@ -960,8 +1036,8 @@ fn fleet_rule(op: &str, who: Caller) -> Expect {
     }
     match (op, who) {
         // The gateway's own calls: only a gateway's certificate says which gateway it is.
-        ("desired" | "report", Gateway) => Allowed,
-        ("desired" | "report", _) => Forbidden,
+        ("desired" | "report" | "renewCertificate", Gateway) => Allowed,
+        ("desired" | "report" | "renewCertificate", _) => Forbidden,
         (_, Operator) => Allowed,
         // The approved catalog and its packages: every realm (a rival's package does not
         // exist for a provider).
@@ -1144,7 +1220,7 @@ fn every_controller_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        33 * 5,
+        34 * 5,
         "every operation of the document was checked"
     );
 }
@@ -1196,7 +1272,7 @@ fn schemathesis_finds_no_server_error_in_the_controller() {
         "schemathesis failed:\n{report}\n--- controller log\n{}",
         ctl.log()
     );
-    assert!(report.contains("33 selected / 33 total"), "{report}");
+    assert!(report.contains("34 selected / 34 total"), "{report}");
 }
 
 /// The fleet console in headless Chromium: the operator filters gateways by label, follows a
