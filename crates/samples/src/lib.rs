@@ -1,8 +1,11 @@
 //! The sample services SHG ships (camera, meter, thermostat) and the small busybox root
-//! filesystems they, the demo and the tests run on.
+//! filesystems they, the demo and the tests run on; and the papers' services built from this
+//! repository (`services/`), packaged from their static binaries.
 //!
 //! Each sample is a manifest plus a few files, embedded in the binary; its root filesystem is
-//! the host's static busybox with its applets linked in, so no download is ever needed.
+//! the host's static busybox with its applets linked in, so no download is ever needed. Each
+//! service is its manifest (`services/NAME/shg-service.toml`, embedded) and its binary, found
+//! where it was built or installed; its root holds that binary and nothing else.
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +70,99 @@ pub const SAMPLES: &[Sample] = &[
     },
 ];
 
+/// One of the papers' services: a static binary of this repository and its manifest.
+pub struct Service {
+    /// The service's name (its manifest's).
+    pub name: &'static str,
+    /// The binary's file name, as cargo builds it.
+    pub binary: &'static str,
+    pub manifest: &'static str,
+}
+
+/// The services the demo hosts and the catalog offers. The cloud proxy is not among them: it
+/// needs its provider's cloud, which a demo does not have (its manifest in `services/` is
+/// the template a provider fills in).
+pub const SERVICES: &[Service] = &[
+    Service {
+        name: "automation",
+        binary: "automation",
+        manifest: include_str!("../../../services/home-automation/shg-service.toml"),
+    },
+    Service {
+        name: "surveillance",
+        binary: "surveillance",
+        manifest: include_str!("../../../services/surveillance/shg-service.toml"),
+    },
+];
+
+/// Where the services' binaries are looked for, first found first: `SHG_SERVICES_DIR`, the
+/// directory of the running `shg` (cargo puts them side by side), and
+/// `/usr/local/lib/shg/services` (where `scripts/demo.sh` installs them).
+pub fn service_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("SHG_SERVICES_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        dirs.push(dir);
+    }
+    dirs.push(PathBuf::from("/usr/local/lib/shg/services"));
+    dirs
+}
+
+/// The service's binary in the first of `dirs` that holds a static one.
+pub fn find_service_binary(service: &Service, dirs: &[PathBuf]) -> Option<PathBuf> {
+    dirs.iter()
+        .map(|dir| dir.join(service.binary))
+        .find(|path| is_static_elf(path))
+}
+
+/// Builds `service`'s package into `out` (as `NAME.tar`) from `binary`: a root holding the
+/// binary as `/bin/BINARY` (stripped of its debug information when `strip` is at hand),
+/// `/etc/passwd`, `/etc/group` and the mount points.
+pub fn build_service(service: &Service, binary: &Path, out: &Path) -> Result<PathBuf, SampleError> {
+    let dir = out.join("src").join(service.name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+    }
+    let rootfs = dir.join("rootfs");
+    for sub in ["bin", "etc", "data", "tmp", "proc", "sys", "dev"] {
+        let path = rootfs.join(sub);
+        std::fs::create_dir_all(&path).map_err(io(&path))?;
+    }
+    let target = rootfs.join("bin").join(service.binary);
+    std::fs::copy(binary, &target).map_err(io(&target))?;
+    let _ = std::process::Command::new("strip")
+        .arg("--strip-debug")
+        .arg(&target)
+        .status();
+    write_users(&rootfs)?;
+    let manifest_path = dir.join(manifest::FILE_NAME);
+    std::fs::write(&manifest_path, service.manifest).map_err(io(&manifest_path))?;
+    let tar = out.join(format!("{}.tar", service.name));
+    image::pack(&dir, &tar).map_err(|e| SampleError::Pack {
+        name: service.name.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(tar)
+}
+
+/// `/etc/passwd` and `/etc/group` with root, the `service` user (1000) and nobody.
+fn write_users(rootfs: &Path) -> Result<(), SampleError> {
+    let files = [
+        ("etc/passwd", "root:x:0:0:root:/data:/bin/sh\nservice:x:1000:1000:service:/data:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+        ("etc/group", "root:x:0:\nservice:x:1000:\nnogroup:x:65534:\n"),
+    ];
+    for (path, text) in files {
+        let path = rootfs.join(path);
+        std::fs::write(&path, text).map_err(io(&path))?;
+    }
+    Ok(())
+}
+
 /// Where a static busybox is found on Debian (`busybox-static`).
 pub fn find_busybox() -> Result<PathBuf, SampleError> {
     let candidates = ["/usr/bin/busybox", "/bin/busybox"];
@@ -80,7 +176,7 @@ pub fn find_busybox() -> Result<PathBuf, SampleError> {
 }
 
 /// True for an ELF executable without a program interpreter (statically linked).
-fn is_static_elf(path: &Path) -> bool {
+pub fn is_static_elf(path: &Path) -> bool {
     let Ok(bytes) = std::fs::read(path) else {
         return false;
     };
@@ -121,15 +217,7 @@ pub fn busybox_rootfs(rootfs: &Path, busybox: &Path) -> Result<(), SampleError> 
         }
         std::os::unix::fs::symlink("busybox", &link).map_err(io(&link))?;
     }
-    let files = [
-        ("etc/passwd", "root:x:0:0:root:/data:/bin/sh\nservice:x:1000:1000:service:/data:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
-        ("etc/group", "root:x:0:\nservice:x:1000:\nnogroup:x:65534:\n"),
-    ];
-    for (path, text) in files {
-        let path = rootfs.join(path);
-        std::fs::write(&path, text).map_err(io(&path))?;
-    }
-    Ok(())
+    write_users(rootfs)
 }
 
 /// Writes the sample's package source directory (`shg-service.toml` + `rootfs/`) under `work`.
@@ -190,6 +278,15 @@ mod tests {
         let m = manifest::parse(SAMPLES[0].manifest, "camera").unwrap();
         assert_eq!(m.run.command[0], "/bin/httpd");
         assert_eq!(m.resources.memory.limit, Some(64 << 20));
+    }
+
+    #[test]
+    fn every_service_manifest_is_valid_and_names_its_binary() {
+        for service in SERVICES {
+            let m = manifest::parse(service.manifest, service.name).unwrap();
+            assert_eq!(m.name, service.name);
+            assert_eq!(m.run.command[0], format!("/bin/{}", service.binary));
+        }
     }
 
     #[test]

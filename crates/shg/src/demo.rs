@@ -19,7 +19,35 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     std::fs::create_dir_all(&packages_dir)
         .with_context(|| format!("cannot create {}", packages_dir.display()))?;
     let packages = samples::build_all(&packages_dir)?;
-    let keys = sign_samples(&state_dir, &packages)?;
+    let mut shelf: Vec<(String, String, PathBuf)> = samples::SAMPLES
+        .iter()
+        .zip(&packages)
+        .map(|(sample, package)| {
+            let provider = manifest::parse(sample.manifest, sample.name)?.provider;
+            Ok((sample.name.to_string(), provider, package.clone()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // The papers' services, from their binaries when they were built (scripts/demo.sh does).
+    let dirs = samples::service_dirs();
+    for service in samples::SERVICES {
+        match samples::find_service_binary(service, &dirs) {
+            Some(binary) => {
+                let package = samples::build_service(service, &binary, &packages_dir)?;
+                let provider = manifest::parse(service.manifest, service.name)?.provider;
+                shelf.push((service.name.to_string(), provider, package));
+            }
+            None => eprintln!(
+                "note: `{}` is not hosted: no static `{}` binary in {} (scripts/demo.sh builds and installs it)",
+                service.name,
+                service.binary,
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    let keys = sign_samples(&state_dir, &shelf)?;
 
     let agent_cfg = agent::Config::new(state_dir.clone())?;
     // A port taken by something else should not cost the user the whole demo.
@@ -72,21 +100,21 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
                 .with_context(|| format!("trusting the demo key of `{}`", key.provider))?;
         }
         let installed: Vec<String> = client.list().await?.into_iter().map(|s| s.name).collect();
-        for (sample, package) in samples::SAMPLES.iter().zip(&packages) {
-            if installed.iter().any(|n| n == sample.name) {
-                println!("  {:<11} already installed", sample.name);
+        for (name, _, package) in &shelf {
+            if installed.iter().any(|n| n == name) {
+                println!("  {name:<13} already installed");
                 continue;
             }
-            let detail = client
-                .install(package, true)
-                .await
-                .with_context(|| format!("installing sample `{}`", sample.name))?;
-            println!(
-                "  {:<11} installed from {} ({})",
-                sample.name,
-                package.display(),
-                detail.image_digest
-            );
+            // One service that cannot be hosted here (a port taken on this machine, say)
+            // costs the demo that service, not the others.
+            match client.install(package, true).await {
+                Ok(detail) => println!(
+                    "  {name:<13} installed from {} ({})",
+                    package.display(),
+                    detail.image_digest
+                ),
+                Err(e) => println!("  {name:<13} not installed: {e}"),
+            }
         }
         demo_tokens(&client, &state_dir).await
     });
@@ -95,7 +123,16 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
             eprintln!("error: {e:#}");
             eprintln!("the agent keeps running; stop it with Ctrl-C");
         }
-        Ok(tokens) => print_guide(&socket, &state_dir, https.then_some(listen), &tokens),
+        Ok(tokens) => {
+            let hosted: Vec<&str> = shelf.iter().map(|(name, _, _)| name.as_str()).collect();
+            print_guide(
+                &socket,
+                &state_dir,
+                https.then_some(listen),
+                &tokens,
+                &hosted,
+            )
+        }
     }
     agent
         .join()
@@ -103,11 +140,11 @@ pub fn run(state_dir: PathBuf, listen: std::net::SocketAddr) -> anyhow::Result<(
     Ok(())
 }
 
-/// Signs each sample package with its provider's demo key (made once in `STATE/demo-keys`,
-/// root only); returns the public keys.
+/// Signs each package of the shelf (name, provider, file) with its provider's demo key (made
+/// once in `STATE/demo-keys`, root only); returns the public keys.
 fn sign_samples(
     state_dir: &std::path::Path,
-    packages: &[PathBuf],
+    shelf: &[(String, String, PathBuf)],
 ) -> anyhow::Result<Vec<trust::PublicKey>> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -118,13 +155,12 @@ fn sign_samples(
         .create(&dir)
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let mut publics: Vec<trust::PublicKey> = Vec::new();
-    for (sample, package) in samples::SAMPLES.iter().zip(packages) {
-        let provider = manifest::parse(sample.manifest, sample.name)?.provider;
+    for (_, provider, package) in shelf {
         let path = dir.join(format!("{provider}.key"));
         let key = match std::fs::read_to_string(&path) {
             Ok(text) => trust::SecretKey::parse(&text, &path.display().to_string())?,
             Err(_) => {
-                let key = trust::SecretKey::generate(&provider)?;
+                let key = trust::SecretKey::generate(provider)?;
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -195,6 +231,7 @@ fn print_guide(
     state_dir: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
     tokens: &[(String, String)],
+    hosted: &[&str],
 ) {
     let gw = socket.display();
     let token = |who: &str| {
@@ -233,6 +270,31 @@ The household, over HTTPS as from another machine (tokens are kept in {}):
         ),
     };
     let config = state_dir.join("gateway.toml").display().to_string();
+    let mut papers = String::new();
+    if hosted.contains(&"automation") {
+        papers.push_str(
+            "  automation    voltwise's home automation: the home's devices publish to MQTT at LAN
+                port 1883 (`mosquitto_pub -h GATEWAY -t home/plug1/power -m 2400`), the
+                household's page and rules are at http://GATEWAY:8088/
+",
+        );
+    }
+    if hosted.contains(&"surveillance") {
+        papers.push_str(
+            "  surveillance  acme's remote surveillance: the camera PUTs pictures to
+                http://GATEWAY:8090/snapshot, the TV watches http://GATEWAY:8090/; set a
+                password there to watch from outside at the WAN port 8091
+",
+        );
+    }
+    if !papers.is_empty() {
+        papers = format!(
+            "Services from the papers, built from this repository (README: \"Services from the papers\"):
+
+{papers}
+"
+        );
+    }
     println!(
         "
 SHG demo gateway is running (API on {gw}{https}). In another terminal:
@@ -251,7 +313,7 @@ Each provider sees only its own services, and only it reads their logs or runs c
   SHG_TOKEN={voltwise} shg ps               # voltwise sees the meter only
 
 {remote}
-Each service has its own address on the gateway's service network (`shg inspect camera`),
+{papers}Each service has its own address on the gateway's service network (`shg inspect camera`),
 reaches the WAN through NAT and nothing else; camera's page is published to the LAN side at
 port 8080 of this machine's LAN addresses (`[network]` in {config} says which).
 Ctrl-C stops the agent; the services keep running and are re-adopted when it starts again.

@@ -11,6 +11,7 @@ mod bad_input;
 mod catalog;
 mod console;
 mod crash;
+mod demo;
 mod fleet;
 mod harness;
 mod health;
