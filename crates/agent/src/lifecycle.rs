@@ -379,14 +379,19 @@ impl Agent {
 
     /// Creates and starts the container; the caller holds the service's lock.
     pub(crate) async fn launch(self: &Arc<Self>, name: &str) -> Result<ServiceRecord, AgentError> {
+        // Where a start spends its time, step by step (`RUST_LOG=agent::lifecycle=debug`).
+        let mut steps = Steps::new();
         let sl = self.layout.service(name);
         // The bundle is written at every start, so a newer agent's hardening applies to
         // services installed before it.
         let rec = self.store().get(name)?;
         let manifest = manifest_of(&rec)?;
+        steps.mark("read");
         // After a reboot, or if an operator unmounted it by hand.
         self.mount_volume(name)?;
+        steps.mark("volume");
         self.mount_rootfs(name, &rec.image_digest)?;
+        steps.mark("root");
         let shares = self.admission.gateway.available().cpu.max(1) * 1024 / 1000;
         if let Err(e) = self
             .host
@@ -395,10 +400,12 @@ impl Agent {
         {
             tracing::warn!("cannot weight the services' parent cgroup: {e}");
         }
+        steps.mark("weight");
         runtime::spec::write_bundle(
             &sl.bundle(),
             &self.service_spec(&manifest, &rec.image_digest, rec.priority),
         )?;
+        steps.mark("bundle");
         let attach = match crate::host::blocking(|| self.attach_for(&rec)) {
             Ok(attach) => attach,
             Err(e) => {
@@ -414,10 +421,12 @@ impl Agent {
                 return Err(AgentError::StartFailed(reason));
             }
         };
+        steps.mark("network");
         // Recorded before the container exists: if the agent dies now, recovery looks for a
         // container to adopt instead of assuming there is none.
         self.store()
             .update(name, None, |r| r.state = RunState::Starting)?;
+        steps.mark("journal");
         let create = Create {
             name: name.to_string(),
             bundle: sl.bundle(),
@@ -442,8 +451,10 @@ impl Agent {
                 return Err(AgentError::StartFailed(reason));
             }
         };
+        steps.mark("create");
         let pid_start = self.host.containers.start_time(pid);
         crate::host::blocking(|| self.shape_service(&rec));
+        steps.mark("shape");
         let has_health = manifest.health.is_some();
         let rec = self.store().update(
             name,
@@ -466,6 +477,8 @@ impl Agent {
             },
         )?;
         self.watch(name, pid);
+        steps.mark("record");
+        tracing::debug!("`{name}` started in {}", steps.report());
         Ok(rec)
     }
 
@@ -1435,5 +1448,37 @@ mod tests {
         });
         assert_eq!(bench.stored_layers(), named, "only the named layer stays");
         assert!(!dir.exists());
+    }
+}
+
+/// The time each step of something took, for a debug line.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, now - self.last));
+        self.last = now;
+    }
+
+    /// `total ms (step ms, …)`.
+    fn report(&self) -> String {
+        let total: std::time::Duration = self.done.iter().map(|(_, d)| *d).sum();
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(s, d)| format!("{s} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        format!("{:.1} ms ({})", total.as_secs_f64() * 1e3, steps.join(", "))
     }
 }

@@ -9,6 +9,7 @@
 mod api;
 mod console;
 pub mod fleet;
+mod trim;
 
 use std::sync::Arc;
 
@@ -79,6 +80,8 @@ pub fn run(
         let _lock = agent.start_up().await?;
         // The ISP's USP controller, when `gateway.toml` names one.
         usp::spawn(&agent);
+        // The agent's resident code: what it uses, not all it ever touched.
+        trim::spawn();
         let link = if let Some(fleet) = fleet {
             let enrollment = fleet::enroll_patiently(
                 agent.state_dir(),

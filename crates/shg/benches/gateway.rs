@@ -178,6 +178,10 @@ fn main() {
     // --- memory -----------------------------------------------------------------------
     let pid = agent.child.id() as i32;
     std::thread::sleep(Duration::from_millis(500));
+    let after_work = memory(pid);
+    // Idle: nothing asked of the agent for longer than it takes to drop the code it no longer
+    // runs (every 10 s, gateway::trim).
+    std::thread::sleep(Duration::from_secs(12));
     let idle = memory(pid);
     rt.block_on(async {
         for i in 0..scale.sleepers {
@@ -217,7 +221,11 @@ fn main() {
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
     let busy_label = format!("with {} sleeping services", scale.sleepers);
-    for (label, m) in [("idle", &idle), (busy_label.as_str(), &busy)] {
+    for (label, m) in [
+        ("0.5 s after the starts", &after_work),
+        ("idle (12 s quiet)", &idle),
+        (busy_label.as_str(), &busy),
+    ] {
         println!(
             "  agent PSS {label:<27}{:>6.1} MiB (anon {:.1}, file {:.1})",
             mib(m.pss),
