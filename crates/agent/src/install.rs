@@ -324,7 +324,7 @@ impl Agent {
             workdir: m.run.workdir.clone().unwrap_or_else(|| "/".into()),
             rootfs: sl.rootfs(digest),
             data_dir: dir.join("data"),
-            init_binary: self.cfg.shg_binary.clone(),
+            init_binary: self.cfg.init_binary.clone(),
             tmp_size: self.cfg.tmp_size,
             pids_limit: m.resources.pids.limit,
             memory_limit: m.resources.memory.limit,

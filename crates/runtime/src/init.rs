@@ -1,4 +1,4 @@
-//! The init that runs as PID 1 of every service container (`shg init`).
+//! The init that runs as PID 1 of every service container (`shg-init init`).
 //!
 //! It starts the service's command as its only child, forwards signals to it, reaps every
 //! zombie in the container, copies the child's stdout and stderr into the size-capped log, and
@@ -42,6 +42,46 @@ pub struct ExitStatus {
     pub error: Option<String>,
 }
 
+/// `shg-init init --uid U --gid G --log-segment BYTES -- CMD…` (PID 1 of a container) or
+/// `shg-init enter -- CMD…` (a command run inside a container by `shg exec`): `args` after
+/// the program name. Returns the exit code.
+pub fn main_with_args(args: &[String]) -> i32 {
+    let (verb, rest) = match args.split_first() {
+        Some((verb, rest)) => (verb.as_str(), rest),
+        None => ("", args),
+    };
+    let split = rest.iter().position(|a| a == "--");
+    let (flags, command) = match split {
+        Some(i) => (&rest[..i], rest[i + 1..].to_vec()),
+        None => (rest, Vec::new()),
+    };
+    let flag = |name: &str, default: u64| -> u64 {
+        flags
+            .iter()
+            .position(|f| f.strip_prefix("--") == Some(name))
+            .and_then(|i| flags.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    match verb {
+        "init" if command.is_empty() => {
+            eprintln!("shg-init: no command given after `--`");
+            127
+        }
+        "init" => run(InitOptions {
+            uid: flag("uid", 0) as u32,
+            gid: flag("gid", 0) as u32,
+            log_segment: flag("log-segment", 1 << 20),
+            command,
+        }),
+        "enter" => enter(&command),
+        other => {
+            eprintln!("shg-init: unknown verb {other:?}: give `init` or `enter`");
+            2
+        }
+    }
+}
+
 pub struct InitOptions {
     pub command: Vec<String>,
     pub uid: u32,
@@ -66,7 +106,7 @@ pub fn run(opts: InitOptions) -> i32 {
     for fd in LOG_FDS.iter().chain([&STATUS_FD]) {
         // SAFETY: F_GETFD only asks whether the descriptor is open.
         if unsafe { libc::fcntl(*fd, libc::F_GETFD) } < 0 {
-            eprintln!("shg init: descriptor {fd} is not open; the runtime must pass the log and status files as fds 3, 4 and 5 (runc: --preserve-fds 3)");
+            eprintln!("shg-init: descriptor {fd} is not open; the runtime must pass the log and status files as fds 3, 4 and 5 (runc: --preserve-fds 3)");
             return 125;
         }
     }
@@ -85,7 +125,7 @@ pub fn run(opts: InitOptions) -> i32 {
     let mut log = match LogWriter::new(logs, opts.log_segment) {
         Ok(log) => log,
         Err(e) => {
-            eprintln!("shg init: cannot open the log: {e}");
+            eprintln!("shg-init: cannot open the log: {e}");
             return 125;
         }
     };
@@ -94,7 +134,7 @@ pub fn run(opts: InitOptions) -> i32 {
     let exit = match result {
         Ok(exit) => exit,
         Err(error) => {
-            let _ = log.write_line(Stream::Stderr, format!("shg init: {error}").as_bytes());
+            let _ = log.write_line(Stream::Stderr, format!("shg-init: {error}").as_bytes());
             ExitStatus {
                 code: 127,
                 signal: None,
@@ -262,18 +302,18 @@ pub fn read_status(path: &std::path::Path) -> Option<ExitStatus> {
     serde_json::from_slice(&text).ok()
 }
 
-/// `shg enter -- CMD…`: the first step of a process joining a running container (exec and
+/// `shg-init enter -- CMD…`: the first step of a process joining a running container (exec and
 /// exec health checks). Loads the service's seccomp profile, which libcontainer does not apply
 /// to joining processes, then becomes `CMD`. Returns only on failure.
 pub fn enter(command: &[String]) -> i32 {
     if command.is_empty() {
-        eprintln!("shg enter: no command given after `--`");
+        eprintln!("shg-init enter: no command given after `--`");
         return 127;
     }
     let profile: oci_spec::runtime::LinuxSeccomp =
         serde_json::from_value(crate::seccomp::profile()).expect("the built-in profile is valid");
     if let Err(e) = libcontainer::seccomp::initialize_seccomp(&profile) {
-        eprintln!("shg enter: cannot load the seccomp profile: {e}");
+        eprintln!("shg-init enter: cannot load the seccomp profile: {e}");
         return 126;
     }
     // Its own process group, so the runtime helper can end it with everything it started.

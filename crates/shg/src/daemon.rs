@@ -1,26 +1,21 @@
-//! Entry points that are not API clients: the agent, the container init, the runtime helper
-//! and the demo.
+//! Entry points that are not API clients: the agent, the runtime helper and the demo.
 //!
-//! `shg init` (PID 1 of every container) and `shg runtime …` (the single-threaded helper the
-//! agent forks containers from) are dispatched before clap and before any runtime starts, so
-//! they stay small and never carry threads into a fork.
+//! `shg runtime …` (the single-threaded helper the agent forks containers from) is dispatched
+//! before clap and before any runtime starts, so it never carries threads into a fork. The
+//! containers' PID 1 is the small `shg-init` binary beside `shg` (`src/bin/shg-init.rs`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use runtime::container::{self, ContainerPaths};
-use runtime::init::{self, InitOptions};
 
-/// Handles `shg init …`, `shg enter …` and `shg runtime …`; returns the exit code, or `None` for any other
-/// command.
+/// Handles `shg runtime …`; returns the exit code, or `None` for any other command.
 pub fn early(args: &[OsString]) -> Option<i32> {
     let args: Vec<String> = args
         .iter()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     match args.get(1).map(String::as_str) {
-        Some("init") => Some(init_main(&args[2..])),
-        Some("enter") => Some(init::enter(&parse_args(&args[2..]).command)),
         Some("runtime") => Some(runtime_main(&args[2..])),
         _ => None,
     }
@@ -70,20 +65,6 @@ impl Args {
     fn path(&self, key: &str) -> PathBuf {
         PathBuf::from(self.flags.get(key).cloned().unwrap_or_default())
     }
-}
-
-fn init_main(args: &[String]) -> i32 {
-    let args = parse_args(args);
-    if args.command.is_empty() {
-        eprintln!("shg init: no command given after `--`");
-        return 127;
-    }
-    init::run(InitOptions {
-        uid: args.num("uid", 0) as u32,
-        gid: args.num("gid", 0) as u32,
-        log_segment: args.num("log-segment", 1 << 20),
-        command: args.command,
-    })
 }
 
 /// `shg runtime create NAME --state-root R --bundle B --log-dir L --status-file S`
