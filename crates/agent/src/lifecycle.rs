@@ -888,6 +888,38 @@ impl Agent {
     }
 }
 
+/// The time each step of something took, for a debug line.
+struct Steps {
+    last: std::time::Instant,
+    done: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        Steps {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, step: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((step, now - self.last));
+        self.last = now;
+    }
+
+    /// `total ms (step ms, …)`.
+    fn report(&self) -> String {
+        let total: std::time::Duration = self.done.iter().map(|(_, d)| *d).sum();
+        let steps: Vec<String> = self
+            .done
+            .iter()
+            .map(|(s, d)| format!("{s} {:.1}", d.as_secs_f64() * 1e3))
+            .collect();
+        format!("{:.1} ms ({})", total.as_secs_f64() * 1e3, steps.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Start, stop, exit handling, restarts and recovery, on the fake host: what `shg ps`,
@@ -1448,37 +1480,5 @@ mod tests {
         });
         assert_eq!(bench.stored_layers(), named, "only the named layer stays");
         assert!(!dir.exists());
-    }
-}
-
-/// The time each step of something took, for a debug line.
-struct Steps {
-    last: std::time::Instant,
-    done: Vec<(&'static str, std::time::Duration)>,
-}
-
-impl Steps {
-    fn new() -> Steps {
-        Steps {
-            last: std::time::Instant::now(),
-            done: Vec::new(),
-        }
-    }
-
-    fn mark(&mut self, step: &'static str) {
-        let now = std::time::Instant::now();
-        self.done.push((step, now - self.last));
-        self.last = now;
-    }
-
-    /// `total ms (step ms, …)`.
-    fn report(&self) -> String {
-        let total: std::time::Duration = self.done.iter().map(|(_, d)| *d).sum();
-        let steps: Vec<String> = self
-            .done
-            .iter()
-            .map(|(s, d)| format!("{s} {:.1}", d.as_secs_f64() * 1e3))
-            .collect();
-        format!("{:.1} ms ({})", total.as_secs_f64() * 1e3, steps.join(", "))
     }
 }
