@@ -94,7 +94,7 @@ pub enum AgentError {
     /// The shared layer store could not be opened.
     #[error("{0}")]
     Layers(#[source] image::ImageError),
-    /// The runtime helper (`shg runtime …`) could not be run at all.
+    /// The runtime helper (`shg-runtime …`) could not be run at all.
     #[error("cannot run the runtime helper: {0}")]
     Helper(#[source] std::io::Error),
     /// The service network could not be set up or changed.

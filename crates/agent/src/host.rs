@@ -140,7 +140,7 @@ impl Host {
         let commands: Arc<dyn command::Runner> = Arc::new(command::System);
         Host {
             containers: Arc::new(SystemContainers {
-                shg_binary: cfg.shg_binary.clone(),
+                runtime_binary: cfg.runtime_binary.clone(),
                 state_root: Layout::new(&cfg.state_dir).containers(),
                 proc_root: cfg.proc_root.clone(),
             }),
@@ -155,7 +155,7 @@ impl Host {
 
 /// libcontainer through the runtime helper, pidfds and /proc.
 struct SystemContainers {
-    shg_binary: PathBuf,
+    runtime_binary: PathBuf,
     /// libcontainer's state root, `STATE/containers`.
     state_root: PathBuf,
     proc_root: PathBuf,
@@ -164,9 +164,8 @@ struct SystemContainers {
 impl Containers for SystemContainers {
     fn create<'a>(&'a self, req: &'a Create) -> BoxFuture<'a, Result<i32, CreateError>> {
         Box::pin(async move {
-            let mut helper = tokio::process::Command::new(&self.shg_binary);
+            let mut helper = tokio::process::Command::new(&self.runtime_binary);
             helper
-                .arg("runtime")
                 .arg("create")
                 .arg(&req.name)
                 .arg("--state-root")

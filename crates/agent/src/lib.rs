@@ -46,8 +46,9 @@ use state::Store;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
-    /// The static `shg` binary: run as the runtime helper.
-    pub shg_binary: PathBuf,
+    /// `shg-runtime`, beside `shg`: the helper that creates containers and runs commands in
+    /// them.
+    pub runtime_binary: PathBuf,
     /// `shg-init`, beside `shg`: every container's PID 1.
     pub init_binary: PathBuf,
     /// Where /proc is (tests may point elsewhere).
@@ -93,17 +94,23 @@ impl Config {
         };
         let shg_binary = std::env::current_exe()
             .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
-        let init_binary = shg_binary.with_file_name("shg-init");
-        if !init_binary.is_file() {
-            return Err(AgentError::Internal(format!(
-                "{} is missing: every container runs it as its PID 1; install shg-init from the same build beside {}",
-                init_binary.display(),
-                shg_binary.display()
-            )));
+        let [runtime_binary, init_binary] =
+            ["shg-runtime", "shg-init"].map(|name| shg_binary.with_file_name(name));
+        for (binary, role) in [
+            (&runtime_binary, "the agent creates every container with it"),
+            (&init_binary, "every container runs it as its PID 1"),
+        ] {
+            if !binary.is_file() {
+                return Err(AgentError::Internal(format!(
+                    "{} is missing: {role}; install it from the same build beside {}",
+                    binary.display(),
+                    shg_binary.display()
+                )));
+            }
         }
         Ok(Config {
             state_dir,
-            shg_binary,
+            runtime_binary,
             init_binary,
             proc_root: PathBuf::from("/proc"),
             log_segment: 1 << 20,

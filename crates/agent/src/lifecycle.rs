@@ -280,9 +280,8 @@ impl Agent {
         gid: u32,
         command: &[String],
     ) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.cfg.shg_binary);
-        cmd.arg("runtime")
-            .arg("exec")
+        let mut cmd = tokio::process::Command::new(&self.cfg.runtime_binary);
+        cmd.arg("exec")
             .arg(name)
             .arg("--state-root")
             .arg(self.layout.containers())

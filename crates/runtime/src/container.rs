@@ -1,7 +1,7 @@
 //! Container operations on youki's libcontainer.
 //!
 //! `create` and `exec` fork, so the agent runs them in a short-lived single-threaded helper
-//! process (`shg runtime …`), never inside its own multi-threaded process: a fork there could
+//! process (`shg-runtime …`), never inside its own multi-threaded process: a fork there could
 //! inherit a lock held by another thread. Operations that do not fork (state, kill, delete)
 //! run in the agent directly.
 

@@ -13,11 +13,6 @@ use std::io;
 use clap::Parser;
 
 fn main() {
-    // `shg init` and `shg runtime` (container PID 1 and the runtime helper) run before clap and
-    // before any async runtime exists.
-    if let Some(code) = daemon::early(&std::env::args_os().collect::<Vec<_>>()) {
-        std::process::exit(code)
-    }
     let code = match run() {
         Ok(code) => code,
         // Whoever read our output stopped reading (`shg logs -f web | head`): not an error.
