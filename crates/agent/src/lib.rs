@@ -77,6 +77,26 @@ pub struct Config {
 }
 
 impl Config {
+    /// Refuses to run without the helpers beside `shg`: `shg-runtime` (every container is
+    /// created with it) and `shg-init` (every container's PID 1).
+    pub fn check_helpers(&self) -> Result<(), AgentError> {
+        for (binary, role) in [
+            (
+                &self.runtime_binary,
+                "the agent creates every container with it",
+            ),
+            (&self.init_binary, "every container runs it as its PID 1"),
+        ] {
+            if !binary.is_file() {
+                return Err(AgentError::Internal(format!(
+                    "{} is missing: {role}; install it from the same build beside shg",
+                    binary.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Defaults for a gateway keeping its state in `state_dir`.
     pub fn new(state_dir: PathBuf) -> Result<Config, AgentError> {
         // FNV-1a of the path: stable across runs, short, no dependency.
@@ -96,18 +116,6 @@ impl Config {
             .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
         let [runtime_binary, init_binary] =
             ["shg-runtime", "shg-init"].map(|name| shg_binary.with_file_name(name));
-        for (binary, role) in [
-            (&runtime_binary, "the agent creates every container with it"),
-            (&init_binary, "every container runs it as its PID 1"),
-        ] {
-            if !binary.is_file() {
-                return Err(AgentError::Internal(format!(
-                    "{} is missing: {role}; install it from the same build beside {}",
-                    binary.display(),
-                    shg_binary.display()
-                )));
-            }
-        }
         Ok(Config {
             state_dir,
             runtime_binary,
