@@ -112,6 +112,9 @@ pub struct GatewayInventory {
     pub row: GatewayRow,
     pub enrolled_ms: i64,
     pub revoked_ms: Option<i64>,
+    /// When the gateway's current certificate expires (it renews it two thirds in).
+    #[serde(default)]
+    pub certificate_expires_ms: Option<i64>,
     /// What the gateway last reported; None before its first report.
     pub report: Option<Report>,
 }

@@ -138,7 +138,7 @@ impl Controller {
         Ok(())
     }
 
-    fn row(&self, r: &sqlx::any::AnyRow) -> (GatewayRow, i64, Option<i64>, Option<Report>) {
+    fn row(&self, r: &sqlx::any::AnyRow) -> GatewayInventory {
         let report: Option<Report> =
             opt_str(r, "report").and_then(|t| serde_json::from_str(&t).ok());
         let last = opt_i64(r, "last_contact_ms");
@@ -153,7 +153,13 @@ impl Controller {
             agent_version: opt_str(r, "agent_version"),
             revoked: revoked_ms.is_some(),
         };
-        (row, i64_of(r, "enrolled_ms"), revoked_ms, report)
+        GatewayInventory {
+            row,
+            enrolled_ms: i64_of(r, "enrolled_ms"),
+            revoked_ms,
+            certificate_expires_ms: opt_i64(r, "cert_expires_ms"),
+            report,
+        }
     }
 
     /// Every enrolled gateway whose labels hold all of `selector`.
@@ -164,19 +170,13 @@ impl Controller {
         let rows = self
             .db
             .fetch_all(sqlx::query(
-                "SELECT id, labels, enrolled_ms, last_contact_ms, revoked_ms, agent_version, report FROM gateways ORDER BY id",
+                "SELECT id, labels, enrolled_ms, last_contact_ms, revoked_ms, agent_version, report, cert_expires_ms FROM gateways ORDER BY id",
             ))
             .await?;
         Ok(rows
             .iter()
             .map(|r| self.row(r))
-            .filter(|(row, ..)| selector.iter().all(|(k, v)| row.labels.get(k) == Some(v)))
-            .map(|(row, enrolled_ms, revoked_ms, report)| GatewayInventory {
-                row,
-                enrolled_ms,
-                revoked_ms,
-                report,
-            })
+            .filter(|g| selector.iter().all(|(k, v)| g.row.labels.get(k) == Some(v)))
             .collect())
     }
 

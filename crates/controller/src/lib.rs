@@ -236,6 +236,8 @@ pub fn run(cfg: Config) -> Result<(), ControllerError> {
         }
         tokio::spawn(deploy::judge(controller.clone()));
         tokio::spawn(tuf::keep_fresh(controller.clone()));
+        // Its resident code: what it runs, not all it ever touched.
+        server::trim::spawn();
         let remote = router(
             controller.clone(),
             server.clone(),

@@ -9,7 +9,6 @@
 mod api;
 mod console;
 pub mod fleet;
-mod trim;
 
 use std::sync::Arc;
 
@@ -82,7 +81,7 @@ pub fn run(
         // The ISP's USP controller, when `gateway.toml` names one.
         usp::spawn(&agent);
         // The agent's resident code: what it uses, not all it ever touched.
-        trim::spawn();
+        server::trim::spawn();
         let link = if let Some(fleet) = fleet {
             let enrollment = fleet::enroll_patiently(
                 agent.state_dir(),

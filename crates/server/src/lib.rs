@@ -15,6 +15,7 @@ mod limit;
 mod listen;
 mod problem;
 pub mod sse;
+pub mod trim;
 
 use std::sync::Arc;
 

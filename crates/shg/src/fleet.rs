@@ -186,6 +186,19 @@ fn ago(ms: Option<i64>) -> String {
     }
 }
 
+/// `expires in 8 months` or `expired 3 days ago`.
+fn until(ms: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    if ms >= now {
+        format!("expires in {}", output::duration((ms - now) as u64))
+    } else {
+        format!("expired {} ago", output::duration((now - ms) as u64))
+    }
+}
+
 fn label_text(labels: &BTreeMap<String, String>) -> String {
     let text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if text.is_empty() {
@@ -237,6 +250,9 @@ fn inventory(out: &mut impl Write, g: &GatewayInventory) -> io::Result<()> {
         "agent:         {}",
         g.row.agent_version.as_deref().unwrap_or("-")
     )?;
+    if let Some(expires) = g.certificate_expires_ms {
+        writeln!(out, "certificate:   {}", until(expires))?;
+    }
     let Some(report) = &g.report else {
         return writeln!(out, "no report yet");
     };

@@ -856,6 +856,17 @@ fn a_gateway_renews_its_certificate_and_the_old_one_expires() {
     );
     let events = ctl.fleet(&["events"]).stdout;
     assert!(events.contains("certificate-renewed"), "{events}");
+    // The inventory says when the current certificate expires.
+    let id = gateway_id(&gw);
+    let inv = ctl.json(&["gateway", &id]);
+    let expires = inv["certificate_expires_ms"].as_i64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    assert!(expires > now - 15_000 && expires <= now + 15_000, "{inv}");
+    let text = ctl.fleet(&["gateway", &id]).stdout;
+    assert!(text.contains("certificate:   expire"), "{text}");
 }
 
 #[test]

@@ -1,9 +1,10 @@
-//! Keeps the agent's resident code to what it uses.
+//! Keeps a long-running process's resident code to what it uses (the gateway agent and the
+//! fleet controller both run it).
 //!
 //! Most of an idle agent's memory is file pages of its own (static) binary that it touched
 //! once — argument parsing, recovery, the first requests — each fault mapping 64 KiB around
-//! it. Every ten seconds the agent drops its mappings of its code and read-only data
-//! (`MADV_DONTNEED`): the pages stay in the page cache, and what the agent runs next is mapped
+//! it. Every ten seconds the process drops its mappings of its code and read-only data
+//! (`MADV_DONTNEED`): the pages stay in the page cache, and what the process runs next is mapped
 //! again from there by a minor fault, without a disk read. Only mappings holding no page of
 //! their own are touched, so nothing but the mapping is dropped (writable data, and read-only
 //! data the loader relocated, are left alone).
