@@ -180,7 +180,7 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     let after_work = memory(pid);
     // Idle: nothing asked of the agent for longer than it takes to drop the code it no longer
-    // runs (every 10 s, gateway::trim).
+    // runs (every 10 s, server::trim).
     std::thread::sleep(Duration::from_secs(12));
     let idle = memory(pid);
     rt.block_on(async {
