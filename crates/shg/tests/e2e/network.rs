@@ -1682,3 +1682,63 @@ fn surveillance_records_within_its_rule_sees_motion_and_shows_the_wan_only_behin
     }
     assert_eq!(code(&["-u", "household:correct horse"]), "429");
 }
+
+/// The packages `shg demo` hosts, built exactly as it builds them (`samples::build_service`
+/// from the shipped manifests in `services/NAME/shg-service.toml`): on a gateway with a real
+/// LAN and WAN, each runs healthy with its reservations, its LAN ports answer on the LAN, the
+/// surveillance's WAN port on the WAN, and nothing else is reachable from the WAN.
+#[test]
+fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
+    let lab = Lab::new("sp");
+    let gw = lab.gateway("");
+    let out = gw.work.join("shipped");
+    std::fs::create_dir_all(&out).unwrap();
+    let dirs = vec![PathBuf::from(crate::harness::SHG)
+        .parent()
+        .unwrap()
+        .to_path_buf()];
+    for service in samples::SERVICES {
+        let binary = samples::find_service_binary(service, &dirs).unwrap_or_else(|| {
+            panic!(
+                "no static `{}` beside shg: `cargo build --workspace` builds it",
+                service.binary
+            )
+        });
+        let tar = samples::build_service(service, &binary, &out).unwrap();
+        let provider = manifest::parse(service.manifest, service.name)
+            .unwrap()
+            .provider;
+        gw.sign(&tar, &provider);
+        gw.shg_ok(&["install", tar.to_str().unwrap()]);
+    }
+    for service in samples::SERVICES {
+        eventually(
+            &format!("{} running and healthy", service.name),
+            Duration::from_secs(30),
+            || {
+                let svc = gw.svc(service.name)?;
+                (svc.state == "running" && svc.health == "healthy").then_some(())
+            },
+        );
+    }
+    for port in [1883, 8088, 8090] {
+        eventually(&format!("LAN port {port}"), Duration::from_secs(20), || {
+            lab.connect(&lab.lan, GW_LAN, port).ok()
+        });
+    }
+    eventually("the WAN port 8091", Duration::from_secs(20), || {
+        lab.connect(&lab.wan, GW_WAN, 8091).ok()
+    });
+    for port in [1883, 8088, 8090] {
+        assert!(
+            lab.connect(&lab.wan, GW_WAN, port).is_err(),
+            "LAN-only port {port} answers on the WAN"
+        );
+    }
+    for service in samples::SERVICES {
+        let (memory, storage) = use_of(&gw, service.name, "at rest, as shipped");
+        let m = manifest::parse(service.manifest, service.name).unwrap();
+        assert!(memory < m.resources.memory.limit.unwrap_or(u64::MAX));
+        assert!(storage <= m.resources.storage.reserve);
+    }
+}
