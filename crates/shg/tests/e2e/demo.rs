@@ -138,6 +138,29 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
     );
     assert!(!theirs.stdout.contains("surveillance"), "{theirs}");
 
+    // README's first example, exactly as written (its `logs -f` follows until cut off).
+    let readme = include_str!("../../../../README.md");
+    let block = readme
+        .split_once("second terminal:\n\n```sh\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("README's first example");
+    let bin_dir = std::path::Path::new(SHG).parent().unwrap();
+    let mut example = Command::new("timeout");
+    example
+        .args(["8", "bash", "-e", "-c", block])
+        .env(
+            "PATH",
+            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()),
+        )
+        .env("SHG_GATEWAY", &socket)
+        .env_remove("SHG_TOKEN");
+    let ran = run_captured(example, dir, Duration::from_secs(30));
+    assert_eq!(ran.code, Some(124), "the example ended before its `logs -f`:\n{ran}");
+    assert!(ran.stdout.contains("camera") && ran.stdout.contains("<"), "{ran}");
+    assert!(ran.stdout.contains("reading "), "meter's log lines: {ran}");
+    assert!(!ran.stderr.contains("error"), "{ran}");
+
     // Every service goes, then the demo stops, leaving nothing mounted.
     for name in names {
         let removed = shg(&socket, None, &["remove", name], dir);
