@@ -151,13 +151,24 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
         .args(["8", "bash", "-e", "-c", block])
         .env(
             "PATH",
-            format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default()),
+            format!(
+                "{}:{}",
+                bin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
         )
         .env("SHG_GATEWAY", &socket)
         .env_remove("SHG_TOKEN");
     let ran = run_captured(example, dir, Duration::from_secs(30));
-    assert_eq!(ran.code, Some(124), "the example ended before its `logs -f`:\n{ran}");
-    assert!(ran.stdout.contains("camera") && ran.stdout.contains("<"), "{ran}");
+    assert_eq!(
+        ran.code,
+        Some(124),
+        "the example ended before its `logs -f`:\n{ran}"
+    );
+    assert!(
+        ran.stdout.contains("camera") && ran.stdout.contains("<"),
+        "{ran}"
+    );
     assert!(ran.stdout.contains("reading "), "meter's log lines: {ran}");
     assert!(!ran.stderr.contains("error"), "{ran}");
 
