@@ -290,6 +290,20 @@ mod tests {
     }
 
     #[test]
+    fn the_cloud_proxy_template_is_a_valid_manifest() {
+        let text = include_str!("../../../services/cloud-proxy/shg-service.toml");
+        let m = manifest::parse(text, "cloud-proxy").unwrap();
+        assert_eq!(
+            (m.name.as_str(), m.provider.as_str()),
+            ("cloud-proxy", "mailbox")
+        );
+        assert!(
+            !SERVICES.iter().any(|s| s.name == "cloud-proxy"),
+            "not in the demo"
+        );
+    }
+
+    #[test]
     fn host_shell_is_not_static_but_busybox_static_is() {
         assert!(!is_static_elf(Path::new("/bin/ls")));
         if let Ok(bb) = find_busybox() {
