@@ -170,6 +170,7 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE gateways ADD COLUMN cert_expires_ms BIGINT",
     "ALTER TABLE gateways ADD COLUMN previous_cert_sha256 TEXT",
     "ALTER TABLE gateways ADD COLUMN previous_expires_ms BIGINT",
+    "CREATE INDEX gateways_previous_cert ON gateways (previous_cert_sha256)",
 ];
 
 /// A query ready to run.

@@ -42,21 +42,33 @@ impl Controller {
             if let Some(id) = self.memo.gateway(fingerprint, generation, now) {
                 return Ok(Some(Principal::Gateway(id)));
             }
-            let row = self
+            // The current certificate, or the one it replaced (until it expires: a gateway
+            // that crashed before keeping its new certificate still gets in). Two lookups,
+            // each by an indexed column.
+            let mut row = self
                 .db
                 .fetch_optional(
-                    // The current certificate, or the one it replaced (until it expires: a
-                    // gateway that crashed before keeping its new certificate still gets in).
                     sqlx::query(
-                        "SELECT id, CASE WHEN cert_sha256 = $1 THEN cert_expires_ms ELSE previous_expires_ms END AS expires_ms
-                         FROM gateways WHERE revoked_ms IS NULL AND (
-                            (cert_sha256 = $1 AND (cert_expires_ms IS NULL OR cert_expires_ms > $2))
-                            OR (previous_cert_sha256 = $1 AND previous_expires_ms > $2))",
+                        "SELECT id, cert_expires_ms AS expires_ms FROM gateways WHERE cert_sha256 = $1
+                         AND revoked_ms IS NULL AND (cert_expires_ms IS NULL OR cert_expires_ms > $2)",
                     )
                     .bind(fingerprint.to_string())
                     .bind(now),
                 )
                 .await?;
+            if row.is_none() {
+                row = self
+                    .db
+                    .fetch_optional(
+                        sqlx::query(
+                            "SELECT id, previous_expires_ms AS expires_ms FROM gateways WHERE previous_cert_sha256 = $1
+                             AND revoked_ms IS NULL AND previous_expires_ms > $2",
+                        )
+                        .bind(fingerprint.to_string())
+                        .bind(now),
+                    )
+                    .await?;
+            }
             let id = row.as_ref().map(|r| str_of(r, "id"));
             if let (Some(id), Some(row)) = (&id, &row) {
                 let expires_ms = opt_i64(row, "expires_ms").unwrap_or(i64::MAX);
