@@ -337,30 +337,3 @@ pub(crate) async fn keep_fresh(controller: std::sync::Arc<Controller>) {
         tokio::time::sleep(Duration::from_secs(30)).await;
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use api::fleet::catalog_metadata_name as metadata_name;
-
-    #[test]
-    fn only_metadata_files_are_metadata() {
-        for good in [
-            "timestamp.json",
-            "1.root.json",
-            "12.snapshot.json",
-            "3.targets.json",
-        ] {
-            assert!(metadata_name(good), "{good}");
-        }
-        for bad in [
-            "../1.root.json",
-            "root.json",
-            ".root.json",
-            "1.keys.json",
-            "1/2.root.json",
-            "x.targets.json",
-        ] {
-            assert!(!metadata_name(bad), "{bad}");
-        }
-    }
-}

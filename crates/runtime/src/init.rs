@@ -50,31 +50,19 @@ pub fn main_with_args(args: &[String]) -> i32 {
         Some((verb, rest)) => (verb.as_str(), rest),
         None => ("", args),
     };
-    let split = rest.iter().position(|a| a == "--");
-    let (flags, command) = match split {
-        Some(i) => (&rest[..i], rest[i + 1..].to_vec()),
-        None => (rest, Vec::new()),
-    };
-    let flag = |name: &str, default: u64| -> u64 {
-        flags
-            .iter()
-            .position(|f| f.strip_prefix("--") == Some(name))
-            .and_then(|i| flags.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let parsed = crate::args::Args::parse(rest);
     match verb {
-        "init" if command.is_empty() => {
+        "init" if parsed.command.is_empty() => {
             eprintln!("shg-init: no command given after `--`");
             127
         }
         "init" => run(InitOptions {
-            uid: flag("uid", 0) as u32,
-            gid: flag("gid", 0) as u32,
-            log_segment: flag("log-segment", 1 << 20),
-            command,
+            uid: parsed.num("uid", 0) as u32,
+            gid: parsed.num("gid", 0) as u32,
+            log_segment: parsed.num("log-segment", 1 << 20),
+            command: parsed.command,
         }),
-        "enter" => enter(&command),
+        "enter" => enter(&parsed.command),
         other => {
             eprintln!("shg-init: unknown verb {other:?}: give `init` or `enter`");
             2

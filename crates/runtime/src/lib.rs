@@ -2,6 +2,7 @@
 //! libcontainer calls that create, exec into and delete containers, and the read-only
 //! overlay of shared layers a container's root can be.
 
+pub mod args;
 pub mod container;
 pub mod init;
 pub mod logfile;

@@ -7,8 +7,7 @@
 //! prints the container's PID; `shg-runtime exec NAME --state-root R --uid U --gid G -- CMD…`
 //! exits with the command's code.
 
-use std::path::PathBuf;
-
+use runtime::args::Args;
 use runtime::container::{self, ContainerPaths};
 
 fn main() {
@@ -16,58 +15,12 @@ fn main() {
     std::process::exit(runtime_main(&args))
 }
 
-/// Internal arguments: `--flag value` pairs, positionals, and the command after `--`.
-struct Args {
-    flags: std::collections::HashMap<String, String>,
-    positional: Vec<String>,
-    command: Vec<String>,
-}
-
-fn parse_args(args: &[String]) -> Args {
-    let mut parsed = Args {
-        flags: Default::default(),
-        positional: vec![],
-        command: vec![],
-    };
-    let mut i = 0;
-    while i < args.len() {
-        if args[i] == "--" {
-            parsed.command = args[i + 1..].to_vec();
-            break;
-        }
-        if let Some(name) = args[i].strip_prefix("--") {
-            parsed.flags.insert(
-                name.to_string(),
-                args.get(i + 1).cloned().unwrap_or_default(),
-            );
-            i += 2;
-        } else {
-            parsed.positional.push(args[i].clone());
-            i += 1;
-        }
-    }
-    parsed
-}
-
-impl Args {
-    fn num(&self, key: &str, default: u64) -> u64 {
-        self.flags
-            .get(key)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    }
-
-    fn path(&self, key: &str) -> PathBuf {
-        PathBuf::from(self.flags.get(key).cloned().unwrap_or_default())
-    }
-}
-
 fn runtime_main(args: &[String]) -> i32 {
     let Some(verb) = args.first() else {
         eprintln!("shg-runtime: missing verb");
         return 2;
     };
-    let args = parse_args(&args[1..]);
+    let args = Args::parse(&args[1..]);
     let Some(name) = args.positional.first().cloned() else {
         eprintln!("shg-runtime {verb}: missing container name");
         return 2;
