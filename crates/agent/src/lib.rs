@@ -161,6 +161,8 @@ pub struct Agent {
     /// The catalog installs must be listed in (`[catalog]`, or the fleet controller's), behind
     /// one lock: checks share the datastore of versions seen.
     pub(crate) catalog: tokio::sync::Mutex<Option<CatalogConfig>>,
+    /// Changes at each event journaled, so that followers of the journal wake at once.
+    journaled: tokio::sync::watch::Sender<u64>,
 }
 
 impl Agent {
@@ -186,7 +188,10 @@ impl Agent {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&layout.root, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| AgentError::io(&layout.root, e))?;
-        let store = Store::open(&layout.database())?;
+        let mut store = Store::open(&layout.database())?;
+        let (journaled, _) = tokio::sync::watch::channel(0u64);
+        let announce = journaled.clone();
+        store.on_journal(move || announce.send_modify(|n| *n += 1));
         if !store.integrity_ok()? {
             return Err(AgentError::Internal(format!(
                 "the state database {} is damaged (SQLite integrity check failed); restore it from a backup or move it aside to start empty",
@@ -230,6 +235,7 @@ impl Agent {
             layers: releases::Layers::new(layers),
             images: images::Images::default(),
             catalog: tokio::sync::Mutex::new(settings_catalog),
+            journaled,
         }))
     }
 
@@ -288,6 +294,11 @@ impl Agent {
     /// The newest event id of the journal.
     pub fn last_event_id(&self) -> Result<i64, AgentError> {
         Ok(self.store().last_event_id()?)
+    }
+
+    /// A receiver that changes whenever an event is journaled.
+    pub fn journal_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.journaled.subscribe()
     }
 
     /// The audit log from `since`, at most `limit` entries.

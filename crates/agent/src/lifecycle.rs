@@ -509,11 +509,14 @@ impl Agent {
     /// Records the end of `pid` and applies the restart policy. Idempotent: a second call for
     /// the same PID does nothing.
     pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
+        // Where handling an exit spends its time (`RUST_LOG=agent::lifecycle=debug`).
+        let mut steps = Steps::new();
         // Reap first, whatever the record says: an init that is no longer the service's (a
         // start raced a stop) must not stay a zombie.
         self.host.containers.reap(pid);
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
+        steps.mark("lock");
         let Some(rec) = self.store().find(name)? else {
             return Ok(());
         };
@@ -525,11 +528,14 @@ impl Agent {
         let limit = manifest_of(&rec)?.resources.memory.limit;
         // Read from the cgroup, so before the container (and its cgroup) is deleted.
         let ooms = self.report_final_ooms(name, pid, limit);
+        steps.mark("status");
         // Deleting the container also removes its cgroup; it never forks.
         if let Err(e) = self.host.containers.delete(name) {
             tracing::warn!(service = %name, "cannot delete the container: {e}");
         }
+        steps.mark("delete");
         crate::host::blocking(|| self.unshape_service(&rec));
+        steps.mark("unshape");
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);
         if ooms > 0 && status.as_ref().is_some_and(|s| s.signal == Some(9)) {
@@ -580,6 +586,8 @@ impl Agent {
                     r.reason = Some(reason.clone());
                 },
             )?;
+            steps.mark("record");
+            tracing::debug!("`{name}`'s exit handled in {}", steps.report());
             return Ok(());
         }
         let failures = if ran_ms >= self.cfg.stable_after_ms {

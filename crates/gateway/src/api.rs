@@ -744,6 +744,7 @@ async fn events(
         None => agent.last_event_id()?,
     };
     Ok(server::sse::stream(Journal {
+        changes: agent.journal_changes(),
         agent,
         who,
         service: q.service,
@@ -756,6 +757,7 @@ async fn events(
 /// as its credential holds.
 struct Journal {
     agent: Arc<Agent>,
+    changes: tokio::sync::watch::Receiver<u64>,
     who: Principal,
     service: Option<String>,
     since: i64,
@@ -783,6 +785,13 @@ impl server::sse::Source for Journal {
                 })
                 .collect(),
         )
+    }
+
+    async fn changed(&mut self) {
+        if self.changes.changed().await.is_err() {
+            // The agent is going away; the stream ends with the server.
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -36,9 +36,15 @@ pub trait Source: Send + 'static {
     /// The events since the last call; None ends the stream (the caller's credential was
     /// revoked, say).
     fn next(&mut self) -> impl Future<Output = Option<Vec<Event>>> + Send;
+
+    /// Resolves when there may be new events. A source that cannot tell is asked again
+    /// every [`POLL`] anyway, so this only makes new events arrive sooner.
+    fn changed(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
 }
 
-/// How often a source is asked for new events.
+/// How often a source is asked for new events at the latest.
 const POLL: Duration = Duration::from_millis(250);
 /// A quiet stream sends a comment this often.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -65,8 +71,9 @@ pub fn stream(mut source: impl Source) -> Response {
                 }
                 idle = Duration::ZERO;
             }
-            tokio::time::sleep(POLL).await;
-            idle += POLL;
+            let waited = std::time::Instant::now();
+            let _ = tokio::time::timeout(POLL, source.changed()).await;
+            idle += waited.elapsed();
             // Keeps proxies from closing a quiet stream, and finds out when the client left.
             if idle >= KEEP_ALIVE {
                 idle = Duration::ZERO;
@@ -141,6 +148,51 @@ mod tests {
              id: 1\nevent: started\ndata: {\"id\":1}\n\n\
              id: 2\nevent: started\ndata: {\"id\":2}\n\n\
              id: 3\nevent: started\ndata: {\"id\":3}\n\n"
+        );
+    }
+
+    /// Hands out what the test queued, and says when it queued something.
+    struct Told {
+        queued: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+        changes: tokio::sync::watch::Receiver<u64>,
+    }
+
+    impl Source for Told {
+        async fn next(&mut self) -> Option<Vec<Event>> {
+            Some(std::mem::take(&mut *self.queued.lock().unwrap()))
+        }
+
+        async fn changed(&mut self) {
+            let _ = self.changes.changed().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_that_says_it_changed_is_read_at_once_not_at_the_next_poll() {
+        let queued = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tell, changes) = tokio::sync::watch::channel(0u64);
+        let mut body = stream(Told {
+            queued: queued.clone(),
+            changes,
+        })
+        .into_body();
+        let opened = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&opened[..], b": shg events\n\n");
+        // The clock is paused: it moves only when every task waits for a timer, so a
+        // stream that slept until its next poll would show POLL gone by.
+        let asked = tokio::time::Instant::now();
+        queued.lock().unwrap().push(Event {
+            id: 7,
+            kind: "exited".into(),
+            data: "{}".into(),
+        });
+        tell.send_modify(|n| *n += 1);
+        let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&frame[..], b"id: 7\nevent: exited\ndata: {}\n\n");
+        assert!(
+            asked.elapsed() < POLL,
+            "the event waited {:?} for the next poll",
+            asked.elapsed()
         );
     }
 }

@@ -288,6 +288,8 @@ const EVENTS_KEPT: i64 = 10_000;
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// Called after each committed journal entry (see [`Store::on_journal`]).
+    journaled: Option<Box<dyn Fn() + Send>>,
 }
 
 impl Store {
@@ -310,7 +312,20 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            journaled: None,
         })
+    }
+
+    /// Has `hook` called after each event is committed to the journal, so followers of the
+    /// journal wake at once instead of polling it.
+    pub fn on_journal(&mut self, hook: impl Fn() + Send + 'static) {
+        self.journaled = Some(Box::new(hook));
+    }
+
+    fn announce(&self) {
+        if let Some(hook) = &self.journaled {
+            hook();
+        }
     }
 
     fn db(&self) -> impl Fn(rusqlite::Error) -> StateError + '_ {
@@ -375,7 +390,9 @@ impl Store {
             .map_err(|source| StateError::Db {
                 path: self.path.clone(),
                 source,
-            })
+            })?;
+        self.announce();
+        Ok(())
     }
 
     /// Changes a record and journals why, atomically; returns the record as written.
@@ -398,10 +415,14 @@ impl Store {
             .ok_or_else(|| StateError::NotFound(name.to_string()))?;
         change(&mut rec);
         write(&tx, &rec, false).map_err(&db)?;
+        let noted = note.is_some();
         if let Some(note) = note {
             journal(&tx, Some(name), &note).map_err(&db)?;
         }
         tx.commit().map_err(&db)?;
+        if noted {
+            self.announce();
+        }
         Ok(rec)
     }
 
@@ -444,12 +465,16 @@ impl Store {
         tx.execute("DELETE FROM services WHERE name = ?1", [name])
             .map_err(&db)?;
         journal(&tx, Some(name), &note).map_err(&db)?;
-        tx.commit().map_err(&db)
+        tx.commit().map_err(&db)?;
+        self.announce();
+        Ok(())
     }
 
     /// Journals an event that changes no record.
     pub fn record(&mut self, service: Option<&str>, note: Note) -> Result<(), StateError> {
-        journal(&self.conn, service, &note).map_err(self.db())
+        journal(&self.conn, service, &note).map_err(self.db())?;
+        self.announce();
+        Ok(())
     }
 
     /// The first `limit` events after `since`, oldest first, optionally of one service (page
