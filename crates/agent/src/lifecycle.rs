@@ -529,13 +529,19 @@ impl Agent {
         // Read from the cgroup, so before the container (and its cgroup) is deleted.
         let ooms = self.report_final_ooms(name, pid, limit);
         steps.mark("status");
-        // Deleting the container also removes its cgroup; it never forks.
-        if let Err(e) = self.host.containers.delete(name) {
-            tracing::warn!(service = %name, "cannot delete the container: {e}");
-        }
-        steps.mark("delete");
-        crate::host::blocking(|| self.unshape_service(&rec));
-        steps.mark("unshape");
+        // The exit is recorded first, so whoever waits for it sees it at once; the container
+        // goes right after, under the same lock, so no start of this service meets it. (Were
+        // the agent to die in between, the next start removes it, as any stale container.)
+        let clean_up = |mut steps: Steps| {
+            // Deleting the container also removes its cgroup; it never forks.
+            if let Err(e) = self.host.containers.delete(name) {
+                tracing::warn!(service = %name, "cannot delete the container: {e}");
+            }
+            steps.mark("delete");
+            crate::host::blocking(|| self.unshape_service(&rec));
+            steps.mark("unshape");
+            tracing::debug!("`{name}`'s exit handled in {}", steps.report());
+        };
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);
         if ooms > 0 && status.as_ref().is_some_and(|s| s.signal == Some(9)) {
@@ -545,7 +551,7 @@ impl Agent {
 
         // An update's switch stops the running release on purpose: no restart.
         if rec.desired == Desired::Stopped || rec.phase == Phase::Updating {
-            self.store().update(
+            let recorded = self.store().update(
                 name,
                 Some(Note::new("stopped", format!("`{name}` stopped: it {what}"))),
                 |r| {
@@ -559,7 +565,10 @@ impl Agent {
                     r.exit_code = code;
                     r.health = Health::None;
                 },
-            )?;
+            );
+            steps.mark("record");
+            clean_up(steps);
+            recorded?;
             return Ok(());
         }
         let policy = manifest_of(&rec)?.restart.policy;
@@ -574,7 +583,7 @@ impl Agent {
                 .and_then(|v| v.as_str().map(String::from))
                 .unwrap_or_default();
             let reason = format!("it {what}; restart policy `{policy_name}` leaves it stopped");
-            self.store().update(
+            let recorded = self.store().update(
                 name,
                 Some(Note::new("exited", format!("`{name}` {what}"))),
                 |r| {
@@ -585,9 +594,10 @@ impl Agent {
                     r.health = Health::None;
                     r.reason = Some(reason.clone());
                 },
-            )?;
+            );
             steps.mark("record");
-            tracing::debug!("`{name}`'s exit handled in {}", steps.report());
+            clean_up(steps);
+            recorded?;
             return Ok(());
         }
         let failures = if ran_ms >= self.cfg.stable_after_ms {
@@ -603,7 +613,7 @@ impl Agent {
             delay_ms as f64 / 1000.0
         );
         let was_looping = rec.state == RunState::CrashLoop;
-        self.store().update(
+        let recorded = self.store().update(
             name,
             Some(Note::new("exited", format!("`{name}` {what}"))),
             |r| {
@@ -619,7 +629,10 @@ impl Agent {
                 r.health = Health::None;
                 r.reason = Some(reason.clone());
             },
-        )?;
+        );
+        steps.mark("record");
+        clean_up(steps);
+        recorded?;
         if looping && !was_looping {
             self.store().record(
                 Some(name),

@@ -298,6 +298,12 @@ fn device_rules() -> Value {
 pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io(bundle, e))?;
     let value = config(spec);
+    let path = bundle.join("config.json");
+    let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
+    // Most starts write what the last one wrote, which was checked then.
+    if std::fs::read(&path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
     // Parse it back as the runtime will, so a malformed bundle fails here and not at start.
     serde_json::from_value::<oci_spec::runtime::Spec>(value.clone()).map_err(|e| {
         RuntimeError::Bundle {
@@ -305,8 +311,6 @@ pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeErro
             reason: e.to_string(),
         }
     })?;
-    let path = bundle.join("config.json");
-    let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
     let tmp = bundle.join("config.json.tmp");
     std::fs::write(&tmp, text).map_err(|e| RuntimeError::io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| RuntimeError::io(&path, e))?;
