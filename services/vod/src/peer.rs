@@ -1,0 +1,593 @@
+//! `vod peer`: what the package runs on each gateway.
+//!
+//! The household's player asks `GET /watch/NAME` with `Range`; the peer adds the title's
+//! torrent (from the origin) to its BitTorrent session and streams the file as it arrives:
+//! librqbit fetches the pieces at the read position first, then the rest in order. A read
+//! that no peer answers within the deadline is served from the origin's web seed instead
+//! (to the end of that piece), so the player does not stall. Titles stay in the cache (within
+//! `--cache-bytes`, the least recently watched evicted first) and are seeded; when idle the
+//! peer prefetches the titles the provider lists as popular.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::origin::Title;
+use crate::torrent::{self, PIECE_LENGTH};
+use crate::tracker::{PeerView, ORIGIN_REGION};
+
+/// How the peer is set up.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    /// The origin's base URL.
+    pub origin_url: String,
+    /// The tracker's base URL.
+    pub tracker_url: String,
+    /// This gateway's region (its access network), announced to the tracker.
+    pub region: String,
+    /// Where titles are kept.
+    pub cache_dir: PathBuf,
+    /// How many bytes of titles the cache may hold (the service's storage reservation, less
+    /// room for its own files).
+    pub cache_bytes: u64,
+    /// Where BitTorrent listens.
+    pub bt_listen: SocketAddr,
+    /// Upload cap to peers, bytes per second (the manifest's upload reservation).
+    pub upload_bps: Option<u32>,
+    /// How long a read waits for peers before the origin serves it.
+    pub deadline: Duration,
+    /// Prefetch popular titles when idle.
+    pub prefetch: bool,
+}
+
+struct Cached {
+    handle: Arc<librqbit::ManagedTorrent>,
+    length: u64,
+    info_hash: String,
+    last_watched: Instant,
+}
+
+/// Where the bytes of the titles came from, and how plays went.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub region: String,
+    /// Bytes the origin served this gateway over HTTP (reads no peer answered in time).
+    pub origin_http_bytes: u64,
+    /// Bytes from the origin's BitTorrent seed.
+    pub origin_seed_bytes: u64,
+    /// Bytes from gateways of this region.
+    pub same_region_bytes: u64,
+    /// Bytes from gateways of other regions.
+    pub other_region_bytes: u64,
+    /// Bytes from peers the tracker does not know (standard clients, say).
+    pub unknown_peer_bytes: u64,
+    /// Bytes this gateway uploaded to peers.
+    pub uploaded_bytes: u64,
+    /// Requests of the household's players.
+    pub plays: u64,
+    /// Time to the first byte of each play's first request, ms (the last 100).
+    pub first_byte_ms: Vec<u64>,
+    /// Reads no peer answered within the deadline (each a fallback on the origin).
+    pub late_reads: u64,
+    /// Titles in the cache.
+    pub titles: Vec<CachedTitle>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CachedTitle {
+    pub name: String,
+    pub length: u64,
+    pub have_bytes: u64,
+}
+
+pub struct Peer {
+    cfg: PeerConfig,
+    session: Arc<librqbit::Session>,
+    http: reqwest::Client,
+    cached: tokio::sync::Mutex<HashMap<String, Cached>>,
+    origin_http_bytes: AtomicU64,
+    plays: AtomicU64,
+    late_reads: AtomicU64,
+    streaming: AtomicUsize,
+    first_byte_ms: Mutex<Vec<u64>>,
+}
+
+impl Peer {
+    /// Starts the BitTorrent session and seeds again what the cache holds.
+    pub async fn open(cfg: PeerConfig) -> anyhow::Result<Arc<Peer>> {
+        std::fs::create_dir_all(cfg.cache_dir.join(".torrents")).map_err(|e| {
+            anyhow::anyhow!("cannot create the cache {}: {e}", cfg.cache_dir.display())
+        })?;
+        let session = crate::session(&cfg.cache_dir, cfg.bt_listen, cfg.upload_bps).await?;
+        let peer = Arc::new(Peer {
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()?,
+            cfg,
+            session,
+            cached: tokio::sync::Mutex::default(),
+            origin_http_bytes: AtomicU64::new(0),
+            plays: AtomicU64::new(0),
+            late_reads: AtomicU64::new(0),
+            streaming: AtomicUsize::new(0),
+            first_byte_ms: Mutex::default(),
+        });
+        let kept: Vec<(String, Vec<u8>)> = std::fs::read_dir(peer.cfg.cache_dir.join(".torrents"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let name = name.strip_suffix(".torrent")?.to_string();
+                Some((name, std::fs::read(e.path()).ok()?))
+            })
+            .collect();
+        for (name, bytes) in kept {
+            if let Err(e) = peer.add(&name, bytes).await {
+                tracing::warn!("cannot seed `{name}` again: {e:#}");
+            }
+        }
+        Ok(peer)
+    }
+
+    /// The title `name` in the session, added (its torrent fetched from the origin) if
+    /// needed.
+    async fn ensure(
+        &self,
+        name: &str,
+    ) -> Result<Arc<librqbit::ManagedTorrent>, (StatusCode, String)> {
+        if !torrent::valid_name(name) {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("`{name}` is not a title name"),
+            ));
+        }
+        if let Some(c) = self.cached.lock().await.get_mut(name) {
+            c.last_watched = Instant::now();
+            return Ok(c.handle.clone());
+        }
+        let url = format!(
+            "{}/torrents/{name}",
+            self.cfg.origin_url.trim_end_matches('/')
+        );
+        let bad_gateway = |e: String| (StatusCode::BAD_GATEWAY, e);
+        let answer = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| bad_gateway(format!("the origin cannot be reached ({url}): {e}")))?;
+        if answer.status() == StatusCode::NOT_FOUND {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("the provider has no title `{name}`"),
+            ));
+        }
+        if !answer.status().is_success() {
+            return Err(bad_gateway(format!(
+                "the origin answered {} for {url}",
+                answer.status()
+            )));
+        }
+        let bytes = answer
+            .bytes()
+            .await
+            .map_err(|e| bad_gateway(format!("the origin's answer broke off: {e}")))?;
+        self.add(name, bytes.to_vec())
+            .await
+            .map_err(|e| (StatusCode::INSUFFICIENT_STORAGE, format!("{e:#}")))
+    }
+
+    /// Adds a title's torrent to the session, making room in the cache first.
+    async fn add(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> anyhow::Result<Arc<librqbit::ManagedTorrent>> {
+        let meta = crate::bencode::decode(&bytes)
+            .map_err(|e| anyhow::anyhow!("the torrent of `{name}` is malformed: {e}"))?;
+        let info = meta
+            .get("info")
+            .ok_or_else(|| anyhow::anyhow!("the torrent of `{name}` has no info"))?;
+        if info.get("name").and_then(|n| n.as_bytes()) != Some(name.as_bytes()) {
+            anyhow::bail!("the torrent fetched for `{name}` is of another title");
+        }
+        let length = info
+            .get("length")
+            .and_then(|l| l.as_int())
+            .filter(|l| *l > 0)
+            .ok_or_else(|| anyhow::anyhow!("the torrent of `{name}` is not of one file"))?
+            as u64;
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.get(name) {
+            return Ok(c.handle.clone());
+        }
+        self.make_room(&mut cached, name, length).await?;
+        let tracker = format!(
+            "{}/announce/{}",
+            self.cfg.tracker_url.trim_end_matches('/'),
+            self.cfg.region
+        );
+        let added = self
+            .session
+            .add_torrent(
+                librqbit::AddTorrent::TorrentFileBytes(bytes.clone().into()),
+                Some(librqbit::AddTorrentOptions {
+                    overwrite: true,
+                    output_folder: Some(self.cfg.cache_dir.display().to_string()),
+                    trackers: Some(vec![tracker]),
+                    ..Default::default()
+                }),
+            )
+            .await?;
+        let handle = added
+            .into_handle()
+            .ok_or_else(|| anyhow::anyhow!("the session did not keep `{name}`"))?;
+        std::fs::write(
+            self.cfg
+                .cache_dir
+                .join(".torrents")
+                .join(format!("{name}.torrent")),
+            &bytes,
+        )?;
+        cached.insert(
+            name.to_string(),
+            Cached {
+                handle: handle.clone(),
+                length,
+                info_hash: handle.info_hash().as_string(),
+                last_watched: Instant::now(),
+            },
+        );
+        Ok(handle)
+    }
+
+    /// Evicts the least recently watched titles until `length` more bytes fit.
+    async fn make_room(
+        &self,
+        cached: &mut HashMap<String, Cached>,
+        name: &str,
+        length: u64,
+    ) -> anyhow::Result<()> {
+        if length > self.cfg.cache_bytes {
+            anyhow::bail!(
+                "`{name}` needs {length} bytes and the cache holds {}; the provider raises the service's storage reservation",
+                self.cfg.cache_bytes
+            );
+        }
+        loop {
+            let used: u64 = cached.values().map(|c| c.length).sum();
+            if used + length <= self.cfg.cache_bytes {
+                return Ok(());
+            }
+            let Some(oldest) = cached
+                .iter()
+                .min_by_key(|(_, c)| c.last_watched)
+                .map(|(n, _)| n.clone())
+            else {
+                return Ok(());
+            };
+            let gone = cached.remove(&oldest).expect("the title just found");
+            tracing::info!(
+                "evicting `{oldest}` ({} bytes) to make room for `{name}`",
+                gone.length
+            );
+            self.session
+                .delete(librqbit::api::TorrentIdOrHash::Id(gone.handle.id()), true)
+                .await?;
+            let _ = std::fs::remove_file(
+                self.cfg
+                    .cache_dir
+                    .join(".torrents")
+                    .join(format!("{oldest}.torrent")),
+            );
+        }
+    }
+
+    /// Fetches `start..=end` of `name` from the origin.
+    async fn from_origin(&self, name: &str, start: u64, end: u64) -> anyhow::Result<bytes::Bytes> {
+        let url = format!(
+            "{}/titles/{name}",
+            self.cfg.origin_url.trim_end_matches('/')
+        );
+        let answer = self
+            .http
+            .get(&url)
+            .header(header::RANGE, format!("bytes={start}-{end}"))
+            .send()
+            .await?;
+        if answer.status() != StatusCode::PARTIAL_CONTENT {
+            anyhow::bail!(
+                "the origin answered {} to a range of {url}",
+                answer.status()
+            );
+        }
+        let body = answer.bytes().await?;
+        if body.len() as u64 != end - start + 1 {
+            anyhow::bail!(
+                "the origin sent {} bytes for a range of {}",
+                body.len(),
+                end - start + 1
+            );
+        }
+        self.origin_http_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(body)
+    }
+
+    /// The peers of each swarm and their regions, as the tracker knows them.
+    async fn regions(&self, info_hash: &str) -> Vec<PeerView> {
+        let url = format!(
+            "{}/peers/{info_hash}",
+            self.cfg.tracker_url.trim_end_matches('/')
+        );
+        match self.http.get(&url).send().await {
+            Ok(a) => a.json().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        let mut m = Metrics {
+            region: self.cfg.region.clone(),
+            origin_http_bytes: self.origin_http_bytes.load(Ordering::Relaxed),
+            plays: self.plays.load(Ordering::Relaxed),
+            late_reads: self.late_reads.load(Ordering::Relaxed),
+            first_byte_ms: self
+                .first_byte_ms
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..Default::default()
+        };
+        let titles: Vec<(String, Arc<librqbit::ManagedTorrent>, String, u64)> = self
+            .cached
+            .lock()
+            .await
+            .iter()
+            .map(|(n, c)| (n.clone(), c.handle.clone(), c.info_hash.clone(), c.length))
+            .collect();
+        for (name, handle, info_hash, length) in titles {
+            let stats = handle.stats();
+            m.titles.push(CachedTitle {
+                name,
+                length,
+                have_bytes: stats.progress_bytes,
+            });
+            m.uploaded_bytes += stats.uploaded_bytes;
+            let Some(live) = handle.live() else { continue };
+            let known = self.regions(&info_hash).await;
+            let snapshot = live.per_peer_stats_snapshot(Default::default());
+            for (addr, peer) in snapshot.peers {
+                let fetched = peer.counters.fetched_bytes;
+                match region_of(&known, &addr) {
+                    Some(r) if r == ORIGIN_REGION => m.origin_seed_bytes += fetched,
+                    Some(r) if r == self.cfg.region => m.same_region_bytes += fetched,
+                    Some(_) => m.other_region_bytes += fetched,
+                    None => m.unknown_peer_bytes += fetched,
+                }
+            }
+        }
+        m
+    }
+
+    /// Prefetches the popular titles not cached yet, while nobody watches.
+    async fn prefetch_once(&self) {
+        if self.streaming.load(Ordering::Relaxed) > 0 {
+            return;
+        }
+        let url = format!("{}/catalog", self.cfg.origin_url.trim_end_matches('/'));
+        let Ok(answer) = self.http.get(&url).send().await else {
+            return;
+        };
+        let Ok(catalog) = answer.json::<Vec<Title>>().await else {
+            return;
+        };
+        for title in catalog.into_iter().filter(|t| t.popular) {
+            if self.cached.lock().await.contains_key(&title.name) {
+                continue;
+            }
+            if let Err((_, e)) = self.ensure(&title.name).await {
+                tracing::info!("not prefetching `{}`: {e}", title.name);
+            }
+        }
+    }
+}
+
+/// The region of a peer known by `addr` (`IP:PORT`): the tracker's entry with that address,
+/// else the one with that IP if only one region has it (an incoming connection comes from
+/// another port than the one announced).
+fn region_of(known: &[PeerView], addr: &str) -> Option<String> {
+    if let Some(p) = known.iter().find(|p| p.addr == addr) {
+        return Some(p.region.clone());
+    }
+    let ip = addr.rsplit_once(':').map(|(ip, _)| ip)?;
+    let mut regions = known
+        .iter()
+        .filter(|p| p.addr.rsplit_once(':').map(|(i, _)| i) == Some(ip))
+        .map(|p| p.region.as_str());
+    let first = regions.next()?;
+    regions.all(|r| r == first).then(|| first.to_string())
+}
+
+/// Runs the prefetching every minute, while `peer` lives.
+pub fn spawn_prefetch(peer: &Arc<Peer>) {
+    if !peer.cfg.prefetch {
+        return;
+    }
+    let weak = Arc::downgrade(peer);
+    tokio::spawn(async move {
+        loop {
+            let Some(peer) = weak.upgrade() else { return };
+            peer.prefetch_once().await;
+            drop(peer);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+}
+
+/// The household's and the provider's routes: `/` (a page of the catalog with a player),
+/// `/watch/NAME`, `/metrics`.
+pub fn router(peer: Arc<Peer>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/watch/{name}", get(watch))
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Peer>>| async move { Json(p.metrics().await) }),
+        )
+        .with_state(peer)
+}
+
+async fn page(State(p): State<Arc<Peer>>) -> Response {
+    let url = format!("{}/catalog", p.cfg.origin_url.trim_end_matches('/'));
+    let catalog: Vec<Title> = match p.http.get(&url).send().await {
+        Ok(a) => a.json().await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut items = String::new();
+    for t in &catalog {
+        let name = html_escape(&t.name);
+        items.push_str(&format!(
+            "<li><a href=\"#\" onclick=\"play('{name}');return false\">{name}</a> ({:.1} MB)</li>",
+            t.length as f64 / 1e6
+        ));
+    }
+    if catalog.is_empty() {
+        items.push_str("<li>The provider's catalog cannot be reached right now.</li>");
+    }
+    Html(format!(
+        "<!doctype html><meta charset=utf-8><title>streamco</title>\
+         <h1>streamco</h1><ul>{items}</ul><video id=player controls width=640></video>\
+         <script>function play(n){{const v=document.getElementById('player');\
+         v.src='/watch/'+encodeURIComponent(n);v.play();}}</script>"
+    ))
+    .into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;")
+        .replace('"', "&quot;")
+}
+
+async fn watch(
+    State(p): State<Arc<Peer>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let asked = Instant::now();
+    let handle = match p.ensure(&name).await {
+        Ok(h) => h,
+        Err((status, why)) => return (status, why).into_response(),
+    };
+    let len = match p.cached.lock().await.get(&name) {
+        Some(c) => c.length,
+        None => {
+            return (
+                StatusCode::CONFLICT,
+                format!("`{name}` was evicted; ask again"),
+            )
+                .into_response()
+        }
+    };
+    let range = match crate::http::requested_range(&headers, len) {
+        Ok(r) => r,
+        Err(()) => return crate::http::unsatisfiable(len),
+    };
+    let (start, end) = range.unwrap_or((0, len - 1));
+    let mut stream = match handle.clone().stream(0).await {
+        Ok(s) => s,
+        Err(e) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot stream `{name}`: {e:#}"),
+            )
+                .into_response()
+        }
+    };
+    if let Err(e) = stream.seek(std::io::SeekFrom::Start(start)).await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot stream `{name}`: {e}"),
+        )
+            .into_response();
+    }
+    p.plays.fetch_add(1, Ordering::Relaxed);
+    let (status, head) = crate::http::head(range, len, crate::http::content_type(&name));
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    let peer = p.clone();
+    tokio::spawn(async move {
+        peer.streaming.fetch_add(1, Ordering::Relaxed);
+        let mut pos = start;
+        let mut first = true;
+        let mut buf = vec![0u8; 64 * 1024];
+        while pos <= end {
+            let want = ((end - pos + 1) as usize).min(buf.len());
+            let chunk = match tokio::time::timeout(peer.cfg.deadline, stream.read(&mut buf[..want]))
+                .await
+            {
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => bytes::Bytes::copy_from_slice(&buf[..n]),
+                Ok(Err(e)) => {
+                    let _ = tx.send(Err(e)).await;
+                    break;
+                }
+                Err(_) => {
+                    // No peer delivered in time: the origin serves to the end of this piece.
+                    peer.late_reads.fetch_add(1, Ordering::Relaxed);
+                    let piece_end = ((pos / PIECE_LENGTH) + 1) * PIECE_LENGTH - 1;
+                    match peer.from_origin(&name, pos, piece_end.min(end)).await {
+                        Ok(b) => {
+                            if stream
+                                .seek(std::io::SeekFrom::Start(pos + b.len() as u64))
+                                .await
+                                .is_err()
+                            {
+                                let _ = tx
+                                    .send(Err(std::io::Error::other(
+                                        "the stream cannot skip what the origin sent",
+                                    )))
+                                    .await;
+                                break;
+                            }
+                            b
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                "`{name}` at {pos}: no peer in time and the origin failed: {e:#}"
+                            );
+                            continue;
+                        }
+                    }
+                }
+            };
+            if first {
+                first = false;
+                let mut fb = peer.first_byte_ms.lock().unwrap_or_else(|p| p.into_inner());
+                fb.push(asked.elapsed().as_millis() as u64);
+                let excess = fb.len().saturating_sub(100);
+                fb.drain(..excess);
+            }
+            pos += chunk.len() as u64;
+            if tx.send(Ok(chunk)).await.is_err() {
+                break;
+            }
+        }
+        peer.streaming.fetch_sub(1, Ordering::Relaxed);
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (status, head, body).into_response()
+}

@@ -1,0 +1,426 @@
+//! `vod tracker`: an HTTP tracker (BEP 3, compact peer lists of BEP 23) that answers each
+//! gateway with the gateways of its own region first, and with other regions' only when its
+//! own has too few, so that most peer bytes stay inside a region. The origin's seed, announced
+//! in the region `origin`, comes last in every answer.
+//!
+//! A gateway's region is the one its announce URL names (`/announce/REGION`), else the one
+//! its address falls in (`--region CIDR=NAME`), else `unknown`.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Serialize;
+
+use crate::bencode::Value;
+
+/// The region the origin's seed announces itself in.
+pub const ORIGIN_REGION: &str = "origin";
+/// How often gateways are asked to announce again.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+/// With fewer peers than this in its own region, a gateway is also given other regions'.
+pub const MIN_LOCAL: usize = 3;
+
+/// An address range and the region it belongs to.
+#[derive(Debug, Clone)]
+pub struct RegionRange {
+    pub net: Ipv4Addr,
+    pub prefix: u8,
+    pub region: String,
+}
+
+impl std::str::FromStr for RegionRange {
+    type Err = String;
+
+    /// `10.1.0.0/16=north`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not CIDR=REGION (e.g. 10.1.0.0/16=north)");
+        let (cidr, region) = s.split_once('=').ok_or_else(bad)?;
+        let (net, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+        let net: Ipv4Addr = net.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if prefix > 32 || !valid_region(region) {
+            return Err(bad());
+        }
+        Ok(RegionRange {
+            net,
+            prefix,
+            region: region.to_string(),
+        })
+    }
+}
+
+impl RegionRange {
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        };
+        u32::from(ip) & mask == u32::from(self.net) & mask
+    }
+}
+
+fn valid_region(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// Where an announce's region came from.
+enum Region {
+    /// Its URL named it.
+    Named(String),
+    /// From its address.
+    Guessed(String),
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddrV4,
+    region: String,
+    seen: Instant,
+}
+
+/// The tracker's swarms.
+#[derive(Default)]
+pub struct Tracker {
+    ranges: Vec<RegionRange>,
+    swarms: Mutex<HashMap<[u8; 20], Vec<Peer>>>,
+}
+
+/// One peer of a swarm as `GET /peers/HASH` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct PeerView {
+    pub addr: String,
+    pub region: String,
+}
+
+impl Tracker {
+    pub fn new(ranges: Vec<RegionRange>) -> Arc<Tracker> {
+        Arc::new(Tracker {
+            ranges,
+            swarms: Mutex::default(),
+        })
+    }
+
+    fn region_of(&self, ip: Ipv4Addr) -> String {
+        self.ranges
+            .iter()
+            .find(|r| r.contains(ip))
+            .map(|r| r.region.clone())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    /// Records an announce and returns the peers to give the announcer, best first.
+    fn announce(
+        &self,
+        info_hash: [u8; 20],
+        addr: SocketAddrV4,
+        region: Region,
+        stopped: bool,
+        numwant: usize,
+    ) -> Vec<SocketAddrV4> {
+        let mut swarms = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
+        let swarm = swarms.entry(info_hash).or_default();
+        let now = Instant::now();
+        // A client announces to every tracker of its torrent: the URL its torrent names
+        // (region guessed) and the one naming its region. The named region stays.
+        let known = swarm
+            .iter()
+            .find(|p| p.addr == addr)
+            .map(|p| p.region.clone());
+        let region = match (region, known) {
+            (Region::Named(r), _) => r,
+            (Region::Guessed(_), Some(known)) => known,
+            (Region::Guessed(r), None) => r,
+        };
+        swarm.retain(|p| p.addr != addr && now.duration_since(p.seen) < INTERVAL * 3);
+        let answer = choose(swarm, &region, numwant);
+        if !stopped {
+            swarm.push(Peer {
+                addr,
+                region,
+                seen: now,
+            });
+        }
+        answer
+    }
+
+    fn peers(&self, info_hash: [u8; 20]) -> Vec<PeerView> {
+        let swarms = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
+        swarms
+            .get(&info_hash)
+            .map(|s| {
+                s.iter()
+                    .map(|p| PeerView {
+                        addr: p.addr.to_string(),
+                        region: p.region.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// The answer to a peer of `region`: its region's peers (the most recently seen first), then
+/// other regions' if its own has fewer than [`MIN_LOCAL`], then the origin's seeds.
+fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
+    let mut recent: Vec<&Peer> = swarm.iter().collect();
+    recent.sort_by_key(|p| std::cmp::Reverse(p.seen));
+    let local: Vec<&Peer> = recent
+        .iter()
+        .copied()
+        .filter(|p| p.region == region && p.region != ORIGIN_REGION)
+        .collect();
+    let mut answer: Vec<SocketAddrV4> = local.iter().map(|p| p.addr).collect();
+    if local.len() < MIN_LOCAL {
+        answer.extend(
+            recent
+                .iter()
+                .filter(|p| p.region != region && p.region != ORIGIN_REGION)
+                .map(|p| p.addr),
+        );
+    }
+    answer.truncate(numwant.saturating_sub(1).max(1));
+    answer.extend(
+        recent
+            .iter()
+            .filter(|p| p.region == ORIGIN_REGION)
+            .map(|p| p.addr),
+    );
+    answer.truncate(numwant);
+    answer
+}
+
+/// The tracker's routes: `/announce`, `/announce/REGION` and `/peers/HASH` (JSON).
+pub fn router(tracker: Arc<Tracker>) -> Router {
+    Router::new()
+        .route("/announce", get(announce_anywhere))
+        .route("/announce/{region}", get(announce_in))
+        .route("/peers/{hash}", get(peers))
+        .with_state(tracker)
+}
+
+async fn announce_anywhere(
+    State(t): State<Arc<Tracker>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    bencoded(answer(&t, from, None, query.as_deref().unwrap_or("")))
+}
+
+async fn announce_in(
+    State(t): State<Arc<Tracker>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(region): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    bencoded(answer(
+        &t,
+        from,
+        Some(region),
+        query.as_deref().unwrap_or(""),
+    ))
+}
+
+async fn peers(State(t): State<Arc<Tracker>>, Path(hash): Path<String>) -> Response {
+    match hex::decode(&hash)
+        .ok()
+        .and_then(|b| <[u8; 20]>::try_from(b).ok())
+    {
+        Some(h) => Json(t.peers(h)).into_response(),
+        None => (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("`{hash}` is not an info hash; give its 40 hex digits"),
+        )
+            .into_response(),
+    }
+}
+
+fn bencoded(v: Value) -> Response {
+    ([("content-type", "text/plain")], v.encode()).into_response()
+}
+
+fn failure(why: String) -> Value {
+    Value::dict([("failure reason", Value::Bytes(why.into_bytes()))])
+}
+
+fn answer(t: &Tracker, from: SocketAddr, region: Option<String>, query: &str) -> Value {
+    let params = parse_query(query);
+    let get = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+    let Some(info_hash) = get("info_hash").and_then(|v| <[u8; 20]>::try_from(v.clone()).ok())
+    else {
+        return failure("the announce has no info_hash of 20 bytes".into());
+    };
+    let Some(port) = get("port")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<u16>().ok())
+        .filter(|p| *p != 0)
+    else {
+        return failure("the announce has no port".into());
+    };
+    let SocketAddr::V4(from) = from else {
+        return failure("this tracker serves IPv4 peers only".into());
+    };
+    let region = match region {
+        Some(r) if valid_region(&r) => Region::Named(r),
+        Some(r) => return failure(format!("`{r}` is not a region name (letters, digits, -)")),
+        None => Region::Guessed(t.region_of(*from.ip())),
+    };
+    let numwant = get("numwant")
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(50)
+        .clamp(1, 200);
+    let stopped = get("event").is_some_and(|e| e.as_slice() == b"stopped");
+    let peers = t.announce(
+        info_hash,
+        SocketAddrV4::new(*from.ip(), port),
+        region,
+        stopped,
+        numwant,
+    );
+    let mut compact = Vec::with_capacity(peers.len() * 6);
+    for p in peers {
+        compact.extend_from_slice(&p.ip().octets());
+        compact.extend_from_slice(&p.port().to_be_bytes());
+    }
+    Value::dict([
+        ("interval", Value::Int(INTERVAL.as_secs() as i64)),
+        ("peers", Value::Bytes(compact)),
+    ])
+}
+
+/// `a=b&c=%41` as raw bytes (info hashes are binary).
+fn parse_query(query: &str) -> Vec<(String, Vec<u8>)> {
+    query
+        .split('&')
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            Some((
+                String::from_utf8_lossy(&unescape(k)).into_owned(),
+                unescape(v),
+            ))
+        })
+        .collect()
+}
+
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+                {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    Err(_) => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(last: u8, region: &str, age: u64) -> Peer {
+        Peer {
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 6881),
+            region: region.into(),
+            seen: Instant::now() - Duration::from_secs(age),
+        }
+    }
+
+    #[test]
+    fn a_region_with_enough_peers_gets_its_own_then_the_origin() {
+        let swarm = vec![
+            peer(1, "north", 5),
+            peer(2, "south", 1),
+            peer(3, "north", 1),
+            peer(4, ORIGIN_REGION, 1),
+            peer(5, "north", 9),
+        ];
+        let got: Vec<u8> = choose(&swarm, "north", 50)
+            .iter()
+            .map(|a| a.ip().octets()[3])
+            .collect();
+        assert_eq!(got, vec![3, 1, 5, 4]);
+    }
+
+    #[test]
+    fn a_thin_region_also_gets_the_others_and_the_origin_is_never_cut() {
+        let swarm = vec![
+            peer(1, "north", 1),
+            peer(2, "south", 1),
+            peer(3, "south", 2),
+            peer(4, ORIGIN_REGION, 1),
+        ];
+        let got: Vec<u8> = choose(&swarm, "north", 50)
+            .iter()
+            .map(|a| a.ip().octets()[3])
+            .collect();
+        assert_eq!(got, vec![1, 2, 3, 4]);
+        let two: Vec<u8> = choose(&swarm, "north", 2)
+            .iter()
+            .map(|a| a.ip().octets()[3])
+            .collect();
+        assert_eq!(two, vec![1, 4]);
+    }
+
+    #[test]
+    fn announces_are_parsed_from_raw_bytes_and_bad_ones_refused() {
+        let t = Tracker::new(vec!["10.1.0.0/16=north".parse().unwrap()]);
+        let hash = "%01%02%03%04%05%06%07%08%09%0a%0b%0c%0d%0e%0f%10%11%12%13%14";
+        let from: SocketAddr = "10.1.2.3:5000".parse().unwrap();
+        let ok = answer(
+            &t,
+            from,
+            None,
+            &format!("info_hash={hash}&port=6881&left=0"),
+        );
+        assert_eq!(ok.get("interval").and_then(Value::as_int), Some(30));
+        let peers = t.peers(core::array::from_fn(|i| i as u8 + 1));
+        assert_eq!(
+            peers,
+            vec![PeerView {
+                addr: "10.1.2.3:6881".into(),
+                region: "north".into()
+            }]
+        );
+        for bad in [
+            "port=1",
+            &format!("info_hash={hash}"),
+            "info_hash=short&port=1",
+        ] {
+            let v = answer(&t, from, None, bad);
+            assert!(v.get("failure reason").is_some(), "{bad} was accepted");
+        }
+        let v = answer(
+            &t,
+            from,
+            Some("no/pe".into()),
+            &format!("info_hash={hash}&port=1"),
+        );
+        assert!(v.get("failure reason").is_some());
+    }
+}
