@@ -26,6 +26,7 @@ packages=(
   mosquitto         # the MQTT broker between the USP agent and a USP controller in its tests
   mosquitto-clients # mosquitto_pub/sub: the USP tests send it malformed records; devices on a LAN
   ffmpeg            # a camera's frames for the surveillance service's test
+  aria2             # aria2c: a standard BitTorrent client fetches a title from the vod swarm
 )
 missing=()
 for p in "${packages[@]}"; do

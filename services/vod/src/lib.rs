@@ -32,6 +32,8 @@ pub async fn session(
             mode: librqbit::ListenerMode::TcpOnly,
             listen_addr: listen,
             enable_upnp_port_forwarding: false,
+            // Announced even on a loopback address (librqbit announces none there).
+            announce_port: Some(listen.port()),
             ipv4_only: true,
             ..Default::default()
         }),

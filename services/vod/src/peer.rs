@@ -367,7 +367,10 @@ impl Peer {
             m.uploaded_bytes += stats.uploaded_bytes;
             let Some(live) = handle.live() else { continue };
             let known = self.regions(&info_hash).await;
-            let snapshot = live.per_peer_stats_snapshot(Default::default());
+            // Every peer met, not only those still connected (seeds part once both are
+            // complete). librqbit does not export the filter's type; its serde form is stable.
+            let all = serde_json::from_str(r#"{"state":"all"}"#).unwrap_or_default();
+            let snapshot = live.per_peer_stats_snapshot(all);
             for (addr, peer) in snapshot.peers {
                 let fetched = peer.counters.fetched_bytes;
                 match region_of(&known, &addr) {
