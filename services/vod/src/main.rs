@@ -30,9 +30,10 @@ enum Role {
         /// The tracker's URL.
         #[arg(long, env = "VOD_TRACKER")]
         tracker: String,
-        /// This gateway's region (its access network).
-        #[arg(long, env = "VOD_REGION", default_value = "unknown")]
-        region: String,
+        /// This gateway's region (its access network); without it, the tracker places the
+        /// gateway by its address.
+        #[arg(long, env = "VOD_REGION")]
+        region: Option<String>,
         /// The cache of titles.
         #[arg(long, default_value = "/data/titles")]
         cache: PathBuf,

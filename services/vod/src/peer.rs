@@ -35,8 +35,9 @@ pub struct PeerConfig {
     pub origin_url: String,
     /// The tracker's base URL.
     pub tracker_url: String,
-    /// This gateway's region (its access network), announced to the tracker.
-    pub region: String,
+    /// This gateway's region (its access network), announced to the tracker; `None`: the
+    /// one the tracker places it in from its address.
+    pub region: Option<String>,
     /// Where titles are kept.
     pub cache_dir: PathBuf,
     /// How many bytes of titles the cache may hold (the service's storage reservation, less
@@ -94,6 +95,8 @@ pub struct CachedTitle {
 
 pub struct Peer {
     cfg: PeerConfig,
+    /// The region named in the configuration or learnt from the tracker.
+    region: std::sync::OnceLock<String>,
     session: Arc<librqbit::Session>,
     http: reqwest::Client,
     cached: tokio::sync::Mutex<HashMap<String, Cached>>,
@@ -115,6 +118,10 @@ impl Peer {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
                 .build()?,
+            region: match &cfg.region {
+                Some(r) => std::sync::OnceLock::from(r.clone()),
+                None => std::sync::OnceLock::new(),
+            },
             cfg,
             session,
             cached: tokio::sync::Mutex::default(),
@@ -213,11 +220,14 @@ impl Peer {
             return Ok(c.handle.clone());
         }
         self.make_room(&mut cached, name, length).await?;
-        let tracker = format!(
-            "{}/announce/{}",
-            self.cfg.tracker_url.trim_end_matches('/'),
-            self.cfg.region
-        );
+        // A configured region is announced in the URL; otherwise the torrent's own URL
+        // lets the tracker place this gateway by its address.
+        let trackers = self.cfg.region.as_ref().map(|r| {
+            vec![format!(
+                "{}/announce/{r}",
+                self.cfg.tracker_url.trim_end_matches('/')
+            )]
+        });
         let added = self
             .session
             .add_torrent(
@@ -225,7 +235,7 @@ impl Peer {
                 Some(librqbit::AddTorrentOptions {
                     overwrite: true,
                     output_folder: Some(self.cfg.cache_dir.display().to_string()),
-                    trackers: Some(vec![tracker]),
+                    trackers,
                     ..Default::default()
                 }),
             )
@@ -337,9 +347,26 @@ impl Peer {
         }
     }
 
+    /// This gateway's region: configured, or asked of the tracker (once it answers).
+    async fn region(&self) -> String {
+        if let Some(r) = self.region.get() {
+            return r.clone();
+        }
+        let url = format!("{}/region", self.cfg.tracker_url.trim_end_matches('/'));
+        let asked: Option<serde_json::Value> = match self.http.get(&url).send().await {
+            Ok(a) => a.json().await.ok(),
+            Err(_) => None,
+        };
+        match asked.as_ref().and_then(|v| v["region"].as_str()) {
+            Some(r) => self.region.get_or_init(|| r.to_string()).clone(),
+            None => "unknown".into(),
+        }
+    }
+
     pub async fn metrics(&self) -> Metrics {
+        let region = self.region().await;
         let mut m = Metrics {
-            region: self.cfg.region.clone(),
+            region: region.clone(),
             origin_http_bytes: self.origin_http_bytes.load(Ordering::Relaxed),
             plays: self.plays.load(Ordering::Relaxed),
             late_reads: self.late_reads.load(Ordering::Relaxed),
@@ -375,7 +402,7 @@ impl Peer {
                 let fetched = peer.counters.fetched_bytes;
                 match region_of(&known, &addr) {
                     Some(r) if r == ORIGIN_REGION => m.origin_seed_bytes += fetched,
-                    Some(r) if r == self.cfg.region => m.same_region_bytes += fetched,
+                    Some(r) if r == region => m.same_region_bytes += fetched,
                     Some(_) => m.other_region_bytes += fetched,
                     None => m.unknown_peer_bytes += fetched,
                 }

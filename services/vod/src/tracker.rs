@@ -196,13 +196,27 @@ fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
     answer
 }
 
-/// The tracker's routes: `/announce`, `/announce/REGION` and `/peers/HASH` (JSON).
+/// The tracker's routes: `/announce`, `/announce/REGION`, `/peers/HASH` and `/region`
+/// (JSON).
 pub fn router(tracker: Arc<Tracker>) -> Router {
     Router::new()
         .route("/announce", get(announce_anywhere))
         .route("/announce/{region}", get(announce_in))
         .route("/peers/{hash}", get(peers))
+        .route("/region", get(region_of_caller))
         .with_state(tracker)
+}
+
+/// `GET /region`: the region the tracker places the caller in, from its address.
+async fn region_of_caller(
+    State(t): State<Arc<Tracker>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Response {
+    let region = match from {
+        SocketAddr::V4(a) => t.region_of(*a.ip()),
+        SocketAddr::V6(_) => "unknown".into(),
+    };
+    Json(serde_json::json!({ "region": region })).into_response()
 }
 
 async fn announce_anywhere(

@@ -233,6 +233,14 @@ ip netns exec {gw} sysctl -qw net.ipv4.ip_forward=1
     /// Starts an embedded Python helper in `ns`, its output going to a scratch file
     /// (returned); killed when the lab is dropped.
     fn spawn_python(&mut self, ns: &str, source: &str, args: &[&str]) -> PathBuf {
+        let mut all = vec![PYTHON, "-c", source];
+        all.extend_from_slice(args);
+        self.spawn(ns, &all)
+    }
+
+    /// Starts `args` in `ns`, its output going to a scratch file (returned); killed when the
+    /// lab is dropped.
+    fn spawn(&mut self, ns: &str, args: &[&str]) -> PathBuf {
         let log = self
             .scratch
             .path()
@@ -240,7 +248,7 @@ ip netns exec {gw} sysctl -qw net.ipv4.ip_forward=1
         let file = std::fs::File::create(&log).expect("helper output file");
         let err = file.try_clone().expect("helper output file");
         let child = Command::new("ip")
-            .args(["netns", "exec", ns, PYTHON, "-c", source])
+            .args(["netns", "exec", ns])
             .args(args)
             .stdin(Stdio::null())
             .stdout(file)
@@ -1741,4 +1749,206 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
         assert!(memory < m.resources.memory.limit.unwrap_or(u64::MAX));
         assert!(storage <= m.resources.storage.reserve);
     }
+}
+
+/// A title of `len` bytes that compress badly, the same at every run.
+fn film(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// streamco's `vod` on a real gateway: the origin and the tracker on the WAN, the household's
+/// player on the LAN. The title plays on the LAN byte for byte; the gateway announces its
+/// published BitTorrent port, and once the origin is gone a standard client (aria2c) on the
+/// WAN fetches the whole title from the gateway alone.
+#[test]
+fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() {
+    let mut lab = Lab::new("vd");
+    let gw = lab.gateway("");
+    let (binary, bytes) = service_binary(&gw, "vod");
+    let binary = binary.display().to_string();
+    let titles = lab.scratch.path().join("titles");
+    std::fs::create_dir_all(&titles).unwrap();
+    let data = film(3 << 20);
+    std::fs::write(titles.join("film.mp4"), &data).unwrap();
+    let (origin_url, tracker_url) = (
+        format!("http://{WAN_HOST}:8080"),
+        format!("http://{WAN_HOST}:6969"),
+    );
+    let wan = lab.wan.clone();
+    let tracker_log = lab.spawn(&wan, &[&binary, "tracker", "--listen", "0.0.0.0:6969"]);
+    let titles_dir = titles.display().to_string();
+    let origin_log = lab.spawn(
+        &wan,
+        &[
+            &binary,
+            "origin",
+            "--listen",
+            "0.0.0.0:8080",
+            "--titles",
+            &titles_dir,
+            "--public-url",
+            &origin_url,
+            "--tracker",
+            &tracker_url,
+            "--seed-listen",
+            "0.0.0.0:6882",
+            "--seed-upload-bps",
+            "2000000",
+        ],
+    );
+    let origin_index = lab.background.len() - 1;
+    for (what, port, log) in [
+        ("tracker", 6969, &tracker_log),
+        ("origin", 8080, &origin_log),
+    ] {
+        eventually(
+            &format!("the {what} on the WAN"),
+            Duration::from_secs(20),
+            || {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                assert!(!text.contains("vod: "), "the {what} failed:\n{text}");
+                lab.connect(&lab.wan, WAN_HOST, port).ok()
+            },
+        );
+    }
+
+    let rest = format!(
+        "user = \"1000:1000\"\n\n[resources]\nmemory = {{ reserve = \"32MiB\", limit = \"128MiB\" }}\n\
+         storage = {{ reserve = \"64MiB\" }}\nbandwidth_up = {{ reserve = \"8Mbit\" }}\n\n{}\n\
+         [restart]\npolicy = \"always\"\n",
+        ports(&[(8090, "lan"), (6881, "wan")])
+    );
+    let command = [
+        "/bin/vod",
+        "peer",
+        "--listen",
+        "0.0.0.0:8090",
+        "--bt-listen",
+        "0.0.0.0:6881",
+        "--origin",
+        &origin_url,
+        "--tracker",
+        &tracker_url,
+        "--region",
+        "north",
+        "--cache",
+        "/data/titles",
+        "--cache-bytes",
+        "33554432",
+        "--no-prefetch",
+    ];
+    // librqbit's HTTP client (rustls) insists on the system's CA certificates, even for a
+    // plain-HTTP origin: the package carries the build host's bundle.
+    let cas = std::fs::read("/etc/ssl/certs/ca-certificates.crt").expect("the host's CA bundle");
+    let files: [Extra; 2] = [
+        ("bin/vod", bytes.as_slice(), 0o755),
+        ("etc/ssl/certs/ca-certificates.crt", cas.as_slice(), 0o644),
+    ];
+    gw.install("vod", &manifest("vod", "streamco", &command, &rest), &files);
+    gw.wait_running("vod");
+    eventually("vod on the LAN", Duration::from_secs(20), || {
+        lab.connect(&lab.lan, GW_LAN, 8090).ok()
+    });
+    use_of(&gw, "vod", "at rest");
+
+    // The household plays the title on the LAN.
+    let played = lab.scratch.path().join("played.mp4");
+    let played_s = played.display().to_string();
+    let url = format!("http://{GW_LAN}:8090/watch/film.mp4");
+    lab.run_ok(
+        &lab.lan,
+        &["curl", "-sf", "--max-time", "120", "-o", &played_s, &url],
+    );
+    let got = std::fs::read(&played).unwrap();
+    assert!(
+        got == data,
+        "the LAN got {} bytes that differ from the title's {}\n{}",
+        got.len(),
+        data.len(),
+        diagnose(&lab, &gw, "vod")
+    );
+    let (_, storage) = use_of(&gw, "vod", "after playing a 3 MiB title");
+    assert!(
+        storage >= data.len() as u64,
+        "the title is not kept in the cache"
+    );
+
+    // The gateway announced its published port: the tracker lists it at the gateway's WAN
+    // address (the swarm's other gateways and clients reach it there).
+    let hash = {
+        let catalog = lab.run_ok(&lab.wan, &["curl", "-sf", &format!("{origin_url}/catalog")]);
+        let v: serde_json::Value = serde_json::from_str(&catalog).unwrap();
+        v[0]["info_hash"].as_str().unwrap().to_string()
+    };
+    eventually(
+        "the gateway in the tracker",
+        Duration::from_secs(30),
+        || {
+            let peers = lab.run_ok(
+                &lab.wan,
+                &["curl", "-sf", &format!("{tracker_url}/peers/{hash}")],
+            );
+            peers.contains(&format!("\"{GW_WAN}:6881\"")).then_some(())
+        },
+    );
+
+    // The origin goes (seed and web seed); a standard client gets the title from the gateway.
+    let torrent = lab.scratch.path().join("film.torrent");
+    let torrent_s = torrent.display().to_string();
+    lab.run_ok(
+        &lab.wan,
+        &[
+            "curl",
+            "-sf",
+            "-o",
+            &torrent_s,
+            &format!("{origin_url}/torrents/film.mp4"),
+        ],
+    );
+    let mut origin = lab.background.remove(origin_index);
+    let _ = origin.kill();
+    let _ = origin.wait();
+    let out_dir = lab.scratch.path().join("aria2");
+    let out_s = out_dir.display().to_string();
+    let run = lab.run(
+        &lab.wan,
+        &[
+            "aria2c",
+            "--dir",
+            &out_s,
+            "--seed-time=0",
+            "--enable-dht=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--bt-stop-timeout=60",
+            "--summary-interval=0",
+            "--console-log-level=warn",
+            &torrent_s,
+        ],
+    );
+    assert!(
+        run.ok(),
+        "aria2c on the WAN failed:\n{run}\n{}",
+        diagnose(&lab, &gw, "vod")
+    );
+    let fetched = std::fs::read(out_dir.join("film.mp4")).expect("aria2c's file");
+    assert!(fetched == data, "aria2c's file differs from the title");
+    let metrics = lab.run_ok(
+        &lab.lan,
+        &["curl", "-sf", &format!("http://{GW_LAN}:8090/metrics")],
+    );
+    let m: serde_json::Value = serde_json::from_str(&metrics).unwrap();
+    assert!(
+        m["uploaded_bytes"].as_u64().unwrap_or(0) >= data.len() as u64,
+        "the gateway did not serve aria2c the title: {m}"
+    );
+    eprintln!("vod's metrics: {m}");
 }
