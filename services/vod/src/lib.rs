@@ -19,11 +19,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// A BitTorrent session for this service: TCP only, on `listen`, no DHT, no local peer
-/// discovery, no UPnP (the tracker is the only way peers meet), upload capped at `upload_bps`.
+/// discovery, no UPnP (the tracker is the only way peers meet), upload and download capped
+/// (bytes per second).
 pub async fn session(
     dir: &Path,
     listen: SocketAddr,
     upload_bps: Option<u32>,
+    download_bps: Option<u32>,
 ) -> anyhow::Result<Arc<librqbit::Session>> {
     let opts = librqbit::SessionOptions {
         dht: None,
@@ -40,7 +42,7 @@ pub async fn session(
         ipv4_only: true,
         ratelimits: librqbit::limits::LimitsConfig {
             upload_bps: upload_bps.and_then(NonZeroU32::new),
-            download_bps: None,
+            download_bps: download_bps.and_then(NonZeroU32::new),
         },
         client_name_and_version: Some(format!("shg-vod {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()

@@ -43,6 +43,9 @@ enum Role {
         /// Upload cap to peers, bytes per second.
         #[arg(long)]
         upload_bps: Option<u32>,
+        /// Download cap from peers, bytes per second.
+        #[arg(long)]
+        download_bps: Option<u32>,
         /// How long a read waits for peers before the origin serves it, ms.
         #[arg(long, default_value_t = 1500)]
         deadline_ms: u64,
@@ -110,6 +113,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             cache,
             cache_bytes,
             upload_bps,
+            download_bps,
             deadline_ms,
             no_prefetch,
         } => {
@@ -121,6 +125,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
                 cache_bytes,
                 bt_listen,
                 upload_bps,
+                download_bps,
                 deadline: Duration::from_millis(deadline_ms),
                 prefetch: !no_prefetch,
             })

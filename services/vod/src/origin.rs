@@ -97,7 +97,7 @@ impl Origin {
         let session = match cfg.seed_listen {
             None => None,
             Some(listen) => {
-                let session = crate::session(&cfg.dir, listen, cfg.seed_upload_bps).await?;
+                let session = crate::session(&cfg.dir, listen, cfg.seed_upload_bps, None).await?;
                 let tracker = format!(
                     "{}/announce/{}",
                     cfg.tracker_url.trim_end_matches('/'),

@@ -28,6 +28,9 @@ use crate::origin::Title;
 use crate::torrent::{self, PIECE_LENGTH};
 use crate::tracker::{PeerView, ORIGIN_REGION};
 
+/// How long the first read of a request waits for peers before the origin serves it.
+pub const STARTUP_DEADLINE: Duration = Duration::from_millis(300);
+
 /// How the peer is set up.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -47,6 +50,8 @@ pub struct PeerConfig {
     pub bt_listen: SocketAddr,
     /// Upload cap to peers, bytes per second (the manifest's upload reservation).
     pub upload_bps: Option<u32>,
+    /// Download cap, bytes per second.
+    pub download_bps: Option<u32>,
     /// How long a read waits for peers before the origin serves it.
     pub deadline: Duration,
     /// Prefetch popular titles when idle.
@@ -113,7 +118,13 @@ impl Peer {
         std::fs::create_dir_all(cfg.cache_dir.join(".torrents")).map_err(|e| {
             anyhow::anyhow!("cannot create the cache {}: {e}", cfg.cache_dir.display())
         })?;
-        let session = crate::session(&cfg.cache_dir, cfg.bt_listen, cfg.upload_bps).await?;
+        let session = crate::session(
+            &cfg.cache_dir,
+            cfg.bt_listen,
+            cfg.upload_bps,
+            cfg.download_bps,
+        )
+        .await?;
         let peer = Arc::new(Peer {
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
@@ -566,9 +577,14 @@ async fn watch(
         let mut buf = vec![0u8; 64 * 1024];
         while pos <= end {
             let want = ((end - pos + 1) as usize).min(buf.len());
-            let chunk = match tokio::time::timeout(peer.cfg.deadline, stream.read(&mut buf[..want]))
-                .await
-            {
+            // The picture starts (or resumes after a seek) fast: the first read waits for peers
+            // only briefly before the origin serves it.
+            let deadline = if first {
+                STARTUP_DEADLINE.min(peer.cfg.deadline)
+            } else {
+                peer.cfg.deadline
+            };
+            let chunk = match tokio::time::timeout(deadline, stream.read(&mut buf[..want])).await {
                 Ok(Ok(0)) => break,
                 Ok(Ok(n)) => bytes::Bytes::copy_from_slice(&buf[..n]),
                 Ok(Err(e)) => {

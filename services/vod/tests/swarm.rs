@@ -90,9 +90,21 @@ impl Swarm {
     /// A tracker and an origin holding `film.mp4`; with `seed_bps`, the origin also seeds
     /// it over BitTorrent at that rate.
     async fn start(len: usize, seed_bps: Option<u32>) -> (Swarm, Vec<u8>) {
+        Swarm::with_titles(&[("film.mp4", len)], seed_bps).await
+    }
+
+    /// Like [`Swarm::start`] with several titles; returns the first's bytes.
+    async fn with_titles(titles: &[(&str, usize)], seed_bps: Option<u32>) -> (Swarm, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("titles")).unwrap();
-        let data = title(&dir.path().join("titles/film.mp4"), len);
+        let mut first = Vec::new();
+        for (i, (name, len)) in titles.iter().enumerate() {
+            let bytes = title(&dir.path().join("titles").join(name), *len);
+            if i == 0 {
+                first = bytes;
+            }
+        }
+        let data = first;
         let (tp, op) = (free_port(), free_port());
         let tracker_url = format!("http://127.0.0.1:{tp}");
         let origin_url = format!("http://127.0.0.1:{op}");
@@ -238,6 +250,11 @@ async fn gateways_play_the_title_from_their_region_first_and_every_byte_matches(
         mb.other_region_bytes, 0,
         "b's region had enough peers: {mb:?}"
     );
+    let mc = metrics(&c).await;
+    assert!(
+        mc.other_region_bytes > 0,
+        "c, alone in its region, got nothing from the other's gateways: {mc:?}"
+    );
     let ma = metrics(&a).await;
     assert!(ma.uploaded_bytes > 0, "a seeded nothing: {ma:?}");
     assert_eq!(ma.titles[0].have_bytes, len as u64);
@@ -311,4 +328,77 @@ async fn a_standard_client_fetches_a_title_from_the_gateways_alone() {
         m.uploaded_bytes >= data.len() as u64,
         "a did not serve aria2c: {m:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_keeps_titles_within_its_size_and_evicts_the_least_recently_watched() {
+    let mib = 1 << 20;
+    let (mut swarm, _) = Swarm::with_titles(
+        &[
+            ("a.mp4", mib),
+            ("b.mp4", mib),
+            ("c.mp4", mib),
+            ("big.mp4", 3 * mib),
+        ],
+        Some(4 << 20),
+    )
+    .await;
+    let cache_bytes = (2 * mib + mib / 2).to_string();
+    let p = swarm
+        .peer(
+            "p",
+            "north",
+            &["--cache-bytes", &cache_bytes, "--deadline-ms", "20000"],
+        )
+        .await;
+    let client = reqwest::Client::new();
+    for name in ["a.mp4", "b.mp4", "a.mp4", "c.mp4"] {
+        let body = client
+            .get(format!("{p}/watch/{name}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(body.len(), mib, "{name}");
+    }
+    let mut kept: Vec<String> = metrics(&p)
+        .await
+        .titles
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    kept.sort();
+    assert_eq!(kept, ["a.mp4", "c.mp4"], "b was the least recently watched");
+    let cache = swarm.dir.path().join("p");
+    assert!(
+        !cache.join("b.mp4").exists(),
+        "b's file stayed in the cache"
+    );
+    assert!(cache.join("a.mp4").exists() && cache.join("c.mp4").exists());
+
+    let too_big = client
+        .get(format!("{p}/watch/big.mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status().as_u16(), 507);
+    let why = too_big.text().await.unwrap();
+    assert!(
+        why.contains("big.mp4") && why.contains(&cache_bytes),
+        "{why}"
+    );
+    let missing = client
+        .get(format!("{p}/watch/nothing.mp4"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    let bad = client
+        .get(format!("{p}/watch/..%2Fetc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 404);
 }
