@@ -16,4 +16,4 @@ cargo test --workspace -- --test-threads=4 "$@"
 # Every bench in its quick mode (the same steps, a few runs, short windows), so a broken bench
 # fails the build: about 70 s on 2 cores. The dev profile reuses the build above; a release
 # build of everything would add some 14 minutes, and quick figures are not quoted anyway.
-SHG_BENCH_QUICK=1 cargo bench -p shg --profile dev
+SHG_BENCH_QUICK=1 cargo bench -p shg -p vod --profile dev

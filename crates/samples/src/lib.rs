@@ -309,12 +309,24 @@ mod tests {
         let m = manifest::parse(text, "vod").unwrap();
         assert_eq!((m.name.as_str(), m.provider.as_str()), ("vod", "streamco"));
         // The peer's upload cap (bytes/s) is the upload reservation (bits/s).
-        let cap = m.run.command.iter().skip_while(|a| *a != "--upload-bps").nth(1);
+        let cap = m
+            .run
+            .command
+            .iter()
+            .skip_while(|a| *a != "--upload-bps")
+            .nth(1);
         let cap: u64 = cap.expect("--upload-bps").parse().unwrap();
         assert_eq!(cap * 8, m.resources.bandwidth_up.reserve);
         // Its cache fits its storage reservation.
-        let cache = m.run.command.iter().skip_while(|a| *a != "--cache-bytes").nth(1);
-        assert!(cache.expect("--cache-bytes").parse::<u64>().unwrap() < m.resources.storage.reserve);
+        let cache = m
+            .run
+            .command
+            .iter()
+            .skip_while(|a| *a != "--cache-bytes")
+            .nth(1);
+        assert!(
+            cache.expect("--cache-bytes").parse::<u64>().unwrap() < m.resources.storage.reserve
+        );
         assert!(!SERVICES.iter().any(|s| s.name == "vod"), "not in the demo");
     }
 

@@ -32,3 +32,4 @@ mod tenants;
 mod trust;
 mod update;
 mod usp;
+mod vod;
