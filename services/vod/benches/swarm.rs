@@ -1,28 +1,40 @@
-//! The peer-assisted swarm against the origin alone, in one run: `G` gateways' peers (real
-//! `vod peer` processes, each capped at ADSL-like rates by its BitTorrent session: 8 Mbit/s
-//! down, 1 Mbit/s up) in two regions watch the same title with staggered starts, through a
-//! player that plays at the title's bitrate. Then the same players stream from the origin
-//! alone.
+//! The peer-assisted swarm against the origin alone, in one run, on emulated links: `G`
+//! gateways, each a network namespace joined to a shared access network by an ADSL-like link
+//! (token buckets: 8 Mbit/s down, 1 Mbit/s up), in two regions (10.1/16 north, 10.2/16
+//! south, placed by the tracker from their addresses); the origin and the tracker in a
+//! namespace of their own on an unshaped link. Each gateway runs a real `vod peer` (as its
+//! package does: 1 Mbit/s of upload), and the household's player runs beside it in the
+//! gateway's namespace, playing at the title's bitrate. Starts are staggered. Then the same
+//! players stream from the origin alone, over the same links.
 //!
-//! Reports the share of bytes not served by the origin, the share of peer bytes from the same
-//! region, the time to first frame and the stalls. On loopback: the rates are the peers' own
-//! caps, not emulated links (the origin's HTTP is not capped, which favours the baseline).
+//! Reports the share of bytes not served by the origin (as the origin counted them), the
+//! share of peer bytes from the same region, the time to first frame and the stalls.
 //!
-//! `SHG_BENCH_QUICK=1`: 4 gateways and a short title, to check the bench works.
+//! Needs root (namespaces, veths, tc). `SHG_BENCH_QUICK=1`: 4 gateways and a short title, to
+//! check the bench works.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use vod::origin::OriginStats;
 use vod::peer::Metrics;
 
 const VOD: &str = env!("CARGO_BIN_EXE_vod");
+const ORIGIN: &str = "10.0.0.1";
 
 fn quick() -> bool {
     std::env::var_os("SHG_BENCH_QUICK").is_some_and(|v| !v.is_empty() && v != "0")
 }
 
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    })
+}
+
+/// A process of the lab, killed (by its PID) when dropped.
 struct Proc(Child);
 
 impl Drop for Proc {
@@ -32,18 +44,81 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The lab's namespaces, deleted when dropped (drop the processes in them first).
+struct Net {
+    core: String,
+    namespaces: Vec<String>,
 }
 
-fn spawn(args: &[String], log: &Path) -> Proc {
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().chain([&self.core]) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", args[0]));
+    assert!(
+        out.status.success(),
+        "`{}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Net {
+    fn new(tag: &str) -> Net {
+        let core = format!("vb{tag}c");
+        run(&["ip", "netns", "add", &core]);
+        let net = Net {
+            core,
+            namespaces: Vec::new(),
+        };
+        let c = net.core.as_str();
+        run(&["ip", "-n", c, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", c, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", c, "link", "set", "br0", "up"]);
+        net
+    }
+
+    /// A namespace `ns` at `addr` on the access network; with `(down, up)`, its link is
+    /// shaped by token buckets at those rates (tc's syntax, e.g. `8mbit`).
+    fn attach(&mut self, ns: &str, addr: &str, shape: Option<(&str, &str)>) {
+        run(&["ip", "netns", "add", ns]);
+        self.namespaces.push(ns.to_string());
+        let port = format!("v{}", self.namespaces.len());
+        let c = self.core.as_str();
+        run(&[
+            "ip", "-n", c, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+            ns,
+        ]);
+        run(&["ip", "-n", c, "link", "set", &port, "master", "br0", "up"]);
+        run(&["ip", "-n", ns, "addr", "add", &format!("{addr}/8"), "dev", "eth0"]);
+        run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        if let Some((down, up)) = shape {
+            // Up: what leaves the gateway; down: what the access network sends it.
+            for (netns, dev, rate) in [(ns, "eth0", up), (c, port.as_str(), down)] {
+                run(&[
+                    "tc", "-n", netns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                    "burst", "16kb", "latency", "200ms",
+                ]);
+            }
+        }
+    }
+}
+
+fn spawn_in(ns: &str, args: &[String], log: &Path) -> Proc {
     Proc(
-        Command::new(VOD)
+        Command::new("ip")
+            .args(["netns", "exec", ns, VOD])
             .args(args)
+            .env("RUST_LOG", "info,vod=debug,librqbit=warn,librqbit_core=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -52,11 +127,26 @@ fn spawn(args: &[String], log: &Path) -> Proc {
     )
 }
 
-async fn wait_up(url: &str) {
+/// GETs `url` from inside `ns`.
+fn get_in(ns: &str, url: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "curl", "-sf", "--max-time", "5", url])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn wait_up(ns: &str, url: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(url).await.is_err() {
-        assert!(Instant::now() < deadline, "{url} never answered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    while get_in(ns, url).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "{url} never answered in {ns}; its log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -73,9 +163,9 @@ struct Play {
 /// buffered, stops reading while thirty seconds are buffered ahead (the body waits in the
 /// connection), stalls when the playhead meets the end of what arrived (and resumes when two
 /// seconds are buffered again).
-async fn play(url: String, len: u64, bitrate: f64) -> Play {
+async fn play(url: &str, len: u64, bitrate: f64) -> Play {
     let asked = Instant::now();
-    let mut answer = reqwest::get(&url).await.expect("the player's request");
+    let mut answer = reqwest::get(url).await.expect("the player's request");
     assert!(answer.status().is_success(), "{url}: {}", answer.status());
     let prebuffer = 2.0 * bitrate;
     let (mut received, mut started, mut first_frame) = (0u64, None::<Instant>, Duration::ZERO);
@@ -127,6 +217,49 @@ async fn play(url: String, len: u64, bitrate: f64) -> Play {
     }
 }
 
+/// Starts a player in `ns` (this bench's own binary, see [`main`]).
+fn start_player(ns: &str, url: &str, len: u64, bitrate: f64) -> Child {
+    let me = std::env::current_exe().expect("the bench's own path");
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(me)
+        .args(["--player", url, &len.to_string(), &bitrate.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a player")
+}
+
+fn finish_player(child: Child) -> Play {
+    let out = child.wait_with_output().expect("a player");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let fields: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    assert!(
+        out.status.success() && fields.len() == 3,
+        "a player failed: {text}"
+    );
+    Play {
+        first_frame: Duration::from_secs_f64(fields[0] / 1e3),
+        stalls: fields[1] as u32,
+        stalled: Duration::from_secs_f64(fields[2] / 1e3),
+    }
+}
+
+/// The players of `urls[i]` in `namespaces[i]`, started `stagger` apart.
+fn play_all(namespaces: &[String], urls: &[String], len: u64, bitrate: f64, stagger: Duration) -> Vec<Play> {
+    let started = Instant::now();
+    let mut players = Vec::new();
+    for (i, (ns, url)) in namespaces.iter().zip(urls).enumerate() {
+        let at = started + stagger * i as u32;
+        std::thread::sleep(at.saturating_duration_since(Instant::now()));
+        players.push(start_player(ns, url, len, bitrate));
+    }
+    players.into_iter().map(finish_player).collect()
+}
+
 fn summary(plays: &[Play]) -> String {
     let mut ff: Vec<f64> = plays
         .iter()
@@ -142,18 +275,45 @@ fn summary(plays: &[Play]) -> String {
     )
 }
 
-#[tokio::main]
-async fn main() {
+fn origin_stats(ns: &str) -> OriginStats {
+    let text = get_in(ns, &format!("http://{ORIGIN}:8080/stats")).expect("the origin's stats");
+    serde_json::from_str(&text).expect("the origin's stats are JSON")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--player") {
+        // A player, started by the bench inside a gateway's namespace.
+        let (len, bitrate) = (args[3].parse().unwrap(), args[4].parse().unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let p = rt.block_on(play(&args[2], len, bitrate));
+        println!(
+            "{} {} {}",
+            p.first_frame.as_secs_f64() * 1e3,
+            p.stalls,
+            p.stalled.as_secs_f64() * 1e3
+        );
+        return;
+    }
+    if !is_root() {
+        eprintln!("vod swarm bench: needs root (namespaces, veths, tc); skipped");
+        return;
+    }
     let quick = quick();
-    // 0.5 Mbit/s video (4 Mbit/s in the quick mode, so its plays are short); peers: 8 Mbit/s
-    // down, 1 Mbit/s up; the origin's seed: 0.5 Mbit/s.
+    // Bitrates in bytes/s: 0.5 Mbit/s video (1 Mbit/s in the quick mode, so its plays are
+    // short).
     let (gateways, len, stagger, bitrate) = if quick {
-        (4usize, 2u64 << 20, Duration::from_secs(1), 500_000.0)
+        (4usize, 1u64 << 20, Duration::from_secs(1), 125_000.0)
     } else {
         (20, 4 << 20, Duration::from_secs(3), 62_500.0)
     };
-    let (down, up, seed) = (1_000_000u32, 125_000u32, 62_500u32);
+    // The origin's BitTorrent seed, capped at four times the bitrate: what it sends there
+    // enters the swarm (what it serves over HTTP to a late read does not).
+    let seed = (4.0 * bitrate) as u32;
     let dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("SHG_VOD_BENCH_KEEP").is_some() {
+        eprintln!("keeping the logs in {}", dir.path().display());
+    }
     std::fs::create_dir_all(dir.path().join("titles")).unwrap();
     let mut x: u64 = 0x9e3779b97f4a7c15;
     let data: Vec<u8> = (0..len)
@@ -165,164 +325,181 @@ async fn main() {
         })
         .collect();
     std::fs::write(dir.path().join("titles/film.mp4"), &data).unwrap();
-    let (tp, op) = (free_port(), free_port());
-    let tracker_url = format!("http://127.0.0.1:{tp}");
-    let origin_url = format!("http://127.0.0.1:{op}");
-    let mut procs = vec![spawn(
+
+    let tag = format!("{:05}", std::process::id() % 100_000);
+    let mut net = Net::new(&tag);
+    let o = format!("vb{tag}o");
+    net.attach(&o, ORIGIN, None);
+    let mut gws = Vec::new();
+    for i in 0..gateways {
+        let ns = format!("vb{tag}g{i}");
+        let addr = if i % 2 == 0 {
+            format!("10.1.0.{}", i + 1)
+        } else {
+            format!("10.2.0.{}", i + 1)
+        };
+        net.attach(&ns, &addr, Some(("8mbit", "1mbit")));
+        gws.push(ns);
+    }
+
+    let tracker = format!("http://{ORIGIN}:6969");
+    let origin = format!("http://{ORIGIN}:8080");
+    let mut procs = Vec::new();
+    let log = dir.path().join("tracker.log");
+    procs.push(spawn_in(
+        &o,
         &[
             "tracker".into(),
             "--listen".into(),
-            format!("127.0.0.1:{tp}"),
+            "0.0.0.0:6969".into(),
+            "--region".into(),
+            "10.1.0.0/16=north".into(),
+            "--region".into(),
+            "10.2.0.0/16=south".into(),
         ],
-        &dir.path().join("tracker.log"),
-    )];
-    wait_up(&format!("{tracker_url}/region")).await;
-    procs.push(spawn(
+        &log,
+    ));
+    wait_up(&o, &format!("{tracker}/region"), &log);
+    let log = dir.path().join("origin.log");
+    procs.push(spawn_in(
+        &o,
         &[
             "origin".into(),
             "--listen".into(),
-            format!("127.0.0.1:{op}"),
+            "0.0.0.0:8080".into(),
             "--titles".into(),
             dir.path().join("titles").display().to_string(),
             "--public-url".into(),
-            origin_url.clone(),
+            origin.clone(),
             "--tracker".into(),
-            tracker_url.clone(),
+            tracker.clone(),
+            "--bitrate".into(),
+            format!("film.mp4={}", (bitrate * 8.0) as u64),
             "--seed-listen".into(),
-            format!("127.0.0.1:{}", free_port()),
+            "0.0.0.0:6882".into(),
             "--seed-upload-bps".into(),
             seed.to_string(),
         ],
-        &dir.path().join("origin.log"),
+        &log,
     ));
-    wait_up(&format!("{origin_url}/catalog")).await;
-    let mut urls = Vec::new();
-    for i in 0..gateways {
-        let port = free_port();
-        let region = if i % 2 == 0 { "north" } else { "south" };
-        procs.push(spawn(
+    wait_up(&o, &format!("{origin}/catalog"), &log);
+    for (i, ns) in gws.iter().enumerate() {
+        let log = dir.path().join(format!("gw{i}.log"));
+        // What the package runs (its manifest's command), the cache in a scratch directory.
+        procs.push(spawn_in(
+            ns,
             &[
                 "peer".into(),
                 "--listen".into(),
-                format!("127.0.0.1:{port}"),
+                "0.0.0.0:8090".into(),
                 "--bt-listen".into(),
-                format!("127.0.0.1:{}", free_port()),
+                "0.0.0.0:6881".into(),
                 "--origin".into(),
-                origin_url.clone(),
+                origin.clone(),
                 "--tracker".into(),
-                tracker_url.clone(),
-                "--region".into(),
-                region.into(),
+                tracker.clone(),
                 "--cache".into(),
                 dir.path().join(format!("gw{i}")).display().to_string(),
                 "--upload-bps".into(),
-                up.to_string(),
-                "--download-bps".into(),
-                down.to_string(),
-                "--deadline-ms".into(),
-                "2000".into(),
+                "125000".into(),
                 "--no-prefetch".into(),
             ],
-            &dir.path().join(format!("gw{i}.log")),
+            &log,
         ));
-        let url = format!("http://127.0.0.1:{port}");
-        wait_up(&format!("{url}/metrics")).await;
-        urls.push(url);
+        wait_up(ns, "http://127.0.0.1:8090/metrics", &log);
     }
 
-    // The swarm: staggered starts.
-    let started = Instant::now();
-    let mut plays = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
-        tokio::time::sleep_until((started + stagger * i as u32).into()).await;
-        plays.push(tokio::spawn(play(
-            format!("{url}/watch/film.mp4"),
-            len,
-            bitrate,
-        )));
-    }
-    let mut swarm = Vec::new();
-    for p in plays {
-        swarm.push(p.await.expect("a player"));
-    }
-    let swarm_time = started.elapsed();
+    // The swarm: each household plays from its gateway.
+    let before = origin_stats(&o);
+    let urls = vec!["http://127.0.0.1:8090/watch/film.mp4".to_string(); gateways];
+    let t = Instant::now();
+    let swarm = play_all(&gws, &urls, len, bitrate, stagger);
+    let swarm_time = t.elapsed();
+    let after = origin_stats(&o);
+    let from_origin =
+        (after.http_bytes - before.http_bytes) + (after.seed_bytes - before.seed_bytes);
     let mut total = Metrics::default();
-    for url in &urls {
-        let m: Metrics = reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        total.origin_http_bytes += m.origin_http_bytes;
-        total.origin_seed_bytes += m.origin_seed_bytes;
+    let mut rows = Vec::new();
+    for (i, ns) in gws.iter().enumerate() {
+        let text = get_in(ns, "http://127.0.0.1:8090/metrics").expect("a gateway's metrics");
+        let m: Metrics = serde_json::from_str(&text).expect("metrics are JSON");
+        rows.push(format!(
+            "    gw{i:<3} {:<6} origin {:>5.2} MiB HTTP ({:>2} late reads) {:>5.2} MiB seed; peers {:>5.2} MiB same region, {:>5.2} MiB other; uploaded {:>5.2} MiB",
+            m.region,
+            m.origin_http_bytes as f64 / 1048576.0,
+            m.late_reads,
+            m.origin_seed_bytes as f64 / 1048576.0,
+            m.same_region_bytes as f64 / 1048576.0,
+            m.other_region_bytes as f64 / 1048576.0,
+            m.uploaded_bytes as f64 / 1048576.0,
+        ));
         total.same_region_bytes += m.same_region_bytes;
         total.other_region_bytes += m.other_region_bytes;
         total.unknown_peer_bytes += m.unknown_peer_bytes;
         total.late_reads += m.late_reads;
+        total.origin_http_bytes += m.origin_http_bytes;
+        total.origin_seed_bytes += m.origin_seed_bytes;
     }
-    let origin = total.origin_http_bytes + total.origin_seed_bytes;
     let peers = total.same_region_bytes + total.other_region_bytes + total.unknown_peer_bytes;
-    let all = origin + peers;
-    // What the players needed: what the origin alone would have sent.
     let needed = gateways as u64 * len;
 
-    // The baseline: the same players, the same staggering, from the origin alone.
-    let started = Instant::now();
-    let mut plays = Vec::new();
-    for i in 0..gateways {
-        tokio::time::sleep_until((started + stagger * i as u32).into()).await;
-        plays.push(tokio::spawn(play(
-            format!("{origin_url}/titles/film.mp4"),
-            len,
-            bitrate,
-        )));
-    }
-    let mut alone = Vec::new();
-    for p in plays {
-        alone.push(p.await.expect("a player"));
-    }
+    // The baseline: the same players over the same links, from the origin alone.
+    let before = origin_stats(&o);
+    let urls = vec![format!("{origin}/titles/film.mp4"); gateways];
+    let alone = play_all(&gws, &urls, len, bitrate, stagger);
+    let after = origin_stats(&o);
+    let alone_bytes = after.http_bytes - before.http_bytes;
 
     if quick {
         println!("vod swarm bench: QUICK mode (SHG_BENCH_QUICK=1): few gateways, a short title; the figures are not comparable");
     }
+    let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "vod swarm: {gateways} gateways in 2 regions, a {:.1} MiB title at {:.1} Mbit/s, starts {:.1} s apart; peers capped at {:.0} Mbit/s down, {:.0} Mbit/s up; the origin's seed at {:.1} Mbit/s",
-        len as f64 / 1048576.0,
+        "vod swarm: {gateways} gateways in 2 regions on token-bucket links (8 Mbit/s down, 1 Mbit/s up), a {:.1} MiB title at {:.1} Mbit/s, starts {:.1} s apart; the origin's seed at {:.1} Mbit/s",
+        mib(len),
         bitrate * 8.0 / 1e6,
         stagger.as_secs_f64(),
-        down as f64 * 8.0 / 1e6,
-        up as f64 * 8.0 / 1e6,
         seed as f64 * 8.0 / 1e6
     );
     println!(
-        "  origin's bytes against the origin alone  {:>6.1} %  ({:.1} of {:.1} MiB the players needed)",
-        100.0 * origin as f64 / needed as f64,
-        origin as f64 / 1048576.0,
-        needed as f64 / 1048576.0,
-    );
-    println!(
-        "  bytes not served by the origin   {:>6.1} %  ({:.1} of {:.1} MiB fetched; origin: {:.1} MiB over HTTP in {} late reads, {:.1} MiB from its seed)",
-        100.0 * peers as f64 / all.max(1) as f64,
-        peers as f64 / 1048576.0,
-        all as f64 / 1048576.0,
-        total.origin_http_bytes as f64 / 1048576.0,
+        "  origin served (its own count)      {:>7.1} MiB  (swarm; {:.1} MiB over HTTP in {} late reads, {:.1} MiB from its seed)",
+        mib(from_origin),
+        mib(total.origin_http_bytes),
         total.late_reads,
-        total.origin_seed_bytes as f64 / 1048576.0
+        mib(total.origin_seed_bytes)
     );
     println!(
-        "  peer bytes from the same region  {:>6.1} %",
+        "  origin served, origin alone        {:>7.1} MiB  (the players needed {:.1} MiB)",
+        mib(alone_bytes),
+        mib(needed)
+    );
+    println!(
+        "  bytes not served by the origin     {:>7.1} %   (1 - swarm / origin alone)",
+        100.0 * (1.0 - from_origin as f64 / alone_bytes.max(1) as f64)
+    );
+    println!(
+        "  peer bytes from the same region    {:>7.1} %   ({:.1} MiB same, {:.1} MiB other, {:.1} MiB unknown)",
         100.0 * total.same_region_bytes as f64
-            / (total.same_region_bytes + total.other_region_bytes).max(1) as f64
+            / (total.same_region_bytes + total.other_region_bytes).max(1) as f64,
+        mib(total.same_region_bytes),
+        mib(total.other_region_bytes),
+        mib(total.unknown_peer_bytes)
     );
     println!(
-        "  swarm: {} ({:.0} s in all)",
+        "  swarm:        {} ({:.0} s in all)",
         summary(&swarm),
         swarm_time.as_secs_f64()
     );
-    println!(
-        "  origin alone: {} (bytes not served by the origin: 0 %)",
-        summary(&alone)
-    );
-    assert!(peers > 0, "no gateway got anything from another");
+    println!("  origin alone: {}", summary(&alone));
+    println!("  per gateway, in the order they started (the provider's view):");
+    for row in rows {
+        println!("{row}");
+    }
+    // The quick mode's players start too close together for the first gateways to share.
+    assert!(quick || peers > 0, "no gateway got anything from another");
+    drop(procs);
+    drop(net);
+    if std::env::var_os("SHG_VOD_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
 }

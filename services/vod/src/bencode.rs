@@ -13,7 +13,7 @@ pub enum Value {
 
 impl Value {
     /// A dictionary from `(key, value)` pairs.
-    pub fn dict<const N: usize>(entries: [(&str, Value); N]) -> Value {
+    pub fn dict<'a>(entries: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
         Value::Dict(
             entries
                 .into_iter()

@@ -69,6 +69,10 @@ enum Role {
         /// A title gateways prefetch (repeat for more).
         #[arg(long)]
         popular: Vec<String>,
+        /// A title's bitrate, `NAME=BITS_PER_SECOND` (repeat for more): gateways then wait
+        /// for peers as long as the player's buffer allows before asking the origin.
+        #[arg(long, value_parser = parse_bitrate)]
+        bitrate: Vec<(String, u64)>,
         /// Where the BitTorrent seed listens; without it, the origin is a web seed only.
         #[arg(long)]
         seed_listen: Option<SocketAddr>,
@@ -85,6 +89,18 @@ enum Role {
         #[arg(long)]
         region: Vec<vod::tracker::RegionRange>,
     },
+}
+
+fn parse_bitrate(text: &str) -> Result<(String, u64), String> {
+    let (name, bits) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=BITS_PER_SECOND (e.g. film.mp4=2500000)"))?;
+    let bits: u64 = bits
+        .parse()
+        .ok()
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("`{bits}` is not a bitrate in bits per second above 0"))?;
+    Ok((name.to_string(), bits))
 }
 
 #[tokio::main]
@@ -139,6 +155,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             public_url,
             tracker,
             popular,
+            bitrate,
             seed_listen,
             seed_upload_bps,
         } => {
@@ -147,6 +164,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
                 public_url,
                 tracker_url: tracker,
                 popular,
+                bitrates: bitrate,
                 seed_listen,
                 seed_upload_bps,
             })

@@ -28,6 +28,10 @@ pub struct Title {
     pub info_hash: String,
     /// The provider lists it as popular: gateways prefetch it when idle.
     pub popular: bool,
+    /// Its bitrate in bits per second, when the provider declared it: gateways then know
+    /// how far ahead a player is and wait for peers accordingly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate: Option<u64>,
 }
 
 /// What the origin has served, for the provider.
@@ -56,6 +60,8 @@ pub struct OriginConfig {
     pub tracker_url: String,
     /// Titles gateways should prefetch.
     pub popular: Vec<String>,
+    /// Titles' bitrates, bits per second.
+    pub bitrates: Vec<(String, u64)>,
     /// Where the BitTorrent seed listens; `None`: no seed (web seed only).
     pub seed_listen: Option<SocketAddr>,
     /// The seed's upload cap, bytes per second.
@@ -80,11 +86,20 @@ impl Origin {
             let path = cfg.dir.join(&name);
             let t = tokio::task::spawn_blocking({
                 let (announce, web_seed, name) = (announce.clone(), web_seed.clone(), name.clone());
-                move || torrent::make(&path, &name, &announce, &web_seed)
+                let bitrate = cfg.bitrates.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+                move || torrent::make(&path, &name, &announce, &web_seed, bitrate)
             })
             .await??;
             let popular = cfg.popular.contains(&name);
             titles.insert(name, (t, popular));
+        }
+        for (b, _) in &cfg.bitrates {
+            if !titles.contains_key(b) {
+                anyhow::bail!(
+                    "--bitrate names `{b}`, which is not in {}; add its file or drop it",
+                    cfg.dir.display()
+                );
+            }
         }
         for p in &cfg.popular {
             if !titles.contains_key(p) {
@@ -104,13 +119,16 @@ impl Origin {
                     crate::tracker::ORIGIN_REGION
                 );
                 for (t, _) in titles.values() {
+                    // The seed announces itself as the origin's (its torrent, made here, is
+                    // canonical).
+                    let bytes = torrent::with_announce(&t.bytes, &tracker)
+                        .ok_or_else(|| anyhow::anyhow!("the torrent of `{}` is not canonical", t.name))?;
                     session
                         .add_torrent(
-                            librqbit::AddTorrent::TorrentFileBytes(t.bytes.clone().into()),
+                            librqbit::AddTorrent::TorrentFileBytes(bytes.into()),
                             Some(librqbit::AddTorrentOptions {
                                 overwrite: true,
                                 output_folder: Some(cfg.dir.display().to_string()),
-                                trackers: Some(vec![tracker.clone()]),
                                 ..Default::default()
                             }),
                         )
@@ -135,6 +153,7 @@ impl Origin {
                 length: t.length,
                 info_hash: hex::encode(t.info_hash),
                 popular: *popular,
+                bitrate: t.bitrate,
             })
             .collect()
     }

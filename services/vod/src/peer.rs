@@ -31,6 +31,66 @@ use crate::tracker::{PeerView, ORIGIN_REGION};
 /// How long the first read of a request waits for peers before the origin serves it.
 pub const STARTUP_DEADLINE: Duration = Duration::from_millis(300);
 
+/// When a title's bitrate is known, a read waits for peers until this long before the
+/// player would run dry: the time the origin needs to serve a piece, with room to spare.
+pub const ORIGIN_MARGIN: Duration = Duration::from_secs(2);
+
+/// A title whose bitrate is known downloads at most this many times as fast: ahead of any
+/// player, without taking more of the neighbours' uplinks than it needs.
+pub const DOWNLOAD_FACTOR: u64 = 2;
+
+/// What a late read asks of the origin when the player holds little: enough whole pieces
+/// to hold this much again (with the title's bitrate; else the rest of the piece).
+pub const REFILL: Duration = Duration::from_secs(4);
+
+/// Where the origin's answer to a late read at `pos` ends (inclusive): the end of that
+/// piece, or further, to whole pieces, until the player would hold [`REFILL`] of picture,
+/// `sent` bytes into a request whose first byte left `since_first` ago (`None`: nothing sent
+/// yet). Never past `end`.
+pub fn refill_end(
+    pos: u64,
+    end: u64,
+    bitrate: Option<u64>,
+    sent: u64,
+    since_first: Option<Duration>,
+) -> u64 {
+    let piece_end = (pos / PIECE_LENGTH + 1) * PIECE_LENGTH - 1;
+    let mut last = piece_end;
+    if let Some(bitrate) = bitrate.filter(|b| *b > 0) {
+        let per_second = bitrate as f64 / 8.0;
+        let played = since_first.map_or(0.0, |d| d.as_secs_f64());
+        let held = sent as f64 / per_second - played;
+        let short = ((REFILL.as_secs_f64() - held) * per_second).max(0.0) as u64;
+        let want = (pos + short).saturating_sub(1);
+        if want > piece_end {
+            last = (want / PIECE_LENGTH + 1) * PIECE_LENGTH - 1;
+        }
+    }
+    last.min(end)
+}
+
+/// How long a read may wait for peers, `sent` bytes into a request whose first byte left
+/// `since_first` ago: with the title's `bitrate` (bits/s), until [`ORIGIN_MARGIN`] before the
+/// player runs dry (taken to play from its first byte on, which underestimates what it
+/// holds); never less than `floor`.
+pub fn read_deadline(
+    floor: Duration,
+    bitrate: Option<u64>,
+    sent: u64,
+    since_first: Duration,
+) -> Duration {
+    let Some(bitrate) = bitrate.filter(|b| *b > 0) else {
+        return floor;
+    };
+    let buffered = sent as f64 * 8.0 / bitrate as f64 - since_first.as_secs_f64();
+    let wait = buffered - ORIGIN_MARGIN.as_secs_f64();
+    if wait > floor.as_secs_f64() {
+        Duration::from_secs_f64(wait.min(3600.0))
+    } else {
+        floor
+    }
+}
+
 /// How the peer is set up.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -62,6 +122,8 @@ struct Cached {
     handle: Arc<librqbit::ManagedTorrent>,
     length: u64,
     info_hash: String,
+    /// Bits per second, when the provider declared it.
+    bitrate: Option<u64>,
     last_watched: Instant,
 }
 
@@ -231,14 +293,26 @@ impl Peer {
             return Ok(c.handle.clone());
         }
         self.make_room(&mut cached, name, length).await?;
-        // A configured region is announced in the URL; otherwise the torrent's own URL
-        // lets the tracker place this gateway by its address.
-        let trackers = self.cfg.region.as_ref().map(|r| {
-            vec![format!(
-                "{}/announce/{r}",
-                self.cfg.tracker_url.trim_end_matches('/')
-            )]
-        });
+        // A configured region is announced in the URL (the torrent is private: its clients
+        // use its own tracker only, so the torrent is given that URL); otherwise the
+        // torrent's own URL lets the tracker place this gateway by its address.
+        let bitrate = meta
+            .get(torrent::BITRATE_KEY)
+            .and_then(|b| b.as_int())
+            .and_then(|b| u64::try_from(b).ok())
+            .filter(|b| *b > 0);
+        let download_bps = bitrate
+            .and_then(|b| u32::try_from(b / 8 * DOWNLOAD_FACTOR).ok())
+            .and_then(std::num::NonZeroU32::new);
+        let bytes = match &self.cfg.region {
+            Some(r) => {
+                let url = format!("{}/announce/{r}", self.cfg.tracker_url.trim_end_matches('/'));
+                torrent::with_announce(&bytes, &url).ok_or_else(|| {
+                    anyhow::anyhow!("the torrent of `{name}` is not in canonical form")
+                })?
+            }
+            None => bytes,
+        };
         let added = self
             .session
             .add_torrent(
@@ -246,7 +320,10 @@ impl Peer {
                 Some(librqbit::AddTorrentOptions {
                     overwrite: true,
                     output_folder: Some(self.cfg.cache_dir.display().to_string()),
-                    trackers,
+                    ratelimits: librqbit::limits::LimitsConfig {
+                        upload_bps: None,
+                        download_bps,
+                    },
                     ..Default::default()
                 }),
             )
@@ -267,6 +344,7 @@ impl Peer {
                 handle: handle.clone(),
                 length,
                 info_hash: handle.info_hash().as_string(),
+                bitrate,
                 last_watched: Instant::now(),
             },
         );
@@ -534,8 +612,8 @@ async fn watch(
         Ok(h) => h,
         Err((status, why)) => return (status, why).into_response(),
     };
-    let len = match p.cached.lock().await.get(&name) {
-        Some(c) => c.length,
+    let (len, bitrate) = match p.cached.lock().await.get(&name) {
+        Some(c) => (c.length, c.bitrate),
         None => {
             return (
                 StatusCode::CONFLICT,
@@ -574,15 +652,17 @@ async fn watch(
         peer.streaming.fetch_add(1, Ordering::Relaxed);
         let mut pos = start;
         let mut first = true;
+        let mut first_sent = Instant::now();
         let mut buf = vec![0u8; 64 * 1024];
         while pos <= end {
             let want = ((end - pos + 1) as usize).min(buf.len());
             // The picture starts (or resumes after a seek) fast: the first read waits for peers
-            // only briefly before the origin serves it.
+            // only briefly before the origin serves it; later ones as long as the player's
+            // buffer allows.
             let deadline = if first {
                 STARTUP_DEADLINE.min(peer.cfg.deadline)
             } else {
-                peer.cfg.deadline
+                read_deadline(peer.cfg.deadline, bitrate, pos - start, first_sent.elapsed())
             };
             let chunk = match tokio::time::timeout(deadline, stream.read(&mut buf[..want])).await {
                 Ok(Ok(0)) => break,
@@ -592,10 +672,15 @@ async fn watch(
                     break;
                 }
                 Err(_) => {
-                    // No peer delivered in time: the origin serves to the end of this piece.
+                    // No peer delivered in time: the origin serves to the end of this piece, or
+                    // more when the player holds little.
                     peer.late_reads.fetch_add(1, Ordering::Relaxed);
-                    let piece_end = ((pos / PIECE_LENGTH) + 1) * PIECE_LENGTH - 1;
-                    match peer.from_origin(&name, pos, piece_end.min(end)).await {
+                    tracing::debug!(
+                        "`{name}` at {pos}: no peer within {deadline:?}, the origin serves it"
+                    );
+                    let since = (!first).then(|| first_sent.elapsed());
+                    let last = refill_end(pos, end, bitrate, pos - start, since);
+                    match peer.from_origin(&name, pos, last).await {
                         Ok(b) => {
                             if stream
                                 .seek(std::io::SeekFrom::Start(pos + b.len() as u64))
@@ -622,6 +707,7 @@ async fn watch(
             };
             if first {
                 first = false;
+                first_sent = Instant::now();
                 let mut fb = peer.first_byte_ms.lock().unwrap_or_else(|p| p.into_inner());
                 fb.push(asked.elapsed().as_millis() as u64);
                 let excess = fb.len().saturating_sub(100);
@@ -636,4 +722,41 @@ async fn watch(
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     (status, head, body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_waits_for_peers_as_long_as_the_players_buffer_allows() {
+        let floor = Duration::from_millis(1500);
+        // Unknown bitrate: the configured deadline.
+        assert_eq!(read_deadline(floor, None, 10 << 20, Duration::ZERO), floor);
+        // 1 Mbit/s; 2.5 MB sent (20 s of picture) 5 s after the first byte: 15 s buffered,
+        // so the read may wait 13 s.
+        let wait = read_deadline(floor, Some(1_000_000), 2_500_000, Duration::from_secs(5));
+        assert!((wait.as_secs_f64() - 13.0).abs() < 1e-6, "{wait:?}");
+        // A player about to run dry (or paused for long): the configured deadline.
+        let dry = read_deadline(floor, Some(1_000_000), 2_500_000, Duration::from_secs(19));
+        assert_eq!(dry, floor);
+        let paused = read_deadline(floor, Some(1_000_000), 2_500_000, Duration::from_secs(600));
+        assert_eq!(paused, floor);
+    }
+
+    #[test]
+    fn a_late_read_refills_the_players_buffer_in_whole_pieces() {
+        let p = PIECE_LENGTH;
+        // Unknown bitrate: the rest of the piece.
+        assert_eq!(refill_end(10, 100 * p, None, 0, None), p - 1);
+        // 0.5 Mbit/s (62,500 B/s), nothing sent: 4 s are 250,000 bytes, rounded up to
+        // whole pieces.
+        let first = refill_end(0, 100 * p, Some(500_000), 0, None);
+        assert_eq!(first, 250_000u64.div_ceil(p) * p - 1);
+        // Holding plenty: only the rest of the piece.
+        let full = refill_end(5 * p, 100 * p, Some(500_000), 1_000_000, Some(Duration::from_secs(1)));
+        assert_eq!(full, 6 * p - 1);
+        // Never past the end of the request.
+        assert_eq!(refill_end(0, 1000, Some(500_000), 0, None), 1000);
+    }
 }

@@ -148,6 +148,27 @@ impl Swarm {
         (swarm, data)
     }
 
+    /// Replaces the origin by one that is a web seed only (same titles, same torrents).
+    async fn origin_without_seed(&mut self) {
+        let old = &mut self.procs[1].child;
+        let _ = old.kill();
+        let _ = old.wait();
+        let port = self.origin_url.rsplit(':').next().unwrap().to_string();
+        let args: Vec<String> = vec![
+            "origin".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--titles".into(),
+            self.dir.path().join("titles").display().to_string(),
+            "--public-url".into(),
+            self.origin_url.clone(),
+            "--tracker".into(),
+            self.tracker_url.clone(),
+        ];
+        self.procs[1] = spawn(self.dir.path(), "origin-2", &args);
+        wait_up(&format!("{}/catalog", self.origin_url), &self.procs[1]).await;
+    }
+
     /// A gateway's peer in `region`; returns its URL.
     async fn peer(&mut self, label: &str, region: &str, extra: &[&str]) -> String {
         let port = free_port();
@@ -276,7 +297,11 @@ async fn what_no_peer_delivers_in_time_comes_from_the_origin() {
     );
     let m = metrics(&a).await;
     assert_eq!(m.origin_http_bytes, len as u64, "{m:?}");
-    assert_eq!(m.late_reads, 4, "one late read per 256 KiB piece: {m:?}");
+    assert_eq!(
+        m.late_reads,
+        len as u64 / vod::torrent::PIECE_LENGTH,
+        "one late read per piece: {m:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,4 +426,247 @@ async fn the_cache_keeps_titles_within_its_size_and_evicts_the_least_recently_wa
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 404);
+}
+
+/// What a hostile peer does when a gateway asks it for a block.
+#[derive(Clone, Copy, PartialEq)]
+enum Hostility {
+    /// Answers every request with bytes that are not the title's.
+    Corrupts,
+    /// Claims every piece and never sends one.
+    Lies,
+}
+
+/// What the hostile peer saw.
+#[derive(Default, Debug)]
+struct Seen {
+    connections: usize,
+    requests: usize,
+    blocks_sent: usize,
+    /// Connections the gateway closed after it had been sent at least one block.
+    closed_after_blocks: usize,
+}
+
+/// A BitTorrent peer written here against the wire protocol (BEP 3), that announces itself
+/// to the tracker in `region` as a seed of `info_hash` and then misbehaves.
+struct HostilePeer {
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+    port: u16,
+}
+
+impl HostilePeer {
+    fn start(info_hash: [u8; 20], pieces: usize, hostility: Hostility) -> HostilePeer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+        let shared = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let seen = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = Self::serve(stream, info_hash, pieces, hostility, &seen);
+                });
+            }
+        });
+        HostilePeer { seen, port }
+    }
+
+    fn serve(
+        mut stream: std::net::TcpStream,
+        info_hash: [u8; 20],
+        pieces: usize,
+        hostility: Hostility,
+        seen: &std::sync::Mutex<Seen>,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        seen.lock().unwrap().connections += 1;
+        let mut hello = [0u8; 68];
+        stream.read_exact(&mut hello)?;
+        assert_eq!(&hello[1..20], b"BitTorrent protocol");
+        assert_eq!(hello[28..48], info_hash, "the gateway asked for another torrent");
+        let mut answer = Vec::from(&hello[..48]);
+        answer[20..28].fill(0); // no extensions
+        answer.extend_from_slice(b"-XX0001-hostile-peer");
+        stream.write_all(&answer)?;
+        // Every piece claimed, then unchoked.
+        let mut bitfield = vec![0u8; pieces.div_ceil(8)];
+        for i in 0..pieces {
+            bitfield[i / 8] |= 0x80 >> (i % 8);
+        }
+        let mut msg = ((bitfield.len() + 1) as u32).to_be_bytes().to_vec();
+        msg.push(5);
+        msg.extend_from_slice(&bitfield);
+        msg.extend_from_slice(&[0, 0, 0, 1, 1]);
+        stream.write_all(&msg)?;
+        let mut sent = 0;
+        loop {
+            let mut len = [0u8; 4];
+            if stream.read_exact(&mut len).is_err() {
+                if sent > 0 {
+                    seen.lock().unwrap().closed_after_blocks += 1;
+                }
+                return Ok(());
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            stream.read_exact(&mut body)?;
+            if body.first() != Some(&6) || body.len() != 13 {
+                continue;
+            }
+            seen.lock().unwrap().requests += 1;
+            if hostility == Hostility::Lies {
+                continue;
+            }
+            let length = u32::from_be_bytes(body[9..13].try_into().unwrap()) as usize;
+            let mut piece = ((9 + length) as u32).to_be_bytes().to_vec();
+            piece.push(7);
+            piece.extend_from_slice(&body[1..9]);
+            piece.resize(piece.len() + length, 0xa5);
+            if stream.write_all(&piece).is_err() {
+                if sent > 0 {
+                    seen.lock().unwrap().closed_after_blocks += 1;
+                }
+                return Ok(());
+            }
+            sent += 1;
+            seen.lock().unwrap().blocks_sent += 1;
+        }
+    }
+
+    /// Announces this peer to the tracker as a seed in `region`.
+    async fn announce(&self, tracker: &str, region: &str, info_hash: [u8; 20]) {
+        let escaped: String = info_hash.iter().map(|b| format!("%{b:02X}")).collect();
+        let url = format!(
+            "{tracker}/announce/{region}?info_hash={escaped}&peer_id=-XX0001-hostile-peer&port={}&uploaded=0&downloaded=0&left=0&compact=1&event=started",
+            self.port
+        );
+        let answer = reqwest::get(&url).await.unwrap();
+        assert!(answer.status().is_success(), "the tracker refused the announce");
+    }
+}
+
+async fn film_info_hash(origin: &str) -> [u8; 20] {
+    let catalog: serde_json::Value = reqwest::get(format!("{origin}/catalog"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let titles = catalog.as_array().expect("the catalog is a list");
+    let film = titles
+        .iter()
+        .find(|t| t["name"] == "film.mp4")
+        .expect("film.mp4 in the catalog");
+    hex::decode(film["info_hash"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_corrupted_pieces_is_refused_by_hash_and_dropped() {
+    let len = 1 << 20;
+    // No honest seed: the only peer corrupts, the origin's web seed holds the title.
+    let (mut swarm, data) = Swarm::start(len, None).await;
+    let info_hash = film_info_hash(&swarm.origin_url).await;
+    let pieces = len / vod::torrent::PIECE_LENGTH as usize;
+    let hostile = HostilePeer::start(info_hash, pieces, Hostility::Corrupts);
+    hostile.announce(&swarm.tracker_url, "north", info_hash).await;
+    let a = swarm.peer("a", "north", &["--deadline-ms", "1000"]).await;
+    let (status, got) = play(&a, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "corrupted bytes reached the player\n{}", swarm.logs());
+    let seen = std::mem::take(&mut *hostile.seen.lock().unwrap());
+    assert!(
+        seen.blocks_sent > 0,
+        "the gateway never asked the hostile peer for a block: {seen:?}\n{}",
+        swarm.logs()
+    );
+    assert!(
+        seen.closed_after_blocks > 0,
+        "the gateway kept the peer that sent it corrupted pieces: {seen:?}"
+    );
+    let m = metrics(&a).await;
+    eprintln!("the corrupting peer saw {seen:?}; the gateway: {m:?}");
+    assert_eq!(
+        m.titles[0].have_bytes, 0,
+        "a piece from the corrupting peer was kept: {m:?}"
+    );
+    assert_eq!(m.origin_http_bytes, len as u64, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_announces_pieces_it_does_not_have_costs_only_a_timeout() {
+    let len = 1 << 20;
+    let (mut swarm, data) = Swarm::start(len, None).await;
+    let info_hash = film_info_hash(&swarm.origin_url).await;
+    let pieces = len / vod::torrent::PIECE_LENGTH as usize;
+    let hostile = HostilePeer::start(info_hash, pieces, Hostility::Lies);
+    hostile.announce(&swarm.tracker_url, "north", info_hash).await;
+    let a = swarm.peer("a", "north", &["--deadline-ms", "500"]).await;
+    let (status, got) = play(&a, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "the bytes differ from the title\n{}", swarm.logs());
+    let seen = hostile.seen.lock().unwrap();
+    assert!(
+        seen.requests > 0,
+        "the gateway never asked the lying peer: {seen:?}\n{}",
+        swarm.logs()
+    );
+    let m = metrics(&a).await;
+    eprintln!("the lying peer saw {seen:?}; the gateway: {m:?}");
+    assert_eq!(
+        m.late_reads, pieces as u64,
+        "each piece should cost one deadline, then come from the origin: {m:?}"
+    );
+    assert_eq!(m.origin_http_bytes, len as u64, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_leaves_mid_transfer_costs_no_stall() {
+    let len = 2 << 20;
+    let (mut swarm, data) = Swarm::start(len, Some(8 << 20)).await;
+    let a = swarm.peer("a", "north", &["--deadline-ms", "20000"]).await;
+    assert!(play(&a, None).await.1 == data);
+    // From now on only a holds the title over BitTorrent; the origin is a web seed.
+    swarm.origin_without_seed().await;
+    // b downloads at 512 KiB/s and its player reads at 1 MiB/s, so a leaves (once b's player
+    // has a quarter of the title) while b still needs most of it.
+    let b = swarm
+        .peer("b", "north", &["--download-bps", "524288", "--deadline-ms", "500"])
+        .await;
+    let mut answer = reqwest::get(format!("{b}/watch/film.mp4")).await.unwrap();
+    let mut got = Vec::new();
+    let mut last = Instant::now();
+    let mut longest = Duration::ZERO;
+    let mut a_gone = false;
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(60), answer.chunk())
+        .await
+        .expect("the play went on")
+        .expect("the body")
+    {
+        longest = longest.max(last.elapsed());
+        got.extend_from_slice(&chunk);
+        tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / (1 << 20) as f64)).await;
+        last = Instant::now();
+        if !a_gone && got.len() >= len / 4 {
+            a_gone = true;
+            let a_proc = swarm.procs.remove(2);
+            drop(a_proc);
+        }
+    }
+    assert!(got == data, "b's bytes differ from the title\n{}", swarm.logs());
+    let m = metrics(&b).await;
+    eprintln!("b after a left: longest wait for a chunk {longest:?}; {m:?}");
+    assert!(m.same_region_bytes > 0, "b got nothing from a before it left: {m:?}");
+    assert!(
+        m.origin_http_bytes > 0,
+        "once a left, the rest came from nowhere but the origin: {m:?}"
+    );
+    // The player never waited much longer than the deadline (0.5 s) and the origin's
+    // answer: a player holding a few seconds does not stall.
+    assert!(
+        longest < Duration::from_secs(2),
+        "b's player waited {longest:?} for a chunk once a left\n{}",
+        swarm.logs()
+    );
 }
