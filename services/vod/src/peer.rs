@@ -35,13 +35,13 @@ pub const STARTUP_DEADLINE: Duration = Duration::from_millis(300);
 /// player would run dry: the time the origin needs to serve a piece, with room to spare.
 pub const ORIGIN_MARGIN: Duration = Duration::from_secs(2);
 
-/// A title whose bitrate is known downloads at most this many times as fast: ahead of any
-/// player, without taking more of the neighbours' uplinks than it needs.
-pub const DOWNLOAD_FACTOR: u64 = 2;
-
 /// What a late read asks of the origin when the player holds little: enough whole pieces
 /// to hold this much again (with the title's bitrate; else the rest of the piece).
-pub const REFILL: Duration = Duration::from_secs(4);
+pub const REFILL: Duration = Duration::from_secs(8);
+
+/// What the first read of a request asks of the origin, with the title's bitrate: what a
+/// player wants before it shows the first frame, so the picture starts fast.
+pub const STARTUP_REFILL: Duration = Duration::from_secs(2);
 
 /// Where the origin's answer to a late read at `pos` ends (inclusive): the end of that
 /// piece, or further, to whole pieces, until the player would hold [`REFILL`] of picture,
@@ -58,9 +58,12 @@ pub fn refill_end(
     let mut last = piece_end;
     if let Some(bitrate) = bitrate.filter(|b| *b > 0) {
         let per_second = bitrate as f64 / 8.0;
-        let played = since_first.map_or(0.0, |d| d.as_secs_f64());
+        let (played, target) = match since_first {
+            Some(d) => (d.as_secs_f64(), REFILL),
+            None => (0.0, STARTUP_REFILL),
+        };
         let held = sent as f64 / per_second - played;
-        let short = ((REFILL.as_secs_f64() - held) * per_second).max(0.0) as u64;
+        let short = ((target.as_secs_f64() - held) * per_second).max(0.0) as u64;
         let want = (pos + short).saturating_sub(1);
         if want > piece_end {
             last = (want / PIECE_LENGTH + 1) * PIECE_LENGTH - 1;
@@ -301,9 +304,6 @@ impl Peer {
             .and_then(|b| b.as_int())
             .and_then(|b| u64::try_from(b).ok())
             .filter(|b| *b > 0);
-        let download_bps = bitrate
-            .and_then(|b| u32::try_from(b / 8 * DOWNLOAD_FACTOR).ok())
-            .and_then(std::num::NonZeroU32::new);
         let bytes = match &self.cfg.region {
             Some(r) => {
                 let url = format!("{}/announce/{r}", self.cfg.tracker_url.trim_end_matches('/'));
@@ -320,10 +320,6 @@ impl Peer {
                 Some(librqbit::AddTorrentOptions {
                     overwrite: true,
                     output_folder: Some(self.cfg.cache_dir.display().to_string()),
-                    ratelimits: librqbit::limits::LimitsConfig {
-                        upload_bps: None,
-                        download_bps,
-                    },
                     ..Default::default()
                 }),
             )
@@ -749,12 +745,14 @@ mod tests {
         let p = PIECE_LENGTH;
         // Unknown bitrate: the rest of the piece.
         assert_eq!(refill_end(10, 100 * p, None, 0, None), p - 1);
-        // 0.5 Mbit/s (62,500 B/s), nothing sent: 4 s are 250,000 bytes, rounded up to
-        // whole pieces.
+        // 0.5 Mbit/s (62,500 B/s), nothing sent: the first read asks for 2 s (125,000
+        // bytes), rounded up to whole pieces; a later one, holding 1 s, for 8 s.
         let first = refill_end(0, 100 * p, Some(500_000), 0, None);
-        assert_eq!(first, 250_000u64.div_ceil(p) * p - 1);
+        assert_eq!(first, 125_000u64.div_ceil(p) * p - 1);
+        let low = refill_end(0, 100 * p, Some(500_000), 62_500, Some(Duration::ZERO));
+        assert_eq!(low, 437_500u64.div_ceil(p) * p - 1);
         // Holding plenty: only the rest of the piece.
-        let full = refill_end(5 * p, 100 * p, Some(500_000), 1_000_000, Some(Duration::from_secs(1)));
+        let full = refill_end(5 * p, 100 * p, Some(500_000), 1_000_000, Some(Duration::from_secs(2)));
         assert_eq!(full, 6 * p - 1);
         // Never past the end of the request.
         assert_eq!(refill_end(0, 1000, Some(500_000), 0, None), 1000);

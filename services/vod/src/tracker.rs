@@ -168,8 +168,13 @@ impl Tracker {
     }
 }
 
+/// A region with this many gateways or more feeds itself: its newcomers are not given the
+/// origin's seed (a late read still reaches the origin's web seed).
+pub const SEEDED_BELOW: usize = 2;
+
 /// The answer to a peer of `region`: its region's peers (the most recently seen first), then
-/// other regions' if its own has fewer than [`MIN_LOCAL`], then the origin's seeds.
+/// other regions' if its own has fewer than [`MIN_LOCAL`], then the origin's seeds if its
+/// own has fewer than [`SEEDED_BELOW`].
 fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
     let mut recent: Vec<&Peer> = swarm.iter().collect();
     recent.sort_by_key(|p| std::cmp::Reverse(p.seen));
@@ -188,12 +193,14 @@ fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
         );
     }
     answer.truncate(numwant.saturating_sub(1).max(1));
-    answer.extend(
-        recent
-            .iter()
-            .filter(|p| p.region == ORIGIN_REGION)
-            .map(|p| p.addr),
-    );
+    if local.len() < SEEDED_BELOW {
+        answer.extend(
+            recent
+                .iter()
+                .filter(|p| p.region == ORIGIN_REGION)
+                .map(|p| p.addr),
+        );
+    }
     answer.truncate(numwant);
     answer
 }
@@ -368,7 +375,7 @@ mod tests {
     }
 
     #[test]
-    fn a_region_with_enough_peers_gets_its_own_then_the_origin() {
+    fn a_region_with_enough_peers_gets_its_own_and_a_thin_one_the_origin_too() {
         let swarm = vec![
             peer(1, "north", 5),
             peer(2, "south", 1),
@@ -380,7 +387,14 @@ mod tests {
             .iter()
             .map(|a| a.ip().octets()[3])
             .collect();
-        assert_eq!(got, vec![3, 1, 5, 4]);
+        // Three gateways of its own: the region feeds itself, the origin's seed is not given.
+        assert_eq!(got, vec![3, 1, 5]);
+        let one = vec![peer(1, "north", 5), peer(4, ORIGIN_REGION, 1)];
+        let got: Vec<u8> = choose(&one, "north", 50)
+            .iter()
+            .map(|a| a.ip().octets()[3])
+            .collect();
+        assert_eq!(got, vec![1, 4]);
     }
 
     #[test]
