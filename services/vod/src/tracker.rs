@@ -174,8 +174,13 @@ pub const SEEDED_BELOW: usize = 2;
 
 /// The answer to a peer of `region`: its region's peers (the most recently seen first), then
 /// other regions' if its own has fewer than [`MIN_LOCAL`], then the origin's seeds if its
-/// own has fewer than [`SEEDED_BELOW`].
+/// own has fewer than [`SEEDED_BELOW`]. The origin's seed itself gets none.
 fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
+    // The origin's seed holds every piece and waits to be asked: it is given no peers, so
+    // it never reaches out to a region that feeds itself.
+    if region == ORIGIN_REGION {
+        return Vec::new();
+    }
     let mut recent: Vec<&Peer> = swarm.iter().collect();
     recent.sort_by_key(|p| std::cmp::Reverse(p.seen));
     let local: Vec<&Peer> = recent
@@ -395,6 +400,7 @@ mod tests {
             .map(|a| a.ip().octets()[3])
             .collect();
         assert_eq!(got, vec![1, 4]);
+        assert!(choose(&one, ORIGIN_REGION, 50).is_empty(), "the seed is asked, never asks");
     }
 
     #[test]
