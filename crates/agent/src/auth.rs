@@ -23,9 +23,11 @@ pub enum ServiceAction {
     Run,
     Remove,
     Priority,
-    /// The provider's data: its logs and commands run inside.
+    /// The provider's data: its logs, commands run inside, and the figures its service
+    /// keeps (`[metrics]`).
     Logs,
     Exec,
+    Metrics,
 }
 
 /// What a call does to the gateway as a whole.
@@ -55,6 +57,12 @@ pub fn check_service(
         return Err(AgentError::NotFound(name.to_string()));
     }
     match (who, action) {
+        (Principal::Operator, ServiceAction::Metrics) => Err(AgentError::Forbidden(format!(
+            "the operator does not read the metrics `{name}` keeps: they are provider `{provider}`'s data (the gateway's own figures are in `shg stats`); use a token of `{provider}`"
+        ))),
+        (Principal::Home, ServiceAction::Metrics) => Err(AgentError::Forbidden(format!(
+            "the household sees the resource use of `{name}` (`shg stats`), not the figures provider `{provider}` keeps"
+        ))),
         (Principal::Operator, ServiceAction::Logs | ServiceAction::Exec) => {
             Err(AgentError::Forbidden(format!(
                 "the operator does not read the logs of `{name}` or run commands inside it: they are provider `{provider}`'s data; use a token of `{provider}`"
@@ -348,6 +356,7 @@ mod tests {
             ServiceAction::Remove,
             ServiceAction::Logs,
             ServiceAction::Exec,
+            ServiceAction::Metrics,
         ] {
             check_service(&acme(), "camera", "acme", action).unwrap();
         }
@@ -360,7 +369,11 @@ mod tests {
     #[test]
     fn neither_operator_nor_household_reads_provider_data() {
         for who in [Principal::Operator, Principal::Home] {
-            for action in [ServiceAction::Logs, ServiceAction::Exec] {
+            for action in [
+                ServiceAction::Logs,
+                ServiceAction::Exec,
+                ServiceAction::Metrics,
+            ] {
                 assert!(matches!(
                     check_service(&who, "camera", "acme", action),
                     Err(AgentError::Forbidden(_))

@@ -117,19 +117,123 @@ async fn probe(
     }
 }
 
-/// Runs `f` on a new thread inside the network namespace of `pid`.
+/// Runs `f` on a new thread inside the network namespace of `pid`; `false` when the
+/// namespace cannot be entered.
 async fn in_netns(pid: i32, f: impl FnOnce() -> bool + Send + 'static) -> bool {
+    in_netns_of(pid, f).await.unwrap_or(false)
+}
+
+/// Runs `f` on a new thread inside the network namespace of `pid`; `None` when the namespace
+/// cannot be entered.
+async fn in_netns_of<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let ok = (|| {
+        let done = (|| {
             let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?;
             nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
             Some(f())
-        })()
-        .unwrap_or(false);
-        let _ = tx.send(ok);
+        })();
+        let _ = tx.send(done);
     });
-    rx.await.unwrap_or(false)
+    rx.await.ok().flatten()
+}
+
+/// The most a service's metrics answer may weigh.
+pub const METRICS_MAX_BYTES: usize = 1 << 20;
+
+/// What a service's metrics URL answered: its content type and body.
+#[derive(Debug, Clone)]
+pub struct ServiceMetrics {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Agent {
+    /// GETs the URL of the service's `[metrics]` inside it, for its provider: the provider's
+    /// own figures, read through the gateway. The operator and the household are refused
+    /// (the provider's data), as for logs.
+    pub async fn service_metrics(
+        self: &Arc<Self>,
+        who: &realm::Principal,
+        name: &str,
+    ) -> Result<ServiceMetrics, crate::AgentError> {
+        use crate::AgentError;
+        let rec = self.access(who, name, crate::auth::ServiceAction::Metrics)?;
+        let manifest = crate::lifecycle::manifest_of(&rec)?;
+        let Some(url) = manifest.metrics else {
+            return Err(AgentError::Conflict(format!(
+                "`{name}` declares no metrics; its provider adds [metrics] http = \"http://127.0.0.1:PORT/PATH\" to its manifest"
+            )));
+        };
+        let Some(pid) = rec.pid else {
+            return Err(AgentError::Conflict(format!(
+                "`{name}` is not running; start it with `shg start {name}` to read its metrics"
+            )));
+        };
+        let target = url.clone();
+        let answer = in_netns_of(pid, move || http_get(&target, Duration::from_secs(5)))
+            .await
+            .ok_or_else(|| {
+                AgentError::Busy(format!("`{name}` stopped while its metrics were asked"))
+            })?;
+        answer.map_err(|why| {
+            AgentError::Busy(format!(
+                "`{name}` did not answer its metrics at {url}: {why}"
+            ))
+        })
+    }
+}
+
+/// GETs `url` (checked by the manifest: http on the loopback) over HTTP/1.0, reading at most
+/// [`METRICS_MAX_BYTES`] of body; only a 200 answer counts.
+fn http_get(url: &str, timeout: Duration) -> Result<ServiceMetrics, String> {
+    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let port = authority
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(80);
+    let mut stream = connect(port, timeout).map_err(|e| format!("cannot connect: {e}"))?;
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shg-metrics\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send the request: {e}"))?;
+    let mut answer = Vec::new();
+    stream
+        .take((METRICS_MAX_BYTES + 16 * 1024) as u64)
+        .read_to_end(&mut answer)
+        .map_err(|e| format!("the answer broke off: {e}"))?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer has no HTTP head")?;
+    let head = String::from_utf8_lossy(&answer[..split]).into_owned();
+    let body = answer[split + 4..].to_vec();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or("the answer has no HTTP status")?;
+    if status != 200 {
+        return Err(format!("it answered HTTP {status}"));
+    }
+    if body.len() > METRICS_MAX_BYTES {
+        return Err(format!("its answer is over {} bytes", METRICS_MAX_BYTES));
+    }
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    Ok(ServiceMetrics { content_type, body })
 }
 
 fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {

@@ -26,6 +26,7 @@ mod streams;
 mod update;
 
 pub use auth::{check_gateway, check_install, check_service, GatewayAction, ServiceAction};
+pub use health::ServiceMetrics;
 pub use install::InstallOptions;
 pub use lifecycle::StateLock;
 pub use realm::Principal;

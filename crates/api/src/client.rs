@@ -739,6 +739,15 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// `GET /v1/services/NAME/metrics` (the service's provider): what the service's own
+    /// `[metrics]` URL answered, as it answered it.
+    pub async fn service_metrics(&self, name: &str) -> Result<Vec<u8>, ClientError> {
+        let uri = format!("/v1/services/{}/metrics", segment(name));
+        let request = describe(&Method::GET, &uri);
+        let response = self.call(Method::GET, uri, ReqBody::empty(), None).await?;
+        Ok(collect(&request, response.into_body()).await?.to_vec())
+    }
+
     /// `POST /v1/tokens` (operator): a new token, shown this once.
     pub async fn create_token(
         &self,

@@ -15,7 +15,7 @@ use agent::{Agent, AgentError, GatewayAction, Principal, ServiceAction};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{middleware, Extension, Json, Router};
@@ -181,6 +181,7 @@ pub fn router_in_fleet(
         .route("/v1/services/{name}/update", post(update))
         .route("/v1/services/{name}/rollback", post(rollback))
         .route("/v1/services/{name}/logs", get(logs))
+        .route("/v1/services/{name}/metrics", get(service_metrics))
         .route("/v1/services/{name}/exec", post(exec))
         .route("/v1/events", get(events))
         .route("/v1/tokens", get(tokens).post(create_token))
@@ -853,6 +854,34 @@ async fn logs(
         }
     });
     Ok((headers, Body::from_stream(ReceiverStream::new(rx))).into_response())
+}
+
+/// The service's own figures, from its `[metrics]` URL, for its provider.
+async fn service_metrics(
+    State(Ctx { agent, .. }): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Response> {
+    let name = agent.resolve(&who, &name)?;
+    let m = agent.service_metrics(&who, &name).await?;
+    // The service's own answer, never rendered by a browser as the gateway's page.
+    let content_type = HeaderValue::from_str(&m.content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox"),
+            ),
+        ],
+        m.body,
+    )
+        .into_response())
 }
 
 async fn exec(

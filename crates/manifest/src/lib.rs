@@ -36,6 +36,10 @@ pub struct Manifest {
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
     pub health: Option<Health>,
+    /// `[metrics] http`: a URL inside the service (host 127.0.0.1 or localhost) whose answer
+    /// its provider reads through the gateway (`GET /v1/services/NAME/metrics`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     pub restart: Restart,
 }
 
@@ -310,6 +314,7 @@ const TOP_KEYS: &[&str] = &[
     "exports",
     "imports",
     "health",
+    "metrics",
     "restart",
 ];
 const NAME_RULE: &str =
@@ -354,6 +359,25 @@ fn manifest(t: &Table) -> R<Manifest> {
     let exports = exports(t, &ports)?;
     let imports = imports(t, name, provider)?;
     let health = get_table(t, "", "health")?.map(health).transpose()?;
+    let metrics = match get_table(t, "", "metrics")? {
+        None => None,
+        Some(m) => {
+            check_keys(m, "metrics", "[metrics]", &["http"])?;
+            let Some(url) = get_str(m, "metrics", "http")? else {
+                bail!(
+                    "metrics",
+                    "[metrics] names no URL; write http = \"http://127.0.0.1:8080/metrics\" or drop the table"
+                );
+            };
+            check_loopback_url(
+                url,
+                "http://127.0.0.1:8080/metrics",
+                "the gateway asks it inside the service",
+            )
+            .map_err(|reason| bad("metrics.http", reason))?;
+            Some(url.to_string())
+        }
+    };
     let restart = match get_table(t, "", "restart")? {
         None => Restart::default(),
         Some(r) => {
@@ -379,6 +403,7 @@ fn manifest(t: &Table) -> R<Manifest> {
         exports,
         imports,
         health,
+        metrics,
         restart,
     })
 }
@@ -823,7 +848,12 @@ fn health(t: &Table) -> R<Health> {
         ["tcp"] => HealthCheck::Tcp(get_port(t, "health", "tcp")?.unwrap_or_default()),
         ["http"] => {
             let url = get_str(t, "health", "http")?.unwrap_or_default();
-            check_health_url(url).map_err(|reason| bad("health.http", reason))?;
+            check_loopback_url(
+                url,
+                "http://127.0.0.1:8080/health",
+                "the check runs inside the service",
+            )
+            .map_err(|reason| bad("health.http", reason))?;
             HealthCheck::Http(url.to_string())
         }
         several => bail!(
@@ -874,27 +904,27 @@ fn health(t: &Table) -> R<Health> {
 }
 
 /// The check runs inside the service's network namespace, so only its own loopback makes sense.
-fn check_health_url(url: &str) -> Result<(), String> {
-    const WAY_OUT: &str =
-        "write it like \"http://127.0.0.1:8080/health\" (the check runs inside the service)";
+/// A URL the gateway GETs inside the service: `http://` on its own loopback.
+fn check_loopback_url(url: &str, example: &str, why: &str) -> Result<(), String> {
+    let way_out = format!("write it like {example:?} ({why})");
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
-            "{url:?} contains whitespace or control characters; {WAY_OUT}"
+            "{url:?} contains whitespace or control characters; {way_out}"
         ));
     }
     let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("{url:?} does not start with http://; {WAY_OUT}"));
+        return Err(format!("{url:?} does not start with http://; {way_out}"));
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let (host, port) = authority.split_once(':').unwrap_or((authority, ""));
     if host != "127.0.0.1" && host != "localhost" {
         return Err(format!(
-            "host {host:?} is not 127.0.0.1 or localhost; {WAY_OUT}"
+            "host {host:?} is not 127.0.0.1 or localhost; {way_out}"
         ));
     }
     if authority.contains(':') && !matches!(port.parse::<u16>(), Ok(1..)) {
         return Err(format!(
-            "port {port:?} is not a number from 1 to 65535; {WAY_OUT}"
+            "port {port:?} is not a number from 1 to 65535; {way_out}"
         ));
     }
     Ok(())

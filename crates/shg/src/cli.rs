@@ -351,8 +351,14 @@ pub enum RemoteCommand {
         follow: bool,
     },
 
-    /// Print the gateway's Prometheus metrics (what `GET /metrics` serves)
-    Metrics,
+    /// Print the gateway's Prometheus metrics (what `GET /metrics` serves); with NAME, the
+    /// figures that service keeps for its provider (its manifest's `[metrics]` URL, read
+    /// inside it by the gateway), for its provider only
+    Metrics {
+        /// A service whose own figures to print
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
 
     /// Manage the API's tokens (operator)
     Token {

@@ -798,6 +798,14 @@ async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                 })
                 .await?;
         }
+        RemoteCommand::Metrics { name: Some(name) } => {
+            // The service's answer as it gave it (`--json` changes nothing: it is its own).
+            let body = client.service_metrics(&name).await?;
+            out.write_all(&body)?;
+            if !body.ends_with(b"\n") {
+                writeln!(out)?;
+            }
+        }
         RemoteCommand::Inspect { name } => {
             let detail = client.get(&name).await?;
             show(&mut out, json, &detail, |out| {
@@ -894,7 +902,7 @@ async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                 })
                 .await?;
         }
-        RemoteCommand::Metrics => write!(out, "{}", client.metrics().await?)?,
+        RemoteCommand::Metrics { name: None } => write!(out, "{}", client.metrics().await?)?,
         RemoteCommand::Token { command } => token(client, command, json, &mut out).await?,
         RemoteCommand::Audit => {
             let entries = client.audit(None).await?;

@@ -3,8 +3,8 @@
 //! (token buckets: 8 Mbit/s down, 1 Mbit/s up), in two regions (10.1/16 north, 10.2/16
 //! south, placed by the tracker from their addresses); the origin and the tracker in a
 //! namespace of their own on an unshaped link. Each gateway runs a real `vod peer` (as its
-//! package does: 1 Mbit/s of upload), and the household's player runs beside it in the
-//! gateway's namespace, playing at the title's bitrate. Starts are staggered. Then the same
+//! package does: 512 kbit/s of upload, what the package reserves), and the household's
+//! player runs beside it in the gateway's namespace, playing at the title's bitrate. Starts are staggered. Then the same
 //! players stream from the origin alone, over the same links.
 //!
 //! Reports the share of bytes not served by the origin (as the origin counted them), the
@@ -98,7 +98,16 @@ impl Net {
             ns,
         ]);
         run(&["ip", "-n", c, "link", "set", &port, "master", "br0", "up"]);
-        run(&["ip", "-n", ns, "addr", "add", &format!("{addr}/8"), "dev", "eth0"]);
+        run(&[
+            "ip",
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/8"),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", ns, "link", "set", "eth0", "up"]);
         run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
         if let Some((down, up)) = shape {
@@ -118,7 +127,10 @@ fn spawn_in(ns: &str, args: &[String], log: &Path) -> Proc {
         Command::new("ip")
             .args(["netns", "exec", ns, VOD])
             .args(args)
-            .env("RUST_LOG", "info,vod=debug,librqbit=warn,librqbit_core=warn")
+            .env(
+                "RUST_LOG",
+                "info,vod=debug,librqbit=warn,librqbit_core=warn",
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
@@ -249,7 +261,13 @@ fn finish_player(child: Child) -> Play {
 }
 
 /// The players of `urls[i]` in `namespaces[i]`, started `stagger` apart.
-fn play_all(namespaces: &[String], urls: &[String], len: u64, bitrate: f64, stagger: Duration) -> Vec<Play> {
+fn play_all(
+    namespaces: &[String],
+    urls: &[String],
+    len: u64,
+    bitrate: f64,
+    stagger: Duration,
+) -> Vec<Play> {
     let started = Instant::now();
     let mut players = Vec::new();
     for (i, (ns, url)) in namespaces.iter().zip(urls).enumerate() {
@@ -401,7 +419,7 @@ fn main() {
                 "--cache".into(),
                 dir.path().join(format!("gw{i}")).display().to_string(),
                 "--upload-bps".into(),
-                "125000".into(),
+                "64000".into(),
                 "--no-prefetch".into(),
             ],
             &log,

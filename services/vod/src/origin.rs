@@ -86,7 +86,11 @@ impl Origin {
             let path = cfg.dir.join(&name);
             let t = tokio::task::spawn_blocking({
                 let (announce, web_seed, name) = (announce.clone(), web_seed.clone(), name.clone());
-                let bitrate = cfg.bitrates.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+                let bitrate = cfg
+                    .bitrates
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, b)| *b);
                 move || torrent::make(&path, &name, &announce, &web_seed, bitrate)
             })
             .await??;
@@ -121,8 +125,9 @@ impl Origin {
                 for (t, _) in titles.values() {
                     // The seed announces itself as the origin's (its torrent, made here, is
                     // canonical).
-                    let bytes = torrent::with_announce(&t.bytes, &tracker)
-                        .ok_or_else(|| anyhow::anyhow!("the torrent of `{}` is not canonical", t.name))?;
+                    let bytes = torrent::with_announce(&t.bytes, &tracker).ok_or_else(|| {
+                        anyhow::anyhow!("the torrent of `{}` is not canonical", t.name)
+                    })?;
                     session
                         .add_torrent(
                             librqbit::AddTorrent::TorrentFileBytes(bytes.into()),

@@ -306,7 +306,10 @@ impl Peer {
             .filter(|b| *b > 0);
         let bytes = match &self.cfg.region {
             Some(r) => {
-                let url = format!("{}/announce/{r}", self.cfg.tracker_url.trim_end_matches('/'));
+                let url = format!(
+                    "{}/announce/{r}",
+                    self.cfg.tracker_url.trim_end_matches('/')
+                );
                 torrent::with_announce(&bytes, &url).ok_or_else(|| {
                     anyhow::anyhow!("the torrent of `{name}` is not in canonical form")
                 })?
@@ -658,7 +661,12 @@ async fn watch(
             let deadline = if first {
                 STARTUP_DEADLINE.min(peer.cfg.deadline)
             } else {
-                read_deadline(peer.cfg.deadline, bitrate, pos - start, first_sent.elapsed())
+                read_deadline(
+                    peer.cfg.deadline,
+                    bitrate,
+                    pos - start,
+                    first_sent.elapsed(),
+                )
             };
             let chunk = match tokio::time::timeout(deadline, stream.read(&mut buf[..want])).await {
                 Ok(Ok(0)) => break,
@@ -752,7 +760,13 @@ mod tests {
         let low = refill_end(0, 100 * p, Some(500_000), 62_500, Some(Duration::ZERO));
         assert_eq!(low, 437_500u64.div_ceil(p) * p - 1);
         // Holding plenty: only the rest of the piece.
-        let full = refill_end(5 * p, 100 * p, Some(500_000), 1_000_000, Some(Duration::from_secs(2)));
+        let full = refill_end(
+            5 * p,
+            100 * p,
+            Some(500_000),
+            1_000_000,
+            Some(Duration::from_secs(2)),
+        );
         assert_eq!(full, 6 * p - 1);
         // Never past the end of the request.
         assert_eq!(refill_end(0, 1000, Some(500_000), 0, None), 1000);

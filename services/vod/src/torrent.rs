@@ -137,7 +137,14 @@ mod tests {
             .map(|i| (i % 251) as u8)
             .collect();
         std::fs::write(&path, &data).unwrap();
-        let t = make(&path, "film.mp4", "http://t/announce", "http://o/titles/", Some(500_000)).unwrap();
+        let t = make(
+            &path,
+            "film.mp4",
+            "http://t/announce",
+            "http://o/titles/",
+            Some(500_000),
+        )
+        .unwrap();
         let v = bencode::decode(&t.bytes).unwrap();
         let info = v.get("info").unwrap();
         assert_eq!(
@@ -156,9 +163,22 @@ mod tests {
         let hash: [u8; 20] = Sha1::digest(info.encode()).into();
         assert_eq!(t.info_hash, hash);
         assert_eq!(v.get(BITRATE_KEY).and_then(|b| b.as_int()), Some(500_000));
-        let plain = make(&path, "film.mp4", "http://t/announce", "http://o/titles/", None).unwrap();
-        assert_eq!(plain.info_hash, t.info_hash, "the bitrate is outside the info hash");
-        assert!(bencode::decode(&plain.bytes).unwrap().get(BITRATE_KEY).is_none());
+        let plain = make(
+            &path,
+            "film.mp4",
+            "http://t/announce",
+            "http://o/titles/",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            plain.info_hash, t.info_hash,
+            "the bitrate is outside the info hash"
+        );
+        assert!(bencode::decode(&plain.bytes)
+            .unwrap()
+            .get(BITRATE_KEY)
+            .is_none());
 
         let moved = with_announce(&t.bytes, "http://t/announce/north").unwrap();
         let m = bencode::decode(&moved).unwrap();
@@ -166,7 +186,11 @@ mod tests {
             m.get("announce").unwrap().as_bytes(),
             Some(&b"http://t/announce/north"[..])
         );
-        assert_eq!(m.get("info"), v.get("info"), "the info, hence the hash, is unchanged");
+        assert_eq!(
+            m.get("info"),
+            v.get("info"),
+            "the info, hence the hash, is unchanged"
+        );
         let mut odd = t.bytes.clone();
         odd.insert(1, b'0'); // a key out of order: not canonical
         assert!(with_announce(&odd, "http://t/announce/north").is_none());

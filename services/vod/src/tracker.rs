@@ -400,7 +400,10 @@ mod tests {
             .map(|a| a.ip().octets()[3])
             .collect();
         assert_eq!(got, vec![1, 4]);
-        assert!(choose(&one, ORIGIN_REGION, 50).is_empty(), "the seed is asked, never asks");
+        assert!(
+            choose(&one, ORIGIN_REGION, 50).is_empty(),
+            "the seed is asked, never asks"
+        );
     }
 
     #[test]

@@ -483,7 +483,11 @@ impl HostilePeer {
         let mut hello = [0u8; 68];
         stream.read_exact(&mut hello)?;
         assert_eq!(&hello[1..20], b"BitTorrent protocol");
-        assert_eq!(hello[28..48], info_hash, "the gateway asked for another torrent");
+        assert_eq!(
+            hello[28..48],
+            info_hash,
+            "the gateway asked for another torrent"
+        );
         let mut answer = Vec::from(&hello[..48]);
         answer[20..28].fill(0); // no extensions
         answer.extend_from_slice(b"-XX0001-hostile-peer");
@@ -540,7 +544,10 @@ impl HostilePeer {
             self.port
         );
         let answer = reqwest::get(&url).await.unwrap();
-        assert!(answer.status().is_success(), "the tracker refused the announce");
+        assert!(
+            answer.status().is_success(),
+            "the tracker refused the announce"
+        );
     }
 }
 
@@ -570,11 +577,17 @@ async fn a_peer_that_sends_corrupted_pieces_is_refused_by_hash_and_dropped() {
     let info_hash = film_info_hash(&swarm.origin_url).await;
     let pieces = len / vod::torrent::PIECE_LENGTH as usize;
     let hostile = HostilePeer::start(info_hash, pieces, Hostility::Corrupts);
-    hostile.announce(&swarm.tracker_url, "north", info_hash).await;
+    hostile
+        .announce(&swarm.tracker_url, "north", info_hash)
+        .await;
     let a = swarm.peer("a", "north", &["--deadline-ms", "1000"]).await;
     let (status, got) = play(&a, None).await;
     assert_eq!(status, 200);
-    assert!(got == data, "corrupted bytes reached the player\n{}", swarm.logs());
+    assert!(
+        got == data,
+        "corrupted bytes reached the player\n{}",
+        swarm.logs()
+    );
     let seen = std::mem::take(&mut *hostile.seen.lock().unwrap());
     assert!(
         seen.blocks_sent > 0,
@@ -601,11 +614,17 @@ async fn a_peer_that_announces_pieces_it_does_not_have_costs_only_a_timeout() {
     let info_hash = film_info_hash(&swarm.origin_url).await;
     let pieces = len / vod::torrent::PIECE_LENGTH as usize;
     let hostile = HostilePeer::start(info_hash, pieces, Hostility::Lies);
-    hostile.announce(&swarm.tracker_url, "north", info_hash).await;
+    hostile
+        .announce(&swarm.tracker_url, "north", info_hash)
+        .await;
     let a = swarm.peer("a", "north", &["--deadline-ms", "500"]).await;
     let (status, got) = play(&a, None).await;
     assert_eq!(status, 200);
-    assert!(got == data, "the bytes differ from the title\n{}", swarm.logs());
+    assert!(
+        got == data,
+        "the bytes differ from the title\n{}",
+        swarm.logs()
+    );
     let seen = hostile.seen.lock().unwrap();
     assert!(
         seen.requests > 0,
@@ -632,7 +651,11 @@ async fn a_peer_that_leaves_mid_transfer_costs_no_stall() {
     // b downloads at 512 KiB/s and its player reads at 1 MiB/s, so a leaves (once b's player
     // has a quarter of the title) while b still needs most of it.
     let b = swarm
-        .peer("b", "north", &["--download-bps", "524288", "--deadline-ms", "500"])
+        .peer(
+            "b",
+            "north",
+            &["--download-bps", "524288", "--deadline-ms", "500"],
+        )
         .await;
     let mut answer = reqwest::get(format!("{b}/watch/film.mp4")).await.unwrap();
     let mut got = Vec::new();
@@ -646,7 +669,10 @@ async fn a_peer_that_leaves_mid_transfer_costs_no_stall() {
     {
         longest = longest.max(last.elapsed());
         got.extend_from_slice(&chunk);
-        tokio::time::sleep(Duration::from_secs_f64(chunk.len() as f64 / (1 << 20) as f64)).await;
+        tokio::time::sleep(Duration::from_secs_f64(
+            chunk.len() as f64 / (1 << 20) as f64,
+        ))
+        .await;
         last = Instant::now();
         if !a_gone && got.len() >= len / 4 {
             a_gone = true;
@@ -654,10 +680,17 @@ async fn a_peer_that_leaves_mid_transfer_costs_no_stall() {
             drop(a_proc);
         }
     }
-    assert!(got == data, "b's bytes differ from the title\n{}", swarm.logs());
+    assert!(
+        got == data,
+        "b's bytes differ from the title\n{}",
+        swarm.logs()
+    );
     let m = metrics(&b).await;
     eprintln!("b after a left: longest wait for a chunk {longest:?}; {m:?}");
-    assert!(m.same_region_bytes > 0, "b got nothing from a before it left: {m:?}");
+    assert!(
+        m.same_region_bytes > 0,
+        "b got nothing from a before it left: {m:?}"
+    );
     assert!(
         m.origin_http_bytes > 0,
         "once a left, the rest came from nowhere but the origin: {m:?}"

@@ -442,11 +442,11 @@ impl Gateway {
         try_run(cmd, &self.work, timeout)
     }
 
-    /// `shg logs NAME …` and `shg exec NAME …` read a provider's data: they run with the token
-    /// of NAME's provider, as that provider would. Everything else runs as the operator.
+    /// `shg logs NAME …`, `shg exec NAME …` and `shg metrics NAME` read a provider's data:
+    /// they run with the token of NAME's provider, as that provider would. Everything else runs as the operator.
     fn token_for(&self, args: &[&str]) -> Option<String> {
         let (command, name) = (args.first()?, args.get(1)?);
-        if !matches!(*command, "logs" | "exec") {
+        if !matches!(*command, "logs" | "exec" | "metrics") {
             return None;
         }
         let provider = self

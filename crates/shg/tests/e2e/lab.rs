@@ -388,3 +388,298 @@ fn a_lab_that_fails_half_way_is_undone() {
         lab.assert_gone(&cgroups);
     }
 }
+
+/// A process in a lab namespace, ended by its PID when dropped.
+struct InLab(std::process::Child);
+
+impl Drop for InLab {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn in_netns(ns: &str, args: &[&str], log: &Path) -> InLab {
+    InLab(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {args:?} in {ns}: {e}")),
+    )
+}
+
+/// streamco's `vod` package, as shipped (`services/vod/shg-service.toml`, its origin and
+/// tracker pointed at the lab's WAN host), on three lab gateways in two regions behind ADSL
+/// links, installed by a fleet deployment: each household plays the title from its own
+/// gateway, byte for byte; a gateway fetches from the gateway of its own region and not from
+/// the other region (the one gateway alone in its region may); its provider reads where the
+/// bytes came from through the gateway.
+#[test]
+fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first() {
+    let lab = TestLab::new("v");
+    lab.ok(&["up", "--gateways", "3", "--regions", "2", "--link", "adsl"]);
+    let wan = format!("shglab-{}-wan", lab.name);
+    let work = lab.base().join("vod");
+    std::fs::create_dir_all(work.join("titles")).unwrap();
+    let vod = PathBuf::from(SHG).with_file_name("vod");
+    assert!(
+        vod.exists(),
+        "{} is missing: `cargo build --workspace` builds it",
+        vod.display()
+    );
+    let vod_s = vod.display().to_string();
+    // 1 MiB at 0.5 Mbit/s: 17 s of picture.
+    let mut x: u64 = 0x2545f4914f6cdd1d;
+    let film: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    std::fs::write(work.join("titles/film.mp4"), &film).unwrap();
+
+    // The provider's tracker and origin on the lab's WAN host (the regions' router).
+    let (tracker, origin) = ("http://100.64.0.1:6969", "http://100.64.0.1:8080");
+    let _tracker = in_netns(
+        &wan,
+        &[
+            &vod_s,
+            "tracker",
+            "--listen",
+            "0.0.0.0:6969",
+            "--region",
+            "100.65.0.0/16=r1",
+            "--region",
+            "100.66.0.0/16=r2",
+        ],
+        &work.join("tracker.log"),
+    );
+    let titles = work.join("titles").display().to_string();
+    let mut origin_proc = in_netns(
+        &wan,
+        &[
+            &vod_s,
+            "origin",
+            "--listen",
+            "0.0.0.0:8080",
+            "--titles",
+            &titles,
+            "--public-url",
+            origin,
+            "--tracker",
+            tracker,
+            "--bitrate",
+            "film.mp4=500000",
+            "--seed-listen",
+            "0.0.0.0:6882",
+            "--seed-upload-bps",
+            "250000",
+        ],
+        &work.join("origin.log"),
+    );
+    let answers = |url: &str| {
+        Command::new("ip")
+            .args(["netns", "exec", &wan, "curl", "-sf", "-o", "/dev/null", url])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    crate::harness::eventually(
+        "the tracker and the origin",
+        Duration::from_secs(30),
+        || {
+            (answers(&format!("{tracker}/region")) && answers(&format!("{origin}/catalog")))
+                .then_some(())
+        },
+    );
+
+    // The package: the shipped manifest, a static `vod` and the CA bundle librqbit wants.
+    let pkg = work.join("pkg");
+    std::fs::create_dir_all(pkg.join("rootfs/bin")).unwrap();
+    std::fs::create_dir_all(pkg.join("rootfs/etc/ssl/certs")).unwrap();
+    let strip = Command::new("strip")
+        .arg("-o")
+        .arg(pkg.join("rootfs/bin/vod"))
+        .arg(&vod)
+        .status()
+        .unwrap();
+    assert!(strip.success());
+    std::fs::copy(
+        "/etc/ssl/certs/ca-certificates.crt",
+        pkg.join("rootfs/etc/ssl/certs/ca-certificates.crt"),
+    )
+    .expect("the host's CA bundle");
+    let shipped = include_str!("../../../../services/vod/shg-service.toml");
+    let manifest = shipped
+        .replace("http://origin.streamco.example:8080", origin)
+        .replace("http://tracker.streamco.example:6969", tracker);
+    assert!(manifest.contains(origin) && manifest.contains(tracker));
+    std::fs::write(pkg.join("shg-service.toml"), manifest).unwrap();
+    let shg = |args: &[&str]| {
+        let out = Command::new(SHG).args(args).output().unwrap();
+        assert!(out.status.success(), "shg {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = work.display().to_string();
+    shg(&["key", "gen", "streamco", "--dir", &dir]);
+    let tar = work.join("vod.tar").display().to_string();
+    shg(&["pack", &pkg.display().to_string(), "-o", &tar]);
+    let key = work.join("streamco.key").display().to_string();
+    shg(&["sign", &tar, "--key", &key]);
+    let public = work.join("streamco.pub").display().to_string();
+    // The operator trusts streamco, publishes and approves its package, and deploys it to
+    // every gateway.
+    let fleet = |args: &[&str]| {
+        let mut all = vec!["exec", "gw1", "--", "shg", "fleet"];
+        all.extend_from_slice(args);
+        lab.ok(&all).stdout
+    };
+    fleet(&[
+        "trust",
+        "add",
+        "--provider",
+        "streamco",
+        &public,
+        "--services",
+        "vod",
+    ]);
+    fleet(&["publish", &tar]);
+    fleet(&["approve", "vod", "1.0.0"]);
+    fleet(&[
+        "deploy",
+        "vod:1.0.0",
+        "--selector",
+        "link=adsl",
+        "--waves",
+        "100%",
+        "--soak",
+        "0s",
+    ]);
+    for gw in ["gw1", "gw2", "gw3"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !lab
+            .shg(&[
+                "exec",
+                &format!("{gw}/lan"),
+                "--",
+                "curl",
+                "-sf",
+                "-o",
+                "/dev/null",
+                "http://192.168.1.1:8090/metrics",
+            ])
+            .ok()
+        {
+            if std::time::Instant::now() > deadline {
+                let ps = lab.shg(&["exec", gw, "--", "shg", "ps"]);
+                let events = lab.shg(&["exec", gw, "--", "shg", "events"]);
+                let deployments = lab.shg(&["exec", "gw1", "--", "shg", "fleet", "deployments"]);
+                panic!("vod never answered on {gw}'s LAN\n{ps}\n{events}\n{deployments}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    // Its provider's view, through the gateway with streamco's own token.
+    let metrics = |gw: &str| -> Value {
+        let token = lab.ok(&[
+            "exec",
+            gw,
+            "--",
+            "shg",
+            "token",
+            "create",
+            "--provider",
+            "streamco",
+        ]);
+        let mut cmd = Command::new(SHG);
+        cmd.arg("lab")
+            .arg("--dir")
+            .arg(lab.base())
+            .args([
+                "--name", &lab.name, "exec", gw, "--", "shg", "metrics", "vod",
+            ])
+            .env("SHG_TOKEN", token.stdout.trim());
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "shg metrics vod on {gw}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let play = |gw: &str| {
+        let played = work.join(format!("played-{gw}"));
+        lab.ok(&[
+            "exec",
+            &format!("{gw}/lan"),
+            "--",
+            "curl",
+            "-sf",
+            "--max-time",
+            "120",
+            "-o",
+            &played.display().to_string(),
+            "http://192.168.1.1:8090/watch/film.mp4",
+        ]);
+        let got = std::fs::read(&played).unwrap();
+        assert!(
+            got == film,
+            "{gw}'s household got {} bytes that differ from the title's {}",
+            got.len(),
+            film.len()
+        );
+        let m = metrics(gw);
+        eprintln!("{gw}: {m}");
+        m
+    };
+
+    // gw1's household plays first; gw1 keeps the whole title. Then the origin stops seeding
+    // (a web seed only): what the others get over BitTorrent, they get from gateways.
+    let gw1 = play("gw1");
+    crate::harness::eventually(
+        "gw1 to hold the whole title",
+        Duration::from_secs(60),
+        || (metrics("gw1")["titles"][0]["have_bytes"] == film.len()).then_some(()),
+    );
+    drop(origin_proc);
+    origin_proc = in_netns(
+        &wan,
+        &[
+            &vod_s,
+            "origin",
+            "--listen",
+            "0.0.0.0:8080",
+            "--titles",
+            &titles,
+            "--public-url",
+            origin,
+            "--tracker",
+            tracker,
+            "--bitrate",
+            "film.mp4=500000",
+        ],
+        &work.join("origin-2.log"),
+    );
+    crate::harness::eventually("the origin again", Duration::from_secs(30), || {
+        answers(&format!("{origin}/catalog")).then_some(())
+    });
+    // Then gw3 (gw1's region), then gw2 (alone in the other region).
+    let sources = [("gw1", gw1), ("gw3", play("gw3")), ("gw2", play("gw2"))];
+    let (_, gw3) = &sources[1];
+    assert!(
+        gw3["same_region_bytes"].as_u64().unwrap_or(0) > 0,
+        "gw3 got nothing from gw1, its region's gateway: {gw3}"
+    );
+    // gw1 and gw3 share r1 and fetch nothing across; gw2, alone in r2, is given r1's
+    // gateways by the tracker and may.
+    for (gw, m) in &sources[..2] {
+        assert_eq!(
+            m["other_region_bytes"], 0,
+            "{gw} fetched across regions: {m}"
+        );
+    }
+    drop(origin_proc);
+    lab.ok(&["down"]);
+}

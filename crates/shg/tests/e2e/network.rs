@@ -1767,11 +1767,16 @@ fn film(len: usize) -> Vec<u8> {
 /// streamco's `vod` on a real gateway: the origin and the tracker on the WAN, the household's
 /// player on the LAN. The title plays on the LAN byte for byte; the gateway announces its
 /// published BitTorrent port, and once the origin is gone a standard client (aria2c) on the
-/// WAN fetches the whole title from the gateway alone.
+/// WAN fetches the whole title from the gateway alone — never faster than the 1 Mbit/s of
+/// upload `vod` reserves, while the household's own upload floods the 10 Mbit/s link and
+/// keeps its share.
 #[test]
 fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() {
     let mut lab = Lab::new("vd");
-    let gw = lab.gateway("");
+    let gw = lab.gateway(
+        "[capacity]\nbandwidth_down = \"50Mbit\"\nbandwidth_up = \"10Mbit\"\n\n\
+         [reserve]\nbandwidth_down = \"10Mbit\"\nbandwidth_up = \"4Mbit\"\n",
+    );
     let (binary, bytes) = service_binary(&gw, "vod");
     let binary = binary.display().to_string();
     let titles = lab.scratch.path().join("titles");
@@ -1822,7 +1827,9 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
 
     let rest = format!(
         "user = \"1000:1000\"\n\n[resources]\nmemory = {{ reserve = \"32MiB\", limit = \"128MiB\" }}\n\
-         storage = {{ reserve = \"64MiB\" }}\nbandwidth_up = {{ reserve = \"8Mbit\" }}\n\n{}\n\
+         storage = {{ reserve = \"64MiB\" }}\n\
+         bandwidth_up = {{ reserve = \"1Mbit\", limit = \"1Mbit\" }}\n\n{}\n\
+         [metrics]\nhttp = \"http://127.0.0.1:8090/metrics\"\n\n\
          [restart]\npolicy = \"always\"\n",
         ports(&[(8090, "lan"), (6881, "wan")])
     );
@@ -1844,6 +1851,7 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
         "--cache-bytes",
         "33554432",
         "--no-prefetch",
+        // No --upload-bps: what holds its upload to 1 Mbit/s here is the gateway.
     ];
     // librqbit's HTTP client (rustls) insists on the system's CA certificates, even for a
     // plain-HTTP origin: the package carries the build host's bundle.
@@ -1916,8 +1924,18 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
     let mut origin = lab.background.remove(origin_index);
     let _ = origin.kill();
     let _ = origin.wait();
+    // The household floods its upload meanwhile (LAN host to a WAN counter).
+    let counts = lab.scratch.path().join("counts");
+    lab.spawn_python(&wan, COUNTER, &[counts.to_str().unwrap(), "5003"]);
+    eventually("the byte counter", Duration::from_secs(10), || {
+        counts.exists().then_some(())
+    });
+    lab.spawn_python(&lab.lan.clone(), FLOOD, &[WAN_HOST, "5003"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (t0, before) = read_counts(&counts);
     let out_dir = lab.scratch.path().join("aria2");
     let out_s = out_dir.display().to_string();
+    let started = Instant::now();
     let run = lab.run(
         &lab.wan,
         &[
@@ -1939,8 +1957,32 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
         "aria2c on the WAN failed:\n{run}\n{}",
         diagnose(&lab, &gw, "vod")
     );
+    let took = started.elapsed().as_secs_f64();
+    let (t1, after) = read_counts(&counts);
     let fetched = std::fs::read(out_dir.join("film.mp4")).expect("aria2c's file");
     assert!(fetched == data, "aria2c's file differs from the title");
+    let seeded = data.len() as f64 * 8.0 / took / 1e6;
+    let household = (after.get(&5003).copied().unwrap_or(0)
+        - before.get(&5003).copied().unwrap_or(0)) as f64
+        * 8.0
+        / (t1 - t0)
+        / 1e6;
+    eprintln!(
+        "vod seeded the title at {seeded:.2} Mbit/s (reserved and limited to 1); the household's \
+         flood got {household:.2} Mbit/s of the 10 Mbit/s link (4 reserved)"
+    );
+    assert!(
+        (0.6..=1.1).contains(&seeded),
+        "vod sent its peer {seeded:.2} Mbit/s: not the 1 Mbit/s it reserves (expected within \
+         [0.6, 1.1] of it, with the household flooding the link; aria2c's own start and end \
+         count in its time)\n{}",
+        diagnose(&lab, &gw, "vod")
+    );
+    assert!(
+        household >= 0.85 * 4.0,
+        "the household's upload got {household:.2} Mbit/s while vod seeded: less than its \
+         4 Mbit/s share"
+    );
     let metrics = lab.run_ok(
         &lab.lan,
         &["curl", "-sf", &format!("http://{GW_LAN}:8090/metrics")],
@@ -1949,6 +1991,26 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
     assert!(
         m["uploaded_bytes"].as_u64().unwrap_or(0) >= data.len() as u64,
         "the gateway did not serve aria2c the title: {m}"
+    );
+    // The provider reads the same figures through the gateway (`shg metrics`, its token);
+    // the operator and the household may not.
+    let through = gw.shg_ok(&["metrics", "vod"]);
+    let t: serde_json::Value = serde_json::from_str(&through.stdout)
+        .unwrap_or_else(|e| panic!("`shg metrics vod` is not vod's JSON ({e}): {through}"));
+    assert_eq!(t["plays"], 1, "{t}");
+    assert!(
+        t["uploaded_bytes"].as_u64().unwrap_or(0) >= data.len() as u64,
+        "{t}"
+    );
+    let mut as_operator = Command::new(crate::harness::SHG);
+    as_operator
+        .args(["metrics", "vod"])
+        .env("SHG_GATEWAY", gw.socket())
+        .env_remove("SHG_TOKEN");
+    let refused = try_run(as_operator, lab.scratch.path(), Duration::from_secs(30)).unwrap();
+    assert!(
+        !refused.ok() && refused.stderr.contains("provider `streamco`'s data"),
+        "the operator read streamco's figures: {refused}"
     );
     eprintln!("vod's metrics: {m}");
 }
