@@ -308,7 +308,8 @@ mod tests {
         let text = include_str!("../../../services/vod/shg-service.toml");
         let m = manifest::parse(text, "vod").unwrap();
         assert_eq!((m.name.as_str(), m.provider.as_str()), ("vod", "streamco"));
-        // The peer's upload cap (bytes/s) is the upload reservation (bits/s).
+        // The peer's upload cap (bytes/s) is the upload limit (bits/s), which the gateway
+        // enforces; the reservation, what it is guaranteed, is at most that.
         let cap = m
             .run
             .command
@@ -316,7 +317,8 @@ mod tests {
             .skip_while(|a| *a != "--upload-bps")
             .nth(1);
         let cap: u64 = cap.expect("--upload-bps").parse().unwrap();
-        assert_eq!(cap * 8, m.resources.bandwidth_up.reserve);
+        assert_eq!(Some(cap * 8), m.resources.bandwidth_up.limit);
+        assert!(m.resources.bandwidth_up.reserve <= cap * 8);
         // Its cache fits its storage reservation.
         let cache = m
             .run

@@ -3,7 +3,7 @@
 //! (token buckets: 8 Mbit/s down, 1 Mbit/s up), in two regions (10.1/16 north, 10.2/16
 //! south, placed by the tracker from their addresses); the origin and the tracker in a
 //! namespace of their own on an unshaped link. Each gateway runs a real `vod peer` (as its
-//! package does: 512 kbit/s of upload, what the package reserves), and the household's
+//! package does: up to 1 Mbit/s of upload, its limit; 512 kbit/s reserved), and the household's
 //! player runs beside it in the gateway's namespace, playing at the title's bitrate. Starts are staggered. Then the same
 //! players stream from the origin alone, over the same links.
 //!
@@ -419,7 +419,7 @@ fn main() {
                 "--cache".into(),
                 dir.path().join(format!("gw{i}")).display().to_string(),
                 "--upload-bps".into(),
-                "64000".into(),
+                "125000".into(),
                 "--no-prefetch".into(),
             ],
             &log,

@@ -4,35 +4,48 @@
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+/// A `Range` that cannot be served from the body (answered with 416).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// The byte range a request asks of a body of `len` bytes: `Ok(None)` for all of it,
 /// `Err` for a range that cannot be served (answered with 416).
-pub fn requested_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub fn requested_range(headers: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     let Some(value) = headers.get(header::RANGE) else {
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| ())?;
-    let spec = text.trim().strip_prefix("bytes=").ok_or(())?;
+    let text = value.to_str().map_err(|_| Unsatisfiable)?;
+    let spec = text.trim().strip_prefix("bytes=").ok_or(Unsatisfiable)?;
     if spec.contains(',') {
         // Several ranges: serve the whole body, which RFC 9110 allows.
         return Ok(None);
     }
-    let (first, last) = spec.split_once('-').ok_or(())?;
+    let (first, last) = spec.split_once('-').ok_or(Unsatisfiable)?;
     let (start, end) = match (first.trim(), last.trim()) {
         ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
+            let n: u64 = suffix.parse().map_err(|_| Unsatisfiable)?;
             if n == 0 {
-                return Err(());
+                return Err(Unsatisfiable);
             }
-            (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+            (
+                len.saturating_sub(n),
+                len.checked_sub(1).ok_or(Unsatisfiable)?,
+            )
         }
-        (a, "") => (a.parse().map_err(|_| ())?, len.checked_sub(1).ok_or(())?),
+        (a, "") => (
+            a.parse().map_err(|_| Unsatisfiable)?,
+            len.checked_sub(1).ok_or(Unsatisfiable)?,
+        ),
         (a, b) => {
-            let (a, b): (u64, u64) = (a.parse().map_err(|_| ())?, b.parse().map_err(|_| ())?);
+            let (a, b): (u64, u64) = (
+                a.parse().map_err(|_| Unsatisfiable)?,
+                b.parse().map_err(|_| Unsatisfiable)?,
+            );
             (a, b.min(len.saturating_sub(1)))
         }
     };
     if start >= len || start > end {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -91,7 +104,7 @@ pub fn content_type(name: &str) -> &'static str {
 mod tests {
     use super::*;
 
-    fn range(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    fn range(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, v.parse().unwrap());
         requested_range(&h, len)
@@ -111,7 +124,7 @@ mod tests {
             "bytes=-0",
             "bytes=a-b",
         ] {
-            assert_eq!(range(bad, 1000), Err(()), "{bad}");
+            assert_eq!(range(bad, 1000), Err(Unsatisfiable), "{bad}");
         }
         assert_eq!(requested_range(&HeaderMap::new(), 10), Ok(None));
     }

@@ -227,7 +227,7 @@ async fn title(
     };
     let range = match crate::http::requested_range(&headers, len) {
         Ok(r) => r,
-        Err(()) => return crate::http::unsatisfiable(len),
+        Err(crate::http::Unsatisfiable) => return crate::http::unsatisfiable(len),
     };
     let (start, end) = range.unwrap_or((0, len - 1));
     let mut file = match tokio::fs::File::open(&path).await {

@@ -393,7 +393,12 @@ impl Peer {
     }
 
     /// Fetches `start..=end` of `name` from the origin.
-    async fn from_origin(&self, name: &str, start: u64, end: u64) -> anyhow::Result<bytes::Bytes> {
+    async fn fetch_from_origin(
+        &self,
+        name: &str,
+        start: u64,
+        end: u64,
+    ) -> anyhow::Result<bytes::Bytes> {
         let url = format!(
             "{}/titles/{name}",
             self.cfg.origin_url.trim_end_matches('/')
@@ -623,7 +628,7 @@ async fn watch(
     };
     let range = match crate::http::requested_range(&headers, len) {
         Ok(r) => r,
-        Err(()) => return crate::http::unsatisfiable(len),
+        Err(crate::http::Unsatisfiable) => return crate::http::unsatisfiable(len),
     };
     let (start, end) = range.unwrap_or((0, len - 1));
     let mut stream = match handle.clone().stream(0).await {
@@ -684,7 +689,7 @@ async fn watch(
                     );
                     let since = (!first).then(|| first_sent.elapsed());
                     let last = refill_end(pos, end, bitrate, pos - start, since);
-                    match peer.from_origin(&name, pos, last).await {
+                    match peer.fetch_from_origin(&name, pos, last).await {
                         Ok(b) => {
                             if stream
                                 .seek(std::io::SeekFrom::Start(pos + b.len() as u64))

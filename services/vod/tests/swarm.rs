@@ -95,6 +95,15 @@ impl Swarm {
 
     /// Like [`Swarm::start`] with several titles; returns the first's bytes.
     async fn with_titles(titles: &[(&str, usize)], seed_bps: Option<u32>) -> (Swarm, Vec<u8>) {
+        Swarm::with_origin_args(titles, seed_bps, &[]).await
+    }
+
+    /// Like [`Swarm::with_titles`], the origin also given `origin_args`.
+    async fn with_origin_args(
+        titles: &[(&str, usize)],
+        seed_bps: Option<u32>,
+        origin_args: &[&str],
+    ) -> (Swarm, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("titles")).unwrap();
         let mut first = Vec::new();
@@ -129,6 +138,7 @@ impl Swarm {
             "--tracker".into(),
             tracker_url.clone(),
         ];
+        args.extend(origin_args.iter().map(|a| a.to_string()));
         if let Some(bps) = seed_bps {
             args.extend([
                 "--seed-listen".into(),
@@ -169,8 +179,19 @@ impl Swarm {
         wait_up(&format!("{}/catalog", self.origin_url), &self.procs[1]).await;
     }
 
-    /// A gateway's peer in `region`; returns its URL.
+    /// A gateway's peer in `region` that does not prefetch; returns its URL.
     async fn peer(&mut self, label: &str, region: &str, extra: &[&str]) -> String {
+        self.peer_prefetching(label, region, extra, false).await
+    }
+
+    /// A gateway's peer in `region`, prefetching the popular titles if `prefetch`.
+    async fn peer_prefetching(
+        &mut self,
+        label: &str,
+        region: &str,
+        extra: &[&str],
+        prefetch: bool,
+    ) -> String {
         let port = free_port();
         let mut args: Vec<String> = vec![
             "peer".into(),
@@ -186,8 +207,10 @@ impl Swarm {
             region.into(),
             "--cache".into(),
             self.dir.path().join(label).display().to_string(),
-            "--no-prefetch".into(),
         ];
+        if !prefetch {
+            args.push("--no-prefetch".into());
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = spawn(self.dir.path(), label, &args);
         let url = format!("http://127.0.0.1:{port}");
@@ -625,7 +648,7 @@ async fn a_peer_that_announces_pieces_it_does_not_have_costs_only_a_timeout() {
         "the bytes differ from the title\n{}",
         swarm.logs()
     );
-    let seen = hostile.seen.lock().unwrap();
+    let seen = std::mem::take(&mut *hostile.seen.lock().unwrap());
     assert!(
         seen.requests > 0,
         "the gateway never asked the lying peer: {seen:?}\n{}",
@@ -702,4 +725,40 @@ async fn a_peer_that_leaves_mid_transfer_costs_no_stall() {
         "b's player waited {longest:?} for a chunk once a left\n{}",
         swarm.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_gateway_prefetches_the_popular_titles_only() {
+    let mib = 1 << 20;
+    let (mut swarm, data) = Swarm::with_origin_args(
+        &[("film.mp4", mib), ("other.mp4", mib)],
+        Some(8 << 20),
+        &["--popular", "film.mp4"],
+    )
+    .await;
+    let p = swarm.peer_prefetching("p", "north", &[], true).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = metrics(&p).await;
+        if m.titles
+            .iter()
+            .any(|t| t.name == "film.mp4" && t.have_bytes == mib as u64)
+        {
+            assert_eq!(m.plays, 0, "nobody watched: {m:?}");
+            assert!(
+                m.titles.iter().all(|t| t.name == "film.mp4"),
+                "only the popular title is prefetched: {m:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "film.mp4 was never prefetched: {m:?}\n{}",
+            swarm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What was prefetched is on disk, whole, for the household's first play.
+    let cached = std::fs::read(swarm.dir.path().join("p").join("film.mp4")).unwrap();
+    assert!(cached == data, "the prefetched file differs from the title");
 }
