@@ -190,15 +190,7 @@ impl Agent {
 /// GETs `url` (checked by the manifest: http on the loopback) over HTTP/1.0, reading at most
 /// [`METRICS_MAX_BYTES`] of body; only a 200 answer counts.
 fn http_get(url: &str, timeout: Duration) -> Result<ServiceMetrics, String> {
-    let rest = url.strip_prefix("http://").ok_or("not an http:// URL")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let port = authority
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(80);
+    let (authority, path, port) = loopback_target(url).ok_or("not an http:// URL")?;
     let mut stream = connect(port, timeout).map_err(|e| format!("cannot connect: {e}"))?;
     let request =
         format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: shg-metrics\r\n\r\n");
@@ -244,11 +236,10 @@ fn connect(port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// GET the URL (host 127.0.0.1 or localhost, validated by the manifest); 2xx/3xx is healthy.
-fn http_ok(url: &str, timeout: Duration) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
+/// The authority, path and port of an `http://` URL on the service's loopback (the manifest
+/// checked its host).
+fn loopback_target(url: &str) -> Option<(&str, &str, u16)> {
+    let rest = url.strip_prefix("http://")?;
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -257,6 +248,14 @@ fn http_ok(url: &str, timeout: Duration) -> bool {
         .rsplit_once(':')
         .and_then(|(_, p)| p.parse().ok())
         .unwrap_or(80);
+    Some((authority, path, port))
+}
+
+/// GET the URL (host 127.0.0.1 or localhost, validated by the manifest); 2xx/3xx is healthy.
+fn http_ok(url: &str, timeout: Duration) -> bool {
+    let Some((authority, path, port)) = loopback_target(url) else {
+        return false;
+    };
     let Ok(mut stream) = connect(port, timeout) else {
         return false;
     };

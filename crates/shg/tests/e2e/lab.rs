@@ -461,10 +461,10 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
         &work.join("tracker.log"),
     );
     let titles = work.join("titles").display().to_string();
-    let mut origin_proc = in_netns(
-        &wan,
-        &[
-            &vod_s,
+    // The origin, also seeding over BitTorrent (2 Mbit/s) when `seeding`.
+    let start_origin = |seeding: bool, log: &str| {
+        let mut args = vec![
+            vod_s.as_str(),
             "origin",
             "--listen",
             "0.0.0.0:8080",
@@ -476,13 +476,18 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
             tracker,
             "--bitrate",
             "film.mp4=500000",
-            "--seed-listen",
-            "0.0.0.0:6882",
-            "--seed-upload-bps",
-            "250000",
-        ],
-        &work.join("origin.log"),
-    );
+        ];
+        if seeding {
+            args.extend([
+                "--seed-listen",
+                "0.0.0.0:6882",
+                "--seed-upload-bps",
+                "250000",
+            ]);
+        }
+        in_netns(&wan, &args, &work.join(log))
+    };
+    let mut origin_proc = start_origin(true, "origin.log");
     let answers = |url: &str| {
         Command::new("ip")
             .args(["netns", "exec", &wan, "curl", "-sf", "-o", "/dev/null", url])
@@ -644,24 +649,7 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
         || (metrics("gw1")["titles"][0]["have_bytes"] == film.len()).then_some(()),
     );
     drop(origin_proc);
-    origin_proc = in_netns(
-        &wan,
-        &[
-            &vod_s,
-            "origin",
-            "--listen",
-            "0.0.0.0:8080",
-            "--titles",
-            &titles,
-            "--public-url",
-            origin,
-            "--tracker",
-            tracker,
-            "--bitrate",
-            "film.mp4=500000",
-        ],
-        &work.join("origin-2.log"),
-    );
+    origin_proc = start_origin(false, "origin-2.log");
     crate::harness::eventually("the origin again", Duration::from_secs(30), || {
         answers(&format!("{origin}/catalog")).then_some(())
     });
