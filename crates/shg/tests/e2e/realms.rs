@@ -61,6 +61,7 @@ fn expected(op: &str, who: Who) -> Expect {
             | "setPriority"
             | "logs"
             | "exec"
+            | "serviceMetrics"
             | "update"
             | "rollback"
     );
@@ -83,7 +84,7 @@ fn expected(op: &str, who: Who) -> Expect {
         // A rival's service does not exist for a provider.
         (_, Who::Rival) if on_service => Hidden,
         // Provider data: the provider's alone.
-        ("logs" | "exec", Who::Operator | Who::Home) => Forbidden,
+        ("logs" | "exec" | "serviceMetrics", Who::Operator | Who::Home) => Forbidden,
         // Priorities: the household's (and the operator's).
         ("setPriority", Who::Owner) => Forbidden,
         // Installing a package of acme's: acme, the household, the operator.
@@ -244,7 +245,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        30 * 5,
+        31 * 5,
         "every operation of the document was checked"
     );
 }
@@ -513,7 +514,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         "schemathesis failed:\n{report}\n--- agent log\n{}",
         gw.agent_log()
     );
-    assert!(report.contains("30 selected / 30 total"), "{report}");
+    assert!(report.contains("31 selected / 31 total"), "{report}");
 }
 
 /// An upload refused before its body is read (here: a query that does not parse) still gets
