@@ -91,8 +91,9 @@ fn chromium_plays_a_title_while_the_gateway_downloads_it_and_never_stalls_once_s
         answers(&format!("{tracker}/region")).then_some(())
     });
     let titles_s = titles.display().to_string();
-    // The origin's seed sends 100 KB/s, twice the title's bitrate: the gateway downloads as
-    // the browser plays.
+    // The origin's seed sends 200 KB/s, four times the title's bitrate, which the provider
+    // declares: the gateway downloads as the browser starts to play, and its reads wait for
+    // peers only as long as the player's buffer allows.
     let _origin = spawn(
         d,
         "origin",
@@ -106,10 +107,12 @@ fn chromium_plays_a_title_while_the_gateway_downloads_it_and_never_stalls_once_s
             &origin,
             "--tracker",
             &tracker,
+            "--bitrate",
+            "film.webm=400000",
             "--seed-listen",
             &format!("127.0.0.1:{}", free_port()),
             "--seed-upload-bps",
-            "100000",
+            "200000",
         ],
     );
     eventually("the origin", Duration::from_secs(20), || {
