@@ -27,6 +27,9 @@ packages=(
   mosquitto-clients # mosquitto_pub/sub: the USP tests send it malformed records; devices on a LAN
   ffmpeg            # a camera's frames for the surveillance service's test
   aria2             # aria2c: a standard BitTorrent client fetches a title from the vod swarm
+  wireguard-go      # a real WireGuard peer (userspace: this kernel has no module) for the VPN's tests
+  wireguard-tools   # wg: its keys and its configuration
+  python3           # the VPN test's LAN sink and its garbage datagrams
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,635 @@
+//! The data plane: WireGuard (boringtun's noise state machine, one per peer) on one UDP socket,
+//! and a userspace TCP/IP stack (smoltcp) that ends the laptop's TCP connections inside the
+//! service and opens the same connection from the service to the LAN host.
+//!
+//! No TUN device, no forwarding, no extra capability: what leaves the service is ordinary
+//! sockets of its own, so the gateway's firewall decides which LAN hosts it reaches (the
+//! household's grant). The service itself refuses any destination outside `allowed` (the
+//! home's private ranges), so it is never an exit to the Internet.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use serde::Serialize;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::{Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, Notify};
+
+use crate::peers::{Peer, Peers};
+
+/// Inner MTU: WireGuard's usual 1420.
+pub const MTU: usize = 1420;
+/// Connections the stack holds at once; a SYN beyond gets a reset.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long the service tries to reach a LAN host before resetting the laptop's connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const SOCKET_BUFFER: usize = 64 * 1024;
+const CHUNK: usize = 16 * 1024;
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// What the household's page and the provider's metrics show of one peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerStatus {
+    /// Where its last authenticated packet came from.
+    pub endpoint: Option<String>,
+    /// Seconds since its last handshake.
+    pub last_handshake_s: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// What the service refused, by reason.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Refused {
+    /// Handshakes from keys the household did not add.
+    pub unknown_keys: u64,
+    /// Datagrams that are not WireGuard, or fail authentication.
+    pub bad_datagrams: u64,
+    /// Packets from a peer with a source address other than its own.
+    pub spoofed_sources: u64,
+    /// Connections to destinations outside the home's private ranges.
+    pub destinations: u64,
+    /// Connections the LAN host (or the gateway's firewall) did not accept.
+    pub unreachable: u64,
+}
+
+/// State shared by the data plane and the household's page.
+#[derive(Debug)]
+pub struct Shared {
+    pub peers: Peers,
+    /// Bumped on each change of `peers`; the data plane follows.
+    pub generation: u64,
+    pub status: HashMap<String, PeerStatus>,
+    pub refused: Refused,
+    pub connections: usize,
+}
+
+/// A private IPv4 range the laptop may reach through the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Net {
+    pub fn parse(text: &str) -> Result<Net, String> {
+        let (a, l) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not ADDRESS/LENGTH (e.g. 192.168.1.0/24)"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|l| *l <= 32)
+            .ok_or_else(|| format!("{l:?} is not a prefix length from 0 to 32"))?;
+        Ok(Net { addr, len })
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.len))
+        };
+        u32::from(ip) & mask == u32::from(self.addr) & mask
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// The home's private ranges (RFC 1918): what the tunnel reaches by default.
+pub fn private_ranges() -> Vec<Net> {
+    ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+        .iter()
+        .filter_map(|t| Net::parse(t).ok())
+        .collect()
+}
+
+/// The stack's device: IP packets in from the peers, out to them.
+#[derive(Default)]
+struct Queues {
+    rx: VecDeque<Vec<u8>>,
+    tx: VecDeque<Vec<u8>>,
+}
+
+struct Rx(Vec<u8>);
+struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+
+impl smoltcp::phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for Tx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut buf = vec![0u8; len];
+        let r = f(&mut buf);
+        self.0.push_back(buf);
+        r
+    }
+}
+
+impl Device for Queues {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx<'a>;
+
+    fn receive(
+        &mut self,
+        _: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let packet = self.rx.pop_front()?;
+        Some((Rx(packet), Tx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(Tx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = MTU;
+        caps
+    }
+}
+
+/// What a connection's upstream task tells the data plane.
+enum Up {
+    Data(Vec<u8>),
+    Eof,
+    Failed,
+}
+
+/// One laptop connection and its twin towards the LAN host.
+struct Conn {
+    handle: SocketHandle,
+    target: SocketAddrV4,
+    to_host: Option<mpsc::Sender<Vec<u8>>>,
+    from_host: mpsc::Receiver<Up>,
+    pending: Option<(Vec<u8>, usize)>,
+    host_done: bool,
+    opened: Instant,
+    /// Seen closed at the last round: removed at this one (after its RST went out).
+    closed: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct PeerState {
+    peer: Peer,
+    tunn: Tunn,
+    /// What its `Tunn` was made with: the upper 24 bits of the receiver index of the
+    /// packets meant for it.
+    tunn_index: u32,
+    endpoint: Option<SocketAddr>,
+    /// Bytes of IP packets: from the peer (admitted), to it.
+    rx: u64,
+    tx: u64,
+}
+
+/// The WireGuard endpoint.
+pub struct Tunnel {
+    pub secret: StaticSecret,
+    pub udp: UdpSocket,
+    /// The gateway's end of the tunnel (`.1`).
+    pub address: Ipv4Addr,
+    pub allowed: Vec<Net>,
+    pub shared: Arc<Mutex<Shared>>,
+    pub wake: Arc<Notify>,
+}
+
+fn now_smol(start: Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(start.elapsed().as_micros() as i64)
+}
+
+impl Tunnel {
+    pub async fn run(self) -> std::io::Result<()> {
+        let public = PublicKey::from(&self.secret);
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        let start = Instant::now();
+        let mut dev = Queues::default();
+        let mut iface = Interface::new(Config::new(HardwareAddress::Ip), &mut dev, now_smol(start));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(self.address), 24));
+        });
+        // Any destination routed "through" our own address is ours to answer (AnyIP).
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(self.address);
+        let mut sockets = SocketSet::new(Vec::new());
+        let mut conns: Vec<Conn> = Vec::new();
+        let mut peers: Vec<PeerState> = Vec::new();
+        let mut generation = u64::MAX;
+        let mut next_index: u32 = 1;
+        let mut buf = vec![0u8; 65536];
+        let mut out = vec![0u8; 65536];
+        let mut last_tick = Instant::now() - Duration::from_secs(1);
+        let mut last_reset = Instant::now();
+
+        loop {
+            // Follow the household's list of peers.
+            {
+                let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                if shared.generation != generation {
+                    generation = shared.generation;
+                    let list = shared.peers.list().to_vec();
+                    drop(shared);
+                    peers.retain(|s| list.contains(&s.peer));
+                    for peer in list {
+                        if peers.iter().any(|s| s.peer == peer) {
+                            continue;
+                        }
+                        // The index tells whose a packet is; never given twice.
+                        let index = next_index;
+                        next_index = (next_index + 1) & 0x00ff_ffff;
+                        match Tunn::new(
+                            self.secret.clone(),
+                            PublicKey::from(peer.key()),
+                            None,
+                            None,
+                            index,
+                            Some(limiter.clone()),
+                        ) {
+                            Ok(tunn) => peers.push(PeerState {
+                                peer,
+                                tunn,
+                                tunn_index: index,
+                                endpoint: None,
+                                rx: 0,
+                                tx: 0,
+                            }),
+                            Err(e) => eprintln!("vpn: peer `{}` left out: {e}", peer.name),
+                        }
+                    }
+                }
+            }
+
+            iface.poll(now_smol(start), &mut dev, &mut sockets);
+            self.send_out(&mut dev, &mut peers, &mut out).await;
+            self.serve_connections(&mut conns, &mut sockets);
+            iface.poll(now_smol(start), &mut dev, &mut sockets);
+            self.send_out(&mut dev, &mut peers, &mut out).await;
+
+            if last_tick.elapsed() >= Duration::from_millis(250) {
+                last_tick = Instant::now();
+                for s in &mut peers {
+                    if let TunnResult::WriteToNetwork(packet) = s.tunn.update_timers(&mut out) {
+                        if let Some(to) = s.endpoint {
+                            let _ = self.udp.send_to(packet, to).await;
+                        }
+                    }
+                }
+                if last_reset.elapsed() >= Duration::from_secs(1) {
+                    last_reset = Instant::now();
+                    limiter.reset_count();
+                }
+                self.publish_status(&peers, conns.len());
+            }
+
+            let delay = iface
+                .poll_delay(now_smol(start), &sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(Duration::from_millis(250))
+                .min(Duration::from_millis(250));
+            tokio::select! {
+                got = self.udp.recv_from(&mut buf) => {
+                    let (n, from) = got?;
+                    self.datagram(&buf[..n], from, &mut peers, &mut dev, &mut conns, &mut sockets, &mut out).await;
+                }
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One datagram from the WAN: find its peer, let WireGuard check and open it, hand the
+    /// IP packet inside to the stack.
+    #[allow(clippy::too_many_arguments)]
+    async fn datagram(
+        &self,
+        data: &[u8],
+        from: SocketAddr,
+        peers: &mut [PeerState],
+        dev: &mut Queues,
+        conns: &mut Vec<Conn>,
+        sockets: &mut SocketSet<'static>,
+        out: &mut [u8],
+    ) {
+        let who = match Tunn::parse_incoming_packet(data) {
+            Ok(Packet::HandshakeInit(init)) => {
+                let public = PublicKey::from(&self.secret);
+                match parse_handshake_anon(&self.secret, &public, &init) {
+                    Ok(half) => {
+                        let found = peers
+                            .iter()
+                            .position(|s| s.peer.key() == half.peer_static_public);
+                        if found.is_none() {
+                            self.refuse(|r| r.unknown_keys += 1);
+                        }
+                        found
+                    }
+                    Err(_) => {
+                        self.refuse(|r| r.bad_datagrams += 1);
+                        None
+                    }
+                }
+            }
+            Ok(Packet::HandshakeResponse(p)) => by_index(peers, p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => by_index(peers, p.receiver_idx),
+            Ok(Packet::PacketData(p)) => by_index(peers, p.receiver_idx),
+            Err(_) => None,
+        };
+        let Some(i) = who else {
+            if !matches!(
+                Tunn::parse_incoming_packet(data),
+                Ok(Packet::HandshakeInit(_))
+            ) {
+                self.refuse(|r| r.bad_datagrams += 1);
+            }
+            return;
+        };
+        let state = &mut peers[i];
+        let mut first = true;
+        loop {
+            let input: &[u8] = if first { data } else { &[] };
+            let result = state.tunn.decapsulate(Some(from.ip()), input, out);
+            match result {
+                TunnResult::WriteToNetwork(packet) => {
+                    state.endpoint = Some(from);
+                    let _ = self.udp.send_to(packet, from).await;
+                }
+                TunnResult::WriteToTunnelV4(packet, source) => {
+                    state.endpoint = Some(from);
+                    if source != state.peer.address {
+                        self.refuse(|r| r.spoofed_sources += 1);
+                    } else {
+                        let packet = packet.to_vec();
+                        state.rx += packet.len() as u64;
+                        self.admit(&packet, conns, sockets);
+                        dev.rx.push_back(packet);
+                    }
+                    break;
+                }
+                TunnResult::WriteToTunnelV6(..) => break,
+                TunnResult::Done => {
+                    if first {
+                        state.endpoint = Some(from);
+                    }
+                    break;
+                }
+                TunnResult::Err(_) => {
+                    if first {
+                        self.refuse(|r| r.bad_datagrams += 1);
+                    }
+                    break;
+                }
+            }
+            first = false;
+        }
+    }
+
+    /// A TCP SYN towards an allowed destination gets a listening socket of its own (and a
+    /// task that opens the connection to the LAN host) before the stack sees it; anything
+    /// else the stack answers itself (a reset for TCP it does not hold).
+    fn admit(&self, packet: &[u8], conns: &mut Vec<Conn>, sockets: &mut SocketSet<'static>) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        if ip.next_header() != IpProtocol::Tcp {
+            return;
+        }
+        let Ok(tcp) = TcpPacket::new_checked(ip.payload()) else {
+            return;
+        };
+        if !tcp.syn() || tcp.ack() {
+            return;
+        }
+        let target = SocketAddrV4::new(ip.dst_addr(), tcp.dst_port());
+        let remote = (IpAddress::Ipv4(ip.src_addr()), tcp.src_port());
+        let known = conns.iter().any(|c| {
+            let s = sockets.get::<tcp::Socket>(c.handle);
+            c.target == target
+                && (s.state() == tcp::State::Listen
+                    || s.remote_endpoint().map(|e| (e.addr, e.port)) == Some(remote))
+        });
+        if known {
+            return;
+        }
+        if target.ip() == &self.address || !self.allowed.iter().any(|n| n.contains(*target.ip())) {
+            self.refuse(|r| r.destinations += 1);
+            return;
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            return;
+        }
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]),
+            tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]),
+        );
+        socket.set_nagle_enabled(false);
+        socket.set_keep_alive(Some(smoltcp::time::Duration::from_secs(30)));
+        socket.set_timeout(Some(smoltcp::time::Duration::from_secs(120)));
+        if socket.listen(target).is_err() {
+            return;
+        }
+        let handle = sockets.add(socket);
+        let (to_host, host_rx) = mpsc::channel::<Vec<u8>>(8);
+        let (host_tx, from_host) = mpsc::channel::<Up>(8);
+        let task = tokio::spawn(upstream(target, host_rx, host_tx, self.wake.clone()));
+        conns.push(Conn {
+            handle,
+            target,
+            to_host: Some(to_host),
+            from_host,
+            pending: None,
+            host_done: false,
+            opened: Instant::now(),
+            closed: false,
+            task,
+        });
+    }
+
+    /// Moves bytes between each laptop connection and its LAN twin, closes and forgets.
+    fn serve_connections(&self, conns: &mut Vec<Conn>, sockets: &mut SocketSet<'static>) {
+        let mut unreachable = 0;
+        conns.retain_mut(|c| {
+            let s = sockets.get_mut::<tcp::Socket>(c.handle);
+            // Laptop → LAN host, as far as the host's task keeps up.
+            while s.can_recv() {
+                let Some(tx) = &c.to_host else { break };
+                let Ok(permit) = tx.try_reserve() else { break };
+                let mut chunk = vec![0u8; CHUNK];
+                match s.recv_slice(&mut chunk) {
+                    Ok(n) if n > 0 => {
+                        chunk.truncate(n);
+                        permit.send(chunk);
+                    }
+                    _ => break,
+                }
+            }
+            let laptop_done = matches!(
+                s.state(),
+                tcp::State::CloseWait
+                    | tcp::State::LastAck
+                    | tcp::State::Closing
+                    | tcp::State::TimeWait
+                    | tcp::State::Closed
+            );
+            if laptop_done && s.recv_queue() == 0 {
+                c.to_host = None; // the laptop is done sending: half-close towards the host
+            }
+            // LAN host → laptop.
+            loop {
+                if let Some((data, sent)) = &mut c.pending {
+                    match s.send_slice(&data[*sent..]) {
+                        Ok(n) => *sent += n,
+                        Err(_) => break,
+                    }
+                    if *sent < data.len() {
+                        break;
+                    }
+                    c.pending = None;
+                }
+                match c.from_host.try_recv() {
+                    Ok(Up::Data(data)) => c.pending = Some((data, 0)),
+                    Ok(Up::Eof) | Err(mpsc::error::TryRecvError::Disconnected) => {
+                        c.host_done = true;
+                        break;
+                    }
+                    Ok(Up::Failed) => {
+                        unreachable += 1;
+                        s.abort();
+                        break;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                }
+            }
+            if c.host_done && c.pending.is_none() && s.may_send() {
+                s.close();
+            }
+            let idle_listener =
+                s.state() == tcp::State::Listen && c.opened.elapsed() > Duration::from_secs(10);
+            let gone = matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait);
+            if idle_listener || (gone && c.closed) {
+                c.task.abort();
+                sockets.remove(c.handle);
+                return false;
+            }
+            c.closed = gone;
+            true
+        });
+        if unreachable > 0 {
+            self.refuse(|r| r.unreachable += unreachable);
+        }
+    }
+
+    /// Sends what the stack wrote to the peer whose tunnel address it is for.
+    async fn send_out(&self, dev: &mut Queues, peers: &mut [PeerState], out: &mut [u8]) {
+        while let Some(packet) = dev.tx.pop_front() {
+            let Ok(ip) = Ipv4Packet::new_checked(&packet[..]) else {
+                continue;
+            };
+            let dst = ip.dst_addr();
+            let Some(state) = peers.iter_mut().find(|s| s.peer.address == dst) else {
+                continue;
+            };
+            state.tx += packet.len() as u64;
+            if let TunnResult::WriteToNetwork(datagram) = state.tunn.encapsulate(&packet, out) {
+                if let Some(to) = state.endpoint {
+                    let _ = self.udp.send_to(datagram, to).await;
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, count: impl FnOnce(&mut Refused)) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        count(&mut shared.refused);
+    }
+
+    fn publish_status(&self, peers: &[PeerState], connections: usize) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.connections = connections;
+        shared.status = peers
+            .iter()
+            .map(|s| {
+                let (since, ..) = s.tunn.stats();
+                (
+                    s.peer.name.clone(),
+                    PeerStatus {
+                        endpoint: s.endpoint.map(|e| e.to_string()),
+                        last_handshake_s: since.map(|d| d.as_secs()),
+                        rx_bytes: s.rx,
+                        tx_bytes: s.tx,
+                    },
+                )
+            })
+            .collect();
+    }
+}
+
+fn by_index(peers: &[PeerState], receiver_idx: u32) -> Option<usize> {
+    peers.iter().position(|s| s.tunn_index == receiver_idx >> 8)
+}
+
+/// The connection from the service to the LAN host, relayed both ways through channels.
+async fn upstream(
+    target: SocketAddrV4,
+    mut to_host: mpsc::Receiver<Vec<u8>>,
+    from_host: mpsc::Sender<Up>,
+    wake: Arc<Notify>,
+) {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(target)).await {
+        Ok(Ok(stream)) => stream,
+        _ => {
+            let _ = from_host.send(Up::Failed).await;
+            wake.notify_one();
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = from_host.send(Up::Eof).await;
+                    wake.notify_one();
+                    return;
+                }
+                Ok(n) => {
+                    if from_host.send(Up::Data(buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                    wake.notify_one();
+                }
+            }
+        }
+    };
+    let up = async {
+        while let Some(chunk) = to_host.recv().await {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+            wake.notify_one(); // room again: the data plane may take more from the laptop
+        }
+        let _ = writer.shutdown().await;
+    };
+    tokio::join!(down, up);
+}
