@@ -23,6 +23,8 @@ pub enum ServiceAction {
     Run,
     Remove,
     Priority,
+    /// The LAN hosts the service may reach: the household's to grant.
+    Lan,
     /// The provider's data: its logs, commands run inside, and the figures its service
     /// keeps (`[metrics]`).
     Logs,
@@ -76,6 +78,12 @@ pub fn check_service(
         (Principal::Provider(_), ServiceAction::Priority) => Err(AgentError::Forbidden(
             format!("priorities are the household's to set; ask it to rank `{name}`"),
         )),
+        (Principal::Provider(_), ServiceAction::Lan) => Err(AgentError::Forbidden(format!(
+            "the home's LAN is the household's to open; ask it to let `{name}` reach a host (`shg lan {name} HOST`)"
+        ))),
+        (Principal::Operator, ServiceAction::Lan) => Err(AgentError::Forbidden(format!(
+            "the home's LAN is the household's to open, not the operator's; the household lets `{name}` reach a host with its own token (`shg lan {name} HOST`)"
+        ))),
         _ => Ok(()),
     }
 }

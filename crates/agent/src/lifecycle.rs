@@ -82,6 +82,7 @@ pub(crate) fn summary(rec: &ServiceRecord) -> ServiceSummary {
         reason: rec.reason.clone(),
         signed_by: rec.signer.clone(),
         unsigned: rec.signer.is_none(),
+        lan: rec.lan.clone(),
     }
 }
 

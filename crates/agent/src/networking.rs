@@ -9,11 +9,18 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use network::{Member, Network};
-use state::{Phase, ServiceRecord};
+use std::sync::Arc;
 
-use crate::lifecycle::manifest_of;
+use api::ServiceSummary;
+use network::plan::LanGrant;
+use network::{Member, Network};
+use state::{Note, Phase, ServiceRecord};
+
+use crate::lifecycle::{manifest_of, summary};
 use crate::{Agent, AgentError};
+
+/// The most LAN hosts (or host ports) one service may be let reach.
+pub const MAX_LAN_GRANTS: usize = 32;
 
 /// The services' network, and what guards it.
 pub(crate) struct Networking {
@@ -53,8 +60,73 @@ impl Agent {
         Ok(records
             .iter()
             .filter(|r| r.phase != Phase::Removing)
-            .filter_map(|r| Some(Member::new(&manifest_of(r).ok()?, r.slot?)))
+            .filter_map(|r| {
+                let mut member = Member::new(&manifest_of(r).ok()?, r.slot?);
+                member.lan = self.lan_grants(&r.lan);
+                Some(member)
+            })
             .collect())
+    }
+
+    /// The stored grants, as the firewall takes them (each was checked when granted).
+    fn lan_grants(&self, hosts: &[String]) -> Vec<LanGrant> {
+        let Some(net) = &self.net.network else {
+            return Vec::new();
+        };
+        hosts
+            .iter()
+            .filter_map(|h| LanGrant::parse(h, &net.cfg).ok())
+            .collect()
+    }
+
+    /// The household lets `name` reach `hosts` on the LAN (each `HOST` or `HOST:PORT`), and
+    /// nothing else there; an empty list closes the LAN to it again. Applied to the firewall
+    /// at once; on failure the old grants stay, in the record and in the firewall.
+    pub async fn set_lan(
+        self: &Arc<Self>,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<ServiceSummary, AgentError> {
+        let Some(net) = &self.net.network else {
+            return Err(AgentError::BadRequest(
+                "this gateway gives its services no network (`[network] enabled = false` in gateway.toml): there is no LAN to open"
+                    .into(),
+            ));
+        };
+        let mut grants: Vec<LanGrant> = Vec::new();
+        for host in hosts {
+            let grant = LanGrant::parse(host.trim(), &net.cfg).map_err(AgentError::BadRequest)?;
+            if !grants.contains(&grant) {
+                grants.push(grant);
+            }
+        }
+        if grants.len() > MAX_LAN_GRANTS {
+            return Err(AgentError::BadRequest(format!(
+                "{} LAN hosts given; a service may be let reach {MAX_LAN_GRANTS} at most (grant a host's every port with `HOST` rather than one entry per port)",
+                grants.len()
+            )));
+        }
+        let lock = self.lock_of(name);
+        let _guard = lock.lock().await;
+        let old = self.store().get(name)?.lan;
+        let new: Vec<String> = grants.iter().map(LanGrant::to_string).collect();
+        let message = if new.is_empty() {
+            format!("the household closed the LAN to `{name}`")
+        } else {
+            format!(
+                "the household lets `{name}` reach {} on the LAN",
+                new.join(", ")
+            )
+        };
+        let rec = self
+            .store()
+            .update(name, Some(Note::new("lan", message)), |r| r.lan = new)?;
+        if let Err(e) = crate::host::blocking(|| self.refresh_network()) {
+            self.store().update(name, None, |r| r.lan = old)?;
+            let _ = crate::host::blocking(|| self.refresh_network());
+            return Err(e);
+        }
+        Ok(summary(&rec))
     }
 
     /// The address of a service, when the gateway gives services a network.

@@ -527,6 +527,27 @@ impl Client {
     }
 
     /// `POST /v1/services/{name}/priority`.
+    /// Sets the LAN hosts the household lets `name` reach (`HOST` or `HOST:PORT`); an empty
+    /// list closes the LAN to it again.
+    pub async fn set_lan(
+        &self,
+        name: &str,
+        hosts: &[String],
+    ) -> Result<ServiceSummary, ClientError> {
+        let uri = format!("/v1/services/{}/lan", segment(name));
+        let body = crate::LanRequest {
+            hosts: hosts.to_vec(),
+        };
+        let json = serde_json::to_vec(&body).expect("serializes");
+        self.json(
+            Method::POST,
+            uri,
+            ReqBody::Bytes(Some(json.into())),
+            Some("application/json"),
+        )
+        .await
+    }
+
     pub async fn set_priority(
         &self,
         name: &str,
@@ -1476,6 +1497,7 @@ mod tests {
             reason: None,
             signed_by: Some("0011223344556677".into()),
             unsigned: false,
+            lan: Vec::new(),
         }
     }
 

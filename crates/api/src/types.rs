@@ -37,6 +37,10 @@ pub struct ServiceSummary {
     /// True when the service runs a package no trusted key signed.
     #[serde(default)]
     pub unsigned: bool,
+    /// The LAN hosts the household lets it reach (`HOST` or `HOST:PORT`); empty: none, the
+    /// firewall keeps every service off the LAN.
+    #[serde(default)]
+    pub lan: Vec<String>,
 }
 
 /// `GET /v1/services/{name}`: the summary plus what it was installed from.
@@ -156,6 +160,14 @@ pub struct ExecRequest {
 pub struct PriorityRequest {
     /// 0..=100; higher is more important.
     pub priority: i32,
+}
+
+/// Body of `POST /v1/services/{name}/lan`: the whole list of LAN hosts the household lets the
+/// service reach, each `HOST` (every port) or `HOST:PORT`; empty to close the LAN to it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanRequest {
+    pub hosts: Vec<String>,
 }
 
 /// A line of `GET /v1/services/{name}/logs` (newline-delimited JSON).

@@ -178,6 +178,7 @@ pub fn router_in_fleet(
         .route("/v1/services/{name}/stop", post(stop))
         .route("/v1/services/{name}/restart", post(restart))
         .route("/v1/services/{name}/priority", post(set_priority))
+        .route("/v1/services/{name}/lan", post(set_lan))
         .route("/v1/services/{name}/update", post(update))
         .route("/v1/services/{name}/rollback", post(rollback))
         .route("/v1/services/{name}/logs", get(logs))
@@ -623,6 +624,19 @@ async fn set_priority(
     let Json(req) =
         body.map_err(|e| AgentError::BadRequest(format!("priority request: {}", e.body_text())))?;
     Ok(Json(agent.set_priority(&name, req.priority).await?))
+}
+
+async fn set_lan(
+    State(Ctx { agent, .. }): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    UrlPath(name): UrlPath<String>,
+    body: Result<Json<api::LanRequest>, JsonRejection>,
+) -> ApiResult<Json<api::ServiceSummary>> {
+    let name = agent.resolve(&who, &name)?;
+    agent.access(&who, &name, ServiceAction::Lan)?;
+    let Json(req) =
+        body.map_err(|e| AgentError::BadRequest(format!("LAN hosts: {}", e.body_text())))?;
+    Ok(Json(agent.set_lan(&name, &req.hosts).await?))
 }
 
 async fn tokens(

@@ -67,6 +67,8 @@ pub struct Member {
     pub ports: Vec<Port>,
     pub exports: Vec<Export>,
     pub imports: Vec<Import>,
+    /// The LAN hosts the household lets it reach.
+    pub lan: Vec<LanGrant>,
 }
 
 impl Member {
@@ -79,6 +81,61 @@ impl Member {
             ports: manifest.ports.clone(),
             exports: manifest.exports.clone(),
             imports: manifest.imports.clone(),
+            lan: Vec::new(),
+        }
+    }
+}
+
+/// A LAN host the household lets one service reach: every port of it, or one port (TCP and
+/// UDP). Without one, the firewall keeps every service off the LAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanGrant {
+    pub host: std::net::Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl LanGrant {
+    /// `HOST` or `HOST:PORT`; refuses what is no LAN host: the services' own subnet (services
+    /// reach each other by imports and exports), loopback, multicast, broadcast, 0.0.0.0.
+    pub fn parse(text: &str, cfg: &Config) -> Result<LanGrant, String> {
+        let (host, port) = match text.split_once(':') {
+            Some((h, p)) => {
+                let port: u16 = p.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    format!("LAN host `{text}`: `{p}` is not a port from 1 to 65535")
+                })?;
+                (h, Some(port))
+            }
+            None => (text, None),
+        };
+        let host: std::net::Ipv4Addr = host.parse().map_err(|_| {
+            format!("LAN host `{text}`: give an IPv4 address, optionally with a port (192.168.1.20 or 192.168.1.20:554)")
+        })?;
+        let [a, b, c, _] = host.octets();
+        if [a, b, c] == cfg.prefix {
+            return Err(format!(
+                "LAN host `{text}` is in the services' own subnet {}; a service reaches another by importing what it exports",
+                cfg.subnet()
+            ));
+        }
+        if host.is_loopback()
+            || host.is_multicast()
+            || host.is_broadcast()
+            || host.is_unspecified()
+            || host.is_link_local()
+        {
+            return Err(format!(
+                "LAN host `{text}` is not a host's address on the LAN (loopback, link-local, multicast, broadcast or 0.0.0.0)"
+            ));
+        }
+        Ok(LanGrant { host, port })
+    }
+}
+
+impl std::fmt::Display for LanGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", self.host),
+            None => write!(f, "{}", self.host),
         }
     }
 }
@@ -168,6 +225,28 @@ pub fn ruleset(cfg: &Config, names: &Names, wan: Option<&str>, members: &[Member
         "\tset allow {{\n\t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service\n{}\t}}\n",
         elements(allow)
     );
+    // The household's grants: a service to a whole LAN host, or to one port of it.
+    let mut hosts = Vec::new();
+    let mut host_ports = Vec::new();
+    for m in members {
+        for g in &m.lan {
+            let from = cfg.address(m.slot);
+            match g.port {
+                None => hosts.push(format!("{from} . {}", g.host)),
+                Some(port) => host_ports.push(format!("{from} . {} . {port}", g.host)),
+            }
+        }
+    }
+    let _ = write!(
+        s,
+        "\tset lan_host {{\n\t\ttype ipv4_addr . ipv4_addr\n{}\t}}\n",
+        elements(hosts)
+    );
+    let _ = write!(
+        s,
+        "\tset lan_port {{\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n{}\t}}\n",
+        elements(host_ports)
+    );
     for (map, side) in [("pub_lan", Publish::Lan), ("pub_wan", Publish::Wan)] {
         let items: Vec<String> = members
             .iter()
@@ -232,6 +311,11 @@ pub fn ruleset(cfg: &Config, names: &Names, wan: Option<&str>, members: &[Member
     let _ = writeln!(
         s,
         "\t\tip saddr . ip daddr . meta l4proto . th dport @allow accept"
+    );
+    let _ = writeln!(s, "\t\tip saddr . ip daddr @lan_host accept");
+    let _ = writeln!(
+        s,
+        "\t\tmeta l4proto {{ tcp, udp }} ip saddr . ip daddr . th dport @lan_port accept"
     );
     let _ = writeln!(s, "\t\toifname \"{bridge}\" drop");
     if let Some(lan) = &cfg.lan {
@@ -373,6 +457,7 @@ mod tests {
                 .collect(),
             exports: Vec::new(),
             imports: Vec::new(),
+            lan: Vec::new(),
         }
     }
 
@@ -388,6 +473,29 @@ mod tests {
             service: service.into(),
             provider: provider.into(),
         });
+    }
+
+    #[test]
+    fn lan_grants_are_lan_hosts_only() {
+        let cfg = Config::default();
+        let g = LanGrant::parse("192.168.1.30:554", &cfg).unwrap();
+        assert_eq!(
+            (g.to_string(), g.port),
+            ("192.168.1.30:554".into(), Some(554))
+        );
+        assert_eq!(LanGrant::parse("192.168.1.2", &cfg).unwrap().port, None);
+        for (bad, why) in [
+            ("10.77.0.5", "own subnet"),
+            ("127.0.0.1", "loopback"),
+            ("224.0.0.1", "multicast"),
+            ("0.0.0.0", "0.0.0.0"),
+            ("printer", "IPv4 address"),
+            ("192.168.1.2:0", "not a port"),
+            ("192.168.1.2:http", "not a port"),
+        ] {
+            let err = LanGrant::parse(bad, &cfg).unwrap_err();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -462,6 +570,10 @@ mod tests {
         export(&mut camera, 8080, &["bob"]);
         let mut viewer = member("viewer", "bob", 4, &[]);
         import(&mut viewer, "camera", "acme");
+        viewer.lan = vec![
+            LanGrant::parse("192.168.1.20", &cfg).unwrap(),
+            LanGrant::parse("192.168.1.30:554", &cfg).unwrap(),
+        ];
         let text = ruleset(
             &cfg,
             &Names::new("0000beef"),
@@ -475,6 +587,14 @@ table inet shg_0000beef {
 \tset allow {
 \t\ttype ipv4_addr . ipv4_addr . inet_proto . inet_service
 \t\telements = { 10.77.0.4 . 10.77.0.3 . tcp . 8080 }
+\t}
+\tset lan_host {
+\t\ttype ipv4_addr . ipv4_addr
+\t\telements = { 10.77.0.4 . 192.168.1.20 }
+\t}
+\tset lan_port {
+\t\ttype ipv4_addr . ipv4_addr . inet_service
+\t\telements = { 10.77.0.4 . 192.168.1.30 . 554 }
 \t}
 \tmap pub_lan {
 \t\ttype inet_proto . inet_service : ipv4_addr . inet_service
@@ -502,6 +622,8 @@ table inet shg_0000beef {
 \t\tmeta nfproto ipv6 drop
 \t\tct state established,related accept
 \t\tip saddr . ip daddr . meta l4proto . th dport @allow accept
+\t\tip saddr . ip daddr @lan_host accept
+\t\tmeta l4proto { tcp, udp } ip saddr . ip daddr . th dport @lan_port accept
 \t\toifname \"shgb0000beef\" drop
 \t\toifname \"lan0\" drop
 \t\toifname \"wan0\" accept

@@ -93,6 +93,11 @@ pub const SERVICES: &[Service] = &[
         binary: "surveillance",
         manifest: include_str!("../../../services/surveillance/shg-service.toml"),
     },
+    Service {
+        name: "vpn",
+        binary: "vpn",
+        manifest: include_str!("../../../services/vpn/shg-service.toml"),
+    },
 ];
 
 /// Where the services' binaries are looked for, first found first: `SHG_SERVICES_DIR`, the

@@ -334,6 +334,22 @@ pub enum RemoteCommand {
         priority: i32,
     },
 
+    /// Let a service reach hosts on the home's LAN (the household's choice; the firewall
+    /// keeps every service off the LAN otherwise). Without HOST, shows what it may reach
+    #[command(name = "lan")]
+    LanAccess {
+        /// Service name
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The whole list of LAN hosts it may reach, each HOST (every port) or HOST:PORT;
+        /// replaces what it had
+        #[arg(value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Close the LAN to it again
+        #[arg(long, conflicts_with = "hosts")]
+        none: bool,
+    },
+
     /// Stop a service and delete it with its data
     Remove {
         /// Service name

@@ -874,6 +874,17 @@ async fn answer(client: &Client, command: RemoteCommand, json: bool) -> anyhow::
                 writeln!(out, "priority of {} is now {}", s.name, s.priority)
             })?;
         }
+        RemoteCommand::LanAccess { name, hosts, none } => {
+            let s = if hosts.is_empty() && !none {
+                client.get(&name).await?.summary
+            } else {
+                client.set_lan(&name, &hosts).await?
+            };
+            show(&mut out, json, &s, |out| match s.lan.as_slice() {
+                [] => writeln!(out, "{} may reach no host on the LAN", s.name),
+                lan => writeln!(out, "{} may reach on the LAN: {}", s.name, lan.join(", ")),
+            })?;
+        }
         RemoteCommand::Remove { name } => {
             client.remove(&name).await?;
             let done = serde_json::json!({ "removed": name });

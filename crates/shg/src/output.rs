@@ -615,6 +615,7 @@ mod tests {
             reason: reason.map(Into::into),
             signed_by: Some("0011223344556677".into()),
             unsigned: false,
+            lan: Vec::new(),
         }
     }
 

@@ -142,6 +142,9 @@ pub struct ServiceRecord {
     /// Until when (Unix ms) a freshly updated release must stay up and healthy; if it fails
     /// before, the agent rolls back to [`ServiceRecord::previous`] by itself.
     pub probation_until_ms: Option<u64>,
+    /// The LAN hosts the household lets the service reach (`HOST` or `HOST:PORT`), which the
+    /// firewall otherwise closes to every service.
+    pub lan: Vec<String>,
 }
 
 /// One version of a service's package, as an update switches between them.
@@ -204,6 +207,7 @@ impl ServiceRecord {
             previous: None,
             next: None,
             probation_until_ms: None,
+            lan: Vec::new(),
         }
     }
 }
@@ -269,7 +273,8 @@ CREATE TABLE IF NOT EXISTS services (
     source TEXT,
     previous TEXT,
     next TEXT,
-    probation_until_ms INTEGER
+    probation_until_ms INTEGER,
+    lan TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -581,6 +586,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              ALTER TABLE services ADD COLUMN probation_until_ms INTEGER;",
         )?;
     }
+    let has_lan: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('services') WHERE name = 'lan'")?
+        .exists([])?;
+    if !has_lan {
+        conn.execute_batch("ALTER TABLE services ADD COLUMN lan TEXT NOT NULL DEFAULT ''")?;
+    }
     Ok(())
 }
 
@@ -590,8 +601,8 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
         &format!(
             "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
              state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
-             started_at_ms, priority, slot, signer, source, previous, next, probation_until_ms)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)"
+             started_at_ms, priority, slot, signer, source, previous, next, probation_until_ms, lan)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
         ),
         params![
             rec.name,
@@ -618,6 +629,7 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
             rec.previous.as_ref().map(release_json),
             rec.next.as_ref().map(release_json),
             rec.probation_until_ms.map(|v| v as i64),
+            rec.lan.join(","),
         ],
     )?;
     Ok(())
@@ -704,6 +716,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ServiceRecord> {
         probation_until_ms: r
             .get::<_, Option<i64>>("probation_until_ms")?
             .map(|v| v as u64),
+        lan: r
+            .get::<_, String>("lan")?
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect(),
     })
 }
 
@@ -756,6 +774,15 @@ mod tests {
             .unwrap();
         assert_eq!(got.state, RunState::Running);
         assert_eq!(s.get("camera").unwrap().pid, Some(42));
+        assert!(s.get("camera").unwrap().lan.is_empty());
+        s.update("camera", None, |r| {
+            r.lan = vec!["192.168.1.20".into(), "192.168.1.30:554".into()]
+        })
+        .unwrap();
+        assert_eq!(
+            s.get("camera").unwrap().lan,
+            ["192.168.1.20", "192.168.1.30:554"]
+        );
         s.delete("camera", Note::new("removed", "camera removed"))
             .unwrap();
         assert!(s.find("camera").unwrap().is_none());

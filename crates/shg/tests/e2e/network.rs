@@ -1729,7 +1729,7 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
             },
         );
     }
-    for port in [1883, 8088, 8090] {
+    for port in [1883, 8088, 8090, 8095] {
         eventually(&format!("LAN port {port}"), Duration::from_secs(20), || {
             lab.connect(&lab.lan, GW_LAN, port).ok()
         });
@@ -1737,7 +1737,7 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
     eventually("the WAN port 8091", Duration::from_secs(20), || {
         lab.connect(&lab.wan, GW_WAN, 8091).ok()
     });
-    for port in [1883, 8088, 8090] {
+    for port in [1883, 8088, 8090, 8095] {
         assert!(
             lab.connect(&lab.wan, GW_WAN, port).is_err(),
             "LAN-only port {port} answers on the WAN"
@@ -2013,4 +2013,215 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
         "the operator read streamco's figures: {refused}"
     );
     eprintln!("vod's metrics: {m}");
+}
+
+/// wireguard-go's UAPI socket is named after its interface host-wide and outlives a killed
+/// daemon: removed when the test ends, however it ends.
+struct UapiSocket(PathBuf);
+
+impl Drop for UapiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// workfromhome's `vpn`, the shipped package on a real gateway: a laptop on the WAN with
+/// Debian's `wireguard-go` reaches, through the tunnel, the LAN hosts the household granted
+/// with `shg lan` and nothing else; the grant follows the household's changes at once, and
+/// only the household may make it.
+#[test]
+fn vpn_gives_a_wan_laptop_the_lan_hosts_the_household_allows_and_nothing_else() {
+    let mut lab = Lab::new("vp");
+    let gw = lab.gateway("");
+    let (lan, wan) = (lab.lan.clone(), lab.wan.clone());
+    lab.run_ok(
+        &lan,
+        &["ip", "addr", "add", "192.168.77.3/24", "dev", "eth0"],
+    );
+    lab.peer_server(&lan, &[8080, 8081]);
+
+    // The package as the demo and the catalog ship it.
+    let service = samples::SERVICES
+        .iter()
+        .find(|s| s.name == "vpn")
+        .expect("vpn is shipped");
+    let dirs = vec![PathBuf::from(crate::harness::SHG)
+        .parent()
+        .unwrap()
+        .to_path_buf()];
+    let binary = samples::find_service_binary(service, &dirs)
+        .expect("no static `vpn` beside shg: `cargo build --workspace` builds it");
+    let out = gw.work.join("shipped");
+    std::fs::create_dir_all(&out).unwrap();
+    let tar = samples::build_service(service, &binary, &out).unwrap();
+    gw.sign(&tar, "workfromhome");
+    gw.shg_ok(&["install", tar.to_str().unwrap()]);
+    gw.wait_running("vpn");
+    let page = format!("http://{GW_LAN}:8095");
+    let state = eventually("the vpn's page on the LAN", Duration::from_secs(20), || {
+        let out = lab.run(&lan, &["curl", "-sf", &format!("{page}/v1/peers")]);
+        serde_json::from_str::<serde_json::Value>(&out.stdout).ok()
+    });
+    let gateway_key = state["public_key"].as_str().unwrap().to_string();
+    use_of(&gw, "vpn", "at rest");
+
+    // The household adds its laptop on the page, with the laptop's own key.
+    let private = lab.run_ok(&wan, &["wg", "genkey"]);
+    let key_file = lab.scratch.path().join("laptop.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let public = lab
+        .run_ok(
+            &wan,
+            &["sh", "-c", &format!("wg pubkey < {}", key_file.display())],
+        )
+        .trim()
+        .to_string();
+    let added = lab.run_ok(
+        &lan,
+        &[
+            "curl",
+            "-sf",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &format!(r#"{{"name":"laptop","public_key":"{public}"}}"#),
+            &format!("{page}/v1/peers"),
+        ],
+    );
+    assert!(added.contains("10.200.0.2"), "{added}");
+
+    // The laptop on the WAN: wireguard-go towards the gateway's published UDP port, the LAN
+    // routed through the tunnel.
+    let dev = format!("wgshg{}", std::process::id() % 100_000);
+    let _socket = UapiSocket(PathBuf::from(format!("/var/run/wireguard/{dev}.sock")));
+    lab.spawn(
+        &wan,
+        &[
+            "env",
+            "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD=1",
+            "wireguard-go",
+            "-f",
+            &dev,
+        ],
+    );
+    eventually("wireguard-go", Duration::from_secs(10), || {
+        _socket.0.exists().then_some(())
+    });
+    let key_s = key_file.display().to_string();
+    let endpoint = format!("{GW_WAN}:51820");
+    lab.run_ok(
+        &wan,
+        &[
+            "wg",
+            "set",
+            &dev,
+            "private-key",
+            &key_s,
+            "peer",
+            &gateway_key,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "192.168.77.0/24",
+        ],
+    );
+    lab.run_ok(&wan, &["ip", "addr", "add", "10.200.0.2/32", "dev", &dev]);
+    lab.run_ok(&wan, &["ip", "link", "set", &dev, "mtu", "1420", "up"]);
+    lab.run_ok(
+        &wan,
+        &["ip", "route", "replace", "192.168.77.0/24", "dev", &dev],
+    );
+    // What the laptop gets from HOST:PORT through the tunnel: the LAN host's answer, or none.
+    let through = |host: &str, port: u16| -> Option<String> {
+        let answer = lab.connect(&wan, host, port).unwrap_or_default();
+        answer.contains("from ").then_some(answer)
+    };
+
+    // Nothing granted yet: the firewall keeps the service off the LAN.
+    assert_eq!(
+        gw.shg_ok(&["lan", "vpn"]).stdout.trim(),
+        "vpn may reach no host on the LAN"
+    );
+    assert_eq!(
+        through(LAN_HOST, 8080),
+        None,
+        "reached the LAN with no grant"
+    );
+
+    // Only the household opens its LAN; the operator and the provider are told whose it is.
+    let home = gw
+        .shg_ok(&["token", "create", "--home"])
+        .stdout
+        .trim()
+        .to_string();
+    let as_home = |args: &[&str]| {
+        let mut cmd = Command::new(crate::harness::SHG);
+        cmd.args(args)
+            .env("SHG_GATEWAY", gw.socket())
+            .env("SHG_TOKEN", &home);
+        try_run(cmd, &gw.work, Duration::from_secs(60)).unwrap()
+    };
+    let refused = gw.shg(&["lan", "vpn", "192.168.77.2:8080"]);
+    assert!(
+        !refused.ok() && refused.stderr.contains("household's to open"),
+        "{refused}"
+    );
+    let bad = as_home(&["lan", "vpn", "192.168.77.2:8080", "10.77.0.9"]);
+    assert!(!bad.ok() && bad.stderr.contains("10.77.0.9"), "{bad}");
+    assert_eq!(
+        gw.shg_ok(&["lan", "vpn"]).stdout.trim(),
+        "vpn may reach no host on the LAN",
+        "a refused grant changed nothing"
+    );
+
+    // One port of one host.
+    let granted = as_home(&["lan", "vpn", "192.168.77.2:8080"]);
+    assert!(granted.ok(), "{granted}");
+    assert_eq!(
+        granted.stdout.trim(),
+        "vpn may reach on the LAN: 192.168.77.2:8080"
+    );
+    let answer = eventually(
+        "the laptop through the tunnel",
+        Duration::from_secs(30),
+        || through(LAN_HOST, 8080),
+    );
+    // The LAN host sees the gateway, as for any connection from a service.
+    assert!(answer.contains(&format!("from {GW_LAN}")), "{answer}");
+    assert_eq!(through(LAN_HOST, 8081), None, "reached a port not granted");
+    assert_eq!(
+        through("192.168.77.3", 8080),
+        None,
+        "reached a host not granted"
+    );
+
+    // A whole host, then nothing again.
+    assert!(as_home(&["lan", "vpn", "192.168.77.3"]).ok());
+    assert!(
+        through("192.168.77.3", 8081).is_some(),
+        "the granted host is unreachable"
+    );
+    assert_eq!(
+        through(LAN_HOST, 8080),
+        None,
+        "the grant was replaced, not added to"
+    );
+    assert!(as_home(&["lan", "vpn", "--none"]).ok());
+    assert_eq!(
+        through("192.168.77.3", 8081),
+        None,
+        "reached the LAN after --none"
+    );
+
+    let events = gw.shg_ok(&["events", "--service", "vpn"]).stdout;
+    assert!(
+        events.contains("the household lets `vpn` reach 192.168.77.3 on the LAN"),
+        "{events}"
+    );
+    let (memory, _) = use_of(&gw, "vpn", "after the laptop's connections");
+    let m = manifest::parse(service.manifest, "vpn").unwrap();
+    assert!(
+        memory < m.resources.memory.reserve,
+        "vpn outgrew its memory reservation"
+    );
 }

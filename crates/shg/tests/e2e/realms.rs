@@ -59,6 +59,7 @@ fn expected(op: &str, who: Who) -> Expect {
             | "stop"
             | "restart"
             | "setPriority"
+            | "setLan"
             | "logs"
             | "exec"
             | "serviceMetrics"
@@ -87,6 +88,8 @@ fn expected(op: &str, who: Who) -> Expect {
         ("logs" | "exec" | "serviceMetrics", Who::Operator | Who::Home) => Forbidden,
         // Priorities: the household's (and the operator's).
         ("setPriority", Who::Owner) => Forbidden,
+        // The home's LAN: the household's alone to open.
+        ("setLan", Who::Owner | Who::Operator) => Forbidden,
         // Installing a package of acme's: acme, the household, the operator.
         ("install", Who::Rival) => Forbidden,
         _ => Allowed,
@@ -208,6 +211,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
                         Some(br#"{"reference":"127.0.0.1:9/none/none:1"}"#.to_vec()),
                     ),
                     "setPriority" => (uri, Some(br#"{"priority":60}"#.to_vec())),
+                    "setLan" => (uri, Some(br#"{"hosts":["192.168.1.20"]}"#.to_vec())),
                     "exec" => (uri, Some(br#"{"command":["true"]}"#.to_vec())),
                     "createToken" => (uri, Some(br#"{"realm":"home"}"#.to_vec())),
                     _ => (uri, None),
@@ -245,7 +249,7 @@ fn every_operation_answers_each_realm_by_the_rules() {
     }
     assert_eq!(
         checked,
-        31 * 5,
+        32 * 5,
         "every operation of the document was checked"
     );
 }
@@ -514,7 +518,7 @@ fn schemathesis_finds_no_server_error_and_no_answer_outside_the_document() {
         "schemathesis failed:\n{report}\n--- agent log\n{}",
         gw.agent_log()
     );
-    assert!(report.contains("31 selected / 31 total"), "{report}");
+    assert!(report.contains("32 selected / 32 total"), "{report}");
 }
 
 /// An upload refused before its body is read (here: a query that does not parse) still gets
