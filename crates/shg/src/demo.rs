@@ -287,6 +287,14 @@ The household, over HTTPS as from another machine (tokens are kept in {}):
 ",
         );
     }
+    if hosted.contains(&"vpn") {
+        papers.push_str(
+            "  vpn           workfromhome's VPN: WireGuard on the WAN's UDP port 51820; add a
+                device's public key at http://GATEWAY:8095/ and let it reach a LAN host
+                with `SHG_TOKEN=<household token> shg lan vpn 192.168.1.20`
+",
+        );
+    }
     if !papers.is_empty() {
         papers = format!(
             "Services from the papers, built from this repository (README: \"Services from the papers\"):
