@@ -1,0 +1,474 @@
+//! `arcade lobby --parts N [--listen 0.0.0.0:7100]` — the provider's side: gives each gateway
+//! that joins a stripe of the maze and tells every gateway where the others are.
+//!
+//! `arcade gateway --lobby URL [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]` — on each gateway:
+//! the household's players on the LAN port (`/` the page, `/join`, `/input`, `/world`); the
+//! other gateways on the WAN port (`/view`, `/handoff`, `/steer`), which the lobby gives out at
+//! the address it saw the gateway join from.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arcade::{columns, merge, Dir, Held, Refusal, Stripe, View, MAZE};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Deserialize;
+use serde_json::json;
+
+const USAGE: &str = "usage: arcade lobby --parts N [--listen 0.0.0.0:7100]\n       arcade gateway --lobby URL [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]";
+const TICK: Duration = Duration::from_millis(100);
+/// A neighbour's view older than this is no longer shown.
+const STALE: Duration = Duration::from_secs(2);
+const PAGE: &str = include_str!("page.html");
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("arcade: {e}\n{USAGE}");
+        std::process::exit(2);
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut args = std::env::args().skip(1);
+    let role = args.next().ok_or("say lobby or gateway")?;
+    let mut flags = std::collections::BTreeMap::new();
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        flags.insert(flag, value);
+    }
+    let addr = |flag: &str, default: &str| -> Result<SocketAddr, String> {
+        let text = flags.get(flag).map(String::as_str).unwrap_or(default);
+        text.parse()
+            .map_err(|_| format!("{flag}: `{text}` is not ADDRESS:PORT"))
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match role.as_str() {
+        "lobby" => {
+            let parts: usize = flags
+                .get("--parts")
+                .and_then(|p| p.parse().ok())
+                .filter(|p| (1..=8).contains(p))
+                .ok_or("--parts: a number of gateways from 1 to 8")?;
+            let listen = addr("--listen", "0.0.0.0:7100")?;
+            runtime.block_on(lobby(listen, parts))
+        }
+        "gateway" => {
+            let lobby_url = flags.get("--lobby").ok_or("--lobby is missing")?.clone();
+            let lan = addr("--lan", "0.0.0.0:8097")?;
+            let wan = addr("--wan", "0.0.0.0:7001")?;
+            runtime.block_on(gateway(lobby_url, lan, wan))
+        }
+        other => Err(format!("unknown role `{other}`")),
+    }
+}
+
+fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn refusal(r: Refusal) -> Response {
+    let status = match r {
+        Refusal::Bad(_) => StatusCode::BAD_REQUEST,
+        Refusal::Unknown(_) => StatusCode::NOT_FOUND,
+        Refusal::WrongKey => StatusCode::FORBIDDEN,
+    };
+    refuse(status, r.to_string())
+}
+
+/// Parses a JSON body by hand, so that garbage gets our own sentence.
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Response> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+}
+
+// ---- the lobby -------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Lobby {
+    parts: usize,
+    /// The WAN URL of each stripe's gateway, in joining order.
+    urls: Vec<String>,
+}
+
+async fn lobby(listen: SocketAddr, parts: usize) -> Result<(), String> {
+    let state = Arc::new(Mutex::new(Lobby {
+        parts,
+        urls: Vec::new(),
+    }));
+    let app = Router::new()
+        .route("/join", post(lobby_join))
+        .route("/parts", get(lobby_parts))
+        .layer(DefaultBodyLimit::max(1024))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("{listen}: {e}"))?;
+    eprintln!("arcade lobby on {listen}: {parts} parts");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+#[derive(Deserialize)]
+struct Join {
+    port: u16,
+}
+
+async fn lobby_join(
+    State(state): State<Arc<Mutex<Lobby>>>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    bytes: axum::body::Bytes,
+) -> Response {
+    let join: Join = match body(&bytes, "join") {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let url = format!("http://{}:{}", from.ip(), join.port);
+    let mut lobby = state.lock().unwrap_or_else(|p| p.into_inner());
+    let part = match lobby.urls.iter().position(|u| *u == url) {
+        Some(part) => part,
+        None if lobby.urls.len() < lobby.parts => {
+            lobby.urls.push(url);
+            lobby.urls.len() - 1
+        }
+        None => {
+            return refuse(
+                StatusCode::CONFLICT,
+                format!("all {} parts of the maze have their gateway", lobby.parts),
+            )
+        }
+    };
+    Json(json!({ "part": part, "parts": lobby.parts })).into_response()
+}
+
+async fn lobby_parts(State(state): State<Arc<Mutex<Lobby>>>) -> Json<serde_json::Value> {
+    let lobby = state.lock().unwrap_or_else(|p| p.into_inner());
+    Json(json!({ "parts": lobby.parts, "urls": lobby.urls }))
+}
+
+// ---- a gateway -------------------------------------------------------------------------------
+
+struct Game {
+    stripe: Mutex<Stripe>,
+    /// The other stripes' gateways (WAN URLs), by part, once the lobby knows them.
+    urls: Mutex<Vec<String>>,
+    /// The other stripes as last seen.
+    views: Mutex<Vec<Option<(Instant, View)>>>,
+    http: reqwest::Client,
+}
+
+type Shared = Arc<Game>;
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read as _;
+    let mut buf = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut buf);
+    }
+    hex::encode(buf)
+}
+
+async fn gateway(lobby_url: String, lan: SocketAddr, wan: SocketAddr) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_millis(800))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let wan_listener = tokio::net::TcpListener::bind(wan)
+        .await
+        .map_err(|e| format!("{wan}: {e}"))?;
+    let lan_listener = tokio::net::TcpListener::bind(lan)
+        .await
+        .map_err(|e| format!("{lan}: {e}"))?;
+    // Join the lobby: which stripe is ours.
+    let (part, parts) = loop {
+        let answer = http
+            .post(format!("{lobby_url}/join"))
+            .header("content-type", "application/json")
+            .body(json!({ "port": wan.port() }).to_string())
+            .send()
+            .await;
+        match answer {
+            Ok(r) if r.status().is_success() => {
+                let v: serde_json::Value = r
+                    .bytes()
+                    .await
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                if let (Some(p), Some(n)) = (v["part"].as_u64(), v["parts"].as_u64()) {
+                    break (p as usize, n as usize);
+                }
+            }
+            Ok(r) => eprintln!("arcade: the lobby refused us: {}", r.status()),
+            Err(e) => eprintln!("arcade: the lobby at {lobby_url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let (a, b) = columns(part, parts);
+    eprintln!(
+        "arcade: part {part} of {parts} (columns {a} to {}), players on {lan}, gateways on {wan}",
+        b - 1
+    );
+    let game: Shared = Arc::new(Game {
+        stripe: Mutex::new(Stripe::new(
+            part,
+            parts,
+            u64::from_le_bytes(*b"arcade!!") ^ part as u64,
+        )),
+        urls: Mutex::new(Vec::new()),
+        views: Mutex::new(vec![None; parts]),
+        http,
+    });
+    tokio::spawn(ticks(game.clone()));
+    tokio::spawn(neighbours(game.clone(), lobby_url));
+    let wan_app = Router::new()
+        .route("/view", get(view))
+        .route("/handoff", post(handoff))
+        .route("/steer", post(steer_here))
+        .layer(DefaultBodyLimit::max(4096))
+        .with_state(game.clone());
+    let lan_app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route("/join", post(join))
+        .route("/input", post(input))
+        .route("/world", get(world))
+        .layer(DefaultBodyLimit::max(4096))
+        .with_state(game);
+    tokio::spawn(async move {
+        let _ = axum::serve(wan_listener, wan_app).await;
+    });
+    axum::serve(lan_listener, lan_app)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+impl Game {
+    fn stripe(&self) -> std::sync::MutexGuard<'_, Stripe> {
+        self.stripe.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn url_of(&self, part: usize) -> Option<String> {
+        self.urls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(part)
+            .cloned()
+    }
+
+    fn fresh_views(&self) -> Vec<View> {
+        let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        views
+            .iter()
+            .flatten()
+            .filter(|(at, _)| at.elapsed() < STALE)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+/// The stripe's clock: a step every tick, and the players who walked out handed over.
+async fn ticks(game: Shared) {
+    let mut clock = tokio::time::interval(TICK);
+    loop {
+        clock.tick().await;
+        let leaving = game.stripe().step();
+        for out in leaving {
+            let back = out.held.player.x - out.held.player.dir.delta().0;
+            let handed = match game.url_of(out.to) {
+                Some(url) => game
+                    .http
+                    .post(format!("{url}/handoff"))
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&out.held).unwrap_or_default())
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success()),
+                None => false,
+            };
+            if !handed {
+                // The neighbour is not there: the player stays on our side of the border.
+                game.stripe().stay(out.held, back);
+            }
+        }
+    }
+}
+
+/// Learns the other gateways from the lobby, then watches their stripes every tick.
+async fn neighbours(game: Shared, lobby_url: String) {
+    let (part, parts) = {
+        let s = game.stripe();
+        (s.part, s.parts)
+    };
+    loop {
+        let urls: Option<Vec<String>> = async {
+            let r = game
+                .http
+                .get(format!("{lobby_url}/parts"))
+                .send()
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
+            serde_json::from_value(v["urls"].clone()).ok()
+        }
+        .await;
+        if let Some(urls) = urls {
+            let complete = urls.len() == parts;
+            *game.urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
+            if complete {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut clock = tokio::time::interval(TICK);
+    loop {
+        clock.tick().await;
+        for other in (0..parts).filter(|p| *p != part) {
+            let Some(url) = game.url_of(other) else {
+                continue;
+            };
+            let seen: Option<View> = async {
+                let r = game.http.get(format!("{url}/view")).send().await.ok()?;
+                serde_json::from_slice(&r.bytes().await.ok()?).ok()
+            }
+            .await;
+            if let Some(view) = seen.filter(|v| v.part == other) {
+                game.views.lock().unwrap_or_else(|p| p.into_inner())[other] =
+                    Some((Instant::now(), view));
+            }
+        }
+    }
+}
+
+async fn view(State(game): State<Shared>) -> Json<View> {
+    Json(game.stripe().view())
+}
+
+async fn handoff(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    let held: Held = match body(&bytes, "hand-over") {
+        Ok(h) => h,
+        Err(r) => return r,
+    };
+    match game.stripe().arrive(held) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct Steer {
+    id: String,
+    key: String,
+    dir: Dir,
+}
+
+async fn steer_here(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    let s: Steer = match body(&bytes, "steering") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match game.stripe().steer(&s.id, &s.key, s.dir) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewPlayer {
+    name: String,
+}
+
+async fn join(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    let new: NewPlayer = match body(&bytes, "join") {
+        Ok(n) => n,
+        Err(r) => return r,
+    };
+    let (id, key) = (random_hex(8), random_hex(16));
+    match game.stripe().join(id, key, new.name.trim()) {
+        Ok(held) => Json(json!({
+            "id": held.player.id,
+            "key": held.key,
+            "part": held.player.home,
+        }))
+        .into_response(),
+        Err(r) => refusal(r),
+    }
+}
+
+/// A player's steering, sent on to the gateway that holds the player now.
+async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    let s: Steer = match body(&bytes, "steering") {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let here = game.stripe().steer(&s.id, &s.key, s.dir);
+    match here {
+        Err(Refusal::Unknown(_)) => {}
+        other => {
+            return match other {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(r) => refusal(r),
+            }
+        }
+    }
+    let holder = game
+        .fresh_views()
+        .into_iter()
+        .find(|v| v.players.iter().any(|p| p.id == s.id))
+        .map(|v| v.part);
+    let Some(url) = holder.and_then(|p| game.url_of(p)) else {
+        return refusal(Refusal::Unknown(s.id));
+    };
+    let sent = game
+        .http
+        .post(format!("{url}/steer"))
+        .header("content-type", "application/json")
+        .body(json!({ "id": s.id, "key": s.key, "dir": s.dir }).to_string())
+        .send()
+        .await;
+    match sent {
+        Ok(r) if r.status().is_success() => StatusCode::NO_CONTENT.into_response(),
+        Ok(r) => refuse(
+            StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("the gateway holding the player answered {}", r.status()),
+        ),
+        Err(e) => refuse(
+            StatusCode::BAD_GATEWAY,
+            format!("the gateway holding the player is unreachable: {e}"),
+        ),
+    }
+}
+
+/// The whole maze as this gateway's players see it.
+async fn world(State(game): State<Shared>) -> Json<serde_json::Value> {
+    let own = game.stripe().view();
+    let (part, parts) = (own.part, game.stripe().parts);
+    let mut views = game.fresh_views();
+    views.push(own);
+    let players = merge(&views);
+    let pellets: Vec<(i32, i32)> = views.iter().flat_map(|v| v.pellets.clone()).collect();
+    let ghosts: Vec<(i32, i32)> = views.iter().map(|v| v.ghost).collect();
+    let shown: Vec<usize> = views.iter().map(|v| v.part).collect();
+    Json(json!({
+        "maze": MAZE,
+        "part": part,
+        "parts": (0..parts).map(|p| {
+            let (a, b) = columns(p, parts);
+            json!({ "part": p, "from": a, "to": b - 1, "shown": shown.contains(&p) })
+        }).collect::<Vec<_>>(),
+        "pellets": pellets,
+        "ghosts": ghosts,
+        "players": players,
+    }))
+}
