@@ -84,9 +84,8 @@ fn refusal(r: Refusal) -> Response {
 }
 
 /// Parses a JSON body by hand, so that garbage gets our own sentence.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Response> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("{what}: {e}")))
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("{what}: {e}"))
 }
 
 // ---- the lobby -------------------------------------------------------------------------------
@@ -132,7 +131,7 @@ async fn lobby_join(
 ) -> Response {
     let join: Join = match body(&bytes, "join") {
         Ok(j) => j,
-        Err(r) => return r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     let url = format!("http://{}:{}", from.ip(), join.port);
     let mut lobby = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -358,7 +357,7 @@ async fn view(State(game): State<Shared>) -> Json<View> {
 async fn handoff(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
     let held: Held = match body(&bytes, "hand-over") {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     match game.stripe().arrive(held) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -376,7 +375,7 @@ struct Steer {
 async fn steer_here(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
     let s: Steer = match body(&bytes, "steering") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     match game.stripe().steer(&s.id, &s.key, s.dir) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -392,7 +391,7 @@ struct NewPlayer {
 async fn join(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
     let new: NewPlayer = match body(&bytes, "join") {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     let (id, key) = (random_hex(8), random_hex(16));
     match game.stripe().join(id, key, new.name.trim()) {
@@ -410,7 +409,7 @@ async fn join(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response 
 async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
     let s: Steer = match body(&bytes, "steering") {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     let here = game.stripe().steer(&s.id, &s.key, s.dir);
     match here {
