@@ -29,6 +29,8 @@ fn artifacts() -> PathBuf {
 /// A chromedriver of our own and one headless Chromium session on it; both end on drop.
 pub(crate) struct Browser {
     port: u16,
+    /// The network namespace chromedriver and Chromium run in; None: the test's own.
+    netns: Option<String>,
     session: String,
     _driver: Background,
     /// chromedriver's and Chromium's TMPDIR: their profile and scoped directories go here
@@ -36,9 +38,39 @@ pub(crate) struct Browser {
     _tmp: tempfile::TempDir,
 }
 
+/// A connection to the loopback of network namespace `netns` (None: the test's own), made
+/// from a thread that enters the namespace and ends; the socket stays in it.
+fn loopback(netns: Option<&str>, port: u16) -> std::io::Result<TcpStream> {
+    let Some(ns) = netns else {
+        return TcpStream::connect(("127.0.0.1", port));
+    };
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                use std::os::fd::AsRawFd as _;
+                let file = std::fs::File::open(&path)?;
+                // SAFETY: setns(2) with a valid descriptor of a network namespace; it changes
+                // the namespace of this short-lived thread only.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                TcpStream::connect(("127.0.0.1", port))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
+
 /// One HTTP/1.1 exchange with chromedriver on the loopback.
-fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Value, String> {
-    let mut tcp = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+fn http(
+    netns: Option<&str>,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, String> {
+    let mut tcp = loopback(netns, port).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(|e| e.to_string())?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -87,11 +119,24 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> Result<Val
 
 impl Browser {
     pub(crate) fn start() -> Browser {
+        Browser::start_in(None)
+    }
+
+    /// A browser in network namespace `netns` (a household's, say), or the test's own.
+    pub(crate) fn start_in(netns: Option<&str>) -> Browser {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = probe.local_addr().unwrap().port();
         drop(probe);
         let tmp = tempfile::tempdir().expect("a temporary directory for Chromium");
-        let driver = Command::new("chromedriver")
+        let mut driver = match netns {
+            Some(ns) => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "chromedriver"]);
+                cmd
+            }
+            None => Command::new("chromedriver"),
+        };
+        let driver = driver
             .arg(format!("--port={port}"))
             .env("TMPDIR", tmp.path())
             .stdin(Stdio::null())
@@ -101,7 +146,7 @@ impl Browser {
             .expect("run chromedriver (Debian's chromium-driver; scripts/setup.sh installs it)");
         let driver = Background(driver);
         crate::harness::eventually("chromedriver to answer", WAIT, || {
-            http(port, "GET", "/status", None)
+            http(netns, port, "GET", "/status", None)
                 .ok()
                 .filter(|s| s["value"]["ready"] == true)
         });
@@ -115,13 +160,15 @@ impl Browser {
                          "--disable-dev-shm-usage", "--window-size=1280,1000"]
             }
         }}});
-        let made = http(port, "POST", "/session", Some(&caps)).expect("new WebDriver session");
+        let made =
+            http(netns, port, "POST", "/session", Some(&caps)).expect("new WebDriver session");
         let session = made["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no WebDriver session: {made}"))
             .to_string();
         Browser {
             port,
+            netns: netns.map(str::to_string),
             session,
             _driver: driver,
             _tmp: tmp,
@@ -131,6 +178,7 @@ impl Browser {
     /// A WebDriver command on this session; Err holds WebDriver's error.
     fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let answer = http(
+            self.netns.as_deref(),
             self.port,
             method,
             &format!("/session/{}{path}", self.session),
@@ -321,6 +369,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // Ends Chromium; chromedriver itself is killed by its `Background`.
         let _ = http(
+            self.netns.as_deref(),
             self.port,
             "DELETE",
             &format!("/session/{}", self.session),

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::console::Browser;
 use crate::harness::{run_captured, Out, SHG};
 
 /// A lab under a private directory with a name of this run's, downed when dropped even if
@@ -412,6 +413,68 @@ fn in_netns(ns: &str, args: &[&str], log: &Path) -> InLab {
     )
 }
 
+/// Packages `binary` (stripped, as `/bin/NAME`) with `manifest` and `extra` files, signs it
+/// with a new key of `provider`'s, and has the operator trust the key, publish and approve the
+/// package and deploy it at once to the gateways `to` names (`--selector K=V` or
+/// `--gateways ID,…`).
+fn ship(
+    lab: &TestLab,
+    work: &Path,
+    (provider, service): (&str, &str),
+    binary: &Path,
+    manifest: &str,
+    extra: &[(&str, &Path)],
+    to: [&str; 2],
+) {
+    let pkg = work.join("pkg");
+    std::fs::create_dir_all(pkg.join("rootfs/bin")).unwrap();
+    let strip = Command::new("strip")
+        .arg("-o")
+        .arg(pkg.join("rootfs/bin").join(service))
+        .arg(binary)
+        .status()
+        .unwrap();
+    assert!(strip.success());
+    for (path, from) in extra {
+        let to = pkg.join("rootfs").join(path);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+    }
+    std::fs::write(pkg.join("shg-service.toml"), manifest).unwrap();
+    let shg = |args: &[&str]| {
+        let out = Command::new(SHG).args(args).output().unwrap();
+        assert!(out.status.success(), "shg {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let dir = work.display().to_string();
+    shg(&["key", "gen", provider, "--dir", &dir]);
+    let tar = work.join(format!("{service}.tar")).display().to_string();
+    shg(&["pack", &pkg.display().to_string(), "-o", &tar]);
+    let key = work.join(format!("{provider}.key")).display().to_string();
+    shg(&["sign", &tar, "--key", &key]);
+    let public = work.join(format!("{provider}.pub")).display().to_string();
+    let fleet = |args: &[&str]| {
+        let mut all = vec!["exec", "gw1", "--", "shg", "fleet"];
+        all.extend_from_slice(args);
+        lab.ok(&all).stdout
+    };
+    fleet(&[
+        "trust",
+        "add",
+        "--provider",
+        provider,
+        &public,
+        "--services",
+        service,
+    ]);
+    fleet(&["publish", &tar]);
+    fleet(&["approve", service, "1.0.0"]);
+    let target = format!("{service}:1.0.0");
+    fleet(&[
+        "deploy", &target, to[0], to[1], "--waves", "100%", "--soak", "0s",
+    ]);
+}
+
 /// streamco's `vod` package, as shipped (`services/vod/shg-service.toml`, its origin and
 /// tracker pointed at the lab's WAN host), on three lab gateways in two regions behind ADSL
 /// links, installed by a fleet deployment: each household plays the title from its own
@@ -504,67 +567,23 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
     );
 
     // The package: the shipped manifest, a static `vod` and the CA bundle librqbit wants.
-    let pkg = work.join("pkg");
-    std::fs::create_dir_all(pkg.join("rootfs/bin")).unwrap();
-    std::fs::create_dir_all(pkg.join("rootfs/etc/ssl/certs")).unwrap();
-    let strip = Command::new("strip")
-        .arg("-o")
-        .arg(pkg.join("rootfs/bin/vod"))
-        .arg(&vod)
-        .status()
-        .unwrap();
-    assert!(strip.success());
-    std::fs::copy(
-        "/etc/ssl/certs/ca-certificates.crt",
-        pkg.join("rootfs/etc/ssl/certs/ca-certificates.crt"),
-    )
-    .expect("the host's CA bundle");
     let shipped = include_str!("../../../../services/vod/shg-service.toml");
     let manifest = shipped
         .replace("http://origin.streamco.example:8080", origin)
         .replace("http://tracker.streamco.example:6969", tracker);
     assert!(manifest.contains(origin) && manifest.contains(tracker));
-    std::fs::write(pkg.join("shg-service.toml"), manifest).unwrap();
-    let shg = |args: &[&str]| {
-        let out = Command::new(SHG).args(args).output().unwrap();
-        assert!(out.status.success(), "shg {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let dir = work.display().to_string();
-    shg(&["key", "gen", "streamco", "--dir", &dir]);
-    let tar = work.join("vod.tar").display().to_string();
-    shg(&["pack", &pkg.display().to_string(), "-o", &tar]);
-    let key = work.join("streamco.key").display().to_string();
-    shg(&["sign", &tar, "--key", &key]);
-    let public = work.join("streamco.pub").display().to_string();
-    // The operator trusts streamco, publishes and approves its package, and deploys it to
-    // every gateway.
-    let fleet = |args: &[&str]| {
-        let mut all = vec!["exec", "gw1", "--", "shg", "fleet"];
-        all.extend_from_slice(args);
-        lab.ok(&all).stdout
-    };
-    fleet(&[
-        "trust",
-        "add",
-        "--provider",
-        "streamco",
-        &public,
-        "--services",
-        "vod",
-    ]);
-    fleet(&["publish", &tar]);
-    fleet(&["approve", "vod", "1.0.0"]);
-    fleet(&[
-        "deploy",
-        "vod:1.0.0",
-        "--selector",
-        "link=adsl",
-        "--waves",
-        "100%",
-        "--soak",
-        "0s",
-    ]);
+    ship(
+        &lab,
+        &work,
+        ("streamco", "vod"),
+        &vod,
+        &manifest,
+        &[(
+            "etc/ssl/certs/ca-certificates.crt",
+            Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        )],
+        ["--selector", "link=adsl"],
+    );
     for gw in ["gw1", "gw2", "gw3"] {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while !lab
@@ -669,5 +688,136 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
         );
     }
     drop(origin_proc);
+    lab.ok(&["down"]);
+}
+
+/// arcade's maze, as shipped (its lobby on the lab's WAN host), deployed by the fleet to two
+/// lab gateways: each hosts its half. A player in headless Chromium in the first household
+/// walks east with the arrow key into the second gateway's half, and back; the second
+/// household's browser sees the visitor arrive; the player's own page never shows a jump.
+#[test]
+fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_border() {
+    let lab = TestLab::new("a");
+    lab.ok(&["up", "--gateways", "2", "--link", "adsl"]);
+    let wan = format!("shglab-{}-wan", lab.name);
+    let work = lab.base().join("arcade");
+    std::fs::create_dir_all(&work).unwrap();
+    let arcade = PathBuf::from(SHG).with_file_name("arcade");
+    assert!(
+        arcade.exists(),
+        "{} is missing: `cargo build --workspace` builds it",
+        arcade.display()
+    );
+    let lobby = "http://100.64.0.1:7100";
+    let _lobby = in_netns(
+        &wan,
+        &[
+            &arcade.display().to_string(),
+            "lobby",
+            "--parts",
+            "2",
+            "--listen",
+            "0.0.0.0:7100",
+        ],
+        &work.join("lobby.log"),
+    );
+    let shipped = include_str!("../../../../services/arcade/shg-service.toml");
+    let manifest = shipped.replace("http://lobby.arcade.example:7100", lobby);
+    assert!(manifest.contains(lobby));
+    let to = ["--selector", "link=adsl"];
+    ship(
+        &lab,
+        &work,
+        ("arcade", "arcade"),
+        &arcade,
+        &manifest,
+        &[],
+        to,
+    );
+
+    // Which half each gateway got: its household's page says.
+    let world = |gw: &str| -> Option<Value> {
+        let out = lab.shg(&[
+            "exec",
+            &format!("{gw}/lan"),
+            "--",
+            "curl",
+            "-sf",
+            "http://192.168.1.1:8097/world",
+        ]);
+        serde_json::from_str(&out.stdout).ok()
+    };
+    let mut part = std::collections::BTreeMap::new();
+    for gw in ["gw1", "gw2"] {
+        let w = crate::harness::eventually(
+            &format!("the maze on {gw}, both halves shown"),
+            Duration::from_secs(90),
+            || {
+                let w = world(gw)?;
+                w["parts"]
+                    .as_array()?
+                    .iter()
+                    .all(|p| p["shown"] == true)
+                    .then_some(w)
+            },
+        );
+        part.insert(w["part"].as_u64().unwrap(), gw);
+    }
+    let (west, east) = (part[&0], part[&1]);
+    let border = world(east).unwrap()["parts"][1]["from"].as_i64().unwrap();
+    let household = |gw: &str| format!("shglab-{}-{gw}-lan", lab.name);
+
+    // Each household plays from its own gateway's page.
+    let play = |gw: &str, name: &str| {
+        let b = Browser::start_in(Some(&household(gw)));
+        b.go("http://192.168.1.1:8097/");
+        b.type_into("#name", name);
+        b.click("#join button");
+        b.wait("joined", "window.me && window.me.id");
+        b
+    };
+    let ann = play(west, "ann");
+    let bob = play(east, "bob");
+    let id = ann.js("return window.me.id;").as_str().unwrap().to_string();
+    // The right arrow, as a keyboard sends it.
+    ann.type_into("#name", "\u{E014}");
+    bob.wait(
+        "ann in the east half, on bob's page",
+        &format!("window.world && window.world.players.some(p => p.id === '{id}' && p.x >= {border} + 2)"),
+    );
+    ann.type_into("#name", "\u{E012}"); // left: home again
+    ann.wait(
+        "ann back in the west half",
+        &format!("window.world.players.some(p => p.id === '{id}' && p.x <= {border} - 3)"),
+    );
+
+    // What ann's page showed of her, sighting by sighting: never a jump, never gone long.
+    let track = ann.js("return window.track.filter(s => s.x !== null);");
+    let track = track.as_array().unwrap();
+    assert!(
+        track.iter().any(|s| s["x"].as_i64() >= Some(border + 2)),
+        "never crossed"
+    );
+    for pair in track.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let moved = (b["x"].as_i64().unwrap() - a["x"].as_i64().unwrap()).abs()
+            + (b["y"].as_i64().unwrap() - a["y"].as_i64().unwrap()).abs();
+        let moves = b["seq"].as_i64().unwrap() - a["seq"].as_i64().unwrap();
+        assert!(
+            moves >= 0 && moved <= moves,
+            "a jump on ann's page: {a} then {b}"
+        );
+    }
+    let hidden = track.iter().filter(|s| s["seen"] == false).count();
+    eprintln!(
+        "ann: {} sightings, {hidden} with ann in no half (hand-over in flight)",
+        track.len()
+    );
+    assert!(
+        hidden * 10 <= track.len(),
+        "ann was out of sight too often: {hidden} of {}",
+        track.len()
+    );
+    drop((ann, bob));
     lab.ok(&["down"]);
 }
