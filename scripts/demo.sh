@@ -8,14 +8,14 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 scripts/setup.sh
-cargo build --release -p shg -p home-automation -p surveillance -p vpn
+cargo build --release -p shg -p home-automation -p surveillance -p vpn -p arcade
 release=target/x86_64-unknown-linux-gnu/release
 install -m 0755 "$release/shg" /usr/local/bin/shg
 install -m 0755 "$release/shg-init" /usr/local/bin/shg-init         # every container's PID 1
 install -m 0755 "$release/shg-runtime" /usr/local/bin/shg-runtime   # creates the containers
 # The papers' services the demo hosts, packaged by `shg demo` from these static binaries.
 install -d /usr/local/lib/shg/services
-for service in automation surveillance vpn; do
+for service in automation surveillance vpn arcade; do
   install -m 0755 "$release/$service" "/usr/local/lib/shg/services/$service"
 done
 echo "demo: installed /usr/local/bin/shg, shg-init, shg-runtime and the services in /usr/local/lib/shg/services"

@@ -94,6 +94,11 @@ pub const SERVICES: &[Service] = &[
         manifest: include_str!("../../../services/surveillance/shg-service.toml"),
     },
     Service {
+        name: "arcade",
+        binary: "arcade",
+        manifest: include_str!("../../../services/arcade/shg-service.toml"),
+    },
+    Service {
         name: "vpn",
         binary: "vpn",
         manifest: include_str!("../../../services/vpn/shg-service.toml"),

@@ -287,6 +287,13 @@ The household, over HTTPS as from another machine (tokens are kept in {}):
 ",
         );
     }
+    if hosted.contains(&"arcade") {
+        papers.push_str(
+            "  arcade        arcade's maze: play at http://GATEWAY:8097/ (arrow keys); with its
+                provider's lobby, the maze is split over several homes' gateways
+",
+        );
+    }
     if hosted.contains(&"vpn") {
         papers.push_str(
             "  vpn           workfromhome's VPN: WireGuard on the WAN's UDP port 51820; add a

@@ -1,10 +1,11 @@
 //! `arcade lobby --parts N [--listen 0.0.0.0:7100]` — the provider's side: gives each gateway
 //! that joins a stripe of the maze and tells every gateway where the others are.
 //!
-//! `arcade gateway --lobby URL [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]` — on each gateway:
+//! `arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]` — on each gateway:
 //! the household's players on the LAN port (`/` the page, `/join`, `/input`, `/world`); the
 //! other gateways on the WAN port (`/view`, `/handoff`, `/steer`), which the lobby gives out at
-//! the address it saw the gateway join from.
+//! the address it saw the gateway join from. Without `--lobby`, the whole maze is this
+//! gateway's alone and nothing listens on the WAN.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,7 +20,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-const USAGE: &str = "usage: arcade lobby --parts N [--listen 0.0.0.0:7100]\n       arcade gateway --lobby URL [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]";
+const USAGE: &str = "usage: arcade lobby --parts N [--listen 0.0.0.0:7100]\n       arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]";
 const TICK: Duration = Duration::from_millis(100);
 /// A neighbour's view older than this is no longer shown.
 const STALE: Duration = Duration::from_secs(2);
@@ -61,7 +62,7 @@ fn run() -> Result<(), String> {
             runtime.block_on(lobby(listen, parts))
         }
         "gateway" => {
-            let lobby_url = flags.get("--lobby").ok_or("--lobby is missing")?.clone();
+            let lobby_url = flags.get("--lobby").cloned();
             let lan = addr("--lan", "0.0.0.0:8097")?;
             let wan = addr("--wan", "0.0.0.0:7001")?;
             runtime.block_on(gateway(lobby_url, lan, wan))
@@ -178,17 +179,34 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-async fn gateway(lobby_url: String, lan: SocketAddr, wan: SocketAddr) -> Result<(), String> {
+async fn gateway(
+    lobby_url: Option<String>,
+    lan: SocketAddr,
+    wan: SocketAddr,
+) -> Result<(), String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_millis(800))
         .build()
         .map_err(|e| e.to_string())?;
-    let wan_listener = tokio::net::TcpListener::bind(wan)
-        .await
-        .map_err(|e| format!("{wan}: {e}"))?;
     let lan_listener = tokio::net::TcpListener::bind(lan)
         .await
         .map_err(|e| format!("{lan}: {e}"))?;
+    let Some(lobby_url) = lobby_url else {
+        eprintln!("arcade: the whole maze, alone (no --lobby); players on {lan}");
+        let game: Shared = Arc::new(Game {
+            stripe: Mutex::new(Stripe::new(0, 1, u64::from_le_bytes(*b"arcade!!"))),
+            urls: Mutex::new(Vec::new()),
+            views: Mutex::new(vec![None]),
+            http,
+        });
+        tokio::spawn(ticks(game.clone()));
+        return axum::serve(lan_listener, lan_app(game))
+            .await
+            .map_err(|e| e.to_string());
+    };
+    let wan_listener = tokio::net::TcpListener::bind(wan)
+        .await
+        .map_err(|e| format!("{wan}: {e}"))?;
     // Join the lobby: which stripe is ours.
     let (part, parts) = loop {
         let answer = http
@@ -237,19 +255,23 @@ async fn gateway(lobby_url: String, lan: SocketAddr, wan: SocketAddr) -> Result<
         .route("/steer", post(steer_here))
         .layer(DefaultBodyLimit::max(4096))
         .with_state(game.clone());
-    let lan_app = Router::new()
+    tokio::spawn(async move {
+        let _ = axum::serve(wan_listener, wan_app).await;
+    });
+    axum::serve(lan_listener, lan_app(game))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The household's side: the page, joining, steering, the whole maze.
+fn lan_app(game: Shared) -> Router {
+    Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route("/join", post(join))
         .route("/input", post(input))
         .route("/world", get(world))
         .layer(DefaultBodyLimit::max(4096))
-        .with_state(game);
-    tokio::spawn(async move {
-        let _ = axum::serve(wan_listener, wan_app).await;
-    });
-    axum::serve(lan_listener, lan_app)
-        .await
-        .map_err(|e| e.to_string())
+        .with_state(game)
 }
 
 impl Game {

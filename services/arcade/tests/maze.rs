@@ -236,4 +236,20 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     // The game goes on.
     assert!(json(&format!("{}/world", lan[1])).is_some());
     assert_eq!(steer("stop").0, 204);
+
+    // Memory against the manifest's reservation (8 MiB): each gateway's own (anonymous)
+    // memory after the game; its peak resident size, binary included, reported beside.
+    for gateway in &gateways {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", gateway.0.id())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap()
+        };
+        let (own, peak) = (field("RssAnon:"), field("VmHWM:"));
+        eprintln!("arcade gateway: {own} KiB of its own, peak resident {peak} KiB");
+        assert!(own < 8 * 1024, "the reservation is too small: {own} KiB");
+    }
 }

@@ -1,5 +1,5 @@
 //! `shg demo`, the main job, as a new user runs it: the samples and the papers' services
-//! (home automation, surveillance, VPN) built, signed, installed and running, the guide printed,
+//! (home automation, surveillance, VPN, game) built, signed, installed and running, the guide printed,
 //! and the first command the guide shows working exactly as printed.
 //!
 //! The demo runs on a private state directory with the services' network switched off (its
@@ -67,6 +67,7 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
         "automation",
         "surveillance",
         "vpn",
+        "arcade",
     ];
     for name in names {
         assert!(
@@ -88,7 +89,7 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
                     all.iter().any(|s| {
                         s["name"] == *n
                             && s["state"] == "running"
-                            && (!["automation", "surveillance", "vpn"].contains(n)
+                            && (!["automation", "surveillance", "vpn", "arcade"].contains(n)
                                 || s["health"] == "healthy")
                     })
                 })
@@ -110,6 +111,7 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
     assert_eq!(provider("automation"), "voltwise");
     assert_eq!(provider("surveillance"), "acme");
     assert_eq!(provider("vpn"), "workfromhome");
+    assert_eq!(provider("arcade"), "arcade");
 
     // The guide's first provider command, exactly as printed (with acme's token).
     let tokens: Vec<(String, String)> =

@@ -722,7 +722,10 @@ fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_bo
         &work.join("lobby.log"),
     );
     let shipped = include_str!("../../../../services/arcade/shg-service.toml");
-    let manifest = shipped.replace("http://lobby.arcade.example:7100", lobby);
+    let manifest = shipped.replace(
+        r#"command = ["/bin/arcade", "gateway"]"#,
+        &format!(r#"command = ["/bin/arcade", "gateway", "--lobby", "{lobby}"]"#),
+    );
     assert!(manifest.contains(lobby));
     let to = ["--selector", "link=adsl"];
     ship(

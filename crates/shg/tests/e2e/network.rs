@@ -1729,7 +1729,7 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
             },
         );
     }
-    for port in [1883, 8088, 8090, 8095] {
+    for port in [1883, 8088, 8090, 8095, 8097] {
         eventually(&format!("LAN port {port}"), Duration::from_secs(20), || {
             lab.connect(&lab.lan, GW_LAN, port).ok()
         });
@@ -1737,7 +1737,7 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
     eventually("the WAN port 8091", Duration::from_secs(20), || {
         lab.connect(&lab.wan, GW_WAN, 8091).ok()
     });
-    for port in [1883, 8088, 8090, 8095] {
+    for port in [1883, 8088, 8090, 8095, 8097] {
         assert!(
             lab.connect(&lab.wan, GW_WAN, port).is_err(),
             "LAN-only port {port} answers on the WAN"
