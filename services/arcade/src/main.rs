@@ -89,6 +89,81 @@ fn body<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, S
     serde_json::from_slice(bytes).map_err(|e| format!("{what}: {e}"))
 }
 
+// ---- a small HTTP client ------------------------------------------------------------------
+
+/// Plain HTTP/1.1 to the lobby and the other gateways, one connection a request, everything
+/// within `TIMEOUT`. (Not reqwest: built with the workspace's features it insists on a CA
+/// bundle, which the package does not carry and plain HTTP does not need.)
+mod client {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::{Method, Request};
+    use hyper_util::rt::TokioIo;
+
+    pub const TIMEOUT: Duration = Duration::from_millis(800);
+
+    /// (status, body) of `method url` with an optional JSON body.
+    pub async fn call(
+        method: Method,
+        url: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), String> {
+        tokio::time::timeout(TIMEOUT, exchange(method, url, json))
+            .await
+            .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
+    }
+
+    async fn exchange(
+        method: Method,
+        url: &str,
+        json: Option<Vec<u8>>,
+    ) -> Result<(u16, Bytes), String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
+        let port = uri.port_u16().unwrap_or(80);
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        tokio::spawn(connection);
+        let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, format!("{host}:{port}"));
+        if json.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(json.unwrap_or_default())))
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    pub async fn get(url: &str) -> Result<(u16, Bytes), String> {
+        call(Method::GET, url, None).await
+    }
+
+    pub async fn post(url: &str, json: Vec<u8>) -> Result<(u16, Bytes), String> {
+        call(Method::POST, url, Some(json)).await
+    }
+}
+
 // ---- the lobby -------------------------------------------------------------------------------
 
 #[derive(Default)]
@@ -165,7 +240,6 @@ struct Game {
     urls: Mutex<Vec<String>>,
     /// The other stripes as last seen.
     views: Mutex<Vec<Option<(Instant, View)>>>,
-    http: reqwest::Client,
 }
 
 type Shared = Arc<Game>;
@@ -184,10 +258,6 @@ async fn gateway(
     lan: SocketAddr,
     wan: SocketAddr,
 ) -> Result<(), String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_millis(800))
-        .build()
-        .map_err(|e| e.to_string())?;
     let lan_listener = tokio::net::TcpListener::bind(lan)
         .await
         .map_err(|e| format!("{lan}: {e}"))?;
@@ -197,7 +267,6 @@ async fn gateway(
             stripe: Mutex::new(Stripe::new(0, 1, u64::from_le_bytes(*b"arcade!!"))),
             urls: Mutex::new(Vec::new()),
             views: Mutex::new(vec![None]),
-            http,
         });
         tokio::spawn(ticks(game.clone()));
         return axum::serve(lan_listener, lan_app(game))
@@ -209,26 +278,19 @@ async fn gateway(
         .map_err(|e| format!("{wan}: {e}"))?;
     // Join the lobby: which stripe is ours.
     let (part, parts) = loop {
-        let answer = http
-            .post(format!("{lobby_url}/join"))
-            .header("content-type", "application/json")
-            .body(json!({ "port": wan.port() }).to_string())
-            .send()
-            .await;
-        match answer {
-            Ok(r) if r.status().is_success() => {
-                let v: serde_json::Value = r
-                    .bytes()
-                    .await
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
+        let join = json!({ "port": wan.port() }).to_string().into_bytes();
+        match client::post(&format!("{lobby_url}/join"), join).await {
+            Ok((200, body)) => {
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 if let (Some(p), Some(n)) = (v["part"].as_u64(), v["parts"].as_u64()) {
                     break (p as usize, n as usize);
                 }
             }
-            Ok(r) => eprintln!("arcade: the lobby refused us: {}", r.status()),
-            Err(e) => eprintln!("arcade: the lobby at {lobby_url}: {e}"),
+            Ok((status, body)) => eprintln!(
+                "arcade: the lobby refused us ({status}): {}",
+                String::from_utf8_lossy(&body)
+            ),
+            Err(e) => eprintln!("arcade: the lobby: {e}"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
@@ -245,7 +307,6 @@ async fn gateway(
         )),
         urls: Mutex::new(Vec::new()),
         views: Mutex::new(vec![None; parts]),
-        http,
     });
     tokio::spawn(ticks(game.clone()));
     tokio::spawn(neighbours(game.clone(), lobby_url));
@@ -256,7 +317,8 @@ async fn gateway(
         .layer(DefaultBodyLimit::max(4096))
         .with_state(game.clone());
     tokio::spawn(async move {
-        let _ = axum::serve(wan_listener, wan_app).await;
+        let app = wan_app.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(wan_listener, app).await;
     });
     axum::serve(lan_listener, lan_app(game))
         .await
@@ -287,6 +349,18 @@ impl Game {
             .cloned()
     }
 
+    /// Whether `from` is one of the maze's gateways (as the lobby saw them join): only they
+    /// may look at this stripe, hand players over or steer them here.
+    fn is_gateway(&self, from: std::net::IpAddr) -> bool {
+        let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        urls.iter().any(|u| {
+            u.strip_prefix("http://")
+                .and_then(|rest| rest.rsplit_once(':'))
+                .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
+                == Some(from)
+        })
+    }
+
     fn fresh_views(&self) -> Vec<View> {
         let views = self.views.lock().unwrap_or_else(|p| p.into_inner());
         views
@@ -307,14 +381,13 @@ async fn ticks(game: Shared) {
         for out in leaving {
             let back = out.held.player.x - out.held.player.dir.delta().0;
             let handed = match game.url_of(out.to) {
-                Some(url) => game
-                    .http
-                    .post(format!("{url}/handoff"))
-                    .header("content-type", "application/json")
-                    .body(serde_json::to_vec(&out.held).unwrap_or_default())
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
+                Some(url) => {
+                    let held = serde_json::to_vec(&out.held).unwrap_or_default();
+                    matches!(
+                        client::post(&format!("{url}/handoff"), held).await,
+                        Ok((204, _))
+                    )
+                }
                 None => false,
             };
             if !handed {
@@ -332,17 +405,12 @@ async fn neighbours(game: Shared, lobby_url: String) {
         (s.part, s.parts)
     };
     loop {
-        let urls: Option<Vec<String>> = async {
-            let r = game
-                .http
-                .get(format!("{lobby_url}/parts"))
-                .send()
-                .await
-                .ok()?;
-            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.ok()?).ok()?;
-            serde_json::from_value(v["urls"].clone()).ok()
-        }
-        .await;
+        let urls: Option<Vec<String>> = match client::get(&format!("{lobby_url}/parts")).await {
+            Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| serde_json::from_value(v["urls"].clone()).ok()),
+            _ => None,
+        };
         if let Some(urls) = urls {
             let complete = urls.len() == parts;
             *game.urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
@@ -359,11 +427,10 @@ async fn neighbours(game: Shared, lobby_url: String) {
             let Some(url) = game.url_of(other) else {
                 continue;
             };
-            let seen: Option<View> = async {
-                let r = game.http.get(format!("{url}/view")).send().await.ok()?;
-                serde_json::from_slice(&r.bytes().await.ok()?).ok()
-            }
-            .await;
+            let seen: Option<View> = match client::get(&format!("{url}/view")).await {
+                Ok((200, body)) => serde_json::from_slice(&body).ok(),
+                _ => None,
+            };
             if let Some(view) = seen.filter(|v| v.part == other) {
                 game.views.lock().unwrap_or_else(|p| p.into_inner())[other] =
                     Some((Instant::now(), view));
@@ -372,11 +439,28 @@ async fn neighbours(game: Shared, lobby_url: String) {
     }
 }
 
-async fn view(State(game): State<Shared>) -> Json<View> {
-    Json(game.stripe().view())
+fn stranger(from: SocketAddr) -> Response {
+    refuse(
+        StatusCode::FORBIDDEN,
+        format!("{} is not one of the maze's gateways", from.ip()),
+    )
 }
 
-async fn handoff(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+async fn view(State(game): State<Shared>, ConnectInfo(from): ConnectInfo<SocketAddr>) -> Response {
+    if !game.is_gateway(from.ip()) {
+        return stranger(from);
+    }
+    Json(game.stripe().view()).into_response()
+}
+
+async fn handoff(
+    State(game): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    bytes: axum::body::Bytes,
+) -> Response {
+    if !game.is_gateway(from.ip()) {
+        return stranger(from);
+    }
     let held: Held = match body(&bytes, "hand-over") {
         Ok(h) => h,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
@@ -394,7 +478,14 @@ struct Steer {
     dir: Dir,
 }
 
-async fn steer_here(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+async fn steer_here(
+    State(game): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    bytes: axum::body::Bytes,
+) -> Response {
+    if !game.is_gateway(from.ip()) {
+        return stranger(from);
+    }
     let s: Steer = match body(&bytes, "steering") {
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
@@ -451,18 +542,14 @@ async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response
     let Some(url) = holder.and_then(|p| game.url_of(p)) else {
         return refusal(Refusal::Unknown(s.id));
     };
-    let sent = game
-        .http
-        .post(format!("{url}/steer"))
-        .header("content-type", "application/json")
-        .body(json!({ "id": s.id, "key": s.key, "dir": s.dir }).to_string())
-        .send()
-        .await;
-    match sent {
-        Ok(r) if r.status().is_success() => StatusCode::NO_CONTENT.into_response(),
-        Ok(r) => refuse(
-            StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY),
-            format!("the gateway holding the player answered {}", r.status()),
+    let steer = json!({ "id": s.id, "key": s.key, "dir": s.dir })
+        .to_string()
+        .into_bytes();
+    match client::post(&format!("{url}/steer"), steer).await {
+        Ok((204, _)) => StatusCode::NO_CONTENT.into_response(),
+        Ok((status, _)) => refuse(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            format!("the gateway holding the player answered {status}"),
         ),
         Err(e) => refuse(
             StatusCode::BAD_GATEWAY,

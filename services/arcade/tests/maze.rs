@@ -233,6 +233,23 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     );
     let (code, text) = call("POST", &format!("{}/handoff", wan[1]), Some(&forged));
     assert_eq!(code, 400, "{text}");
+    // Only the maze's gateways talk to a gateway's WAN side: from another address, nothing.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--interface",
+            "127.0.0.2",
+        ])
+        .arg(format!("{}/view", wan[0]))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
     // The game goes on.
     assert!(json(&format!("{}/world", lan[1])).is_some());
     assert_eq!(steer("stop").0, 204);

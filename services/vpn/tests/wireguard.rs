@@ -506,7 +506,10 @@ fn a_laptop_reaches_the_allowed_lan_host_through_wireguard_and_nothing_else() {
         "vpn memory: {} KiB of its own at rest, {} KiB after the transfers, peak resident {} KiB",
         rest.0, after.0, after.1
     );
-    assert!(after.0 < 8 * 1024, "the reservation is too small: {after:?} KiB");
+    assert!(
+        after.0 < 8 * 1024,
+        "the reservation is too small: {after:?} KiB"
+    );
     // The provider's figures name no one.
     let (code, metrics) = net.page("GET", "/metrics", None);
     assert_eq!(code, "200");

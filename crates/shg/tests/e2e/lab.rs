@@ -746,16 +746,49 @@ fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_bo
             "--",
             "curl",
             "-sf",
+            "-m",
+            "5",
             "http://192.168.1.1:8097/world",
         ]);
         serde_json::from_str(&out.stdout).ok()
     };
     let mut part = std::collections::BTreeMap::new();
     for gw in ["gw1", "gw2"] {
+        let began = std::time::Instant::now();
         let w = crate::harness::eventually(
             &format!("the maze on {gw}, both halves shown"),
             Duration::from_secs(90),
             || {
+                if began.elapsed() > Duration::from_secs(80) {
+                    let token = lab.ok(&[
+                        "exec",
+                        gw,
+                        "--",
+                        "shg",
+                        "token",
+                        "create",
+                        "--provider",
+                        "arcade",
+                    ]);
+                    let mut cmd = Command::new(SHG);
+                    cmd.arg("lab")
+                        .arg("--dir")
+                        .arg(lab.base())
+                        .args([
+                            "--name", &lab.name, "exec", gw, "--", "shg", "logs", "arcade",
+                        ])
+                        .env("SHG_TOKEN", token.stdout.trim());
+                    let logs = cmd.output().unwrap();
+                    let ps = lab.shg(&["exec", gw, "--", "shg", "ps"]);
+                    let events = lab.shg(&["exec", gw, "--", "shg", "events"]);
+                    let deployments =
+                        lab.shg(&["exec", "gw1", "--", "shg", "fleet", "deployments"]);
+                    panic!(
+                        "{ps}\n{events}\n{deployments}\n{}\n{}",
+                        String::from_utf8_lossy(&logs.stdout),
+                        std::fs::read_to_string(work.join("lobby.log")).unwrap_or_default()
+                    );
+                }
                 let w = world(gw)?;
                 w["parts"]
                     .as_array()?
