@@ -1,6 +1,7 @@
 //! The data plane: WireGuard (boringtun's noise state machine, one per peer) on one UDP socket,
 //! and a userspace TCP/IP stack (smoltcp) that ends the laptop's TCP connections inside the
-//! service and opens the same connection from the service to the LAN host.
+//! service and opens the same connection from the service to the LAN host. A UDP datagram
+//! goes on from a socket of its flow's own, and the answers come back the same way.
 //!
 //! No TUN device, no forwarding, no extra capability: what leaves the service is ordinary
 //! sockets of its own, so the gateway's firewall decides which LAN hosts it reaches (the
@@ -18,9 +19,13 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use serde::Serialize;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, TcpPacket};
+use smoltcp::wire::{
+    HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
+    UdpRepr,
+};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
 
@@ -32,6 +37,8 @@ pub const MTU: usize = 1420;
 pub const MAX_CONNECTIONS: usize = 256;
 /// How long the service tries to reach a LAN host before resetting the laptop's connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A UDP flow without a datagram either way for this long is forgotten.
+pub const UDP_IDLE: Duration = Duration::from_secs(60);
 const SOCKET_BUFFER: usize = 64 * 1024;
 const CHUNK: usize = 16 * 1024;
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
@@ -190,6 +197,20 @@ struct Conn {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// A UDP flow: a peer's address and port, and the LAN host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FlowKey {
+    peer: SocketAddrV4,
+    target: SocketAddrV4,
+}
+
+/// The service's socket for one flow, forgotten after `UDP_IDLE` without traffic.
+struct Flow {
+    socket: std::net::UdpSocket,
+    last: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
 struct PeerState {
     peer: Peer,
     tunn: Tunn,
@@ -238,6 +259,8 @@ impl Tunnel {
         let mut buf = vec![0u8; 65536];
         let mut out = vec![0u8; 65536];
         let mut last_tick = Instant::now() - Duration::from_secs(1);
+        let mut flows: HashMap<FlowKey, Flow> = HashMap::new();
+        let (replies_tx, mut replies_rx) = mpsc::channel::<(FlowKey, Vec<u8>)>(256);
         let mut last_reset = Instant::now();
 
         loop {
@@ -297,7 +320,14 @@ impl Tunnel {
                     last_reset = Instant::now();
                     limiter.reset_count();
                 }
-                self.publish_status(&peers, conns.len());
+                flows.retain(|_, f| {
+                    let live = f.last.elapsed() < UDP_IDLE;
+                    if !live {
+                        f.task.abort();
+                    }
+                    live
+                });
+                self.publish_status(&peers, conns.len() + flows.len());
             }
 
             let delay = iface
@@ -308,7 +338,21 @@ impl Tunnel {
             tokio::select! {
                 got = self.udp.recv_from(&mut buf) => {
                     let (n, from) = got?;
-                    self.datagram(&buf[..n], from, &mut peers, &mut dev, &mut conns, &mut sockets, &mut out).await;
+                    let Some(packet) = self.datagram(&buf[..n], from, &mut peers, &mut out).await else {
+                        continue;
+                    };
+                    if Ipv4Packet::new_checked(&packet[..]).is_ok_and(|ip| ip.next_header() == IpProtocol::Udp) {
+                        self.udp_out(&packet, &mut flows, &replies_tx);
+                    } else {
+                        self.admit(&packet, &mut conns, &mut sockets);
+                        dev.rx.push_back(packet);
+                    }
+                }
+                Some((key, data)) = replies_rx.recv() => {
+                    if let Some(flow) = flows.get_mut(&key) {
+                        flow.last = Instant::now();
+                    }
+                    self.udp_back(key, &data, &mut peers, &mut out).await;
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(delay) => {}
@@ -316,19 +360,16 @@ impl Tunnel {
         }
     }
 
-    /// One datagram from the WAN: find its peer, let WireGuard check and open it, hand the
-    /// IP packet inside to the stack.
+    /// One datagram from the WAN: find its peer, let WireGuard check and open it; the IP
+    /// packet inside when it comes from the peer's own tunnel address.
     #[allow(clippy::too_many_arguments)]
     async fn datagram(
         &self,
         data: &[u8],
         from: SocketAddr,
         peers: &mut [PeerState],
-        dev: &mut Queues,
-        conns: &mut Vec<Conn>,
-        sockets: &mut SocketSet<'static>,
         out: &mut [u8],
-    ) {
+    ) -> Option<Vec<u8>> {
         let who = match Tunn::parse_incoming_packet(data) {
             Ok(Packet::HandshakeInit(init)) => {
                 let public = PublicKey::from(&self.secret);
@@ -360,7 +401,7 @@ impl Tunnel {
             ) {
                 self.refuse(|r| r.bad_datagrams += 1);
             }
-            return;
+            return None;
         };
         let state = &mut peers[i];
         let mut first = true;
@@ -376,30 +417,122 @@ impl Tunnel {
                     state.endpoint = Some(from);
                     if source != state.peer.address {
                         self.refuse(|r| r.spoofed_sources += 1);
-                    } else {
-                        let packet = packet.to_vec();
-                        state.rx += packet.len() as u64;
-                        self.admit(&packet, conns, sockets);
-                        dev.rx.push_back(packet);
+                        return None;
                     }
-                    break;
+                    state.rx += packet.len() as u64;
+                    return Some(packet.to_vec());
                 }
-                TunnResult::WriteToTunnelV6(..) => break,
+                TunnResult::WriteToTunnelV6(..) => return None,
                 TunnResult::Done => {
                     if first {
                         state.endpoint = Some(from);
                     }
-                    break;
+                    return None;
                 }
                 TunnResult::Err(_) => {
                     if first {
                         self.refuse(|r| r.bad_datagrams += 1);
                     }
-                    break;
+                    return None;
                 }
             }
             first = false;
         }
+    }
+
+    /// A UDP datagram from a peer: sent on from a socket of the flow's own (made on its first
+    /// datagram, to an allowed destination), whose answers come back through `replies`.
+    fn udp_out(
+        &self,
+        packet: &[u8],
+        flows: &mut HashMap<FlowKey, Flow>,
+        replies: &mpsc::Sender<(FlowKey, Vec<u8>)>,
+    ) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+            return;
+        };
+        let key = FlowKey {
+            peer: SocketAddrV4::new(ip.src_addr(), udp.src_port()),
+            target: SocketAddrV4::new(ip.dst_addr(), udp.dst_port()),
+        };
+        if !flows.contains_key(&key) {
+            let target = *key.target.ip();
+            if target == self.address || !self.allowed.iter().any(|n| n.contains(target)) {
+                self.refuse(|r| r.destinations += 1);
+                return;
+            }
+            if flows.len() >= MAX_CONNECTIONS {
+                return;
+            }
+            // One socket: sent on directly (non-blocking), read by the flow's task.
+            let sockets = std::net::UdpSocket::bind(("0.0.0.0", 0))
+                .and_then(|s| s.connect(key.target).map(|()| s))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| Ok((s.try_clone()?, UdpSocket::from_std(s)?)));
+            let Ok((socket, reader)) = sockets else {
+                self.refuse(|r| r.unreachable += 1);
+                return;
+            };
+            let replies = replies.clone();
+            let task = tokio::spawn(async move {
+                let mut buf = vec![0u8; 65535];
+                while let Ok(n) = reader.recv(&mut buf).await {
+                    if replies.send((key, buf[..n].to_vec())).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            flows.insert(
+                key,
+                Flow {
+                    socket,
+                    last: Instant::now(),
+                    task,
+                },
+            );
+        }
+        if let Some(flow) = flows.get_mut(&key) {
+            flow.last = Instant::now();
+            // A full send buffer drops the datagram, as any UDP path may.
+            let _ = flow.socket.send(udp.payload());
+        }
+    }
+
+    /// An answer of a LAN host to a flow, wrapped in IP and UDP from the host to the peer.
+    async fn udp_back(&self, key: FlowKey, data: &[u8], peers: &mut [PeerState], out: &mut [u8]) {
+        if data.len() > MTU - 28 {
+            return; // no fragmentation here: larger answers are dropped
+        }
+        let udp = UdpRepr {
+            src_port: key.target.port(),
+            dst_port: key.peer.port(),
+        };
+        let ip = Ipv4Repr {
+            src_addr: *key.target.ip(),
+            dst_addr: *key.peer.ip(),
+            next_header: IpProtocol::Udp,
+            payload_len: 8 + data.len(),
+            hop_limit: 64,
+        };
+        let mut packet = vec![0u8; ip.buffer_len() + 8 + data.len()];
+        let caps = ChecksumCapabilities::default();
+        let mut ip_packet = Ipv4Packet::new_unchecked(&mut packet[..]);
+        ip.emit(&mut ip_packet, &caps);
+        let mut udp_packet = UdpPacket::new_unchecked(ip_packet.payload_mut());
+        udp.emit(
+            &mut udp_packet,
+            &IpAddress::Ipv4(ip.src_addr),
+            &IpAddress::Ipv4(ip.dst_addr),
+            data.len(),
+            |payload| payload.copy_from_slice(data),
+            &caps,
+        );
+        let mut dev = Queues::default();
+        dev.tx.push_back(packet);
+        self.send_out(&mut dev, peers, out).await;
     }
 
     /// A TCP SYN towards an allowed destination gets a listening socket of its own (and a

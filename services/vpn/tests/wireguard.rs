@@ -378,6 +378,15 @@ class S(h.BaseHTTPRequestHandler):
 h.HTTPServer(('192.168.77.2', 9000), S).serve_forever()
 "#;
     net.spawn("lan", &["/usr/bin/python3", "-c", sink], "sink.log");
+    let echo = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('192.168.77.2', 9001))
+while True:
+    d, a = s.recvfrom(65535)
+    s.sendto(b'echo ' + d, a)
+"#;
+    net.spawn("lan", &["/usr/bin/python3", "-c", echo], "echo.log");
     let deadline = Instant::now() + Duration::from_secs(10);
     for port in ["8080", "9000"] {
         while !String::from_utf8_lossy(&net.exec("lan", &["ss", "-ltn"]).stdout)
@@ -468,6 +477,31 @@ fn a_laptop_reaches_the_allowed_lan_host_through_wireguard_and_nothing_else() {
         (0, "2097152")
     );
 
+    // UDP: datagrams to the LAN host and its answers, through the tunnel.
+    let udp = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.connect(('192.168.77.2', 9001))
+for n in range(3):
+    s.send(b'ping %d' % n + b'.' * 1000)
+    print(s.recv(65535)[:11].decode())
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t.settimeout(1)
+t.sendto(b'ping', ('192.168.77.3', 9001))
+try:
+    t.recv(100); print('answered')
+except socket.timeout:
+    print('no answer')
+"#;
+    let out = net.exec("l0", &["/usr/bin/python3", "-c", udp]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "echo ping 0\necho ping 1\necho ping 2\nno answer\n",
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        net.log("vpn.log")
+    );
     // Another LAN host is outside what the tunnel reaches: refused at once (a reset).
     let began = Instant::now();
     let (code, _) = net.curl(0, "http://192.168.77.3:8080/file", &[]);
@@ -492,7 +526,7 @@ fn a_laptop_reaches_the_allowed_lan_host_through_wireguard_and_nothing_else() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(state["refused"]["destinations"], 1, "{state}");
+    assert_eq!(state["refused"]["destinations"], 2, "{state}");
     assert_eq!(state["refused"]["unreachable"], 1, "{state}");
     let status = &state["peers"][0]["status"];
     let endpoint = status["endpoint"].as_str().unwrap_or_default();
