@@ -315,6 +315,10 @@ async fn gateway(
         .route("/handoff", post(handoff))
         .route("/steer", post(steer_here))
         .layer(DefaultBodyLimit::max(4096))
+        .layer(axum::middleware::from_fn_with_state(
+            game.clone(),
+            gateways_only,
+        ))
         .with_state(game.clone());
     tokio::spawn(async move {
         let app = wan_app.into_make_service_with_connect_info::<SocketAddr>();
@@ -446,28 +450,36 @@ fn stranger(from: SocketAddr) -> Response {
     )
 }
 
-async fn view(State(game): State<Shared>, ConnectInfo(from): ConnectInfo<SocketAddr>) -> Response {
-    if !game.is_gateway(from.ip()) {
-        return stranger(from);
-    }
-    Json(game.stripe().view()).into_response()
-}
-
-async fn handoff(
+/// The WAN side answers the maze's gateways only.
+async fn gateways_only(
     State(game): State<Shared>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
-    bytes: axum::body::Bytes,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
 ) -> Response {
-    if !game.is_gateway(from.ip()) {
-        return stranger(from);
+    if game.is_gateway(from.ip()) {
+        next.run(request).await
+    } else {
+        stranger(from)
     }
-    let held: Held = match body(&bytes, "hand-over") {
-        Ok(h) => h,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-    };
-    match game.stripe().arrive(held) {
+}
+
+/// 204, or the refusal's status and sentence.
+fn done(result: Result<(), Refusal>) -> Response {
+    match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(r) => refusal(r),
+    }
+}
+
+async fn view(State(game): State<Shared>) -> Json<View> {
+    Json(game.stripe().view())
+}
+
+async fn handoff(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    match body::<Held>(&bytes, "hand-over") {
+        Ok(held) => done(game.stripe().arrive(held)),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -478,21 +490,10 @@ struct Steer {
     dir: Dir,
 }
 
-async fn steer_here(
-    State(game): State<Shared>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    bytes: axum::body::Bytes,
-) -> Response {
-    if !game.is_gateway(from.ip()) {
-        return stranger(from);
-    }
-    let s: Steer = match body(&bytes, "steering") {
-        Ok(s) => s,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
-    };
-    match game.stripe().steer(&s.id, &s.key, s.dir) {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(r) => refusal(r),
+async fn steer_here(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response {
+    match body::<Steer>(&bytes, "steering") {
+        Ok(s) => done(game.stripe().steer(&s.id, &s.key, s.dir)),
+        Err(e) => refuse(StatusCode::BAD_REQUEST, e),
     }
 }
 
@@ -524,15 +525,9 @@ async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response
         Ok(s) => s,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
-    let here = game.stripe().steer(&s.id, &s.key, s.dir);
-    match here {
+    match game.stripe().steer(&s.id, &s.key, s.dir) {
         Err(Refusal::Unknown(_)) => {}
-        other => {
-            return match other {
-                Ok(()) => StatusCode::NO_CONTENT.into_response(),
-                Err(r) => refusal(r),
-            }
-        }
+        here => return done(here),
     }
     let holder = game
         .fresh_views()

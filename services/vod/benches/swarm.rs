@@ -333,15 +333,7 @@ fn main() {
         eprintln!("keeping the logs in {}", dir.path().display());
     }
     std::fs::create_dir_all(dir.path().join("titles")).unwrap();
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = testdata::scrambled(len as usize);
     std::fs::write(dir.path().join("titles/film.mp4"), &data).unwrap();
 
     let tag = format!("{:05}", std::process::id() % 100_000);

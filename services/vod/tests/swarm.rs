@@ -51,15 +51,7 @@ fn spawn(dir: &Path, label: &str, args: &[String]) -> Proc {
 
 /// A title of `len` bytes that compress badly, the same at every run.
 fn title(path: &Path, len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e3779b97f4a7c15;
-    let data: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let data = testdata::scrambled(len);
     std::fs::write(path, &data).unwrap();
     data
 }

@@ -330,19 +330,6 @@ impl Net {
     }
 }
 
-/// Bytes that compress badly, the same at every run.
-fn data(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A web server on the LAN host (busybox httpd on 192.168.77.2:8080) with `file` in it, and a
 /// sink on :9000 that answers each request with the length of its body.
 fn lan_servers(net: &mut Net, file: &[u8]) {
@@ -427,7 +414,7 @@ fn a_laptop_reaches_the_allowed_lan_host_through_wireguard_and_nothing_else() {
         return;
     }
     let mut net = Net::new("a", 1);
-    let file = data(3 << 20);
+    let file = testdata::scrambled(3 << 20);
     lan_servers(&mut net, &file);
     net.start_vpn("192.168.77.2/32");
     let gateway_key = net.state()["public_key"].as_str().unwrap().to_string();
@@ -460,7 +447,7 @@ fn a_laptop_reaches_the_allowed_lan_host_through_wireguard_and_nothing_else() {
     );
     // Up: 2 MiB to the sink, which counts them.
     let upload = net.dir.path().join("upload");
-    std::fs::write(&upload, data(2 << 20)).unwrap();
+    std::fs::write(&upload, testdata::scrambled(2 << 20)).unwrap();
     let upload_arg = format!("@{}", upload.display());
     let (code, body) = net.curl(
         0,

@@ -62,6 +62,29 @@ impl TestLab {
         out
     }
 
+    /// `shg ARGS…` on gateway `gw` as provider `provider` (a new token of its own), as that
+    /// provider would run it through the gateway.
+    fn as_provider(&self, gw: &str, provider: &str, args: &[&str]) -> std::process::Output {
+        let token = self.ok(&[
+            "exec",
+            gw,
+            "--",
+            "shg",
+            "token",
+            "create",
+            "--provider",
+            provider,
+        ]);
+        let mut cmd = Command::new(SHG);
+        cmd.arg("lab")
+            .arg("--dir")
+            .arg(self.base())
+            .args(["--name", &self.name, "exec", gw, "--", "shg"])
+            .args(args)
+            .env("SHG_TOKEN", token.stdout.trim());
+        cmd.output().unwrap()
+    }
+
     fn status(&self) -> Value {
         serde_json::from_str(&self.ok(&["status", "--json"]).stdout).unwrap()
     }
@@ -496,15 +519,7 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
     );
     let vod_s = vod.display().to_string();
     // 1 MiB at 0.5 Mbit/s: 17 s of picture.
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    let film: Vec<u8> = (0..1 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
+    let film = testdata::scrambled(1 << 20);
     std::fs::write(work.join("titles/film.mp4"), &film).unwrap();
 
     // The provider's tracker and origin on the lab's WAN host (the regions' router).
@@ -611,25 +626,7 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
 
     // Its provider's view, through the gateway with streamco's own token.
     let metrics = |gw: &str| -> Value {
-        let token = lab.ok(&[
-            "exec",
-            gw,
-            "--",
-            "shg",
-            "token",
-            "create",
-            "--provider",
-            "streamco",
-        ]);
-        let mut cmd = Command::new(SHG);
-        cmd.arg("lab")
-            .arg("--dir")
-            .arg(lab.base())
-            .args([
-                "--name", &lab.name, "exec", gw, "--", "shg", "metrics", "vod",
-            ])
-            .env("SHG_TOKEN", token.stdout.trim());
-        let out = cmd.output().unwrap();
+        let out = lab.as_provider(gw, "streamco", &["metrics", "vod"]);
         assert!(out.status.success(), "shg metrics vod on {gw}: {out:?}");
         serde_json::from_slice(&out.stdout).unwrap()
     };
@@ -760,25 +757,7 @@ fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_bo
             Duration::from_secs(90),
             || {
                 if began.elapsed() > Duration::from_secs(80) {
-                    let token = lab.ok(&[
-                        "exec",
-                        gw,
-                        "--",
-                        "shg",
-                        "token",
-                        "create",
-                        "--provider",
-                        "arcade",
-                    ]);
-                    let mut cmd = Command::new(SHG);
-                    cmd.arg("lab")
-                        .arg("--dir")
-                        .arg(lab.base())
-                        .args([
-                            "--name", &lab.name, "exec", gw, "--", "shg", "logs", "arcade",
-                        ])
-                        .env("SHG_TOKEN", token.stdout.trim());
-                    let logs = cmd.output().unwrap();
+                    let logs = lab.as_provider(gw, "arcade", &["logs", "arcade"]);
                     let ps = lab.shg(&["exec", gw, "--", "shg", "ps"]);
                     let events = lab.shg(&["exec", gw, "--", "shg", "events"]);
                     let deployments =

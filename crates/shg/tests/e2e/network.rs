@@ -1751,19 +1751,6 @@ fn the_shipped_service_packages_run_and_publish_what_their_manifests_say() {
     }
 }
 
-/// A title of `len` bytes that compress badly, the same at every run.
-fn film(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x2545f4914f6cdd1d;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// streamco's `vod` on a real gateway: the origin and the tracker on the WAN, the household's
 /// player on the LAN. The title plays on the LAN byte for byte; the gateway announces its
 /// published BitTorrent port, and once the origin is gone a standard client (aria2c) on the
@@ -1781,7 +1768,7 @@ fn vod_plays_a_title_on_the_lan_and_the_gateway_seeds_it_to_a_standard_client() 
     let binary = binary.display().to_string();
     let titles = lab.scratch.path().join("titles");
     std::fs::create_dir_all(&titles).unwrap();
-    let data = film(3 << 20);
+    let data = testdata::scrambled(3 << 20);
     std::fs::write(titles.join("film.mp4"), &data).unwrap();
     let (origin_url, tracker_url) = (
         format!("http://{WAN_HOST}:8080"),
