@@ -161,7 +161,14 @@ pub struct ReportedService {
     pub cpu_reserved_millicores: Option<u64>,
     #[serde(default)]
     pub memory_reserved_bytes: Option<u64>,
+    /// The figures the service keeps for its provider (its `[metrics]` answer, when that is a
+    /// JSON object of at most [`FIGURES_MAX_BYTES`]), for the provider's fleet view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<serde_json::Value>,
 }
+
+/// The most of a service's own figures a gateway reports.
+pub const FIGURES_MAX_BYTES: usize = 16 * 1024;
 
 /// The result of the gateway's attempt at one desired service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -308,6 +315,13 @@ pub struct FleetService {
     pub cpu_reserved_millicores: u64,
     pub memory_bytes: u64,
     pub memory_reserved_bytes: u64,
+    /// For the service's provider only: the figures its service keeps (`[metrics]`), per
+    /// gateway id as last reported…
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, serde_json::Value>,
+    /// …and each top-level number of them summed over those gateways.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures_total: BTreeMap<String, f64>,
 }
 
 /// Body of `POST /v1/sync/subscriptions` (a gateway, for its household).

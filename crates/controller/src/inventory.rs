@@ -224,6 +224,17 @@ impl Controller {
                 f.cpu_reserved_millicores += s.cpu_reserved_millicores.unwrap_or(0);
                 f.memory_bytes += s.memory_bytes.unwrap_or(0);
                 f.memory_reserved_bytes += s.memory_reserved_bytes.unwrap_or(0);
+                // The service's own figures are its provider's data: the operator does not
+                // read them here either.
+                let own = matches!(who, Principal::Provider(p) if *p == s.provider);
+                if let (true, Some(figures)) = (own, s.figures) {
+                    for (key, value) in figures.as_object().into_iter().flatten() {
+                        if let Some(n) = value.as_f64() {
+                            *f.figures_total.entry(key.clone()).or_default() += n;
+                        }
+                    }
+                    f.figures.insert(g.row.id.clone(), figures);
+                }
             }
         }
         Ok(by.into_values().collect())

@@ -410,6 +410,7 @@ impl Link {
                     memory_bytes: used.and_then(|u| u.memory.used),
                     cpu_reserved_millicores: used.map(|u| u.cpu.reserve),
                     memory_reserved_bytes: used.map(|u| u.memory.reserve),
+                    figures: None,
                 }
             })
             .collect();
@@ -429,14 +430,35 @@ impl Link {
         })
     }
 
+    /// The figures a running service keeps for its provider, read as its provider would
+    /// (`[metrics]`): a JSON object, else nothing. At most two seconds.
+    async fn figures(&self, provider: &str, name: &str) -> Option<serde_json::Value> {
+        let who = Principal::Provider(provider.to_string());
+        let key = self.agent.resolve(&who, name).ok()?;
+        let read = self.agent.service_metrics(&who, &key);
+        let metrics = tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()?
+            .ok()?;
+        if metrics.body.len() > api::fleet::FIGURES_MAX_BYTES {
+            return None;
+        }
+        serde_json::from_slice::<serde_json::Value>(&metrics.body)
+            .ok()
+            .filter(serde_json::Value::is_object)
+    }
+
     async fn send_report(&self) -> Result<(), api::ClientError> {
-        let report = match self.report() {
+        let mut report = match self.report() {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!("cannot make the fleet report: {e}");
                 return Ok(());
             }
         };
+        for s in report.services.iter_mut().filter(|s| s.state == "running") {
+            s.figures = self.figures(&s.provider, &s.name).await;
+        }
         self.client()
             .send_json_empty("POST", "/v1/sync/report", &report)
             .await

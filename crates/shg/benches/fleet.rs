@@ -197,6 +197,7 @@ fn report() -> api::fleet::Report {
         memory_bytes: Some(20 << 20),
         cpu_reserved_millicores: Some(100),
         memory_reserved_bytes: Some(32 << 20),
+        figures: None,
     };
     api::fleet::Report {
         agent_version: "bench".into(),

@@ -103,7 +103,8 @@ pub enum FleetCommand {
         #[arg(value_name = "ID")]
         id: String,
     },
-    /// Each service across the fleet: gateways running it, healthy, failing, use
+    /// Each service across the fleet: gateways running it, healthy, failing, use; for a
+    /// provider, also the figures its service keeps, summed over the gateways
     Services,
     /// Show the fleet's events
     Events {
@@ -394,6 +395,21 @@ fn services_table(out: &mut impl Write, services: &[FleetService]) -> io::Result
             s.failing,
             format!("{}m", s.cpu_millicores),
             output::size(s.memory_bytes)
+        )?;
+    }
+    // A provider's own figures (`[metrics]`), summed; per gateway in `--json`.
+    for s in services.iter().filter(|s| !s.figures_total.is_empty()) {
+        let total: Vec<String> = s
+            .figures_total
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        writeln!(
+            out,
+            "{} over {} gateways: {}",
+            s.name,
+            s.figures.len(),
+            total.join(" ")
         )?;
     }
     Ok(())

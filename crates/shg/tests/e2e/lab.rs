@@ -75,13 +75,18 @@ impl TestLab {
             "--provider",
             provider,
         ]);
+        self.with_token(gw, token.stdout.trim(), args)
+    }
+
+    /// `shg ARGS…` from gateway `gw` with `token` in SHG_TOKEN.
+    fn with_token(&self, gw: &str, token: &str, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(SHG);
         cmd.arg("lab")
             .arg("--dir")
             .arg(self.base())
             .args(["--name", &self.name, "exec", gw, "--", "shg"])
             .args(args)
-            .env("SHG_TOKEN", token.stdout.trim());
+            .env("SHG_TOKEN", token);
         cmd.output().unwrap()
     }
 
@@ -684,6 +689,53 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
             "{gw} fetched across regions: {m}"
         );
     }
+
+    // streamco's fleet view at the controller: the same figures per gateway, and summed.
+    // (A journaled change makes each gateway report at once rather than at its heartbeat.)
+    for gw in ["gw1", "gw2", "gw3"] {
+        lab.ok(&["exec", gw, "--", "shg", "priority", "vod", "51"]);
+    }
+    let token = lab.ok(&[
+        "exec",
+        "gw1",
+        "--",
+        "shg",
+        "fleet",
+        "token",
+        "create",
+        "--provider",
+        "streamco",
+    ]);
+    let fleet_view = || -> Option<Value> {
+        let out = lab.with_token("gw1", token.stdout.trim(), &["fleet", "services", "--json"]);
+        let all: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let vod = all.as_array()?.iter().find(|s| s["name"] == "vod")?.clone();
+        let full = vod["figures"]
+            .as_object()?
+            .values()
+            .all(|f| f["same_region_bytes"].is_u64());
+        (vod["figures"].as_object()?.len() == 3 && full).then_some(vod)
+    };
+    let vod = crate::harness::eventually(
+        "streamco's figures from the 3 gateways",
+        Duration::from_secs(30),
+        fleet_view,
+    );
+    let summed: u64 = vod["figures"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f["same_region_bytes"].as_u64().unwrap())
+        .sum();
+    assert!(summed > 0, "{vod}");
+    assert_eq!(
+        vod["figures_total"]["same_region_bytes"].as_f64(),
+        Some(summed as f64),
+        "{vod}"
+    );
+    // The operator's view has the service, not its provider's figures.
+    let operator = lab.ok(&["exec", "gw1", "--", "shg", "fleet", "services", "--json"]);
+    assert!(!operator.stdout.contains("same_region_bytes"), "{operator}");
     drop(origin_proc);
     lab.ok(&["down"]);
 }
@@ -694,7 +746,7 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
 /// household's browser sees the visitor arrive; the player's own page never shows a jump.
 #[test]
 fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_border() {
-    let lab = TestLab::new("a");
+    let lab = TestLab::new("g");
     lab.ok(&["up", "--gateways", "2", "--link", "adsl"]);
     let wan = format!("shglab-{}-wan", lab.name);
     let work = lab.base().join("arcade");
