@@ -40,7 +40,21 @@ pub struct Manifest {
     /// its provider reads through the gateway (`GET /v1/services/NAME/metrics`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// `[network] egress`: whether the service may open connections to the WAN.
+    pub egress: Egress,
     pub restart: Restart,
+}
+
+/// `[network] egress`: where a service may open connections of its own. Answers to what
+/// reaches it (its published ports) always go back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    /// The WAN (the Internet), as every service by default.
+    #[default]
+    Wan,
+    /// Nowhere but what imports and the household's LAN grants open.
+    None,
 }
 
 /// How to start the service's process.
@@ -315,6 +329,7 @@ const TOP_KEYS: &[&str] = &[
     "imports",
     "health",
     "metrics",
+    "network",
     "restart",
 ];
 const NAME_RULE: &str =
@@ -378,6 +393,14 @@ fn manifest(t: &Table) -> R<Manifest> {
             Some(url.to_string())
         }
     };
+    let egress = match get_table(t, "", "network")? {
+        None => Egress::default(),
+        Some(n) => {
+            check_keys(n, "network", "[network]", &["egress"])?;
+            let choices = [("wan", Egress::Wan), ("none", Egress::None)];
+            get_choice(n, "network", "egress", &choices)?.unwrap_or_default()
+        }
+    };
     let restart = match get_table(t, "", "restart")? {
         None => Restart::default(),
         Some(r) => {
@@ -404,6 +427,7 @@ fn manifest(t: &Table) -> R<Manifest> {
         imports,
         health,
         metrics,
+        egress,
         restart,
     })
 }
@@ -1306,6 +1330,15 @@ policy = "on-failure"                          # always | on-failure | never
 
     /// The smallest valid manifest, then `tail`; lines of `tail` before any table header land
     /// in [run].
+    #[test]
+    fn egress_is_the_wan_unless_the_manifest_says_none() {
+        let open = parse(&minimal(""), "t").unwrap();
+        assert_eq!(open.egress, Egress::Wan);
+        let closed = parse(&minimal("[network]\negress = \"none\""), "t").unwrap();
+        assert_eq!(closed.egress, Egress::None);
+        assert_eq!(serde_json::to_value(&closed).unwrap()["egress"], "none");
+    }
+
     fn minimal(tail: &str) -> String {
         let head = "name = \"svc\"\nversion = \"1\"\nprovider = \"p\"\n";
         format!("{head}[run]\ncommand = [\"/bin/x\"]\n{tail}")
@@ -1746,6 +1779,8 @@ timeout = "500ms""#,
             (minimal("[restart]\npolicy = \"sometimes\""), "restart.policy",
              "\"always\", \"on-failure\", \"never\""),
             (minimal("[restart]\npolicy = \"on_failure\""), "restart.policy", "unknown value"),
+            (minimal("[network]\negress = \"lan\""), "network.egress", "unknown value"),
+            (minimal("[network]\nwan = false"), "network.wan", "unknown field"),
             (format!("restart = \"always\"\n{}", minimal("")), "restart",
              "expected a table, found string"),
         ]);

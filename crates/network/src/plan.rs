@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use manifest::{Export, Import, Manifest, Port, Protocol, Publish};
+use manifest::{Egress, Export, Import, Manifest, Port, Protocol, Publish};
 
 use crate::Config;
 
@@ -69,6 +69,8 @@ pub struct Member {
     pub imports: Vec<Import>,
     /// The LAN hosts the household lets it reach.
     pub lan: Vec<LanGrant>,
+    /// Whether it may open connections to the WAN.
+    pub egress: Egress,
 }
 
 impl Member {
@@ -82,6 +84,7 @@ impl Member {
             exports: manifest.exports.clone(),
             imports: manifest.imports.clone(),
             lan: Vec::new(),
+            egress: manifest.egress,
         }
     }
 }
@@ -247,6 +250,17 @@ pub fn ruleset(cfg: &Config, names: &Names, wan: Option<&str>, members: &[Member
         "\tset lan_port {{\n\t\ttype ipv4_addr . ipv4_addr . inet_service\n{}\t}}\n",
         elements(host_ports)
     );
+    // Services whose manifest says `[network] egress = "none"`.
+    let closed: Vec<String> = members
+        .iter()
+        .filter(|m| m.egress == Egress::None)
+        .map(|m| cfg.address(m.slot).to_string())
+        .collect();
+    let _ = write!(
+        s,
+        "\tset no_egress {{\n\t\ttype ipv4_addr\n{}\t}}\n",
+        elements(closed)
+    );
     for (map, side) in [("pub_lan", Publish::Lan), ("pub_wan", Publish::Wan)] {
         let items: Vec<String> = members
             .iter()
@@ -317,6 +331,7 @@ pub fn ruleset(cfg: &Config, names: &Names, wan: Option<&str>, members: &[Member
         s,
         "\t\tmeta l4proto {{ tcp, udp }} ip saddr . ip daddr . th dport @lan_port accept"
     );
+    let _ = writeln!(s, "\t\tip saddr @no_egress drop");
     let _ = writeln!(s, "\t\toifname \"{bridge}\" drop");
     if let Some(lan) = &cfg.lan {
         let _ = writeln!(s, "\t\toifname \"{lan}\" drop");
@@ -458,6 +473,7 @@ mod tests {
             exports: Vec::new(),
             imports: Vec::new(),
             lan: Vec::new(),
+            egress: Egress::Wan,
         }
     }
 
@@ -574,6 +590,7 @@ mod tests {
             LanGrant::parse("192.168.1.20", &cfg).unwrap(),
             LanGrant::parse("192.168.1.30:554", &cfg).unwrap(),
         ];
+        viewer.egress = Egress::None;
         let text = ruleset(
             &cfg,
             &Names::new("0000beef"),
@@ -595,6 +612,10 @@ table inet shg_0000beef {
 \tset lan_port {
 \t\ttype ipv4_addr . ipv4_addr . inet_service
 \t\telements = { 10.77.0.4 . 192.168.1.30 . 554 }
+\t}
+\tset no_egress {
+\t\ttype ipv4_addr
+\t\telements = { 10.77.0.4 }
 \t}
 \tmap pub_lan {
 \t\ttype inet_proto . inet_service : ipv4_addr . inet_service
@@ -624,6 +645,7 @@ table inet shg_0000beef {
 \t\tip saddr . ip daddr . meta l4proto . th dport @allow accept
 \t\tip saddr . ip daddr @lan_host accept
 \t\tmeta l4proto { tcp, udp } ip saddr . ip daddr . th dport @lan_port accept
+\t\tip saddr @no_egress drop
 \t\toifname \"shgb0000beef\" drop
 \t\toifname \"lan0\" drop
 \t\toifname \"wan0\" accept

@@ -2212,3 +2212,31 @@ fn vpn_gives_a_wan_laptop_the_lan_hosts_the_household_allows_and_nothing_else() 
         "vpn outgrew its memory reservation"
     );
 }
+
+/// `[network] egress = "none"`: the service opens nothing towards the WAN (nor the LAN), yet
+/// its published WAN port answers; its neighbour without the line still reaches the WAN.
+#[test]
+fn a_service_without_egress_answers_on_its_published_port_and_reaches_nothing() {
+    let mut lab = Lab::new("eg");
+    let gw = lab.gateway("");
+    lab.peer_server(&lab.wan.clone(), &[7001]);
+    let closed = format!("{}[network]\negress = \"none\"\n", ports(&[(9090, "wan")]));
+    install_httpd(&gw, "closed", "acme", 9090, &closed);
+    install_httpd(&gw, "open", "acme", 9091, "");
+    assert!(
+        connect_from(&gw, "open", WAN_HOST, 7001).is_ok(),
+        "a service with egress reaches the WAN:\n{}",
+        diagnose(&lab, &gw, "open")
+    );
+    assert!(
+        connect_from(&gw, "closed", WAN_HOST, 7001).is_err(),
+        "a service without egress reached the WAN"
+    );
+    let page = eventually("the published WAN port", Duration::from_secs(20), || {
+        lab.connect(&lab.wan, GW_WAN, 9090).ok()
+    });
+    assert!(page.contains("page-of-closed"), "{page}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&gw.shg_ok(&["inspect", "closed", "--json"]).stdout).unwrap();
+    assert_eq!(shown["manifest"]["egress"], "none", "{shown}");
+}
