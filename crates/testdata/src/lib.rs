@@ -14,6 +14,14 @@ pub fn scrambled(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A TCP port free on the loopback right now (the kernel's pick), for a server a test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the loopback has a free port")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -3,7 +3,6 @@
 //! gateway all along, and seen by it without a jump; garbage from players and from would-be
 //! gateways is refused and the game goes on.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,13 +19,7 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testdata::free_port;
 
 fn spawn(args: &[&str]) -> Proc {
     Proc(

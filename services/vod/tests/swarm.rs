@@ -29,13 +29,7 @@ impl Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testdata::free_port;
 
 fn spawn(dir: &Path, label: &str, args: &[String]) -> Proc {
     let log = dir.join(format!("{label}.log"));

@@ -2,7 +2,6 @@
 //! peer while the peer downloads it over BitTorrent (the origin's seed and web seed on
 //! loopback), and the picture never stalls once it started.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,13 +9,7 @@ use std::time::{Duration, Instant};
 use crate::console::Browser;
 use crate::harness::{eventually, Background, SHG};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use testdata::free_port;
 
 fn vod() -> PathBuf {
     let binary = PathBuf::from(SHG).with_file_name("vod");
