@@ -84,9 +84,11 @@ fn chromium_plays_a_title_while_the_gateway_downloads_it_and_never_stalls_once_s
         answers(&format!("{tracker}/region")).then_some(())
     });
     let titles_s = titles.display().to_string();
-    // The origin's seed sends 200 KB/s, four times the title's bitrate, which the provider
-    // declares: the gateway downloads as the browser starts to play, and its reads wait for
-    // peers only as long as the player's buffer allows.
+    // The origin's seed sends 400 KB/s, eight times the title's bitrate, which the provider
+    // declares: the gateway downloads as the browser starts to play (the 1 MB title takes it
+    // a few seconds), and its reads wait for peers only as long as the player's buffer
+    // allows. At four times, a CI run with four heavy tests on two cores once saw two stalls
+    // (debug builds of the peer and librqbit starved of CPU).
     let _origin = spawn(
         d,
         "origin",
@@ -105,7 +107,7 @@ fn chromium_plays_a_title_while_the_gateway_downloads_it_and_never_stalls_once_s
             "--seed-listen",
             &format!("127.0.0.1:{}", free_port()),
             "--seed-upload-bps",
-            "200000",
+            "400000",
         ],
     );
     eventually("the origin", Duration::from_secs(20), || {
