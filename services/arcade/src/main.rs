@@ -555,8 +555,11 @@ async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response
 
 /// The whole maze as this gateway's players see it.
 async fn world(State(game): State<Shared>) -> Json<serde_json::Value> {
-    let own = game.stripe().view();
-    let (part, parts) = (own.part, game.stripe().parts);
+    let (own, parts) = {
+        let stripe = game.stripe();
+        (stripe.view(), stripe.parts)
+    };
+    let part = own.part;
     let mut views = game.fresh_views();
     views.push(own);
     let players = merge(&views);

@@ -213,6 +213,8 @@ struct Flow {
 
 struct PeerState {
     peer: Peer,
+    /// Its public key, decoded once.
+    key: [u8; 32],
     tunn: Tunn,
     /// What its `Tunn` was made with: the upper 24 bits of the receiver index of the
     /// packets meant for it.
@@ -279,9 +281,10 @@ impl Tunnel {
                         // The index tells whose a packet is; never given twice.
                         let index = next_index;
                         next_index = (next_index + 1) & 0x00ff_ffff;
+                        let key = peer.key();
                         match Tunn::new(
                             self.secret.clone(),
-                            PublicKey::from(peer.key()),
+                            PublicKey::from(key),
                             None,
                             None,
                             index,
@@ -289,6 +292,7 @@ impl Tunnel {
                         ) {
                             Ok(tunn) => peers.push(PeerState {
                                 peer,
+                                key,
                                 tunn,
                                 tunn_index: index,
                                 endpoint: None,
@@ -375,9 +379,7 @@ impl Tunnel {
                 let public = PublicKey::from(&self.secret);
                 match parse_handshake_anon(&self.secret, &public, &init) {
                     Ok(half) => {
-                        let found = peers
-                            .iter()
-                            .position(|s| s.peer.key() == half.peer_static_public);
+                        let found = peers.iter().position(|s| s.key == half.peer_static_public);
                         if found.is_none() {
                             self.refuse(|r| r.unknown_keys += 1);
                         }
@@ -530,9 +532,7 @@ impl Tunnel {
             |payload| payload.copy_from_slice(data),
             &caps,
         );
-        let mut dev = Queues::default();
-        dev.tx.push_back(packet);
-        self.send_out(&mut dev, peers, out).await;
+        self.deliver(&packet, peers, out).await;
     }
 
     /// A TCP SYN towards an allowed destination gets a listening socket of its own (and a
@@ -673,18 +673,23 @@ impl Tunnel {
     /// Sends what the stack wrote to the peer whose tunnel address it is for.
     async fn send_out(&self, dev: &mut Queues, peers: &mut [PeerState], out: &mut [u8]) {
         while let Some(packet) = dev.tx.pop_front() {
-            let Ok(ip) = Ipv4Packet::new_checked(&packet[..]) else {
-                continue;
-            };
-            let dst = ip.dst_addr();
-            let Some(state) = peers.iter_mut().find(|s| s.peer.address == dst) else {
-                continue;
-            };
-            state.tx += packet.len() as u64;
-            if let TunnResult::WriteToNetwork(datagram) = state.tunn.encapsulate(&packet, out) {
-                if let Some(to) = state.endpoint {
-                    let _ = self.udp.send_to(datagram, to).await;
-                }
+            self.deliver(&packet, peers, out).await;
+        }
+    }
+
+    /// One IP packet to the peer whose tunnel address it is for, through WireGuard.
+    async fn deliver(&self, packet: &[u8], peers: &mut [PeerState], out: &mut [u8]) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        let dst = ip.dst_addr();
+        let Some(state) = peers.iter_mut().find(|s| s.peer.address == dst) else {
+            return;
+        };
+        state.tx += packet.len() as u64;
+        if let TunnResult::WriteToNetwork(datagram) = state.tunn.encapsulate(packet, out) {
+            if let Some(to) = state.endpoint {
+                let _ = self.udp.send_to(datagram, to).await;
             }
         }
     }
