@@ -11,7 +11,9 @@
 //! share of peer bytes from the same region, the time to first frame and the stalls.
 //!
 //! Needs root (namespaces, veths, tc). `SHG_BENCH_QUICK=1`: 4 gateways and a short title, to
-//! check the bench works.
+//! check the bench works. `SHG_VOD_BENCH_SEED_X=N`: the origin's BitTorrent seed capped at N
+//! times the bitrate (4 unless set; 0: no seed, the origin is a web seed only).
+//! `SHG_VOD_BENCH_KEEP=1` keeps the logs.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -327,7 +329,11 @@ fn main() {
     };
     // The origin's BitTorrent seed, capped at four times the bitrate: what it sends there
     // enters the swarm (what it serves over HTTP to a late read does not).
-    let seed = (4.0 * bitrate) as u32;
+    let seed_x: f64 = std::env::var("SHG_VOD_BENCH_SEED_X")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4.0);
+    let seed = (seed_x * bitrate) as u32;
     let dir = tempfile::tempdir().unwrap();
     if std::env::var_os("SHG_VOD_BENCH_KEEP").is_some() {
         eprintln!("keeping the logs in {}", dir.path().display());
@@ -371,27 +377,28 @@ fn main() {
     ));
     wait_up(&o, &format!("{tracker}/region"), &log);
     let log = dir.path().join("origin.log");
-    procs.push(spawn_in(
-        &o,
-        &[
-            "origin".into(),
-            "--listen".into(),
-            "0.0.0.0:8080".into(),
-            "--titles".into(),
-            dir.path().join("titles").display().to_string(),
-            "--public-url".into(),
-            origin.clone(),
-            "--tracker".into(),
-            tracker.clone(),
-            "--bitrate".into(),
-            format!("film.mp4={}", (bitrate * 8.0) as u64),
+    let mut origin_args: Vec<String> = vec![
+        "origin".into(),
+        "--listen".into(),
+        "0.0.0.0:8080".into(),
+        "--titles".into(),
+        dir.path().join("titles").display().to_string(),
+        "--public-url".into(),
+        origin.clone(),
+        "--tracker".into(),
+        tracker.clone(),
+        "--bitrate".into(),
+        format!("film.mp4={}", (bitrate * 8.0) as u64),
+    ];
+    if seed > 0 {
+        origin_args.extend([
             "--seed-listen".into(),
             "0.0.0.0:6882".into(),
             "--seed-upload-bps".into(),
             seed.to_string(),
-        ],
-        &log,
-    ));
+        ]);
+    }
+    procs.push(spawn_in(&o, &origin_args, &log));
     wait_up(&o, &format!("{origin}/catalog"), &log);
     for (i, ns) in gws.iter().enumerate() {
         let log = dir.path().join(format!("gw{i}.log"));
@@ -434,10 +441,11 @@ fn main() {
         let text = get_in(ns, "http://127.0.0.1:8090/metrics").expect("a gateway's metrics");
         let m: Metrics = serde_json::from_str(&text).expect("metrics are JSON");
         rows.push(format!(
-            "    gw{i:<3} {:<6} origin {:>5.2} MiB HTTP ({:>2} late reads) {:>5.2} MiB seed; peers {:>5.2} MiB same region, {:>5.2} MiB other; uploaded {:>5.2} MiB",
+            "    gw{i:<3} {:<6} origin {:>5.2} MiB HTTP ({:>2} late reads, {:>5.2} MiB bridged) {:>5.2} MiB seed; peers {:>5.2} MiB same region, {:>5.2} MiB other; uploaded {:>5.2} MiB",
             m.region,
             m.origin_http_bytes as f64 / 1048576.0,
             m.late_reads,
+            m.bridged_bytes as f64 / 1048576.0,
             m.origin_seed_bytes as f64 / 1048576.0,
             m.same_region_bytes as f64 / 1048576.0,
             m.other_region_bytes as f64 / 1048576.0,
@@ -448,6 +456,7 @@ fn main() {
         total.unknown_peer_bytes += m.unknown_peer_bytes;
         total.late_reads += m.late_reads;
         total.origin_http_bytes += m.origin_http_bytes;
+        total.bridged_bytes += m.bridged_bytes;
         total.origin_seed_bytes += m.origin_seed_bytes;
     }
     let peers = total.same_region_bytes + total.other_region_bytes + total.unknown_peer_bytes;
@@ -472,10 +481,11 @@ fn main() {
         seed as f64 * 8.0 / 1e6
     );
     println!(
-        "  origin served (its own count)      {:>7.1} MiB  (swarm; {:.1} MiB over HTTP in {} late reads, {:.1} MiB from its seed)",
+        "  origin served (its own count)      {:>7.1} MiB  (swarm; {:.1} MiB over HTTP in {} late reads, of which the stores took {:.1} MiB; {:.1} MiB from its seed)",
         mib(from_origin),
         mib(total.origin_http_bytes),
         total.late_reads,
+        mib(total.bridged_bytes),
         mib(total.origin_seed_bytes)
     );
     println!(

@@ -7,6 +7,7 @@
 //! BitTorrent seed); `vod tracker` answers each gateway with its own region's peers first.
 
 pub mod bencode;
+pub mod bridge;
 pub mod http;
 pub mod origin;
 pub mod peer;

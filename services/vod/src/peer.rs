@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::origin::Title;
-use crate::torrent::{self, PIECE_LENGTH};
+use crate::torrent;
 use crate::tracker::{PeerView, ORIGIN_REGION};
 
 /// How long the first read of a request waits for peers before the origin serves it.
@@ -44,17 +44,18 @@ pub const REFILL: Duration = Duration::from_secs(8);
 pub const STARTUP_REFILL: Duration = Duration::from_secs(2);
 
 /// Where the origin's answer to a late read at `pos` ends (inclusive): the end of that
-/// piece, or further, to whole pieces, until the player would hold [`REFILL`] of picture,
+/// piece (of `piece_length` bytes), or further, to whole pieces, until the player would hold [`REFILL`] of picture,
 /// `sent` bytes into a request whose first byte left `since_first` ago (`None`: nothing sent
 /// yet). Never past `end`.
 pub fn refill_end(
     pos: u64,
     end: u64,
+    piece_length: u64,
     bitrate: Option<u64>,
     sent: u64,
     since_first: Option<Duration>,
 ) -> u64 {
-    let piece_end = (pos / PIECE_LENGTH + 1) * PIECE_LENGTH - 1;
+    let piece_end = (pos / piece_length + 1) * piece_length - 1;
     let mut last = piece_end;
     if let Some(bitrate) = bitrate.filter(|b| *b > 0) {
         let per_second = bitrate as f64 / 8.0;
@@ -66,7 +67,7 @@ pub fn refill_end(
         let short = ((target.as_secs_f64() - held) * per_second).max(0.0) as u64;
         let want = (pos + short).saturating_sub(1);
         if want > piece_end {
-            last = (want / PIECE_LENGTH + 1) * PIECE_LENGTH - 1;
+            last = (want / piece_length + 1) * piece_length - 1;
         }
     }
     last.min(end)
@@ -93,6 +94,20 @@ pub fn read_deadline(
         floor
     }
 }
+
+/// How many block requests (16 KiB each) the gateway keeps outstanding with one peer.
+/// librqbit's default, 128 (2 MiB), queues half a title behind one 1 Mbit/s uplink: the piece
+/// at the playhead then waits behind pieces not needed for a minute, and an idle peer steals
+/// the slow ones, so the first uploader's bytes are thrown away. Two pieces keep a link busy
+/// and the playhead near the front of every queue.
+pub const REQUEST_WINDOW: usize = 8;
+
+/// How many peers a title's swarm connects this gateway with at most (both ways). An uplink
+/// of 1 Mbit/s shared by every gateway of the swarm moves each one's pieces so slowly that
+/// idle peers steal them, and the bytes already sent are thrown away (librqbit counts them
+/// and drops them): with all 20 gateways of the bench connected, peers sent 87 MiB for 67 MiB
+/// of pieces; with six each, 67 MiB. The bridge of the origin's answers is one of them.
+pub const PEER_LIMIT: usize = 6;
 
 /// How the peer is set up.
 #[derive(Debug, Clone)]
@@ -125,6 +140,9 @@ struct Cached {
     handle: Arc<librqbit::ManagedTorrent>,
     length: u64,
     info_hash: String,
+    /// The torrent's pieces: their length and number.
+    piece_length: u64,
+    piece_count: u32,
     /// Bits per second, when the provider declared it.
     bitrate: Option<u64>,
     last_watched: Instant,
@@ -136,6 +154,9 @@ pub struct Metrics {
     pub region: String,
     /// Bytes the origin served this gateway over HTTP (reads no peer answered in time).
     pub origin_http_bytes: u64,
+    /// Of those, bytes the BitTorrent store took from the origin's answers (so that it does
+    /// not fetch them again from peers).
+    pub bridged_bytes: u64,
     /// Bytes from the origin's BitTorrent seed.
     pub origin_seed_bytes: u64,
     /// Bytes from gateways of this region.
@@ -168,6 +189,7 @@ pub struct Peer {
     /// The region named in the configuration or learnt from the tracker.
     region: std::sync::OnceLock<String>,
     session: Arc<librqbit::Session>,
+    bridge: Arc<crate::bridge::Bridge>,
     http: reqwest::Client,
     cached: tokio::sync::Mutex<HashMap<String, Cached>>,
     origin_http_bytes: AtomicU64,
@@ -198,6 +220,7 @@ impl Peer {
                 Some(r) => std::sync::OnceLock::from(r.clone()),
                 None => std::sync::OnceLock::new(),
             },
+            bridge: crate::bridge::Bridge::new(cfg.bt_listen),
             cfg,
             session,
             cached: tokio::sync::Mutex::default(),
@@ -291,6 +314,14 @@ impl Peer {
             .filter(|l| *l > 0)
             .ok_or_else(|| anyhow::anyhow!("the torrent of `{name}` is not of one file"))?
             as u64;
+        let piece_length = info
+            .get("piece length")
+            .and_then(|l| l.as_int())
+            .filter(|l| *l > 0)
+            .ok_or_else(|| anyhow::anyhow!("the torrent of `{name}` has no piece length"))?
+            as u64;
+        let piece_count = u32::try_from(length.div_ceil(piece_length))
+            .map_err(|_| anyhow::anyhow!("the torrent of `{name}` has too many pieces"))?;
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.get(name) {
             return Ok(c.handle.clone());
@@ -322,6 +353,11 @@ impl Peer {
                 librqbit::AddTorrent::TorrentFileBytes(bytes.clone().into()),
                 Some(librqbit::AddTorrentOptions {
                     overwrite: true,
+                    peer_limit: Some(PEER_LIMIT),
+                    peer_opts: Some(librqbit::PeerConnectionOptions {
+                        max_request_window: Some(REQUEST_WINDOW),
+                        ..Default::default()
+                    }),
                     output_folder: Some(self.cfg.cache_dir.display().to_string()),
                     ..Default::default()
                 }),
@@ -343,6 +379,8 @@ impl Peer {
                 handle: handle.clone(),
                 length,
                 info_hash: handle.info_hash().as_string(),
+                piece_length,
+                piece_count,
                 bitrate,
                 last_watched: Instant::now(),
             },
@@ -376,6 +414,7 @@ impl Peer {
                 return Ok(());
             };
             let gone = cached.remove(&oldest).expect("the title just found");
+            self.bridge.forget(gone.handle.info_hash().0);
             tracing::info!(
                 "evicting `{oldest}` ({} bytes) to make room for `{name}`",
                 gone.length
@@ -428,6 +467,31 @@ impl Peer {
         Ok(body)
     }
 
+    /// Fetches `pos..=last` of `name` from the origin for the player, asking for the whole
+    /// pieces around it so that the BitTorrent store can take them (through the bridge) and
+    /// never fetches them again from peers.
+    async fn fetch_pieces(
+        &self,
+        name: &str,
+        pieces: &Pieces,
+        pos: u64,
+        last: u64,
+        len: u64,
+    ) -> anyhow::Result<bytes::Bytes> {
+        let from = pos - pos % pieces.length;
+        let to = ((last / pieces.length + 1) * pieces.length).min(len) - 1;
+        let body = self.fetch_from_origin(name, from, to).await?;
+        for (i, at) in (from..=to).step_by(pieces.length as usize).enumerate() {
+            let piece = body.slice(
+                (at - from) as usize..((at - from + pieces.length).min(to - from + 1)) as usize,
+            );
+            let index = (from / pieces.length) as u32 + i as u32;
+            self.bridge
+                .offer(pieces.info_hash, pieces.count, index, piece);
+        }
+        Ok(body.slice((pos - from) as usize..=(last - from) as usize))
+    }
+
     /// The peers of each swarm and their regions, as the tracker knows them.
     async fn regions(&self, info_hash: &str) -> Vec<PeerView> {
         let url = format!(
@@ -461,6 +525,7 @@ impl Peer {
         let mut m = Metrics {
             region: region.clone(),
             origin_http_bytes: self.origin_http_bytes.load(Ordering::Relaxed),
+            bridged_bytes: self.bridge.taken_bytes(),
             plays: self.plays.load(Ordering::Relaxed),
             late_reads: self.late_reads.load(Ordering::Relaxed),
             first_byte_ms: self
@@ -492,6 +557,13 @@ impl Peer {
             let all = serde_json::from_str(r#"{"state":"all"}"#).unwrap_or_default();
             let snapshot = live.per_peer_stats_snapshot(all);
             for (addr, peer) in snapshot.peers {
+                if addr
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| self.bridge.is_bridge(&a))
+                {
+                    // The origin's answers, counted as such when they came.
+                    continue;
+                }
                 let fetched = peer.counters.fetched_bytes;
                 match region_of(&known, &addr) {
                     Some(r) if r == ORIGIN_REGION => m.origin_seed_bytes += fetched,
@@ -525,6 +597,13 @@ impl Peer {
             }
         }
     }
+}
+
+/// What the bridge needs to know of a title's torrent.
+struct Pieces {
+    info_hash: [u8; 20],
+    length: u64,
+    count: u32,
 }
 
 /// The region of a peer known by `addr` (`IP:PORT`): the tracker's entry with that address,
@@ -616,8 +695,16 @@ async fn watch(
         Ok(h) => h,
         Err((status, why)) => return (status, why).into_response(),
     };
-    let (len, bitrate) = match p.cached.lock().await.get(&name) {
-        Some(c) => (c.length, c.bitrate),
+    let (len, bitrate, pieces) = match p.cached.lock().await.get(&name) {
+        Some(c) => (
+            c.length,
+            c.bitrate,
+            Pieces {
+                info_hash: c.handle.info_hash().0,
+                length: c.piece_length,
+                count: c.piece_count,
+            },
+        ),
         None => {
             return (
                 StatusCode::CONFLICT,
@@ -688,8 +775,8 @@ async fn watch(
                         "`{name}` at {pos}: no peer within {deadline:?}, the origin serves it"
                     );
                     let since = (!first).then(|| first_sent.elapsed());
-                    let last = refill_end(pos, end, bitrate, pos - start, since);
-                    match peer.fetch_from_origin(&name, pos, last).await {
+                    let last = refill_end(pos, end, pieces.length, bitrate, pos - start, since);
+                    match peer.fetch_pieces(&name, &pieces, pos, last, len).await {
                         Ok(b) => {
                             if stream
                                 .seek(std::io::SeekFrom::Start(pos + b.len() as u64))
@@ -755,25 +842,26 @@ mod tests {
 
     #[test]
     fn a_late_read_refills_the_players_buffer_in_whole_pieces() {
-        let p = PIECE_LENGTH;
+        let p = crate::torrent::PIECE_LENGTH;
         // Unknown bitrate: the rest of the piece.
-        assert_eq!(refill_end(10, 100 * p, None, 0, None), p - 1);
+        assert_eq!(refill_end(10, 100 * p, p, None, 0, None), p - 1);
         // 0.5 Mbit/s (62,500 B/s), nothing sent: the first read asks for 2 s (125,000
         // bytes), rounded up to whole pieces; a later one, holding 1 s, for 8 s.
-        let first = refill_end(0, 100 * p, Some(500_000), 0, None);
+        let first = refill_end(0, 100 * p, p, Some(500_000), 0, None);
         assert_eq!(first, 125_000u64.div_ceil(p) * p - 1);
-        let low = refill_end(0, 100 * p, Some(500_000), 62_500, Some(Duration::ZERO));
+        let low = refill_end(0, 100 * p, p, Some(500_000), 62_500, Some(Duration::ZERO));
         assert_eq!(low, 437_500u64.div_ceil(p) * p - 1);
         // Holding plenty: only the rest of the piece.
         let full = refill_end(
             5 * p,
             100 * p,
+            p,
             Some(500_000),
             1_000_000,
             Some(Duration::from_secs(2)),
         );
         assert_eq!(full, 6 * p - 1);
         // Never past the end of the request.
-        assert_eq!(refill_end(0, 1000, Some(500_000), 0, None), 1000);
+        assert_eq!(refill_end(0, 1000, p, Some(500_000), 0, None), 1000);
     }
 }

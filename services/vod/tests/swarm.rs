@@ -314,6 +314,46 @@ async fn what_no_peer_delivers_in_time_comes_from_the_origin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_origin_served_a_gateway_enters_its_store_and_its_peers_get_it_there() {
+    let len = 1 << 20;
+    // No seed: the first gateway gets every piece over HTTP, in late reads.
+    let (mut swarm, data) = Swarm::start(len, None).await;
+    let a = swarm.peer("a", "north", &["--deadline-ms", "200"]).await;
+    let (status, got) = play(&a, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "a's bytes differ from the title");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ma = loop {
+        let m = metrics(&a).await;
+        if m.titles.first().is_some_and(|t| t.have_bytes == len as u64) {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the origin's answers never completed a's store: {m:?}\n{}",
+            swarm.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ma.origin_http_bytes, len as u64, "{ma:?}");
+    assert_eq!(ma.bridged_bytes, len as u64, "{ma:?}");
+    assert_eq!(
+        ma.same_region_bytes + ma.other_region_bytes + ma.unknown_peer_bytes,
+        0,
+        "the bridge counted as a peer: {ma:?}"
+    );
+
+    // b waits for peers as long as it must: a seeds it all, the origin serves it nothing.
+    let b = swarm.peer("b", "north", &["--deadline-ms", "30000"]).await;
+    let (status, got) = play(&b, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "b's bytes differ from the title");
+    let mb = metrics(&b).await;
+    assert_eq!(mb.origin_http_bytes, 0, "{mb:?}\n{}", swarm.logs());
+    assert!(mb.same_region_bytes >= len as u64, "{mb:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standard_client_fetches_a_title_from_the_gateways_alone() {
     if Command::new("aria2c").arg("--version").output().is_err() {
         panic!("aria2c is missing; scripts/setup.sh installs it (apt-get install aria2)");
@@ -609,8 +649,9 @@ async fn a_peer_that_sends_corrupted_pieces_is_refused_by_hash_and_dropped() {
     );
     let m = metrics(&a).await;
     eprintln!("the corrupting peer saw {seen:?}; the gateway: {m:?}");
+    // What the store holds came from the origin's answers (the bridge), none from the peer.
     assert_eq!(
-        m.titles[0].have_bytes, 0,
+        m.titles[0].have_bytes, m.bridged_bytes,
         "a piece from the corrupting peer was kept: {m:?}"
     );
     assert_eq!(m.origin_http_bytes, len as u64, "{m:?}");
