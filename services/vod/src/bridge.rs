@@ -161,15 +161,12 @@ impl Bridge {
         for offer in offers.values_mut() {
             offer.pieces.retain(|_, h| h.since.elapsed() < HOLD_FOR);
         }
-        loop {
-            let held: usize = offers
-                .values()
-                .flat_map(|o| o.pieces.values())
-                .map(|h| h.data.len())
-                .sum();
-            if held <= HOLD_BYTES {
-                break;
-            }
+        let mut held: usize = offers
+            .values()
+            .flat_map(|o| o.pieces.values())
+            .map(|h| h.data.len())
+            .sum();
+        while held > HOLD_BYTES {
             let oldest = offers
                 .iter()
                 .flat_map(|(hash, o)| o.pieces.iter().map(move |(i, h)| (h.since, *hash, *i)))
@@ -177,8 +174,9 @@ impl Bridge {
             let Some((_, hash, index)) = oldest else {
                 break;
             };
-            if let Some(o) = offers.get_mut(&hash) {
-                o.pieces.remove(&index);
+            match offers.get_mut(&hash).and_then(|o| o.pieces.remove(&index)) {
+                Some(gone) => held -= gone.data.len(),
+                None => break,
             }
         }
         offers.retain(|_, o| !o.pieces.is_empty() || o.announce.is_some());
@@ -268,12 +266,11 @@ impl Bridge {
                                 "the session asked for piece {index} at {begin}, which the bridge does not hold"
                             )));
                         };
-                        let mut head = Vec::with_capacity(8);
+                        let mut head = Vec::with_capacity(13);
+                        head.extend_from_slice(&(9 + block.len() as u32).to_be_bytes());
+                        head.push(7);
                         head.extend_from_slice(&index.to_be_bytes());
                         head.extend_from_slice(&begin.to_be_bytes());
-                        let len = (9 + block.len()) as u32;
-                        write.write_all(&len.to_be_bytes()).await?;
-                        write.write_all(&[7]).await?;
                         write.write_all(&head).await?;
                         write.write_all(&block).await?;
                         self.taken.fetch_add(block.len() as u64, Ordering::Relaxed);
