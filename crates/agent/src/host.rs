@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use std::os::unix::ffi::OsStrExt;
+use std::time::Duration;
+
 use nix::sys::signal::Signal;
+use runtime::forkserver;
 use runtime::RuntimeError;
 
 use crate::pidfd::{self, PidFd};
@@ -141,6 +145,7 @@ impl Host {
         Host {
             containers: Arc::new(SystemContainers {
                 runtime_binary: cfg.runtime_binary.clone(),
+                helper: ForkServer::default(),
                 state_root: Layout::new(&cfg.state_dir).containers(),
                 proc_root: cfg.proc_root.clone(),
             }),
@@ -156,6 +161,8 @@ impl Host {
 /// libcontainer through the runtime helper, pidfds and /proc.
 struct SystemContainers {
     runtime_binary: PathBuf,
+    /// The runtime helper serving creates (`shg-runtime serve`), started at the first.
+    helper: ForkServer,
     /// libcontainer's state root, `STATE/containers`.
     state_root: PathBuf,
     proc_root: PathBuf,
@@ -164,35 +171,37 @@ struct SystemContainers {
 impl Containers for SystemContainers {
     fn create<'a>(&'a self, req: &'a Create) -> BoxFuture<'a, Result<i32, CreateError>> {
         Box::pin(async move {
-            let mut helper = tokio::process::Command::new(&self.runtime_binary);
-            helper
-                .arg("create")
-                .arg(&req.name)
-                .arg("--state-root")
-                .arg(&self.state_root)
-                .arg("--bundle")
-                .arg(&req.bundle)
-                .arg("--log-dir")
-                .arg(&req.log_dir)
-                .arg("--status-file")
-                .arg(&req.status_file);
-            if let Some(attach) = &req.attach {
-                helper.arg("--net").arg(attach.to_arg());
+            let attach = req.attach.as_ref().map(|a| a.to_arg());
+            let mut words: Vec<&[u8]> = vec![
+                b"create",
+                req.name.as_bytes(),
+                b"--state-root",
+                self.state_root.as_os_str().as_bytes(),
+                b"--bundle",
+                req.bundle.as_os_str().as_bytes(),
+                b"--log-dir",
+                req.log_dir.as_os_str().as_bytes(),
+                b"--status-file",
+                req.status_file.as_os_str().as_bytes(),
+            ];
+            if let Some(attach) = &attach {
+                words.extend([b"--net".as_slice(), attach.as_bytes()]);
             }
-            let output = helper
-                .stdin(std::process::Stdio::null())
-                .output()
-                .await
-                .map_err(CreateError::Helper)?;
-            let pid = String::from_utf8_lossy(&output.stdout)
-                .trim()
-                .parse::<i32>()
-                .ok();
-            match pid.filter(|_| output.status.success()) {
-                Some(pid) => Ok(pid),
-                None => Err(CreateError::Refused(
-                    String::from_utf8_lossy(&output.stderr).trim().to_string(),
-                )),
+            let request = forkserver::request(&words).ok_or_else(|| {
+                CreateError::Refused(format!(
+                    "a path of `{}` holds a newline or a NUL byte, which the runtime helper \
+                     cannot be given; move the state directory to a plain path",
+                    req.name
+                ))
+            })?;
+            let answer = self.helper.ask(&self.runtime_binary, &request).await?;
+            match forkserver::answer(&answer) {
+                Ok(pid) => pid.parse().map_err(|_| {
+                    CreateError::Refused(format!(
+                        "the runtime helper answered {pid:?} instead of a PID"
+                    ))
+                }),
+                Err(reason) => Err(CreateError::Refused(reason.to_string())),
             }
         })
     }
@@ -231,6 +240,91 @@ impl Process for PidFd {
 
     fn exited(&self) -> BoxFuture<'_, ()> {
         Box::pin(PidFd::exited(self))
+    }
+}
+
+/// How long a create may take before the helper is given up (and killed): far longer than a
+/// create takes on a loaded gateway, so that only a helper stuck for good meets it.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The runtime helper as a fork server (`runtime::forkserver`): one process, started at the
+/// first create and again whenever it has ended, asked one request at a time.
+#[derive(Default)]
+struct ForkServer(tokio::sync::Mutex<Option<Served>>);
+
+/// A running `shg-runtime serve`, and the pipes to it.
+struct Served {
+    /// Killed when dropped: a helper whose answer was given up must never answer the next.
+    _process: tokio::process::Child,
+    requests: tokio::process::ChildStdin,
+    answers: tokio::io::BufReader<tokio::process::ChildStdout>,
+}
+
+impl ForkServer {
+    /// Sends `request` and returns the answer line, starting the server first when none
+    /// runs. A server that fails or does not answer in time is dropped (killed).
+    async fn ask(&self, binary: &Path, request: &[u8]) -> Result<String, CreateError> {
+        use tokio::io::AsyncWriteExt;
+        let mut slot = self.0.lock().await;
+        let mut sent = match slot.as_mut() {
+            Some(served) => served.requests.write_all(request).await,
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        if sent.is_err() {
+            // None runs, or it ended since the last request: nothing was sent, start one.
+            let served = slot.insert(Served::start(binary).map_err(CreateError::Helper)?);
+            sent = served.requests.write_all(request).await;
+        }
+        let served = slot.as_mut().expect("started above");
+        let answer = match sent {
+            Ok(()) => match tokio::time::timeout(CREATE_TIMEOUT, served.answer()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the runtime helper gave no answer within {} s and was stopped",
+                        CREATE_TIMEOUT.as_secs()
+                    ),
+                )),
+            },
+            Err(e) => Err(e),
+        };
+        answer.map_err(|e| {
+            *slot = None;
+            CreateError::Helper(e)
+        })
+    }
+}
+
+impl Served {
+    fn start(binary: &Path) -> io::Result<Served> {
+        let mut process = tokio::process::Command::new(binary)
+            .arg("serve")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (Some(requests), Some(answers)) = (process.stdin.take(), process.stdout.take())
+        else {
+            return Err(io::Error::other("the runtime helper has no pipes"));
+        };
+        Ok(Served {
+            _process: process,
+            requests,
+            answers: tokio::io::BufReader::new(answers),
+        })
+    }
+
+    async fn answer(&mut self) -> io::Result<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut line = String::new();
+        if self.answers.read_line(&mut line).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the runtime helper ended before it answered",
+            ));
+        }
+        Ok(line.trim_end_matches('\n').to_string())
     }
 }
 

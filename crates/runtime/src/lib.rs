@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod container;
+pub mod forkserver;
 pub mod init;
 pub mod logfile;
 pub mod net;

@@ -7,7 +7,8 @@
 //! 3. what sampling every service's cgroup once a second costs the agent with those 50;
 //! 4. the CPU share a service reserving half a core keeps while a neighbour spins.
 //!
-//! `SHG_BENCH_QUICK=1` runs the same steps with 3 runs, 5 sleepers and windows of seconds.
+//! `SHG_BENCH_QUICK=1` runs the same steps with 3 runs, 5 sleepers and windows of seconds;
+//! `SHG_BENCH_AGENT_LOG=FILE` keeps the agent's log.
 //! Needs root, busybox-static and runc (scripts/setup.sh installs them).
 
 use std::os::unix::process::CommandExt;
@@ -28,6 +29,17 @@ struct Scale {
     sampling: Duration,
     /// The window over which the reserved service's CPU share is measured.
     contention: Duration,
+}
+
+/// Where the agent's log goes: the file `SHG_BENCH_AGENT_LOG` names (with
+/// `RUST_LOG=agent::lifecycle=debug`, each start's and exit's steps), else nowhere.
+fn agent_log() -> Stdio {
+    match std::env::var_os("SHG_BENCH_AGENT_LOG") {
+        Some(path) => std::fs::File::create(&path)
+            .unwrap_or_else(|e| panic!("SHG_BENCH_AGENT_LOG {path:?}: {e}"))
+            .into(),
+        None => Stdio::null(),
+    }
 }
 
 /// The agent this bench started; dropped (also when the bench fails halfway), it removes its
@@ -75,7 +87,7 @@ fn main() {
             .args(["gateway", "run", "--state-dir"])
             .arg(state.path())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(agent_log())
             .spawn()
             .expect("start the agent"),
         shg: shg.clone(),

@@ -1,11 +1,11 @@
-//! `shg-runtime`, the agent's runtime helper: a short-lived, single-threaded process the agent
-//! starts to call libcontainer's forking operations, so that no fork ever happens in the
-//! multi-threaded agent. A binary of its own beside `shg`, smaller than the agent, so that
-//! every start and exec pays for a small exec.
+//! `shg-runtime`, the agent's runtime helper: a single-threaded process the agent starts to
+//! call libcontainer's forking operations, so that no fork ever happens in the multi-threaded
+//! agent. A binary of its own beside `shg`, smaller than the agent.
 //!
 //! `shg-runtime create NAME --state-root R --bundle B --log-dir L --status-file S [--net N]`
 //! prints the container's PID; `shg-runtime exec NAME --state-root R --uid U --gid G -- CMD…`
-//! exits with the command's code.
+//! exits with the command's code. `shg-runtime serve` is the same `create` as a fork server
+//! (`runtime::forkserver`): the agent starts it once and sends it every start.
 
 use runtime::args::Args;
 use runtime::container::{self, ContainerPaths};
@@ -16,48 +16,32 @@ fn main() {
 }
 
 fn runtime_main(args: &[String]) -> i32 {
-    let Some(verb) = args.first() else {
-        eprintln!("shg-runtime: missing verb");
-        return 2;
-    };
-    let args = Args::parse(&args[1..]);
-    let Some(name) = args.positional.first().cloned() else {
-        eprintln!("shg-runtime {verb}: missing container name");
-        return 2;
-    };
-    let path = |k: &str| args.path(k);
-    match verb.as_str() {
-        "create" => {
-            let paths = ContainerPaths {
-                state_root: path("state-root"),
-                bundle: path("bundle"),
-                log_dir: path("log-dir"),
-                status_file: path("status-file"),
-            };
-            let attach = match args.flags.get("net") {
-                None => None,
-                Some(text) => match runtime::net::Attach::from_arg(text) {
-                    Some(a) => Some(a),
-                    None => {
-                        eprintln!("shg-runtime create: bad --net {text:?}");
-                        return 2;
-                    }
-                },
-            };
-            match container::create_and_start(&name, &paths, attach.as_ref()) {
-                Ok(pid) => {
-                    println!("{pid}");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("{e}");
-                    1
-                }
+    match args.first().map(String::as_str) {
+        Some("serve") => runtime::forkserver::serve(|words| {
+            let (verb, args) = words.split_first().ok_or("missing verb")?;
+            match verb.as_str() {
+                "create" => create(&Args::parse(args)).map(|pid| pid.to_string()),
+                other => Err(format!("`{other}` is not served (only `create`)")),
             }
-        }
-        "exec" => {
+        }),
+        Some("create") => match create(&Args::parse(&args[1..])) {
+            Ok(pid) => {
+                println!("{pid}");
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        Some("exec") => {
+            let args = Args::parse(&args[1..]);
+            let Some(name) = args.positional.first() else {
+                eprintln!("shg-runtime exec: missing container name");
+                return 2;
+            };
             let (uid, gid) = (args.num("uid", 0) as u32, args.num("gid", 0) as u32);
-            match container::exec(&name, &path("state-root"), args.command.clone(), uid, gid) {
+            match container::exec(name, &args.path("state-root"), args.command.clone(), uid, gid) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("shg: {e}");
@@ -65,9 +49,36 @@ fn runtime_main(args: &[String]) -> i32 {
                 }
             }
         }
-        other => {
+        Some(other) => {
             eprintln!("shg-runtime: unknown verb `{other}`");
             2
         }
+        None => {
+            eprintln!("shg-runtime: missing verb");
+            2
+        }
     }
+}
+
+/// `create NAME --state-root R --bundle B --log-dir L --status-file S [--net N]`: the PID of
+/// the started container's init.
+fn create(args: &Args) -> Result<i32, String> {
+    let name = args
+        .positional
+        .first()
+        .ok_or("shg-runtime create: missing container name")?;
+    let paths = ContainerPaths {
+        state_root: args.path("state-root"),
+        bundle: args.path("bundle"),
+        log_dir: args.path("log-dir"),
+        status_file: args.path("status-file"),
+    };
+    let attach = match args.flags.get("net") {
+        None => None,
+        Some(text) => Some(
+            runtime::net::Attach::from_arg(text)
+                .ok_or_else(|| format!("shg-runtime create: bad --net {text:?}"))?,
+        ),
+    };
+    container::create_and_start(name, &paths, attach.as_ref()).map_err(|e| e.to_string())
 }

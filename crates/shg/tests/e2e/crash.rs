@@ -219,3 +219,63 @@ fn an_install_cut_short_by_a_crash_is_rolled_back() {
     );
     gw.wait_running("bulky");
 }
+
+/// The runtime helpers (`shg-runtime serve`) whose parent is `agent`.
+fn runtime_servers(agent: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_server = words.first().is_some_and(|w| w.ends_with(b"shg-runtime"))
+            && words.get(1) == Some(&b"serve".as_slice());
+        let ppid = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let after = &stat[stat.rfind(')')? + 2..];
+                after.split_whitespace().nth(1)?.parse::<i32>().ok()
+            });
+        if is_server && ppid == Some(agent) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_runtime_helper_that_died_is_replaced_and_none_outlives_the_agent() {
+    let mut gw = Gateway::start();
+    gw.install("first", &sleeper("first", "never"), &[]);
+    gw.wait_running("first");
+    let agent = gw.agent_pid();
+    let servers = runtime_servers(agent);
+    assert_eq!(
+        servers.len(),
+        1,
+        "one runtime helper serves the agent's starts: {servers:?}"
+    );
+    signal(servers[0], "KILL");
+    eventually("the killed helper is gone", Duration::from_secs(10), || {
+        (!alive(servers[0])).then_some(())
+    });
+
+    // The next start finds the helper gone and starts another.
+    gw.install("second", &sleeper("second", "never"), &[]);
+    gw.wait_running("second");
+    let replaced = runtime_servers(agent);
+    assert!(
+        replaced.len() == 1 && replaced[0] != servers[0],
+        "a new helper serves the starts: {replaced:?} (the killed one was {})",
+        servers[0]
+    );
+
+    // The helper ends with the agent that started it.
+    gw.kill9();
+    eventually(
+        "the helper ends once its agent is gone",
+        Duration::from_secs(10),
+        || (!alive(replaced[0])).then_some(()),
+    );
+}
