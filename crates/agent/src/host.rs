@@ -304,8 +304,7 @@ impl Served {
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()?;
-        let (Some(requests), Some(answers)) = (process.stdin.take(), process.stdout.take())
-        else {
+        let (Some(requests), Some(answers)) = (process.stdin.take(), process.stdout.take()) else {
             return Err(io::Error::other("the runtime helper has no pipes"));
         };
         Ok(Served {

@@ -13,6 +13,7 @@
 //! Needs root (namespaces, veths, tc). `SHG_BENCH_QUICK=1`: 4 gateways and a short title, to
 //! check the bench works. `SHG_VOD_BENCH_SEED_X=N`: the origin's BitTorrent seed capped at N
 //! times the bitrate (4 unless set; 0: no seed, the origin is a web seed only).
+//! `SHG_VOD_BENCH_SUPER_SEED=1`: the seed sends each piece into a region once (`--super-seed`).
 //! `SHG_VOD_BENCH_KEEP=1` keeps the logs.
 
 use std::path::Path;
@@ -334,6 +335,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4.0);
     let seed = (seed_x * bitrate) as u32;
+    let super_seed = std::env::var_os("SHG_VOD_BENCH_SUPER_SEED").is_some();
     let dir = tempfile::tempdir().unwrap();
     if std::env::var_os("SHG_VOD_BENCH_KEEP").is_some() {
         eprintln!("keeping the logs in {}", dir.path().display());
@@ -397,6 +399,9 @@ fn main() {
             "--seed-upload-bps".into(),
             seed.to_string(),
         ]);
+        if super_seed {
+            origin_args.push("--super-seed".into());
+        }
     }
     procs.push(spawn_in(&o, &origin_args, &log));
     wait_up(&o, &format!("{origin}/catalog"), &log);
@@ -474,11 +479,12 @@ fn main() {
     }
     let mib = |b: u64| b as f64 / 1048576.0;
     println!(
-        "vod swarm: {gateways} gateways in 2 regions on token-bucket links (8 Mbit/s down, 1 Mbit/s up), a {:.1} MiB title at {:.1} Mbit/s, starts {:.1} s apart; the origin's seed at {:.1} Mbit/s",
+        "vod swarm: {gateways} gateways in 2 regions on token-bucket links (8 Mbit/s down, 1 Mbit/s up), a {:.1} MiB title at {:.1} Mbit/s, starts {:.1} s apart; the origin's seed at {:.1} Mbit/s{}",
         mib(len),
         bitrate * 8.0 / 1e6,
         stagger.as_secs_f64(),
-        seed as f64 * 8.0 / 1e6
+        seed as f64 * 8.0 / 1e6,
+        if super_seed { ", super-seeding" } else { "" }
     );
     println!(
         "  origin served (its own count)      {:>7.1} MiB  (swarm; {:.1} MiB over HTTP in {} late reads, of which the stores took {:.1} MiB; {:.1} MiB from its seed)",

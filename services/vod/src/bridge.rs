@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::wire;
+
 /// How many bytes of pieces the bridge holds for the session at most (the oldest go first):
 /// four refills of a late read at 0.5 Mbit/s, within the package's memory reservation.
 pub const HOLD_BYTES: usize = 2 << 20;
@@ -200,12 +202,7 @@ impl Bridge {
             sources.drain(..excess);
         }
         let (mut read, mut write) = stream.into_split();
-        let mut hello = Vec::with_capacity(68);
-        hello.push(19);
-        hello.extend_from_slice(b"BitTorrent protocol");
-        hello.extend_from_slice(&[0; 8]);
-        hello.extend_from_slice(&info_hash);
-        hello.extend_from_slice(&self.peer_id);
+        let hello = wire::handshake(&info_hash, &self.peer_id);
         write.write_all(&hello).await?;
         let mut answer = [0u8; 68];
         read.read_exact(&mut answer).await?;
@@ -225,8 +222,8 @@ impl Bridge {
             }
             bits
         };
-        write.write_all(&message(5, &bitfield)).await?;
-        write.write_all(&message(1, &[])).await?;
+        write.write_all(&wire::message(5, &bitfield)).await?;
+        write.write_all(&wire::message(1, &[])).await?;
 
         // The session's messages are read on their own task, so that a half-read message is
         // never dropped; only requests matter here.
@@ -266,19 +263,14 @@ impl Bridge {
                                 "the session asked for piece {index} at {begin}, which the bridge does not hold"
                             )));
                         };
-                        let mut head = Vec::with_capacity(13);
-                        head.extend_from_slice(&(9 + block.len() as u32).to_be_bytes());
-                        head.push(7);
-                        head.extend_from_slice(&index.to_be_bytes());
-                        head.extend_from_slice(&begin.to_be_bytes());
-                        write.write_all(&head).await?;
+                        write.write_all(&wire::piece_head(index, begin, block.len() as u32)).await?;
                         write.write_all(&block).await?;
                         self.taken.fetch_add(block.len() as u64, Ordering::Relaxed);
                         idle_since = Instant::now();
                     }
                     i = announced.recv() => {
                         let Some(i) = i else { return Ok(()) };
-                        write.write_all(&message(4, &i.to_be_bytes())).await?;
+                        write.write_all(&wire::message(4, &i.to_be_bytes())).await?;
                         idle_since = Instant::now();
                     }
                     _ = tick.tick() => {
@@ -317,13 +309,4 @@ impl Bridge {
         }
         Some(block)
     }
-}
-
-/// A wire message: length, id, payload.
-fn message(id: u8, payload: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(5 + payload.len());
-    m.extend_from_slice(&(1 + payload.len() as u32).to_be_bytes());
-    m.push(id);
-    m.extend_from_slice(payload);
-    m
 }

@@ -11,8 +11,10 @@ pub mod bridge;
 pub mod http;
 pub mod origin;
 pub mod peer;
+pub mod seed;
 pub mod torrent;
 pub mod tracker;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;

@@ -79,6 +79,10 @@ enum Role {
         /// The seed's upload cap, bytes per second.
         #[arg(long)]
         seed_upload_bps: Option<u32>,
+        /// The seed offers each piece to one peer per region, which pass it on (after
+        /// BEP 16), instead of every piece to every peer.
+        #[arg(long)]
+        super_seed: bool,
     },
     /// The tracker: each gateway gets its region's peers first.
     Tracker {
@@ -158,6 +162,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
             bitrate,
             seed_listen,
             seed_upload_bps,
+            super_seed,
         } => {
             let origin = vod::origin::Origin::open(vod::origin::OriginConfig {
                 dir: titles,
@@ -167,6 +172,7 @@ async fn run(role: Role) -> anyhow::Result<()> {
                 bitrates: bitrate,
                 seed_listen,
                 seed_upload_bps,
+                super_seed,
             })
             .await?;
             (listen, vod::origin::router(origin))

@@ -47,7 +47,7 @@ pub struct Origin {
     dir: PathBuf,
     titles: BTreeMap<String, (Torrent, bool)>,
     http_bytes: AtomicU64,
-    session: Option<Arc<librqbit::Session>>,
+    seed: Option<Arc<crate::seed::Seed>>,
 }
 
 /// How the origin is set up.
@@ -66,6 +66,8 @@ pub struct OriginConfig {
     pub seed_listen: Option<SocketAddr>,
     /// The seed's upload cap, bytes per second.
     pub seed_upload_bps: Option<u32>,
+    /// The seed sends each piece into a region once (`crate::seed`).
+    pub super_seed: bool,
 }
 
 impl Origin {
@@ -113,40 +115,35 @@ impl Origin {
                 );
             }
         }
-        let session = match cfg.seed_listen {
+        let seed = match cfg.seed_listen {
             None => None,
             Some(listen) => {
-                let session = crate::session(&cfg.dir, listen, cfg.seed_upload_bps, None).await?;
-                let tracker = format!(
-                    "{}/announce/{}",
-                    cfg.tracker_url.trim_end_matches('/'),
-                    crate::tracker::ORIGIN_REGION
-                );
-                for (t, _) in titles.values() {
-                    // The seed announces itself as the origin's (its torrent, made here, is
-                    // canonical).
-                    let bytes = torrent::with_announce(&t.bytes, &tracker).ok_or_else(|| {
-                        anyhow::anyhow!("the torrent of `{}` is not canonical", t.name)
-                    })?;
-                    session
-                        .add_torrent(
-                            librqbit::AddTorrent::TorrentFileBytes(bytes.into()),
-                            Some(librqbit::AddTorrentOptions {
-                                overwrite: true,
-                                output_folder: Some(cfg.dir.display().to_string()),
-                                ..Default::default()
-                            }),
-                        )
-                        .await?;
-                }
-                Some(session)
+                let seeded = titles
+                    .values()
+                    .map(|(t, _)| crate::seed::SeedTitle {
+                        info_hash: t.info_hash,
+                        path: cfg.dir.join(&t.name),
+                        length: t.length,
+                        piece_length: torrent::PIECE_LENGTH,
+                    })
+                    .collect();
+                Some(
+                    crate::seed::Seed::start(
+                        seeded,
+                        listen,
+                        &cfg.tracker_url,
+                        cfg.seed_upload_bps,
+                        cfg.super_seed,
+                    )
+                    .await?,
+                )
             }
         };
         Ok(Arc::new(Origin {
             dir: cfg.dir,
             titles,
             http_bytes: AtomicU64::new(0),
-            session,
+            seed,
         }))
     }
 
@@ -164,12 +161,7 @@ impl Origin {
     }
 
     pub fn stats(&self) -> OriginStats {
-        let seed_bytes = self.session.as_ref().map_or(0, |s| {
-            s.with_torrents(|ts| {
-                ts.map(|(_, t)| t.live().map_or(0, |l| l.get_uploaded_bytes()))
-                    .sum()
-            })
-        });
+        let seed_bytes = self.seed.as_ref().map_or(0, |s| s.uploaded_bytes());
         OriginStats {
             http_bytes: self.http_bytes.load(Ordering::Relaxed),
             seed_bytes,

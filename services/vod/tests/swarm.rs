@@ -789,3 +789,40 @@ async fn an_idle_gateway_prefetches_the_popular_titles_only() {
     let cached = std::fs::read(swarm.dir.path().join("p").join("film.mp4")).unwrap();
     assert!(cached == data, "the prefetched file differs from the title");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_super_seed_sends_each_piece_into_a_region_once() {
+    let len = 1 << 20;
+    // A seed as fast as a peer, so that a plain one would serve b as much as a does.
+    let (mut swarm, data) =
+        Swarm::with_origin_args(&[("film.mp4", len)], Some(100 << 20), &["--super-seed"]).await;
+    // a is alone in its region: the seed offers it every piece, a few at a time.
+    let a = swarm.peer("a", "north", &["--deadline-ms", "30000"]).await;
+    let (status, got) = play(&a, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "a's bytes differ from the title");
+    let ma = metrics(&a).await;
+    assert_eq!(ma.origin_seed_bytes, len as u64, "{ma:?}\n{}", swarm.logs());
+
+    // b joins the same region: the seed offers it nothing the region was given, so b gets
+    // every piece from a though the seed holds them all too.
+    let b = swarm.peer("b", "north", &["--deadline-ms", "30000"]).await;
+    let (status, got) = play(&b, None).await;
+    assert_eq!(status, 200);
+    assert!(got == data, "b's bytes differ from the title");
+    let mb = metrics(&b).await;
+    assert_eq!(
+        (mb.origin_seed_bytes, mb.origin_http_bytes),
+        (0, 0),
+        "{mb:?}\n{}",
+        swarm.logs()
+    );
+    assert!(mb.same_region_bytes >= len as u64, "{mb:?}");
+    let stats: serde_json::Value = reqwest::get(format!("{}/stats", swarm.origin_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["seed_bytes"], len as u64, "{stats}");
+}

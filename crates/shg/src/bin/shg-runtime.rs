@@ -41,7 +41,13 @@ fn runtime_main(args: &[String]) -> i32 {
                 return 2;
             };
             let (uid, gid) = (args.num("uid", 0) as u32, args.num("gid", 0) as u32);
-            match container::exec(name, &args.path("state-root"), args.command.clone(), uid, gid) {
+            match container::exec(
+                name,
+                &args.path("state-root"),
+                args.command.clone(),
+                uid,
+                gid,
+            ) {
                 Ok(code) => code,
                 Err(e) => {
                     eprintln!("shg: {e}");
