@@ -230,23 +230,9 @@ impl Bridge {
         let (requests_tx, mut requests) = mpsc::channel::<(u32, u32, u32)>(64);
         let reader = tokio::spawn(async move {
             loop {
-                let mut len = [0u8; 4];
-                read.read_exact(&mut len).await?;
-                let len = u32::from_be_bytes(len) as usize;
-                if len == 0 {
-                    continue;
-                }
-                if len > (1 << 20) {
-                    return Err(std::io::Error::other("a message longer than 1 MiB"));
-                }
-                let mut body = vec![0u8; len];
-                read.read_exact(&mut body).await?;
-                if body[0] == 6 && body.len() == 13 {
-                    let word = |at: usize| {
-                        u32::from_be_bytes(body[at..at + 4].try_into().expect("four bytes"))
-                    };
-                    if requests_tx.send((word(1), word(5), word(9))).await.is_err() {
-                        return Ok(());
+                if let wire::Message::Request(index, begin, length) = wire::read(&mut read).await? {
+                    if requests_tx.send((index, begin, length)).await.is_err() {
+                        return Ok::<(), std::io::Error>(());
                     }
                 }
             }

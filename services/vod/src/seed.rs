@@ -28,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::wire;
+use crate::wire::{self, Message};
 
 /// How many offered pieces a peer may hold not yet asked for: enough that it always finds
 /// one when it looks, few enough that the rest of the title goes to its neighbours.
@@ -243,7 +243,7 @@ impl Seed {
         write.write_all(&wire::message(5, &bitfield)).await?;
         write.write_all(&wire::message(1, &[])).await?;
 
-        let (events_tx, mut events) = mpsc::channel::<Event>(256);
+        let (events_tx, mut events) = mpsc::channel::<Message>(256);
         let reader = tokio::spawn(read_messages(read, events_tx));
         let out = Arc::new(Outbox::default());
         let writer =
@@ -258,17 +258,17 @@ impl Seed {
                     event = events.recv() => {
                         let Some(event) = event else { return Ok(()) };
                         match event {
-                            Event::Have(i) => {
+                            Message::Have(i) => {
                                 if let Some(h) = has.get_mut(i as usize) {
                                     *h = true;
                                 }
                             }
-                            Event::Bitfield(bits) => {
+                            Message::Bitfield(bits) => {
                                 for (i, h) in has.iter_mut().enumerate() {
                                     *h |= bits.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
                                 }
                             }
-                            Event::Request(index, begin, length) => {
+                            Message::Request(index, begin, length) => {
                                 if index >= count
                                     || length == 0
                                     || length > MAX_BLOCK
@@ -281,9 +281,10 @@ impl Seed {
                                 offered.remove(&index);
                                 out.push(Out::Block(index, begin, length));
                             }
-                            Event::Cancel(index, begin, length) => {
+                            Message::Cancel(index, begin, length) => {
                                 out.cancel(index, begin, length);
                             }
+                            Message::Other => {}
                         }
                     }
                     _ = tick.tick() => {
@@ -429,14 +430,6 @@ impl Seed {
     }
 }
 
-/// What a peer said that matters to the seed.
-enum Event {
-    Have(u32),
-    Bitfield(Vec<u8>),
-    Request(u32, u32, u32),
-    Cancel(u32, u32, u32),
-}
-
 /// What goes out to a peer.
 enum Out {
     Have(u32),
@@ -473,32 +466,14 @@ impl Outbox {
     }
 }
 
-/// Reads a peer's messages until it hangs up; a message over 1 MiB ends the connection.
+/// Passes on a peer's messages that matter to the seed until it hangs up.
 async fn read_messages(
     mut read: tokio::net::tcp::OwnedReadHalf,
-    events: mpsc::Sender<Event>,
+    events: mpsc::Sender<Message>,
 ) -> std::io::Result<()> {
     loop {
-        let mut len = [0u8; 4];
-        read.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len == 0 {
-            continue;
-        }
-        if len > (1 << 20) {
-            return Err(std::io::Error::other("a message longer than 1 MiB"));
-        }
-        let mut body = vec![0u8; len];
-        read.read_exact(&mut body).await?;
-        let word = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
-        let event = match (body[0], body.len()) {
-            (4, 5) => Event::Have(word(1)),
-            (5, _) => Event::Bitfield(body[1..].to_vec()),
-            (6, 13) => Event::Request(word(1), word(5), word(9)),
-            (8, 13) => Event::Cancel(word(1), word(5), word(9)),
-            _ => continue,
-        };
-        if events.send(event).await.is_err() {
+        let message = wire::read(&mut read).await?;
+        if message != Message::Other && events.send(message).await.is_err() {
             return Ok(());
         }
     }

@@ -1,5 +1,47 @@
 //! The few pieces of the BitTorrent wire protocol (BEP 3) that the bridge and the origin's
-//! seed speak themselves: the handshake and the messages they send.
+//! seed speak themselves: the handshake, the messages they send, and those they read.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The longest message read (a bitfield of a huge title is the longest a peer sends us).
+const MAX_MESSAGE: usize = 1 << 20;
+
+/// A message the bridge or the seed acts on; the others are `Other`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    Have(u32),
+    Bitfield(Vec<u8>),
+    /// Piece, offset, length.
+    Request(u32, u32, u32),
+    /// Piece, offset, length.
+    Cancel(u32, u32, u32),
+    Other,
+}
+
+/// Reads the next message, skipping keep-alives; a message over 1 MiB is an error.
+pub async fn read(from: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Message> {
+    loop {
+        let mut len = [0u8; 4];
+        from.read_exact(&mut len).await?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            continue;
+        }
+        if len > MAX_MESSAGE {
+            return Err(std::io::Error::other("a message longer than 1 MiB"));
+        }
+        let mut body = vec![0u8; len];
+        from.read_exact(&mut body).await?;
+        let word = |at: usize| u32::from_be_bytes(body[at..at + 4].try_into().expect("4 bytes"));
+        return Ok(match (body[0], body.len()) {
+            (4, 5) => Message::Have(word(1)),
+            (5, _) => Message::Bitfield(body[1..].to_vec()),
+            (6, 13) => Message::Request(word(1), word(5), word(9)),
+            (8, 13) => Message::Cancel(word(1), word(5), word(9)),
+            _ => Message::Other,
+        });
+    }
+}
 
 /// The handshake for `info_hash` from `peer_id`, with no extension bits.
 pub fn handshake(info_hash: &[u8; 20], peer_id: &[u8; 20]) -> Vec<u8> {
@@ -52,6 +94,24 @@ mod tests {
         let mut other = hello;
         other[1] = b'b';
         assert_eq!(info_hash_of(&other), None);
+    }
+
+    #[tokio::test]
+    async fn messages_are_read_past_keep_alives_and_long_ones_refused() {
+        let mut stream: Vec<u8> = [0, 0, 0, 0].to_vec();
+        stream.extend(message(6, &[0, 0, 0, 2, 0, 0, 64, 0, 0, 0, 64, 0]));
+        stream.extend(message(4, &7u32.to_be_bytes()));
+        stream.extend(message(2, &[]));
+        let mut from = stream.as_slice();
+        assert_eq!(
+            read(&mut from).await.unwrap(),
+            Message::Request(2, 16384, 16384)
+        );
+        assert_eq!(read(&mut from).await.unwrap(), Message::Have(7));
+        assert_eq!(read(&mut from).await.unwrap(), Message::Other);
+        assert!(read(&mut from).await.is_err(), "the end of the stream");
+        let long = ((2u32 << 20).to_be_bytes()).to_vec();
+        assert!(read(&mut long.as_slice()).await.is_err());
     }
 
     #[test]
