@@ -48,6 +48,19 @@ const TICK: Duration = Duration::from_millis(500);
 /// A keep-alive at least this often (librqbit drops a peer silent for 10 s).
 const KEEP_ALIVE: Duration = Duration::from_secs(4);
 
+/// How long a peer that connected has to send its handshake.
+const HANDSHAKE_WITHIN: Duration = Duration::from_secs(10);
+
+/// How long the tracker has to answer an announce or a lookup of regions.
+const TRACKER_WITHIN: Duration = Duration::from_secs(5);
+
+/// Peers connected at once; each costs two tasks and a lookup at the tracker.
+const MAX_PEERS: usize = 512;
+
+/// Blocks a peer may have asked for and not yet received (librqbit asks at most 8 here,
+/// clients rarely more than a few hundred).
+const MAX_QUEUED: usize = 1024;
+
 /// The longest block a request may ask for (clients ask 16 KiB).
 const MAX_BLOCK: u32 = 128 << 10;
 
@@ -93,6 +106,8 @@ pub struct Seed {
     /// The upload cap: when the next byte may go out, and the rate.
     cap: Option<(Mutex<Instant>, f64)>,
     uploaded: AtomicU64,
+    /// For the tracker; every request within [`TRACKER_WITHIN`].
+    http: reqwest::Client,
 }
 
 impl Seed {
@@ -126,6 +141,7 @@ impl Seed {
                 .filter(|b| *b > 0)
                 .map(|b| (Mutex::new(Instant::now()), b as f64)),
             uploaded: AtomicU64::new(0),
+            http: reqwest::Client::builder().timeout(TRACKER_WITHIN).build()?,
         });
         tokio::spawn(seed.clone().accept(listener));
         tokio::spawn(seed.clone().announce());
@@ -138,9 +154,15 @@ impl Seed {
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_PEERS));
         loop {
             let Ok((stream, from)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            // Beyond the limit a peer is refused at once (it tries again later, or elsewhere).
+            let Ok(slot) = open.clone().try_acquire_owned() else {
+                tracing::debug!(peer = %from, "refused: {MAX_PEERS} peers connected already");
                 continue;
             };
             let seed = self.clone();
@@ -148,13 +170,14 @@ impl Seed {
                 if let Err(e) = seed.serve(stream, from).await {
                     tracing::debug!(peer = %from, "seed connection ended: {e}");
                 }
+                drop(slot);
             });
         }
     }
 
     /// Tells the tracker, every 30 s, that the origin's seed has every title.
     async fn announce(self: Arc<Self>) {
-        let client = reqwest::Client::new();
+        let client = &self.http;
         let url = format!(
             "{}/announce/{}",
             self.tracker_url,
@@ -184,10 +207,8 @@ impl Seed {
             region: String,
         }
         let url = format!("{}/peers/{}", self.tracker_url, hex::encode(info_hash));
-        let peers: Vec<PeerView> = match reqwest::get(&url).await {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
+        let asked = async { self.http.get(&url).send().await?.json().await };
+        let peers: Vec<PeerView> = asked.await.unwrap_or_default();
         // Gateways behind one address (or all on one host) may sit in several regions: the
         // address alone then tells none of them.
         let mut regions: Vec<String> = peers
@@ -214,7 +235,9 @@ impl Seed {
         stream.set_nodelay(true)?;
         let (mut read, mut write) = stream.into_split();
         let mut hello = [0u8; 68];
-        read.read_exact(&mut hello).await?;
+        tokio::time::timeout(HANDSHAKE_WITHIN, read.read_exact(&mut hello))
+            .await
+            .map_err(|_| std::io::Error::other("no handshake in time"))??;
         let info_hash = wire::info_hash_of(&hello)
             .ok_or_else(|| std::io::Error::other("not a BitTorrent handshake"))?;
         let Some(title) = self.titles.get(&info_hash).cloned() else {
@@ -223,7 +246,12 @@ impl Seed {
         write
             .write_all(&wire::handshake(&info_hash, &self.peer_id))
             .await?;
-        let region = self.region_of(&info_hash, from.ip()).await;
+        // Regions matter to super-seeding only.
+        let region = if self.super_seed {
+            self.region_of(&info_hash, from.ip()).await
+        } else {
+            String::new()
+        };
         let count = title.piece_count();
         let mut has = vec![false; count as usize];
         // Offered pieces not yet asked for → when they were offered. The first offers go in
@@ -279,7 +307,11 @@ impl Seed {
                                     )));
                                 }
                                 offered.remove(&index);
-                                out.push(Out::Block(index, begin, length));
+                                if !out.push(Out::Block(index, begin, length)) {
+                                    return Err(std::io::Error::other(format!(
+                                        "more than {MAX_QUEUED} requests waiting"
+                                    )));
+                                }
                             }
                             Message::Cancel(index, begin, length) => {
                                 out.cancel(index, begin, length);
@@ -291,7 +323,7 @@ impl Seed {
                         if writer.is_finished() {
                             return Ok(());
                         }
-                        out.push(Out::KeepAlive);
+                        let _ = out.push(Out::KeepAlive);
                     }
                 }
                 offered.retain(|i, _| !has[*i as usize]);
@@ -300,7 +332,7 @@ impl Seed {
                 }
                 for i in self.offers(&info_hash, &region, &has, &offered) {
                     offered.insert(i, Instant::now());
-                    out.push(Out::Have(i));
+                    let _ = out.push(Out::Have(i));
                 }
             }
         }
@@ -356,11 +388,13 @@ impl Seed {
                         .await?;
                     write.write_all(&block).await?;
                     self.uploaded.fetch_add(length as u64, Ordering::Relaxed);
-                    let total = sent.entry(index).or_default();
-                    *total += length as u64;
-                    if *total >= title.piece_len(index) {
-                        sent.remove(&index);
-                        self.given(&title.info_hash, &region, index);
+                    if self.super_seed {
+                        let total = sent.entry(index).or_default();
+                        *total += length as u64;
+                        if *total >= title.piece_len(index) {
+                            sent.remove(&index);
+                            self.given(&title.info_hash, &region, index);
+                        }
                     }
                 }
             }
@@ -445,13 +479,18 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&self, out: Out) {
+    /// Queues `out`; false when the peer has more blocks waiting than [`MAX_QUEUED`].
+    fn push(&self, out: Out) -> bool {
         let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         match out {
+            Out::Block(..) if q.1.len() >= MAX_QUEUED => return false,
             Out::Block(..) => q.1.push_back(out),
+            // One keep-alive waiting is enough, however long the peer stops reading.
+            Out::KeepAlive if q.0.iter().any(|o| matches!(o, Out::KeepAlive)) => {}
             _ => q.0.push_back(out),
         }
         self.wake.notify_one();
+        true
     }
 
     fn pop(&self) -> Option<Out> {

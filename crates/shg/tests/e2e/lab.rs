@@ -714,7 +714,13 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
             .as_object()?
             .values()
             .all(|f| f["same_region_bytes"].is_u64());
-        (vod["figures"].as_object()?.len() == 3 && full).then_some(vod)
+        // A gateway's report carries the figures the agent last read inside the service,
+        // which may be from before its play: wait for those of every play.
+        let played = vod["figures"]
+            .as_object()?
+            .values()
+            .all(|f| f["plays"].as_u64() == Some(1));
+        (vod["figures"].as_object()?.len() == 3 && full && played).then_some(vod)
     };
     let vod = crate::harness::eventually(
         "streamco's figures from the 3 gateways",
