@@ -263,36 +263,39 @@ struct Served {
 impl ForkServer {
     /// Sends `request` and returns the answer line, starting the server first when none
     /// runs. A server that fails or does not answer in time is dropped (killed).
+    ///
+    /// The server is taken out of its slot while it works and put back only once it has
+    /// answered: were this future dropped halfway (its caller gone), the server goes with it
+    /// rather than leave its answer to be read as the next request's.
     async fn ask(&self, binary: &Path, request: &[u8]) -> Result<String, CreateError> {
         use tokio::io::AsyncWriteExt;
         let mut slot = self.0.lock().await;
-        let mut sent = match slot.as_mut() {
+        let mut served = slot.take();
+        let mut sent = match served.as_mut() {
             Some(served) => served.requests.write_all(request).await,
             None => Err(io::ErrorKind::NotConnected.into()),
         };
         if sent.is_err() {
             // None runs, or it ended since the last request: nothing was sent, start one.
-            let served = slot.insert(Served::start(binary).map_err(CreateError::Helper)?);
-            sent = served.requests.write_all(request).await;
+            let fresh = served.insert(Served::start(binary).map_err(CreateError::Helper)?);
+            sent = fresh.requests.write_all(request).await;
         }
-        let served = slot.as_mut().expect("started above");
-        let answer = match sent {
-            Ok(()) => match tokio::time::timeout(CREATE_TIMEOUT, served.answer()).await {
-                Ok(answer) => answer,
-                Err(_) => Err(io::Error::new(
+        let mut served = served.expect("started above");
+        sent.map_err(CreateError::Helper)?;
+        let answer = match tokio::time::timeout(CREATE_TIMEOUT, served.answer()).await {
+            Ok(answer) => answer.map_err(CreateError::Helper)?,
+            Err(_) => {
+                return Err(CreateError::Helper(io::Error::new(
                     io::ErrorKind::TimedOut,
                     format!(
                         "the runtime helper gave no answer within {} s and was stopped",
                         CREATE_TIMEOUT.as_secs()
                     ),
-                )),
-            },
-            Err(e) => Err(e),
+                )))
+            }
         };
-        answer.map_err(|e| {
-            *slot = None;
-            CreateError::Helper(e)
-        })
+        *slot = Some(served);
+        Ok(answer)
     }
 }
 
