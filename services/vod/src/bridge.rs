@@ -75,15 +75,9 @@ impl Bridge {
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
             ip => ip,
         };
-        let mut peer_id = *b"-SHGBRIDGE-000000000";
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        peer_id[11..20].copy_from_slice(format!("{:09}", nanos % 1_000_000_000).as_bytes());
         Arc::new(Bridge {
             session: SocketAddr::new(ip, listen.port()),
-            peer_id,
+            peer_id: wire::peer_id(b"-SHGBRIDGE-"),
             offers: Mutex::default(),
             taken: AtomicU64::new(0),
             sources: Mutex::default(),
@@ -216,11 +210,7 @@ impl Bridge {
             let Some(offer) = offers.get(&info_hash) else {
                 return Ok(());
             };
-            let mut bits = vec![0u8; offer.piece_count.div_ceil(8) as usize];
-            for i in offer.pieces.keys() {
-                bits[(*i / 8) as usize] |= 0x80 >> (i % 8);
-            }
-            bits
+            wire::bitfield(offer.piece_count, offer.pieces.keys().copied())
         };
         write.write_all(&wire::message(5, &bitfield)).await?;
         write.write_all(&wire::message(1, &[])).await?;

@@ -1,20 +1,19 @@
-//! The origin's BitTorrent seed, which sends each piece into a region once (super-seeding,
-//! after BEP 16).
+//! The origin's BitTorrent seed.
 //!
-//! A plain seed announces every piece to every peer, so the first gateways of a region each
-//! download the whole title from the origin. This seed announces to each peer only pieces
-//! that no peer of the peer's region has had from it yet, a few at a time, the lowest first
-//! (a player needs them in order). The region's gateways then trade the pieces among
-//! themselves, and the origin sends about one copy of the title per region. A piece the
-//! region was given is offered again after [`GIVEN_FOR`], in case the peers that had it
-//! left.
+//! Plain BEP 3, no extensions: a handshake, a bitfield, `unchoke`, and a `piece` for each
+//! request, within one upload cap shared by all connections. Any piece a peer asks for is
+//! served. By default the bitfield holds every piece.
+//!
+//! With super-seeding (after BEP 16; `vod origin --super-seed`) the seed offers each peer
+//! only pieces that no peer of its region has had from it lately, a few at a time and the
+//! lowest first (a player needs them in order): the first in the bitfield, the next in
+//! `have` messages. The region's gateways then trade the pieces among themselves, and the
+//! origin sends about one copy of the title per region. A piece the region was given is
+//! offered again after [`GIVEN_FOR`], in case the peers that had it left.
 //!
 //! A peer's region is the one the tracker placed it in (`GET /peers/HASH` of the tracker,
-//! by the peer's IP address). A peer the tracker does not know is a region of its own.
-//!
-//! The wire protocol is plain BEP 3 (no extensions): handshake, an empty bitfield, `have`
-//! for each piece offered, `unchoke`, and `piece` for each request, within the upload cap
-//! shared by all connections. Any piece a peer asks for is served, offered or not.
+//! by the peer's IP address). A peer the tracker does not know, or knows in several regions
+//! at that address, is a region of its own address.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -93,7 +92,7 @@ struct RegionPieces {
     promised: HashMap<u32, Instant>,
 }
 
-/// The super-seed of the origin's titles.
+/// The BitTorrent seed of the origin's titles.
 pub struct Seed {
     titles: HashMap<[u8; 20], SeedTitle>,
     tracker_url: String,
@@ -124,16 +123,10 @@ impl Seed {
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for BitTorrent peers on {listen}: {e}"))?;
-        let mut peer_id = *b"-SHGSEED0-0000000000";
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        peer_id[10..20].copy_from_slice(format!("{:010}", nanos).as_bytes());
         let seed = Arc::new(Seed {
             titles: titles.into_iter().map(|t| (t.info_hash, t)).collect(),
             tracker_url: tracker_url.trim_end_matches('/').to_string(),
-            peer_id,
+            peer_id: wire::peer_id(b"-SHGSEED0-"),
             listen_port: listener.local_addr()?.port(),
             super_seed,
             regions: Mutex::default(),
@@ -257,17 +250,14 @@ impl Seed {
         // Offered pieces not yet asked for → when they were offered. The first offers go in
         // the bitfield: librqbit looks for pieces as soon as it is unchoked.
         let mut offered: BTreeMap<u32, Instant> = BTreeMap::new();
-        let mut bitfield = vec![0u8; count.div_ceil(8) as usize];
-        if self.super_seed {
+        let bitfield = if self.super_seed {
             for i in self.offers(&info_hash, &region, &has, &offered) {
                 offered.insert(i, Instant::now());
-                bitfield[(i / 8) as usize] |= 0x80 >> (i % 8);
             }
+            wire::bitfield(count, offered.keys().copied())
         } else {
-            for i in 0..count {
-                bitfield[(i / 8) as usize] |= 0x80 >> (i % 8);
-            }
-        }
+            wire::bitfield(count, 0..count)
+        };
         write.write_all(&wire::message(5, &bitfield)).await?;
         write.write_all(&wire::message(1, &[])).await?;
 
@@ -293,7 +283,7 @@ impl Seed {
                             }
                             Message::Bitfield(bits) => {
                                 for (i, h) in has.iter_mut().enumerate() {
-                                    *h |= bits.get(i / 8).is_some_and(|b| b & (0x80 >> (i % 8)) != 0);
+                                    *h |= wire::has_piece(&bits, i);
                                 }
                             }
                             Message::Request(index, begin, length) => {

@@ -60,6 +60,36 @@ pub fn info_hash_of(hello: &[u8; 68]) -> Option<[u8; 20]> {
         .then(|| hello[28..48].try_into().expect("20 bytes"))
 }
 
+/// A peer id: `prefix` (an Azureus-style client tag) padded with digits of the clock, so
+/// that two runs of the same program are told apart.
+pub fn peer_id(prefix: &[u8]) -> [u8; 20] {
+    let mut id = [b'0'; 20];
+    let prefix = &prefix[..prefix.len().min(12)];
+    id[..prefix.len()].copy_from_slice(prefix);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let digits = format!("{nanos:09}");
+    id[20 - digits.len()..].copy_from_slice(digits.as_bytes());
+    id
+}
+
+/// The `bitfield` message's payload for a title of `count` pieces holding `pieces`.
+pub fn bitfield(count: u32, pieces: impl IntoIterator<Item = u32>) -> Vec<u8> {
+    let mut bits = vec![0u8; count.div_ceil(8) as usize];
+    for i in pieces.into_iter().filter(|i| *i < count) {
+        bits[(i / 8) as usize] |= 0x80 >> (i % 8);
+    }
+    bits
+}
+
+/// Whether piece `index` is set in a `bitfield` payload.
+pub fn has_piece(bits: &[u8], index: usize) -> bool {
+    bits.get(index / 8)
+        .is_some_and(|b| b & (0x80 >> (index % 8)) != 0)
+}
+
 /// A message: length, id, payload.
 pub fn message(id: u8, payload: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(5 + payload.len());
@@ -112,6 +142,17 @@ mod tests {
         assert!(read(&mut from).await.is_err(), "the end of the stream");
         let long = ((2u32 << 20).to_be_bytes()).to_vec();
         assert!(read(&mut long.as_slice()).await.is_err());
+    }
+
+    #[test]
+    fn bitfields_set_and_read_the_pieces_high_bit_first() {
+        let bits = bitfield(10, [0, 9, 12]);
+        assert_eq!(bits, [0x80, 0x40]);
+        assert!(has_piece(&bits, 0) && has_piece(&bits, 9));
+        assert!(!has_piece(&bits, 1) && !has_piece(&bits, 12));
+        let id = peer_id(b"-SHGSEED0-");
+        assert_eq!(&id[..10], b"-SHGSEED0-");
+        assert!(id[10..].iter().all(u8::is_ascii_digit));
     }
 
     #[test]
