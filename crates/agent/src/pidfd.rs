@@ -1,4 +1,5 @@
-//! Waiting for a process that may not be our child, through a pidfd.
+//! Waiting for a process that may not be our child, through a pidfd; reaping the orphans the
+//! agent inherits as the containers' subreaper.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -18,13 +19,7 @@ pub struct PidFd(AsyncFd<Fd>);
 impl PidFd {
     /// Opens a pidfd for `pid`; fails if no such process exists.
     pub fn open(pid: i32) -> std::io::Result<PidFd> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let owned = open_raw(pid)?;
         // SAFETY: `Fd` owns the descriptor and closes it only when the AsyncFd is dropped,
         // which deregisters it first.
         let registered =
@@ -60,4 +55,100 @@ pub fn reap(pid: i32) {
         nix::unistd::Pid::from_raw(pid),
         Some(nix::sys::wait::WaitPidFlag::WNOHANG),
     );
+}
+
+/// Reaps the agent's zombie children that live in a PID namespace below the agent's own:
+/// container inits, and commands left inside a container when the helper that ran them died
+/// (the agent, their subreaper, inherits them). The kernel cannot finish a container init's
+/// exit while a zombie of its namespace stays unreaped, so one such orphan would leave its
+/// service `stopping` for ever. Children the agent spawned in its own namespace (the runtime
+/// helpers) are left to whoever waits for them. Returns how many were reaped.
+pub fn reap_orphans() -> usize {
+    let Some(depth) = ns_depth("/proc/self/status") else {
+        return 0;
+    };
+    let mut reaped = 0;
+    let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
+    for task in tasks.flatten() {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in children
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // The pidfd comes first and names this process whatever happens to the PID later;
+            // the checks and the wait below then all concern the same one.
+            let Ok(fd) = open_raw(pid) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            if !zombie || depth_of(&status).is_none_or(|d| d <= depth) {
+                continue;
+            }
+            // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on a pidfd we own, writing into a siginfo_t we own.
+            let done = unsafe {
+                libc::waitid(
+                    libc::P_PIDFD,
+                    fd.as_raw_fd() as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG,
+                )
+            };
+            if done == 0 {
+                reaped += 1;
+            }
+        }
+    }
+    reaped
+}
+
+/// Reaps orphans (see [`reap_orphans`]) at every SIGCHLD, and every 10 s in case one is
+/// missed.
+pub fn spawn_reaper() {
+    tokio::spawn(async {
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            match sigchld.as_mut() {
+                Some(s) => {
+                    tokio::select! {
+                        _ = s.recv() => {}
+                        _ = tick.tick() => {}
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
+            let n = reap_orphans();
+            if n > 0 {
+                tracing::debug!("reaped {n} orphaned process(es) of the containers");
+            }
+        }
+    });
+}
+
+fn open_raw(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// How many PID namespaces the process of `status` (a /proc status file's path) is seen in.
+fn ns_depth(status: &str) -> Option<usize> {
+    depth_of(&std::fs::read_to_string(status).ok()?)
+}
+
+fn depth_of(status: &str) -> Option<usize> {
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    Some(line["NSpid:".len()..].split_whitespace().count())
 }

@@ -222,6 +222,11 @@ fn an_install_cut_short_by_a_crash_is_rolled_back() {
 
 /// The runtime helpers (`shg-runtime serve`) whose parent is `agent`.
 fn runtime_servers(agent: i32) -> Vec<i32> {
+    runtime_helpers(agent, "serve")
+}
+
+/// The agent's `shg-runtime MODE …` children.
+fn runtime_helpers(agent: i32, mode: &str) -> Vec<i32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -230,7 +235,7 @@ fn runtime_servers(agent: i32) -> Vec<i32> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let is_server = words.first().is_some_and(|w| w.ends_with(b"shg-runtime"))
-            && words.get(1) == Some(&b"serve".as_slice());
+            && words.get(1) == Some(&mode.as_bytes());
         let ppid = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
             .and_then(|stat| {
@@ -278,4 +283,31 @@ fn a_runtime_helper_that_died_is_replaced_and_none_outlives_the_agent() {
         Duration::from_secs(10),
         || (!alive(replaced[0])).then_some(()),
     );
+}
+
+/// A command run in a service whose helper was SIGKILLed is orphaned to the agent. Once the
+/// service's init ends, the kernel cannot finish that init's exit before the orphan is reaped:
+/// the agent must reap it, or the service stays `stopping` for ever.
+#[test]
+fn a_command_orphaned_by_a_killed_exec_helper_does_not_hold_up_the_stop() {
+    let gw = Gateway::start();
+    gw.install("host", &sleeper("host", "never"), &[]);
+    gw.wait_running("host");
+    let agent = gw.agent_pid();
+    let mut exec = gw.spawn_shg(
+        &["exec", "host", "--", "/bin/sleep", "100000"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    let helper = eventually("the exec helper", Duration::from_secs(10), || {
+        runtime_helpers(agent, "exec").first().copied()
+    });
+    // Let the command start inside the container, then take its helper away.
+    std::thread::sleep(Duration::from_millis(500));
+    signal(helper, "KILL");
+    let _ = wait_timeout(&mut exec.0, Duration::from_secs(10));
+
+    gw.shg_ok(&["stop", "host"]);
+    let stopped = gw.svc("host").unwrap();
+    assert_eq!(stopped.state, "stopped", "{stopped:?}");
 }
