@@ -204,9 +204,13 @@ fn main() {
                 "truth did not exit cleanly: {message}"
             );
         });
+        let id = format!("bench-{i}");
         let t = Instant::now();
-        let status = runc_run(&runc_root, &bundle, &logs, &format!("bench-{i}"));
+        let status = runc_run(&runc_root, &bundle, &logs, &id);
         runc_ms.push(ms(t.elapsed()));
+        // Outside the time: `runc run` removes its container as it ends, as the agent does
+        // after the exit it records; this only catches a run that failed halfway.
+        runc_delete(&runc_root, &id);
         assert!(
             status,
             "runc run of the shg bundle {} failed (its root {} mounted as README says); run it by hand to see why",
@@ -590,13 +594,19 @@ fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
         });
     }
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
+    drop(files);
+    ok
+}
+
+/// `runc delete -f` of a run's container, in case the run failed before removing it.
+fn runc_delete(root: &Path, id: &str) {
     let _ = Command::new("runc")
         .arg("--root")
         .arg(root)
         .args(["delete", "-f", id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status();
-    drop(files);
-    ok
 }
 
 struct Memory {
