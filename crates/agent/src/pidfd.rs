@@ -57,8 +57,8 @@ pub fn reap(pid: i32) {
     );
 }
 
-/// Reaps the agent's zombie children that live in a PID namespace below the agent's own:
-/// container inits, and commands left inside a container when the helper that ran them died
+/// Reaps the agent's zombie children that live in a PID namespace below the agent's own and
+/// are not its init: commands left inside a container when the helper that ran them died
 /// (the agent, their subreaper, inherits them). The kernel cannot finish a container init's
 /// exit while a zombie of its namespace stays unreaped, so one such orphan would leave its
 /// service `stopping` for ever. Children the agent spawned in its own namespace (the runtime
@@ -84,7 +84,10 @@ pub fn reap_orphans() -> usize {
             let zombie = status
                 .lines()
                 .any(|l| l.starts_with("State:") && l.contains('Z'));
-            if !zombie || depth_of(&status).is_none_or(|d| d <= depth) {
+            // Container inits (PID 1 of their namespace) are reaped by the code that handles
+            // their exit: until then the zombie keeps their PID from being reused.
+            let orphan = ns_pids(&status).is_some_and(|p| p.len() > depth && p.last() != Some(&1));
+            if !zombie || !orphan {
                 continue;
             }
             // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
@@ -145,10 +148,46 @@ fn open_raw(pid: i32) -> std::io::Result<OwnedFd> {
 
 /// How many PID namespaces the process of `status` (a /proc status file's path) is seen in.
 fn ns_depth(status: &str) -> Option<usize> {
-    depth_of(&std::fs::read_to_string(status).ok()?)
+    Some(ns_pids(&std::fs::read_to_string(status).ok()?)?.len())
 }
 
-fn depth_of(status: &str) -> Option<usize> {
+/// A process's PIDs from a /proc status text, from the outermost namespace in.
+fn ns_pids(status: &str) -> Option<Vec<i32>> {
     let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    Some(line["NSpid:".len()..].split_whitespace().count())
+    Some(
+        line["NSpid:".len()..]
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_pids_of_every_namespace() {
+        let status = "Name:\tsleep\nState:\tZ (zombie)\nNSpid:\t4242\t17\n";
+        assert_eq!(ns_pids(status), Some(vec![4242, 17]));
+        assert_eq!(ns_pids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn the_agents_own_children_are_not_orphans() {
+        // A zombie child in the test's own namespace: not below it, so never reaped here.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .contains("State:\tZ")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(reap_orphans(), 0);
+        assert!(
+            child.try_wait().unwrap().is_some(),
+            "its own waiter still reaps it"
+        );
+    }
 }
