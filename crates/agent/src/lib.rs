@@ -264,9 +264,9 @@ impl Agent {
 
 impl Agent {
     /// Takes the state directory for this process, makes it the subreaper of the container
-    /// inits (and reaps every orphan it inherits), finishes or rolls back what a previous run left, re-adopts the running services
-    /// and starts the once-a-second sampler. The returned lock holds the state directory
-    /// until dropped.
+    /// inits (and reaps every orphan it inherits), finishes or rolls back what a previous run
+    /// left, re-adopts the running services and starts the once-a-second sampler. The returned
+    /// lock holds the state directory until dropped.
     pub async fn start_up(self: &Arc<Self>) -> Result<StateLock, AgentError> {
         let lock = lifecycle::take_lock(&self.layout)?;
         lifecycle::become_subreaper();

@@ -62,11 +62,9 @@ pub fn reap(pid: i32) {
 /// (the agent, their subreaper, inherits them). The kernel cannot finish a container init's
 /// exit while a zombie of its namespace stays unreaped, so one such orphan would leave its
 /// service `stopping` for ever. Children the agent spawned in its own namespace (the runtime
-/// helpers) are left to whoever waits for them. Returns how many were reaped.
-pub fn reap_orphans() -> usize {
-    let Some(depth) = ns_depth("/proc/self/status") else {
-        return 0;
-    };
+/// helpers) are left to whoever waits for them. `depth`: how many PID namespaces the agent
+/// is seen in ([`own_depth`]). Returns how many were reaped.
+pub fn reap_orphans(depth: usize) -> usize {
     let mut reaped = 0;
     let tasks = std::fs::read_dir("/proc/self/task").into_iter().flatten();
     for task in tasks.flatten() {
@@ -112,7 +110,11 @@ pub fn reap_orphans() -> usize {
 /// Reaps orphans (see [`reap_orphans`]) at every SIGCHLD, and every 10 s in case one is
 /// missed.
 pub fn spawn_reaper() {
-    tokio::spawn(async {
+    let Some(depth) = own_depth() else {
+        tracing::warn!("no NSpid in /proc/self/status: orphans in containers are not reaped");
+        return;
+    };
+    tokio::spawn(async move {
         let mut sigchld =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
@@ -128,7 +130,7 @@ pub fn spawn_reaper() {
                     tick.tick().await;
                 }
             }
-            let n = reap_orphans();
+            let n = reap_orphans(depth);
             if n > 0 {
                 tracing::debug!("reaped {n} orphaned process(es) of the containers");
             }
@@ -146,9 +148,9 @@ fn open_raw(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// How many PID namespaces the process of `status` (a /proc status file's path) is seen in.
-fn ns_depth(status: &str) -> Option<usize> {
-    Some(ns_pids(&std::fs::read_to_string(status).ok()?)?.len())
+/// How many PID namespaces this process is seen in.
+fn own_depth() -> Option<usize> {
+    Some(ns_pids(&std::fs::read_to_string("/proc/self/status").ok()?)?.len())
 }
 
 /// A process's PIDs from a /proc status text, from the outermost namespace in.
@@ -184,7 +186,7 @@ mod tests {
         {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        assert_eq!(reap_orphans(), 0);
+        assert_eq!(reap_orphans(own_depth().unwrap()), 0);
         assert!(
             child.try_wait().unwrap().is_some(),
             "its own waiter still reaps it"

@@ -234,7 +234,7 @@ fn runtime_helpers(agent: i32, mode: &str) -> Vec<i32> {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_server = words.first().is_some_and(|w| w.ends_with(b"shg-runtime"))
+        let is_helper = words.first().is_some_and(|w| w.ends_with(b"shg-runtime"))
             && words.get(1) == Some(&mode.as_bytes());
         let ppid = std::fs::read_to_string(entry.path().join("stat"))
             .ok()
@@ -242,7 +242,7 @@ fn runtime_helpers(agent: i32, mode: &str) -> Vec<i32> {
                 let after = &stat[stat.rfind(')')? + 2..];
                 after.split_whitespace().nth(1)?.parse::<i32>().ok()
             });
-        if is_server && ppid == Some(agent) {
+        if is_helper && ppid == Some(agent) {
             found.push(pid);
         }
     }
