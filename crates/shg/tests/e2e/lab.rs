@@ -858,6 +858,12 @@ fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_bo
         "ann in the east half, on bob's page",
         &format!("window.world && window.world.players.some(p => p.id === '{id}' && p.x >= {border} + 2)"),
     );
+    // Her own page shows her across too (its east half comes from the east gateway's view,
+    // a poll behind bob's page) before she turns back.
+    ann.wait(
+        "ann in the east half, on her own page",
+        &format!("window.track.some(s => s.x !== null && s.x >= {border} + 2)"),
+    );
     ann.type_into("#name", "\u{E012}"); // left: home again
     ann.wait(
         "ann back in the west half",
