@@ -58,9 +58,7 @@ impl Drop for Ctl {
 }
 
 fn start_controller(dir: &Path, database: Option<&str>) -> Ctl {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = probe.local_addr().unwrap();
-    drop(probe);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], testdata::free_port()));
     let mut cmd = Command::new(SHG);
     cmd.args(["controller", "run", "--state-dir"])
         .arg(dir)

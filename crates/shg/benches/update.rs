@@ -307,11 +307,7 @@ struct Registry {
 
 impl Registry {
     fn start(work: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = testdata::free_port();
         let addr = format!("127.0.0.1:{port}");
         let data = work.join("registry");
         std::fs::create_dir_all(&data).unwrap();

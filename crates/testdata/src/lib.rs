@@ -14,16 +14,66 @@ pub fn scrambled(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A TCP port free on the loopback right now (the kernel's pick), for a server a test starts.
+/// A loopback port, free for TCP and UDP right now, for a server a test starts and that binds
+/// it a moment later.
+///
+/// The kernel's own pick (`bind` to port 0) comes from the ephemeral range, the same range it
+/// takes a client connection's local port from: any connection opened between the pick and the
+/// server's bind could take it ("Address already in use", seen in CI). So the port comes from
+/// below that range (20000 up to `ip_local_port_range`'s first port), where only explicit binds
+/// land, and no two calls in one process return the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the loopback has a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (20000u32, first_ephemeral.saturating_sub(20000).max(1000));
+    // Test binaries of one run start one after the other; their PIDs differ, so does their start.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        {
+            return port;
+        }
+    }
+    panic!(
+        "no free port on the loopback between {low} and {}",
+        low + span
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| super::free_port()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        let first_ephemeral: u16 =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        if first_ephemeral >= 21000 {
+            assert!(
+                ports.iter().all(|p| (20000..first_ephemeral).contains(p)),
+                "{ports:?}"
+            );
+        }
+        for p in ports {
+            std::net::TcpListener::bind(("127.0.0.1", p)).expect("still free");
+        }
+    }
+
     #[test]
     fn the_same_at_every_run_and_not_constant() {
         let a = super::scrambled(4096);

@@ -124,9 +124,7 @@ impl Browser {
 
     /// A browser in network namespace `netns` (a household's, say), or the test's own.
     pub(crate) fn start_in(netns: Option<&str>) -> Browser {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
+        let port = testdata::free_port();
         let tmp = tempfile::tempdir().expect("a temporary directory for Chromium");
         let mut driver = match netns {
             Some(ns) => {

@@ -36,9 +36,7 @@ fn the_demo_hosts_the_samples_and_the_papers_services_and_its_guide_works() {
         .unwrap();
     let dir = state.path();
     std::fs::write(dir.join("gateway.toml"), "[network]\nenabled = false\n").unwrap();
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let listen = probe.local_addr().unwrap();
-    drop(probe);
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], testdata::free_port()));
     let out_path = dir.join("demo.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut demo = Command::new(SHG)

@@ -61,9 +61,7 @@ impl Postgres {
             "-U",
             "postgres",
         ]);
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
+        let port = testdata::free_port();
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200",
             dir.path().display()
@@ -125,9 +123,7 @@ impl Controller {
 
     /// A controller on `database` (PostgreSQL), or on its embedded SQLite.
     fn start_on(database: Option<String>) -> Controller {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = probe.local_addr().unwrap();
-        drop(probe);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], testdata::free_port()));
         Controller::start_at(addr, database)
     }
 

@@ -300,9 +300,10 @@ impl Gateway {
         }
         fs::write(gw.dir.join("gateway.toml"), config).expect("write gateway.toml");
         if listen {
-            // A port the kernel just handed out and nobody holds now.
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-            gw.listen = Some(probe.local_addr().unwrap());
+            gw.listen = Some(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                testdata::free_port(),
+            )));
         }
         gw.spawn_agent();
         gw

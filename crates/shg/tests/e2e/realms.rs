@@ -411,11 +411,7 @@ fn promtool_accepts_the_metrics_and_prometheus_scrapes_them() {
         .to_string();
     let token_file = gw.work.join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = testdata::free_port();
     let config = gw.work.join("prometheus.yml");
     std::fs::write(
         &config,

@@ -16,10 +16,7 @@ pub(crate) struct Registry {
 
 impl Registry {
     pub(crate) fn start(work: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = testdata::free_port();
         let addr = format!("127.0.0.1:{port}");
         let data = work.join("registry-data");
         let config = work.join("registry.yml");

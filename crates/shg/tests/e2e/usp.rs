@@ -13,6 +13,7 @@ use rusp_lib::usp_builder::{GetBuilder, MsgBuilder, RecordBuilder};
 use serde_json::Value;
 
 use crate::harness::{run_captured, Gateway};
+use testdata::free_port;
 
 const AGENT_ID: &str = "os::SHG-e2e";
 const AGENT_TOPIC: &str = "usp/agent/e2e";
@@ -27,14 +28,6 @@ struct Broker {
     /// The TLS port and the CA's certificate file.
     tls: Option<(u16, PathBuf)>,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Broker {
