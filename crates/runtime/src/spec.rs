@@ -225,6 +225,9 @@ pub fn config(spec: &ServiceSpec) -> Value {
                 { "type": "pid" }, { "type": "network" }, { "type": "ipc" },
                 { "type": "uts" }, { "type": "mount" }, { "type": "cgroup" },
             ],
+            // Ping sockets (ICMP echo only, no raw sockets) for every group, as Docker and
+            // Podman do: a service can ping without CAP_NET_RAW. Only its own namespace.
+            "sysctl": { "net.ipv4.ping_group_range": "0 2147483647" },
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": readonly_paths(&spec.cgroup_root),
             "seccomp": seccomp::profile(),

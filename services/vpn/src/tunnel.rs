@@ -1,7 +1,10 @@
 //! The data plane: WireGuard (boringtun's noise state machine, one per peer) on one UDP socket,
 //! and a userspace TCP/IP stack (smoltcp) that ends the laptop's TCP connections inside the
 //! service and opens the same connection from the service to the LAN host. A UDP datagram
-//! goes on from a socket of its flow's own, and the answers come back the same way.
+//! goes on from a socket of its flow's own, and the answers come back the same way; so does
+//! a ping (ICMP echo), from an ICMP datagram socket of its own ("ping socket", which needs no
+//! capability where `net.ipv4.ping_group_range` admits the service: the agent sets it in
+//! every service's network namespace). Only a real echo reply of the LAN host is answered.
 //!
 //! No TUN device, no forwarding, no extra capability: what leaves the service is ordinary
 //! sockets of its own, so the gateway's firewall decides which LAN hosts it reaches (the
@@ -23,8 +26,8 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::phy::{Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{
-    HardwareAddress, IpAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpPacket, UdpPacket,
-    UdpRepr,
+    HardwareAddress, Icmpv4Message, Icmpv4Packet, IpAddress, IpCidr, IpProtocol, Ipv4Packet,
+    Ipv4Repr, TcpPacket, UdpPacket, UdpRepr,
 };
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Notify};
@@ -197,11 +200,13 @@ struct Conn {
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A UDP flow: a peer's address and port, and the LAN host's.
+/// A UDP flow: a peer's address and port, and the LAN host's; or a ping: the peer's
+/// address and echo identifier as `peer`, the LAN host with port 0 as `target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct FlowKey {
     peer: SocketAddrV4,
     target: SocketAddrV4,
+    ping: bool,
 }
 
 /// The service's socket for one flow, forgotten after `UDP_IDLE` without traffic.
@@ -345,8 +350,13 @@ impl Tunnel {
                     let Some(packet) = self.datagram(&buf[..n], from, &mut peers, &mut out).await else {
                         continue;
                     };
-                    if Ipv4Packet::new_checked(&packet[..]).is_ok_and(|ip| ip.next_header() == IpProtocol::Udp) {
+                    let protocol = Ipv4Packet::new_checked(&packet[..]).map(|ip| (ip.next_header(), ip.dst_addr()));
+                    if protocol.is_ok_and(|(p, _)| p == IpProtocol::Udp) {
                         self.udp_out(&packet, &mut flows, &replies_tx);
+                    } else if protocol.is_ok_and(|(p, dst)| p == IpProtocol::Icmp && dst != self.address) {
+                        // The stack would answer every echo itself (it takes any address
+                        // as its own): a LAN host's pings go out instead, to the host.
+                        self.ping_out(&packet, &mut flows, &replies_tx);
                     } else {
                         self.admit(&packet, &mut conns, &mut sockets);
                         dev.rx.push_back(packet);
@@ -356,7 +366,7 @@ impl Tunnel {
                     if let Some(flow) = flows.get_mut(&key) {
                         flow.last = Instant::now();
                     }
-                    self.udp_back(key, &data, &mut peers, &mut out).await;
+                    self.flow_back(key, &data, &mut peers, &mut out).await;
                 }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(delay) => {}
@@ -459,7 +469,48 @@ impl Tunnel {
         let key = FlowKey {
             peer: SocketAddrV4::new(ip.src_addr(), udp.src_port()),
             target: SocketAddrV4::new(ip.dst_addr(), udp.dst_port()),
+            ping: false,
         };
+        self.flow_send(key, udp.payload(), flows, replies);
+    }
+
+    /// A ping (ICMP echo request) from a peer to a LAN host: sent on from an ICMP datagram
+    /// socket of the flow's own, as the same echo (the kernel sets the socket's own
+    /// identifier); the host's echo replies come back through `replies`. Any other ICMP
+    /// message is dropped.
+    fn ping_out(
+        &self,
+        packet: &[u8],
+        flows: &mut HashMap<FlowKey, Flow>,
+        replies: &mpsc::Sender<(FlowKey, Vec<u8>)>,
+    ) {
+        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+            return;
+        };
+        let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+            return;
+        };
+        if icmp.msg_type() != Icmpv4Message::EchoRequest || icmp.msg_code() != 0 {
+            return;
+        }
+        let key = FlowKey {
+            peer: SocketAddrV4::new(ip.src_addr(), icmp.echo_ident()),
+            target: SocketAddrV4::new(ip.dst_addr(), 0),
+            ping: true,
+        };
+        self.flow_send(key, ip.payload(), flows, replies);
+    }
+
+    /// Sends `payload` on the socket of flow `key`, made on its first datagram if the
+    /// destination is allowed: a UDP socket, or for a ping an ICMP datagram socket. Answers
+    /// come back through `replies`.
+    fn flow_send(
+        &self,
+        key: FlowKey,
+        payload: &[u8],
+        flows: &mut HashMap<FlowKey, Flow>,
+        replies: &mpsc::Sender<(FlowKey, Vec<u8>)>,
+    ) {
         if !flows.contains_key(&key) {
             let target = *key.target.ip();
             if target == self.address || !self.allowed.iter().any(|n| n.contains(target)) {
@@ -470,13 +521,25 @@ impl Tunnel {
                 return;
             }
             // One socket: sent on directly (non-blocking), read by the flow's task.
-            let sockets = std::net::UdpSocket::bind(("0.0.0.0", 0))
+            let sockets = flow_socket(key)
                 .and_then(|s| s.connect(key.target).map(|()| s))
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
                 .and_then(|s| Ok((s.try_clone()?, UdpSocket::from_std(s)?)));
-            let Ok((socket, reader)) = sockets else {
-                self.refuse(|r| r.unreachable += 1);
-                return;
+            let (socket, reader) = match sockets {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Said once: a ping runs on for as long as its user lets it.
+                    static SAID: std::sync::atomic::AtomicBool =
+                        std::sync::atomic::AtomicBool::new(false);
+                    if key.ping && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        eprintln!(
+                            "vpn: cannot ping {target}: {e}; pings to LAN hosts need \
+                             net.ipv4.ping_group_range to include the service's group"
+                        );
+                    }
+                    self.refuse(|r| r.unreachable += 1);
+                    return;
+                }
             };
             let replies = replies.clone();
             let task = tokio::spawn(async move {
@@ -499,8 +562,47 @@ impl Tunnel {
         if let Some(flow) = flows.get_mut(&key) {
             flow.last = Instant::now();
             // A full send buffer drops the datagram, as any UDP path may.
-            let _ = flow.socket.send(udp.payload());
+            let _ = flow.socket.send(payload);
         }
+    }
+
+    /// What came back on a flow's socket, to its peer.
+    async fn flow_back(&self, key: FlowKey, data: &[u8], peers: &mut [PeerState], out: &mut [u8]) {
+        if key.ping {
+            self.ping_back(key, data, peers, out).await;
+        } else {
+            self.udp_back(key, data, peers, out).await;
+        }
+    }
+
+    /// An echo reply of a LAN host to a ping, given back the peer's identifier and wrapped in
+    /// IP from the host to the peer. Anything else on the socket is dropped.
+    async fn ping_back(&self, key: FlowKey, data: &[u8], peers: &mut [PeerState], out: &mut [u8]) {
+        if data.len() > MTU - 20 {
+            return;
+        }
+        let ip = Ipv4Repr {
+            src_addr: *key.target.ip(),
+            dst_addr: *key.peer.ip(),
+            next_header: IpProtocol::Icmp,
+            payload_len: data.len(),
+            hop_limit: 64,
+        };
+        let mut packet = vec![0u8; ip.buffer_len() + data.len()];
+        let caps = ChecksumCapabilities::default();
+        let mut ip_packet = Ipv4Packet::new_unchecked(&mut packet[..]);
+        ip.emit(&mut ip_packet, &caps);
+        ip_packet.payload_mut().copy_from_slice(data);
+        let mut icmp = Icmpv4Packet::new_unchecked(ip_packet.payload_mut());
+        if icmp.check_len().is_err()
+            || icmp.msg_type() != Icmpv4Message::EchoReply
+            || icmp.msg_code() != 0
+        {
+            return;
+        }
+        icmp.set_echo_ident(key.peer.port());
+        icmp.fill_checksum();
+        self.deliver(&packet, peers, out).await;
     }
 
     /// An answer of a LAN host to a flow, wrapped in IP and UDP from the host to the peer.
@@ -718,6 +820,28 @@ impl Tunnel {
             })
             .collect();
     }
+}
+
+/// An unconnected socket for flow `key`: UDP, or for a ping an ICMP datagram socket (whose
+/// `send` takes an ICMP message and whose `recv` gives one, without the IP header).
+fn flow_socket(key: FlowKey) -> std::io::Result<std::net::UdpSocket> {
+    if !key.ping {
+        return std::net::UdpSocket::bind(("0.0.0.0", 0));
+    }
+    // SAFETY: plain socket(2); the descriptor is owned by the returned socket alone.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh datagram socket nothing else owns; std's UDP socket only sends,
+    // receives and connects on it, which an ICMP datagram socket supports.
+    Ok(unsafe { <std::net::UdpSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) })
 }
 
 fn by_index(peers: &[PeerState], receiver_idx: u32) -> Option<usize> {

@@ -643,3 +643,70 @@ for p in [b'x', os.urandom(300), b'\x01\x00\x00\x00' + os.urandom(144), b'\x04\x
     let (code, _) = net.curl(0, "http://192.168.77.2:8080/file", &["-m", "3"]);
     assert_ne!(code, 0, "a removed peer got through");
 }
+
+#[test]
+fn a_ping_reaches_an_allowed_lan_host_and_nothing_answers_for_a_host_that_is_not_there() {
+    if !root() {
+        return;
+    }
+    let mut net = Net::new("p", 1);
+    // .2 and .3 are the LAN host; .5 is allowed but nobody; .9 is not allowed.
+    net.start_vpn("192.168.77.0/29");
+    let gateway_key = net.state()["public_key"].as_str().unwrap().to_string();
+    let (key, public) = net.keys("laptop");
+    net.add_peer("laptop", &public);
+    net.laptop(0, &key, "10.200.0.2", &gateway_key);
+    let ping = |host: &str| {
+        let out = net.exec("l0", &["busybox", "ping", "-c", "2", "-W", "2", host]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    // Without a ping_group_range that admits it, the service has no ICMP socket: no answer.
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.ns("gw"),
+        "sysctl",
+        "-qw",
+        "net.ipv4.ping_group_range=1 0",
+    ]);
+    let (ok, out) = ping("192.168.77.2");
+    assert!(!ok, "{out}");
+    assert!(
+        net.log("vpn.log").contains("ping_group_range"),
+        "{}",
+        net.log("vpn.log")
+    );
+    // As the agent sets it in every service's namespace.
+    must(&[
+        "ip",
+        "netns",
+        "exec",
+        &net.ns("gw"),
+        "sysctl",
+        "-qw",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
+    let (ok, out) = ping("192.168.77.2");
+    assert!(
+        ok && out.contains("2 packets received"),
+        "{out}\nvpn: {}",
+        net.log("vpn.log")
+    );
+    // An allowed address where no host is: no answer (the stack used to answer every echo).
+    let (ok, out) = ping("192.168.77.5");
+    assert!(!ok && out.contains("0 packets received"), "{out}");
+    // Outside what the tunnel reaches: no answer, counted.
+    let (ok, out) = ping("192.168.77.9");
+    assert!(!ok && out.contains("0 packets received"), "{out}");
+    let state = net.state();
+    assert_eq!(state["refused"]["destinations"], 2, "{state}");
+    assert!(
+        state["refused"]["unreachable"].as_u64().unwrap_or(0) >= 1,
+        "{state}"
+    );
+}

@@ -24,6 +24,7 @@ probe() {
   echo "== firmware"; ls -A /sys/firmware 2>/dev/null | wc -l
   echo "== initfds"; readlink /proc/1/fd/3 2>&1; echo "rc=$?"; (echo x >> /proc/1/fd/5) 2>&1; echo "rc=$?"
   echo "== procsys"; (echo e2e > /proc/sys/kernel/domainname) 2>&1; echo "rc=$?"
+  echo "== pinggroups"; cat /proc/sys/net/ipv4/ping_group_range
   echo "== hostname"; hostname
   echo "== rootfs"; touch /x 2>&1; echo "rc=$?"
   echo "== tmp"; touch /tmp/probe 2>&1; echo "rc=$?"; df -k /tmp | tail -n 1
@@ -192,6 +193,12 @@ fn check_report(report: &str, who: &str, hostname: &str, uid: u32) {
     assert!(
         !s["procsys"].contains("rc=0"),
         "/proc/sys is writable {ctx}"
+    );
+    // Ping sockets (ICMP echo without CAP_NET_RAW) for every group, in its own namespace only.
+    assert_eq!(
+        s["pinggroups"].split_whitespace().collect::<Vec<_>>(),
+        ["0", "2147483647"],
+        "{ctx}"
     );
     assert_eq!(s["hostname"].trim(), hostname, "{ctx}");
     if uid == 0 {

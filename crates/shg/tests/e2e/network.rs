@@ -2123,6 +2123,12 @@ fn vpn_gives_a_wan_laptop_the_lan_hosts_the_household_allows_and_nothing_else() 
         let answer = lab.connect(&wan, host, port).unwrap_or_default();
         answer.contains("from ").then_some(answer)
     };
+    // Whether the laptop's ping of `host` through the tunnel is answered (by the host itself:
+    // the service pings it from its own ICMP socket).
+    let pings = |host: &str| -> bool {
+        lab.run(&wan, &["busybox", "ping", "-c", "1", "-W", "2", host])
+            .ok()
+    };
 
     // Nothing granted yet: the firewall keeps the service off the LAN.
     assert_eq!(
@@ -2188,6 +2194,12 @@ fn vpn_gives_a_wan_laptop_the_lan_hosts_the_household_allows_and_nothing_else() 
         through("192.168.77.3", 8081).is_some(),
         "the granted host is unreachable"
     );
+    eventually(
+        "the granted host to answer a ping",
+        Duration::from_secs(10),
+        || pings("192.168.77.3").then_some(()),
+    );
+    assert!(!pings(LAN_HOST), "a host not granted answered a ping");
     assert_eq!(
         through(LAN_HOST, 8080),
         None,
@@ -2199,6 +2211,7 @@ fn vpn_gives_a_wan_laptop_the_lan_hosts_the_household_allows_and_nothing_else() 
         None,
         "reached the LAN after --none"
     );
+    assert!(!pings("192.168.77.3"), "a ping went through after --none");
 
     let events = gw.shg_ok(&["events", "--service", "vpn"]).stdout;
     assert!(
