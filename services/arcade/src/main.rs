@@ -1,11 +1,19 @@
 //! `arcade lobby --parts N [--listen 0.0.0.0:7100]` — the provider's side: gives each gateway
 //! that joins a stripe of the maze and tells every gateway where the others are.
 //!
-//! `arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]` — on each gateway:
+//! `arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001] [--key-file FILE]`
+//! — on each gateway:
 //! the household's players on the LAN port (`/` the page, `/join`, `/input`, `/world`); the
 //! other gateways on the WAN port (`/view`, `/handoff`, `/steer`), which the lobby gives out at
 //! the address it saw the gateway join from. Without `--lobby`, the whole maze is this
 //! gateway's alone and nothing listens on the WAN.
+//!
+//! A gateway makes a random key (kept in `--key-file` if given, made there on the first
+//! start, so a restart keeps it) and joins with its SHA-256 only; the lobby
+//! gives every gateway the others' hashes with their addresses. A call between gateways
+//! carries the caller's key (`authorization: Bearer KEY`) and is answered only if it comes
+//! from a gateway's address with the key that gateway joined with: knowing the hashes does
+//! not let one gateway pass for another.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +28,7 @@ use axum::Router;
 use serde::Deserialize;
 use serde_json::json;
 
-const USAGE: &str = "usage: arcade lobby --parts N [--listen 0.0.0.0:7100]\n       arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001]";
+const USAGE: &str = "usage: arcade lobby --parts N [--listen 0.0.0.0:7100]\n       arcade gateway [--lobby URL] [--lan 0.0.0.0:8097] [--wan 0.0.0.0:7001] [--key-file FILE]";
 const TICK: Duration = Duration::from_millis(100);
 /// A neighbour's view older than this is no longer shown.
 const STALE: Duration = Duration::from_secs(2);
@@ -65,7 +73,11 @@ fn run() -> Result<(), String> {
             let lobby_url = flags.get("--lobby").cloned();
             let lan = addr("--lan", "0.0.0.0:8097")?;
             let wan = addr("--wan", "0.0.0.0:7001")?;
-            runtime.block_on(gateway(lobby_url, lan, wan))
+            let key = match flags.get("--key-file") {
+                Some(file) => key_from(std::path::Path::new(file))?,
+                None => random_hex(32),
+            };
+            runtime.block_on(gateway(lobby_url, lan, wan, key))
         }
         other => Err(format!("unknown role `{other}`")),
     }
@@ -105,12 +117,15 @@ mod client {
     pub const TIMEOUT: Duration = Duration::from_millis(800);
 
     /// (status, body) of `method url` with an optional JSON body.
+    /// (status, body) of `method url` with an optional JSON body, and with `key` as its
+    /// bearer credential if given.
     pub async fn call(
         method: Method,
         url: &str,
         json: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
-        tokio::time::timeout(TIMEOUT, exchange(method, url, json))
+        tokio::time::timeout(TIMEOUT, exchange(method, url, json, key))
             .await
             .map_err(|_| format!("{url}: no answer within {TIMEOUT:?}"))?
     }
@@ -119,6 +134,7 @@ mod client {
         method: Method,
         url: &str,
         json: Option<Vec<u8>>,
+        key: Option<&str>,
     ) -> Result<(u16, Bytes), String> {
         let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
         let host = uri.host().ok_or_else(|| format!("{url}: no host"))?;
@@ -138,6 +154,9 @@ mod client {
         if json.is_some() {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(key) = key {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
+        }
         let request = request
             .body(Full::new(Bytes::from(json.unwrap_or_default())))
             .map_err(|e| e.to_string())?;
@@ -155,12 +174,14 @@ mod client {
         Ok((status, body))
     }
 
+    /// A call to the lobby, which needs no key.
     pub async fn get(url: &str) -> Result<(u16, Bytes), String> {
-        call(Method::GET, url, None).await
+        call(Method::GET, url, None, None).await
     }
 
+    /// A call to the lobby, which needs no key.
     pub async fn post(url: &str, json: Vec<u8>) -> Result<(u16, Bytes), String> {
-        call(Method::POST, url, Some(json)).await
+        call(Method::POST, url, Some(json), None).await
     }
 }
 
@@ -171,12 +192,15 @@ struct Lobby {
     parts: usize,
     /// The WAN URL of each stripe's gateway, in joining order.
     urls: Vec<String>,
+    /// The SHA-256 (hex) of each one's key, by part.
+    key_hashes: Vec<String>,
 }
 
 async fn lobby(listen: SocketAddr, parts: usize) -> Result<(), String> {
     let state = Arc::new(Mutex::new(Lobby {
         parts,
         urls: Vec::new(),
+        key_hashes: Vec::new(),
     }));
     let app = Router::new()
         .route("/join", post(lobby_join))
@@ -198,6 +222,8 @@ async fn lobby(listen: SocketAddr, parts: usize) -> Result<(), String> {
 #[derive(Deserialize)]
 struct Join {
     port: u16,
+    /// The SHA-256 (64 hex digits) of the key the gateway will call the others with.
+    key_hash: String,
 }
 
 async fn lobby_join(
@@ -209,12 +235,24 @@ async fn lobby_join(
         Ok(j) => j,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
+    let hash = join.key_hash.to_ascii_lowercase();
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "join: `key_hash` must be the SHA-256 of the gateway's key, 64 hex digits",
+        );
+    }
     let url = format!("http://{}:{}", from.ip(), join.port);
     let mut lobby = state.lock().unwrap_or_else(|p| p.into_inner());
     let part = match lobby.urls.iter().position(|u| *u == url) {
-        Some(part) => part,
+        // The same gateway again (it restarted, with a new key): its part, its new key.
+        Some(part) => {
+            lobby.key_hashes[part] = hash;
+            part
+        }
         None if lobby.urls.len() < lobby.parts => {
             lobby.urls.push(url);
+            lobby.key_hashes.push(hash);
             lobby.urls.len() - 1
         }
         None => {
@@ -229,34 +267,73 @@ async fn lobby_join(
 
 async fn lobby_parts(State(state): State<Arc<Mutex<Lobby>>>) -> Json<serde_json::Value> {
     let lobby = state.lock().unwrap_or_else(|p| p.into_inner());
-    Json(json!({ "parts": lobby.parts, "urls": lobby.urls }))
+    Json(json!({ "parts": lobby.parts, "urls": lobby.urls, "key_hashes": lobby.key_hashes }))
 }
 
 // ---- a gateway -------------------------------------------------------------------------------
 
 struct Game {
     stripe: Mutex<Stripe>,
-    /// The other stripes' gateways (WAN URLs), by part, once the lobby knows them.
+    /// This gateway's key for its calls to the others (only its hash leaves it otherwise).
+    key: String,
+    /// The stripes' gateways (WAN URLs) and the SHA-256 of their keys, by part, as the
+    /// lobby last said.
     urls: Mutex<Vec<String>>,
+    key_hashes: Mutex<Vec<String>>,
     /// The other stripes as last seen.
     views: Mutex<Vec<Option<(Instant, View)>>>,
 }
 
 type Shared = Arc<Game>;
 
+/// `bytes` random bytes in hex, for keys and ids. No randomness, no game: keys of zeros
+/// would let anyone steer any player or pass for any gateway.
 fn random_hex(bytes: usize) -> String {
     use std::io::Read as _;
     let mut buf = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut buf);
-    }
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .expect("arcade: /dev/urandom gives no random bytes");
     hex::encode(buf)
+}
+
+/// The gateway's key kept in `file`: read, or made and written there (owner only) when the
+/// file does not exist yet.
+fn key_from(file: &std::path::Path) -> Result<String, String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(file) {
+        Ok(text) => {
+            let key = text.trim().to_string();
+            if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(key)
+            } else {
+                Err(format!(
+                    "--key-file: {} does not hold a key (64 hex digits); remove it to make a new one",
+                    file.display()
+                ))
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = random_hex(32);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(file)
+                .and_then(|mut f| f.write_all(format!("{key}\n").as_bytes()))
+                .map_err(|e| format!("--key-file: cannot write {}: {e}", file.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("--key-file: cannot read {}: {e}", file.display())),
+    }
 }
 
 async fn gateway(
     lobby_url: Option<String>,
     lan: SocketAddr,
     wan: SocketAddr,
+    key: String,
 ) -> Result<(), String> {
     let lan_listener = tokio::net::TcpListener::bind(lan)
         .await
@@ -265,7 +342,9 @@ async fn gateway(
         eprintln!("arcade: the whole maze, alone (no --lobby); players on {lan}");
         let game: Shared = Arc::new(Game {
             stripe: Mutex::new(Stripe::new(0, 1, u64::from_le_bytes(*b"arcade!!"))),
+            key,
             urls: Mutex::new(Vec::new()),
+            key_hashes: Mutex::new(Vec::new()),
             views: Mutex::new(vec![None]),
         });
         tokio::spawn(ticks(game.clone()));
@@ -277,8 +356,11 @@ async fn gateway(
         .await
         .map_err(|e| format!("{wan}: {e}"))?;
     // Join the lobby: which stripe is ours.
+    let key_hash = sha256_hex(&key);
     let (part, parts) = loop {
-        let join = json!({ "port": wan.port() }).to_string().into_bytes();
+        let join = json!({ "port": wan.port(), "key_hash": key_hash })
+            .to_string()
+            .into_bytes();
         match client::post(&format!("{lobby_url}/join"), join).await {
             Ok((200, body)) => {
                 let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -305,11 +387,14 @@ async fn gateway(
             parts,
             u64::from_le_bytes(*b"arcade!!") ^ part as u64,
         )),
+        key,
         urls: Mutex::new(Vec::new()),
+        key_hashes: Mutex::new(Vec::new()),
         views: Mutex::new(vec![None; parts]),
     });
     tokio::spawn(ticks(game.clone()));
-    tokio::spawn(neighbours(game.clone(), lobby_url));
+    tokio::spawn(roster(game.clone(), lobby_url));
+    tokio::spawn(neighbours(game.clone()));
     let wan_app = Router::new()
         .route("/view", get(view))
         .route("/handoff", post(handoff))
@@ -353,16 +438,30 @@ impl Game {
             .cloned()
     }
 
-    /// Whether `from` is one of the maze's gateways (as the lobby saw them join): only they
-    /// may look at this stripe, hand players over or steer them here.
-    fn is_gateway(&self, from: std::net::IpAddr) -> bool {
+    /// Whether a call from `from` with `key` comes from one of the maze's gateways: from the
+    /// address the lobby saw it join from, with the key it joined with. Only they may look at
+    /// this stripe, hand players over or steer them here.
+    fn is_gateway(&self, from: std::net::IpAddr, key: &str) -> bool {
+        let hash = sha256_hex(key);
         let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-        urls.iter().any(|u| {
-            u.strip_prefix("http://")
-                .and_then(|rest| rest.rsplit_once(':'))
-                .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
-                == Some(from)
+        let hashes = self.key_hashes.lock().unwrap_or_else(|p| p.into_inner());
+        urls.iter().zip(hashes.iter()).any(|(u, h)| {
+            *h == hash
+                && u.strip_prefix("http://")
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
+                    == Some(from)
         })
+    }
+
+    /// `GET url` as this gateway, with its key.
+    async fn get(&self, url: &str) -> Result<(u16, bytes::Bytes), String> {
+        client::call(hyper::Method::GET, url, None, Some(&self.key)).await
+    }
+
+    /// `POST url` as this gateway, with its key.
+    async fn post(&self, url: &str, json: Vec<u8>) -> Result<(u16, bytes::Bytes), String> {
+        client::call(hyper::Method::POST, url, Some(json), Some(&self.key)).await
     }
 
     fn fresh_views(&self) -> Vec<View> {
@@ -388,7 +487,7 @@ async fn ticks(game: Shared) {
                 Some(url) => {
                     let held = serde_json::to_vec(&out.held).unwrap_or_default();
                     matches!(
-                        client::post(&format!("{url}/handoff"), held).await,
+                        game.post(&format!("{url}/handoff"), held).await,
                         Ok((204, _))
                     )
                 }
@@ -402,28 +501,40 @@ async fn ticks(game: Shared) {
     }
 }
 
-/// Learns the other gateways from the lobby, then watches their stripes every tick.
-async fn neighbours(game: Shared, lobby_url: String) {
+/// Learns the gateways and their keys' hashes from the lobby: every half second until every
+/// stripe has its gateway, then every few seconds (a gateway that restarts joins with a new
+/// key).
+async fn roster(game: Shared, lobby_url: String) {
+    let parts = game.stripe().parts;
+    loop {
+        let roster = match client::get(&format!("{lobby_url}/parts")).await {
+            Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    let urls: Vec<String> = serde_json::from_value(v["urls"].clone()).ok()?;
+                    let hashes: Vec<String> =
+                        serde_json::from_value(v["key_hashes"].clone()).ok()?;
+                    (urls.len() == hashes.len()).then_some((urls, hashes))
+                }),
+            _ => None,
+        };
+        let mut complete = false;
+        if let Some((urls, hashes)) = roster {
+            complete = urls.len() == parts;
+            *game.urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
+            *game.key_hashes.lock().unwrap_or_else(|p| p.into_inner()) = hashes;
+        }
+        let pause = if complete { 3000 } else { 500 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+    }
+}
+
+/// Watches the other stripes every tick, as their gateways show them.
+async fn neighbours(game: Shared) {
     let (part, parts) = {
         let s = game.stripe();
         (s.part, s.parts)
     };
-    loop {
-        let urls: Option<Vec<String>> = match client::get(&format!("{lobby_url}/parts")).await {
-            Ok((200, body)) => serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| serde_json::from_value(v["urls"].clone()).ok()),
-            _ => None,
-        };
-        if let Some(urls) = urls {
-            let complete = urls.len() == parts;
-            *game.urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
-            if complete {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
     let mut clock = tokio::time::interval(TICK);
     loop {
         clock.tick().await;
@@ -431,7 +542,7 @@ async fn neighbours(game: Shared, lobby_url: String) {
             let Some(url) = game.url_of(other) else {
                 continue;
             };
-            let seen: Option<View> = match client::get(&format!("{url}/view")).await {
+            let seen: Option<View> = match game.get(&format!("{url}/view")).await {
                 Ok((200, body)) => serde_json::from_slice(&body).ok(),
                 _ => None,
             };
@@ -443,25 +554,41 @@ async fn neighbours(game: Shared, lobby_url: String) {
     }
 }
 
-fn stranger(from: SocketAddr) -> Response {
+fn stranger(from: SocketAddr, key: Option<&str>) -> Response {
+    let why = match key {
+        None => {
+            "carries no gateway key (`authorization: Bearer KEY`, the key it joined the lobby with)"
+        }
+        Some(_) => "is not from one of the maze's gateways with the key it joined the lobby with",
+    };
     refuse(
         StatusCode::FORBIDDEN,
-        format!("{} is not one of the maze's gateways", from.ip()),
+        format!("this call from {} {why}", from.ip()),
     )
 }
 
-/// The WAN side answers the maze's gateways only.
+/// The WAN side answers the maze's gateways only: from their address, with their key.
 async fn gateways_only(
     State(game): State<Shared>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if game.is_gateway(from.ip()) {
-        next.run(request).await
-    } else {
-        stranger(from)
+    let key = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    match key {
+        Some(key) if game.is_gateway(from.ip(), &key) => next.run(request).await,
+        key => stranger(from, key.as_deref()),
     }
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// 204, or the refusal's status and sentence.
@@ -540,7 +667,7 @@ async fn input(State(game): State<Shared>, bytes: axum::body::Bytes) -> Response
     let steer = json!({ "id": s.id, "key": s.key, "dir": s.dir })
         .to_string()
         .into_bytes();
-    match client::post(&format!("{url}/steer"), steer).await {
+    match game.post(&format!("{url}/steer"), steer).await {
         Ok((204, _)) => StatusCode::NO_CONTENT.into_response(),
         Ok((status, _)) => refuse(
             StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -577,4 +704,28 @@ async fn world(State(game): State<Shared>) -> Json<serde_json::Value> {
         "ghosts": ghosts,
         "players": players,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_key_is_made_once_then_read_back_and_a_file_of_garbage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gateway.key");
+        let made = key_from(&file).unwrap();
+        assert_eq!(made.len(), 64);
+        assert_eq!(key_from(&file).unwrap(), made, "a restart keeps its key");
+        let mode = std::fs::metadata(&file).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o077,
+            0,
+            "the key is the owner's only"
+        );
+        std::fs::write(&file, "not a key\n").unwrap();
+        let refused = key_from(&file).unwrap_err();
+        assert!(refused.contains("remove it to make a new one"), "{refused}");
+        assert_ne!(random_hex(32), random_hex(32));
+    }
 }

@@ -35,7 +35,16 @@ fn spawn(args: &[&str]) -> Proc {
 
 /// `curl`: (status, body).
 fn call(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
+    call_as(None, method, url, body)
+}
+
+/// `curl` with `key` as its bearer credential, as a gateway calls another: (status, body).
+fn call_as(key: Option<&str>, method: &str, url: &str, body: Option<&str>) -> (u16, String) {
     let mut args = vec!["-s", "-m", "5", "-X", method, "-w", "\n%{http_code}"];
+    let auth = key.map(|k| format!("authorization: Bearer {k}"));
+    if let Some(auth) = &auth {
+        args.extend_from_slice(&["-H", auth]);
+    }
     if let Some(body) = body {
         args.extend_from_slice(&["-H", "content-type: application/json", "-d", body]);
     }
@@ -47,7 +56,11 @@ fn call(method: &str, url: &str, body: Option<&str>) -> (u16, String) {
 }
 
 fn json(url: &str) -> Option<Value> {
-    let (code, body) = call("GET", url, None);
+    json_as(None, url)
+}
+
+fn json_as(key: Option<&str>, url: &str) -> Option<Value> {
+    let (code, body) = call_as(key, "GET", url, None);
     (code == 200)
         .then(|| serde_json::from_str(&body).ok())
         .flatten()
@@ -78,9 +91,13 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     let mut lan = Vec::new();
     let mut wan = Vec::new();
     let mut gateways = Vec::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut keys = Vec::new();
     // One after the other, so that the first to join is part 0.
     for _ in 0..2 {
         let (l, w) = (free_port(), free_port());
+        let part = gateways.len();
+        let key_file = dir.path().join(format!("gateway-{part}.key"));
         gateways.push(spawn(&[
             "gateway",
             "--lobby",
@@ -89,12 +106,20 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
             &format!("127.0.0.1:{l}"),
             "--wan",
             &format!("127.0.0.1:{w}"),
+            "--key-file",
+            key_file.to_str().unwrap(),
         ]));
-        let part = gateways.len() - 1;
         until("the gateway to join", Duration::from_secs(10), || {
-            let v = json(&format!("http://127.0.0.1:{w}/view"))?;
-            (v["part"] == part).then_some(())
+            let v = json(&format!("{lobby_url}/parts"))?;
+            (v["urls"].as_array()?.len() == part + 1).then_some(())
         });
+        // What the gateway keeps (made at its first start), and gave the lobby the hash of.
+        let key = std::fs::read_to_string(&key_file)
+            .unwrap()
+            .trim()
+            .to_string();
+        assert_eq!(key.len(), 64, "{key}");
+        keys.push(key);
         lan.push(format!("http://127.0.0.1:{l}"));
         wan.push(format!("http://127.0.0.1:{w}"));
     }
@@ -145,7 +170,8 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     };
     watch(&|x| x >= border + 3);
     // The second gateway holds the player now; the first does not.
-    let east = json(&format!("{}/view", wan[1])).unwrap();
+    // Read as the other gateway reads it: from its address, with its key.
+    let east = json_as(Some(&keys[0]), &format!("{}/view", wan[1])).unwrap();
     assert!(
         east["players"]
             .as_array()
@@ -154,7 +180,7 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
             .any(|p| p["id"] == id),
         "{east}"
     );
-    let west = json(&format!("{}/view", wan[0])).unwrap();
+    let west = json_as(Some(&keys[1]), &format!("{}/view", wan[0])).unwrap();
     assert!(!west["players"]
         .as_array()
         .unwrap()
@@ -164,7 +190,7 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     // Steered through its own gateway still: back west, home again.
     assert_eq!(steer("left").0, 204);
     watch(&|x| x <= border - 3);
-    let west = json(&format!("{}/view", wan[0])).unwrap();
+    let west = json_as(Some(&keys[1]), &format!("{}/view", wan[0])).unwrap();
     assert!(west["players"]
         .as_array()
         .unwrap()
@@ -215,18 +241,55 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
     }
     let big = format!(r#"{{"name":"{}"}}"#, "a".repeat(10_000));
     assert_eq!(call("POST", &format!("{}/join", lan[0]), Some(&big)).0, 413);
-    // And from a would-be gateway: garbage, a player dropped in the middle of the stripe.
+    // A gateway's WAN side answers only a gateway's key: none, or one it did not join with,
+    // gets a refusal that says so, even from a gateway's address.
+    let (code, text) = call("GET", &format!("{}/view", wan[1]), None);
+    assert_eq!(code, 403, "{text}");
+    assert!(text.contains("no gateway key"), "{text}");
+    let (code, text) = call_as(
+        Some(&"0".repeat(64)),
+        "GET",
+        &format!("{}/view", wan[1]),
+        None,
+    );
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains("with the key it joined the lobby with"),
+        "{text}"
+    );
+    // A gateway's own key does not pass for another's hash: the lobby lists hashes only.
+    let parts = json(&format!("{lobby_url}/parts")).unwrap();
+    let hash = parts["key_hashes"][0].as_str().unwrap().to_string();
+    assert!(!keys.contains(&hash));
     assert_eq!(
-        call("POST", &format!("{}/handoff", wan[1]), Some("{{{")).0,
+        call_as(Some(&hash), "GET", &format!("{}/view", wan[1]), None).0,
+        403
+    );
+    // And from a gateway gone wrong: garbage, a player dropped in the middle of the stripe.
+    assert_eq!(
+        call_as(
+            Some(&keys[0]),
+            "POST",
+            &format!("{}/handoff", wan[1]),
+            Some("{{{")
+        )
+        .0,
         400
     );
     let forged = format!(
         r#"{{"id":"aaaaaaaaaaaaaaaa","name":"mallory","x":40,"y":1,"dir":"left","score":5,"seq":1,"home":0,"key":"{}","want":"left"}}"#,
         "b".repeat(32)
     );
-    let (code, text) = call("POST", &format!("{}/handoff", wan[1]), Some(&forged));
+    let (code, text) = call_as(
+        Some(&keys[0]),
+        "POST",
+        &format!("{}/handoff", wan[1]),
+        Some(&forged),
+    );
     assert_eq!(code, 400, "{text}");
-    // Only the maze's gateways talk to a gateway's WAN side: from another address, nothing.
+    // Only the maze's gateways talk to a gateway's WAN side: from another address, nothing,
+    // even with a gateway's key.
+    let auth = format!("authorization: Bearer {}", keys[1]);
     let out = Command::new("curl")
         .args([
             "-s",
@@ -236,6 +299,8 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
             "/dev/null",
             "-w",
             "%{http_code}",
+            "-H",
+            &auth,
             "--interface",
             "127.0.0.2",
         ])

@@ -778,8 +778,10 @@ fn arcade_maze_split_over_two_lab_gateways_hands_a_chromium_player_across_the_bo
     );
     let shipped = include_str!("../../../../services/arcade/shg-service.toml");
     let manifest = shipped.replace(
-        r#"command = ["/bin/arcade", "gateway"]"#,
-        &format!(r#"command = ["/bin/arcade", "gateway", "--lobby", "{lobby}"]"#),
+        r#"command = ["/bin/arcade", "gateway", "--key-file", "/data/gateway.key"]"#,
+        &format!(
+            r#"command = ["/bin/arcade", "gateway", "--key-file", "/data/gateway.key", "--lobby", "{lobby}"]"#
+        ),
     );
     assert!(manifest.contains(lobby));
     let to = ["--selector", "link=adsl"];
