@@ -350,13 +350,15 @@ impl Tunnel {
                     let Some(packet) = self.datagram(&buf[..n], from, &mut peers, &mut out).await else {
                         continue;
                     };
-                    let protocol = Ipv4Packet::new_checked(&packet[..]).map(|ip| (ip.next_header(), ip.dst_addr()));
-                    if protocol.is_ok_and(|(p, _)| p == IpProtocol::Udp) {
-                        self.udp_out(&packet, &mut flows, &replies_tx);
-                    } else if protocol.is_ok_and(|(p, dst)| p == IpProtocol::Icmp && dst != self.address) {
-                        // The stack would answer every echo itself (it takes any address
-                        // as its own): a LAN host's pings go out instead, to the host.
-                        self.ping_out(&packet, &mut flows, &replies_tx);
+                    // UDP, and ICMP but to our own address: the stack would answer every
+                    // echo itself (it takes any address as its own), so a LAN host's pings
+                    // go out to the host instead.
+                    let flowed = Ipv4Packet::new_checked(&packet[..]).is_ok_and(|ip| {
+                        ip.next_header() == IpProtocol::Udp
+                            || (ip.next_header() == IpProtocol::Icmp && ip.dst_addr() != self.address)
+                    });
+                    if flowed {
+                        self.flow_out(&packet, &mut flows, &replies_tx);
                     } else {
                         self.admit(&packet, &mut conns, &mut sockets);
                         dev.rx.push_back(packet);
@@ -452,33 +454,12 @@ impl Tunnel {
         }
     }
 
-    /// A UDP datagram from a peer: sent on from a socket of the flow's own (made on its first
-    /// datagram, to an allowed destination), whose answers come back through `replies`.
-    fn udp_out(
-        &self,
-        packet: &[u8],
-        flows: &mut HashMap<FlowKey, Flow>,
-        replies: &mpsc::Sender<(FlowKey, Vec<u8>)>,
-    ) {
-        let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-            return;
-        };
-        let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
-            return;
-        };
-        let key = FlowKey {
-            peer: SocketAddrV4::new(ip.src_addr(), udp.src_port()),
-            target: SocketAddrV4::new(ip.dst_addr(), udp.dst_port()),
-            ping: false,
-        };
-        self.flow_send(key, udp.payload(), flows, replies);
-    }
-
-    /// A ping (ICMP echo request) from a peer to a LAN host: sent on from an ICMP datagram
-    /// socket of the flow's own, as the same echo (the kernel sets the socket's own
-    /// identifier); the host's echo replies come back through `replies`. Any other ICMP
+    /// A UDP datagram, or a ping (ICMP echo request), from a peer to a LAN host: sent on from
+    /// a socket of the flow's own (made on its first datagram, to an allowed destination),
+    /// whose answers come back through `replies`. A ping goes out from an ICMP datagram
+    /// socket as the same echo (the kernel sets the socket's own identifier). Any other ICMP
     /// message is dropped.
-    fn ping_out(
+    fn flow_out(
         &self,
         packet: &[u8],
         flows: &mut HashMap<FlowKey, Flow>,
@@ -487,18 +468,36 @@ impl Tunnel {
         let Ok(ip) = Ipv4Packet::new_checked(packet) else {
             return;
         };
-        let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
-            return;
+        let (src, dst) = (ip.src_addr(), ip.dst_addr());
+        let (key, payload) = match ip.next_header() {
+            IpProtocol::Udp => {
+                let Ok(udp) = UdpPacket::new_checked(ip.payload()) else {
+                    return;
+                };
+                let key = FlowKey {
+                    peer: SocketAddrV4::new(src, udp.src_port()),
+                    target: SocketAddrV4::new(dst, udp.dst_port()),
+                    ping: false,
+                };
+                (key, udp.payload())
+            }
+            IpProtocol::Icmp => {
+                let Ok(icmp) = Icmpv4Packet::new_checked(ip.payload()) else {
+                    return;
+                };
+                if icmp.msg_type() != Icmpv4Message::EchoRequest || icmp.msg_code() != 0 {
+                    return;
+                }
+                let key = FlowKey {
+                    peer: SocketAddrV4::new(src, icmp.echo_ident()),
+                    target: SocketAddrV4::new(dst, 0),
+                    ping: true,
+                };
+                (key, ip.payload())
+            }
+            _ => return,
         };
-        if icmp.msg_type() != Icmpv4Message::EchoRequest || icmp.msg_code() != 0 {
-            return;
-        }
-        let key = FlowKey {
-            peer: SocketAddrV4::new(ip.src_addr(), icmp.echo_ident()),
-            target: SocketAddrV4::new(ip.dst_addr(), 0),
-            ping: true,
-        };
-        self.flow_send(key, ip.payload(), flows, replies);
+        self.flow_send(key, payload, flows, replies);
     }
 
     /// Sends `payload` on the socket of flow `key`, made on its first datagram if the

@@ -664,16 +664,20 @@ fn a_ping_reaches_an_allowed_lan_host_and_nothing_answers_for_a_host_that_is_not
         )
     };
 
+    let ping_groups = |range: &str| {
+        let setting = format!("net.ipv4.ping_group_range={range}");
+        must(&[
+            "ip",
+            "netns",
+            "exec",
+            &net.ns("gw"),
+            "sysctl",
+            "-qw",
+            &setting,
+        ]);
+    };
     // Without a ping_group_range that admits it, the service has no ICMP socket: no answer.
-    must(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.ns("gw"),
-        "sysctl",
-        "-qw",
-        "net.ipv4.ping_group_range=1 0",
-    ]);
+    ping_groups("1 0");
     let (ok, out) = ping("192.168.77.2");
     assert!(!ok, "{out}");
     assert!(
@@ -682,15 +686,7 @@ fn a_ping_reaches_an_allowed_lan_host_and_nothing_answers_for_a_host_that_is_not
         net.log("vpn.log")
     );
     // As the agent sets it in every service's namespace.
-    must(&[
-        "ip",
-        "netns",
-        "exec",
-        &net.ns("gw"),
-        "sysctl",
-        "-qw",
-        "net.ipv4.ping_group_range=0 2147483647",
-    ]);
+    ping_groups("0 2147483647");
     let (ok, out) = ping("192.168.77.2");
     assert!(
         ok && out.contains("2 packets received"),
