@@ -13,7 +13,8 @@
 //! gives every gateway the others' hashes with their addresses. A call between gateways
 //! carries the caller's key (`authorization: Bearer KEY`) and is answered only if it comes
 //! from a gateway's address with the key that gateway joined with: knowing the hashes does
-//! not let one gateway pass for another.
+//! not let one gateway pass for another. A gateway joins again (after a restart) only with
+//! the key it first joined with.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -245,10 +246,17 @@ async fn lobby_join(
     let url = format!("http://{}:{}", from.ip(), join.port);
     let mut lobby = state.lock().unwrap_or_else(|p| p.into_inner());
     let part = match lobby.urls.iter().position(|u| *u == url) {
-        // The same gateway again (it restarted, with a new key): its part, its new key.
+        // The same gateway again (it restarted, keeping its key): its part. Another key from
+        // the same address and port could be any device behind the same home's NAT.
+        Some(part) if lobby.key_hashes[part] == hash => part,
         Some(part) => {
-            lobby.key_hashes[part] = hash;
-            part
+            return refuse(
+                StatusCode::CONFLICT,
+                format!(
+                    "part {part} is held by the gateway at {url}, which joined with another key; \
+                     a gateway keeps its key in --key-file (restore it), or the provider restarts the lobby"
+                ),
+            )
         }
         None if lobby.urls.len() < lobby.parts => {
             lobby.urls.push(url);
@@ -502,8 +510,7 @@ async fn ticks(game: Shared) {
 }
 
 /// Learns the gateways and their keys' hashes from the lobby: every half second until every
-/// stripe has its gateway, then every few seconds (a gateway that restarts joins with a new
-/// key).
+/// stripe has its gateway, then every few seconds (the provider may restart its lobby).
 async fn roster(game: Shared, lobby_url: String) {
     let parts = game.stripe().parts;
     loop {

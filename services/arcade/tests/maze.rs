@@ -265,6 +265,31 @@ fn a_player_crosses_into_the_next_gateway_and_back_without_a_jump() {
         call_as(Some(&hash), "GET", &format!("{}/view", wan[1]), None).0,
         403
     );
+    // Joining again from a gateway's address and port: with its key's hash, its own part
+    // back; with another key (any device behind the same home's NAT), refused.
+    let port0 = wan[0].rsplit_once(':').unwrap().1.to_string();
+    let rejoin = |hash: &str| {
+        let body = format!(r#"{{"port":{port0},"key_hash":"{hash}"}}"#);
+        call("POST", &format!("{lobby_url}/join"), Some(&body))
+    };
+    let (code, text) = rejoin(&hash);
+    assert_eq!(
+        (
+            code,
+            serde_json::from_str::<Value>(&text).unwrap()["part"].as_u64()
+        ),
+        (200, Some(0)),
+        "{text}"
+    );
+    let (code, text) = rejoin(&"0".repeat(64));
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("--key-file"), "{text}");
+    let (code, text) = rejoin("not a hash");
+    assert_eq!(code, 400, "{text}");
+    assert_eq!(
+        json(&format!("{lobby_url}/parts")).unwrap()["key_hashes"][0],
+        hash.as_str()
+    );
     // And from a gateway gone wrong: garbage, a player dropped in the middle of the stripe.
     assert_eq!(
         call_as(
