@@ -117,7 +117,6 @@ mod client {
 
     pub const TIMEOUT: Duration = Duration::from_millis(800);
 
-    /// (status, body) of `method url` with an optional JSON body.
     /// (status, body) of `method url` with an optional JSON body, and with `key` as its
     /// bearer credential if given.
     pub async fn call(
@@ -237,7 +236,7 @@ async fn lobby_join(
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     let hash = join.key_hash.to_ascii_lowercase();
-    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !is_hex64(&hash) {
         return refuse(
             StatusCode::BAD_REQUEST,
             "join: `key_hash` must be the SHA-256 of the gateway's key, 64 hex digits",
@@ -284,15 +283,24 @@ struct Game {
     stripe: Mutex<Stripe>,
     /// This gateway's key for its calls to the others (only its hash leaves it otherwise).
     key: String,
-    /// The stripes' gateways (WAN URLs) and the SHA-256 of their keys, by part, as the
-    /// lobby last said.
-    urls: Mutex<Vec<String>>,
-    key_hashes: Mutex<Vec<String>>,
+    /// The stripes' gateways, by part, as the lobby last said.
+    roster: Mutex<Vec<Member>>,
     /// The other stripes as last seen.
     views: Mutex<Vec<Option<(Instant, View)>>>,
 }
 
 type Shared = Arc<Game>;
+
+/// One stripe's gateway: its WAN URL and the SHA-256 (hex) of its key.
+struct Member {
+    url: String,
+    key_hash: String,
+}
+
+/// Whether `text` has the shape of a key or of a key's hash: 64 hex digits.
+fn is_hex64(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// `bytes` random bytes in hex, for keys and ids. No randomness, no game: keys of zeros
 /// would let anyone steer any player or pass for any gateway.
@@ -313,7 +321,7 @@ fn key_from(file: &std::path::Path) -> Result<String, String> {
     match std::fs::read_to_string(file) {
         Ok(text) => {
             let key = text.trim().to_string();
-            if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if is_hex64(&key) {
                 Ok(key)
             } else {
                 Err(format!(
@@ -351,8 +359,7 @@ async fn gateway(
         let game: Shared = Arc::new(Game {
             stripe: Mutex::new(Stripe::new(0, 1, u64::from_le_bytes(*b"arcade!!"))),
             key,
-            urls: Mutex::new(Vec::new()),
-            key_hashes: Mutex::new(Vec::new()),
+            roster: Mutex::new(Vec::new()),
             views: Mutex::new(vec![None]),
         });
         tokio::spawn(ticks(game.clone()));
@@ -396,8 +403,7 @@ async fn gateway(
             u64::from_le_bytes(*b"arcade!!") ^ part as u64,
         )),
         key,
-        urls: Mutex::new(Vec::new()),
-        key_hashes: Mutex::new(Vec::new()),
+        roster: Mutex::new(Vec::new()),
         views: Mutex::new(vec![None; parts]),
     });
     tokio::spawn(ticks(game.clone()));
@@ -438,12 +444,12 @@ impl Game {
         self.stripe.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn roster(&self) -> std::sync::MutexGuard<'_, Vec<Member>> {
+        self.roster.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn url_of(&self, part: usize) -> Option<String> {
-        self.urls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(part)
-            .cloned()
+        self.roster().get(part).map(|m| m.url.clone())
     }
 
     /// Whether a call from `from` with `key` comes from one of the maze's gateways: from the
@@ -451,11 +457,10 @@ impl Game {
     /// this stripe, hand players over or steer them here.
     fn is_gateway(&self, from: std::net::IpAddr, key: &str) -> bool {
         let hash = sha256_hex(key);
-        let urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-        let hashes = self.key_hashes.lock().unwrap_or_else(|p| p.into_inner());
-        urls.iter().zip(hashes.iter()).any(|(u, h)| {
-            *h == hash
-                && u.strip_prefix("http://")
+        self.roster().iter().any(|m| {
+            m.key_hash == hash
+                && m.url
+                    .strip_prefix("http://")
                     .and_then(|rest| rest.rsplit_once(':'))
                     .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
                     == Some(from)
@@ -521,15 +526,19 @@ async fn roster(game: Shared, lobby_url: String) {
                     let urls: Vec<String> = serde_json::from_value(v["urls"].clone()).ok()?;
                     let hashes: Vec<String> =
                         serde_json::from_value(v["key_hashes"].clone()).ok()?;
-                    (urls.len() == hashes.len()).then_some((urls, hashes))
+                    (urls.len() == hashes.len()).then(|| {
+                        let members = urls.into_iter().zip(hashes);
+                        members
+                            .map(|(url, key_hash)| Member { url, key_hash })
+                            .collect::<Vec<_>>()
+                    })
                 }),
             _ => None,
         };
         let mut complete = false;
-        if let Some((urls, hashes)) = roster {
-            complete = urls.len() == parts;
-            *game.urls.lock().unwrap_or_else(|p| p.into_inner()) = urls;
-            *game.key_hashes.lock().unwrap_or_else(|p| p.into_inner()) = hashes;
+        if let Some(roster) = roster {
+            complete = roster.len() == parts;
+            *game.roster() = roster;
         }
         let pause = if complete { 3000 } else { 500 };
         tokio::time::sleep(Duration::from_millis(pause)).await;

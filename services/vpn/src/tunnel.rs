@@ -350,7 +350,7 @@ impl Tunnel {
                     let Some(packet) = self.datagram(&buf[..n], from, &mut peers, &mut out).await else {
                         continue;
                     };
-                    // UDP, and ICMP but to our own address: the stack would answer every
+                    // UDP, and ICMP to any address but our own: the stack would answer every
                     // echo itself (it takes any address as its own), so a LAN host's pings
                     // go out to the host instead.
                     let flowed = Ipv4Packet::new_checked(&packet[..]).is_ok_and(|ip| {
