@@ -14,7 +14,8 @@
 //! check the bench works. `SHG_VOD_BENCH_SEED_X=N`: the origin's BitTorrent seed capped at N
 //! times the bitrate (4 unless set; 0: no seed, the origin is a web seed only).
 //! `SHG_VOD_BENCH_SUPER_SEED=1`: the seed sends each piece into a region once (`--super-seed`).
-//! `SHG_VOD_BENCH_KEEP=1` keeps the logs.
+//! `SHG_VOD_BENCH_KEEP=1` keeps the logs; `SHG_VOD_BENCH_LOG` sets their filter (`RUST_LOG`'s
+//! syntax).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -132,7 +133,8 @@ fn spawn_in(ns: &str, args: &[String], log: &Path) -> Proc {
             .args(args)
             .env(
                 "RUST_LOG",
-                "info,vod=debug,librqbit=warn,librqbit_core=warn",
+                std::env::var("SHG_VOD_BENCH_LOG")
+                    .unwrap_or_else(|_| "info,vod=debug,librqbit=warn,librqbit_core=warn".into()),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::null())

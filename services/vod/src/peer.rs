@@ -73,6 +73,13 @@ pub fn refill_end(
     last.min(end)
 }
 
+/// How many bytes of a title of `length` a gateway fetches from the origin when the title
+/// enters its cache (see `Peer::write_opening`): the whole pieces a first read asks for,
+/// [`STARTUP_REFILL`] of picture with the title's `bitrate`, else one piece.
+pub fn opening_len(length: u64, piece_length: u64, bitrate: Option<u64>) -> u64 {
+    refill_end(0, length - 1, piece_length, bitrate, 0, None) + 1
+}
+
 /// How long a read may wait for peers, `sent` bytes into a request whose first byte left
 /// `since_first` ago: with the title's `bitrate` (bits/s), until [`ORIGIN_MARGIN`] before the
 /// player runs dry (taken to play from its first byte on, which underestimates what it
@@ -347,6 +354,11 @@ impl Peer {
             }
             None => bytes,
         };
+        let file = self.cfg.cache_dir.join(name);
+        if !file.exists() {
+            self.write_opening(name, &file, length, piece_length, bitrate)
+                .await;
+        }
         let added = self
             .session
             .add_torrent(
@@ -386,6 +398,35 @@ impl Peer {
             },
         );
         Ok(handle)
+    }
+
+    /// Writes the opening of a title new to the cache (the pieces a player wants before its
+    /// first frame, [`STARTUP_REFILL`]; one piece without a bitrate), fetched from the origin,
+    /// where the BitTorrent session will find and check it.
+    ///
+    /// A gateway that holds nothing sends its peers no bitfield, and librqbit then takes the
+    /// peer for one that has every piece: it never tells it of a piece it gets later. A new
+    /// gateway saw only what its peers held when it connected, drained that, and fell back on
+    /// the origin for the rest of the title while those peers' uplinks idled. Holding one
+    /// piece is enough to be told of the others. A first play reads these very bytes, so they
+    /// cost the origin nothing it would not have served anyway. Best effort: without them
+    /// the title still plays.
+    async fn write_opening(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        length: u64,
+        piece_length: u64,
+        bitrate: Option<u64>,
+    ) {
+        let last = opening_len(length, piece_length, bitrate) - 1;
+        let written = match self.fetch_from_origin(name, 0, last).await {
+            Ok(body) => std::fs::write(file, &body).map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
+            tracing::info!("`{name}`: no opening from the origin ({e:#}); peers will send it");
+        }
     }
 
     /// Evicts the least recently watched titles until `length` more bytes fit.

@@ -84,6 +84,8 @@ enum Region {
 struct Peer {
     addr: SocketAddrV4,
     region: String,
+    /// Its first announce (kept across its later ones).
+    joined: Instant,
     seen: Instant,
 }
 
@@ -131,21 +133,20 @@ impl Tracker {
         let now = Instant::now();
         // A client announces to every tracker of its torrent: the URL its torrent names
         // (region guessed) and the one naming its region. The named region stays.
-        let known = swarm
-            .iter()
-            .find(|p| p.addr == addr)
-            .map(|p| p.region.clone());
+        let known = swarm.iter().find(|p| p.addr == addr);
+        let joined = known.map_or(now, |p| p.joined);
         let region = match (region, known) {
             (Region::Named(r), _) => r,
-            (Region::Guessed(_), Some(known)) => known,
+            (Region::Guessed(_), Some(known)) => known.region.clone(),
             (Region::Guessed(r), None) => r,
         };
         swarm.retain(|p| p.addr != addr && now.duration_since(p.seen) < INTERVAL * 3);
-        let answer = choose(swarm, &region, numwant);
+        let answer = choose(swarm, &region, joined, numwant);
         if !stopped {
             swarm.push(Peer {
                 addr,
                 region,
+                joined,
                 seen: now,
             });
         }
@@ -170,37 +171,49 @@ impl Tracker {
 
 /// A region with this many gateways or more feeds itself: its newcomers are not given the
 /// origin's seed (a late read still reaches the origin's web seed).
-pub const SEEDED_BELOW: usize = 2;
+pub const SEEDED_BELOW: usize = 1;
 
-/// The answer to a peer of `region`: its region's peers (the most recently seen first), then
-/// other regions' if its own has fewer than [`MIN_LOCAL`], then the origin's seeds if its
-/// own has fewer than [`SEEDED_BELOW`]. The origin's seed itself gets none.
-fn choose(swarm: &[Peer], region: &str, numwant: usize) -> Vec<SocketAddrV4> {
+/// How many gateways of its own region a gateway is given: those that joined the swarm
+/// just before it. Viewers who start one after the other form a chain: each is a little ahead
+/// of the next, so holds what the next needs soon. Given every gateway of its region, each
+/// newcomer asked the first ones too, and a first gateway's uplink (1 Mbit/s, shared by
+/// everyone who asks) fed nobody in time: the second gateway, whose only source it is, fell
+/// back on the origin. With two each, an uplink feeds at most the two that follow it.
+pub const FEEDERS: usize = 2;
+
+/// The answer to a peer of `region` that first announced at `joined`: the [`FEEDERS`]
+/// gateways of its region that joined just before it (the latest first), then other
+/// regions' if its own has fewer than [`MIN_LOCAL`] such, then the origin's seeds if its own
+/// has fewer than [`SEEDED_BELOW`]. Gateways that join later are not given: they find this
+/// one themselves. The origin's seed itself gets none.
+fn choose(swarm: &[Peer], region: &str, joined: Instant, numwant: usize) -> Vec<SocketAddrV4> {
     // The origin's seed holds every piece and waits to be asked: it is given no peers, so
     // it never reaches out to a region that feeds itself.
     if region == ORIGIN_REGION {
         return Vec::new();
     }
-    let mut recent: Vec<&Peer> = swarm.iter().collect();
-    recent.sort_by_key(|p| std::cmp::Reverse(p.seen));
-    let local: Vec<&Peer> = recent
+    let mut before: Vec<&Peer> = swarm.iter().filter(|p| p.joined < joined).collect();
+    before.sort_by_key(|p| std::cmp::Reverse(p.joined));
+    let local: Vec<&Peer> = before
         .iter()
         .copied()
         .filter(|p| p.region == region && p.region != ORIGIN_REGION)
         .collect();
-    let mut answer: Vec<SocketAddrV4> = local.iter().map(|p| p.addr).collect();
+    let mut answer: Vec<SocketAddrV4> = local.iter().take(FEEDERS).map(|p| p.addr).collect();
     if local.len() < MIN_LOCAL {
         answer.extend(
-            recent
+            before
                 .iter()
                 .filter(|p| p.region != region && p.region != ORIGIN_REGION)
+                .take(FEEDERS)
                 .map(|p| p.addr),
         );
     }
     answer.truncate(numwant.saturating_sub(1).max(1));
     if local.len() < SEEDED_BELOW {
+        // Whenever the seed joined: it holds every piece.
         answer.extend(
-            recent
+            swarm
                 .iter()
                 .filter(|p| p.region == ORIGIN_REGION)
                 .map(|p| p.addr),
@@ -375,54 +388,55 @@ mod tests {
         Peer {
             addr: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, last), 6881),
             region: region.into(),
+            joined: Instant::now() - Duration::from_secs(age),
             seen: Instant::now() - Duration::from_secs(age),
         }
     }
 
+    fn ids(got: &[SocketAddrV4]) -> Vec<u8> {
+        got.iter().map(|a| a.ip().octets()[3]).collect()
+    }
+
     #[test]
-    fn a_region_with_enough_peers_gets_its_own_and_a_thin_one_the_origin_too() {
+    fn a_gateway_is_given_the_two_of_its_region_that_joined_just_before_it() {
+        let now = Instant::now();
         let swarm = vec![
-            peer(1, "north", 5),
-            peer(2, "south", 1),
+            peer(1, "north", 9),
+            peer(2, "south", 2),
             peer(3, "north", 1),
-            peer(4, ORIGIN_REGION, 1),
-            peer(5, "north", 9),
+            peer(4, ORIGIN_REGION, 30),
+            peer(5, "north", 5),
         ];
-        let got: Vec<u8> = choose(&swarm, "north", 50)
-            .iter()
-            .map(|a| a.ip().octets()[3])
-            .collect();
-        // Three gateways of its own: the region feeds itself, the origin's seed is not given.
-        assert_eq!(got, vec![3, 1, 5]);
-        let one = vec![peer(1, "north", 5), peer(4, ORIGIN_REGION, 1)];
-        let got: Vec<u8> = choose(&one, "north", 50)
-            .iter()
-            .map(|a| a.ip().octets()[3])
-            .collect();
-        assert_eq!(got, vec![1, 4]);
+        // A newcomer: the two latest of its region (3 then 5), not the first (1), whose
+        // uplink feeds those two. Its region feeds itself: no seed, no other region.
+        assert_eq!(ids(&choose(&swarm, "north", now, 50)), vec![3, 5]);
+        // 5 announces again: only 1 joined before it. Those after it find it themselves.
+        let five = swarm[4].joined;
+        assert_eq!(ids(&choose(&swarm, "north", five, 50)), vec![1]);
+        // 1, the region's first: nobody of its region before it, so the other region's
+        // gateways that joined before it (none) and the origin's seed.
+        let first = swarm[0].joined;
+        assert_eq!(ids(&choose(&swarm, "north", first, 50)), vec![4]);
         assert!(
-            choose(&one, ORIGIN_REGION, 50).is_empty(),
+            choose(&swarm, ORIGIN_REGION, now, 50).is_empty(),
             "the seed is asked, never asks"
         );
     }
 
     #[test]
-    fn a_thin_region_also_gets_the_others_and_the_origin_is_never_cut() {
+    fn a_regions_first_gateway_also_gets_the_others_and_the_origin_is_never_cut() {
+        let now = Instant::now();
         let swarm = vec![
             peer(2, "south", 1),
             peer(3, "south", 2),
+            peer(6, "south", 3),
             peer(4, ORIGIN_REGION, 1),
         ];
-        let got: Vec<u8> = choose(&swarm, "north", 50)
-            .iter()
-            .map(|a| a.ip().octets()[3])
-            .collect();
-        assert_eq!(got, vec![2, 3, 4]);
-        let two: Vec<u8> = choose(&swarm, "north", 2)
-            .iter()
-            .map(|a| a.ip().octets()[3])
-            .collect();
-        assert_eq!(two, vec![2, 4]);
+        assert_eq!(ids(&choose(&swarm, "north", now, 50)), vec![2, 3, 4]);
+        assert_eq!(ids(&choose(&swarm, "north", now, 2)), vec![2, 4]);
+        // The seed is given even when it joined after the gateway (an origin restarted).
+        let early = now - Duration::from_secs(60);
+        assert_eq!(ids(&choose(&swarm, "north", early, 50)), vec![4]);
     }
 
     #[test]
