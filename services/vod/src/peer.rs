@@ -73,6 +73,9 @@ pub fn refill_end(
     last.min(end)
 }
 
+/// How long a gateway waits for a title's opening from the origin.
+const OPENING_WITHIN: Duration = Duration::from_secs(5);
+
 /// How many bytes of a title of `length` a gateway fetches from the origin when the title
 /// enters its cache (see `Peer::write_opening`): the whole pieces a first read asks for,
 /// [`STARTUP_REFILL`] of picture with the title's `bitrate`, else one piece.
@@ -420,7 +423,11 @@ impl Peer {
         bitrate: Option<u64>,
     ) {
         let last = opening_len(length, piece_length, bitrate) - 1;
-        let written = match self.fetch_from_origin(name, 0, last).await {
+        // Under the cache's lock: an origin that stalls must not hold every play up.
+        let fetched = tokio::time::timeout(OPENING_WITHIN, self.fetch_from_origin(name, 0, last))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {OPENING_WITHIN:?}")));
+        let written = match fetched {
             Ok(body) => std::fs::write(file, &body).map_err(anyhow::Error::from),
             Err(e) => Err(e),
         };
