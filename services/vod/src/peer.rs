@@ -424,13 +424,10 @@ impl Peer {
     ) {
         let last = opening_len(length, piece_length, bitrate) - 1;
         // Under the cache's lock: an origin that stalls must not hold every play up.
-        let fetched = tokio::time::timeout(OPENING_WITHIN, self.fetch_from_origin(name, 0, last))
+        let written = tokio::time::timeout(OPENING_WITHIN, self.fetch_from_origin(name, 0, last))
             .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {OPENING_WITHIN:?}")));
-        let written = match fetched {
-            Ok(body) => std::fs::write(file, &body).map_err(anyhow::Error::from),
-            Err(e) => Err(e),
-        };
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {OPENING_WITHIN:?}")))
+            .and_then(|body| Ok(std::fs::write(file, &body)?));
         if let Err(e) = written {
             tracing::info!("`{name}`: no opening from the origin ({e:#}); peers will send it");
         }
