@@ -396,5 +396,19 @@ pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Runs blocking work on the runtime's blocking pool and waits for it, so that this thread
+/// goes on with its other tasks meanwhile (a task woken just now would otherwise wait for the
+/// work to end); inline on a single-threaded runtime (the unit tests, whose clock is paused).
+pub(crate) async fn off_thread<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod fake;

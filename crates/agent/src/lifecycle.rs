@@ -533,15 +533,21 @@ impl Agent {
         // The exit is recorded first, so whoever waits for it sees it at once; the container
         // goes right after, under the same lock, so no start of this service meets it. (Were
         // the agent to die in between, the next start removes it, as any stale container.)
+        // Deleting the container also removes its cgroup; it never forks. It takes a
+        // millisecond or two, on the blocking pool: this thread meanwhile goes on with its
+        // other tasks, such as the event stream sending the exit just recorded.
         let clean_up = |mut steps: Steps| {
-            // Deleting the container also removes its cgroup; it never forks.
-            if let Err(e) = self.host.containers.delete(name) {
-                tracing::warn!(service = %name, "cannot delete the container: {e}");
-            }
-            steps.mark("delete");
-            crate::host::blocking(|| self.unshape_service(&rec));
-            steps.mark("unshape");
-            tracing::debug!("`{name}`'s exit handled in {}", steps.report());
+            let agent = self.clone();
+            let rec = rec.clone();
+            crate::host::off_thread(move || {
+                if let Err(e) = agent.host.containers.delete(&rec.name) {
+                    tracing::warn!(service = %rec.name, "cannot delete the container: {e}");
+                }
+                steps.mark("delete");
+                agent.unshape_service(&rec);
+                steps.mark("unshape");
+                tracing::debug!("`{}`'s exit handled in {}", rec.name, steps.report());
+            })
         };
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);
@@ -568,7 +574,7 @@ impl Agent {
                 },
             );
             steps.mark("record");
-            clean_up(steps);
+            clean_up(steps).await;
             recorded?;
             return Ok(());
         }
@@ -597,7 +603,7 @@ impl Agent {
                 },
             );
             steps.mark("record");
-            clean_up(steps);
+            clean_up(steps).await;
             recorded?;
             return Ok(());
         }
@@ -632,7 +638,7 @@ impl Agent {
             },
         );
         steps.mark("record");
-        clean_up(steps);
+        clean_up(steps).await;
         recorded?;
         if looping && !was_looping {
             self.store().record(
