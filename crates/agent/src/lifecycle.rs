@@ -342,7 +342,7 @@ impl Agent {
                 r.desired = Desired::Running;
                 r.failures = 0;
             })?;
-        } else {
+        } else if rec.failures != 0 {
             self.store().update(name, None, |r| r.failures = 0)?;
         }
         self.stop_to_make_room(name, stop).await?;

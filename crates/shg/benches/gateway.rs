@@ -191,6 +191,10 @@ fn main() {
     let mut run_ms = Vec::new();
     let mut runc_ms = Vec::new();
     for i in 0..runs {
+        // The same quiet before each side: the kernel makes the first cgroup move after a
+        // quiet spell wait for an RCU grace period (10-25 ms here on cgroup v1), and runc's
+        // run came right before this start, so without the pause only runc's run would pay it.
+        std::thread::sleep(Duration::from_millis(50));
         rt.block_on(async {
             let t = Instant::now();
             client.start("truth").await.expect("start");
