@@ -526,7 +526,8 @@ impl Agent {
         }
         let sl = self.layout.service(name);
         let status = runtime::init::read_status(&sl.status());
-        let limit = manifest_of(&rec)?.resources.memory.limit;
+        let manifest = manifest_of(&rec)?;
+        let limit = manifest.resources.memory.limit;
         // Read from the cgroup, so before the container (and its cgroup) is deleted.
         let ooms = self.report_final_ooms(name, pid, limit);
         steps.mark("status");
@@ -578,7 +579,7 @@ impl Agent {
             recorded?;
             return Ok(());
         }
-        let policy = manifest_of(&rec)?.restart.policy;
+        let policy = manifest.restart.policy;
         let restart = match policy {
             RestartPolicy::Always => true,
             RestartPolicy::OnFailure => code != Some(0),
