@@ -191,9 +191,10 @@ fn main() {
     let mut run_ms = Vec::new();
     let mut runc_ms = Vec::new();
     for i in 0..runs {
-        // The same quiet before each side: the kernel makes the first cgroup move after a
-        // quiet spell wait for an RCU grace period (10-25 ms here on cgroup v1), and runc's
-        // run came right before this start, so without the pause only runc's run would pay it.
+        // The same quiet before each side, so both meet the kernel in the same state: on
+        // cgroup v1 the first cgroup move after a quiet spell waits for an RCU grace period
+        // (up to 30 ms here while the machine is busy), and runc's run would otherwise come
+        // right before this start, warming it for shg alone.
         std::thread::sleep(Duration::from_millis(50));
         rt.block_on(async {
             let t = Instant::now();
