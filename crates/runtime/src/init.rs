@@ -89,6 +89,9 @@ const FORWARDED: [Signal; 7] = [
 
 /// Runs the init and returns the exit code for the init itself.
 pub fn run(opts: InitOptions) -> i32 {
+    // The filter first, before this process reads anything it was given. A failure is
+    // recorded below, where the log and the status file are at hand; the command never runs.
+    let filtered = crate::seccomp::load();
     // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     for fd in LOG_FDS.iter().chain([&STATUS_FD]) {
@@ -118,7 +121,13 @@ pub fn run(opts: InitOptions) -> i32 {
         }
     };
 
-    let result = supervise(&opts, &mut log);
+    let result = match filtered {
+        Ok(()) => supervise(&opts, &mut log),
+        Err(e) => Err(format!(
+            "cannot load the seccomp filter ({e}); the command was not run. The runtime must set \
+             no_new_privs (the bundle's process.noNewPrivileges)"
+        )),
+    };
     let exit = match result {
         Ok(exit) => exit,
         Err(error) => {
@@ -293,17 +302,15 @@ pub fn read_status(path: &std::path::Path) -> Option<ExitStatus> {
 }
 
 /// `shg-init enter -- CMD…`: the first step of a process joining a running container (exec and
-/// exec health checks). Loads the service's seccomp profile, which libcontainer does not apply
-/// to joining processes, then becomes `CMD`. Returns only on failure.
+/// exec health checks). Loads the seccomp filter, as the init does, then becomes `CMD`.
+/// Returns only on failure.
 pub fn enter(command: &[String]) -> i32 {
     if command.is_empty() {
         eprintln!("shg-init enter: no command given after `--`");
         return 127;
     }
-    let profile: oci_spec::runtime::LinuxSeccomp =
-        serde_json::from_value(crate::seccomp::profile()).expect("the built-in profile is valid");
-    if let Err(e) = libcontainer::seccomp::initialize_seccomp(&profile) {
-        eprintln!("shg-init enter: cannot load the seccomp profile: {e}");
+    if let Err(e) = crate::seccomp::load() {
+        eprintln!("shg-init enter: cannot load the seccomp filter ({e}); the command was not run");
         return 126;
     }
     // Its own process group, so the runtime helper can end it with everything it started.

@@ -1,335 +1,69 @@
-//! The default-deny seccomp profile every service runs under.
+//! The seccomp filter every service runs under, default-deny: the rules in
+//! [`rules`](crate::seccomp::rules), compiled into a BPF program when the crate is built
+//! (`build.rs`) and loaded by `shg-init` as its first act, both as a container's PID 1 and in
+//! every process `shg exec` starts.
 //!
-//! Anything not listed fails with EPERM. The list follows the usual container default: what
-//! ordinary programs need, without the calls that manage the kernel, mounts, namespaces, keys,
-//! tracing, BPF or modules.
+//! Why not the OCI config's `linux.seccomp`: libcontainer compiled those rules with libseccomp
+//! at every start (a few milliseconds of each), and it reads `SCMP_CMP_MASKED_EQ` with the mask
+//! and the value swapped, so its `clone` rule let a service create namespaces (a user
+//! namespace needs no capability). runc read the same rule right. The bundle therefore carries
+//! no `linux.seccomp`, and runc running it (README, Containers) gets the filter from the same
+//! init.
 
-use serde_json::{json, Value};
+use std::io;
 
-/// Namespace flags a service may not pass to `clone` (`CLONE_NEWNS | CLONE_NEWCGROUP |
-/// CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET`).
-const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
+#[path = "seccomp_rules.rs"]
+pub mod rules;
 
-const ENOSYS: u32 = 38;
+/// The compiled program: `struct sock_filter` entries of 8 bytes, in the target's byte order.
+static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bpf"));
 
-#[cfg(target_arch = "x86_64")]
-const NATIVE_ARCH: &str = "SCMP_ARCH_X86_64";
-#[cfg(target_arch = "aarch64")]
-const NATIVE_ARCH: &str = "SCMP_ARCH_AARCH64";
-const EPERM: u32 = 1;
+/// The compiled program as the kernel takes it.
+pub fn program() -> Vec<libc::sock_filter> {
+    PROGRAM
+        .chunks_exact(8)
+        .map(|i| libc::sock_filter {
+            code: u16::from_ne_bytes([i[0], i[1]]),
+            jt: i[2],
+            jf: i[3],
+            k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+        })
+        .collect()
+}
 
-/// Syscalls allowed without conditions.
-const ALLOWED: &[&str] = &[
-    "accept",
-    "accept4",
-    "access",
-    "alarm",
-    "arch_prctl",
-    "bind",
-    "brk",
-    "capget",
-    "capset",
-    "chdir",
-    "chmod",
-    "chown",
-    "clock_adjtime",
-    "clock_getres",
-    "clock_gettime",
-    "clock_nanosleep",
-    "close",
-    "close_range",
-    "connect",
-    "copy_file_range",
-    "creat",
-    "dup",
-    "dup2",
-    "dup3",
-    "epoll_create",
-    "epoll_create1",
-    "epoll_ctl",
-    "epoll_pwait",
-    "epoll_pwait2",
-    "epoll_wait",
-    "eventfd",
-    "eventfd2",
-    "execve",
-    "execveat",
-    "exit",
-    "exit_group",
-    "faccessat",
-    "faccessat2",
-    "fadvise64",
-    "fallocate",
-    "fchdir",
-    "fchmod",
-    "fchmodat",
-    "fchmodat2",
-    "fchown",
-    "fchownat",
-    "fcntl",
-    "fdatasync",
-    "fgetxattr",
-    "flistxattr",
-    "flock",
-    "fork",
-    "fremovexattr",
-    "fsetxattr",
-    "fstat",
-    "fstatfs",
-    "fsync",
-    "ftruncate",
-    "futex",
-    "futex_waitv",
-    "futimesat",
-    "get_robust_list",
-    "getcpu",
-    "getcwd",
-    "getdents",
-    "getdents64",
-    "getegid",
-    "geteuid",
-    "getgid",
-    "getgroups",
-    "getitimer",
-    "getpeername",
-    "getpgid",
-    "getpgrp",
-    "getpid",
-    "getppid",
-    "getpriority",
-    "getrandom",
-    "getresgid",
-    "getresuid",
-    "getrlimit",
-    "getrusage",
-    "getsid",
-    "getsockname",
-    "getsockopt",
-    "gettid",
-    "gettimeofday",
-    "getuid",
-    "getxattr",
-    "inotify_add_watch",
-    "inotify_init",
-    "inotify_init1",
-    "inotify_rm_watch",
-    "io_cancel",
-    "io_destroy",
-    "io_getevents",
-    "io_pgetevents",
-    "io_setup",
-    "io_submit",
-    "ioctl",
-    "ioprio_get",
-    "ioprio_set",
-    "kill",
-    "lchown",
-    "lgetxattr",
-    "link",
-    "linkat",
-    "listen",
-    "listxattr",
-    "llistxattr",
-    "lremovexattr",
-    "lseek",
-    "lsetxattr",
-    "lstat",
-    "madvise",
-    "membarrier",
-    "memfd_create",
-    "mincore",
-    "mkdir",
-    "mkdirat",
-    "mknod",
-    "mknodat",
-    "mlock",
-    "mlock2",
-    "mlockall",
-    "mmap",
-    "mprotect",
-    "mq_getsetattr",
-    "mq_notify",
-    "mq_open",
-    "mq_timedreceive",
-    "mq_timedsend",
-    "mq_unlink",
-    "mremap",
-    "msgctl",
-    "msgget",
-    "msgrcv",
-    "msgsnd",
-    "msync",
-    "munlock",
-    "munlockall",
-    "munmap",
-    "nanosleep",
-    "newfstatat",
-    "open",
-    "openat",
-    "openat2",
-    "pause",
-    "pidfd_getfd",
-    "pidfd_open",
-    "pidfd_send_signal",
-    "pipe",
-    "pipe2",
-    "poll",
-    "ppoll",
-    "prctl",
-    "pread64",
-    "preadv",
-    "preadv2",
-    "prlimit64",
-    "pselect6",
-    "pwrite64",
-    "pwritev",
-    "pwritev2",
-    "read",
-    "readahead",
-    "readlink",
-    "readlinkat",
-    "readv",
-    "recvfrom",
-    "recvmmsg",
-    "recvmsg",
-    "remap_file_pages",
-    "removexattr",
-    "rename",
-    "renameat",
-    "renameat2",
-    "restart_syscall",
-    "rmdir",
-    "rseq",
-    "rt_sigaction",
-    "rt_sigpending",
-    "rt_sigprocmask",
-    "rt_sigqueueinfo",
-    "rt_sigreturn",
-    "rt_sigsuspend",
-    "rt_sigtimedwait",
-    "rt_tgsigqueueinfo",
-    "sched_get_priority_max",
-    "sched_get_priority_min",
-    "sched_getaffinity",
-    "sched_getattr",
-    "sched_getparam",
-    "sched_getscheduler",
-    "sched_rr_get_interval",
-    "sched_setaffinity",
-    "sched_setattr",
-    "sched_setparam",
-    "sched_setscheduler",
-    "sched_yield",
-    "select",
-    "semctl",
-    "semget",
-    "semop",
-    "semtimedop",
-    "sendfile",
-    "sendmmsg",
-    "sendmsg",
-    "sendto",
-    "set_robust_list",
-    "set_tid_address",
-    "setfsgid",
-    "setfsuid",
-    "setgid",
-    "setgroups",
-    "setitimer",
-    "setpgid",
-    "setpriority",
-    "setregid",
-    "setresgid",
-    "setresuid",
-    "setreuid",
-    "setrlimit",
-    "setsid",
-    "setsockopt",
-    "setuid",
-    "setxattr",
-    "shmat",
-    "shmctl",
-    "shmdt",
-    "shmget",
-    "shutdown",
-    "sigaltstack",
-    "signalfd",
-    "signalfd4",
-    "socket",
-    "socketpair",
-    "splice",
-    "stat",
-    "statfs",
-    "statx",
-    "symlink",
-    "symlinkat",
-    "sync",
-    "sync_file_range",
-    "syncfs",
-    "sysinfo",
-    "tee",
-    "tgkill",
-    "time",
-    "timer_create",
-    "timer_delete",
-    "timer_getoverrun",
-    "timer_gettime",
-    "timer_settime",
-    "timerfd_create",
-    "timerfd_gettime",
-    "timerfd_settime",
-    "times",
-    "tkill",
-    "truncate",
-    "umask",
-    "uname",
-    "unlink",
-    "unlinkat",
-    "utime",
-    "utimensat",
-    "utimes",
-    "vfork",
-    "wait4",
-    "waitid",
-    "write",
-    "writev",
-];
+/// Puts this thread (and everything it starts) under the filter. The thread must have
+/// no_new_privs set, as the runtime does for every container process (`noNewPrivileges`).
+pub fn load() -> io::Result<()> {
+    install(&mut program())
+}
 
-/// The profile as the `linux.seccomp` object of an OCI runtime config.
-pub fn profile() -> Value {
-    let mut syscalls = vec![
-        json!({ "names": ALLOWED, "action": "SCMP_ACT_ALLOW" }),
-        // clone is allowed only without namespace flags, so a service cannot unshare.
-        json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
-                       "op": "SCMP_CMP_MASKED_EQ" }]
-        }),
-        // clone3 hides its flags behind a pointer seccomp cannot read; ENOSYS makes libc fall
-        // back to clone, which the rule above checks.
-        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": ENOSYS }),
-    ];
-    // personality: only the harmless queries and the default persona.
-    for persona in [0u64, 8, 0x20000, 0x20008, 0xffff_ffff] {
-        syscalls.push(json!({
-            "names": ["personality"],
-            "action": "SCMP_ACT_ALLOW",
-            "args": [{ "index": 0, "value": persona, "op": "SCMP_CMP_EQ" }]
-        }));
+/// Installs `program` without allocating, so a test may call it between fork and exit.
+pub fn install(program: &mut [libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::other("the seccomp program is longer than the kernel takes"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call; the kernel copies it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ERRNO",
-        "defaultErrnoRet": EPERM,
-        // Only the native ABI: a 32-bit system call kills the thread instead of being
-        // filtered a second time (and the filter compiles in a third of the time).
-        "architectures": [NATIVE_ARCH],
-        "syscalls": syscalls,
-    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::rules::ALLOWED;
     use super::*;
 
     #[test]
@@ -364,5 +98,109 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), ALLOWED.len());
+    }
+
+    /// Runs `checks` in a forked child under the filter and returns its exit code: 0 when
+    /// every check held, else the number of the first that did not (100: no filter).
+    fn under_filter(checks: fn() -> i32) -> i32 {
+        let mut program = program();
+        // SAFETY: the child only makes system calls and exits; it allocates nothing (the
+        // program is built before the fork).
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: plain integer arguments; then only raw system calls and _exit.
+            unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                let code = match install(&mut program) {
+                    Ok(()) => checks(),
+                    Err(_) => 100,
+                };
+                libc::_exit(code)
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(
+            libc::WIFEXITED(status),
+            "the child died: status {status:#x}"
+        );
+        libc::WEXITSTATUS(status)
+    }
+
+    /// The errno of a raw system call's result, 0 if it worked; a child it created exits at
+    /// once.
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc == 0 {
+            // SAFETY: `rc == 0` only in the child of a clone that worked.
+            unsafe { libc::_exit(0) }
+        }
+        if rc > 0 {
+            return 0;
+        }
+        // SAFETY: reads this thread's errno.
+        unsafe { *libc::__errno_location() }
+    }
+
+    #[test]
+    fn the_filter_allows_ordinary_calls_and_denies_namespaces() {
+        fn checks() -> i32 {
+            // SAFETY: raw system calls with integer or null arguments; children exit at once.
+            unsafe {
+                if libc::syscall(libc::SYS_getpid) <= 0 {
+                    return 1;
+                }
+                if errno_of(libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUTS)) != libc::EPERM {
+                    return 2;
+                }
+                // The rule libcontainer read backwards: a user namespace needs no capability.
+                let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_long;
+                if errno_of(libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0)) != libc::EPERM {
+                    return 3;
+                }
+                let flags = (libc::CLONE_NEWNET | libc::SIGCHLD) as libc::c_long;
+                if errno_of(libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0)) != libc::EPERM {
+                    return 4;
+                }
+                // A plain fork still works.
+                let child =
+                    libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0);
+                if errno_of(child) != 0 {
+                    return 5;
+                }
+                libc::waitpid(child as i32, std::ptr::null_mut(), 0);
+                if errno_of(libc::syscall(libc::SYS_clone3, 0, 0)) != libc::ENOSYS {
+                    return 6;
+                }
+                if libc::syscall(libc::SYS_personality, 0xffff_ffff_u32) < 0 {
+                    return 7;
+                }
+                let no_aslr = libc::ADDR_NO_RANDOMIZE as libc::c_long;
+                if errno_of(libc::syscall(libc::SYS_personality, no_aslr)) != libc::EPERM {
+                    return 8;
+                }
+                let target = c"/".as_ptr();
+                let mounted = libc::syscall(libc::SYS_mount, target, target, 0, libc::MS_BIND, 0);
+                if errno_of(mounted) != libc::EPERM {
+                    return 9;
+                }
+            }
+            0
+        }
+        assert_eq!(
+            under_filter(checks),
+            0,
+            "check number {} failed",
+            under_filter(checks)
+        );
+    }
+
+    #[test]
+    fn the_program_is_whole_instructions() {
+        assert!(!PROGRAM.is_empty());
+        assert_eq!(PROGRAM.len() % 8, 0);
+        // Every allowed call is one comparison at least.
+        assert!(program().len() > ALLOWED.len());
     }
 }

@@ -19,6 +19,7 @@ probe() {
   echo "== unshare"; unshare -n true 2>&1; echo "rc=$?"
   echo "== mount"; mount -t tmpfs x /mnt 2>&1; echo "rc=$?"
   echo "== keyctl"; /bin/keyctl-probe; echo "rc=$?"
+  echo "== clonens"; /bin/clone-probe; echo "rc=$?"
   echo "== kcore"; if [ -e /proc/kcore ]; then stat -c %s /proc/kcore; head -c 64 /proc/kcore 2>/dev/null | wc -c; else echo absent; fi
   echo "== keys"; cat /proc/keys 2>/dev/null | wc -c
   echo "== firmware"; ls -A /sys/firmware 2>/dev/null | wc -l
@@ -42,12 +43,34 @@ exec sleep 1000000
 /// A 150-byte static x86-64 program: `keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING,
 /// 0)`, exiting 0 if the call works and with the errno if it fails (busybox has no keyctl).
 fn keyctl_probe() -> Vec<u8> {
-    let code: &[u8] = &[
+    probe_program(&[
         0xb8, 0xfa, 0x00, 0x00, 0x00, // mov eax, 250 (keyctl)
         0xbf, 0x00, 0x00, 0x00, 0x00, // mov edi, 0 (KEYCTL_GET_KEYRING_ID)
         0xbe, 0xfd, 0xff, 0xff, 0xff, // mov esi, -3 (KEY_SPEC_SESSION_KEYRING)
         0x31, 0xd2, // xor edx, edx
         0x0f, 0x05, // syscall
+    ])
+}
+
+/// A static x86-64 program: `clone(CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)`, the way to a new
+/// namespace that `unshare` does not take; both processes exit 0 if the call works, and the
+/// caller exits with the errno if it fails. Needs no capability on the host.
+fn clone_probe() -> Vec<u8> {
+    probe_program(&[
+        0xb8, 0x38, 0x00, 0x00, 0x00, // mov eax, 56 (clone)
+        0xbf, 0x11, 0x00, 0x00, 0x10, // mov edi, 0x10000011 (CLONE_NEWUSER | SIGCHLD)
+        0x31, 0xf6, // xor esi, esi
+        0x31, 0xd2, // xor edx, edx
+        0x45, 0x31, 0xd2, // xor r10d, r10d
+        0x45, 0x31, 0xc0, // xor r8d, r8d
+        0x0f, 0x05, // syscall
+    ])
+}
+
+/// A static x86-64 ELF that runs `call` (one system call, its result left in eax) and exits 0
+/// if the call returned 0 or more, and with the errno if it failed.
+fn probe_program(call: &[u8]) -> Vec<u8> {
+    let exit: &[u8] = &[
         0x85, 0xc0, // test eax, eax
         0x78, 0x02, // js +2
         0x31, 0xc0, // xor eax, eax
@@ -56,6 +79,7 @@ fn keyctl_probe() -> Vec<u8> {
         0xb8, 0x3c, 0x00, 0x00, 0x00, // mov eax, 60 (exit)
         0x0f, 0x05, // syscall
     ];
+    let code = [call, exit].concat();
     let base: u64 = 0x40_0000;
     let size = (64 + 56 + code.len()) as u64;
     let mut elf = Vec::new();
@@ -79,7 +103,7 @@ fn keyctl_probe() -> Vec<u8> {
     elf.extend_from_slice(&size.to_le_bytes());
     elf.extend_from_slice(&size.to_le_bytes());
     elf.extend_from_slice(&0x1000u64.to_le_bytes());
-    elf.extend_from_slice(code);
+    elf.extend_from_slice(&code);
     elf
 }
 
@@ -175,6 +199,11 @@ fn check_report(report: &str, who: &str, hostname: &str, uid: u32) {
         "rc=1",
         "keyctl must fail with EPERM (1) {ctx}"
     );
+    assert_eq!(
+        s["clonens"].trim(),
+        "rc=1",
+        "clone with a namespace flag must fail with EPERM (1) {ctx}"
+    );
     let kcore = s["kcore"].trim();
     assert!(
         kcore == "absent" || kcore == "0\n0",
@@ -230,37 +259,42 @@ fn check_report(report: &str, who: &str, hostname: &str, uid: u32) {
 
 #[test]
 fn a_service_is_confined_to_its_container() {
-    // The probe is meaningful only if it can tell: on the host keyctl works.
-    let host_probe = tempfile::NamedTempFile::new_in("/tmp").unwrap();
-    std::fs::write(host_probe.path(), keyctl_probe()).unwrap();
-    std::fs::set_permissions(
-        host_probe.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let host_path = host_probe.into_temp_path();
-    // Another test thread forking while the file was open for writing keeps it busy a moment.
-    let on_host = crate::harness::eventually(
-        "the keyctl probe to run on the host",
-        Duration::from_secs(5),
-        || {
-            match std::process::Command::new(&host_path).status() {
-                Err(e) if e.raw_os_error() == Some(26) => None, // ETXTBSY
-                other => Some(other.expect("run the keyctl probe")),
-            }
-        },
-    );
-    assert_eq!(
-        on_host.code(),
-        Some(0),
-        "the keyctl probe does not work on the host"
-    );
+    // The probes are meaningful only if they can tell: on the host both calls work.
+    for (what, program) in [("keyctl", keyctl_probe()), ("clone", clone_probe())] {
+        let host_probe = tempfile::NamedTempFile::new_in("/tmp").unwrap();
+        std::fs::write(host_probe.path(), program).unwrap();
+        std::fs::set_permissions(
+            host_probe.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let host_path = host_probe.into_temp_path();
+        // Another test thread forking while the file was open for writing keeps it busy a
+        // moment.
+        let on_host = crate::harness::eventually(
+            &format!("the {what} probe to run on the host"),
+            Duration::from_secs(5),
+            || {
+                match std::process::Command::new(&host_path).status() {
+                    Err(e) if e.raw_os_error() == Some(26) => None, // ETXTBSY
+                    other => Some(other.expect("run the probe")),
+                }
+            },
+        );
+        assert_eq!(
+            on_host.code(),
+            Some(0),
+            "the {what} probe does not work on the host"
+        );
+    }
 
     let gw = Gateway::start();
     let keyctl = keyctl_probe();
-    let files: [crate::harness::Extra; 3] = [
+    let clone = clone_probe();
+    let files: [crate::harness::Extra; 4] = [
         ("bin/probe.sh", PROBE.as_bytes(), 0o755),
         ("bin/keyctl-probe", keyctl.as_slice(), 0o755),
+        ("bin/clone-probe", clone.as_slice(), 0o755),
         ("mnt/.keep", b"", 0o644),
     ];
     gw.install("jail", &probe_manifest("jail", None), &files);

@@ -1,0 +1,75 @@
+//! Compiles the seccomp rules (`src/seccomp_rules.rs`) into the BPF program `shg-init` loads,
+//! once at build time instead of at every container start: libseccomp took a few milliseconds
+//! of each start to turn the same rules into the same program.
+
+use std::path::PathBuf;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+
+#[allow(dead_code)]
+#[path = "src/seccomp_rules.rs"]
+mod rules;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=src/seccomp_rules.rs");
+    let target = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets the target arch");
+    let arch = match target.as_str() {
+        "x86_64" => ScmpArch::X8664,
+        "aarch64" => ScmpArch::Aarch64,
+        other => panic!("no seccomp filter for target arch {other}: add it to runtime/build.rs"),
+    };
+    let bpf = compile(arch).unwrap_or_else(|e| panic!("cannot compile the seccomp rules: {e}"));
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::File::create(out.join("seccomp.bpf"))
+        .and_then(|file| bpf.export_bpf(&file).map_err(std::io::Error::other))
+        .unwrap_or_else(|e| panic!("cannot write the seccomp filter to {}: {e}", out.display()));
+}
+
+fn compile(arch: ScmpArch) -> Result<ScmpFilterContext, libseccomp::error::SeccompError> {
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Errno(rules::DENIED_ERRNO as i32))?;
+    // Only the target's own ABI: a call through another ABI (32-bit x86 on x86_64) kills the
+    // thread instead of being checked against numbers that mean something else there.
+    ctx.add_arch(arch)?;
+    if ScmpArch::native() != arch {
+        ctx.remove_arch(ScmpArch::native())?;
+    }
+    // The runtime sets no_new_privs itself (the spec's `noNewPrivileges`).
+    ctx.set_ctl_nnp(false)?;
+    let syscall = |name: &str| {
+        // A name libseccomp does not know on any arch is a typo in the rules.
+        ScmpSyscall::from_name(name)
+            .unwrap_or_else(|_| panic!("seccomp rules: no system call named {name:?}"));
+        ScmpSyscall::from_name_by_arch(name, arch).ok()
+    };
+    for name in rules::ALLOWED {
+        // Legacy calls some arches never had (aarch64 has no `open` or `fork`) are skipped.
+        if let Some(call) = syscall(name) {
+            ctx.add_rule(ScmpAction::Allow, call)?;
+        }
+    }
+    let clone = syscall("clone").expect("every arch has clone");
+    ctx.add_rule_conditional(
+        ScmpAction::Allow,
+        clone,
+        &[ScmpArgCompare::new(
+            0,
+            ScmpCompareOp::MaskedEqual(rules::CLONE_NAMESPACE_FLAGS),
+            0,
+        )],
+    )?;
+    if let Some(clone3) = syscall("clone3") {
+        ctx.add_rule(ScmpAction::Errno(rules::CLONE3_ERRNO as i32), clone3)?;
+    }
+    let personality = syscall("personality").expect("every arch has personality");
+    for &persona in rules::PERSONAS {
+        ctx.add_rule_conditional(
+            ScmpAction::Allow,
+            personality,
+            &[ScmpArgCompare::new(0, ScmpCompareOp::Equal, persona)],
+        )?;
+    }
+    Ok(ctx)
+}
