@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   pkg-config        # finds libseccomp for the build
-  libseccomp-dev    # the seccomp filters libcontainer loads (linked statically)
+  libseccomp-dev    # compiles the seccomp filter at build time (runtime/build.rs)
   busybox-static    # root filesystem of the sample services and of the tests
   runc              # the bundle must run unchanged under runc (a test proves it)
   e2fsprogs         # mkfs.ext4 for each service's size-capped data volume
