@@ -12,14 +12,36 @@ use std::path::{Path, PathBuf};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::init::{LOG_FDS, STATUS_FD};
 use crate::logfile::segment_paths;
 use crate::RuntimeError;
+
+/// libcontainer's own executor (it execs `process.args`), after loading the seccomp filter:
+/// the init's first instruction already runs under it, as with a filter in the bundle. The
+/// init loads the filter itself when none is in force (`runc run` of the bundle), so the
+/// bundle is filtered under any runtime.
+#[derive(Clone)]
+struct FilteredExecutor;
+
+impl Executor for FilteredExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        crate::seccomp::load()
+            .map_err(|e| ExecutorError::Other(format!("cannot load the seccomp filter: {e}")))?;
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
 
 /// Paths the runtime keeps for one service.
 #[derive(Debug, Clone)]
@@ -114,6 +136,7 @@ pub fn create_and_start(
         .with_root_path(&paths.state_root)
         .map_err(|e| to_err(name, e))?
         .with_preserved_fds(3)
+        .with_executor(FilteredExecutor)
         .with_stdin(devnull()?)
         .with_stdout(devnull()?)
         .with_stderr(devnull()?)
@@ -167,9 +190,10 @@ pub fn exec(
     let pid = ContainerBuilder::new(name.to_string(), SyscallType::default())
         .with_root_path(state_root)
         .map_err(|e| to_err(name, e))?
+        .with_executor(FilteredExecutor)
         .as_tenant()
-        // libcontainer does not apply the seccomp profile to processes joining a container,
-        // so the command runs through the init binary, which loads it and then execs.
+        // The command runs through the init binary, which execs it; the executor has loaded
+        // the seccomp filter before.
         .with_container_args(
             [
                 crate::spec::INIT_PATH.to_string(),

@@ -91,7 +91,7 @@ const FORWARDED: [Signal; 7] = [
 pub fn run(opts: InitOptions) -> i32 {
     // The filter first, before this process reads anything it was given. A failure is
     // recorded below, where the log and the status file are at hand; the command never runs.
-    let filtered = crate::seccomp::load();
+    let filtered = crate::seccomp::load_unless_filtered();
     // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
     for fd in LOG_FDS.iter().chain([&STATUS_FD]) {
@@ -309,7 +309,7 @@ pub fn enter(command: &[String]) -> i32 {
         eprintln!("shg-init enter: no command given after `--`");
         return 127;
     }
-    if let Err(e) = crate::seccomp::load() {
+    if let Err(e) = crate::seccomp::load_unless_filtered() {
         eprintln!("shg-init enter: cannot load the seccomp filter ({e}); the command was not run");
         return 126;
     }

@@ -706,6 +706,12 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
         "--provider",
         "streamco",
     ]);
+    // The counters only grow: the fleet view is current once it holds at least what each
+    // gateway showed right after its play.
+    let direct: u64 = sources
+        .iter()
+        .map(|(_, m)| m["same_region_bytes"].as_u64().unwrap_or(0))
+        .sum();
     let fleet_view = || -> Option<Value> {
         let out = lab.with_token("gw1", token.stdout.trim(), &["fleet", "services", "--json"]);
         let all: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -715,12 +721,19 @@ fn streamco_vod_on_three_lab_gateways_plays_everywhere_from_the_own_region_first
             .values()
             .all(|f| f["same_region_bytes"].is_u64());
         // A gateway's report carries the figures the agent last read inside the service,
-        // which may be from before its play: wait for those of every play.
+        // which may be from before its play, or from while it played (the play counted, its
+        // bytes not yet): wait for those of every whole play.
         let played = vod["figures"]
             .as_object()?
             .values()
             .all(|f| f["plays"].as_u64() == Some(1));
-        (vod["figures"].as_object()?.len() == 3 && full && played).then_some(vod)
+        let same_region: u64 = vod["figures"]
+            .as_object()?
+            .values()
+            .filter_map(|f| f["same_region_bytes"].as_u64())
+            .sum();
+        (vod["figures"].as_object()?.len() == 3 && full && played && same_region >= direct)
+            .then_some(vod)
     };
     let vod = crate::harness::eventually(
         "streamco's figures from the 3 gateways",
