@@ -89,8 +89,9 @@ const FORWARDED: [Signal; 7] = [
 
 /// Runs the init and returns the exit code for the init itself.
 pub fn run(opts: InitOptions) -> i32 {
-    // The filter first, before this process reads anything it was given. A failure is
-    // recorded below, where the log and the status file are at hand; the command never runs.
+    // The filter first, unless the runtime loaded it before the exec (the agent's does, runc
+    // does not). A failure is recorded below, where the log and the status file are at hand;
+    // the command never runs.
     let filtered = crate::seccomp::load_unless_filtered();
     // SAFETY: prctl(PR_SET_DUMPABLE) takes plain integers and touches no memory of ours.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };

@@ -20,7 +20,7 @@ pub mod rules;
 static PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/seccomp.bpf"));
 
 /// The compiled program as the kernel takes it.
-pub fn program() -> Vec<libc::sock_filter> {
+fn program() -> Vec<libc::sock_filter> {
     PROGRAM
         .chunks_exact(8)
         .map(|i| libc::sock_filter {
@@ -52,7 +52,7 @@ pub fn load_unless_filtered() -> io::Result<()> {
 }
 
 /// Installs `program` without allocating, so a test may call it between fork and exit.
-pub fn install(program: &mut [libc::sock_filter]) -> io::Result<()> {
+fn install(program: &mut [libc::sock_filter]) -> io::Result<()> {
     let len = u16::try_from(program.len())
         .map_err(|_| io::Error::other("the seccomp program is longer than the kernel takes"))?;
     let fprog = libc::sock_fprog {
