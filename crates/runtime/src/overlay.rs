@@ -249,8 +249,8 @@ pub fn unmount(target: &Path) -> Result<(), RuntimeError> {
     )))
 }
 
-/// Whether something is mounted on `target` in this process's mount namespace (judged
-/// from `/proc/self/mountinfo`, after resolving symlinks in `target`). A missing `target`
+/// Whether something is mounted on `target` in this process's mount namespace, after
+/// resolving symlinks in `target` (see [`crate::volume::is_mounted`]). A missing `target`
 /// is not mounted.
 pub fn is_mounted(target: &Path) -> Result<bool, RuntimeError> {
     let target = match fs::canonicalize(target) {
