@@ -291,7 +291,7 @@ impl Agent {
         };
         let matches: Vec<state::ServiceRecord> = self
             .store()
-            .list()?
+            .named(bare)?
             .into_iter()
             .filter(|r| who.sees(&r.provider))
             .filter(|r| manifest::bare_name(&r.name) == bare)
@@ -318,7 +318,7 @@ impl Agent {
     /// another provider's service holds it already (then `PROVIDER+NAME`). `Exists` when
     /// `provider` has a service of that name.
     pub(crate) fn new_key(&self, provider: &str, name: &str) -> Result<String, AgentError> {
-        let records = self.store().list()?;
+        let records = self.store().named(name)?;
         if records
             .iter()
             .any(|r| r.provider == provider && manifest::bare_name(&r.name) == name)

@@ -343,7 +343,7 @@ impl Store {
     pub fn list(&self) -> Result<Vec<ServiceRecord>, StateError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT * FROM services ORDER BY name")
+            .prepare_cached("SELECT * FROM services ORDER BY name")
             .map_err(self.db())?;
         let rows = stmt.query_map([], from_row).map_err(self.db())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
@@ -355,10 +355,22 @@ impl Store {
     }
 
     pub fn find(&self, name: &str) -> Result<Option<ServiceRecord>, StateError> {
-        self.conn
-            .query_row("SELECT * FROM services WHERE name = ?1", [name], from_row)
-            .optional()
-            .map_err(self.db())
+        find(&self.conn, name).map_err(self.db())
+    }
+
+    /// The records whose name without its provider (`PROVIDER+`) is `bare`: the service
+    /// named `bare` and any other provider's of that name, in name order.
+    pub fn named(&self, bare: &str) -> Result<Vec<ServiceRecord>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT * FROM services WHERE name = ?1
+                 OR (length(name) > length(?1) + 1 AND substr(name, -length(?1) - 1) = '+' || ?1)
+                 ORDER BY name",
+            )
+            .map_err(self.db())?;
+        let rows = stmt.query_map([bare], from_row).map_err(self.db())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.db())
     }
 
     /// Adds a new record and its event; refuses a name already taken.
@@ -413,9 +425,7 @@ impl Store {
             source,
         };
         let tx = self.conn.transaction().map_err(&db)?;
-        let mut rec = tx
-            .query_row("SELECT * FROM services WHERE name = ?1", [name], from_row)
-            .optional()
+        let mut rec = find(&tx, name)
             .map_err(&db)?
             .ok_or_else(|| StateError::NotFound(name.to_string()))?;
         change(&mut rec);
@@ -492,7 +502,7 @@ impl Store {
     ) -> Result<Vec<EventRecord>, StateError> {
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare_cached(
                 "SELECT id, time_ms, service, kind, message FROM events
                  WHERE id > ?1 AND (?2 IS NULL OR service = ?2) ORDER BY id ASC LIMIT ?3",
             )
@@ -597,14 +607,13 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Result<()> {
     let verb = if insert { "INSERT" } else { "REPLACE" };
-    conn.execute(
-        &format!(
-            "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
-             state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
-             started_at_ms, priority, slot, signer, source, previous, next, probation_until_ms, lan)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
-        ),
-        params![
+    conn.prepare_cached(&format!(
+        "{verb} INTO services (name, provider, version, image_digest, manifest, phase, desired,
+         state, health, pid, pid_start, exit_code, restarts, failures, reason, installed_at_ms,
+         started_at_ms, priority, slot, signer, source, previous, next, probation_until_ms, lan)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25)"
+    ))?
+    .execute(params![
             rec.name,
             rec.provider,
             rec.version,
@@ -635,6 +644,13 @@ fn write(conn: &Connection, rec: &ServiceRecord, insert: bool) -> rusqlite::Resu
     Ok(())
 }
 
+/// The record of `name`, through the connection's statement cache (the hottest query).
+fn find(conn: &Connection, name: &str) -> rusqlite::Result<Option<ServiceRecord>> {
+    conn.prepare_cached("SELECT * FROM services WHERE name = ?1")?
+        .query_row([name], from_row)
+        .optional()
+}
+
 fn release_json(release: &Release) -> String {
     serde_json::to_string(release).expect("a release serializes")
 }
@@ -659,10 +675,10 @@ fn free_slot(conn: &Connection) -> rusqlite::Result<Option<u8>> {
 }
 
 fn journal(conn: &Connection, service: Option<&str>, note: &Note) -> rusqlite::Result<()> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO events (time_ms, service, kind, message) VALUES (?1, ?2, ?3, ?4)",
-        params![now_ms() as i64, service, note.kind, note.message],
-    )?;
+    )?
+    .execute(params![now_ms() as i64, service, note.kind, note.message])?;
     let id = conn.last_insert_rowid();
     if id % 1000 == 0 {
         conn.execute("DELETE FROM events WHERE id <= ?1", [id - EVENTS_KEPT])?;
@@ -793,6 +809,29 @@ mod tests {
             .map(|e| e.kind)
             .collect();
         assert_eq!(kinds, ["installing", "started", "removed"]);
+    }
+
+    #[test]
+    fn named_finds_a_bare_name_under_every_provider_and_nothing_else() {
+        let (_dir, mut s) = store();
+        for (key, provider) in [
+            ("probe", "acme"),
+            ("rival+probe", "rival"),
+            ("probes", "acme"),
+            ("x+probe2", "x"),
+            ("robe", "acme"),
+        ] {
+            let rec = ServiceRecord::new(key, provider, "1", "sha256:00", "");
+            s.insert(&rec, Note::new("installing", "")).unwrap();
+        }
+        let names = |bare: &str| -> Vec<String> {
+            s.named(bare).unwrap().into_iter().map(|r| r.name).collect()
+        };
+        assert_eq!(names("probe"), ["probe", "rival+probe"]);
+        assert_eq!(names("robe"), ["robe"]);
+        assert_eq!(names("probe2"), ["x+probe2"]);
+        assert!(names("ghost").is_empty());
+        assert!(names("").is_empty());
     }
 
     #[test]
