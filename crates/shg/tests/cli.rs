@@ -234,3 +234,63 @@ fn exec_wants_the_command_after_a_double_dash() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("-- <CMD>..."), "{}", stderr(&out));
 }
+
+/// `shg-runtime serve`, the agent's fork server: one answer per request, in order, from a
+/// child forked ahead of the request; a spare child killed while it waits costs no request.
+#[test]
+fn the_runtime_helper_serves_each_request_from_a_spare_child() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_shg-runtime"))
+        .arg("serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run shg-runtime serve");
+    let pid = server.id();
+    let mut requests = server.stdin.take().unwrap();
+    let mut answers = BufReader::new(server.stdout.take().unwrap());
+    let mut ask = |request: &[u8]| {
+        requests.write_all(request).unwrap();
+        requests.flush().unwrap();
+        let mut line = String::new();
+        answers.read_line(&mut line).unwrap();
+        line
+    };
+    // The spare forked while the server waits: its only child.
+    let spare = || {
+        for _ in 0..200 {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            let children: Vec<i32> = children
+                .split_whitespace()
+                .map(|c| c.parse().unwrap())
+                .collect();
+            if let [one] = children[..] {
+                return one;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("shg-runtime serve keeps no single spare child");
+    };
+
+    assert_eq!(ask(b"nope\n"), "!`nope` is not served (only `create`)\n");
+    let first = spare();
+    assert_eq!(ask(b"nope\0again\n"), "!`nope` is not served (only `create`)\n");
+    let second = spare();
+    assert_ne!(first, second, "each request has a child of its own");
+    // SAFETY: kill with a PID this test just read from the server's children.
+    unsafe { libc::kill(second, libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(ask(b"create\n"), "!shg-runtime create: missing container name\n");
+    assert_eq!(ask(b"\xff\n"), "!the request is not UTF-8\n");
+
+    let last = spare();
+    drop(requests);
+    let status = server.wait().unwrap();
+    assert!(status.success(), "the server ends when its input does: {status}");
+    assert!(
+        !Path::new(&format!("/proc/{last}")).exists(),
+        "the spare child {last} outlived its server"
+    );
+}
