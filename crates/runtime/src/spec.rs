@@ -107,26 +107,44 @@ pub fn io_weight_supported(cgroup_root: &Path) -> bool {
             .is_ok_and(|c| c.split_whitespace().any(|c| c == "io"))
 }
 
-/// [`READONLY_PATHS`] plus /sys/fs/cgroup and each cgroup hierarchy under it.
-///
-/// libcontainer mounts the v1 hierarchies into the container writable whatever the mount's
-/// options say, and a root service could then raise its own limits; read-only bind remounts
-/// of each hierarchy close that. The list comes from the host (hierarchies differ between
-/// hosts); a path missing in the container is skipped by the runtime.
-pub fn readonly_paths(cgroup_root: &Path) -> Vec<String> {
-    let mut paths: Vec<String> = READONLY_PATHS.iter().map(|p| p.to_string()).collect();
-    paths.push("/sys/fs/cgroup".into());
-    if let Ok(entries) = std::fs::read_dir(cgroup_root) {
-        let mut names: Vec<String> = entries
-            .flatten()
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.contains(|c: char| c.is_whitespace()))
-            .collect();
-        names.sort();
-        paths.extend(names.into_iter().map(|n| format!("/sys/fs/cgroup/{n}")));
+/// The cgroup controllers whose v1 hierarchies a service sees (read-only, rooted at its own
+/// cgroup): the ones programs read to size themselves (a JVM's heap, Go's GOMAXPROCS).
+pub const VISIBLE_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "cpuset", "memory", "pids"];
+
+/// The host's cgroup v1 hierarchies a service sees, by name under the cgroup root
+/// (`memory`, or `cpu,cpuacct` where two are mounted together, with `cpu` and `cpuacct` as
+/// the links to it); `None` on a cgroup v2 host, whose one hierarchy the runtime mounts.
+pub fn visible_hierarchies(cgroup_root: &Path) -> Option<Vec<String>> {
+    if cgroup_root.join("cgroup.controllers").exists() {
+        return None;
     }
-    paths
+    let mut names: Vec<String> = std::fs::read_dir(cgroup_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        // A link to a directory (`cpu` -> `cpu,cpuacct`) counts: programs look for both.
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.split(',').any(|c| VISIBLE_CONTROLLERS.contains(&c))
+                && !n.contains(|c: char| c.is_whitespace() || c == '/')
+        })
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// [`READONLY_PATHS`] plus /sys/fs/cgroup.
+///
+/// On cgroup v1 that is the small tmpfs holding the read-only binds of [`cgroup_mounts`]; on
+/// v2 the runtime's own cgroup mount, which libcontainer makes writable whatever the mount's
+/// options say: a root service could then raise its own limits.
+fn readonly_paths() -> Vec<String> {
+    READONLY_PATHS
+        .iter()
+        .map(|p| p.to_string())
+        .chain(["/sys/fs/cgroup".to_string()])
+        .collect()
 }
 
 /// CPU weight (v1 `cpu.shares`; 1024 = one core) in proportion to the reservation, raised by
@@ -229,7 +247,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
             // Podman do: a service can ping without CAP_NET_RAW. Only its own namespace.
             "sysctl": { "net.ipv4.ping_group_range": "0 2147483647" },
             "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": readonly_paths(&spec.cgroup_root),
+            "readonlyPaths": readonly_paths(),
             // No `seccomp`: the init loads the filter itself, compiled at build time (see
             // `crate::seccomp`), under libcontainer and under runc alike.
         },
@@ -239,6 +257,12 @@ pub fn config(spec: &ServiceSpec) -> Value {
 fn mounts(spec: &ServiceSpec) -> Value {
     let mut mounts = base_mounts(spec);
     if let Value::Array(list) = &mut mounts {
+        // Right after /sys: the service's view of its own cgroups.
+        let at = list
+            .iter()
+            .position(|m| m["destination"] == "/sys")
+            .map_or(0, |i| i + 1);
+        list.splice(at..at, cgroup_mounts(spec));
         for (destination, source) in &spec.etc_files {
             list.push(
                 json!({ "destination": destination, "type": "bind", "source": source,
@@ -246,6 +270,32 @@ fn mounts(spec: &ServiceSpec) -> Value {
             );
         }
     }
+    mounts
+}
+
+/// /sys/fs/cgroup in the container. On cgroup v1, a tmpfs with a read-only bind of the
+/// service's own cgroup from each [`visible_hierarchies`]: a handful of mounts, where the
+/// runtime's own cgroup mount makes one per host hierarchy (nine here) and each of them then
+/// needs a read-only remount. The service sees the limits and usage of its own cgroup, as
+/// with a cgroup namespace (its `/proc/self/cgroup` says `/`), and nothing of the others'.
+/// On cgroup v2, the runtime's cgroup mount (one).
+fn cgroup_mounts(spec: &ServiceSpec) -> Vec<Value> {
+    let Some(hierarchies) = visible_hierarchies(&spec.cgroup_root) else {
+        return vec![
+            json!({ "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] }),
+        ];
+    };
+    let own = cgroup_path(&spec.cgroup_parent, &spec.name);
+    let mut mounts = vec![
+        json!({ "destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs",
+                                  "options": ["nosuid", "noexec", "nodev", "mode=755", "size=64k"] }),
+    ];
+    mounts.extend(hierarchies.iter().map(|h| {
+        json!({ "destination": format!("/sys/fs/cgroup/{h}"), "type": "bind",
+                "source": format!("{}/{h}{own}", spec.cgroup_root.display()),
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"] })
+    }));
     mounts
 }
 
@@ -263,8 +313,6 @@ fn base_mounts(spec: &ServiceSpec) -> Value {
           "options": ["nosuid", "noexec", "nodev"] },
         { "destination": "/sys", "type": "sysfs", "source": "sysfs",
           "options": ["nosuid", "noexec", "nodev", "ro"] },
-        { "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-          "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] },
         { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
           "options": ["nosuid", "nodev", "mode=1777", format!("size={}", spec.tmp_size)] },
         { "destination": DATA_PATH, "type": "bind", "source": spec.data_dir,
@@ -406,29 +454,95 @@ mod tests {
     }
 
     #[test]
-    fn every_cgroup_hierarchy_is_read_only() {
+    fn a_v1_service_sees_its_own_cgroups_read_only_in_the_hierarchies_programs_read() {
         let root = tempfile::tempdir().unwrap();
-        for dir in ["memory", "pids", "cpu,cpuacct"] {
+        for dir in [
+            "memory",
+            "pids",
+            "cpu,cpuacct",
+            "devices",
+            "systemd",
+            "unified",
+        ] {
             std::fs::create_dir(root.path().join(dir)).unwrap();
         }
         std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpu")).unwrap();
-        let paths = readonly_paths(root.path());
-        for want in [
-            "/sys/fs/cgroup",
-            "/sys/fs/cgroup/memory",
-            "/sys/fs/cgroup/pids",
-            "/sys/fs/cgroup/cpu,cpuacct",
-            "/proc/sys",
-        ] {
-            assert!(
-                paths.iter().any(|p| p == want),
-                "{want} missing from {paths:?}"
-            );
-        }
-        assert!(
-            !paths.iter().any(|p| p == "/sys/fs/cgroup/cpu"),
-            "symlinks are not remounted"
+        std::os::unix::fs::symlink("cpu,cpuacct", root.path().join("cpuacct")).unwrap();
+        assert_eq!(
+            visible_hierarchies(root.path()).unwrap(),
+            ["cpu", "cpu,cpuacct", "cpuacct", "memory", "pids"]
         );
+        let mut spec = sample();
+        spec.cgroup_root = root.path().to_path_buf();
+        let config = config(&spec);
+        let mounts = config["mounts"].as_array().unwrap();
+        let under: Vec<&Value> = mounts
+            .iter()
+            .filter(|m| {
+                m["destination"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/sys/fs/cgroup")
+            })
+            .collect();
+        assert_eq!(under[0]["destination"], "/sys/fs/cgroup");
+        assert_eq!(under[0]["type"], "tmpfs");
+        let memory = under
+            .iter()
+            .find(|m| m["destination"] == "/sys/fs/cgroup/memory")
+            .unwrap();
+        assert_eq!(
+            memory["source"],
+            format!("{}/memory/shg/camera", root.path().display())
+        );
+        for bind in &under[1..] {
+            assert_eq!(bind["type"], "bind");
+            let options: Vec<&str> = bind["options"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o.as_str().unwrap())
+                .collect();
+            assert!(options.contains(&"ro"), "{bind} is writable");
+        }
+        assert_eq!(under.len(), 6, "{under:?}");
+        // The tmpfs comes after /sys, which it sits in.
+        let at = |d: &str| mounts.iter().position(|m| m["destination"] == d).unwrap();
+        assert!(at("/sys") < at("/sys/fs/cgroup"));
+        assert!(config["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/sys/fs/cgroup"));
+    }
+
+    #[test]
+    fn a_v2_service_gets_the_runtime_s_cgroup_mount_read_only() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        std::fs::create_dir(root.path().join("system.slice")).unwrap();
+        assert_eq!(visible_hierarchies(root.path()), None);
+        let mut spec = sample();
+        spec.cgroup_root = root.path().to_path_buf();
+        let config = config(&spec);
+        let under: Vec<&Value> = config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m["destination"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/sys/fs/cgroup")
+            })
+            .collect();
+        assert_eq!(under.len(), 1);
+        assert_eq!(under[0]["type"], "cgroup");
+        assert!(config["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/sys/fs/cgroup"));
     }
 
     #[test]

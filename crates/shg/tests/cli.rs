@@ -276,19 +276,28 @@ fn the_runtime_helper_serves_each_request_from_a_spare_child() {
 
     assert_eq!(ask(b"nope\n"), "!`nope` is not served (only `create`)\n");
     let first = spare();
-    assert_eq!(ask(b"nope\0again\n"), "!`nope` is not served (only `create`)\n");
+    assert_eq!(
+        ask(b"nope\0again\n"),
+        "!`nope` is not served (only `create`)\n"
+    );
     let second = spare();
     assert_ne!(first, second, "each request has a child of its own");
     // SAFETY: kill with a PID this test just read from the server's children.
     unsafe { libc::kill(second, libc::SIGKILL) };
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(ask(b"create\n"), "!shg-runtime create: missing container name\n");
+    assert_eq!(
+        ask(b"create\n"),
+        "!shg-runtime create: missing container name\n"
+    );
     assert_eq!(ask(b"\xff\n"), "!the request is not UTF-8\n");
 
     let last = spare();
     drop(requests);
     let status = server.wait().unwrap();
-    assert!(status.success(), "the server ends when its input does: {status}");
+    assert!(
+        status.success(),
+        "the server ends when its input does: {status}"
+    );
     assert!(
         !Path::new(&format!("/proc/{last}")).exists(),
         "the spare child {last} outlived its server"

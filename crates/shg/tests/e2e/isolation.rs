@@ -428,6 +428,29 @@ pids = { limit = 32 }
         ("32", "50000")
     );
 
+    // The service reads its own limits where programs look for them (a JVM sizes its heap,
+    // Go its GOMAXPROCS), at the root of its own cgroup, and sees no other hierarchy.
+    let inside = gw.shg(&[
+        "exec",
+        "capped",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/pids/pids.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us; \
+         grep -c . /sys/fs/cgroup/memory/memory.limit_in_bytes; grep :pids: /proc/self/cgroup; \
+         ls /sys/fs/cgroup",
+    ]);
+    assert!(inside.ok(), "{inside}");
+    let lines: Vec<&str> = inside.stdout.lines().collect();
+    assert_eq!(lines[..3], ["32", "50000", "1"][..], "{inside}");
+    assert!(lines[3].ends_with(":pids:/"), "{inside}");
+    let mut visible = lines[4..].to_vec();
+    visible.sort();
+    let expected = runtime::spec::visible_hierarchies(std::path::Path::new("/sys/fs/cgroup"))
+        .expect("a cgroup v1 host");
+    assert!(expected.iter().any(|h| h == "memory"), "{expected:?}");
+    assert_eq!(visible, expected, "{inside}");
+
     for (file, value) in [("pids/pids.max", "max"), ("cpu/cpu.cfs_quota_us", "-1")] {
         let out = gw.shg(&[
             "exec",
