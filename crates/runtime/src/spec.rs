@@ -453,6 +453,36 @@ mod tests {
         assert!(io_weight_supported(root.path()));
     }
 
+    /// The sample service's bundle on a host whose cgroups are mounted at `cgroup_root`.
+    fn config_on(cgroup_root: &Path) -> Value {
+        let mut spec = sample();
+        spec.cgroup_root = cgroup_root.to_path_buf();
+        config(&spec)
+    }
+
+    /// The bundle's mounts at or under /sys/fs/cgroup, in order.
+    fn cgroup_mounts_of(config: &Value) -> Vec<&Value> {
+        config["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| {
+                m["destination"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/sys/fs/cgroup")
+            })
+            .collect()
+    }
+
+    fn cgroup_root_is_read_only(config: &Value) -> bool {
+        config["linux"]["readonlyPaths"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "/sys/fs/cgroup")
+    }
+
     #[test]
     fn a_v1_service_sees_its_own_cgroups_read_only_in_the_hierarchies_programs_read() {
         let root = tempfile::tempdir().unwrap();
@@ -472,19 +502,9 @@ mod tests {
             visible_hierarchies(root.path()).unwrap(),
             ["cpu", "cpu,cpuacct", "cpuacct", "memory", "pids"]
         );
-        let mut spec = sample();
-        spec.cgroup_root = root.path().to_path_buf();
-        let config = config(&spec);
+        let config = config_on(root.path());
         let mounts = config["mounts"].as_array().unwrap();
-        let under: Vec<&Value> = mounts
-            .iter()
-            .filter(|m| {
-                m["destination"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("/sys/fs/cgroup")
-            })
-            .collect();
+        let under = cgroup_mounts_of(&config);
         assert_eq!(under[0]["destination"], "/sys/fs/cgroup");
         assert_eq!(under[0]["type"], "tmpfs");
         let memory = under
@@ -509,11 +529,7 @@ mod tests {
         // The tmpfs comes after /sys, which it sits in.
         let at = |d: &str| mounts.iter().position(|m| m["destination"] == d).unwrap();
         assert!(at("/sys") < at("/sys/fs/cgroup"));
-        assert!(config["linux"]["readonlyPaths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "/sys/fs/cgroup"));
+        assert!(cgroup_root_is_read_only(&config));
     }
 
     #[test]
@@ -522,27 +538,11 @@ mod tests {
         std::fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
         std::fs::create_dir(root.path().join("system.slice")).unwrap();
         assert_eq!(visible_hierarchies(root.path()), None);
-        let mut spec = sample();
-        spec.cgroup_root = root.path().to_path_buf();
-        let config = config(&spec);
-        let under: Vec<&Value> = config["mounts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| {
-                m["destination"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with("/sys/fs/cgroup")
-            })
-            .collect();
+        let config = config_on(root.path());
+        let under = cgroup_mounts_of(&config);
         assert_eq!(under.len(), 1);
         assert_eq!(under[0]["type"], "cgroup");
-        assert!(config["linux"]["readonlyPaths"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "/sys/fs/cgroup"));
+        assert!(cgroup_root_is_read_only(&config));
     }
 
     #[test]
