@@ -257,9 +257,11 @@ fn the_runtime_helper_serves_each_request_from_a_spare_child() {
         answers.read_line(&mut line).unwrap();
         line
     };
-    // The spare forked while the server waits: its only child.
-    let spare = || {
-        for _ in 0..200 {
+    // The spare forked while the server waits: its only child, and a new one after each
+    // request (the child that served the last one may still be ending when the answer comes).
+    let mut seen = Vec::new();
+    let mut spare = || {
+        for _ in 0..1000 {
             let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
                 .unwrap_or_default();
             let children: Vec<i32> = children
@@ -267,24 +269,48 @@ fn the_runtime_helper_serves_each_request_from_a_spare_child() {
                 .map(|c| c.parse().unwrap())
                 .collect();
             if let [one] = children[..] {
-                return one;
+                if !seen.contains(&one) {
+                    seen.push(one);
+                    return one;
+                }
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        panic!("shg-runtime serve keeps no single spare child");
+        panic!("shg-runtime serve forks no new spare child");
+    };
+    let state = |child: i32| {
+        std::fs::read_to_string(format!("/proc/{child}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim().chars().next())
+            })
+            .flatten()
     };
 
+    // Each request is served by the spare forked before it, and a new spare follows.
+    spare();
     assert_eq!(ask(b"nope\n"), "!`nope` is not served (only `create`)\n");
-    let first = spare();
+    spare();
     assert_eq!(
         ask(b"nope\0again\n"),
         "!`nope` is not served (only `create`)\n"
     );
-    let second = spare();
-    assert_ne!(first, second, "each request has a child of its own");
+    let third = spare();
     // SAFETY: kill with a PID this test just read from the server's children.
-    unsafe { libc::kill(second, libc::SIGKILL) };
-    std::thread::sleep(std::time::Duration::from_millis(50));
+    unsafe { libc::kill(third, libc::SIGKILL) };
+    // Dead (a zombie until the server reaps it) before the next request is sent.
+    for _ in 0..1000 {
+        if state(third) == Some('Z') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        state(third),
+        Some('Z'),
+        "the killed spare {third} did not die"
+    );
     assert_eq!(
         ask(b"create\n"),
         "!shg-runtime create: missing container name\n"
