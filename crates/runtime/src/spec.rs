@@ -255,22 +255,15 @@ pub fn config(spec: &ServiceSpec) -> Value {
 }
 
 fn mounts(spec: &ServiceSpec) -> Value {
-    let mut mounts = base_mounts(spec);
-    if let Value::Array(list) = &mut mounts {
-        // Right after /sys: the service's view of its own cgroups.
-        let at = list
-            .iter()
-            .position(|m| m["destination"] == "/sys")
-            .map_or(0, |i| i + 1);
-        list.splice(at..at, cgroup_mounts(spec));
-        for (destination, source) in &spec.etc_files {
-            list.push(
-                json!({ "destination": destination, "type": "bind", "source": source,
-                              "options": ["bind", "ro", "nosuid", "nodev", "noexec"] }),
-            );
-        }
-    }
-    mounts
+    let mut list = kernel_mounts();
+    // Inside /sys: the service's view of its own cgroups.
+    list.extend(cgroup_mounts(spec));
+    list.extend(service_mounts(spec));
+    list.extend(spec.etc_files.iter().map(|(destination, source)| {
+        json!({ "destination": destination, "type": "bind", "source": source,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"] })
+    }));
+    Value::Array(list)
 }
 
 /// /sys/fs/cgroup in the container. On cgroup v1, a tmpfs with a read-only bind of the
@@ -299,27 +292,34 @@ fn cgroup_mounts(spec: &ServiceSpec) -> Vec<Value> {
     mounts
 }
 
-fn base_mounts(spec: &ServiceSpec) -> Value {
-    json!([
-        { "destination": "/proc", "type": "proc", "source": "proc",
-          "options": ["nosuid", "noexec", "nodev"] },
-        { "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] },
-        { "destination": "/dev/pts", "type": "devpts", "source": "devpts",
-          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] },
-        { "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=16m"] },
-        { "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-          "options": ["nosuid", "noexec", "nodev"] },
-        { "destination": "/sys", "type": "sysfs", "source": "sysfs",
-          "options": ["nosuid", "noexec", "nodev", "ro"] },
-        { "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-          "options": ["nosuid", "nodev", "mode=1777", format!("size={}", spec.tmp_size)] },
-        { "destination": DATA_PATH, "type": "bind", "source": spec.data_dir,
-          "options": ["rbind", "rw", "nosuid", "nodev"] },
-        { "destination": INIT_PATH, "type": "bind", "source": spec.init_binary,
-          "options": ["bind", "ro", "nosuid", "nodev"] },
-    ])
+/// The kernel's filesystems every container has, /sys last.
+fn kernel_mounts() -> Vec<Value> {
+    vec![
+        json!({ "destination": "/proc", "type": "proc", "source": "proc",
+                "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"] }),
+        json!({ "destination": "/dev/pts", "type": "devpts", "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"] }),
+        json!({ "destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=16m"] }),
+        json!({ "destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"] }),
+        json!({ "destination": "/sys", "type": "sysfs", "source": "sysfs",
+                "options": ["nosuid", "noexec", "nodev", "ro"] }),
+    ]
+}
+
+/// The service's own: its /tmp, its data and the init.
+fn service_mounts(spec: &ServiceSpec) -> Vec<Value> {
+    vec![
+        json!({ "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "nodev", "mode=1777", format!("size={}", spec.tmp_size)] }),
+        json!({ "destination": DATA_PATH, "type": "bind", "source": spec.data_dir,
+                "options": ["rbind", "rw", "nosuid", "nodev"] }),
+        json!({ "destination": INIT_PATH, "type": "bind", "source": spec.init_binary,
+                "options": ["bind", "ro", "nosuid", "nodev"] }),
+    ]
 }
 
 /// Deny every device, then grant the few character devices every program expects.
