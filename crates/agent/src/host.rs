@@ -147,6 +147,7 @@ impl Host {
                 runtime_binary: cfg.runtime_binary.clone(),
                 helper: ForkServer::default(),
                 state_root: Layout::new(&cfg.state_dir).containers(),
+                services: Layout::new(&cfg.state_dir).services(),
                 proc_root: cfg.proc_root.clone(),
             }),
             mounts: Arc::new(SystemMounts {
@@ -165,6 +166,9 @@ struct SystemContainers {
     helper: ForkServer,
     /// libcontainer's state root, `STATE/containers`.
     state_root: PathBuf,
+    /// `STATE/services`, whose mounts the runtime helper keeps out of its own mount table
+    /// (`runtime::mountns`).
+    services: PathBuf,
     proc_root: PathBuf,
 }
 
@@ -194,7 +198,10 @@ impl Containers for SystemContainers {
                     req.name
                 ))
             })?;
-            let answer = self.helper.ask(&self.runtime_binary, &request).await?;
+            let answer = self
+                .helper
+                .ask(&self.runtime_binary, &self.services, &request)
+                .await?;
             match forkserver::answer(&answer) {
                 Ok(pid) => pid.parse().map_err(|_| {
                     CreateError::Refused(format!(
@@ -267,7 +274,12 @@ impl ForkServer {
     /// The server is taken out of its slot while it works and put back only once it has
     /// answered: were this future dropped halfway (its caller gone), the server goes with it
     /// rather than leave its answer to be read as the next request's.
-    async fn ask(&self, binary: &Path, request: &[u8]) -> Result<String, CreateError> {
+    async fn ask(
+        &self,
+        binary: &Path,
+        services: &Path,
+        request: &[u8],
+    ) -> Result<String, CreateError> {
         use tokio::io::AsyncWriteExt;
         let mut slot = self.0.lock().await;
         let mut served = slot.take();
@@ -277,7 +289,8 @@ impl ForkServer {
         };
         if sent.is_err() {
             // None runs, or it ended since the last request: nothing was sent, start one.
-            let fresh = served.insert(Served::start(binary).map_err(CreateError::Helper)?);
+            let fresh =
+                served.insert(Served::start(binary, services).map_err(CreateError::Helper)?);
             sent = fresh.requests.write_all(request).await;
         }
         let mut served = served.expect("started above");
@@ -300,9 +313,11 @@ impl ForkServer {
 }
 
 impl Served {
-    fn start(binary: &Path) -> io::Result<Served> {
+    fn start(binary: &Path, services: &Path) -> io::Result<Served> {
         let mut process = tokio::process::Command::new(binary)
             .arg("serve")
+            .arg("--services")
+            .arg(services)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)

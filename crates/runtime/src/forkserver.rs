@@ -41,11 +41,16 @@ pub fn answer(line: &str) -> Result<&str, &str> {
     }
 }
 
-/// Serves requests from stdin until it ends, each in a child forked ahead of time that runs
-/// `handle`. Returns the process's exit code.
+/// Serves requests from stdin until it ends, each in a child forked ahead of time: the child
+/// runs `prepare` at once, then `handle` with what it returned when the request comes.
+/// Returns the process's exit code.
 ///
 /// Must run in a single-threaded process: the children run arbitrary code after the fork.
-pub fn serve(handle: impl Fn(&[String]) -> Result<String, String>) -> i32 {
+pub fn serve<S>(
+    prepare: impl Fn() -> S,
+    handle: impl Fn(S, &[String]) -> Result<String, String>,
+) -> i32 {
+    let work = Work { prepare, handle };
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = Vec::new();
@@ -53,7 +58,7 @@ pub fn serve(handle: impl Fn(&[String]) -> Result<String, String>) -> i32 {
     loop {
         // Forked now, between requests, rather than when the next one arrives.
         if spare.is_none() {
-            spare = Spare::fork(&handle).ok();
+            spare = Spare::fork(&work).ok();
         }
         line.clear();
         match input.read_until(b'\n', &mut line) {
@@ -80,7 +85,7 @@ pub fn serve(handle: impl Fn(&[String]) -> Result<String, String>) -> i32 {
         // to a fresh child instead.
         let child = match spare.take().map(|s| s.give(&line)) {
             Some(Ok(child)) => Ok(child),
-            _ => Spare::fork(&handle)
+            _ => Spare::fork(&work)
                 .map_err(std::io::Error::from)
                 .and_then(|s| s.give(&line)),
         };
@@ -106,6 +111,12 @@ pub fn serve(handle: impl Fn(&[String]) -> Result<String, String>) -> i32 {
     }
 }
 
+/// What a child does: ahead of its request, then with it.
+struct Work<P, H> {
+    prepare: P,
+    handle: H,
+}
+
 /// A child forked ahead of its request, waiting for it on a pipe.
 struct Spare {
     pid: Pid,
@@ -114,7 +125,9 @@ struct Spare {
 }
 
 impl Spare {
-    fn fork(handle: &impl Fn(&[String]) -> Result<String, String>) -> nix::Result<Spare> {
+    fn fork<S>(
+        work: &Work<impl Fn() -> S, impl Fn(S, &[String]) -> Result<String, String>>,
+    ) -> nix::Result<Spare> {
         let (from_server, requests) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let server = nix::unistd::getpid();
         // SAFETY: this process has a single thread, so the child may run any code.
@@ -127,12 +140,13 @@ impl Spare {
                     // SAFETY: ends the child at once, as below.
                     unsafe { libc::_exit(1) }
                 }
+                let prepared = (work.prepare)();
                 let mut line = Vec::new();
                 let code = match std::fs::File::from(from_server).read_to_end(&mut line) {
                     // The server ended without a request for this child.
                     Ok(0) | Err(_) => 1,
                     Ok(_) => {
-                        let result = words(&line).and_then(|words| handle(&words));
+                        let result = words(&line).and_then(|words| (work.handle)(prepared, &words));
                         match reply(&result) {
                             Ok(()) => 0,
                             Err(_) => 1,

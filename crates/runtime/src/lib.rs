@@ -7,6 +7,7 @@ pub mod container;
 pub mod forkserver;
 pub mod init;
 pub mod logfile;
+pub mod mountns;
 pub mod net;
 pub mod overlay;
 pub mod process;

@@ -3,7 +3,8 @@
 //!
 //! 1. install-to-running and run-to-exit of a `/bin/true` service, against `runc run` of the
 //!    very same bundle, its overlay root mounted as README (Containers) tells an operator;
-//! 2. the agent's memory (PSS) idle and with 50 sleeping services;
+//! 2. the agent's memory (PSS) idle and with 50 sleeping services, and the start-to-exit and
+//!    `runc run` pairs of 1. again while those 50 run;
 //! 3. what sampling every service's cgroup once a second costs the agent with those 50;
 //! 4. the CPU share a service reserving half a core keeps while a neighbour spins.
 //!
@@ -53,6 +54,74 @@ struct Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         common::remove_all_and_stop(&self.shg, &self.socket, &mut self.child);
+    }
+}
+
+/// One `shg start` of the exited service `truth` and one `runc run` of its bundle, in turn.
+struct Pairs<'a> {
+    client: &'a api::Client,
+    runc_root: &'a Path,
+    bundle: &'a Path,
+    rootfs: &'a Path,
+    logs: &'a Path,
+}
+
+impl Pairs<'_> {
+    /// `runs` pairs; the times (ms) of the starts, to the exit seen on the event stream
+    /// (`exited`), and of the runc runs. `tag` keeps the runc container ids apart.
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        tag: &str,
+        runs: usize,
+        exited: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (client, runc_root, bundle, rootfs, logs) = (
+            self.client,
+            self.runc_root,
+            self.bundle,
+            self.rootfs,
+            self.logs,
+        );
+        let mut run_ms = Vec::new();
+        let mut runc_ms = Vec::new();
+        for i in 0..runs {
+            // The same quiet before each side, so both meet the kernel in the same state: on
+            // cgroup v1 the first cgroup move after a quiet spell waits for an RCU grace period
+            // (up to 30 ms here while the machine is busy), and runc's run would otherwise come
+            // right before this start, warming it for shg alone.
+            std::thread::sleep(Duration::from_millis(50));
+            rt.block_on(async {
+                let t = Instant::now();
+                client.start("truth").await.expect("start");
+                let message = tokio::time::timeout(Duration::from_secs(30), exited.recv())
+                    .await
+                    .expect("truth exited within 30 s")
+                    .expect("the event stream ended");
+                run_ms.push(ms(t.elapsed()));
+                assert!(
+                    message.ends_with("exited with code 0"),
+                    "truth did not exit cleanly: {message}"
+                );
+            });
+            // The agent removes the container (2-3 ms) after it records the exit: let it finish,
+            // so that runc does not share the machine with it.
+            std::thread::sleep(Duration::from_millis(50));
+            let id = format!("{tag}-{i}");
+            let t = Instant::now();
+            let status = runc_run(runc_root, bundle, logs, &id);
+            runc_ms.push(ms(t.elapsed()));
+            // Outside the time: `runc run` removes its container as it ends, as the agent does
+            // after the exit it records; this only catches a run that failed halfway.
+            runc_delete(runc_root, &id);
+            assert!(
+                status,
+                "runc run of the shg bundle {} failed (its root {} mounted as README says); run it by hand to see why",
+                bundle.display(),
+                rootfs.display()
+            );
+        }
+        (run_ms, runc_ms)
     }
 }
 
@@ -188,53 +257,14 @@ fn main() {
             .await
             .expect("the event stream shows truth's exit within 30 s");
     });
-    let mut run_ms = Vec::new();
-    let mut runc_ms = Vec::new();
-    for i in 0..runs {
-        // The same quiet before each side, so both meet the kernel in the same state: on
-        // cgroup v1 the first cgroup move after a quiet spell waits for an RCU grace period
-        // (up to 30 ms here while the machine is busy), and runc's run would otherwise come
-        // right before this start, warming it for shg alone.
-        std::thread::sleep(Duration::from_millis(50));
-        rt.block_on(async {
-            let t = Instant::now();
-            client.start("truth").await.expect("start");
-            let message = tokio::time::timeout(Duration::from_secs(30), exited.recv())
-                .await
-                .expect("truth exited within 30 s")
-                .expect("the event stream ended");
-            run_ms.push(ms(t.elapsed()));
-            assert!(
-                message.ends_with("exited with code 0"),
-                "truth did not exit cleanly: {message}"
-            );
-        });
-        // The agent removes the container (2-3 ms) after it records the exit: let it finish,
-        // so that runc does not share the machine with it.
-        std::thread::sleep(Duration::from_millis(50));
-        let id = format!("bench-{i}");
-        let t = Instant::now();
-        let status = runc_run(&runc_root, &bundle, &logs, &id);
-        runc_ms.push(ms(t.elapsed()));
-        // Outside the time: `runc run` removes its container as it ends, as the agent does
-        // after the exit it records; this only catches a run that failed halfway.
-        runc_delete(&runc_root, &id);
-        assert!(
-            status,
-            "runc run of the shg bundle {} failed (its root {} mounted as README says); run it by hand to see why",
-            bundle.display(),
-            rootfs.display()
-        );
-    }
-    follower.abort();
-    // Removal unmounts everything under the service's directory, the bench's mount included.
-    rt.block_on(async { client.remove("truth").await.expect("remove") });
-    assert!(
-        !is_mounted(&rootfs),
-        "{} is still mounted after the removal of its service",
-        rootfs.display()
-    );
-
+    let pairs = Pairs {
+        client: &client,
+        runc_root: &runc_root,
+        bundle: &bundle,
+        rootfs: &rootfs,
+        logs: &logs,
+    };
+    let (mut run_ms, mut runc_ms) = pairs.run(&rt, "bench", runs, &mut exited);
     // --- memory -----------------------------------------------------------------------
     let pid = agent.child.id() as i32;
     std::thread::sleep(Duration::from_millis(500));
@@ -258,6 +288,17 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let busy = memory(pid);
+    // The same pairs again, beside the running sleepers: every one of them adds its root and
+    // its volume to the host's mount table, which the runtimes read at each start.
+    let (mut crowded_ms, mut crowded_runc_ms) = pairs.run(&rt, "crowded", runs, &mut exited);
+    follower.abort();
+    // Removal unmounts everything under the service's directory, the bench's mount included.
+    rt.block_on(async { client.remove("truth").await.expect("remove") });
+    assert!(
+        !is_mounted(&rootfs),
+        "{} is still mounted after the removal of its service",
+        rootfs.display()
+    );
     // The binary's file pages are shared with every container's init (the same file), so
     // PSS falls as services start; the agent's own growth is its anonymous memory.
     let per_service = (busy.anon as f64 - idle.anon as f64) / scale.sleepers as f64;
@@ -286,6 +327,25 @@ fn main() {
         "  ratio, median of the {} pairs         {:>8.2}",
         pair_ratios.len(),
         median(&mut pair_ratios)
+    );
+    let mut crowded_pairs: Vec<f64> = crowded_ms
+        .iter()
+        .zip(&crowded_runc_ms)
+        .map(|(s, r)| s / r)
+        .collect();
+    let crowd = format!("({} services running)", scale.sleepers);
+    println!(
+        "  shg start-to-exit {crowd:<19}{:>8.1} ms",
+        median(&mut crowded_ms)
+    );
+    println!(
+        "  runc run to exit  {crowd:<19}{:>8.1} ms",
+        median(&mut crowded_runc_ms)
+    );
+    println!(
+        "  ratio, median of the {} pairs, crowded {:>6.2}",
+        crowded_pairs.len(),
+        median(&mut crowded_pairs)
     );
     let mib = |kib: u64| kib as f64 / 1024.0;
     let busy_label = format!("with {} sleeping services", scale.sleepers);

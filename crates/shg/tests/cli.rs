@@ -329,3 +329,94 @@ fn the_runtime_helper_serves_each_request_from_a_spare_child() {
         "the spare child {last} outlived its server"
     );
 }
+
+#[test]
+fn the_runtime_helper_keeps_the_services_mounts_out_of_its_mount_table() {
+    use std::process::Stdio;
+    // SAFETY: geteuid only reads this process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let services = dir.path().join("services");
+    let (before, after) = (services.join("old/rootfs"), services.join("new/rootfs"));
+    for d in [&before, &after] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let mount = |target: &Path| {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(target)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount tmpfs on {}", target.display());
+    };
+    let mounted_in = |pid: u32, target: &Path| {
+        let table = std::fs::read(format!("/proc/{pid}/mountinfo")).unwrap();
+        runtime::mountns::mounts_under(&table, target.parent().unwrap())
+            .iter()
+            .any(|p| p == target)
+    };
+    // A service's root mounted before the helper starts (an agent restarted beside running
+    // services), and one mounted after (a service installed since).
+    mount(&before);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_shg-runtime"))
+        .args(["serve", "--services"])
+        .arg(&services)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run shg-runtime serve");
+    let pid = server.id();
+    let mut spare = None;
+    for _ in 0..1000 {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        spare = children
+            .split_whitespace()
+            .next()
+            .map(|c| c.parse::<u32>().unwrap());
+        if spare.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let spare = spare.expect("shg-runtime serve forks a spare child");
+    mount(&after);
+
+    let host = std::process::id();
+    let seen = [
+        (
+            "the host",
+            mounted_in(host, &before),
+            mounted_in(host, &after),
+        ),
+        (
+            "the server",
+            mounted_in(pid, &before),
+            mounted_in(pid, &after),
+        ),
+        (
+            "its spare child",
+            mounted_in(spare, &before),
+            mounted_in(spare, &after),
+        ),
+    ];
+    drop(server.stdin.take());
+    let _ = server.wait();
+    for target in [&before, &after] {
+        let _ = Command::new("umount").arg(target).status();
+    }
+    // The host keeps both: the server's detaching happened in its own table only. The
+    // attaching of a service's directory at each create is what every start of the e2e
+    // tests goes through (their services are installed after the agent's helper started).
+    assert_eq!(
+        seen,
+        [
+            ("the host", true, true),
+            ("the server", false, false),
+            ("its spare child", false, false),
+        ]
+    );
+}

@@ -4,8 +4,13 @@
 //!
 //! `shg-runtime create NAME --state-root R --bundle B --log-dir L --status-file S [--net N]`
 //! prints the container's PID; `shg-runtime exec NAME --state-root R --uid U --gid G -- CMD…`
-//! exits with the command's code. `shg-runtime serve` is the same `create` as a fork server
-//! (`runtime::forkserver`): the agent starts it once and sends it every start.
+//! exits with the command's code. `shg-runtime serve [--services DIR]` is the same `create` as
+//! a fork server (`runtime::forkserver`): the agent starts it once and sends it every start.
+//! With `--services`, the server keeps a mount table of its own without the services' mounts
+//! (`runtime::mountns`), and each create attaches its service's directory (the bundle's
+//! parent) to it.
+
+use std::path::Path;
 
 use runtime::args::Args;
 use runtime::container::{self, ContainerPaths};
@@ -17,13 +22,41 @@ fn main() {
 
 fn runtime_main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
-        Some("serve") => runtime::forkserver::serve(|words| {
-            let (verb, args) = words.split_first().ok_or("missing verb")?;
-            match verb.as_str() {
-                "create" => create(&Args::parse(args)).map(|pid| pid.to_string()),
-                other => Err(format!("`{other}` is not served (only `create`)")),
-            }
-        }),
+        Some("serve") => {
+            let isolation = Args::parse(&args[1..]).flags.get("services").and_then(|dir| {
+                runtime::mountns::Isolation::enter(Path::new(dir))
+                    .map_err(|e| {
+                        eprintln!(
+                            "shg-runtime serve: no mount table of its own ({e}); starts read the host's"
+                        )
+                    })
+                    .ok()
+            });
+            runtime::forkserver::serve(
+                || isolation.as_ref().and_then(|i| i.spare()),
+                |spare, words| {
+                    let (verb, args) = words.split_first().ok_or("missing verb")?;
+                    match verb.as_str() {
+                        "create" => {
+                            let args = Args::parse(args);
+                            // The service's directory, with its root and volume, as the
+                            // host has them now.
+                            let bundle = args.path("bundle");
+                            if let (Some(spare), Some(dir)) = (spare, bundle.parent()) {
+                                spare.attach(dir).map_err(|e| {
+                                    format!(
+                                        "the runtime helper cannot see {} as the host does: {e}",
+                                        dir.display()
+                                    )
+                                })?;
+                            }
+                            create(&args).map(|pid| pid.to_string())
+                        }
+                        other => Err(format!("`{other}` is not served (only `create`)")),
+                    }
+                },
+            )
+        }
         Some("create") => match create(&Args::parse(&args[1..])) {
             Ok(pid) => {
                 println!("{pid}");
