@@ -334,6 +334,7 @@ impl Agent {
             priority,
             log_segment: self.cfg.log_segment,
             cgroup_root: self.cfg.cgroup_root.clone(),
+            cgroup_view: self.layout.cgroup_view(),
             io_weight: spec::io_weight_supported(&self.cfg.cgroup_root)
                 .then(|| spec::io_weight(priority)),
             etc_files: self.etc_files(&m.name),

@@ -7,6 +7,8 @@
 //!   state.db            SQLite (WAL): services and the event journal
 //!   containers/         libcontainer's state, one directory per container
 //!   tmp/                uploads and half-done installs
+//!   cgroup-view/        empty directories, one per cgroup v1 hierarchy a service sees:
+//!                       bound read-only at its /sys/fs/cgroup, its own cgroups bound on them
 //!   layers/             the layer store: sha256/HEX is one image layer, unpacked once for
 //!                       every release that has it (see `image::LayerStore`)
 //!   services/NAME/
@@ -68,6 +70,11 @@ impl Layout {
 
     pub fn services(&self) -> PathBuf {
         self.root.join("services")
+    }
+
+    /// Bound read-only at every v1 service's /sys/fs/cgroup (`runtime::spec`).
+    pub fn cgroup_view(&self) -> PathBuf {
+        self.root.join("cgroup-view")
     }
 
     pub fn service(&self, name: &str) -> ServiceLayout {

@@ -84,6 +84,10 @@ pub struct ServiceSpec {
     pub log_segment: u64,
     /// The host's cgroup mount point (`/sys/fs/cgroup`), read to list its hierarchies.
     pub cgroup_root: PathBuf,
+    /// On cgroup v1, a host directory bound read-only at the service's /sys/fs/cgroup, with
+    /// an empty subdirectory for each of [`visible_hierarchies`] (made by [`write_bundle`]),
+    /// where the binds of the service's own cgroups land. The same for every service.
+    pub cgroup_view: PathBuf,
     /// Block I/O weight (10..=1000), where the host's I/O controller has one
     /// ([`io_weight_supported`]).
     pub io_weight: Option<u16>,
@@ -134,16 +138,16 @@ pub fn visible_hierarchies(cgroup_root: &Path) -> Option<Vec<String>> {
     Some(names)
 }
 
-/// [`READONLY_PATHS`] plus /sys/fs/cgroup.
-///
-/// On cgroup v1 that is the small tmpfs holding the read-only binds of [`cgroup_mounts`]; on
-/// v2 the runtime's own cgroup mount, which libcontainer makes writable whatever the mount's
-/// options say: a root service could then raise its own limits.
-fn readonly_paths() -> Vec<String> {
+/// [`READONLY_PATHS`], plus /sys/fs/cgroup on cgroup v2 (no `hierarchies`): the runtime's
+/// own cgroup mount there, which libcontainer makes writable whatever the mount's options
+/// say, so a root service could raise its own limits. On v1 [`cgroup_mounts`] are read-only
+/// binds already.
+fn readonly_paths(hierarchies: Option<&[String]>) -> Vec<String> {
+    let cgroups = hierarchies.is_none().then(|| "/sys/fs/cgroup".to_string());
     READONLY_PATHS
         .iter()
         .map(|p| p.to_string())
-        .chain(["/sys/fs/cgroup".to_string()])
+        .chain(cgroups)
         .collect()
 }
 
@@ -169,6 +173,7 @@ pub fn cgroup_path(parent: &str, name: &str) -> String {
 
 /// Builds the `config.json` value for a service.
 pub fn config(spec: &ServiceSpec) -> Value {
+    let hierarchies = visible_hierarchies(&spec.cgroup_root);
     let mut env: Vec<String> = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         format!("HOSTNAME={}", spec.name),
@@ -235,7 +240,7 @@ pub fn config(spec: &ServiceSpec) -> Value {
         },
         "root": { "path": spec.rootfs, "readonly": true },
         "hostname": spec.name.split_once('+').map_or(&spec.name[..], |(_, name)| name),
-        "mounts": mounts(spec),
+        "mounts": mounts(spec, hierarchies.as_deref()),
         "linux": {
             "cgroupsPath": cgroup_path(&spec.cgroup_parent, &spec.name),
             "resources": resources,
@@ -247,17 +252,17 @@ pub fn config(spec: &ServiceSpec) -> Value {
             // Podman do: a service can ping without CAP_NET_RAW. Only its own namespace.
             "sysctl": { "net.ipv4.ping_group_range": "0 2147483647" },
             "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": readonly_paths(),
+            "readonlyPaths": readonly_paths(hierarchies.as_deref()),
             // No `seccomp`: the init loads the filter itself, compiled at build time (see
             // `crate::seccomp`), under libcontainer and under runc alike.
         },
     })
 }
 
-fn mounts(spec: &ServiceSpec) -> Value {
+fn mounts(spec: &ServiceSpec, hierarchies: Option<&[String]>) -> Value {
     let mut list = kernel_mounts();
     // Inside /sys: the service's view of its own cgroups.
-    list.extend(cgroup_mounts(spec));
+    list.extend(cgroup_mounts(spec, hierarchies));
     list.extend(service_mounts(spec));
     list.extend(spec.etc_files.iter().map(|(destination, source)| {
         json!({ "destination": destination, "type": "bind", "source": source,
@@ -266,14 +271,16 @@ fn mounts(spec: &ServiceSpec) -> Value {
     Value::Array(list)
 }
 
-/// /sys/fs/cgroup in the container. On cgroup v1, a tmpfs with a read-only bind of the
-/// service's own cgroup from each [`visible_hierarchies`]: a handful of mounts, where the
-/// runtime's own cgroup mount makes one per host hierarchy (nine here) and each of them then
-/// needs a read-only remount. The service sees the limits and usage of its own cgroup, as
-/// with a cgroup namespace (its `/proc/self/cgroup` says `/`), and nothing of the others'.
-/// On cgroup v2, the runtime's cgroup mount (one).
-fn cgroup_mounts(spec: &ServiceSpec) -> Vec<Value> {
-    let Some(hierarchies) = visible_hierarchies(&spec.cgroup_root) else {
+/// /sys/fs/cgroup in the container. On cgroup v1, the host's [`ServiceSpec::cgroup_view`]
+/// bound read-only, with a read-only bind of the service's own cgroup from each of
+/// `hierarchies` on its subdirectories: a handful of mounts, where the runtime's own cgroup
+/// mount makes one per host hierarchy (nine here) and each of them then needs a read-only
+/// remount. The mount points exist before the binds (a fresh tmpfs has none, and a runtime
+/// pays for each lookup that fails). The service sees the limits and usage of its own
+/// cgroup, as with a cgroup namespace (its `/proc/self/cgroup` says `/`), and nothing of the
+/// others'. On cgroup v2 (no `hierarchies`), the runtime's cgroup mount (one).
+fn cgroup_mounts(spec: &ServiceSpec, hierarchies: Option<&[String]>) -> Vec<Value> {
+    let Some(hierarchies) = hierarchies else {
         return vec![
             json!({ "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"] }),
@@ -281,8 +288,8 @@ fn cgroup_mounts(spec: &ServiceSpec) -> Vec<Value> {
     };
     let own = cgroup_path(&spec.cgroup_parent, &spec.name);
     let mut mounts = vec![
-        json!({ "destination": "/sys/fs/cgroup", "type": "tmpfs", "source": "tmpfs",
-                                  "options": ["nosuid", "noexec", "nodev", "mode=755", "size=64k"] }),
+        json!({ "destination": "/sys/fs/cgroup", "type": "bind", "source": spec.cgroup_view,
+                "options": ["bind", "ro", "nosuid", "nodev", "noexec"] }),
     ];
     mounts.extend(hierarchies.iter().map(|h| {
         json!({ "destination": format!("/sys/fs/cgroup/{h}"), "type": "bind",
@@ -349,6 +356,11 @@ fn device_rules() -> Value {
 /// runtime schema as the runtime will read it.
 pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io(bundle, e))?;
+    // The mount points of the service's cgroup binds, which the bundle names.
+    for hierarchy in visible_hierarchies(&spec.cgroup_root).into_iter().flatten() {
+        let dir = spec.cgroup_view.join(hierarchy);
+        std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
+    }
     let value = config(spec);
     let path = bundle.join("config.json");
     let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
@@ -394,6 +406,7 @@ mod tests {
             priority: 50,
             log_segment: 1 << 20,
             cgroup_root: "/nonexistent".into(),
+            cgroup_view: "/var/lib/shg/cgroup-view".into(),
             io_weight: Some(io_weight(50)),
             etc_files: vec![(
                 "/etc/hosts".into(),
@@ -475,7 +488,7 @@ mod tests {
             .collect()
     }
 
-    fn cgroup_root_is_read_only(config: &Value) -> bool {
+    fn cgroup_root_in_readonly_paths(config: &Value) -> bool {
         config["linux"]["readonlyPaths"]
             .as_array()
             .unwrap()
@@ -506,7 +519,7 @@ mod tests {
         let mounts = config["mounts"].as_array().unwrap();
         let under = cgroup_mounts_of(&config);
         assert_eq!(under[0]["destination"], "/sys/fs/cgroup");
-        assert_eq!(under[0]["type"], "tmpfs");
+        assert_eq!(under[0]["source"], "/var/lib/shg/cgroup-view");
         let memory = under
             .iter()
             .find(|m| m["destination"] == "/sys/fs/cgroup/memory")
@@ -515,7 +528,7 @@ mod tests {
             memory["source"],
             format!("{}/memory/shg/camera", root.path().display())
         );
-        for bind in &under[1..] {
+        for bind in &under {
             assert_eq!(bind["type"], "bind");
             let options: Vec<&str> = bind["options"]
                 .as_array()
@@ -526,10 +539,30 @@ mod tests {
             assert!(options.contains(&"ro"), "{bind} is writable");
         }
         assert_eq!(under.len(), 6, "{under:?}");
-        // The tmpfs comes after /sys, which it sits in.
+        // The view comes after /sys, which it sits in.
         let at = |d: &str| mounts.iter().position(|m| m["destination"] == d).unwrap();
         assert!(at("/sys") < at("/sys/fs/cgroup"));
-        assert!(cgroup_root_is_read_only(&config));
+        // Read-only by its own options: no second, recursive read-only bind of it.
+        assert!(!cgroup_root_in_readonly_paths(&config));
+    }
+
+    #[test]
+    fn writing_a_v1_bundle_makes_the_mount_points_of_the_cgroup_view() {
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["memory", "pids", "devices"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+        }
+        let state = tempfile::tempdir().unwrap();
+        let mut spec = sample();
+        spec.cgroup_root = root.path().to_path_buf();
+        spec.cgroup_view = state.path().join("cgroup-view");
+        write_bundle(&state.path().join("bundle"), &spec).unwrap();
+        let mut made: Vec<String> = std::fs::read_dir(&spec.cgroup_view)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        made.sort();
+        assert_eq!(made, ["memory", "pids"]);
     }
 
     #[test]
@@ -542,7 +575,7 @@ mod tests {
         let under = cgroup_mounts_of(&config);
         assert_eq!(under.len(), 1);
         assert_eq!(under[0]["type"], "cgroup");
-        assert!(cgroup_root_is_read_only(&config));
+        assert!(cgroup_root_in_readonly_paths(&config));
     }
 
     #[test]

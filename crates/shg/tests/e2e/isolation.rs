@@ -484,4 +484,14 @@ pids = { limit = 32 }
         !out.ok() && !made,
         "the service created a cgroup under its own:\n{out}"
     );
+    // The view's root is a directory of the host's (STATE/cgroup-view), bound read-only.
+    let out = gw.shg(&["exec", "capped", "--", "mkdir", "/sys/fs/cgroup/mine"]);
+    let view = gw.dir.join("cgroup-view");
+    let made = view.join("mine").exists();
+    let _ = std::fs::remove_dir(view.join("mine"));
+    assert!(
+        !out.ok() && !made && view.join("pids").is_dir(),
+        "the service wrote into the host's {}:\n{out}",
+        view.display()
+    );
 }
