@@ -51,23 +51,33 @@ impl Isolation {
     pub fn enter(services: &Path) -> io::Result<Isolation> {
         let host = namespace_fd()?;
         let cwd = std::env::current_dir()?;
+        let services = std::path::absolute(services)?;
         // The working directory moves along, to the copy of its mount.
         nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
         // Private: nothing mounted or unmounted here reaches the host, and nothing the host
-        // mounts later arrives here.
+        // mounts later arrives here. A private copy that misses the services' mounts is of no
+        // use to the server (its spares attach them only from an `Isolation`): back to the
+        // host's on any failure.
         let private = nix::mount::mount(
             None::<&str>,
             "/",
             None::<&str>,
             MsFlags::MS_REC | MsFlags::MS_PRIVATE,
             None::<&str>,
-        );
-        if let Err(e) = private {
-            enter_namespace(host.as_fd(), &cwd)?;
-            return Err(e.into());
-        }
-        let services = std::path::absolute(services)?;
-        let table = std::fs::read("/proc/self/mountinfo")?;
+        )
+        .map_err(io::Error::from)
+        .and_then(|()| std::fs::read("/proc/self/mountinfo"));
+        let table = match private {
+            Ok(table) => table,
+            Err(e) => {
+                if let Err(back) = enter_namespace(host.as_fd(), &cwd) {
+                    // Stuck in a copy that will never see a new service's root: no server.
+                    eprintln!("shg-runtime serve: {e}, and cannot go back to the host's mount table: {back}");
+                    std::process::exit(1)
+                }
+                return Err(e);
+            }
+        };
         // Parents before their children: detaching a parent takes its children along.
         let mut under = mounts_under(&table, &services);
         under.sort_by_key(|p| p.as_os_str().len());
