@@ -33,7 +33,8 @@ use nix::sched::CloneFlags;
 /// The fork server's mount namespace, and the way back to the host's.
 pub struct Isolation {
     host: OwnedFd,
-    /// The services' directory (absolute), whose mounts this namespace leaves out.
+    /// The services' directory (its canonical path, as mountinfo shows mount points), whose
+    /// mounts this namespace leaves out.
     services: PathBuf,
 }
 
@@ -51,7 +52,7 @@ impl Isolation {
     pub fn enter(services: &Path) -> io::Result<Isolation> {
         let host = namespace_fd()?;
         let cwd = std::env::current_dir()?;
-        let services = std::path::absolute(services)?;
+        let services = std::fs::canonicalize(services)?;
         // The working directory moves along, to the copy of its mount.
         nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
         // Private: nothing mounted or unmounted here reaches the host, and nothing the host
@@ -135,11 +136,12 @@ impl Spare {
     pub fn attach(self, dir: &Path) -> io::Result<()> {
         let cwd = std::env::current_dir()?;
         enter_namespace(self.host.as_fd(), &cwd)?;
-        let dir = std::path::absolute(dir)?;
-        let plain = !dir
-            .components()
-            .any(|c| c == std::path::Component::ParentDir);
-        if !plain || dir == self.services || !dir.starts_with(&self.services) {
+        // Resolved here, in the host's namespace; anything but a service's directory is
+        // served from here.
+        let Ok(dir) = std::fs::canonicalize(dir) else {
+            return Ok(());
+        };
+        if dir == self.services || !dir.starts_with(&self.services) {
             return Ok(());
         }
         let dir = dir.as_path();

@@ -361,9 +361,12 @@ fn the_runtime_helper_keeps_the_services_mounts_out_of_its_mount_table() {
     // A service's root mounted before the helper starts (an agent restarted beside running
     // services), and one mounted after (a service installed since).
     mount(&before);
+    // Named through a link, as a state directory may be: the table shows resolved paths.
+    let link = dir.path().join("services-link");
+    std::os::unix::fs::symlink(&services, &link).unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_shg-runtime"))
         .args(["serve", "--services"])
-        .arg(&services)
+        .arg(&link)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
