@@ -610,12 +610,22 @@ fn the_household_installs_sees_a_refusal_explained_and_reorders() {
         "web on top",
         "document.querySelector('#services .card').dataset.service === 'web'",
     );
+    // The move is over (its notice shown, the page refreshed) when its button is enabled
+    // again: a click before that can land where the notice then pushes the page down.
+    browser.wait(
+        "the move up done",
+        "!document.querySelector('[data-service=web] button.up').disabled",
+    );
     let (big, web) = (gw.svc("big").unwrap(), gw.svc("web").unwrap());
     assert!(web.priority > big.priority, "{web:?} {big:?}");
     browser.click("[data-service=web] button.down");
     browser.wait(
         "web below big again",
         "document.querySelector('#services .card').dataset.service === 'big'",
+    );
+    browser.wait(
+        "the move down done",
+        "!document.querySelector('[data-service=web] button.down').disabled",
     );
     let (big, web) = (gw.svc("big").unwrap(), gw.svc("web").unwrap());
     assert!(web.priority < big.priority, "{web:?} {big:?}");
