@@ -67,9 +67,11 @@ impl Isolation {
             None::<&str>,
         )
         .map_err(io::Error::from)
-        .and_then(|()| std::fs::read("/proc/self/mountinfo"));
-        let table = match private {
-            Ok(table) => table,
+        .and_then(|()| {
+            crate::volume::mounts_below(&services).map_err(|e| io::Error::other(e.to_string()))
+        });
+        let under = match private {
+            Ok(under) => under,
             Err(e) => {
                 if let Err(back) = enter_namespace(host.as_fd(), &cwd) {
                     // Stuck in a copy that will never see a new service's root: no server.
@@ -79,12 +81,9 @@ impl Isolation {
                 return Err(e);
             }
         };
-        // Parents before their children: detaching a parent takes its children along.
-        let mut under = mounts_under(&table, &services);
-        under.sort_by_key(|p| p.as_os_str().len());
-        for point in under {
-            match nix::mount::umount2(&point, MntFlags::MNT_DETACH) {
-                // Gone with a parent detached before it.
+        // Deepest first; a mount already gone with its parent is no error.
+        for point in under.iter().filter(|p| **p != services) {
+            match nix::mount::umount2(point, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
                 Err(e) => eprintln!(
                     "shg-runtime serve: cannot detach {} from its own mount table: {e}",
@@ -187,8 +186,7 @@ fn enter_namespace(ns: BorrowedFd, cwd: &Path) -> io::Result<()> {
 
 /// A detached copy of the tree at `dir`, with every mount under it.
 fn open_tree(dir: &Path) -> io::Result<OwnedFd> {
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let path = c_path(dir)?;
     let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
     // SAFETY: open_tree with a NUL-terminated path and plain flags; returns a new descriptor.
     let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
@@ -201,8 +199,7 @@ fn open_tree(dir: &Path) -> io::Result<OwnedFd> {
 
 /// Attaches the detached tree `tree` at `target`.
 fn move_mount(tree: BorrowedFd, target: &Path) -> io::Result<()> {
-    let path = std::ffi::CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let path = c_path(target)?;
     // SAFETY: move_mount with a descriptor we hold, an empty source path and a NUL-terminated
     // target path.
     let done = unsafe {
@@ -221,61 +218,7 @@ fn move_mount(tree: BorrowedFd, target: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// The mount points strictly under `dir` in a `/proc/self/mountinfo` text.
-pub fn mounts_under(mountinfo: &[u8], dir: &Path) -> Vec<PathBuf> {
-    mountinfo
-        .split(|&b| b == b'\n')
-        .filter_map(|line| line.split(|&b| b == b' ').nth(4))
-        .map(|field| PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(field))))
-        .filter(|point| point != dir && point.starts_with(dir))
-        .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        let octal = field
-            .get(i + 1..i + 4)
-            .filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(field[i]);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_mounts_under_a_directory_are_read_from_mountinfo_unescaped() {
-        let table = b"22 27 0:21 / /proc rw,relatime - proc proc rw\n\
-            30 1 0:40 / /var/lib/shg/services rw - ext4 /dev/vda rw\n\
-            31 30 0:41 / /var/lib/shg/services/web/releases/ab/rootfs ro - overlay overlay ro,lowerdir=/x\n\
-            32 30 7:0 / /var/lib/shg/services/my\\040cam/data rw - ext4 /dev/loop0 rw\n\
-            33 1 0:42 / /var/lib/shg/services-old rw - tmpfs tmpfs rw\n";
-        let under = mounts_under(table, Path::new("/var/lib/shg/services"));
-        assert_eq!(
-            under,
-            [
-                PathBuf::from("/var/lib/shg/services/web/releases/ab/rootfs"),
-                PathBuf::from("/var/lib/shg/services/my cam/data"),
-            ]
-        );
-    }
-
-    #[test]
-    fn unescaping_leaves_a_lone_backslash_alone() {
-        assert_eq!(unescape(b"a\\134b\\0c\\011"), b"a\\b\\0c\t");
-    }
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }

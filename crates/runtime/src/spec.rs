@@ -173,7 +173,11 @@ pub fn cgroup_path(parent: &str, name: &str) -> String {
 
 /// Builds the `config.json` value for a service.
 pub fn config(spec: &ServiceSpec) -> Value {
-    let hierarchies = visible_hierarchies(&spec.cgroup_root);
+    config_with(spec, visible_hierarchies(&spec.cgroup_root))
+}
+
+/// [`config`] with the host's [`visible_hierarchies`] already listed.
+fn config_with(spec: &ServiceSpec, hierarchies: Option<Vec<String>>) -> Value {
     let mut env: Vec<String> = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         format!("HOSTNAME={}", spec.name),
@@ -357,11 +361,12 @@ fn device_rules() -> Value {
 pub fn write_bundle(bundle: &Path, spec: &ServiceSpec) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(bundle).map_err(|e| RuntimeError::io(bundle, e))?;
     // The mount points of the service's cgroup binds, which the bundle names.
-    for hierarchy in visible_hierarchies(&spec.cgroup_root).into_iter().flatten() {
+    let hierarchies = visible_hierarchies(&spec.cgroup_root);
+    for hierarchy in hierarchies.iter().flatten() {
         let dir = spec.cgroup_view.join(hierarchy);
         std::fs::create_dir_all(&dir).map_err(|e| RuntimeError::io(&dir, e))?;
     }
-    let value = config(spec);
+    let value = config_with(spec, hierarchies);
     let path = bundle.join("config.json");
     let text = serde_json::to_vec_pretty(&value).expect("a json value always serializes");
     // Most starts write what the last one wrote, which was checked then.

@@ -173,7 +173,7 @@ pub fn usage(target: &Path) -> Result<(u64, u64), RuntimeError> {
 }
 
 /// The mount points listed in a `/proc/PID/mountinfo` text (field 5, octal escapes undone).
-fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+pub fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
     mountinfo
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
