@@ -294,15 +294,20 @@ function card(name) {
   return c;
 }
 
+// Runs a button's action; the button stays disabled (and marked busy) until it is over.
 async function run(button, fn) {
   button.disabled = true;
+  button.dataset.busy = 'yes';
   try {
     await fn();
     await refresh();
   } catch (e) {
     notice(explainError(e), 'error');
   } finally {
+    delete button.dataset.busy;
     button.disabled = false;
+    // A card's buttons also depend on its place (the top card cannot move up).
+    if (button.closest('#services')) renderServices();
   }
 }
 
@@ -338,8 +343,9 @@ function renderServices() {
     const running = s.desired === 'running';
     if (c.start) c.start.hidden = running;
     if (c.stop) c.stop.hidden = !running;
-    if (c.up) c.up.disabled = i === 0;
-    if (c.down) c.down.disabled = i === list.length - 1;
+    // A render while a move is on its way leaves its button disabled.
+    if (c.up) c.up.disabled = i === 0 || c.up.dataset.busy === 'yes';
+    if (c.down) c.down.disabled = i === list.length - 1 || c.down.dataset.busy === 'yes';
     box.append(c.root); // in order: moves the card, keeps its buttons
   });
 }

@@ -610,11 +610,17 @@ fn the_household_installs_sees_a_refusal_explained_and_reorders() {
         "web on top",
         "document.querySelector('#services .card').dataset.service === 'web'",
     );
-    // The move is over (its notice shown, the page refreshed) when its button is enabled
-    // again: a click before that can land where the notice then pushes the page down.
+    // The move is over (its notice shown, the page refreshed) when its button is no longer
+    // busy: a click before that can land where the notice then pushes the page down. (Not
+    // "enabled": web is on top now, so its Up button stays disabled.)
     browser.wait(
         "the move up done",
-        "!document.querySelector('[data-service=web] button.up').disabled",
+        "!document.querySelector('[data-service=web] button.up').dataset.busy",
+    );
+    assert!(
+        browser.js("return document.querySelector('[data-service=web] button.up').disabled;")
+            == true,
+        "the top card's Up button is disabled"
     );
     let (big, web) = (gw.svc("big").unwrap(), gw.svc("web").unwrap());
     assert!(web.priority > big.priority, "{web:?} {big:?}");
@@ -625,7 +631,7 @@ fn the_household_installs_sees_a_refusal_explained_and_reorders() {
     );
     browser.wait(
         "the move down done",
-        "!document.querySelector('[data-service=web] button.down').disabled",
+        "!document.querySelector('[data-service=web] button.down').dataset.busy",
     );
     let (big, web) = (gw.svc("big").unwrap(), gw.svc("web").unwrap());
     assert!(web.priority < big.priority, "{web:?} {big:?}");
