@@ -11,12 +11,11 @@ scripts/setup.sh
 cargo build --release -p shg -p home-automation -p surveillance -p vpn -p arcade
 release=target/x86_64-unknown-linux-gnu/release
 install -m 0755 "$release/shg" /usr/local/bin/shg
-install -m 0755 "$release/shg-init" /usr/local/bin/shg-init         # every container's PID 1
 install -m 0755 "$release/shg-runtime" /usr/local/bin/shg-runtime   # creates the containers
 # The papers' services the demo hosts, packaged by `shg demo` from these static binaries.
 install -d /usr/local/lib/shg/services
 for service in automation surveillance vpn arcade; do
   install -m 0755 "$release/$service" "/usr/local/lib/shg/services/$service"
 done
-echo "demo: installed /usr/local/bin/shg, shg-init, shg-runtime and the services in /usr/local/lib/shg/services"
+echo "demo: installed /usr/local/bin/shg, shg-runtime and the services in /usr/local/lib/shg/services"
 exec /usr/local/bin/shg demo --state-dir "${SHG_STATE_DIR:-/var/lib/shg}"

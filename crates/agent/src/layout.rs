@@ -5,6 +5,8 @@
 //!   api.sock            the API (HTTP/1.1 over a Unix socket, mode 0600)
 //!   agent.lock          held while an agent runs on this directory
 //!   state.db            SQLite (WAL): services and the event journal
+//!   shg-init            every container's PID 1, bound read-only at its /.shg/init; written
+//!                       by the agent as it starts (`runtime::init::install`)
 //!   containers/         libcontainer's state, one directory per container
 //!   tmp/                uploads and half-done installs
 //!   cgroup-view/        empty directories, one per cgroup v1 hierarchy a service sees:

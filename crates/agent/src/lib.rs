@@ -50,7 +50,8 @@ pub struct Config {
     /// `shg-runtime`, beside `shg`: the helper that creates containers and runs commands in
     /// them.
     pub runtime_binary: PathBuf,
-    /// `shg-init`, beside `shg`: every container's PID 1.
+    /// `STATE/shg-init`, every container's PID 1: written there from the agent's own binary
+    /// ([`runtime::init::BINARY`]) by [`Config::prepare_helpers`].
     pub init_binary: PathBuf,
     /// Where /proc is (tests may point elsewhere).
     pub proc_root: PathBuf,
@@ -78,24 +79,29 @@ pub struct Config {
 }
 
 impl Config {
-    /// Refuses to run without the helpers beside `shg`: `shg-runtime` (every container is
-    /// created with it) and `shg-init` (every container's PID 1).
-    pub fn check_helpers(&self) -> Result<(), AgentError> {
-        for (binary, role) in [
-            (
-                &self.runtime_binary,
-                "the agent creates every container with it",
-            ),
-            (&self.init_binary, "every container runs it as its PID 1"),
-        ] {
-            if !binary.is_file() {
-                return Err(AgentError::Internal(format!(
-                    "{} is missing: {role}; install it from the same build beside shg",
-                    binary.display()
-                )));
-            }
+    /// Refuses to run without `shg-runtime` beside `shg` (every container is created with
+    /// it), and writes `shg-init` (every container's PID 1) where the bundles bind it from,
+    /// unless this build's is there already.
+    pub fn prepare_helpers(&self) -> Result<(), AgentError> {
+        if !self.runtime_binary.is_file() {
+            return Err(AgentError::Internal(format!(
+                "{} is missing: the agent creates every container with it; install it from the \
+                 same build beside shg",
+                self.runtime_binary.display()
+            )));
         }
-        Ok(())
+        if let Some(dir) = self.init_binary.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                AgentError::Internal(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        runtime::init::install(&self.init_binary).map_err(|e| {
+            AgentError::Internal(format!(
+                "cannot write the containers' init to {}: {e}; the state directory must be \
+                 writable by the agent",
+                self.init_binary.display()
+            ))
+        })
     }
 
     /// Defaults for a gateway keeping its state in `state_dir`.
@@ -115,12 +121,10 @@ impl Config {
         };
         let shg_binary = std::env::current_exe()
             .map_err(|e| AgentError::Internal(format!("cannot find the shg binary: {e}")))?;
-        let [runtime_binary, init_binary] =
-            ["shg-runtime", "shg-init"].map(|name| shg_binary.with_file_name(name));
         Ok(Config {
+            runtime_binary: shg_binary.with_file_name("shg-runtime"),
+            init_binary: state_dir.join("shg-init"),
             state_dir,
-            runtime_binary,
-            init_binary,
             proc_root: PathBuf::from("/proc"),
             log_segment: 1 << 20,
             tmp_size: 16 << 20,

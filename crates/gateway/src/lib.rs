@@ -69,7 +69,7 @@ pub fn run(
     fleet: Option<Fleet>,
 ) -> Result<(), AgentError> {
     cfg.api_port = listen.as_ref().map(|l| l.addr.port());
-    cfg.check_helpers()?;
+    cfg.prepare_helpers()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

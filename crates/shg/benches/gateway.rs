@@ -299,8 +299,8 @@ fn main() {
         "{} is still mounted after the removal of its service",
         rootfs.display()
     );
-    // The binary's file pages are shared with every container's init (the same file), so
-    // PSS falls as services start; the agent's own growth is its anonymous memory.
+    // The agent's own growth per service is its anonymous memory: its file pages are shared
+    // with the runtime helper and its children, so their share moves with the processes.
     let per_service = (busy.anon as f64 - idle.anon as f64) / scale.sleepers as f64;
 
     // Each shg start and the runc run right after it met the machine in the same minute: the

@@ -1,8 +1,9 @@
 //! Entry points that are not API clients: the agent, the controller and the demo.
 //!
-//! The runtime helper the agent forks containers from and the containers' PID 1 are small
-//! binaries of their own beside `shg`: `shg-runtime` (`src/bin/shg-runtime.rs`) and `shg-init`
-//! (`src/bin/shg-init.rs`).
+//! The runtime helper the agent forks containers from is a small binary of its own beside
+//! `shg`: `shg-runtime` (`src/bin/shg-runtime.rs`). The containers' PID 1 (`shg-init`) is
+//! carried inside `shg` and written to the state directory by the agent
+//! (`runtime::init::BINARY`).
 
 use std::path::PathBuf;
 

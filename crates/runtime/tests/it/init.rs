@@ -1,0 +1,327 @@
+//! The container init (`runtime::init::BINARY`), run as a real program outside a container:
+//! what it writes to the log and the status file, how it reports a command it cannot start,
+//! and `enter`. (Inside containers, the e2e suite runs it in every start.)
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use runtime::init::{read_status, ExitStatus};
+use runtime::logfile::{read_all, segment_paths, Stream};
+
+/// A directory with the init written into it, and the service's log and status files.
+struct Init {
+    dir: tempfile::TempDir,
+}
+
+impl Init {
+    fn new() -> Init {
+        let dir = tempfile::tempdir().unwrap();
+        runtime::init::install(&dir.path().join("shg-init")).unwrap();
+        Init { dir }
+    }
+
+    fn binary(&self) -> PathBuf {
+        self.dir.path().join("shg-init")
+    }
+
+    fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn status(&self) -> Option<ExitStatus> {
+        read_status(&self.dir.path().join("status"))
+    }
+
+    /// `shg-init ARGS…` with the two log segments and the status file at fds 3, 4 and 5, as
+    /// the runtime hands them over.
+    fn run(&self, args: &[&str]) -> Output {
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(self.dir.path().join(name))
+                .unwrap()
+        };
+        let files: [File; 3] = [open("log.0"), open("log.1"), open("status")];
+        let mut cmd = Command::new(self.binary());
+        cmd.args(args).stdin(Stdio::null());
+        let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+        // SAFETY: only fcntl and dup2 between fork and exec, on descriptors this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                let high: Vec<i32> = fds
+                    .iter()
+                    .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
+                    .collect();
+                for (i, fd) in high.iter().enumerate() {
+                    if libc::dup2(*fd, 3 + i as i32) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    }
+
+    fn lines(&self) -> Vec<(Stream, String)> {
+        read_all(self.logs())
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.stream, l.text))
+            .collect()
+    }
+}
+
+#[test]
+fn the_init_logs_both_streams_and_records_the_exit_code() {
+    let init = Init::new();
+    let out = init.run(&[
+        "init",
+        "--log-segment",
+        "4096",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo one; echo two >&2; printf 'no newline'; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let lines = init.lines();
+    assert!(lines.contains(&(Stream::Stdout, "one".into())), "{lines:?}");
+    assert!(lines.contains(&(Stream::Stderr, "two".into())), "{lines:?}");
+    assert!(
+        lines.contains(&(Stream::Stdout, "no newline".into())),
+        "{lines:?}"
+    );
+    let status = init.status().expect("a status");
+    assert_eq!(
+        (status.code, status.signal, &status.error),
+        (3, None, &None)
+    );
+    assert!(status.finished_ms > 1_700_000_000_000, "{status:?}");
+}
+
+#[test]
+fn a_signal_that_ends_the_command_is_recorded_and_forwarded_ones_reach_it() {
+    let init = Init::new();
+    // The command kills itself: recorded as 128 + the signal.
+    let out = init.run(&["init", "--", "/bin/sh", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let status = init.status().unwrap();
+    assert_eq!((status.code, status.signal), (137, Some(9)));
+
+    // A SIGTERM sent to the init is passed on to the command, which traps it.
+    let log = init.logs().join("log.0");
+    let child = std::thread::spawn({
+        let binary = init.binary();
+        move || {
+            // Wait for the command to be up (its first line logged), then signal the init.
+            for _ in 0..500 {
+                if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let pid = Command::new("pgrep")
+                .arg("-f")
+                .arg(format!("^{} init", binary.display()))
+                .output()
+                .unwrap();
+            let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+            assert!(!pid.is_empty(), "the init is not running");
+            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        }
+    });
+    let out = init.run(&[
+        "init",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    child.join().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(init.lines().contains(&(Stream::Stdout, "got TERM".into())));
+}
+
+#[test]
+fn a_command_that_cannot_start_is_explained_in_the_log_and_the_status() {
+    let init = Init::new();
+    let out = init.run(&["init", "--", "no-such-command-here", "arg"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let status = init.status().unwrap();
+    let error = status.error.expect("an error");
+    assert_eq!(
+        error,
+        "cannot start \"no-such-command-here\": No such file or directory (os error 2)"
+    );
+    assert_eq!(
+        init.lines().last().unwrap(),
+        &(Stream::Stderr, format!("shg-init: {error}"))
+    );
+
+    // A file that is there but may not be run (mode 0644).
+    let file = init.logs().join("not-a-program");
+    std::fs::write(&file, "#!/bin/sh\n").unwrap();
+    let file = file.to_str().unwrap();
+    let out = init.run(&["init", "--", file]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert_eq!(
+        init.status().unwrap().error,
+        Some(format!(
+            "cannot start \"{file}\": Permission denied (os error 13)"
+        ))
+    );
+}
+
+#[test]
+fn the_command_runs_as_the_given_user_under_the_filter_found_on_the_path() {
+    let init = Init::new();
+    let out = init.run(&[
+        "init",
+        "--uid",
+        "65534",
+        "--gid",
+        "65533",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; grep Seccomp: /proc/self/status; unshare -U true || echo denied",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout: Vec<String> = init
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(
+        stdout,
+        ["65534", "65533", "65533", "Seccomp:\t2", "denied"],
+        "{:?}",
+        init.lines()
+    );
+}
+
+#[test]
+fn the_log_keeps_two_segments_and_continues_after_a_restart() {
+    let init = Init::new();
+    // 3000 numbered lines of about 25 bytes (with the time and the stream) into segments of
+    // 4 KiB, with a pause every 100 lines: segments are told apart by the time of their first
+    // line, which must then differ (as it does for segments of a MiB).
+    let script = "i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); \
+                  [ $((i % 100)) = 0 ] && sleep 0.01; done";
+    let out = init.run(&[
+        "init",
+        "--log-segment",
+        "4096",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let total: u64 = segment_paths(init.logs())
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(total <= 2 * 4096, "the log takes {total} bytes");
+    let numbers = |lines: &[(Stream, String)]| -> Vec<u32> {
+        lines
+            .iter()
+            .filter_map(|(_, t)| t.strip_prefix("line ")?.parse().ok())
+            .collect()
+    };
+    let kept = numbers(&init.lines());
+    assert_eq!(kept.last(), Some(&2999));
+    assert!(kept.len() > 100, "{kept:?}");
+    assert!(
+        kept.windows(2).all(|w| w[1] == w[0] + 1),
+        "lines kept out of order or with gaps: {kept:?}"
+    );
+
+    // A second run continues the same two segments, in the order they were written.
+    let out = init.run(&["init", "--log-segment", "4096", "--", "/bin/echo", "after"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = init.lines();
+    assert_eq!(
+        lines.last().unwrap(),
+        &(Stream::Stdout, "after".to_string())
+    );
+    let kept = numbers(&lines);
+    assert_eq!(kept.last(), Some(&2999));
+    assert!(kept.windows(2).all(|w| w[1] == w[0] + 1), "{kept:?}");
+}
+
+#[test]
+fn a_long_line_is_cut_into_pieces_of_16_kib() {
+    let init = Init::new();
+    let script = "head -c 40000 /dev/zero | tr '\\0' x; echo; echo next";
+    let out = init.run(&["init", "--", "/bin/sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = init.lines();
+    let lengths: Vec<usize> = lines.iter().map(|(_, t)| t.len()).collect();
+    assert_eq!(lengths, [16384, 16384, 40000 - 2 * 16384, 4], "{lengths:?}");
+    assert!(lines[..3].iter().all(|(_, t)| t.bytes().all(|b| b == b'x')));
+}
+
+#[test]
+fn enter_runs_the_command_under_the_filter_and_says_what_it_cannot_run() {
+    let init = Init::new();
+    let out = Command::new(init.binary())
+        .args(["enter", "--", "sh", "-c", "grep Seccomp: /proc/self/status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Seccomp:\t2\n");
+
+    let out = Command::new(init.binary())
+        .args(["enter", "--", "no-such-command-here"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "shg: cannot run \"no-such-command-here\": No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn misuse_is_refused_with_a_reason() {
+    let init = Init::new();
+    let run = |args: &[&str]| {
+        let out = Command::new(init.binary()).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["bogus"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown verb \"bogus\""), "{err}");
+    let (code, err) = run(&["init", "--uid", "5"]);
+    assert_eq!(code, Some(127));
+    assert!(err.contains("no command given after `--`"), "{err}");
+    // Without the log and status descriptors.
+    let (code, err) = run(&["init", "--", "/bin/true"]);
+    assert_eq!(code, Some(125));
+    assert!(err.contains("descriptor 3 is not open"), "{err}");
+}
+
+#[test]
+fn install_writes_the_init_once_and_replaces_a_different_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shg-init");
+    std::fs::write(&path, b"an older init").unwrap();
+    runtime::init::install(&path).unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), runtime::init::BINARY);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    // The same content again: the file is left as it is (a running container binds it).
+    runtime::init::install(&path).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
+}
