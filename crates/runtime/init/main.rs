@@ -49,6 +49,11 @@ const PROGRAM_LEN: usize = include_bytes!(env!("SHG_SECCOMP_BPF")).len();
 struct Aligned([u8; PROGRAM_LEN]);
 static PROGRAM: Aligned = Aligned(*include_bytes!(env!("SHG_SECCOMP_BPF")));
 
+/// The two streams' line buffers. In `.bss`, so a page of them takes memory only once
+/// output has reached it: a quiet service's init keeps about 50 KB, not 80.
+static mut STDOUT_LINES: [u8; text::MAX_LINE] = [0; text::MAX_LINE];
+static mut STDERR_LINES: [u8; text::MAX_LINE] = [0; text::MAX_LINE];
+
 /// An error message, as long as any this program writes (a command's name is cut off).
 type Message = Text<1024>;
 
@@ -272,9 +277,15 @@ fn init(args: &Args) -> i32 {
         status.json_string(error.as_bytes());
     }
     status.push(b"}");
-    let _ = sys::ftruncate(STATUS_FD, 0);
-    let _ = sys::lseek(STATUS_FD, 0, sys::SEEK_SET);
-    let _ = sys::write_all(STATUS_FD, status.as_bytes());
+    // Written over what the file held, then cut to length: a truncation to zero first would
+    // make ext4 flush the file to disk as the init exits. (`runc run` with the file opened
+    // for appending: appending is turned off, or the write would land at the end.)
+    if let Ok(flags) = sys::fcntl(STATUS_FD, sys::F_GETFL, 0) {
+        let _ = sys::fcntl(STATUS_FD, sys::F_SETFL, flags & !sys::O_APPEND);
+    }
+    if sys::pwrite_all(STATUS_FD, status.as_bytes()).is_ok() {
+        let _ = sys::ftruncate(STATUS_FD, status.as_bytes().len() as u64);
+    }
     // Not synced: the page cache outlives an agent that died, which is what the file is for;
     // a power cut ends the container too, and the agent then finds no status and restarts by
     // the policy. An fsync here cost every exit a disk flush.
@@ -355,9 +366,13 @@ fn supervise(
         return None;
     }
 
+    // SAFETY: `supervise` runs once, in a process with one thread: these are the only
+    // references ever made to the two buffers.
+    let (out_buf, err_buf) =
+        unsafe { (&mut *(&raw mut STDOUT_LINES), &mut *(&raw mut STDERR_LINES)) };
     let mut streams = [
-        Lines::new(out_r, Stream::Stdout),
-        Lines::new(err_r, Stream::Stderr),
+        Lines::new(out_r, Stream::Stdout, out_buf),
+        Lines::new(err_r, Stream::Stderr, err_buf),
     ];
     let mut exit = None;
     let mut drain_until: Option<u64> = None;

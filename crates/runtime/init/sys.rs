@@ -22,6 +22,7 @@ const POLL: usize = 7;
 const LSEEK: usize = 8;
 const RT_SIGPROCMASK: usize = 14;
 const PREAD64: usize = 17;
+const PWRITE64: usize = 18;
 const WRITEV: usize = 20;
 const DUP2: usize = 33;
 const CLONE: usize = 56;
@@ -117,6 +118,32 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes all of `buf` at the start of the file.
+pub fn pwrite_all(fd: i32, buf: &[u8]) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &buf[done..];
+        // SAFETY: the kernel reads at most `rest.len()` bytes from `rest`.
+        let n = check(unsafe {
+            syscall(
+                PWRITE64,
+                fd as usize,
+                rest.as_ptr() as usize,
+                rest.len(),
+                done,
+                0,
+            )
+        });
+        match n {
+            Ok(0) => return Err(Errno(5)),
+            Ok(n) => done += n,
+            Err(EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// `struct iovec`.
 #[repr(C)]
 pub struct IoVec {
@@ -163,7 +190,10 @@ pub fn ftruncate(fd: i32, len: u64) -> Result<()> {
 
 pub const F_GETFD: usize = 1;
 pub const F_SETFD: usize = 2;
+pub const F_GETFL: usize = 3;
+pub const F_SETFL: usize = 4;
 pub const FD_CLOEXEC: usize = 1;
+pub const O_APPEND: usize = 0o2000;
 
 pub fn fcntl(fd: i32, cmd: usize, arg: usize) -> Result<usize> {
     // SAFETY: only the integer commands above are used.

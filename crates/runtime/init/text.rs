@@ -179,7 +179,7 @@ fn first_time(fd: i32) -> u64 {
 /// One output stream of the command: bytes read from its pipe wait here until a line is
 /// complete (or [`MAX_LINE`] long).
 pub struct Lines {
-    buf: [u8; MAX_LINE],
+    buf: &'static mut [u8; MAX_LINE],
     len: usize,
     pub stream: Stream,
     pub fd: i32,
@@ -187,9 +187,9 @@ pub struct Lines {
 }
 
 impl Lines {
-    pub fn new(fd: i32, stream: Stream) -> Lines {
+    pub fn new(fd: i32, stream: Stream, buf: &'static mut [u8; MAX_LINE]) -> Lines {
         Lines {
-            buf: [0; MAX_LINE],
+            buf,
             len: 0,
             stream,
             fd,

@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -117,11 +118,19 @@ pub fn create_and_start(
                 .map_err(|e| RuntimeError::io(p, e))
         })
         .collect::<Result<_, _>>()?;
+    // The last run's status is overwritten in place with `{}` (no status yet), not truncated
+    // to nothing: on ext4 a truncation to zero makes the next close flush the file to disk
+    // and waits for the flush the last run's end started (about 0.25 ms of every start here).
     let status = OpenOptions::new()
         .create(true)
         .write(true)
-        .truncate(true)
+        .truncate(false)
         .open(&paths.status_file)
+        .and_then(|f| {
+            f.write_all_at(b"{}", 0)?;
+            f.set_len(2)?;
+            Ok(f)
+        })
         .map_err(|e| RuntimeError::io(&paths.status_file, e))?;
     place_fds(&[
         (&logs[0], LOG_FDS[0]),

@@ -79,6 +79,9 @@ impl Init {
 #[test]
 fn the_init_logs_both_streams_and_records_the_exit_code() {
     let init = Init::new();
+    // A longer status of an earlier run: written over, and cut to the new one's length (the
+    // file is open for appending here, as under `runc run`).
+    std::fs::write(init.logs().join("status"), "x".repeat(500)).unwrap();
     let out = init.run(&[
         "init",
         "--log-segment",
