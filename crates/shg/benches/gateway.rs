@@ -12,7 +12,6 @@
 //! `SHG_BENCH_AGENT_LOG=FILE` keeps the agent's log.
 //! Needs root, busybox-static and runc (scripts/setup.sh installs them).
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -635,7 +634,6 @@ fn package(
 
 /// `runc run` of the bundle, handing the init its log and status files as fds 3, 4 and 5.
 fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
-    use std::os::fd::AsRawFd;
     let open = |n: &str| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -644,7 +642,6 @@ fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
             .unwrap()
     };
     let files = [open("log.0"), open("log.1"), open("status")];
-    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
     let mut cmd = Command::new("runc");
     cmd.arg("--root")
         .arg(root)
@@ -654,21 +651,7 @@ fn runc_run(root: &Path, bundle: &Path, logs: &Path, id: &str) -> bool {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: only dup2 between fork and exec, on descriptors this process owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            let high: Vec<i32> = fds
-                .iter()
-                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
-                .collect();
-            for (i, fd) in high.iter().enumerate() {
-                if libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
+    testdata::hand_over_from_3(&mut cmd, &[&files[0], &files[1], &files[2]]);
     let ok = cmd.status().map(|s| s.success()).unwrap_or(false);
     drop(files);
     ok

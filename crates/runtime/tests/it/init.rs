@@ -3,7 +3,6 @@
 //! and `enter`. (Inside containers, the e2e suite runs it in every start.)
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -48,22 +47,7 @@ impl Init {
         let files: [File; 3] = [open("log.0"), open("log.1"), open("status")];
         let mut cmd = Command::new(self.binary());
         cmd.args(args).stdin(Stdio::null());
-        let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
-        // SAFETY: only fcntl and dup2 between fork and exec, on descriptors this process owns.
-        unsafe {
-            cmd.pre_exec(move || {
-                let high: Vec<i32> = fds
-                    .iter()
-                    .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
-                    .collect();
-                for (i, fd) in high.iter().enumerate() {
-                    if libc::dup2(*fd, 3 + i as i32) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        testdata::hand_over_from_3(&mut cmd, &[&files[0], &files[1], &files[2]]);
         cmd.output().unwrap()
     }
 
