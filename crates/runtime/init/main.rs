@@ -54,7 +54,7 @@ static PROGRAM: Aligned = Aligned(*include_bytes!(env!("SHG_SECCOMP_BPF")));
 static mut STDOUT_LINES: [u8; text::MAX_LINE] = [0; text::MAX_LINE];
 static mut STDERR_LINES: [u8; text::MAX_LINE] = [0; text::MAX_LINE];
 
-/// An error message, as long as any this program writes (a command's name is cut off).
+/// An error message: 1 KiB at most (a long command name cuts off what follows it).
 type Message = Text<1024>;
 
 core::arch::global_asm!(
@@ -221,6 +221,9 @@ fn init(args: &Args) -> i32 {
         // Keeps the command from inheriting it.
         let _ = sys::fcntl(fd, sys::F_SETFD, sys::FD_CLOEXEC);
     }
+    // Nor any other descriptor the runtime left open (libcontainer closes them; another
+    // runtime may not).
+    let _ = sys::cloexec_from(STATUS_FD + 1);
     let mut log = match Log::new(LOG_FDS, opts.log_segment) {
         Ok(log) => log,
         Err(e) => {
@@ -247,18 +250,19 @@ fn init(args: &Args) -> i32 {
             None
         }
     };
-    let (code, signal) = match exit {
-        Some(sys::Ended::Exited(code)) => (code, None),
-        Some(sys::Ended::Signaled(signal)) => (128 + signal, Some(signal)),
+    let (code, signal, finished_ms) = match exit {
+        Some((sys::Ended::Exited(code), at)) => (code, None, at),
+        Some((sys::Ended::Signaled(signal), at)) => (128 + signal, Some(signal), at),
         None => {
             let mut line = Message::new();
             line.push(b"shg-init: ").push(error.as_bytes());
             log.line(Stream::Stderr, line.as_bytes());
-            (127, None)
+            (127, None, sys::now_ms())
         }
     };
-    // `runtime::init::ExitStatus` as JSON.
-    let mut status = Text::<1536>::new();
+    // `runtime::init::ExitStatus` as JSON: room for the error escaped at its longest (six
+    // bytes for one), so the JSON always ends.
+    let mut status = Text::<{ 6 * 1024 + 128 }>::new();
     status
         .push(b"{\"code\":")
         .num(code as u64)
@@ -269,7 +273,7 @@ fn init(args: &Args) -> i32 {
     };
     status
         .push(b",\"finished_ms\":")
-        .num(sys::now_ms())
+        .num(finished_ms)
         .push(b",\"error\":");
     if exit.is_some() {
         status.push(b"null");
@@ -292,14 +296,14 @@ fn init(args: &Args) -> i32 {
     code
 }
 
-/// Runs the command to its end: how it ended, or nothing, with `error` saying why it could not
-/// be started.
+/// Runs the command to its end: how it ended and when (Unix milliseconds), or nothing, with
+/// `error` saying why it could not be started.
 fn supervise(
     args: &Args,
     opts: &Options,
     log: &mut Log,
     error: &mut Message,
-) -> Option<sys::Ended> {
+) -> Option<(sys::Ended, u64)> {
     let name = args.get(opts.command).unwrap_or_default();
     let mut failed = |what: &[u8], e: Errno| {
         error.push(what).errno(e);
@@ -330,6 +334,7 @@ fn supervise(
             // The child: its stdio, its user, then the command. A failure is reported to the
             // parent through `report_w` (closed by a successful exec).
             let e = sys::sigprocmask(0, true)
+                .and_then(|()| sys::default_action(sys::SIGPIPE))
                 .and_then(|()| sys::dup2(null, 0))
                 .and_then(|()| sys::dup2(out_w, 1))
                 .and_then(|()| sys::dup2(err_w, 2))
@@ -366,16 +371,17 @@ fn supervise(
         return None;
     }
 
+    let (out_buf, err_buf) = (&raw mut STDOUT_LINES, &raw mut STDERR_LINES);
     // SAFETY: `supervise` runs once, in a process with one thread: these are the only
     // references ever made to the two buffers.
-    let (out_buf, err_buf) =
-        unsafe { (&mut *(&raw mut STDOUT_LINES), &mut *(&raw mut STDERR_LINES)) };
+    let (out_buf, err_buf) = unsafe { (&mut *out_buf, &mut *err_buf) };
     let mut streams = [
         Lines::new(out_r, Stream::Stdout, out_buf),
         Lines::new(err_r, Stream::Stderr, err_buf),
     ];
     let mut exit = None;
     let mut drain_until: Option<u64> = None;
+    let mut ended_at = 0;
     loop {
         if let Some(deadline) = drain_until {
             // The command is gone: stop once its output is drained, or when a descendant
@@ -419,7 +425,8 @@ fn supervise(
                 if signal == sys::SIGCHLD {
                     reap(child, &mut exit);
                     if exit.is_some() && drain_until.is_none() {
-                        drain_until = Some(sys::now_ms() + 200);
+                        ended_at = sys::now_ms();
+                        drain_until = Some(ended_at + 200);
                     }
                 } else if exit.is_none() {
                     let _ = sys::kill(child, signal);
@@ -435,7 +442,7 @@ fn supervise(
     for stream in &mut streams {
         stream.finish(log);
     }
-    exit
+    exit.map(|ended| (ended, ended_at))
 }
 
 /// Reaps every exited process in the container, recording the command's own end.
@@ -462,16 +469,15 @@ fn read_full(fd: i32, buf: &mut [u8]) -> usize {
 }
 
 /// Runs the command from argument `first` on, found as `execvp` finds it: a name with a `/`
-/// as it is, any other in each directory of `PATH` (`/bin:/usr/bin` without one). Returns
-/// only on failure, with the error.
+/// as it is, any other in each directory of `PATH` (`/bin:/usr/bin` without one); a file the
+/// kernel cannot run (a script without `#!`) is run by `/bin/sh`. Returns only on failure,
+/// with the error.
 fn exec(args: &Args, first: usize) -> Errno {
-    let argv = args.from(first);
     let name = args.get(first).unwrap_or_default();
     if name.contains(&b'/') {
         let mut path = Text::<4097>::new();
         path.push(name).push(b"\0");
-        // SAFETY: a NUL-terminated path; argv and envp are the kernel's arrays.
-        return unsafe { sys::execve(path.as_bytes().as_ptr(), argv, args.envp) };
+        return exec_path(args, first, &path);
     }
     if name.is_empty() {
         return sys::ENOENT;
@@ -485,10 +491,9 @@ fn exec(args: &Args, first: usize) -> Errno {
         if path.as_bytes().len() == 4097 {
             continue;
         }
-        // SAFETY: as above.
-        match unsafe { sys::execve(path.as_bytes().as_ptr(), argv, args.envp) } {
+        match exec_path(args, first, &path) {
             sys::EACCES => denied = true,
-            sys::ENOENT | sys::ENOTDIR | sys::ESTALE => {}
+            sys::ENOENT | sys::ENOTDIR | sys::ESTALE | sys::ENODEV | sys::ETIMEDOUT => {}
             e => return e,
         }
     }
@@ -497,6 +502,29 @@ fn exec(args: &Args, first: usize) -> Errno {
     } else {
         sys::ENOENT
     }
+}
+
+/// Runs `path` (NUL-terminated) with the arguments from `first` on; returns only on failure.
+fn exec_path(args: &Args, first: usize, path: &Text<4097>) -> Errno {
+    let path = path.as_bytes().as_ptr();
+    // SAFETY: a NUL-terminated path; argv and envp are the kernel's arrays.
+    let e = unsafe { sys::execve(path, args.from(first), args.envp) };
+    if e != sys::ENOEXEC || first < 1 {
+        return e;
+    }
+    // As `execvp`: `/bin/sh PATH ARGS…`, in the slots of the argument before the command
+    // (`--`, never read again) and of the command's name.
+    const SHELL: &[u8] = b"/bin/sh\0";
+    // SAFETY: `first - 1` and `first` are slots of the kernel's argument array, which is
+    // writable and lives as long as the process; both hold pointers to NUL-terminated
+    // strings (the shell's name, static; the path, alive until the call returns).
+    unsafe {
+        let slots = args.argv as *mut *const u8;
+        *slots.add(first - 1) = SHELL.as_ptr();
+        *slots.add(first) = path;
+        sys::execve(SHELL.as_ptr(), slots.add(first - 1), args.envp);
+    }
+    e
 }
 
 /// The value of environment variable `key`.
@@ -538,12 +566,15 @@ fn enter(args: &Args) -> i32 {
         return 126;
     }
     let _ = sys::setpgid_self();
-    // The command starts with no signal blocked, whatever the runtime left.
+    // The command starts with no signal blocked and SIGPIPE's default action, whatever the
+    // runtime left.
     let _ = sys::sigprocmask(0, true);
+    let _ = sys::default_action(sys::SIGPIPE);
+    let name = args.get(first).unwrap_or_default();
     let e = exec(args, first);
     let mut m = Message::new();
     m.push(b"shg: cannot run ")
-        .quoted(args.get(first).unwrap_or_default())
+        .quoted(name)
         .push(b": ")
         .errno(e)
         .push(b"\n");

@@ -11,6 +11,9 @@ pub const ENOENT: Errno = Errno(2);
 pub const EINTR: Errno = Errno(4);
 pub const EACCES: Errno = Errno(13);
 pub const ENOTDIR: Errno = Errno(20);
+pub const ENOEXEC: Errno = Errno(8);
+pub const ENODEV: Errno = Errno(19);
+pub const ETIMEDOUT: Errno = Errno(110);
 pub const ESTALE: Errno = Errno(116);
 
 pub type Result<T> = core::result::Result<T, Errno>;
@@ -18,8 +21,10 @@ pub type Result<T> = core::result::Result<T, Errno>;
 const READ: usize = 0;
 const WRITE: usize = 1;
 const CLOSE: usize = 3;
+const FSTAT: usize = 5;
 const POLL: usize = 7;
 const LSEEK: usize = 8;
+const RT_SIGACTION: usize = 13;
 const RT_SIGPROCMASK: usize = 14;
 const PREAD64: usize = 17;
 const PWRITE64: usize = 18;
@@ -41,6 +46,7 @@ const EXIT_GROUP: usize = 231;
 const OPENAT: usize = 257;
 const SIGNALFD4: usize = 289;
 const PIPE2: usize = 293;
+const CLOSE_RANGE: usize = 436;
 const SECCOMP: usize = 317;
 
 /// # Safety
@@ -175,6 +181,32 @@ pub fn writev(fd: i32, parts: &[IoVec]) -> Result<usize> {
     })
 }
 
+/// The modification time of an open file (`struct stat`'s `st_mtim`), in nanoseconds.
+pub fn mtime_ns(fd: i32) -> Result<u128> {
+    // `struct stat` on x86_64 is 144 bytes; `st_mtim` (seconds, nanoseconds) is at byte 88.
+    let mut stat = [0u64; 18];
+    // SAFETY: `stat` is as large as the kernel's `struct stat` here.
+    check(unsafe { syscall(FSTAT, fd as usize, stat.as_mut_ptr() as usize, 0, 0, 0) })?;
+    Ok(stat[11] as u128 * 1_000_000_000 + stat[12] as u128)
+}
+
+/// Marks every descriptor from `first` on close-on-exec.
+pub fn cloexec_from(first: i32) -> Result<()> {
+    const CLOSE_RANGE_CLOEXEC: usize = 1 << 2;
+    // SAFETY: no pointers.
+    check(unsafe {
+        syscall(
+            CLOSE_RANGE,
+            first as usize,
+            u32::MAX as usize,
+            CLOSE_RANGE_CLOEXEC,
+            0,
+            0,
+        )
+    })
+    .map(drop)
+}
+
 pub const SEEK_SET: usize = 0;
 pub const SEEK_END: usize = 2;
 
@@ -243,6 +275,7 @@ pub const SIGINT: i32 = 2;
 pub const SIGQUIT: i32 = 3;
 pub const SIGUSR1: i32 = 10;
 pub const SIGUSR2: i32 = 12;
+pub const SIGPIPE: i32 = 13;
 pub const SIGTERM: i32 = 15;
 pub const SIGCHLD: i32 = 17;
 pub const SIGWINCH: i32 = 28;
@@ -263,6 +296,25 @@ pub fn sigprocmask(set: SigSet, unblock_all: bool) -> Result<()> {
     };
     // SAFETY: `set` is a kernel signal set of 8 bytes, read by the kernel during the call.
     check(unsafe { syscall(RT_SIGPROCMASK, how, &set as *const u64 as usize, 0, 8, 0) }).map(drop)
+}
+
+/// Gives `signal` its default action back (what a command expects of SIGPIPE, which the
+/// runtime's own program may have ignored; an ignored signal stays ignored across exec).
+pub fn default_action(signal: i32) -> Result<()> {
+    // `struct sigaction` as the kernel takes it: handler (0: SIG_DFL), flags, restorer, mask.
+    let action = [0usize; 4];
+    // SAFETY: the kernel reads the 32 bytes of `action` during the call; no old action asked.
+    check(unsafe {
+        syscall(
+            RT_SIGACTION,
+            signal as usize,
+            action.as_ptr() as usize,
+            0,
+            8,
+            0,
+        )
+    })
+    .map(drop)
 }
 
 /// A non-blocking, close-on-exec signalfd for `set`.
@@ -474,6 +526,7 @@ pub fn describe(e: Errno) -> &'static str {
         12 => "Cannot allocate memory",
         13 => "Permission denied",
         14 => "Bad address",
+        19 => "No such device",
         20 => "Not a directory",
         21 => "Is a directory",
         22 => "Invalid argument",
@@ -483,6 +536,9 @@ pub fn describe(e: Errno) -> &'static str {
         36 => "File name too long",
         38 => "Function not implemented",
         40 => "Too many levels of symbolic links",
+        80 => "Accessing a corrupted shared library",
+        110 => "Connection timed out",
+        116 => "Stale file handle",
         _ => "Unknown error",
     }
 }

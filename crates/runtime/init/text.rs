@@ -43,7 +43,7 @@ impl<const N: usize> Text<N> {
     }
 
     /// `bytes` as Rust's `{:?}` shows a string: quoted, with quotes, backslashes and control
-    /// characters escaped (invalid UTF-8 as `\xNN`).
+    /// characters escaped (bytes that are not UTF-8 are written as they are).
     pub fn quoted(&mut self, bytes: &[u8]) -> &mut Self {
         self.push(b"\"");
         for &b in bytes {
@@ -52,7 +52,9 @@ impl<const N: usize> Text<N> {
                 b'\\' => self.push(b"\\\\"),
                 b'\n' => self.push(b"\\n"),
                 b'\t' => self.push(b"\\t"),
-                0..=0x1f | 0x7f => self.push(b"\\x").hex(b),
+                b'\r' => self.push(b"\\r"),
+                0 => self.push(b"\\0"),
+                0x01..=0x1f | 0x7f => self.push(b"\\u{").hex(b).push(b"}"),
                 _ => self.push(&[b]),
             };
         }
@@ -119,12 +121,17 @@ impl Log {
             sys::lseek(fds[0], 0, sys::SEEK_END)?,
             sys::lseek(fds[1], 0, sys::SEEK_END)?,
         ];
-        // The one begun last, by its first line's time (as `runtime::logfile::read_all`
-        // orders them); within the same millisecond, the one less full.
+        // The one written last. Where both were written within one tick of the file
+        // system's clock, the one begun last, by its first line's time (as
+        // `runtime::logfile::read_all` orders them), if the segments can be read (`runc run`
+        // with `3>>log.0` gives them for appending only); failing that, the one less full.
+        let age = |fd: i32, other_size: u64| {
+            Ok::<_, Errno>((sys::mtime_ns(fd)?, first_time(fd), other_size))
+        };
         let current = match sizes {
             [_, 0] => 0,
             [0, _] => 1,
-            _ if (first_time(fds[1]), sizes[0]) > (first_time(fds[0]), sizes[1]) => 1,
+            _ if age(fds[1], sizes[0])? > age(fds[0], sizes[1])? => 1,
             _ => 0,
         };
         Ok(Log {
@@ -158,13 +165,13 @@ impl Log {
         ];
         if let Ok(n) = sys::writev(self.fds[self.current], &parts) {
             self.written += n as u64;
-            // A short write (a full disk, a signal) leaves a torn line, which the reader
-            // skips; the rest of the line is not retried.
+            // A short write (a full disk) leaves a torn line, which the next line continues;
+            // the rest of the line is not retried.
         }
     }
 }
 
-/// The time at the start of a segment's first line (0 if it has none).
+/// The time at the start of a segment's first line (0 if it has none, or cannot be read).
 fn first_time(fd: i32) -> u64 {
     let mut head = [0u8; 20];
     let n = sys::pread(fd, &mut head, 0).unwrap_or(0);

@@ -111,9 +111,11 @@ pub fn create_and_start(
     let logs: Vec<File> = segment_paths(&paths.log_dir)
         .iter()
         .map(|p| {
+            // Readable too: the init tells which segment it wrote last by their first lines.
             OpenOptions::new()
                 .create(true)
                 .append(true)
+                .read(true)
                 .open(p)
                 .map_err(|e| RuntimeError::io(p, e))
         })

@@ -46,6 +46,31 @@ pub fn free_port() -> u16 {
     )
 }
 
+/// Hands `files` to the program `cmd` runs at descriptors 3, 4, 5…, as a container runtime
+/// hands a service's init its two log segments and its status file (`runc run --preserve-fds
+/// 3`). The files must stay open until the program has started.
+pub fn hand_over_from_3(cmd: &mut std::process::Command, files: &[&std::fs::File]) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
+    // SAFETY: only fcntl and dup2 between fork and exec, on descriptors this process owns;
+    // each is first copied above the targets, so no target overwrites a source still needed.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high: Vec<i32> = fds
+                .iter()
+                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
+                .collect();
+            for (i, fd) in high.iter().enumerate() {
+                if *fd < 0 || libc::dup2(*fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -81,30 +106,5 @@ mod tests {
         assert_eq!(&super::scrambled(10)[..], &a[..10]);
         let distinct: std::collections::BTreeSet<u8> = a.iter().copied().collect();
         assert!(distinct.len() > 200);
-    }
-}
-
-/// Hands `files` to the program `cmd` runs at descriptors 3, 4, 5…, as a container runtime
-/// hands a service's init its two log segments and its status file (`runc run --preserve-fds
-/// 3`). The files must stay open until the program has started.
-pub fn hand_over_from_3(cmd: &mut std::process::Command, files: &[&std::fs::File]) {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    let fds: Vec<i32> = files.iter().map(|f| f.as_raw_fd()).collect();
-    // SAFETY: only fcntl and dup2 between fork and exec, on descriptors this process owns;
-    // each is first copied above the targets, so no target overwrites a source still needed.
-    unsafe {
-        cmd.pre_exec(move || {
-            let high: Vec<i32> = fds
-                .iter()
-                .map(|&fd| libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100))
-                .collect();
-            for (i, fd) in high.iter().enumerate() {
-                if *fd < 0 || libc::dup2(*fd, 3 + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
     }
 }

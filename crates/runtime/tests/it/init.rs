@@ -34,13 +34,18 @@ impl Init {
     }
 
     /// `shg-init ARGS…` with the two log segments and the status file at fds 3, 4 and 5, as
-    /// the runtime hands them over.
+    /// `runc run … 3>>log.0 4>>log.1 5>>status` hands them over: for appending only (the
+    /// agent's runtime also lets the init read the segments).
     fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, false)
+    }
+
+    fn run_with(&self, args: &[&str], readable: bool) -> Output {
         let open = |name: &str| {
             OpenOptions::new()
                 .create(true)
                 .append(true)
-                .read(true)
+                .read(readable)
                 .open(self.dir.path().join(name))
                 .unwrap()
         };
@@ -311,4 +316,82 @@ fn install_writes_the_init_once_and_replaces_a_different_file() {
     // The same content again: the file is left as it is (a running container binds it).
     runtime::init::install(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().ino(), meta.ino());
+}
+
+#[test]
+fn segments_written_within_one_clock_tick_are_told_apart_by_their_first_lines() {
+    let init = Init::new();
+    // Two full segments with the same modification time: log.1 begun later than log.0.
+    let [zero, one] = segment_paths(init.logs());
+    std::fs::write(&zero, "1000 o older\n".repeat(300)).unwrap();
+    std::fs::write(&one, "2000 o newer\n".repeat(200)).unwrap();
+    let when = std::time::SystemTime::now();
+    for path in [&zero, &one] {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.set_times(std::fs::FileTimes::new().set_modified(when))
+            .unwrap();
+    }
+    let out = init.run_with(&["init", "--", "/bin/echo", "next"], true);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The new line continues log.1, the segment begun last; log.0 is untouched.
+    assert!(std::fs::read_to_string(&one)
+        .unwrap()
+        .ends_with(" o next\n"));
+    assert_eq!(
+        std::fs::read_to_string(&zero).unwrap(),
+        "1000 o older\n".repeat(300)
+    );
+}
+
+#[test]
+fn the_command_gets_sigpipe_back_and_a_script_without_an_interpreter_line_runs_in_sh() {
+    let init = Init::new();
+    // The test's own process ignores SIGPIPE (Rust programs do), and an ignored signal stays
+    // ignored across exec: the init gives the command the default action back, so a writer
+    // into a closed pipe dies of it rather than complaining.
+    let out = init.run(&[
+        "init",
+        "--",
+        "/bin/sh",
+        "-c",
+        "yes | head -n 1; grep SigIgn /proc/self/status",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = init.lines();
+    assert!(lines.contains(&(Stream::Stdout, "y".into())), "{lines:?}");
+    assert!(
+        !lines.iter().any(|(_, t)| t.contains("Broken pipe")),
+        "{lines:?}"
+    );
+    let ignored = lines
+        .iter()
+        .find_map(|(_, t)| t.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .expect("the command's ignored signals");
+    assert_eq!(ignored & (1 << 12), 0, "SIGPIPE still ignored: {ignored:x}");
+
+    // A file the kernel cannot run (no `#!`) runs in /bin/sh, as execvp does.
+    let script = init.logs().join("plain-script");
+    std::fs::write(&script, "echo from a plain script \"$1\"\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = init.run(&["init", "--", script.to_str().unwrap(), "arg"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        init.lines().last().unwrap(),
+        &(Stream::Stdout, "from a plain script arg".to_string())
+    );
+}
+
+#[test]
+fn an_error_naming_a_command_of_odd_bytes_still_makes_a_valid_status() {
+    let init = Init::new();
+    // A name of quotes and backslashes, each escaped twice over (as Rust shows a string,
+    // then in JSON): the status must still be whole.
+    let name = "\\\"".repeat(400);
+    let out = init.run(&["init", "--", &name]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    let status = init.status().expect("a status that parses");
+    let error = status.error.expect("an error");
+    assert!(error.starts_with("cannot start \""), "{error}");
 }
