@@ -3,8 +3,8 @@
 //!
 //! 1. install-to-running and run-to-exit of a `/bin/true` service, against `runc run` of the
 //!    very same bundle, its overlay root mounted as README (Containers) tells an operator;
-//! 2. the agent's memory (PSS) idle and with 50 sleeping services, and the start-to-exit and
-//!    `runc run` pairs of 1. again while those 50 run;
+//! 2. the agent's memory (PSS) idle and with 50 sleeping services, each sleeper's init's
+//!    memory, and the start-to-exit and `runc run` pairs of 1. again while those 50 run;
 //! 3. what sampling every service's cgroup once a second costs the agent with those 50;
 //! 4. the CPU share a service reserving half a core keeps while a neighbour spins.
 //!
@@ -287,6 +287,35 @@ fn main() {
     });
     std::thread::sleep(Duration::from_secs(2));
     let busy = memory(pid);
+    // Each sleeper's PID 1 (`shg-init`): its resident memory, and the part of it that is its
+    // own (anonymous; its program's pages are the same file in every container).
+    let inits: Vec<(u64, u64)> = rt
+        .block_on(client.list())
+        .expect("list")
+        .iter()
+        .filter(|s| s.name.starts_with("sleeper-"))
+        .filter_map(|s| s.pid)
+        .map(|init| {
+            let text = std::fs::read_to_string(format!("/proc/{init}/smaps_rollup"))
+                .unwrap_or_else(|e| panic!("/proc/{init}/smaps_rollup of a sleeper's init: {e}"));
+            let field = |name: &str| -> u64 {
+                text.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                    .unwrap_or_else(|| panic!("no {name} in the init's smaps_rollup: {text}"))
+            };
+            (field("Rss:"), field("Anonymous:"))
+        })
+        .collect();
+    assert_eq!(
+        inits.len(),
+        scale.sleepers,
+        "the agent lists {} running sleepers with an init, of {}",
+        inits.len(),
+        scale.sleepers
+    );
+    let (mut init_rss, mut init_own): (Vec<f64>, Vec<f64>) =
+        inits.iter().map(|&(r, a)| (r as f64, a as f64)).unzip();
     // The same pairs again, beside the running sleepers: every one of them adds its root and
     // its volume to the host's mount table, which the runtimes read at each start.
     let (mut crowded_ms, mut crowded_runc_ms) = pairs.run(&rt, "crowded", runs, &mut exited);
@@ -361,6 +390,11 @@ fn main() {
         );
     }
     println!("  agent anon memory per service        {per_service:>8.1} KiB");
+    println!(
+        "  container init (shg-init), each      {:>8.0} KiB RSS, {:.0} KiB its own (anon)",
+        median(&mut init_rss),
+        median(&mut init_own)
+    );
 
     // --- sampling cost --------------------------------------------------------------------
     // Nothing else runs periodically in an agent whose services have no health checks: its
