@@ -4,6 +4,8 @@
 # - schemathesis (PyPI), in its own virtual environment: fuzzes the API against its document;
 #   tuspy beside it, the household's tus client in the cloud proxy's test.
 # - usp-js (npm): a USP controller no one here wrote, driving the gateway's USP agent.
+# - qemu-user-static (Debian) and Rust's aarch64 target: the container init is also built for
+#   aarch64, a gateway's ARM processor, and run under the emulator (crates/runtime/tests/it/init.rs).
 set -euo pipefail
 
 apt_install() {
@@ -33,4 +35,13 @@ if ! grep -qs "\"version\": \"$usp_js\"" "$node/node_modules/usp-js/package.json
   echo "test-tools: installing usp-js $usp_js into $node"
   mkdir -p "$node"
   npm install --silent --no-audit --no-fund --prefix "$node" "usp-js@$usp_js" >/dev/null
+fi
+
+if ! command -v qemu-aarch64-static >/dev/null; then
+  echo "test-tools: installing qemu-user-static"
+  apt_install qemu-user-static
+fi
+if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
+  echo "test-tools: adding Rust's aarch64-unknown-linux-gnu target"
+  rustup target add aarch64-unknown-linux-gnu
 fi

@@ -2,13 +2,10 @@
 //! once at build time instead of at every container start: libseccomp took a few milliseconds
 //! of each start to turn the same rules into the same program.
 //!
-//! Then builds `shg-init` itself (`init/main.rs`, with that program in it): a program without
-//! the standard library, which must be compiled with `panic=abort` and linked with a start of
-//! its own, neither of which Cargo sets for one binary of a workspace. So `rustc` is called
-//! here directly, and the crate embeds the result (`runtime::init::BINARY`).
+//! Then builds `shg-init` itself (`init/main.rs`, with that program in it; see `build/init.rs`),
+//! and the crate embeds the result (`runtime::init::BINARY`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -18,75 +15,56 @@ use libseccomp::{
 #[path = "src/seccomp_rules.rs"]
 mod rules;
 
+#[path = "build/init.rs"]
+mod init;
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build");
     println!("cargo:rerun-if-changed=src/seccomp_rules.rs");
     println!("cargo:rerun-if-changed=init");
     let target = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets the target arch");
-    let arch = match target.as_str() {
-        "x86_64" => ScmpArch::X8664,
-        "aarch64" => ScmpArch::Aarch64,
-        other => panic!("no seccomp filter for target arch {other}: add it to runtime/build.rs"),
-    };
-    let bpf = compile(arch).unwrap_or_else(|e| panic!("cannot compile the seccomp rules: {e}"));
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::File::create(out.join("seccomp.bpf"))
-        .and_then(|file| bpf.export_bpf(&file).map_err(std::io::Error::other))
-        .unwrap_or_else(|e| panic!("cannot write the seccomp filter to {}: {e}", out.display()));
-    build_init(&target, &out);
-}
-
-/// Compiles `init/main.rs` into `OUT_DIR/shg-init`: a static executable (not position
-/// independent, so nothing needs relocating at its start), without the C library's start
-/// files or libraries, optimised whatever the profile.
-fn build_init(arch: &str, out: &Path) {
-    if arch != "x86_64" {
+    if !init::ARCHES.contains(&target.as_str()) {
         panic!(
-            "shg-init makes its system calls for x86_64 only: add {arch}'s numbers and calling \
-             convention to runtime/init/sys.rs and its `_start` to init/main.rs"
+            "shg-init and its seccomp filter are made for {:?} only: add {target}'s system \
+             call numbers to runtime/init/sys.rs, its `_start` to init/main.rs, and its \
+             libseccomp arch to runtime/build.rs",
+            init::ARCHES
         );
     }
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // The filter of every supported architecture, so the tests can build the init for the
+    // one this build is not for.
+    for arch in init::ARCHES {
+        let bpf = compile(scmp_arch(arch))
+            .unwrap_or_else(|e| panic!("cannot compile the seccomp rules for {arch}: {e}"));
+        let path = out.join(format!("seccomp-{arch}.bpf"));
+        std::fs::File::create(&path)
+            .and_then(|file| bpf.export_bpf(&file).map_err(std::io::Error::other))
+            .unwrap_or_else(|e| panic!("cannot write the seccomp filter {}: {e}", path.display()));
+    }
+    let own = out.join(format!("seccomp-{target}.bpf"));
+    std::fs::copy(&own, out.join("seccomp.bpf"))
+        .unwrap_or_else(|e| panic!("cannot copy {}: {e}", own.display()));
     let rustc = std::env::var("RUSTC").expect("cargo sets RUSTC");
-    let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    let triple = std::env::var("TARGET").expect("cargo sets TARGET");
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let binary = out.join("shg-init");
-    let status = Command::new(&rustc)
-        .env("SHG_SECCOMP_BPF", out.join("seccomp.bpf"))
-        .args([
-            "--edition",
-            "2021",
-            "--crate-type",
-            "bin",
-            "--crate-name",
-            "shg_init",
-        ])
-        .args(["--target", &target])
-        .args([
-            "-C",
-            "opt-level=2",
-            "-C",
-            "panic=abort",
-            "-C",
-            "debuginfo=0",
-        ])
-        .args(["-C", "strip=symbols", "-C", "codegen-units=1"])
-        .args([
-            "-C",
-            "relocation-model=static",
-            "-C",
-            "target-feature=+crt-static",
-        ])
-        .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
-        .args(["-D", "warnings"])
-        .arg("-o")
-        .arg(&binary)
-        .arg(manifest_dir.join("init/main.rs"))
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {rustc} to build shg-init: {e}"));
-    if !status.success() {
-        panic!(
-            "{rustc} could not build shg-init from init/main.rs ({status}); see its errors above"
-        );
+    init::compile(
+        &rustc,
+        &triple,
+        &manifest_dir.join("init/main.rs"),
+        &own,
+        &out.join("shg-init"),
+        &[],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn scmp_arch(arch: &str) -> ScmpArch {
+    match arch {
+        "x86_64" => ScmpArch::X8664,
+        "aarch64" => ScmpArch::Aarch64,
+        other => unreachable!("{other} is not in init::ARCHES"),
     }
 }
 
@@ -104,7 +82,11 @@ fn compile(arch: ScmpArch) -> Result<ScmpFilterContext, libseccomp::error::Secco
         // A name libseccomp does not know on any arch is a typo in the rules.
         ScmpSyscall::from_name(name)
             .unwrap_or_else(|_| panic!("seccomp rules: no system call named {name:?}"));
-        ScmpSyscall::from_name_by_arch(name, arch).ok()
+        // A call the arch does not have comes back as a negative pseudo number, which
+        // libseccomp refuses in a rule for that arch alone.
+        ScmpSyscall::from_name_by_arch(name, arch)
+            .ok()
+            .filter(|call| call.as_raw_syscall() >= 0)
     };
     for name in rules::ALLOWED {
         // Legacy calls some arches never had (aarch64 has no `open` or `fork`) are skipped.

@@ -57,6 +57,9 @@ static mut STDERR_LINES: [u8; text::MAX_LINE] = [0; text::MAX_LINE];
 /// An error message: 1 KiB at most (a long command name cuts off what follows it).
 type Message = Text<1024>;
 
+// The entry point: `main` gets the stack pointer the kernel started the process with, and
+// no frame to return to.
+#[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     ".globl _start",
     "_start:",
@@ -64,6 +67,16 @@ core::arch::global_asm!(
     "mov rdi, rsp",
     "and rsp, -16",
     "call {main}",
+    main = sym main,
+);
+#[cfg(target_arch = "aarch64")]
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov x29, xzr",
+    "mov x30, xzr",
+    "mov x0, sp",
+    "bl {main}",
     main = sym main,
 );
 
@@ -185,6 +198,11 @@ fn number(text: &[u8]) -> Option<u64> {
 /// init, and the filter denies `seccomp(2)`, so a second load would fail. Under another
 /// runtime (`runc run` of the bundle) nothing is loaded before the init.
 fn load_filter() -> Result<(), Errno> {
+    // Only in the build the tests run under qemu-user (`--cfg shg_init_emulated`), which
+    // answers neither seccomp(2) nor PR_GET_SECCOMP: the filter is left out there.
+    if cfg!(shg_init_emulated) {
+        return Ok(());
+    }
     const SECCOMP_MODE_FILTER: usize = 2;
     if sys::prctl(sys::PR_GET_SECCOMP, 0) == Ok(SECCOMP_MODE_FILTER) {
         return Ok(());

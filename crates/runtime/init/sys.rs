@@ -1,5 +1,8 @@
-//! The Linux system calls the init makes, without a C library: x86_64 only (`build.rs` refuses
-//! other targets until their numbers and calling convention are added here).
+//! The Linux system calls the init makes, without a C library, on x86_64 and aarch64.
+//!
+//! Only calls both architectures have are used (`openat`, `pipe2`, `dup3`, `ppoll`, `clone`),
+//! so the code above the numbers and the instruction is the same for both; another
+//! architecture needs its numbers in a module like [`nr`] and its `syscall`.
 
 use core::arch::asm;
 
@@ -18,40 +21,82 @@ pub const ESTALE: Errno = Errno(116);
 
 pub type Result<T> = core::result::Result<T, Errno>;
 
-const READ: usize = 0;
-const WRITE: usize = 1;
-const CLOSE: usize = 3;
-const FSTAT: usize = 5;
-const POLL: usize = 7;
-const LSEEK: usize = 8;
-const RT_SIGACTION: usize = 13;
-const RT_SIGPROCMASK: usize = 14;
-const PREAD64: usize = 17;
-const PWRITE64: usize = 18;
-const WRITEV: usize = 20;
-const DUP2: usize = 33;
-const CLONE: usize = 56;
-const EXECVE: usize = 59;
-const WAIT4: usize = 61;
-const KILL: usize = 62;
-const FCNTL: usize = 72;
-const FTRUNCATE: usize = 77;
-const SETUID: usize = 105;
-const SETGID: usize = 106;
-const SETPGID: usize = 109;
-const SETGROUPS: usize = 116;
-const PRCTL: usize = 157;
-const CLOCK_GETTIME: usize = 228;
-const EXIT_GROUP: usize = 231;
-const OPENAT: usize = 257;
-const SIGNALFD4: usize = 289;
-const PIPE2: usize = 293;
-const CLOSE_RANGE: usize = 436;
-const SECCOMP: usize = 317;
+/// System call numbers (`arch/x86/entry/syscalls/syscall_64.tbl`).
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const READ: usize = 0;
+    pub const WRITE: usize = 1;
+    pub const CLOSE: usize = 3;
+    pub const FSTAT: usize = 5;
+    pub const LSEEK: usize = 8;
+    pub const RT_SIGACTION: usize = 13;
+    pub const RT_SIGPROCMASK: usize = 14;
+    pub const PREAD64: usize = 17;
+    pub const PWRITE64: usize = 18;
+    pub const WRITEV: usize = 20;
+    pub const CLONE: usize = 56;
+    pub const EXECVE: usize = 59;
+    pub const WAIT4: usize = 61;
+    pub const KILL: usize = 62;
+    pub const FCNTL: usize = 72;
+    pub const FTRUNCATE: usize = 77;
+    pub const SETUID: usize = 105;
+    pub const SETGID: usize = 106;
+    pub const SETPGID: usize = 109;
+    pub const SETGROUPS: usize = 116;
+    pub const PRCTL: usize = 157;
+    pub const CLOCK_GETTIME: usize = 228;
+    pub const EXIT_GROUP: usize = 231;
+    pub const OPENAT: usize = 257;
+    pub const PPOLL: usize = 271;
+    pub const SIGNALFD4: usize = 289;
+    pub const DUP3: usize = 292;
+    pub const PIPE2: usize = 293;
+    pub const SECCOMP: usize = 317;
+    pub const CLOSE_RANGE: usize = 436;
+}
+
+/// System call numbers (`include/uapi/asm-generic/unistd.h`).
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const DUP3: usize = 24;
+    pub const FCNTL: usize = 25;
+    pub const FTRUNCATE: usize = 46;
+    pub const OPENAT: usize = 56;
+    pub const CLOSE: usize = 57;
+    pub const PIPE2: usize = 59;
+    pub const LSEEK: usize = 62;
+    pub const READ: usize = 63;
+    pub const WRITE: usize = 64;
+    pub const WRITEV: usize = 66;
+    pub const PREAD64: usize = 67;
+    pub const PWRITE64: usize = 68;
+    pub const PPOLL: usize = 73;
+    pub const SIGNALFD4: usize = 74;
+    pub const FSTAT: usize = 80;
+    pub const EXIT_GROUP: usize = 94;
+    pub const CLOCK_GETTIME: usize = 113;
+    pub const KILL: usize = 129;
+    pub const RT_SIGACTION: usize = 134;
+    pub const RT_SIGPROCMASK: usize = 135;
+    pub const SETGID: usize = 144;
+    pub const SETUID: usize = 146;
+    pub const SETPGID: usize = 154;
+    pub const SETGROUPS: usize = 159;
+    pub const PRCTL: usize = 167;
+    pub const CLONE: usize = 220;
+    pub const EXECVE: usize = 221;
+    pub const WAIT4: usize = 260;
+    pub const SECCOMP: usize = 277;
+    pub const CLOSE_RANGE: usize = 436;
+}
+
+use nr::*;
 
 /// # Safety
 /// The arguments must be what system call `n` takes: pointers valid for what it reads or
 /// writes through them.
+#[cfg(target_arch = "x86_64")]
 unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize) -> isize {
     let ret: isize;
     // SAFETY: the `syscall` instruction clobbers rcx and r11 and nothing else of ours; the
@@ -60,6 +105,20 @@ unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize) ->
         asm!("syscall", inlateout("rax") n as isize => ret, in("rdi") a, in("rsi") b,
              in("rdx") c, in("r10") d, in("r8") e, lateout("rcx") _, lateout("r11") _,
              options(nostack));
+    }
+    ret
+}
+
+/// # Safety
+/// As for the x86_64 `syscall`.
+#[cfg(target_arch = "aarch64")]
+unsafe fn syscall(n: usize, a: usize, b: usize, c: usize, d: usize, e: usize) -> isize {
+    let ret: isize;
+    // SAFETY: `svc 0` takes the number in x8 and the arguments in x0-x4, returns in x0 and
+    // clobbers nothing else; the caller vouches for the arguments.
+    unsafe {
+        asm!("svc 0", in("x8") n, inlateout("x0") a as isize => ret, in("x1") b, in("x2") c,
+             in("x3") d, in("x4") e, options(nostack));
     }
     ret
 }
@@ -183,7 +242,8 @@ pub fn writev(fd: i32, parts: &[IoVec]) -> Result<usize> {
 
 /// The modification time of an open file (`struct stat`'s `st_mtim`), in nanoseconds.
 pub fn mtime_ns(fd: i32) -> Result<u128> {
-    // `struct stat` on x86_64 is 144 bytes; `st_mtim` (seconds, nanoseconds) is at byte 88.
+    // `struct stat` is 144 bytes on x86_64 and 128 on aarch64; on both, `st_mtim` (seconds,
+    // nanoseconds) is at byte 88.
     let mut stat = [0u64; 18];
     // SAFETY: `stat` is as large as the kernel's `struct stat` here.
     check(unsafe { syscall(FSTAT, fd as usize, stat.as_mut_ptr() as usize, 0, 0, 0) })?;
@@ -232,9 +292,14 @@ pub fn fcntl(fd: i32, cmd: usize, arg: usize) -> Result<usize> {
     check(unsafe { syscall(FCNTL, fd as usize, cmd, arg, 0, 0) })
 }
 
+/// Makes `new` a copy of `old`, inherited across exec (`dup2`, with `dup3`, which aarch64
+/// has instead: when the two are the same descriptor, only its close-on-exec is cleared).
 pub fn dup2(old: i32, new: i32) -> Result<()> {
+    if old == new {
+        return fcntl(old, F_SETFD, 0).map(drop);
+    }
     // SAFETY: no pointers.
-    check(unsafe { syscall(DUP2, old as usize, new as usize, 0, 0, 0) }).map(drop)
+    check(unsafe { syscall(DUP3, old as usize, new as usize, 0, 0, 0) }).map(drop)
 }
 
 pub const O_RDONLY: usize = 0;
@@ -362,15 +427,26 @@ pub const POLLIN: i16 = 1;
 
 /// Waits for any of `fds`, at most `timeout_ms` (negative: forever).
 pub fn poll(fds: &mut [PollFd], timeout_ms: i32) -> Result<usize> {
-    // SAFETY: the kernel reads and writes `fds.len()` entries of `fds`.
+    // `struct timespec`: seconds, nanoseconds; no timeout at all is a null pointer.
+    let timeout = [
+        (timeout_ms / 1000) as i64,
+        (timeout_ms % 1000) as i64 * 1_000_000,
+    ];
+    let timeout_ptr = if timeout_ms < 0 {
+        0
+    } else {
+        timeout.as_ptr() as usize
+    };
+    // SAFETY: the kernel reads and writes `fds.len()` entries of `fds` and reads `timeout`,
+    // which outlives the call; no signal mask is given.
     check(unsafe {
         syscall(
-            POLL,
+            PPOLL,
             fds.as_mut_ptr() as usize,
             fds.len(),
-            timeout_ms as isize as usize,
+            timeout_ptr,
             0,
-            0,
+            8,
         )
     })
 }

@@ -12,13 +12,34 @@ use runtime::logfile::{read_all, segment_paths, Stream};
 /// A directory with the init written into it, and the service's log and status files.
 struct Init {
     dir: tempfile::TempDir,
+    /// The emulator the init runs under, when it is built for another architecture.
+    emulator: Option<&'static str>,
 }
 
 impl Init {
     fn new() -> Init {
         let dir = tempfile::tempdir().unwrap();
         runtime::init::install(&dir.path().join("shg-init")).unwrap();
-        Init { dir }
+        Init {
+            dir,
+            emulator: None,
+        }
+    }
+
+    /// The init built for aarch64 (as for a gateway's ARM processor), run by
+    /// `qemu-aarch64-static`. The commands it starts are this machine's own: the emulator
+    /// hands an `execve` of an x86_64 program to the kernel.
+    ///
+    /// The emulator refuses seccomp(2) (it cannot put an aarch64 program into this kernel), so
+    /// this build leaves the filter out (`--cfg shg_init_emulated`); the x86_64 tests cover
+    /// loading it, and `build.rs` compiles the aarch64 filter in every build.
+    fn aarch64() -> Init {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(aarch64_binary(), dir.path().join("shg-init")).unwrap();
+        Init {
+            dir,
+            emulator: Some(QEMU_AARCH64),
+        }
     }
 
     fn binary(&self) -> PathBuf {
@@ -50,7 +71,14 @@ impl Init {
                 .unwrap()
         };
         let files: [File; 3] = [open("log.0"), open("log.1"), open("status")];
-        let mut cmd = Command::new(self.binary());
+        let mut cmd = match self.emulator {
+            None => Command::new(self.binary()),
+            Some(emulator) => {
+                let mut cmd = Command::new(emulator);
+                cmd.arg(self.binary());
+                cmd
+            }
+        };
         cmd.args(args).stdin(Stdio::null());
         testdata::hand_over_from_3(&mut cmd, &[&files[0], &files[1], &files[2]]);
         cmd.output().unwrap()
@@ -394,4 +422,164 @@ fn an_error_naming_a_command_of_odd_bytes_still_makes_a_valid_status() {
     let status = init.status().expect("a status that parses");
     let error = status.error.expect("an error");
     assert!(error.starts_with("cannot start \""), "{error}");
+}
+
+// --- the init built for aarch64 -------------------------------------------------------------
+
+#[allow(dead_code)]
+#[path = "../../build/init.rs"]
+mod build_init;
+
+const QEMU_AARCH64: &str = "qemu-aarch64-static";
+
+/// `init/main.rs` compiled for aarch64, once for all tests, the way `build.rs` compiles it for
+/// this machine.
+fn aarch64_binary() -> &'static Path {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        assert!(
+            Command::new(QEMU_AARCH64).arg("--version").output().is_ok(),
+            "{QEMU_AARCH64} is missing: apt-get install qemu-user-static (scripts/test-tools.sh does)"
+        );
+        // Under target/, built beside and renamed, so a test run in another process never
+        // runs half a file.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let partial = dir.join(format!("shg-init-aarch64.{}", std::process::id()));
+        build_init::compile(
+            "rustc",
+            "aarch64-unknown-linux-gnu",
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/init/main.rs")),
+            Path::new(concat!(env!("OUT_DIR"), "/seccomp-aarch64.bpf")),
+            &partial,
+            &["shg_init_emulated"],
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; without the aarch64 target, install it with `rustup target add \
+                 aarch64-unknown-linux-gnu` (scripts/test-tools.sh does)"
+            )
+        });
+        let binary = dir.join("shg-init-aarch64");
+        std::fs::rename(&partial, &binary).unwrap();
+        binary
+    })
+}
+
+#[test]
+fn the_aarch64_init_is_an_arm_program() {
+    let bytes = std::fs::read(aarch64_binary()).unwrap();
+    // ELF, 64-bit, little-endian; e_machine 183 is EM_AARCH64.
+    assert_eq!(&bytes[..6], b"\x7fELF\x02\x01");
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 183);
+    assert!(bytes.len() < 64 * 1024, "{} bytes", bytes.len());
+}
+
+#[test]
+fn on_aarch64_the_init_logs_both_streams_and_records_the_exit() {
+    let init = Init::aarch64();
+    std::fs::write(init.logs().join("status"), "x".repeat(500)).unwrap();
+    let out = init.run(&[
+        "init",
+        "--log-segment",
+        "4096",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo one; echo two >&2; printf 'no newline'; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let lines = init.lines();
+    for expected in [
+        (Stream::Stdout, "one"),
+        (Stream::Stderr, "two"),
+        (Stream::Stdout, "no newline"),
+    ] {
+        assert!(
+            lines.contains(&(expected.0, expected.1.into())),
+            "{lines:?}"
+        );
+    }
+    let status = init.status().expect("a status");
+    assert_eq!(
+        (status.code, status.signal, &status.error),
+        (3, None, &None)
+    );
+    assert!(status.finished_ms > 1_700_000_000_000, "{status:?}");
+
+    // A command killed by a signal.
+    let out = init.run(&["init", "--", "/bin/sh", "-c", "kill -KILL $$"]);
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    let status = init.status().unwrap();
+    assert_eq!((status.code, status.signal), (137, Some(9)));
+}
+
+#[test]
+fn on_aarch64_the_init_runs_the_command_as_the_user_and_explains_a_failed_start() {
+    let init = Init::aarch64();
+    let out = init.run(&[
+        "init",
+        "--uid",
+        "65534",
+        "--gid",
+        "65533",
+        "--",
+        "sh",
+        "-c",
+        "id -u; id -g; id -G; trap - PIPE; kill -PIPE $$",
+    ]);
+    // SIGPIPE has its default action back: it ends the shell.
+    assert_eq!(out.status.code(), Some(128 + 13), "{out:?}");
+    let stdout: Vec<String> = init
+        .lines()
+        .into_iter()
+        .filter(|(s, _)| *s == Stream::Stdout)
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(stdout, ["65534", "65533", "65533"], "{:?}", init.lines());
+
+    let out = init.run(&["init", "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert_eq!(
+        init.status().unwrap().error.as_deref(),
+        Some("cannot start \"no-such-command-here\": No such file or directory (os error 2)")
+    );
+
+    // `enter` becomes the command.
+    let out = init.run(&["enter", "--", "/bin/sh", "-c", "echo entered; exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "entered\n");
+}
+
+#[test]
+fn on_aarch64_a_signal_to_the_init_reaches_the_command() {
+    let init = Init::aarch64();
+    let log = init.logs().join("log.0");
+    let binary = init.binary();
+    let signaller = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // The emulator's process is the init's.
+        let pid = Command::new("pgrep")
+            .arg("-f")
+            .arg(format!("^{QEMU_AARCH64} {} init", binary.display()))
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+        assert!(!pid.is_empty(), "the init is not running");
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    });
+    let out = init.run(&[
+        "init",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+    ]);
+    signaller.join().unwrap();
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    assert!(init.lines().contains(&(Stream::Stdout, "got TERM".into())));
 }
