@@ -84,6 +84,22 @@ impl Init {
         cmd.output().unwrap()
     }
 
+    /// `sh -c SCRIPT` as uid 65534, gid 65533.
+    fn run_as_user(&self, script: &str) -> Output {
+        self.run(&[
+            "init", "--uid", "65534", "--gid", "65533", "--", "sh", "-c", script,
+        ])
+    }
+
+    /// The lines the command wrote to its stdout.
+    fn stdout_lines(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .map(|(_, t)| t)
+            .collect()
+    }
+
     fn lines(&self) -> Vec<(Stream, String)> {
         read_all(self.logs())
             .unwrap()
@@ -95,7 +111,10 @@ impl Init {
 
 #[test]
 fn the_init_logs_both_streams_and_records_the_exit_code() {
-    let init = Init::new();
+    logs_both_streams_and_records_the_exit_code(&Init::new());
+}
+
+fn logs_both_streams_and_records_the_exit_code(init: &Init) {
     // A longer status of an earlier run: written over, and cut to the new one's length (the
     // file is open for appending here, as under `runc run`).
     std::fs::write(init.logs().join("status"), "x".repeat(500)).unwrap();
@@ -127,33 +146,42 @@ fn the_init_logs_both_streams_and_records_the_exit_code() {
 #[test]
 fn a_signal_that_ends_the_command_is_recorded_and_forwarded_ones_reach_it() {
     let init = Init::new();
-    // The command kills itself: recorded as 128 + the signal.
+    a_killed_command_is_recorded_with_its_signal(&init);
+    a_term_to_the_init_reaches_the_command(&init);
+}
+
+/// The command kills itself: recorded as 128 + the signal.
+fn a_killed_command_is_recorded_with_its_signal(init: &Init) {
     let out = init.run(&["init", "--", "/bin/sh", "-c", "kill -KILL $$"]);
     assert_eq!(out.status.code(), Some(137), "{out:?}");
     let status = init.status().unwrap();
     assert_eq!((status.code, status.signal), (137, Some(9)));
+}
 
-    // A SIGTERM sent to the init is passed on to the command, which traps it.
+/// A SIGTERM sent to the init is passed on to the command, which traps it.
+fn a_term_to_the_init_reaches_the_command(init: &Init) {
     let log = init.logs().join("log.0");
-    let child = std::thread::spawn({
-        let binary = init.binary();
-        move || {
-            // Wait for the command to be up (its first line logged), then signal the init.
-            for _ in 0..500 {
-                if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
+    // The init's command line, with the emulator in front when there is one.
+    let process = match init.emulator {
+        None => format!("^{} init", init.binary().display()),
+        Some(emulator) => format!("^{emulator} {} init", init.binary().display()),
+    };
+    let signaller = std::thread::spawn(move || {
+        // Wait for the command to be up (its first line logged), then signal the init.
+        for _ in 0..1000 {
+            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
+                break;
             }
-            let pid = Command::new("pgrep")
-                .arg("-f")
-                .arg(format!("^{} init", binary.display()))
-                .output()
-                .unwrap();
-            let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
-            assert!(!pid.is_empty(), "the init is not running");
-            Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let pid = Command::new("pgrep")
+            .arg("-f")
+            .arg(&process)
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
+        assert!(!pid.is_empty(), "the init is not running");
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     });
     let out = init.run(&[
         "init",
@@ -162,7 +190,7 @@ fn a_signal_that_ends_the_command_is_recorded_and_forwarded_ones_reach_it() {
         "-c",
         "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
     ]);
-    child.join().unwrap();
+    signaller.join().unwrap();
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     assert!(init.lines().contains(&(Stream::Stdout, "got TERM".into())));
 }
@@ -200,24 +228,11 @@ fn a_command_that_cannot_start_is_explained_in_the_log_and_the_status() {
 #[test]
 fn the_command_runs_as_the_given_user_under_the_filter_found_on_the_path() {
     let init = Init::new();
-    let out = init.run(&[
-        "init",
-        "--uid",
-        "65534",
-        "--gid",
-        "65533",
-        "--",
-        "sh",
-        "-c",
+    let out = init.run_as_user(
         "id -u; id -g; id -G; grep Seccomp: /proc/self/status; unshare -U true || echo denied",
-    ]);
+    );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let stdout: Vec<String> = init
-        .lines()
-        .into_iter()
-        .filter(|(s, _)| *s == Stream::Stdout)
-        .map(|(_, t)| t)
-        .collect();
+    let stdout = init.stdout_lines();
     assert_eq!(
         stdout,
         ["65534", "65533", "65533", "Seccomp:\t2", "denied"],
@@ -477,64 +492,17 @@ fn the_aarch64_init_is_an_arm_program() {
 #[test]
 fn on_aarch64_the_init_logs_both_streams_and_records_the_exit() {
     let init = Init::aarch64();
-    std::fs::write(init.logs().join("status"), "x".repeat(500)).unwrap();
-    let out = init.run(&[
-        "init",
-        "--log-segment",
-        "4096",
-        "--",
-        "/bin/sh",
-        "-c",
-        "echo one; echo two >&2; printf 'no newline'; exit 3",
-    ]);
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    let lines = init.lines();
-    for expected in [
-        (Stream::Stdout, "one"),
-        (Stream::Stderr, "two"),
-        (Stream::Stdout, "no newline"),
-    ] {
-        assert!(
-            lines.contains(&(expected.0, expected.1.into())),
-            "{lines:?}"
-        );
-    }
-    let status = init.status().expect("a status");
-    assert_eq!(
-        (status.code, status.signal, &status.error),
-        (3, None, &None)
-    );
-    assert!(status.finished_ms > 1_700_000_000_000, "{status:?}");
-
-    // A command killed by a signal.
-    let out = init.run(&["init", "--", "/bin/sh", "-c", "kill -KILL $$"]);
-    assert_eq!(out.status.code(), Some(137), "{out:?}");
-    let status = init.status().unwrap();
-    assert_eq!((status.code, status.signal), (137, Some(9)));
+    logs_both_streams_and_records_the_exit_code(&init);
+    a_killed_command_is_recorded_with_its_signal(&init);
 }
 
 #[test]
 fn on_aarch64_the_init_runs_the_command_as_the_user_and_explains_a_failed_start() {
     let init = Init::aarch64();
-    let out = init.run(&[
-        "init",
-        "--uid",
-        "65534",
-        "--gid",
-        "65533",
-        "--",
-        "sh",
-        "-c",
-        "id -u; id -g; id -G; trap - PIPE; kill -PIPE $$",
-    ]);
+    let out = init.run_as_user("id -u; id -g; id -G; trap - PIPE; kill -PIPE $$");
     // SIGPIPE has its default action back: it ends the shell.
     assert_eq!(out.status.code(), Some(128 + 13), "{out:?}");
-    let stdout: Vec<String> = init
-        .lines()
-        .into_iter()
-        .filter(|(s, _)| *s == Stream::Stdout)
-        .map(|(_, t)| t)
-        .collect();
+    let stdout = init.stdout_lines();
     assert_eq!(stdout, ["65534", "65533", "65533"], "{:?}", init.lines());
 
     let out = init.run(&["init", "--", "no-such-command-here"]);
@@ -552,34 +520,5 @@ fn on_aarch64_the_init_runs_the_command_as_the_user_and_explains_a_failed_start(
 
 #[test]
 fn on_aarch64_a_signal_to_the_init_reaches_the_command() {
-    let init = Init::aarch64();
-    let log = init.logs().join("log.0");
-    let binary = init.binary();
-    let signaller = std::thread::spawn(move || {
-        for _ in 0..1000 {
-            if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("ready")) {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        // The emulator's process is the init's.
-        let pid = Command::new("pgrep")
-            .arg("-f")
-            .arg(format!("^{QEMU_AARCH64} {} init", binary.display()))
-            .output()
-            .unwrap();
-        let pid = String::from_utf8_lossy(&pid.stdout).trim().to_string();
-        assert!(!pid.is_empty(), "the init is not running");
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    });
-    let out = init.run(&[
-        "init",
-        "--",
-        "/bin/sh",
-        "-c",
-        "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done",
-    ]);
-    signaller.join().unwrap();
-    assert_eq!(out.status.code(), Some(7), "{out:?}");
-    assert!(init.lines().contains(&(Stream::Stdout, "got TERM".into())));
+    a_term_to_the_init_reaches_the_command(&Init::aarch64());
 }
