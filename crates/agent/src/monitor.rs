@@ -162,9 +162,7 @@ impl Agent {
         let counted = self
             .host
             .cgroups
-            .sample(&self.cfg.cgroup_parent, name)
-            .ok()
-            .and_then(|s| s.oom_kills)
+            .oom_kills(&self.cfg.cgroup_parent, name)
             .unwrap_or(0);
         let new = self.monitor.unreported_ooms(name, pid, counted);
         if new > 0 {

@@ -21,8 +21,12 @@ use common::{package_with, scaled};
 
 /// How much of each figure a run takes: the full bench, or the quick mode's few runs.
 struct Scale {
-    /// Runs of install-to-running, start-to-exit and `runc run`, each.
+    /// Runs of install-to-running.
     runs: usize,
+    /// Pairs of one `shg start` to exit and one `runc run` of the same bundle, with no other
+    /// service running and again beside the sleepers: the ratio sits near its aim, so each
+    /// median has 40 samples behind it in the full bench.
+    pairs: usize,
     /// Sleeping services for the memory and sampling figures.
     sleepers: usize,
     /// The quiet window over which the agent's sampling CPU is measured.
@@ -132,6 +136,7 @@ fn main() {
     common::announce("gateway");
     let scale = Scale {
         runs: scaled(20, 3),
+        pairs: scaled(40, 3),
         sleepers: scaled(50, 5),
         sampling: scaled(Duration::from_secs(30), Duration::from_secs(3)),
         contention: scaled(Duration::from_secs(10), Duration::from_secs(2)),
@@ -263,7 +268,7 @@ fn main() {
         rootfs: &rootfs,
         logs: &logs,
     };
-    let (mut run_ms, mut runc_ms) = pairs.run(&rt, "bench", runs, &mut exited);
+    let (mut run_ms, mut runc_ms) = pairs.run(&rt, "bench", scale.pairs, &mut exited);
     // --- memory -----------------------------------------------------------------------
     let pid = agent.child.id() as i32;
     std::thread::sleep(Duration::from_millis(500));
@@ -318,7 +323,7 @@ fn main() {
         inits.iter().map(|&(r, a)| (r as f64, a as f64)).unzip();
     // The same pairs again, beside the running sleepers: every one of them adds its root and
     // its volume to the host's mount table, which the runtimes read at each start.
-    let (mut crowded_ms, mut crowded_runc_ms) = pairs.run(&rt, "crowded", runs, &mut exited);
+    let (mut crowded_ms, mut crowded_runc_ms) = pairs.run(&rt, "crowded", scale.pairs, &mut exited);
     follower.abort();
     // Removal unmounts everything under the service's directory, the bench's mount included.
     rt.block_on(async { client.remove("truth").await.expect("remove") });
@@ -334,7 +339,10 @@ fn main() {
     // Each shg start and the runc run right after it met the machine in the same minute: the
     // median of their ratios drifts less than the ratio of the two medians.
     let mut pair_ratios: Vec<f64> = run_ms.iter().zip(&runc_ms).map(|(s, r)| s / r).collect();
-    println!("gateway core figures ({runs} runs each, medians; this machine)");
+    println!(
+        "gateway core figures ({runs} installs, {} start and runc pairs, medians; this machine)",
+        scale.pairs
+    );
     println!(
         "  shg install-to-running (/bin/true)   {:>8.1} ms",
         median(&mut install_ms)

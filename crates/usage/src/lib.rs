@@ -76,6 +76,14 @@ pub trait CgroupReader: Send + Sync {
     /// be read (e.g. permission denied). Anything else missing or unparseable is `None`.
     fn sample(&self, parent: &str, name: &str) -> io::Result<CgroupSample>;
 
+    /// The [`CgroupSample::oom_kills`] of one service's cgroup, read alone (one file, where a
+    /// sample reads a dozen): what the agent asks of a service that has just exited, before
+    /// it tells anyone of the exit. `None` where [`CgroupReader::sample`] would give `None`,
+    /// or fail.
+    fn oom_kills(&self, parent: &str, name: &str) -> Option<u64> {
+        self.sample(parent, name).ok().and_then(|s| s.oom_kills)
+    }
+
     /// `"v1"` or `"v2"`, for display.
     fn version(&self) -> &'static str;
 }

@@ -80,6 +80,17 @@ impl CgroupReader for V1 {
         })
     }
 
+    fn oom_kills(&self, parent: &str, name: &str) -> Option<u64> {
+        check_names(parent, name).ok()?;
+        let memory = self.memory.as_ref()?;
+        scratch::with(|scratch| {
+            scratch.enter(memory, parent, name);
+            scratch
+                .read("memory.oom_control")
+                .and_then(|text| parse::keyed(text, ["oom_kill"])[0])
+        })
+    }
+
     fn version(&self) -> &'static str {
         "v1"
     }
@@ -315,6 +326,16 @@ mod tests {
         full_tree(root.path(), "cpu", "cpuacct");
         let sample = V1::new(root.path()).sample("shg", "camera").unwrap();
         assert_eq!(sample, expected_full());
+    }
+
+    #[test]
+    fn the_oom_kills_read_alone_are_the_samples() {
+        let root = tempfile::tempdir().unwrap();
+        full_tree(root.path(), "cpu", "cpuacct");
+        let cgroups = V1::new(root.path());
+        assert_eq!(cgroups.oom_kills("shg", "camera"), Some(2));
+        assert_eq!(cgroups.oom_kills("shg", "radio"), None);
+        assert_eq!(cgroups.oom_kills("shg", "../camera"), None);
     }
 
     #[test]

@@ -42,6 +42,16 @@ impl CgroupReader for V2 {
         })
     }
 
+    fn oom_kills(&self, parent: &str, name: &str) -> Option<u64> {
+        check_names(parent, name).ok()?;
+        scratch::with(|scratch| {
+            scratch.enter(&self.root, parent, name);
+            scratch
+                .read("memory.events")
+                .and_then(|text| parse::keyed(text, ["oom_kill"])[0])
+        })
+    }
+
     fn version(&self) -> &'static str {
         "v2"
     }
@@ -196,6 +206,17 @@ mod tests {
         assert!(!root.path().join("shg/cpu.weight").exists());
         cgroups.remove_parent("shg");
         assert!(!root.path().join("shg").exists());
+    }
+
+    #[test]
+    fn the_oom_kills_read_alone_are_the_samples() {
+        let root = tempfile::tempdir().unwrap();
+        full_tree(root.path());
+        let cgroups = V2::new(root.path());
+        let sampled = cgroups.sample("shg", "camera").unwrap().oom_kills;
+        assert!(sampled.is_some());
+        assert_eq!(cgroups.oom_kills("shg", "camera"), sampled);
+        assert_eq!(cgroups.oom_kills("shg", "radio"), None);
     }
 
     #[test]
