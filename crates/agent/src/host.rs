@@ -128,6 +128,13 @@ pub(crate) trait Mounts: Send + Sync {
 
     /// Every mount point at or below `dir`, deepest first.
     fn mounts_below(&self, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError>;
+
+    /// Puts the containers' state directory on a tmpfs of its own, unless it is a mount
+    /// already or holds state (`runtime::container::mount_state_root`).
+    fn mount_state_root(&self, root: &Path) -> Result<(), RuntimeError>;
+
+    /// Unmounts that tmpfs if no container is left in it.
+    fn release_state_root(&self, root: &Path) -> Result<(), RuntimeError>;
 }
 
 /// Everything the agent asks of the host.
@@ -397,6 +404,14 @@ impl Mounts for SystemMounts {
 
     fn mounts_below(&self, dir: &Path) -> Result<Vec<PathBuf>, RuntimeError> {
         runtime::volume::mounts_below(dir)
+    }
+
+    fn mount_state_root(&self, root: &Path) -> Result<(), RuntimeError> {
+        runtime::container::mount_state_root(root).map(drop)
+    }
+
+    fn release_state_root(&self, root: &Path) -> Result<(), RuntimeError> {
+        runtime::container::release_state_root(root)
     }
 }
 

@@ -7,7 +7,8 @@
 //!   state.db            SQLite (WAL): services and the event journal
 //!   shg-init            every container's PID 1, bound read-only at its /.shg/init; written
 //!                       by the agent as it starts (`runtime::init::install`)
-//!   containers/         libcontainer's state, one directory per container
+//!   containers/         libcontainer's state, one directory per container: a tmpfs of its
+//!                       own while the agent runs, left mounted while containers run
 //!   tmp/                uploads and half-done installs
 //!   cgroup-view/        empty directories, one per cgroup v1 hierarchy a service sees:
 //!                       bound read-only at its /sys/fs/cgroup, its own cgroups bound on them

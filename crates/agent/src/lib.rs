@@ -273,11 +273,29 @@ impl Agent {
     /// lock holds the state directory until dropped.
     pub async fn start_up(self: &Arc<Self>) -> Result<StateLock, AgentError> {
         let lock = lifecycle::take_lock(&self.layout)?;
+        // Under the lock, and before recovery starts any container: the runtime helper,
+        // started at the first create, copies the mount table as it is then.
+        if let Err(e) = self.host.mounts.mount_state_root(&self.layout.containers()) {
+            tracing::warn!("the containers' state stays on the disk: {e}");
+        }
         lifecycle::become_subreaper();
         pidfd::spawn_reaper();
         self.clone().recover().await?;
         self.spawn_sampler();
         Ok(lock)
+    }
+
+    /// As the agent stops, still holding the state directory's lock: the containers' state
+    /// tmpfs goes if no container is left in it (with services running, it stays for the
+    /// next agent to adopt them).
+    pub fn shut_down(&self) {
+        if let Err(e) = self
+            .host
+            .mounts
+            .release_state_root(&self.layout.containers())
+        {
+            tracing::warn!("the containers' state stays mounted: {e}");
+        }
     }
 
     /// The API socket's path, `STATE_DIR/api.sock`.

@@ -124,9 +124,12 @@ pub fn run(
             }
         };
         // The services keep running after the agent exits.
+        let stopping = agent.clone();
         let app = router_in_fleet(agent, server, Transport::Local, link);
-        server::serve_until_signal(listener, app, remote)
+        let served = server::serve_until_signal(listener, app, remote)
             .await
-            .map_err(|e| AgentError::Internal(format!("API server failed: {e}")))
+            .map_err(|e| AgentError::Internal(format!("API server failed: {e}")));
+        stopping.shut_down();
+        served
     })
 }

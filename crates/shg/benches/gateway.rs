@@ -232,7 +232,15 @@ fn main() {
     // the way README tells an operator, so a wrong instruction fails this bench.
     unmount_if_mounted(&rootfs);
     mount_release_root(state.path(), &rootfs);
+    // Both runtimes keep their containers' state in memory: the agent on the tmpfs it mounts
+    // at STATE/containers, runc on one mounted here (as `/run/runc` is on most hosts).
+    assert!(
+        is_mounted(&state.path().join("containers")),
+        "the agent's containers' state is not on a tmpfs of its own: the comparison with runc \
+         would be unequal; see the agent's log (SHG_BENCH_AGENT_LOG)"
+    );
     let runc_root = state.path().join("runc");
+    let _runc_state = Tmpfs::mount(&runc_root);
     let logs = state.path().join("runc-logs");
     std::fs::create_dir_all(&logs).unwrap();
     // The exit is seen on the event stream (`shg events -f`), as a script would wait for it,
@@ -554,6 +562,32 @@ fn mount_release_root(state: &Path, rootfs: &Path) {
         rootfs.display(),
         String::from_utf8_lossy(&out.stderr).trim()
     );
+}
+
+/// A tmpfs mounted for as long as this lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0700,size=8m", "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {}",
+            path.display()
+        );
+        Tmpfs(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }
 
 fn unmount_if_mounted(path: &Path) {

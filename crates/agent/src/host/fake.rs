@@ -362,6 +362,15 @@ impl Mounts for FakeMounts {
         found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         Ok(found)
     }
+
+    /// The fake runtime keeps no state there; the directory stays as it is.
+    fn mount_state_root(&self, _root: &Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
+    fn release_state_root(&self, _root: &Path) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 /// A state directory and the fake host under it, shared by every agent opened on it (a

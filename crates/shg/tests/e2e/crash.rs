@@ -14,6 +14,19 @@ fn sleeper(name: &str, policy: &str) -> String {
     )
 }
 
+/// The file system type mounted on the agent's `containers` directory, if one is.
+fn state_mount(gw: &Gateway) -> Option<String> {
+    let point = gw.dir.join("containers");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let mounted = fields.nth(4)? == point.to_str()?;
+        // After the optional fields, `-` and then the file system type.
+        let fs_type = fields.skip_while(|f| *f != "-").nth(1)?;
+        mounted.then(|| fs_type.to_string())
+    })
+}
+
 #[test]
 fn services_outlive_an_agent_crash_and_are_readopted() {
     let mut gw = Gateway::start();
@@ -27,12 +40,16 @@ fn services_outlive_an_agent_crash_and_are_readopted() {
     gw.wait_running("resting");
     gw.shg_ok(&["stop", "resting"]);
 
+    // The containers' state is on the agent's tmpfs, which outlives the agent with them.
+    assert_eq!(state_mount(&gw).as_deref(), Some("tmpfs"));
     gw.kill9();
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         alive(keeper) && alive(loner),
         "services died with the agent"
     );
+    assert_eq!(state_mount(&gw).as_deref(), Some("tmpfs"));
+    assert!(gw.dir.join("containers/keeper/state.json").is_file());
 
     gw.restart_agent();
     for (name, pid) in [("keeper", keeper), ("loner", loner)] {
@@ -103,10 +120,11 @@ fn services_outlive_an_agent_crash_and_are_readopted() {
     }
     assert!(gw.events("keeper").iter().any(|(k, _)| k == "restarting"));
 
-    // An orderly stop of the agent (an upgrade) leaves services running too.
+    // An orderly stop of the agent (an upgrade) leaves services running too, and their state.
     let keeper = restarted.pid.unwrap();
     gw.stop_agent();
     assert!(alive(keeper), "stopping the agent stopped a service");
+    assert_eq!(state_mount(&gw).as_deref(), Some("tmpfs"));
     gw.restart_agent();
     let s = gw.svc("keeper").unwrap();
     assert_eq!(
