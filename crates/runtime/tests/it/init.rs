@@ -81,7 +81,7 @@ impl Init {
         };
         cmd.args(args).stdin(Stdio::null());
         testdata::hand_over_from_3(&mut cmd, &[&files[0], &files[1], &files[2]]);
-        cmd.output().unwrap()
+        output(&mut cmd)
     }
 
     /// `sh -c SCRIPT` as uid 65534, gid 65533.
@@ -107,6 +107,22 @@ impl Init {
             .map(|l| (l.stream, l.text))
             .collect()
     }
+}
+
+/// Runs `cmd` to its end. The init was just written by this process, whose other test
+/// threads start programs meanwhile: a child forked while the file was still open for writing
+/// holds it until its own exec, and running the init then fails with "Text file busy" for a
+/// moment.
+fn output(cmd: &mut Command) -> Output {
+    for _ in 0..100 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            result => return result.unwrap(),
+        }
+    }
+    panic!("{cmd:?}: still \"Text file busy\" after a second");
 }
 
 #[test]
@@ -306,17 +322,17 @@ fn a_long_line_is_cut_into_pieces_of_16_kib() {
 #[test]
 fn enter_runs_the_command_under_the_filter_and_says_what_it_cannot_run() {
     let init = Init::new();
-    let out = Command::new(init.binary())
-        .args(["enter", "--", "sh", "-c", "grep Seccomp: /proc/self/status"])
-        .output()
-        .unwrap();
+    let out = output(Command::new(init.binary()).args([
+        "enter",
+        "--",
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status",
+    ]));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Seccomp:\t2\n");
 
-    let out = Command::new(init.binary())
-        .args(["enter", "--", "no-such-command-here"])
-        .output()
-        .unwrap();
+    let out = output(Command::new(init.binary()).args(["enter", "--", "no-such-command-here"]));
     assert_eq!(out.status.code(), Some(127));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
@@ -328,7 +344,7 @@ fn enter_runs_the_command_under_the_filter_and_says_what_it_cannot_run() {
 fn misuse_is_refused_with_a_reason() {
     let init = Init::new();
     let run = |args: &[&str]| {
-        let out = Command::new(init.binary()).args(args).output().unwrap();
+        let out = output(Command::new(init.binary()).args(args));
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
