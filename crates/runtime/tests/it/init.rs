@@ -430,10 +430,21 @@ fn the_command_gets_sigpipe_back_and_a_script_without_an_interpreter_line_runs_i
     assert_eq!(ignored & (1 << 12), 0, "SIGPIPE still ignored: {ignored:x}");
 
     // A file the kernel cannot run (no `#!`) runs in /bin/sh, as execvp does.
+    // Written by a shell, not by this process: a child another test thread forks while this
+    // process holds the file open for writing would keep it so until its own exec, and the
+    // init's exec of the script would then fail with "Text file busy".
     let script = init.logs().join("plain-script");
-    std::fs::write(&script, "echo from a plain script \"$1\"\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let written = Command::new("sh")
+        .args([
+            "-c",
+            "printf '%s\\n' \"$1\" > \"$2\" && chmod 755 \"$2\"",
+            "sh",
+        ])
+        .arg("echo from a plain script \"$1\"")
+        .arg(&script)
+        .status()
+        .unwrap();
+    assert!(written.success());
     let out = init.run(&["init", "--", script.to_str().unwrap(), "arg"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert_eq!(
