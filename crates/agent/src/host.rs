@@ -407,7 +407,7 @@ impl Mounts for SystemMounts {
     }
 
     fn mount_state_root(&self, root: &Path) -> Result<(), RuntimeError> {
-        runtime::container::mount_state_root(root).map(drop)
+        runtime::container::mount_state_root(root)
     }
 
     fn release_state_root(&self, root: &Path) -> Result<(), RuntimeError> {

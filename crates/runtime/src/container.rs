@@ -277,19 +277,12 @@ pub fn remove_stale(name: &str, state_root: &Path) -> Result<(), RuntimeError> {
 ///
 /// Nothing is mounted where a mount is already (an earlier agent's, whose services still run)
 /// or where the directory holds state (an older agent's, on the disk, with containers still to
-/// adopt): `Ok(false)` then. Call it before the runtime helper starts, which keeps a mount
-/// table of its own (`crate::mountns`).
-pub fn mount_state_root(root: &Path) -> Result<bool, RuntimeError> {
+/// adopt). Call it before the runtime helper starts, which keeps a mount table of its own
+/// (`crate::mountns`).
+pub fn mount_state_root(root: &Path) -> Result<(), RuntimeError> {
     std::fs::create_dir_all(root).map_err(|e| RuntimeError::io(root, e))?;
-    if crate::volume::is_mounted(root)? {
-        return Ok(false);
-    }
-    let held = std::fs::read_dir(root)
-        .map_err(|e| RuntimeError::io(root, e))?
-        .next()
-        .is_some();
-    if held {
-        return Ok(false);
+    if crate::volume::is_mounted(root)? || holds_anything(root)? {
+        return Ok(());
     }
     use nix::mount::MsFlags;
     nix::mount::mount(
@@ -302,22 +295,20 @@ pub fn mount_state_root(root: &Path) -> Result<bool, RuntimeError> {
     .map_err(|e| RuntimeError::Volume {
         path: root.to_path_buf(),
         reason: format!("cannot mount a tmpfs for the containers' state: {e}"),
-    })?;
-    Ok(true)
+    })
 }
 
 /// Unmounts the state root's tmpfs once no container is left in it (an agent stopping with
 /// no service running); with containers left, it stays for the next agent to adopt them.
 pub fn release_state_root(root: &Path) -> Result<(), RuntimeError> {
-    if !crate::volume::is_mounted(root)? {
-        return Ok(());
-    }
-    let held = std::fs::read_dir(root)
-        .map_err(|e| RuntimeError::io(root, e))?
-        .next()
-        .is_some();
-    if held {
+    if !crate::volume::is_mounted(root)? || holds_anything(root)? {
         return Ok(());
     }
     crate::volume::unmount(root)
+}
+
+/// Whether the directory `dir` has any entry.
+fn holds_anything(dir: &Path) -> Result<bool, RuntimeError> {
+    let mut entries = std::fs::read_dir(dir).map_err(|e| RuntimeError::io(dir, e))?;
+    Ok(entries.next().is_some())
 }
