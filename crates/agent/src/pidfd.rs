@@ -78,14 +78,16 @@ pub fn reap_orphans(depth: usize) -> usize {
             let Ok(fd) = open_raw(pid) else {
                 continue;
             };
+            // Most children are running services: one system call tells, where reading their
+            // status took a dozen, at every SIGCHLD.
+            if !exited(&fd) {
+                continue;
+            }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let zombie = status
-                .lines()
-                .any(|l| l.starts_with("State:") && l.contains('Z'));
             // Container inits (PID 1 of their namespace) are reaped by the code that handles
             // their exit: until then the zombie keeps their PID from being reused.
             let orphan = ns_pids(&status).is_some_and(|p| p.len() > depth && p.last() != Some(&1));
-            if !zombie || !orphan {
+            if !orphan {
                 continue;
             }
             // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
@@ -138,6 +140,24 @@ pub fn spawn_reaper() {
     });
 }
 
+/// Whether the child behind `fd` has exited (is a zombie), leaving it unreaped.
+fn exited(fd: &OwnedFd) -> bool {
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on a pidfd we own, writing into a siginfo_t we own; WNOWAIT leaves the
+    // child as it is.
+    let done = unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            fd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (or left it zeroed, for a child still running).
+    done == 0 && unsafe { info.si_pid() } != 0
+}
+
 fn open_raw(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -173,6 +193,27 @@ mod tests {
         let status = "Name:\tsleep\nState:\tZ (zombie)\nNSpid:\t4242\t17\n";
         assert_eq!(ns_pids(status), Some(vec![4242, 17]));
         assert_eq!(ns_pids("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn a_child_has_exited_only_once_it_ends_and_the_question_leaves_it_unreaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = open_raw(child.id() as i32).unwrap();
+        assert!(!exited(&fd), "sleep is still running");
+        child.kill().unwrap();
+        let start = std::time::Instant::now();
+        while !exited(&fd) {
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "the killed child never ended"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(exited(&fd), "still a zombie: asking did not reap it");
+        assert!(child.try_wait().unwrap().is_some());
     }
 
     #[test]

@@ -31,6 +31,7 @@ probe() {
   echo "== tmp"; touch /tmp/probe 2>&1; echo "rc=$?"; df -k /tmp | tail -n 1
   echo "== data"; touch /data/probe-$$ 2>&1; echo "rc=$?"; rm -f /data/probe-$$
   echo "== net"; ls /sys/class/net
+  echo "== loflags"; cat /sys/class/net/lo/flags
   echo "== id"; id -u; id -g
   echo "== end"
 }
@@ -254,7 +255,17 @@ fn check_report(report: &str, who: &str, hostname: &str, uid: u32) {
         "lo",
         "the service sees host network interfaces {ctx}"
     );
+    // Up (IFF_UP, 0x1), so 127.0.0.1 works without a network of its own.
+    let flags = s["loflags"].trim().trim_start_matches("0x");
+    let flags = u32::from_str_radix(flags, 16).unwrap_or_else(|_| panic!("lo flags {ctx}"));
+    assert_eq!(flags & 1, 1, "the loopback is down {ctx}");
     assert_eq!(s["id"], format!("{uid}\n{uid}\n"), "{ctx}");
+}
+
+/// The network namespace of process `pid`, as the kernel names it (`net:[inode]`).
+fn net_namespace(pid: i32) -> String {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("read a ns link");
+    link.to_string_lossy().into_owned()
 }
 
 #[test]
@@ -302,6 +313,17 @@ fn a_service_is_confined_to_its_container() {
         "jail-user",
         &probe_manifest("jail-user", Some("1000:1000")),
         &files,
+    );
+
+    // Each service has a network namespace of its own: not the host's, not another's.
+    let namespaces: Vec<String> = ["jail", "jail-user"]
+        .iter()
+        .map(|name| net_namespace(gw.wait_running(name).pid.expect("a running pid")))
+        .collect();
+    let host = net_namespace(std::process::id() as i32);
+    assert!(
+        !namespaces.contains(&host) && namespaces[0] != namespaces[1],
+        "host {host}, services {namespaces:?}"
     );
 
     for (name, uid) in [("jail", 0), ("jail-user", 1000)] {
