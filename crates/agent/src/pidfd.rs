@@ -90,18 +90,7 @@ pub fn reap_orphans(depth: usize) -> usize {
             if !orphan {
                 continue;
             }
-            // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
-            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid on a pidfd we own, writing into a siginfo_t we own.
-            let done = unsafe {
-                libc::waitid(
-                    libc::P_PIDFD,
-                    fd.as_raw_fd() as libc::id_t,
-                    &mut info,
-                    libc::WEXITED | libc::WNOHANG,
-                )
-            };
-            if done == 0 {
+            if exit_reported(&fd, libc::WNOHANG) {
                 reaped += 1;
             }
         }
@@ -142,19 +131,24 @@ pub fn spawn_reaper() {
 
 /// Whether the child behind `fd` has exited (is a zombie), leaving it unreaped.
 fn exited(fd: &OwnedFd) -> bool {
+    exit_reported(fd, libc::WNOHANG | libc::WNOWAIT)
+}
+
+/// `waitid` for the exit of the child behind `fd`, with `flags` beside `WEXITED` (`WNOWAIT`
+/// leaves it unreaped); whether it reported one.
+fn exit_reported(fd: &OwnedFd, flags: libc::c_int) -> bool {
     // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on a pidfd we own, writing into a siginfo_t we own; WNOWAIT leaves the
-    // child as it is.
+    // SAFETY: waitid on a pidfd we own, writing into a siginfo_t we own.
     let done = unsafe {
         libc::waitid(
             libc::P_PIDFD,
             fd.as_raw_fd() as libc::id_t,
             &mut info,
-            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            libc::WEXITED | flags,
         )
     };
-    // SAFETY: waitid filled `info` (or left it zeroed, for a child still running).
+    // SAFETY: waitid filled `info`, or left it zeroed for a child still running (WNOHANG).
     done == 0 && unsafe { info.si_pid() } != 0
 }
 
