@@ -32,7 +32,7 @@ use text::{Lines, Log, Stream, Text};
 const LOG_FDS: [i32; 2] = [3, 4];
 const STATUS_FD: i32 = 5;
 
-/// Signals passed on to the command.
+/// Signals passed on to the command (`runtime::init::FORWARDED`).
 const FORWARDED: [i32; 7] = [
     sys::SIGTERM,
     sys::SIGINT,

@@ -142,6 +142,13 @@ pub fn create_and_start(
 
     // A container left over from an earlier run of the same service would block the id.
     remove_stale(name, &paths.state_root)?;
+    // The signals the init forwards, blocked from here on: the runtime's processes inherit
+    // the mask, and the container's PID 1 keeps it across its exec of the init, which finds
+    // any that came early pending (see `init::FORWARDED`). This helper ends after the create.
+    let forwarded: SigSet = crate::init::FORWARDED.into_iter().collect();
+    forwarded
+        .thread_block()
+        .map_err(|e| to_err(name, format!("cannot block the forwarded signals: {e}")))?;
 
     let mut container = ContainerBuilder::new(name.to_string(), SyscallType::default())
         .with_root_path(&paths.state_root)

@@ -29,6 +29,15 @@ pub static BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/shg-init"))
 pub const LOG_FDS: [i32; 2] = [3, 4];
 /// Descriptor of the exit-status file inside the container.
 pub const STATUS_FD: i32 = 5;
+/// The signals the init passes on to the command (`FORWARDED` in `init/main.rs`). It blocks
+/// them before anything else and reads them from a signalfd; the runtime creates the
+/// container with them blocked already (`container::create_and_start`), so that one sent
+/// before the init runs, while the container's PID 1 is still the runtime's, waits for it
+/// instead of being dropped (PID 1 of a namespace ignores a signal it has no handler for).
+pub const FORWARDED: [nix::sys::signal::Signal; 7] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH]
+};
 
 /// What the init records when the service's command ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,4 +70,25 @@ pub fn install(path: &Path) -> io::Result<()> {
     std::fs::write(partial, BINARY)?;
     std::fs::set_permissions(partial, std::fs::Permissions::from_mode(0o755))?;
     std::fs::rename(partial, path)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The runtime blocks exactly the signals the init forwards: the init's list, read from
+    /// its source, is this one.
+    #[test]
+    fn the_runtime_blocks_the_signals_the_init_forwards() {
+        let source = include_str!("../init/main.rs");
+        let start = source
+            .find("const FORWARDED")
+            .expect("the init's FORWARDED");
+        let list = &source[start..start + source[start..].find("];").expect("its end")];
+        let theirs: Vec<&str> = list
+            .split("sys::")
+            .skip(1)
+            .map(|s| s.split(',').next().unwrap().trim())
+            .collect();
+        let ours: Vec<String> = super::FORWARDED.iter().map(|s| s.to_string()).collect();
+        assert_eq!(theirs, ours);
+    }
 }

@@ -2,6 +2,7 @@
 //! restart, inspect, remove.
 
 use std::path::Path;
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::harness::{alive, Gateway};
@@ -207,6 +208,61 @@ stop_timeout = "1s"
             .iter()
             .any(|(k, m)| k == "killed" && m.contains("SIGKILL")),
         "{events:#?}"
+    );
+}
+
+/// A stop that comes right behind a start (it waits for the start's lock, then signals at
+/// once) reaches a container whose init is still libcontainer's, before it becomes
+/// `shg-init`: as PID 1 of its namespace with no handler, it used to drop SIGTERM, and the
+/// service ran on until the stop timeout's SIGKILL. The runtime now creates the container with
+/// the signals `shg-init` forwards blocked, so one sent early waits for it.
+#[test]
+fn a_stop_right_behind_a_start_ends_the_service_with_sigterm() {
+    let gw = Gateway::start();
+    let brief = r#"
+name = "brief"
+version = "1.0.0"
+provider = "e2e"
+
+[run]
+command = ["/bin/sleep", "1000000"]
+stop_timeout = "2s"
+
+[restart]
+policy = "never"
+"#;
+    gw.install("brief", brief, &[]);
+    gw.wait_running("brief");
+    gw.shg_ok(&["stop", "brief"]);
+    let mut raced = 0;
+    for round in 0..30 {
+        let mut start = gw.spawn_shg(&["start", "brief"], Stdio::null(), Stdio::null());
+        // Stops sent from 0 to 9 ms behind the start: some wait for the start's lock and
+        // signal the moment it is released, right after the container was created.
+        std::thread::sleep(Duration::from_millis(round % 10));
+        let stop = gw.shg(&["stop", "brief"]);
+        let started = start.0.wait().expect("wait for shg start");
+        assert!(
+            started.success() && stop.ok(),
+            "start {started:?}, stop {stop:?}"
+        );
+        // A stop that came first found nothing to stop, and the start then ran it.
+        if gw.svc("brief").unwrap().state != "stopped" {
+            gw.shg_ok(&["stop", "brief"]);
+        } else {
+            raced += 1;
+        }
+    }
+    let killed: Vec<_> = gw
+        .events("brief")
+        .into_iter()
+        .filter(|(k, _)| k == "killed")
+        .collect();
+    assert!(raced > 0, "no stop came right behind its start");
+    assert!(
+        killed.is_empty(),
+        "{} of {raced} stops behind a start needed SIGKILL: {killed:#?}",
+        killed.len()
     );
 }
 
