@@ -16,17 +16,12 @@ apt_install() {
 venv=/opt/shg-test/venv
 version=4.32.5
 tuspy=1.1.0
-# What the tools say is read whole before it is matched: `grep -q` stops reading at its match,
+# The tools' answers are matched whole, with no pipe: `grep -q` stops reading at its match,
 # and under pipefail the writer it left behind (pip, killed by SIGPIPE) failed the check, so
 # every run reinstalled both.
-installed() {
-  local out
-  out=$("$@" 2>/dev/null) || return 1
-  printf '%s\n' "$out"
-}
-if ! { [ -x "$venv/bin/schemathesis" ] \
-       && installed "$venv/bin/schemathesis" --version | grep -q "$version" \
-       && installed "$venv/bin/pip" show tuspy | grep -q "^Version: $tuspy"; }; then
+if ! [[ -x "$venv/bin/schemathesis" \
+        && $("$venv/bin/schemathesis" --version 2>/dev/null) == *"$version"* \
+        && $'\n'$("$venv/bin/pip" show tuspy 2>/dev/null)$'\n' == *$'\n'"Version: $tuspy"$'\n'* ]]; then
   if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
     apt_install python3-venv
   fi
