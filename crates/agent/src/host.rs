@@ -32,6 +32,8 @@ pub(crate) struct Create {
     pub log_dir: PathBuf,
     /// Where the init writes the exit status.
     pub status_file: PathBuf,
+    /// The FIFO the agent reads the init's exit notice from (`runtime::init::exit_notice`).
+    pub exit_fifo: Option<PathBuf>,
     /// The service's place on the bridge, when the gateway gives services a network.
     pub attach: Option<runtime::net::Attach>,
 }
@@ -87,6 +89,10 @@ pub(crate) trait Process: Send + Sync {
 
     /// Resolves when the process has exited (a zombie counts as exited).
     fn exited(&self) -> BoxFuture<'_, ()>;
+
+    /// Reaps exactly this process if it has exited and is the agent's child; harmless when it
+    /// is running, reaped already, or another's child.
+    fn reap(&self);
 }
 
 /// The mounts of release roots and data volumes.
@@ -195,6 +201,9 @@ impl Containers for SystemContainers {
                 b"--status-file",
                 req.status_file.as_os_str().as_bytes(),
             ];
+            if let Some(fifo) = &req.exit_fifo {
+                words.extend([b"--exit-fifo".as_slice(), fifo.as_os_str().as_bytes()]);
+            }
             if let Some(attach) = &attach {
                 words.extend([b"--net".as_slice(), attach.as_bytes()]);
             }
@@ -254,6 +263,10 @@ impl Process for PidFd {
 
     fn exited(&self) -> BoxFuture<'_, ()> {
         Box::pin(PidFd::exited(self))
+    }
+
+    fn reap(&self) {
+        PidFd::reap(self);
     }
 }
 

@@ -148,6 +148,11 @@ impl ServiceLayout {
     pub fn status(&self) -> PathBuf {
         self.dir.join("status")
     }
+
+    /// The FIFO the running init's exit notice comes through (made anew at every start).
+    pub fn exit_fifo(&self) -> PathBuf {
+        self.dir.join("exit")
+    }
 }
 
 /// A name for temporary files that no other request uses at the same time.

@@ -260,7 +260,7 @@ impl Agent {
             Note::new("adopted", format!("`{name}` {why}; re-adopted (pid {pid})")),
         )?;
         crate::host::blocking(|| self.shape_service(rec));
-        self.watch(name, pid);
+        self.watch(name, pid, None);
         if rec.desired == Desired::Stopped {
             let agent = self.clone();
             let name = name.to_string();
@@ -427,11 +427,17 @@ impl Agent {
         self.store()
             .update(name, None, |r| r.state = RunState::Starting)?;
         steps.mark("journal");
+        // Its read end is open before the create, so the helper finds a reader to hand the
+        // write end to; without it the exit is seen at the init's pidfd alone.
+        let notice = runtime::init::exit_notice(&sl.exit_fifo())
+            .map_err(|e| tracing::warn!(service = %name, "no exit notice: {e}"))
+            .ok();
         let create = Create {
             name: name.to_string(),
             bundle: sl.bundle(),
             log_dir: sl.logs(),
             status_file: sl.status(),
+            exit_fifo: notice.is_some().then(|| sl.exit_fifo()),
             attach,
         };
         let pid = match self.host.containers.create(&create).await {
@@ -476,19 +482,38 @@ impl Agent {
                 };
             },
         )?;
-        self.watch(name, pid);
+        self.watch(name, pid, notice);
         steps.mark("record");
         tracing::debug!("`{name}` started in {}", steps.report());
         Ok(rec)
     }
 
-    /// Watches `pid` (the service's init) until it exits, and runs its health checks meanwhile.
-    pub(crate) fn watch(self: &Arc<Self>, name: &str, pid: i32) {
+    /// Watches `pid` (the service's init) until it ends, and runs its health checks meanwhile.
+    /// `notice` is the read end of the init's exit notice (`runtime::init::exit_notice`), when
+    /// the start made one: it reports the end as soon as the status is written.
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        name: &str,
+        pid: i32,
+        notice: Option<std::os::fd::OwnedFd>,
+    ) {
         let agent = self.clone();
         let owned = name.to_string();
         tokio::spawn(async move {
+            let mut gone = None;
             match agent.host.containers.open(pid) {
-                Ok(process) => process.exited().await,
+                Ok(process) => {
+                    match notice.and_then(|fd| crate::pidfd::Notice::new(fd).ok()) {
+                        Some(notice) => {
+                            tokio::select! {
+                                _ = process.exited() => {}
+                                _ = notice.ended() => {}
+                            }
+                        }
+                        None => process.exited().await,
+                    }
+                    gone = Some(process);
+                }
                 // Already gone.
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                 // No pidfd (descriptor limit, old kernel): watch /proc instead. A failure to
@@ -500,8 +525,13 @@ impl Agent {
                     }
                 }
             }
-            if let Err(e) = agent.on_exit(&owned, pid).await {
+            if let Err(e) = agent.ended(&owned, pid, gone.as_deref()).await {
                 tracing::error!(service = %owned, "handling the exit failed: {e}");
+            }
+            // Whatever path the handling took: the init, once gone, is not left a zombie.
+            if let Some(process) = gone {
+                process.exited().await;
+                process.reap();
             }
         });
         crate::health::spawn(self.clone(), name.to_string(), pid);
@@ -510,6 +540,19 @@ impl Agent {
     /// Records the end of `pid` and applies the restart policy. Idempotent: a second call for
     /// the same PID does nothing.
     pub(crate) async fn on_exit(self: &Arc<Self>, name: &str, pid: i32) -> Result<(), AgentError> {
+        self.ended(name, pid, None).await
+    }
+
+    /// [`Self::on_exit`], with `gone` the init's pidfd when the watch holds one. The end may
+    /// then be handled on the init's exit notice, before the init is gone: it is recorded (and
+    /// the waiters told) at once, and the container deleted and the init reaped only once
+    /// `gone` resolves, under the same lock, so no start of the service meets them.
+    async fn ended(
+        self: &Arc<Self>,
+        name: &str,
+        pid: i32,
+        gone: Option<&dyn Process>,
+    ) -> Result<(), AgentError> {
         // Where handling an exit spends its time (`RUST_LOG=agent::lifecycle=debug`).
         let mut steps = Steps::new();
         // Reap first, whatever the record says: an init that is no longer the service's (a
@@ -540,15 +583,23 @@ impl Agent {
         let clean_up = |mut steps: Steps| {
             let agent = self.clone();
             let rec = rec.clone();
-            crate::host::off_thread(move || {
-                if let Err(e) = agent.host.containers.delete(&rec.name) {
-                    tracing::warn!(service = %rec.name, "cannot delete the container: {e}");
+            async move {
+                if let Some(gone) = gone {
+                    gone.exited().await;
+                    gone.reap();
+                    steps.mark("gone");
                 }
-                steps.mark("delete");
-                agent.unshape_service(&rec);
-                steps.mark("unshape");
-                tracing::debug!("`{}`'s exit handled in {}", rec.name, steps.report());
-            })
+                crate::host::off_thread(move || {
+                    if let Err(e) = agent.host.containers.delete(&rec.name) {
+                        tracing::warn!(service = %rec.name, "cannot delete the container: {e}");
+                    }
+                    steps.mark("delete");
+                    agent.unshape_service(&rec);
+                    steps.mark("unshape");
+                    tracing::debug!("`{}`'s exit handled in {}", rec.name, steps.report());
+                })
+                .await
+            }
         };
         let code = status.as_ref().map(|s| s.code);
         let mut what = describe_exit(&status);

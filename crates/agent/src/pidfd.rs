@@ -33,6 +33,12 @@ impl PidFd {
         let _ = self.0.readable().await;
     }
 
+    /// Reaps this process if it has exited and is our child. Through the pidfd, so never a
+    /// later process that got the same PID.
+    pub fn reap(&self) {
+        exit_reported(&self.0.get_ref().0, libc::WNOHANG);
+    }
+
     /// Sends `signal` to exactly this process, never to a later one with the same PID.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         // SAFETY: pidfd_send_signal with a descriptor we own, a signal number and no siginfo.
@@ -45,6 +51,25 @@ impl PidFd {
                 0,
             )
         };
+    }
+}
+
+/// The read end of a container init's exit notice (`runtime::init::exit_notice`): ready once
+/// no write end is left, which is as soon as the init has written the exit status.
+pub struct Notice(AsyncFd<Fd>);
+
+impl Notice {
+    pub fn new(fd: OwnedFd) -> std::io::Result<Notice> {
+        // SAFETY: as in `PidFd::open`: `Fd` owns the descriptor until the AsyncFd is dropped.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(Fd(fd), tokio::io::Interest::READABLE) };
+        Ok(Notice(registered.map_err(|e| e.into_parts().1)?))
+    }
+
+    /// Resolves once every write end is closed (EOF). The FIFO never holds data: the init
+    /// only closes its end.
+    pub async fn ended(&self) {
+        let _ = self.0.readable().await;
     }
 }
 

@@ -6,7 +6,8 @@
 //! child's stdout and stderr into the size-capped log, and records the exit status in a file
 //! the agent reads (`runtime::init::ExitStatus`), so logs and exit codes survive an agent
 //! that is restarted or killed while the service runs. The runtime hands it three open files
-//! at fixed descriptors: the two log segments (3, 4) and the status file (5). It makes itself
+//! at fixed descriptors: the two log segments (3, 4) and the status file (5), and maybe the
+//! exit notice (6), which it closes as soon as the status is written. It makes itself
 //! non-dumpable, so the service cannot reach them through /proc/1/fd.
 //!
 //! `shg-init enter -- CMD…` loads the seccomp filter, as the init does, then becomes `CMD`.
@@ -31,6 +32,9 @@ use text::{Lines, Log, Stream, Text};
 /// The log segments' and the status file's descriptors (`runtime::init::LOG_FDS`, `STATUS_FD`).
 const LOG_FDS: [i32; 2] = [3, 4];
 const STATUS_FD: i32 = 5;
+/// The exit notice, when the runtime passes one (`runtime::init::EXIT_FD`): closed as soon as
+/// the status is written.
+const EXIT_FD: i32 = 6;
 
 /// Signals passed on to the command (`runtime::init::FORWARDED`).
 const FORWARDED: [i32; 7] = [
@@ -308,6 +312,10 @@ fn init(args: &Args) -> i32 {
     if sys::pwrite_all(STATUS_FD, status.as_bytes()).is_ok() {
         let _ = sys::ftruncate(STATUS_FD, status.as_bytes().len() as u64);
     }
+    // The agent reads the status as soon as its end of the notice reports this close, while
+    // the kernel still tears the container down. (Without a notice, or under a runtime that
+    // put something else at this number, closing it early changes nothing: the exit would.)
+    sys::close(EXIT_FD);
     // Not synced: the page cache outlives an agent that died, which is what the file is for;
     // a power cut ends the container too, and the agent then finds no status and restarts by
     // the policy. An fsync here cost every exit a disk flush.

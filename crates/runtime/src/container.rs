@@ -7,7 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -21,7 +21,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::init::{LOG_FDS, STATUS_FD};
+use crate::init::{EXIT_FD, LOG_FDS, STATUS_FD};
 use crate::logfile::segment_paths;
 use crate::RuntimeError;
 
@@ -55,6 +55,10 @@ pub struct ContainerPaths {
     pub log_dir: PathBuf,
     /// File the init writes the exit status into.
     pub status_file: PathBuf,
+    /// The FIFO whose read end the agent holds (`init::exit_notice`): its write end becomes
+    /// the init's `EXIT_FD`. Without one (or with no reader left), the agent learns of the end
+    /// from the init's pidfd alone.
+    pub exit_fifo: Option<PathBuf>,
 }
 
 fn devnull() -> Result<OwnedFd, RuntimeError> {
@@ -134,11 +138,21 @@ pub fn create_and_start(
             Ok(f)
         })
         .map_err(|e| RuntimeError::io(&paths.status_file, e))?;
-    place_fds(&[
+    // Nonblocking, so a FIFO whose reader is gone fails (ENXIO) instead of waiting for one.
+    let exit = paths.exit_fifo.as_ref().and_then(|fifo| {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(fifo)
+            .ok()
+    });
+    let mut fds = vec![
         (&logs[0], LOG_FDS[0]),
         (&logs[1], LOG_FDS[1]),
         (&status, STATUS_FD),
-    ])?;
+    ];
+    fds.extend(exit.as_ref().map(|f| (f, EXIT_FD)));
+    place_fds(&fds)?;
 
     // A container left over from an earlier run of the same service would block the id.
     remove_stale(name, &paths.state_root)?;
@@ -153,7 +167,7 @@ pub fn create_and_start(
     let mut container = ContainerBuilder::new(name.to_string(), SyscallType::default())
         .with_root_path(&paths.state_root)
         .map_err(|e| to_err(name, e))?
-        .with_preserved_fds(3)
+        .with_preserved_fds(fds.len() as i32)
         .with_executor(FilteredExecutor)
         .with_stdin(devnull()?)
         .with_stdout(devnull()?)

@@ -214,6 +214,8 @@ impl Process for FakeProcess {
             let _ = done.wait_for(|d| *d).await;
         })
     }
+
+    fn reap(&self) {}
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

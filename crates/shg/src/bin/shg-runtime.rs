@@ -10,7 +10,7 @@
 //! (`runtime::mountns`), and each create attaches its service's directory (the bundle's
 //! parent) to it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use runtime::args::Args;
 use runtime::container::{self, ContainerPaths};
@@ -99,8 +99,8 @@ fn runtime_main(args: &[String]) -> i32 {
     }
 }
 
-/// `create NAME --state-root R --bundle B --log-dir L --status-file S [--net N]`: the PID of
-/// the started container's init.
+/// `create NAME --state-root R --bundle B --log-dir L --status-file S [--exit-fifo F]
+/// [--net N]`: the PID of the started container's init.
 fn create(args: &Args) -> Result<i32, String> {
     let name = args
         .positional
@@ -111,6 +111,7 @@ fn create(args: &Args) -> Result<i32, String> {
         bundle: args.path("bundle"),
         log_dir: args.path("log-dir"),
         status_file: args.path("status-file"),
+        exit_fifo: args.flags.get("exit-fifo").map(PathBuf::from),
     };
     let attach = match args.flags.get("net") {
         None => None,

@@ -266,6 +266,67 @@ policy = "never"
     );
 }
 
+/// The agent records a service's end as soon as its init has written the exit status (the
+/// init then closes its exit notice, a FIFO the agent reads), while the kernel still tears the
+/// container down; the container is deleted and the init reaped only once the init is gone,
+/// under the service's lock. Each start behind an exit must find the old container deleted
+/// (no refusal, no leftover), each exit must be recorded once with its code, and no init may
+/// stay a zombie.
+#[test]
+fn a_start_behind_each_exit_finds_the_last_container_gone() {
+    let gw = Gateway::start();
+    let quick = r#"
+name = "quick"
+version = "1.0.0"
+provider = "e2e"
+
+[run]
+command = ["/bin/true"]
+
+[restart]
+policy = "never"
+"#;
+    gw.install("quick", quick, &[]);
+    let exited = |gw: &Gateway| {
+        gw.events("quick")
+            .iter()
+            .filter(|(kind, _)| kind == "exited")
+            .count()
+    };
+    let wait_exit = |gw: &Gateway, count: usize| {
+        crate::harness::eventually("the exit", Duration::from_secs(20), || {
+            (exited(gw) >= count).then_some(())
+        })
+    };
+    wait_exit(&gw, 1);
+    let fifo = gw.service_dir("quick").join("exit");
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = std::fs::metadata(&fifo)
+            .expect("the exit notice")
+            .file_type();
+        assert!(kind.is_fifo(), "{fifo:?} is not a FIFO: {kind:?}");
+    }
+    for round in 2..=16 {
+        gw.shg_ok(&["start", "quick"]);
+        wait_exit(&gw, round);
+    }
+    let svc = gw.svc("quick").unwrap();
+    assert_eq!((svc.state.as_str(), svc.exit_code), ("exited", Some(0)));
+    assert_eq!(exited(&gw), 16);
+    let agent = gw.agent_pid();
+    crate::harness::eventually("no zombie init", Duration::from_secs(5), || {
+        crate::harness::zombie_children(agent)
+            .is_empty()
+            .then_some(())
+    });
+    let log = gw.agent_log();
+    assert!(
+        !log.contains("cannot delete the container") && !log.contains("handling the exit failed"),
+        "{log}"
+    );
+}
+
 #[test]
 fn killing_an_exec_client_ends_its_command() {
     let gw = Gateway::start();
