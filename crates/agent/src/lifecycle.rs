@@ -220,9 +220,15 @@ impl Agent {
             }
             Some(pid) => self.on_exit(name, pid).await,
             None => {
-                // The agent may have died between creating a container and recording it.
+                // The agent may have died between creating a container and recording it: only
+                // a start under way leaves one to adopt. Beside any other record, a container
+                // is one whose end was recorded (on the init's exit notice, while the kernel
+                // still tore it down) and not deleted yet: it goes, below.
                 let containers = &self.host.containers;
-                let found = containers.pid_of(name).filter(|&p| containers.is_alive(p));
+                let found = (rec.state == RunState::Starting)
+                    .then(|| containers.pid_of(name))
+                    .flatten()
+                    .filter(|&p| containers.is_alive(p));
                 if let Some(pid) = found {
                     let start = containers.start_time(pid);
                     let rec = self.store().update(name, None, |r| {
@@ -1482,6 +1488,41 @@ mod tests {
                 .any(|e| e.kind == "exited" && e.message.contains("recording an exit status")));
             let again = until(&agent, "web", "restarted", |r| r.pid.is_some()).await;
             assert_ne!(again.pid, Some(pid));
+        });
+    }
+
+    /// The agent records an end on the init's exit notice, before the container is gone, and
+    /// deletes the container right after; one that died in between left a container whose
+    /// init may still be alive. Recovery deletes it instead of adopting it as a new start.
+    #[test]
+    fn a_container_whose_end_was_recorded_is_deleted_not_adopted() {
+        let bench = Bench::new();
+        runtime().block_on(async {
+            let agent = bench.open();
+            install(&bench, &agent, "web", ON_FAILURE, false).await;
+        });
+        let status = bench.state_dir().join("services/web/status");
+        let (pid, _) = bench.containers.left_running("web", &status);
+        runtime().block_on(async {
+            let agent = bench.open();
+            agent
+                .store()
+                .update("web", None, |r| {
+                    r.desired = Desired::Running;
+                    r.state = RunState::Exited;
+                    r.pid = None;
+                    r.exit_code = Some(0);
+                })
+                .unwrap();
+            agent.recover().await.unwrap();
+            let rec = agent.store().get("web").unwrap();
+            assert_eq!((rec.state, rec.pid), (RunState::Exited, None));
+            assert!(bench.containers.deleted().contains(&"web".to_string()));
+            let events = agent.store().events(0, Some("web"), 100).unwrap();
+            assert!(
+                !events.iter().any(|e| e.kind == "adopted"),
+                "{events:#?} (pid {pid})"
+            );
         });
     }
 
