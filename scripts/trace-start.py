@@ -40,6 +40,16 @@ LINE = re.compile(
 )
 
 
+def read(name):
+    """A tracefs setting's value (its first word: `buffer_size_kb` may add a remark)."""
+    with open(os.path.join(TRACING, name)) as f:
+        return (f.read().split() or [""])[0]
+
+
+# The settings `record` changes, put back as they were once the trace is read.
+SETTINGS = ["tracing_on", "options/record-tgid", "buffer_size_kb"]
+
+
 def write(name, value):
     with open(os.path.join(TRACING, name), "w") as f:
         f.write(value)
@@ -62,6 +72,7 @@ def syscall_names():
 def record(command, keep):
     if not os.path.isdir(TRACING):
         sys.exit(f"trace-start: no tracefs at {TRACING} (mount -t tracefs none {TRACING})")
+    saved = {name: read(name) for name in SETTINGS}
     write("tracing_on", "0")
     write("set_event", "")
     for event in EVENTS:
@@ -82,6 +93,8 @@ def record(command, keep):
     with open(os.path.join(TRACING, "trace")) as f:
         text = f.read()
     write("trace", "")
+    for name in reversed(SETTINGS):
+        write(name, saved[name])
     if keep:
         with open(keep, "w") as f:
             f.write(text)
