@@ -1494,27 +1494,37 @@ mod tests {
     /// The agent records an end on the init's exit notice, before the container is gone, and
     /// deletes the container right after; one that died in between left a container whose
     /// init may still be alive. Recovery deletes it instead of adopting it as a new start.
+    /// `web` installed, then a container of it left running by an agent that is gone: its PID
+    /// and start time.
+    fn a_container_left_behind(bench: &Bench) -> (i32, u64) {
+        runtime().block_on(async {
+            let agent = bench.open();
+            install(bench, &agent, "web", ON_FAILURE, false).await;
+        });
+        let status = bench.state_dir().join("services/web/status");
+        bench.containers.left_running("web", &status)
+    }
+
+    /// Recovery, with `web`'s record naming no PID and in `state`.
+    async fn recover_with_record(agent: &Arc<Agent>, state: RunState) {
+        agent
+            .store()
+            .update("web", None, |r| {
+                r.desired = Desired::Running;
+                r.state = state;
+                r.pid = None;
+            })
+            .unwrap();
+        agent.recover().await.unwrap();
+    }
+
     #[test]
     fn a_container_whose_end_was_recorded_is_deleted_not_adopted() {
         let bench = Bench::new();
+        let (pid, _) = a_container_left_behind(&bench);
         runtime().block_on(async {
             let agent = bench.open();
-            install(&bench, &agent, "web", ON_FAILURE, false).await;
-        });
-        let status = bench.state_dir().join("services/web/status");
-        let (pid, _) = bench.containers.left_running("web", &status);
-        runtime().block_on(async {
-            let agent = bench.open();
-            agent
-                .store()
-                .update("web", None, |r| {
-                    r.desired = Desired::Running;
-                    r.state = RunState::Exited;
-                    r.pid = None;
-                    r.exit_code = Some(0);
-                })
-                .unwrap();
-            agent.recover().await.unwrap();
+            recover_with_record(&agent, RunState::Exited).await;
             let rec = agent.store().get("web").unwrap();
             assert_eq!((rec.state, rec.pid), (RunState::Exited, None));
             assert!(bench.containers.deleted().contains(&"web".to_string()));
@@ -1529,23 +1539,11 @@ mod tests {
     #[test]
     fn a_container_created_just_before_the_agent_died_is_found_and_adopted() {
         let bench = Bench::new();
-        runtime().block_on(async {
-            let agent = bench.open();
-            install(&bench, &agent, "web", ON_FAILURE, false).await;
-        });
-        let status = bench.state_dir().join("services/web/status");
-        let (pid, start) = bench.containers.left_running("web", &status);
+        let (pid, start) = a_container_left_behind(&bench);
         runtime().block_on(async {
             let agent = bench.open();
             // The start was recorded up to `starting`, not its PID.
-            agent
-                .store()
-                .update("web", None, |r| {
-                    r.desired = Desired::Running;
-                    r.state = RunState::Starting;
-                })
-                .unwrap();
-            agent.recover().await.unwrap();
+            recover_with_record(&agent, RunState::Starting).await;
             let rec = agent.store().get("web").unwrap();
             assert_eq!((rec.pid, rec.pid_start), (Some(pid), Some(start)));
             assert_eq!(shown(&agent, "web"), "running");

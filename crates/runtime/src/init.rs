@@ -34,7 +34,7 @@ pub const STATUS_FD: i32 = 5;
 /// end of a FIFO whose read end the agent holds ([`exit_notice`]). The init closes it right
 /// after it has written the status, so the agent's read end reports the end (EOF) as soon as
 /// the status is there to read; the init's pidfd turns readable only once the kernel has torn
-/// the container down (its mounts and namespaces), some 0.4 ms later on the test machine.
+/// the container down (its mounts and namespaces), 0.3–1.6 ms later on the test machine.
 pub const EXIT_FD: i32 = 6;
 /// The signals the init passes on to the command (`FORWARDED` in `init/main.rs`). It blocks
 /// them before anything else and reads them from a signalfd; the runtime creates the
